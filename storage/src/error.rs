@@ -1,0 +1,57 @@
+//! The storage crate's error type: failures that stop the node (IO, corruption).
+//!
+//! Request-level outcomes that clients cause (a compacted revision, a missing key for
+//! `ignore_value`...) are not errors here: see [`crate::mvcc::RequestError`].
+
+use std::path::PathBuf;
+
+/// A fatal storage failure. The node logs it and stops; it never retries blindly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An IO call on a WAL file or directory failed.
+    #[error("io error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A WAL record failed its checks (CRC, length, type, decoding) outside the repairable
+    /// tail of the last segment.
+    #[error("corrupt WAL record in {file} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The segment file.
+        file: PathBuf,
+        /// Byte offset of the record's start within the file.
+        offset: u64,
+        /// What check failed.
+        reason: String,
+    },
+    /// The WAL directory holds segment files that do not follow each other.
+    #[error("WAL segments out of order in {dir}: {reason}")]
+    SegmentSequence {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// fjall (the MVCC store) failed.
+    #[error("fjall: {0}")]
+    Fjall(#[from] fjall::Error),
+    /// A stored value in the MVCC store could not be decoded: the store is corrupt.
+    #[error("corrupt MVCC store: {0}")]
+    CorruptStore(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result with the storage [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

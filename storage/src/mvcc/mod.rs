@@ -1,0 +1,364 @@
+//! The MVCC key-value store on fjall, with etcd v3 semantics.
+//!
+//! Every change creates a new cluster-wide *revision*; the store keeps every revision of every
+//! key until compaction, so reads at past revisions, `Txn` compare-and-swap and watch catch-up
+//! work as in etcd (`server/mvcc` in etcd v3.5 is the reference).
+//!
+//! Layout (fjall keyspaces in one database, encodings in [`keys`]):
+//! - `kv`: revision -> `mvccpb.KeyValue`;
+//! - `key_index`: user key ++ revision -> (tombstone, create_revision, version, lease);
+//! - `meta`: current revision, compacted revision, applied index and term.
+//!
+//! Writes come only through [`MvccStore::apply`], from one thread (the apply actor): each raft
+//! entry is applied in ONE fjall batch that also records the entry's index and term, so replay
+//! after a crash skips what was applied (etcd's consistent index). Reads
+//! ([`MvccStore::range`]) may run from any thread at the same time.
+//!
+//! Durability: batches are written to fjall's journal in OS buffers, not fsynced; the raft WAL
+//! is the source of truth. [`MvccStore::persist`] fsyncs before the WAL is released.
+
+pub mod keys;
+mod read;
+mod validate;
+mod write;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use prost::Message;
+
+use etch_protocol::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse,
+    TxnResponse,
+};
+use etch_protocol::etchpb::internal_request::Request;
+use etch_protocol::mvccpb::{Event, KeyValue};
+
+use crate::error::{Error, Result};
+pub use keys::Revision;
+use keys::{IndexValue, index_prefix, kv_key};
+pub use validate::{
+    DEFAULT_MAX_TXN_OPS, validate_delete, validate_put, validate_range, validate_txn,
+};
+
+/// A request refused by etcd's rules: the client's problem, not the store's. The node maps each
+/// to etcd's gRPC code and exact message (`rpctypes/error.go`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A request without a key (`etcdserver: key is not provided`).
+    #[error("key is not provided")]
+    EmptyKey,
+    /// `ignore_value`/`ignore_lease` on a key that does not exist (`etcdserver: key not found`).
+    #[error("key not found")]
+    KeyNotFound,
+    /// `ignore_value` together with a value (`etcdserver: value is provided`).
+    #[error("value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease (`etcdserver: lease is provided`).
+    #[error("lease is provided")]
+    LeaseProvided,
+    /// A Put names a lease that does not exist (`etcdserver: requested lease not found`).
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    /// A Txn with more than the maximum compares or ops in one branch.
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    /// A Txn writes one key twice in a branch (etcd's `checkIntervals` rule).
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    /// A revision at or below the compaction point (`mvcc: required revision has been
+    /// compacted`).
+    #[error("required revision has been compacted")]
+    Compacted,
+    /// A revision above the current one (`mvcc: required revision is a future revision`).
+    #[error("required revision is a future revision")]
+    FutureRevision,
+}
+
+/// The response to one applied write, without the header's cluster/member/term (the node fills
+/// those in). `header.revision` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteResponse {
+    /// Response to a Put.
+    Put(PutResponse),
+    /// Response to a DeleteRange.
+    DeleteRange(DeleteRangeResponse),
+    /// Response to a Txn.
+    Txn(TxnResponse),
+    /// Response to a Compaction.
+    Compaction(CompactionResponse),
+}
+
+/// What applying one raft entry did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The answer for the waiting client, or the rule the request broke (then nothing changed
+    /// but the applied index).
+    pub response: std::result::Result<WriteResponse, RequestError>,
+    /// The events of the new revision, in order (empty when nothing changed).
+    pub events: Vec<Event>,
+    /// The current revision after the apply.
+    pub revision: i64,
+}
+
+/// Where apply has got to: the last raft entry applied (0, 0 for a new store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppliedIndex {
+    /// Raft index of the last applied entry.
+    pub index: u64,
+    /// Raft term of that entry.
+    pub term: u64,
+}
+
+const META_CURRENT_REV: &str = "current_revision";
+const META_COMPACT_REV: &str = "compact_revision";
+const META_APPLIED: &str = "applied_index";
+
+/// The store. Cheap to share behind an `Arc`: reads take `&self`.
+pub struct MvccStore {
+    db: Database,
+    kv: Keyspace,
+    index: Keyspace,
+    meta: Keyspace,
+    lease: Keyspace,
+    current: AtomicI64,
+    compacted: AtomicI64,
+    applied: Mutex<AppliedIndex>,
+}
+
+impl std::fmt::Debug for MvccStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccStore")
+            .field("current", &self.current_revision())
+            .field("compacted", &self.compact_revision())
+            .finish()
+    }
+}
+
+impl MvccStore {
+    /// Opens (or creates) the store in directory `path`.
+    ///
+    /// A new store is at revision 1 with nothing in it, as a new etcd cluster is.
+    ///
+    /// # Errors
+    /// [`Error::Fjall`] if fjall cannot open the directory; [`Error::CorruptStore`] for
+    /// undecodable metadata.
+    pub fn open(path: &Path) -> Result<MvccStore> {
+        let db = Database::builder(path).manual_journal_persist(true).open()?;
+        let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
+        let index = db.keyspace("key_index", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let lease = db.keyspace("lease", KeyspaceCreateOptions::default)?;
+        let read_i64 = |k: &str| -> Result<Option<i64>> {
+            match meta.get(k)? {
+                None => Ok(None),
+                Some(v) => Ok(Some(i64::from_be_bytes(v.as_ref().try_into().map_err(
+                    |_| Error::CorruptStore(format!("meta {k}: {} bytes", v.len())),
+                )?))),
+            }
+        };
+        let current = read_i64(META_CURRENT_REV)?.unwrap_or(1);
+        let compacted = read_i64(META_COMPACT_REV)?.unwrap_or(0);
+        let applied = match meta.get(META_APPLIED)? {
+            None => AppliedIndex::default(),
+            Some(v) if v.len() == 16 => AppliedIndex {
+                index: u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
+                term: u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
+            },
+            Some(v) => {
+                return Err(Error::CorruptStore(format!(
+                    "meta {META_APPLIED}: {} bytes",
+                    v.len()
+                )));
+            }
+        };
+        Ok(MvccStore {
+            db,
+            kv,
+            index,
+            meta,
+            lease,
+            current: AtomicI64::new(current),
+            compacted: AtomicI64::new(compacted),
+            applied: Mutex::new(applied),
+        })
+    }
+
+    /// The latest revision (1 for an empty new store).
+    pub fn current_revision(&self) -> i64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// The compaction point: reads below it fail with [`RequestError::Compacted`]; 0 if never
+    /// compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    /// The last raft entry applied.
+    pub fn applied_index(&self) -> AppliedIndex {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes the store occupies on disk (all fjall files, journal included).
+    pub fn db_size_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+
+    /// Makes everything applied so far durable (fjall `PersistMode::SyncAll`).
+    ///
+    /// # Errors
+    /// [`Error::Fjall`].
+    pub fn persist(&self) -> Result<()> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    /// Serves a Range at `req.revision` (0 = current) with etcd's semantics: `range_end` (empty =
+    /// one key, `"\0"` = every key >= `key`), `limit` + `more`, `count`, sorting, the
+    /// min/max mod/create revision filters, `keys_only`, `count_only`.
+    ///
+    /// # Errors
+    /// Outer: fatal store errors. Inner: [`RequestError::Compacted`],
+    /// [`RequestError::FutureRevision`].
+    pub fn range(&self, req: &RangeRequest) -> Result<std::result::Result<RangeResponse, RequestError>> {
+        read::range(self, req, None, self.current_revision(), self.compact_revision())
+    }
+
+    /// Applies the write carried by raft entry (`index`, `term`). Entries at or below the
+    /// applied index return `None` (already applied before a restart).
+    ///
+    /// # Errors
+    /// Fatal store errors only: request-level failures are in [`Applied::response`].
+    pub fn apply(&self, index: u64, term: u64, req: Option<&Request>) -> Result<Option<Applied>> {
+        if index <= self.applied_index().index {
+            return Ok(None);
+        }
+        let applied = AppliedIndex { index, term };
+        let mut txn = write::WriteTxn::new(self);
+        let response = match req {
+            // An entry without a request: nothing to change (kept for forward compatibility).
+            None => Err(write::Fail::Request(RequestError::EmptyKey)),
+            Some(Request::Put(p)) => txn.put(p).map(WriteResponse::Put),
+            Some(Request::DeleteRange(d)) => txn.delete_range(d).map(WriteResponse::DeleteRange),
+            Some(Request::Txn(t)) => txn.txn(t).map(WriteResponse::Txn),
+            Some(Request::Compaction(c)) => txn
+                .compact(c)
+                .map(WriteResponse::Compaction)
+                .map_err(write::Fail::Request),
+        };
+        let outcome = match response {
+            Ok(resp) => txn.commit(applied, resp)?,
+            Err(write::Fail::Store(e)) => return Err(e),
+            Err(write::Fail::Request(err)) => {
+                // Nothing changes but the applied index: the entry is consumed.
+                let mut batch = self.db.batch();
+                self.put_applied(&mut batch, applied);
+                batch.commit()?;
+                self.set_applied(applied);
+                Applied {
+                    response: Err(err),
+                    events: Vec::new(),
+                    revision: self.current_revision(),
+                }
+            }
+        };
+        Ok(Some(outcome))
+    }
+
+    /// Records `applied` for an entry that carries no key-value write (empty entries, config
+    /// changes), in its own batch.
+    ///
+    /// # Errors
+    /// [`Error::Fjall`].
+    pub fn mark_applied(&self, index: u64, term: u64) -> Result<()> {
+        if index <= self.applied_index().index {
+            return Ok(());
+        }
+        let applied = AppliedIndex { index, term };
+        let mut batch = self.db.batch();
+        self.put_applied(&mut batch, applied);
+        batch.commit()?;
+        self.set_applied(applied);
+        Ok(())
+    }
+
+    /// Every event with main revision in `[from, to]`, in revision order: the history watch
+    /// catch-up reads.
+    ///
+    /// # Errors
+    /// [`Error::Fjall`], [`Error::CorruptStore`].
+    pub fn events(&self, from: i64, to: i64) -> Result<Vec<Event>> {
+        let lo = Revision::new(from, 0).to_bytes();
+        let hi = Revision::new(to.saturating_add(1), 0).to_bytes();
+        let mut out = Vec::new();
+        for g in self.kv.range(lo.as_slice()..hi.as_slice()) {
+            let (k, v) = g.into_inner()?;
+            let kv = decode_kv(&v)?;
+            let ty = if k.len() == 17 {
+                etch_protocol::mvccpb::event::EventType::Delete
+            } else {
+                etch_protocol::mvccpb::event::EventType::Put
+            };
+            out.push(Event {
+                r#type: ty as i32,
+                kv: Some(kv),
+                prev_kv: None,
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_applied(&self, batch: &mut fjall::OwnedWriteBatch, a: AppliedIndex) {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&a.index.to_be_bytes());
+        v[8..].copy_from_slice(&a.term.to_be_bytes());
+        batch.insert(&self.meta, META_APPLIED, v.to_vec());
+    }
+
+    fn set_applied(&self, a: AppliedIndex) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = a;
+    }
+
+    /// The newest index entry of `key` at or below `rev` (tombstones included).
+    fn latest(&self, key: &[u8], rev: i64) -> Result<Option<(Revision, IndexValue)>> {
+        let lo = index_prefix(key);
+        let mut hi = lo.clone();
+        hi.extend_from_slice(&Revision::new(rev, i64::MAX).to_bytes());
+        let Some(g) = self.index.range(lo.as_slice()..=hi.as_slice()).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = g.into_inner()?;
+        let rev = Revision::from_bytes(&k[k.len() - 16..])
+            .ok_or_else(|| Error::CorruptStore("short index key".into()))?;
+        let iv = IndexValue::decode(&v)
+            .ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
+        Ok(Some((rev, iv)))
+    }
+
+    /// Whether lease `id` is granted (the `lease` keyspace: lease id, 8 bytes BE -> TTL).
+    /// A failed read counts as absent; the Put is then refused, never applied wrongly.
+    fn lease_exists(&self, id: i64) -> bool {
+        matches!(self.lease.contains_key(id.to_be_bytes()), Ok(true))
+    }
+
+    /// The stored KeyValue of a live (non-tombstone) revision.
+    fn kv_at(&self, rev: Revision) -> Result<KeyValue> {
+        let v = self
+            .kv
+            .get(kv_key(rev, false))?
+            .ok_or_else(|| Error::CorruptStore(format!("missing kv at {rev:?}")))?;
+        decode_kv(&v)
+    }
+}
+
+fn decode_kv(v: &[u8]) -> Result<KeyValue> {
+    KeyValue::decode(Bytes::copy_from_slice(v))
+        .map_err(|e| Error::CorruptStore(format!("bad KeyValue: {e}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,392 @@
+use super::*;
+use etch_protocol::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use etch_protocol::etcdserverpb::range_request::{SortOrder, SortTarget};
+use etch_protocol::etcdserverpb::request_op::Request as Op;
+use etch_protocol::etcdserverpb::response_op::Response as OpResp;
+use etch_protocol::etcdserverpb::{
+    Compare, CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
+};
+
+struct T {
+    _dir: tempfile::TempDir,
+    s: MvccStore,
+    index: u64,
+}
+
+impl T {
+    fn new() -> T {
+        let d = tempfile::tempdir().unwrap();
+        let s = MvccStore::open(d.path()).unwrap();
+        T {
+            _dir: d,
+            s,
+            index: 0,
+        }
+    }
+    fn apply(&mut self, r: Request) -> std::result::Result<WriteResponse, RequestError> {
+        self.index += 1;
+        self.s.apply(self.index, 1, Some(&r)).unwrap().unwrap().response
+    }
+    fn put(&mut self, k: &str, v: &str) -> PutResponse {
+        match self.apply(Request::Put(put(k, v))).unwrap() {
+            WriteResponse::Put(p) => p,
+            o => panic!("{o:?}"),
+        }
+    }
+    fn get(&self, r: RangeRequest) -> std::result::Result<RangeResponse, RequestError> {
+        self.s.range(&r).unwrap()
+    }
+}
+
+fn put(k: &str, v: &str) -> PutRequest {
+    PutRequest {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+        value: Bytes::copy_from_slice(v.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn rng(k: &str, end: &str) -> RangeRequest {
+    RangeRequest {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+        range_end: Bytes::copy_from_slice(end.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn keys(r: &RangeResponse) -> Vec<String> {
+    r.kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn revisions_versions_and_history() {
+    let mut t = T::new();
+    assert_eq!(t.s.current_revision(), 1);
+    assert_eq!(t.put("a", "1").header.unwrap().revision, 2);
+    assert_eq!(t.put("a", "2").header.unwrap().revision, 3);
+    let r = t.get(rng("a", "")).unwrap();
+    let kv = &r.kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(&kv.value[..], b"2");
+    assert_eq!(r.header.unwrap().revision, 3);
+    // Read at a past revision.
+    let mut old = rng("a", "");
+    old.revision = 2;
+    assert_eq!(&t.get(old).unwrap().kvs[0].value[..], b"1");
+    // Future revision.
+    let mut fut = rng("a", "");
+    fut.revision = 4;
+    assert_eq!(t.get(fut).unwrap_err(), RequestError::FutureRevision);
+    // Delete resets the version; re-create starts a new life.
+    let d = t
+        .apply(Request::DeleteRange(DeleteRangeRequest {
+            key: Bytes::from_static(b"a"),
+            prev_kv: true,
+            ..Default::default()
+        }))
+        .unwrap();
+    match d {
+        WriteResponse::DeleteRange(d) => {
+            assert_eq!(d.deleted, 1);
+            assert_eq!(d.prev_kvs.len(), 1);
+            assert_eq!(d.header.unwrap().revision, 4);
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(t.get(rng("a", "")).unwrap().kvs.is_empty());
+    t.put("a", "3");
+    let kv = t.get(rng("a", "")).unwrap().kvs[0].clone();
+    assert_eq!((kv.create_revision, kv.version), (5, 1));
+    // Deleting nothing does not bump the revision.
+    match t
+        .apply(Request::DeleteRange(DeleteRangeRequest {
+            key: Bytes::from_static(b"zz"),
+            ..Default::default()
+        }))
+        .unwrap()
+    {
+        WriteResponse::DeleteRange(d) => {
+            assert_eq!(d.deleted, 0);
+            assert_eq!(d.header.unwrap().revision, 5);
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(t.s.current_revision(), 5);
+    let ev = t.s.events(2, 5).unwrap();
+    assert_eq!(ev.len(), 4);
+}
+
+#[test]
+fn ranges_limits_sorting_and_filters() {
+    let mut t = T::new();
+    for (k, v) in [("b", "3"), ("a", "2"), ("c", "1"), ("a\0x", "0"), ("d", "9")] {
+        t.put(k, v);
+    }
+    t.put("c", "1b");
+    assert_eq!(keys(&t.get(rng("a", "c")).unwrap()), ["a", "a\0x", "b"]);
+    // "\0" range end: every key >= key.
+    let all = t.get(rng("b", "\0")).unwrap();
+    assert_eq!(keys(&all), ["b", "c", "d"]);
+    assert_eq!(all.count, 3);
+    // Prefix of "a": [a, b).
+    assert_eq!(t.get(rng("a", "b")).unwrap().count, 2);
+    // Limit + more, count is the total.
+    let mut r = rng("\0", "\0");
+    r.limit = 2;
+    let res = t.get(r).unwrap();
+    assert_eq!(keys(&res), ["a", "a\0x"]);
+    assert!(res.more);
+    assert_eq!(res.count, 5);
+    // Sort by value descending.
+    let mut r = rng("a", "\0");
+    r.sort_order = SortOrder::Descend as i32;
+    r.sort_target = SortTarget::Value as i32;
+    assert_eq!(keys(&t.get(r).unwrap()), ["d", "b", "a", "c", "a\0x"]);
+    // Target without an order sorts ascending (etcd).
+    let mut r = rng("a", "\0");
+    r.sort_target = SortTarget::Mod as i32;
+    assert_eq!(keys(&t.get(r).unwrap()), ["b", "a", "a\0x", "d", "c"]);
+    // keys_only and count_only.
+    let mut r = rng("a", "\0");
+    r.keys_only = true;
+    let res = t.get(r).unwrap();
+    assert!(res.kvs.iter().all(|kv| kv.value.is_empty() && kv.version > 0));
+    let mut r = rng("a", "\0");
+    r.count_only = true;
+    let res = t.get(r).unwrap();
+    assert!(res.kvs.is_empty());
+    assert_eq!(res.count, 5);
+    // Filters: mod revision >= 5, create revision <= 4.
+    let mut r = rng("a", "\0");
+    r.min_mod_revision = 5;
+    assert_eq!(keys(&t.get(r).unwrap()), ["a\0x", "c", "d"]);
+    let mut r = rng("a", "\0");
+    r.max_create_revision = 3;
+    assert_eq!(keys(&t.get(r).unwrap()), ["a", "b"]);
+}
+
+#[test]
+fn put_options_and_errors() {
+    let mut t = T::new();
+    let mut p = put("k", "");
+    p.ignore_value = true;
+    assert_eq!(t.apply(Request::Put(p.clone())).unwrap_err(), RequestError::KeyNotFound);
+    assert_eq!(t.s.current_revision(), 1);
+    assert_eq!(t.s.applied_index().index, 1);
+    t.put("k", "v1");
+    p.prev_kv = true;
+    match t.apply(Request::Put(p)).unwrap() {
+        WriteResponse::Put(r) => assert_eq!(&r.prev_kv.unwrap().value[..], b"v1"),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(&t.get(rng("k", "")).unwrap().kvs[0].value[..], b"v1");
+    assert_eq!(t.get(rng("k", "")).unwrap().kvs[0].version, 2);
+    let mut p = put("k", "x");
+    p.lease = 42;
+    assert_eq!(t.apply(Request::Put(p)).unwrap_err(), RequestError::LeaseNotFound);
+    let mut p = put("k", "x");
+    p.ignore_value = true;
+    assert_eq!(validate_put(&p), Err(RequestError::ValueProvided));
+    let mut p = put("k", "");
+    p.ignore_lease = true;
+    p.lease = 1;
+    assert_eq!(validate_put(&p), Err(RequestError::LeaseProvided));
+    assert_eq!(validate_put(&put("", "v")), Err(RequestError::EmptyKey));
+    // Replay of an applied index is skipped.
+    assert!(t.s.apply(1, 1, Some(&Request::Put(put("z", "z")))).unwrap().is_none());
+}
+
+fn op_put(k: &str, v: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestPut(put(k, v))),
+    }
+}
+fn op_get(k: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestRange(rng(k, ""))),
+    }
+}
+fn op_del(k: &str, end: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            range_end: Bytes::copy_from_slice(end.as_bytes()),
+            ..Default::default()
+        })),
+    }
+}
+fn cmp(k: &str, target: CompareTarget, result: CompareResult, u: TargetUnion) -> Compare {
+    Compare {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+        target: target as i32,
+        result: result as i32,
+        target_union: Some(u),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn txn_compare_and_swap() {
+    let mut t = T::new();
+    t.put("a", "1");
+    let txn = |v: &str| TxnRequest {
+        compare: vec![cmp(
+            "a",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value(Bytes::copy_from_slice(v.as_bytes())),
+        )],
+        success: vec![op_put("a", "2"), op_get("a")],
+        failure: vec![op_get("a")],
+    };
+    match t.apply(Request::Txn(txn("1"))).unwrap() {
+        WriteResponse::Txn(r) => {
+            assert!(r.succeeded);
+            assert_eq!(r.header.unwrap().revision, 3);
+            // The range after the put in the same txn sees the put.
+            match &r.responses[1].response {
+                Some(OpResp::ResponseRange(rr)) => assert_eq!(&rr.kvs[0].value[..], b"2"),
+                o => panic!("{o:?}"),
+            }
+        }
+        o => panic!("{o:?}"),
+    }
+    match t.apply(Request::Txn(txn("1"))).unwrap() {
+        WriteResponse::Txn(r) => {
+            assert!(!r.succeeded);
+            assert_eq!(r.header.unwrap().revision, 3);
+        }
+        o => panic!("{o:?}"),
+    }
+    // Missing key: version == 0 holds; value compares are false.
+    let r = TxnRequest {
+        compare: vec![cmp("nope", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))],
+        success: vec![op_put("nope", "x"), op_put("b", "y")],
+        failure: vec![],
+    };
+    match t.apply(Request::Txn(r)).unwrap() {
+        WriteResponse::Txn(r) => {
+            assert!(r.succeeded);
+            assert_eq!(r.header.unwrap().revision, 4);
+        }
+        o => panic!("{o:?}"),
+    }
+    // Both puts share main revision 4 with sub revisions 0 and 1.
+    assert_eq!(t.get(rng("b", "")).unwrap().kvs[0].mod_revision, 4);
+    // Range compare: every key in [a, c) has mod revision > 2.
+    let r = TxnRequest {
+        compare: vec![Compare {
+            range_end: Bytes::from_static(b"c"),
+            ..cmp("a", CompareTarget::Mod, CompareResult::Greater, TargetUnion::ModRevision(2))
+        }],
+        success: vec![op_del("a", "c")],
+        failure: vec![],
+    };
+    match t.apply(Request::Txn(r)).unwrap() {
+        WriteResponse::Txn(r) => assert!(r.succeeded),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(t.get(rng("a", "c")).unwrap().count, 0);
+    // Nested txn.
+    let r = TxnRequest {
+        compare: vec![],
+        success: vec![RequestOp {
+            request: Some(Op::RequestTxn(TxnRequest {
+                compare: vec![],
+                success: vec![op_put("n", "1")],
+                failure: vec![],
+            })),
+        }],
+        failure: vec![],
+    };
+    t.apply(Request::Txn(r)).unwrap();
+    assert_eq!(t.get(rng("n", "")).unwrap().count, 1);
+}
+
+#[test]
+fn txn_validation_follows_etcd() {
+    let many = TxnRequest {
+        success: (0..129).map(|i| op_put(&format!("k{i}"), "v")).collect(),
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&many, DEFAULT_MAX_TXN_OPS), Err(RequestError::TooManyOps));
+    let dup = TxnRequest {
+        success: vec![op_put("a", "1"), op_put("a", "2")],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&dup, 128), Err(RequestError::DuplicateKey));
+    let put_in_del = TxnRequest {
+        success: vec![op_del("a", "c"), op_put("b", "2")],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&put_in_del, 128), Err(RequestError::DuplicateKey));
+    // Puts in different branches, and overlapping deletes, are fine.
+    let ok = TxnRequest {
+        success: vec![op_put("a", "1"), op_del("x", "z"), op_del("y", "")],
+        failure: vec![op_put("a", "2")],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&ok, 128), Ok(()));
+    let nested_ok = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Op::RequestTxn(TxnRequest {
+                success: vec![op_put("a", "1")],
+                failure: vec![op_put("a", "2")],
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&nested_ok, 128), Ok(()));
+    let nested_dup = TxnRequest {
+        success: vec![
+            op_put("a", "0"),
+            RequestOp {
+                request: Some(Op::RequestTxn(TxnRequest {
+                    success: vec![op_put("a", "1")],
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&nested_dup, 128), Err(RequestError::DuplicateKey));
+}
+
+#[test]
+fn compaction_removes_history_and_refuses_old_reads() {
+    let mut t = T::new();
+    t.put("a", "1"); // 2
+    t.put("a", "2"); // 3
+    t.put("b", "1"); // 4
+    t.apply(Request::DeleteRange(DeleteRangeRequest {
+        key: Bytes::from_static(b"b"),
+        ..Default::default()
+    }))
+    .unwrap(); // 5
+    t.put("c", "1"); // 6
+    let c = |rev| Request::Compaction(CompactionRequest { revision: rev, physical: true });
+    assert_eq!(t.apply(c(7)).unwrap_err(), RequestError::FutureRevision);
+    t.apply(c(5)).unwrap();
+    assert_eq!(t.apply(c(5)).unwrap_err(), RequestError::Compacted);
+    assert_eq!(t.s.compact_revision(), 5);
+    let mut r = rng("a", "");
+    r.revision = 4;
+    assert_eq!(t.get(r).unwrap_err(), RequestError::Compacted);
+    let mut r = rng("a", "\0");
+    r.revision = 5;
+    assert_eq!(keys(&t.get(r).unwrap()), ["a"]);
+    assert_eq!(keys(&t.get(rng("a", "\0")).unwrap()), ["a", "c"]);
+    // Only a's newest revision (3) and c remain in the index.
+    assert_eq!(t.s.index.iter().count(), 2);
+    // Reopen keeps revisions and the compaction point.
+    let dir = t._dir;
+    drop(t.s);
+    let s = MvccStore::open(dir.path()).unwrap();
+    assert_eq!(s.current_revision(), 6);
+    assert_eq!(s.compact_revision(), 5);
+    assert_eq!(s.applied_index().index, 8);
+}

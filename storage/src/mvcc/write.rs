@@ -1,0 +1,364 @@
+//! Writes: one [`WriteTxn`] per applied raft entry. Changes accumulate in a fjall batch and an
+//! overlay (so later ops of a Txn read earlier ones' writes, as in etcd); [`WriteTxn::commit`]
+//! writes the batch with the new revision and the applied index, atomically.
+
+use etch_protocol::etcdserverpb::request_op::Request as Op;
+use etch_protocol::etcdserverpb::response_op::Response as OpResponse;
+use etch_protocol::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use etch_protocol::mvccpb::{Event, KeyValue, event::EventType};
+
+use super::keys::{IndexValue, Revision, index_key, kv_key, split_index_key};
+use super::read::{self, Overlay};
+use super::{
+    Applied, AppliedIndex, META_COMPACT_REV, META_CURRENT_REV, MvccStore, RequestError,
+    WriteResponse,
+};
+use crate::error::{Error, Result};
+
+type Res<T> = std::result::Result<T, RequestError>;
+
+pub(super) struct WriteTxn<'a> {
+    store: &'a MvccStore,
+    batch: fjall::OwnedWriteBatch,
+    /// Revision before this write.
+    base: i64,
+    /// Next sub revision within `base + 1`.
+    sub: i64,
+    overlay: Overlay,
+    events: Vec<Event>,
+    compact_to: Option<i64>,
+}
+
+/// Request-level failure, or a fatal store error.
+pub(super) enum Fail {
+    Request(RequestError),
+    Store(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail::Store(e)
+    }
+}
+impl From<fjall::Error> for Fail {
+    fn from(e: fjall::Error) -> Fail {
+        Fail::Store(e.into())
+    }
+}
+impl From<RequestError> for Fail {
+    fn from(e: RequestError) -> Fail {
+        Fail::Request(e)
+    }
+}
+
+type FResult<T> = std::result::Result<T, Fail>;
+
+fn header(rev: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+impl<'a> WriteTxn<'a> {
+    pub(super) fn new(store: &'a MvccStore) -> WriteTxn<'a> {
+        WriteTxn {
+            store,
+            batch: store.db.batch(),
+            base: store.current_revision(),
+            sub: 0,
+            overlay: Overlay::new(),
+            events: Vec::new(),
+            compact_to: None,
+        }
+    }
+
+    fn main(&self) -> i64 {
+        self.base + 1
+    }
+
+    /// Revision a read in this txn sees: the base, plus this txn's changes (overlay).
+    fn read_rev(&self) -> i64 {
+        self.base
+    }
+
+    pub(super) fn put(&mut self, p: &PutRequest) -> FResult<PutResponse> {
+        self.put_inner(p)
+    }
+
+    pub(super) fn delete_range(&mut self, d: &DeleteRangeRequest) -> FResult<DeleteRangeResponse> {
+        self.delete_inner(d)
+    }
+
+    pub(super) fn txn(&mut self, r: &TxnRequest) -> FResult<TxnResponse> {
+        self.txn_inner(r)
+    }
+
+    pub(super) fn compact(&mut self, c: &CompactionRequest) -> Res<CompactionResponse> {
+        let current = self.store.current_revision();
+        if c.revision <= self.store.compact_revision() {
+            return Err(RequestError::Compacted);
+        }
+        if c.revision > current {
+            return Err(RequestError::FutureRevision);
+        }
+        self.compact_to = Some(c.revision);
+        Ok(CompactionResponse {
+            header: header(current),
+        })
+    }
+
+    /// Current state of `key` as this txn sees it.
+    fn lookup(&self, key: &[u8]) -> FResult<Option<KeyValue>> {
+        if let Some(state) = self.overlay.get(key) {
+            return Ok(state.clone());
+        }
+        match self.store.latest(key, self.read_rev())? {
+            Some((rev, iv)) if !iv.tombstone => Ok(Some(self.store.kv_at(rev)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn lookup_meta(&self, key: &[u8]) -> FResult<Option<(i64, i64, i64)>> {
+        if let Some(state) = self.overlay.get(key) {
+            return Ok(state.as_ref().map(|kv| (kv.create_revision, kv.version, kv.lease)));
+        }
+        match self.store.latest(key, self.read_rev())? {
+            Some((_, iv)) if !iv.tombstone => Ok(Some((iv.create_revision, iv.version, iv.lease))),
+            _ => Ok(None),
+        }
+    }
+
+    fn put_inner(&mut self, p: &PutRequest) -> FResult<PutResponse> {
+        let need_prev = p.prev_kv || p.ignore_value || p.ignore_lease;
+        let prev = if need_prev { self.lookup(&p.key)? } else { None };
+        let mut lease = p.lease;
+        let mut value = p.value.clone();
+        if p.ignore_value || p.ignore_lease {
+            let Some(prev) = &prev else {
+                return Err(RequestError::KeyNotFound.into());
+            };
+            if p.ignore_value {
+                value = prev.value.clone();
+            }
+            if p.ignore_lease {
+                lease = prev.lease;
+            }
+        }
+        // Leases are granted through the lease API; until one exists, any lease id is unknown.
+        if lease != 0 && !self.store.lease_exists(lease) {
+            return Err(RequestError::LeaseNotFound.into());
+        }
+        let (create, version) = match self.lookup_meta(&p.key)? {
+            Some((c, v, _)) => (c, v + 1),
+            None => (self.main(), 1),
+        };
+        let rev = Revision::new(self.main(), self.sub);
+        self.sub += 1;
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision: create,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        let iv = IndexValue {
+            tombstone: false,
+            create_revision: create,
+            version,
+            lease,
+        };
+        self.batch
+            .insert(&self.store.kv, kv_key(rev, false), prost::Message::encode_to_vec(&kv));
+        self.batch
+            .insert(&self.store.index, index_key(&p.key, rev), iv.encode().to_vec());
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv.clone()),
+            prev_kv: None,
+        });
+        self.overlay.insert(p.key.clone(), Some(kv));
+        Ok(PutResponse {
+            header: header(rev.main),
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete_inner(&mut self, d: &DeleteRangeRequest) -> FResult<DeleteRangeResponse> {
+        let (hits, _) = read::collect(
+            self.store,
+            &d.key,
+            &d.range_end,
+            self.read_rev(),
+            Some(&self.overlay),
+            usize::MAX,
+        )?;
+        let mut prev_kvs = Vec::new();
+        for h in &hits {
+            if d.prev_kv {
+                prev_kvs.push(h.full_kv(self.store)?);
+            }
+            let rev = Revision::new(self.main(), self.sub);
+            self.sub += 1;
+            let tomb = KeyValue {
+                key: h.key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            let iv = IndexValue {
+                tombstone: true,
+                ..Default::default()
+            };
+            self.batch
+                .insert(&self.store.kv, kv_key(rev, true), prost::Message::encode_to_vec(&tomb));
+            self.batch
+                .insert(&self.store.index, index_key(&h.key, rev), iv.encode().to_vec());
+            self.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(tomb),
+                prev_kv: None,
+            });
+            self.overlay.insert(h.key.clone(), None);
+        }
+        let rev = if hits.is_empty() && self.sub == 0 {
+            self.base
+        } else {
+            self.main()
+        };
+        Ok(DeleteRangeResponse {
+            header: header(rev),
+            deleted: hits.len() as i64,
+            prev_kvs,
+        })
+    }
+
+    fn txn_inner(&mut self, r: &TxnRequest) -> FResult<TxnResponse> {
+        let mut ok = true;
+        for c in &r.compare {
+            if !read::compare(self.store, c, self.read_rev(), &self.overlay)? {
+                ok = false;
+                break;
+            }
+        }
+        let ops = if ok { &r.success } else { &r.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                None => continue,
+                Some(Op::RequestRange(rr)) => OpResponse::ResponseRange(self.txn_range(rr)?),
+                Some(Op::RequestPut(p)) => OpResponse::ResponsePut(self.put_inner(p)?),
+                Some(Op::RequestDeleteRange(d)) => {
+                    OpResponse::ResponseDeleteRange(self.delete_inner(d)?)
+                }
+                Some(Op::RequestTxn(t)) => OpResponse::ResponseTxn(self.txn_inner(t)?),
+            };
+            responses.push(ResponseOp {
+                response: Some(resp),
+            });
+        }
+        Ok(TxnResponse {
+            header: header(self.base),
+            succeeded: ok,
+            responses,
+        })
+    }
+
+    fn txn_range(&mut self, rr: &RangeRequest) -> FResult<etch_protocol::etcdserverpb::RangeResponse> {
+        let current = self.base;
+        match read::range(
+            self.store,
+            rr,
+            Some(&self.overlay),
+            current,
+            self.store.compact_revision(),
+        )? {
+            Ok(r) => Ok(r),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the batch: the changes, the new current revision (if anything changed), the
+    /// applied index; then runs a requested compaction.
+    pub(super) fn commit(mut self, applied: AppliedIndex, mut resp: WriteResponse) -> Result<Applied> {
+        let changed = !self.events.is_empty();
+        let new_rev = if changed { self.main() } else { self.base };
+        if changed {
+            self.batch.insert(
+                &self.store.meta,
+                META_CURRENT_REV,
+                new_rev.to_be_bytes().to_vec(),
+            );
+        }
+        if let WriteResponse::Txn(t) = &mut resp {
+            t.header = header(new_rev);
+        }
+        self.store.put_applied(&mut self.batch, applied);
+        self.batch.commit()?;
+        self.store
+            .current
+            .store(new_rev, std::sync::atomic::Ordering::Release);
+        self.store.set_applied(applied);
+        if let Some(rev) = self.compact_to {
+            compact(self.store, rev)?;
+        }
+        Ok(Applied {
+            response: Ok(resp),
+            events: self.events,
+            revision: new_rev,
+        })
+    }
+}
+
+/// Physically compacts to `rev`: for every key, drops each revision below `rev` except the
+/// newest at or below it, and that one too when it is a tombstone (etcd `scheduleCompaction`).
+/// Records the compacted revision first, so reads below it fail from now on.
+fn compact(store: &MvccStore, rev: i64) -> Result<()> {
+    let mut b = store.db.batch();
+    b.insert(&store.meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
+    b.commit()?;
+    store
+        .compacted
+        .store(rev, std::sync::atomic::Ordering::Release);
+    let mut batch = store.db.batch();
+    let mut pending = 0usize;
+    // (prefix, revision, tombstone) of the newest entry <= rev in the current group.
+    let mut group: Option<(Vec<u8>, Revision, bool)> = None;
+    for g in store.index.iter() {
+        let (k, v) = g.into_inner()?;
+        let (prefix, r) =
+            split_index_key(&k).ok_or_else(|| Error::CorruptStore("short index key".into()))?;
+        let iv = IndexValue::decode(&v).ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
+        if r.main > rev {
+            continue;
+        }
+        if let Some((p, prev_rev, prev_tomb)) = &group
+            && p.as_slice() == prefix
+        {
+            // An older entry of the same key, superseded by `r` at or below `rev`.
+            batch.remove(&store.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
+            batch.remove(&store.kv, kv_key(*prev_rev, *prev_tomb));
+            pending += 1;
+        } else if let Some((p, prev_rev, true)) = group.take() {
+            // The previous key ended on a tombstone at or below `rev`: nothing to keep.
+            batch.remove(&store.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
+            batch.remove(&store.kv, kv_key(prev_rev, true));
+            pending += 1;
+        }
+        group = Some((prefix.to_vec(), r, iv.tombstone));
+        if pending >= 10_000 {
+            std::mem::replace(&mut batch, store.db.batch()).commit()?;
+            pending = 0;
+        }
+    }
+    if let Some((p, prev_rev, true)) = group {
+        batch.remove(&store.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
+        batch.remove(&store.kv, kv_key(prev_rev, true));
+    }
+    batch.commit()?;
+    Ok(())
+}
+
