@@ -1,1 +1,191 @@
-//! placeholder
+//! etch node: one member of an etch cluster.
+//!
+//! Inside a node, actors exchange messages (ARCHITECTURE.md section 2):
+//! [`consensus`] (raft-rs) -> [`wal`] (durability, own thread) -> [`apply`] (MVCC on fjall,
+//! own thread), with [`service`] turning client requests into proposals and reads and
+//! [`api`] serving the wire protocols. [`run`] wires them together.
+
+pub mod api;
+pub mod apply;
+pub mod config;
+pub mod consensus;
+pub mod error;
+mod logger;
+pub mod service;
+pub mod wal;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use raft::eraftpb::{ConfState, SnapshotMetadata};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use etch_storage::mvcc::MvccStore;
+use etch_storage::raftlog::RaftLog;
+use etch_storage::wal::Wal;
+
+pub use config::{Config, Flags};
+pub use error::{Error, Result};
+
+use crate::apply::{ApplyActor, Waiters};
+use crate::consensus::{ConsensusActor, NodeState, RaftCore};
+use crate::service::{Limits, Service};
+use crate::wal::WalActor;
+
+/// Extra bytes a native frame may carry beyond `--max-request-bytes` (envelope, headers), so an
+/// oversized request gets etcd's "request is too large" instead of a dropped connection.
+pub const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// How long shutdown waits for in-flight requests before closing anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Sockets the caller bound (so tests can bind port 0 and read the port back).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Native protocol listeners.
+    pub native: Vec<std::net::TcpListener>,
+}
+
+/// Runs a node until `shutdown` resolves (then stops gracefully: stop accepting, finish
+/// in-flight requests, make the store durable) or a fatal error occurs.
+///
+/// Must be called inside a running actix `System`.
+///
+/// # Errors
+/// Storage errors at open (including WAL corruption, naming file and offset), a data dir that
+/// belongs to another member, and any fatal error while running.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let member_dir = config.data_dir.join("member");
+    let (mut wal, recovered) = Wal::open(&member_dir.join("wal"))?;
+    if recovered.truncated_bytes > 0 {
+        tracing::warn!(bytes = recovered.truncated_bytes, "repaired a torn WAL tail");
+    }
+    let store = Arc::new(MvccStore::open(&member_dir.join("db"))?);
+
+    let (member_id, cluster_id) = match store.identity()? {
+        Some((m, c)) => {
+            if (m, c) != (config.member_id, config.cluster_id) {
+                tracing::warn!(member_id = %format!("{m:x}"), "data dir has an identity: bootstrap flags ignored");
+            }
+            (m, c)
+        }
+        None => {
+            store.set_identity(config.member_id, config.cluster_id)?;
+            (config.member_id, config.cluster_id)
+        }
+    };
+    let fresh = recovered.snapshot.is_none() && recovered.entries.is_empty() && recovered.hard_state.is_none();
+    let mut cs = ConfState::default();
+    cs.voters = config.initial_members.clone();
+    if fresh {
+        // Record the initial configuration as the log's origin, so a restart knows its voters.
+        let mut meta = SnapshotMetadata::default();
+        meta.set_conf_state(cs.clone());
+        wal.append_snapshot(&meta)?;
+        wal.sync()?;
+    }
+    let log = RaftLog::from_recovered(&recovered, cs);
+    let applied = store.applied_index().index;
+    tracing::info!(
+        member_id = %format!("{member_id:x}"),
+        cluster_id = %format!("{cluster_id:x}"),
+        data_dir = %config.data_dir.display(),
+        applied_index = applied,
+        last_index = log.last_index(),
+        revision = store.current_revision(),
+        "starting etch"
+    );
+    let core = RaftCore::new(member_id, log, applied, config.election_ticks(), &logger::raft_logger(member_id))?;
+
+    let state = Arc::new(NodeState::new(member_id, cluster_id));
+    let waiters = Arc::new(Waiters::default());
+    let (applied_tx, applied_rx) = watch::channel(applied);
+
+    // WAL and apply each get a thread of their own: fsync and fjall writes block.
+    let wal_arbiter = Arbiter::new();
+    let wal_addr = WalActor::start_in_arbiter(&wal_arbiter.handle(), move |ctx| {
+        ctx.set_mailbox_capacity(64);
+        WalActor::new(wal)
+    });
+    let apply_arbiter = Arbiter::new();
+    let (st, w) = (store.clone(), waiters.clone());
+    let apply_addr = ApplyActor::start_in_arbiter(&apply_arbiter.handle(), move |ctx| {
+        ctx.set_mailbox_capacity(1024);
+        ApplyActor::new(st, w, applied_tx)
+    });
+    let consensus = ConsensusActor::new(
+        core,
+        wal_addr,
+        apply_addr,
+        state.clone(),
+        config.heartbeat_interval,
+        config.snapshot_count,
+    )
+    .start();
+
+    let service = Arc::new(Service::new(
+        store.clone(),
+        consensus.clone(),
+        waiters,
+        applied_rx,
+        state.clone(),
+        Limits {
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+            request_timeout: config.request_timeout,
+        },
+    ));
+
+    let tracker = TaskTracker::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for l in listeners.native {
+        l.set_nonblocking(true)?;
+        let addr = l.local_addr()?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        tracing::info!(%addr, "serving the native protocol");
+        tracker.spawn(api::native::serve(
+            l,
+            service.clone(),
+            config.max_request_bytes + FRAME_OVERHEAD_BYTES,
+            stop_rx.clone(),
+            tracker.clone(),
+        ));
+    }
+
+    let mut fatal = state.fatal();
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        r = fatal.wait_for(|f| f.is_some()) => {
+            Err(Error::Fatal(r.map(|v| v.clone().unwrap_or_default()).unwrap_or_default()))
+        }
+    };
+    tracing::info!("shutting down: no new requests; finishing in-flight ones");
+    stop_tx.send_replace(true);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish in time");
+    }
+    consensus.do_send(StopConsensus);
+    if result.is_ok() {
+        store.persist()?;
+    }
+    wal_arbiter.stop();
+    apply_arbiter.stop();
+    tracing::info!("stopped");
+    result
+}
+
+/// Stops the consensus actor (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopConsensus;
+
+impl Handler<StopConsensus> for ConsensusActor {
+    type Result = ();
+    fn handle(&mut self, _: StopConsensus, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

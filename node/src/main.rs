@@ -1,1 +1,68 @@
-fn main() {}
+//! `etch`: run one etch member. Flags follow etcd's (`etch --help`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use etch_node::{Config, Flags, Listeners};
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},raft=warn", flags.log_level)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::from_flags(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("etch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut listeners = Listeners::default();
+    for addr in &config.listen_native {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => listeners.native.push(l),
+            Err(e) => {
+                eprintln!("etch: cannot listen on {addr}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            // Without a runtime there is nothing to run; the error is printed by the panic.
+            .expect("cannot build the tokio runtime")
+    });
+    let result = system.block_on(etch_node::run(config, listeners, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "etch stopped with an error");
+            eprintln!("etch: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install a SIGTERM handler");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod mvcc;
+pub mod raftlog;
 pub mod wal;
 
 pub use error::{Error, Result};

@@ -1,1 +1,20 @@
-//! placeholder
+//! etch tools: the native protocol client library used by `etchctl`, `etch-bench` and users'
+//! programs.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), etch_tools::ClientError> {
+//! let c = etch_tools::Client::connect("127.0.0.1:2378").await?;
+//! c.put(etch_tools::pb::PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod output;
+
+pub use client::{Client, ClientError};
+
+/// The request and response messages (etcd's `etcdserverpb` and `mvccpb`).
+pub mod pb {
+    pub use etch_protocol::etcdserverpb::*;
+    pub use etch_protocol::mvccpb::{Event, KeyValue};
+}

@@ -117,6 +117,7 @@ pub struct AppliedIndex {
 const META_CURRENT_REV: &str = "current_revision";
 const META_COMPACT_REV: &str = "compact_revision";
 const META_APPLIED: &str = "applied_index";
+const META_IDENTITY: &str = "identity";
 
 /// The store. Cheap to share behind an `Arc`: reads take `&self`.
 pub struct MvccStore {
@@ -209,6 +210,32 @@ impl MvccStore {
         self.db.disk_space().unwrap_or(0)
     }
 
+    /// The (member ID, cluster ID) recorded when this member was bootstrapped, if any.
+    ///
+    /// # Errors
+    /// [`Error::Fjall`], [`Error::CorruptStore`].
+    pub fn identity(&self) -> Result<Option<(u64, u64)>> {
+        match self.meta.get(META_IDENTITY)? {
+            None => Ok(None),
+            Some(v) if v.len() == 16 => Ok(Some((
+                u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
+                u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
+            ))),
+            Some(v) => Err(Error::CorruptStore(format!("meta {META_IDENTITY}: {} bytes", v.len()))),
+        }
+    }
+
+    /// Records this member's (member ID, cluster ID), durably.
+    ///
+    /// # Errors
+    /// [`Error::Fjall`].
+    pub fn set_identity(&self, member_id: u64, cluster_id: u64) -> Result<()> {
+        let mut v = member_id.to_be_bytes().to_vec();
+        v.extend_from_slice(&cluster_id.to_be_bytes());
+        self.meta.insert(META_IDENTITY, v)?;
+        self.persist()
+    }
+
     /// Makes everything applied so far durable (fjall `PersistMode::SyncAll`).
     ///
     /// # Errors
@@ -226,6 +253,30 @@ impl MvccStore {
     /// [`RequestError::FutureRevision`].
     pub fn range(&self, req: &RangeRequest) -> Result<std::result::Result<RangeResponse, RequestError>> {
         read::range(self, req, None, self.current_revision(), self.compact_revision())
+    }
+
+    /// Serves a Txn that only reads (no Put/DeleteRange in any branch) at the current revision,
+    /// without a raft entry (etcd serves read-only txns the same way).
+    ///
+    /// # Errors
+    /// Outer: fatal store errors. Inner: the request errors of its ranges.
+    pub fn txn_read(
+        &self,
+        req: &etch_protocol::etcdserverpb::TxnRequest,
+    ) -> Result<std::result::Result<TxnResponse, RequestError>> {
+        let current = self.current_revision();
+        let mut txn = write::WriteTxn::new(self);
+        match txn.txn(req) {
+            Ok(mut r) => {
+                r.header = Some(etch_protocol::etcdserverpb::ResponseHeader {
+                    revision: current,
+                    ..Default::default()
+                });
+                Ok(Ok(r))
+            }
+            Err(write::Fail::Request(e)) => Ok(Err(e)),
+            Err(write::Fail::Store(e)) => Err(e),
+        }
     }
 
     /// Applies the write carried by raft entry (`index`, `term`). Entries at or below the

@@ -1,0 +1,71 @@
+//! The one table from request failures to etcd v3.5's gRPC codes and exact messages
+//! (`api/v3rpc/rpctypes/error.go`). Clients match on these strings: change none of them.
+
+use etch_protocol::Code;
+use etch_storage::mvcc::RequestError;
+
+use crate::error::ApiError;
+
+/// The gRPC code and message etcd returns for `e`.
+pub fn status_of(e: &ApiError) -> (Code, &'static str) {
+    use RequestError as R;
+    match e {
+        ApiError::Request(r) => match r {
+            R::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
+            R::KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
+            R::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
+            R::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+            R::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+            R::TooManyOps => (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            R::DuplicateKey => (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            R::Compacted => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            R::FutureRevision => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            _ => (Code::Unknown, "etcdserver: unknown request error"),
+        },
+        ApiError::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
+        ApiError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
+        ApiError::TooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
+        ApiError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
+        ApiError::Unimplemented => (Code::Unimplemented, "etch: unknown request type"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the strings clients match on.
+    #[test]
+    fn messages_are_etcds() {
+        let cases: &[(ApiError, Code, &str)] = &[
+            (RequestError::EmptyKey.into(), Code::InvalidArgument, "etcdserver: key is not provided"),
+            (RequestError::KeyNotFound.into(), Code::InvalidArgument, "etcdserver: key not found"),
+            (RequestError::ValueProvided.into(), Code::InvalidArgument, "etcdserver: value is provided"),
+            (RequestError::LeaseProvided.into(), Code::InvalidArgument, "etcdserver: lease is provided"),
+            (RequestError::LeaseNotFound.into(), Code::NotFound, "etcdserver: requested lease not found"),
+            (RequestError::TooManyOps.into(), Code::InvalidArgument, "etcdserver: too many operations in txn request"),
+            (RequestError::DuplicateKey.into(), Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+            (RequestError::Compacted.into(), Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
+            (RequestError::FutureRevision.into(), Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
+            (ApiError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
+            (ApiError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
+            (ApiError::TooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
+            (ApiError::Stopped, Code::Unavailable, "etcdserver: server stopped"),
+        ];
+        for (e, code, msg) in cases {
+            assert_eq!(status_of(e), (*code, *msg), "{e:?}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The native protocol server (TCP, default port 2378), specified in `protocol/README.md`.
+//!
+//! A connection is turned into frames and nothing more here (mini-redis `connection.rs`):
+//! the first frame must be a `Hello`; after it, every request frame is served concurrently and
+//! answered with the same `id`, so many requests are in flight per connection. A frame that
+//! is too long or does not decode ends the connection after an error frame; a frame with an
+//! unknown body gets an error frame and the connection goes on. Nothing a client sends panics
+//! the node.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::task::TaskTracker;
+
+use etch_protocol::etchpb::{Error as ErrorFrame, Frame, HelloResponse, frame::Body};
+use etch_protocol::{Code, PROTOCOL_VERSION, frame};
+
+use crate::api::errors::status_of;
+use crate::error::ApiError;
+use crate::service::Service;
+
+/// Requests served at once per connection; more wait (backpressure on the client).
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+
+/// Frames queued for writing per connection.
+const WRITE_QUEUE_FRAMES: usize = 1024;
+
+/// Accepts connections on `listener` until `shutdown` turns true; each connection and each
+/// request runs on `tracker`, so shutdown can wait for in-flight work.
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<Service>,
+    max_frame_bytes: usize,
+    shutdown: watch::Receiver<bool>,
+    tracker: TaskTracker,
+) {
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            acc = listener.accept() => match acc {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracing::debug!(%peer, "native connection");
+                    let t = tracker.clone();
+                    tracker.spawn(connection(stream, service.clone(), max_frame_bytes, shutdown.clone(), t));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn error_frame(id: u64, code: Code, message: impl Into<String>) -> Frame {
+    Frame {
+        id,
+        body: Some(Body::Error(ErrorFrame {
+            code: code as u32,
+            message: message.into(),
+        })),
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    service: Arc<Service>,
+    max_frame_bytes: usize,
+    mut shutdown: watch::Receiver<bool>,
+    tracker: TaskTracker,
+) {
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, frame::codec(max_frame_bytes));
+    let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);
+    let writer = tokio::spawn(async move {
+        let mut w = FramedWrite::new(wr, frame::codec(usize::MAX));
+        while let Some(b) = rx.recv().await {
+            if w.feed(b).await.is_err() {
+                return;
+            }
+            // Batch whatever else is ready into the same flush.
+            while let Ok(b) = rx.try_recv() {
+                if w.feed(b).await.is_err() {
+                    return;
+                }
+            }
+            if SinkExt::<Bytes>::flush(&mut w).await.is_err() {
+                return;
+            }
+        }
+    });
+    let send = |tx: &mpsc::Sender<Bytes>, f: Frame| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(frame::encode_payload(&f)).await;
+        }
+    };
+
+    // Handshake.
+    let hello = match reader.next().await {
+        Some(Ok(b)) => frame::decode(&b).ok(),
+        _ => None,
+    };
+    match hello.and_then(|f| f.body) {
+        Some(Body::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => {
+            let st = service.state();
+            send(
+                &tx,
+                Frame {
+                    id: 0,
+                    body: Some(Body::HelloResponse(HelloResponse {
+                        protocol_version: PROTOCOL_VERSION,
+                        cluster_id: st.cluster_id,
+                        member_id: st.member_id,
+                        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    })),
+                },
+            )
+            .await;
+        }
+        Some(Body::Hello(h)) => {
+            let msg = format!(
+                "etch: unsupported protocol version {} (server speaks {PROTOCOL_VERSION})",
+                h.protocol_version
+            );
+            send(&tx, error_frame(0, Code::FailedPrecondition, msg)).await;
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+        _ => {
+            send(&tx, error_frame(0, Code::FailedPrecondition, "etch: expected a Hello frame first")).await;
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+    }
+
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    loop {
+        let next = tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            n = reader.next() => n,
+        };
+        let payload = match next {
+            None => break,
+            Some(Err(e)) => {
+                send(&tx, error_frame(0, Code::InvalidArgument, format!("etch: bad frame: {e}"))).await;
+                break;
+            }
+            Some(Ok(b)) => b,
+        };
+        let f = match frame::decode(&payload) {
+            Ok(f) => f,
+            Err(e) => {
+                send(&tx, error_frame(0, Code::InvalidArgument, format!("etch: {e}"))).await;
+                break;
+            }
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (svc, tx) = (service.clone(), tx.clone());
+        tracker.spawn(async move {
+            let resp = handle(&svc, f).await;
+            let _ = tx.send(frame::encode_payload(&resp)).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    // The writer ends once every in-flight request has sent its response.
+    let _ = writer.await;
+}
+
+/// Serves one request frame.
+async fn handle(svc: &Service, f: Frame) -> Frame {
+    let id = f.id;
+    let result: Result<Body, ApiError> = match f.body {
+        Some(Body::Range(r)) => svc.range(r).await.map(Body::RangeResponse),
+        Some(Body::Put(r)) => svc.put(r).await.map(Body::PutResponse),
+        Some(Body::DeleteRange(r)) => svc.delete_range(r).await.map(Body::DeleteRangeResponse),
+        Some(Body::Txn(r)) => svc.txn(r).await.map(Body::TxnResponse),
+        Some(Body::Compact(r)) => svc.compact(r).await.map(Body::CompactResponse),
+        Some(Body::Status(_)) => Ok(Body::StatusResponse(svc.status())),
+        Some(Body::Hello(_)) => {
+            return error_frame(id, Code::FailedPrecondition, "etch: Hello already received");
+        }
+        _ => Err(ApiError::Unimplemented),
+    };
+    match result {
+        Ok(body) => Frame {
+            id,
+            body: Some(body),
+        },
+        Err(e) => {
+            let (code, msg) = status_of(&e);
+            error_frame(id, code, msg)
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The MVCC apply actor: applies committed raft entries to the MVCC store, in order, on its own
+//! arbiter (thread): fjall writes are blocking IO), answers the waiting client
+//! of each entry by request id, and publishes the applied index for linearizable reads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType};
+use tokio::sync::{oneshot, watch};
+
+use etch_protocol::etchpb::InternalRequest;
+use etch_storage::mvcc::{MvccStore, RequestError, WriteResponse};
+
+/// Apply slower than this for one batch is logged at warn (etcd: 100 ms).
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+
+/// What a proposer receives once its entry is applied.
+pub type WriteResult = Result<WriteResponse, RequestError>;
+
+/// Clients waiting for their proposals to be applied, by request id (etcd `wait.Wait`).
+#[derive(Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<u64, oneshot::Sender<WriteResult>>>,
+}
+
+impl Waiters {
+    /// Registers request `id`; the receiver resolves when the entry carrying it is applied.
+    pub fn register(&self, id: u64) -> oneshot::Receiver<WriteResult> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        rx
+    }
+
+    /// Drops the waiter of `id` (its proposal failed or timed out).
+    pub fn cancel(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn trigger(&self, id: u64, r: WriteResult) {
+        if let Some(tx) = self.lock().remove(&id) {
+            let _ = tx.send(r);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<WriteResult>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The actor.
+pub struct ApplyActor {
+    store: Arc<MvccStore>,
+    waiters: Arc<Waiters>,
+    applied_tx: watch::Sender<u64>,
+}
+
+impl ApplyActor {
+    /// An apply actor over `store`, answering `waiters` and publishing to `applied_tx`.
+    pub fn new(store: Arc<MvccStore>, waiters: Arc<Waiters>, applied_tx: watch::Sender<u64>) -> ApplyActor {
+        ApplyActor {
+            store,
+            waiters,
+            applied_tx,
+        }
+    }
+}
+
+impl Actor for ApplyActor {
+    type Context = Context<Self>;
+}
+
+/// Sent by consensus with entries that are committed and persisted locally, in log order.
+/// Replies with the last index applied; an `Err` is fatal (the store is broken).
+#[derive(Message)]
+#[rtype(result = "Result<u64, etch_storage::Error>")]
+pub struct ApplyCommitted {
+    /// Committed entries, in index order.
+    pub entries: Vec<Entry>,
+}
+
+impl Handler<ApplyCommitted> for ApplyActor {
+    type Result = Result<u64, etch_storage::Error>;
+
+    fn handle(&mut self, m: ApplyCommitted, _: &mut Self::Context) -> Self::Result {
+        let start = Instant::now();
+        let mut last = self.store.applied_index().index;
+        for e in &m.entries {
+            last = e.index;
+            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+                // Leader no-ops and configuration changes carry no key-value write.
+                self.store.mark_applied(e.index, e.term)?;
+                continue;
+            }
+            let req = match InternalRequest::decode(&e.data[..]) {
+                Ok(r) => r,
+                Err(err) => {
+                    // The entry passed the WAL's CRC, so it was written like this: a bug or
+                    // an incompatible version. Never guess: stop.
+                    return Err(etch_storage::Error::CorruptStore(format!(
+                        "raft entry {} does not decode: {err}",
+                        e.index
+                    )));
+                }
+            };
+            if let Some(applied) = self.store.apply(e.index, e.term, req.request.as_ref())? {
+                tracing::trace!(index = e.index, revision = applied.revision, "applied");
+                self.waiters.trigger(req.id, applied.response);
+            }
+        }
+        let took = start.elapsed();
+        if took > SLOW_APPLY {
+            tracing::warn!(?took, entries = m.entries.len(), "apply took too long");
+        }
+        self.applied_tx.send_replace(last);
+        Ok(last)
+    }
+}
+
+/// Sent by consensus before releasing the raft log: make the store durable (fsync).
+#[derive(Message)]
+#[rtype(result = "Result<(), etch_storage::Error>")]
+pub struct PersistStore;
+
+impl Handler<PersistStore> for ApplyActor {
+    type Result = Result<(), etch_storage::Error>;
+
+    fn handle(&mut self, _: PersistStore, _: &mut Self::Context) -> Self::Result {
+        self.store.persist()
+    }
+}

@@ -1,0 +1,350 @@
+//! Command-line flags (etcd's names) and the validated, immutable [`Config`].
+//!
+//! Every flag is also read from the environment as `ETCH_<FLAG>` (upper case, `-` -> `_`).
+//! Durations are humantime strings (`100ms`, `1s`); a bare number means milliseconds, as in
+//! etcd. etcd flags etch does not need (`--logger`, `--log-outputs`, ...) are accepted and
+//! ignored with a warning, so scripts written to start etcd start etch unchanged.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use sha1::{Digest, Sha1};
+
+/// The version of the etcd API etch implements, reported where etcd reports its version
+/// (`Status.version`): clients such as kube-apiserver gate features on it.
+pub const ETCD_API_VERSION: &str = "3.5.17";
+
+/// Raw command-line flags, before validation.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "etch", version, about = "etch: a distributed, strongly consistent key-value store")]
+pub struct Flags {
+    /// Human-readable name of this member.
+    #[arg(long, env = "ETCH_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory. Default: `<name>.etch`.
+    #[arg(long, env = "ETCH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to serve the native protocol on (`tcp://host:port`).
+    #[arg(long, env = "ETCH_LISTEN_NATIVE_URLS", default_value = "tcp://127.0.0.1:2378")]
+    pub listen_native_urls: String,
+    /// Comma-separated URLs to serve the etcd gRPC API on (served from the gRPC issue on).
+    #[arg(long, env = "ETCH_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URLs advertised to the rest of the cluster.
+    #[arg(long, env = "ETCH_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, env = "ETCH_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs, advertised to the cluster.
+    #[arg(long, env = "ETCH_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: `name=peer-url,...`.
+    #[arg(long, env = "ETCH_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` or `existing`.
+    #[arg(long, env = "ETCH_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token: member and cluster IDs derive from it and the peer URLs.
+    #[arg(long, env = "ETCH_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time between heartbeats (humantime; bare number = ms). Default: 100ms.
+    #[arg(long, env = "ETCH_HEARTBEAT_INTERVAL", default_value = "100ms")]
+    pub heartbeat_interval: String,
+    /// Time without a leader before an election (humantime; bare number = ms). Default: 1000ms.
+    #[arg(long, env = "ETCH_ELECTION_TIMEOUT", default_value = "1000ms")]
+    pub election_timeout: String,
+    /// Applied entries between log compactions (raft log release).
+    #[arg(long, env = "ETCH_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Backend size limit in bytes (alarm issue; recorded now). Default: 2 GiB.
+    #[arg(long, env = "ETCH_QUOTA_BACKEND_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub quota_backend_bytes: u64,
+    /// Maximum client request size in bytes. Default: 1.5 MiB (etcd).
+    #[arg(long, env = "ETCH_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: u32,
+    /// Maximum operations per Txn branch. Default: 128 (etcd).
+    #[arg(long, env = "ETCH_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: u32,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "ETCH_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// etcd's logger choice; accepted and ignored (etch always logs with tracing).
+    #[arg(long, hide = true)]
+    pub logger: Option<String>,
+    /// etcd's log outputs; accepted and ignored (etch logs to stderr).
+    #[arg(long, hide = true)]
+    pub log_outputs: Option<String>,
+    /// etcd's v2 switch; accepted and ignored.
+    #[arg(long, hide = true)]
+    pub enable_v2: Option<String>,
+}
+
+/// Validated configuration. Build with [`Config::from_flags`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Member name.
+    pub name: String,
+    /// Data directory; data lives in `<data_dir>/member/`.
+    pub data_dir: PathBuf,
+    /// Native protocol listen addresses.
+    pub listen_native: Vec<SocketAddr>,
+    /// This member's ID (etcd's derivation from peer URLs and token).
+    pub member_id: u64,
+    /// The cluster ID (etcd's derivation from the member IDs).
+    pub cluster_id: u64,
+    /// Voters of the initial cluster (member IDs).
+    pub initial_members: Vec<u64>,
+    /// Heartbeat interval; one raft tick. Default 100 ms.
+    pub heartbeat_interval: Duration,
+    /// Election timeout. Default 1000 ms.
+    pub election_timeout: Duration,
+    /// Applied entries between raft log compactions. Default 10,000.
+    pub snapshot_count: u64,
+    /// Backend quota, bytes.
+    pub quota_backend_bytes: u64,
+    /// Maximum request size, bytes.
+    pub max_request_bytes: usize,
+    /// Maximum ops per Txn branch.
+    pub max_txn_ops: usize,
+    /// How long a client request waits for its result before "request timed out"
+    /// (etcd: 5 s + 2 x election timeout).
+    pub request_timeout: Duration,
+}
+
+/// A flag that failed validation; `etch` prints it and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{flag} {value:?}: {reason}")]
+pub struct ConfigError {
+    /// The flag name.
+    pub flag: &'static str,
+    /// The value given.
+    pub value: String,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+fn bad(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a humantime duration; a bare number is milliseconds (etcd's flag convention).
+///
+/// # Errors
+/// A message for unparsable input.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Splits `scheme://host:port` into (scheme, resolved address).
+///
+/// # Errors
+/// A message when the URL has no scheme, no port, or does not resolve.
+pub fn parse_url(url: &str) -> Result<(String, SocketAddr), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "expected scheme://host:port".to_owned())?;
+    let hostport = rest.trim_end_matches('/');
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hostport}: no address"))?;
+    Ok((scheme.to_owned(), addr))
+}
+
+/// etcd's member ID: the first 8 bytes (big-endian) of SHA-1(sorted peer URLs joined ++ token)
+/// (etcd `membership.NewMember`).
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut h = Sha1::new();
+    h.update(urls.join("").as_bytes());
+    h.update(token.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// etcd's cluster ID: the first 8 bytes of SHA-1 over the sorted member IDs, each 8 bytes
+/// big-endian (etcd `RaftCluster.genID`).
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let mut h = Sha1::new();
+    for id in ids {
+        h.update(id.to_be_bytes());
+    }
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+impl Config {
+    /// Validates `flags` into a config.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad flag.
+    pub fn from_flags(f: &Flags) -> Result<Config, ConfigError> {
+        for (used, name) in [
+            (f.logger.is_some(), "logger"),
+            (f.log_outputs.is_some(), "log-outputs"),
+            (f.enable_v2.is_some(), "enable-v2"),
+        ] {
+            if used {
+                tracing::warn!(flag = name, "etcd flag accepted and ignored by etch");
+            }
+        }
+        let heartbeat_interval = parse_duration(&f.heartbeat_interval)
+            .map_err(|e| bad("heartbeat-interval", &f.heartbeat_interval, e))?;
+        let election_timeout = parse_duration(&f.election_timeout)
+            .map_err(|e| bad("election-timeout", &f.election_timeout, e))?;
+        if heartbeat_interval.is_zero() {
+            return Err(bad("heartbeat-interval", &f.heartbeat_interval, "must be > 0"));
+        }
+        // etcd: election timeout must be at least 5x the heartbeat interval.
+        if election_timeout < heartbeat_interval * 5 {
+            return Err(bad(
+                "election-timeout",
+                &f.election_timeout,
+                "must be at least 5 x --heartbeat-interval",
+            ));
+        }
+        let mut listen_native = Vec::new();
+        for u in f.listen_native_urls.split(',').filter(|s| !s.is_empty()) {
+            let (scheme, addr) = parse_url(u).map_err(|e| bad("listen-native-urls", u, e))?;
+            if scheme != "tcp" {
+                return Err(bad("listen-native-urls", u, "scheme must be tcp"));
+            }
+            listen_native.push(addr);
+        }
+        if f.initial_cluster_state != "new" && f.initial_cluster_state != "existing" {
+            return Err(bad(
+                "initial-cluster-state",
+                &f.initial_cluster_state,
+                "must be new or existing",
+            ));
+        }
+        let advertised: Vec<String> = f
+            .initial_advertise_peer_urls
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let initial_cluster = f
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", f.name, f.initial_advertise_peer_urls));
+        // name -> peer URLs, in flag order.
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
+        for part in initial_cluster.split(',').filter(|s| !s.is_empty()) {
+            let (n, u) = part
+                .split_once('=')
+                .ok_or_else(|| bad("initial-cluster", part, "expected name=url"))?;
+            match members.iter_mut().find(|(m, _)| m == n) {
+                Some((_, urls)) => urls.push(u.to_owned()),
+                None => members.push((n.to_owned(), vec![u.to_owned()])),
+            }
+        }
+        let Some((_, own_urls)) = members.iter().find(|(n, _)| *n == f.name) else {
+            return Err(bad(
+                "initial-cluster",
+                &initial_cluster,
+                format!("has no member named {:?} (--name)", f.name),
+            ));
+        };
+        let (mut a, mut b) = (own_urls.clone(), advertised.clone());
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(bad(
+                "initial-cluster",
+                &initial_cluster,
+                format!("URLs of {:?} differ from --initial-advertise-peer-urls", f.name),
+            ));
+        }
+        if members.len() > 1 {
+            return Err(bad(
+                "initial-cluster",
+                &initial_cluster,
+                "multi-member clusters are not supported by this build yet (single member only)",
+            ));
+        }
+        let initial_members: Vec<u64> = members
+            .iter()
+            .map(|(_, urls)| member_id(urls, &f.initial_cluster_token))
+            .collect();
+        let member_id = member_id(own_urls, &f.initial_cluster_token);
+        let cluster_id = cluster_id(&initial_members);
+        let data_dir = f
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etch", f.name)));
+        if f.snapshot_count == 0 {
+            return Err(bad("snapshot-count", "0", "must be > 0"));
+        }
+        Ok(Config {
+            name: f.name.clone(),
+            data_dir,
+            listen_native,
+            member_id,
+            cluster_id,
+            initial_members,
+            heartbeat_interval,
+            election_timeout,
+            snapshot_count: f.snapshot_count,
+            quota_backend_bytes: f.quota_backend_bytes,
+            max_request_bytes: f.max_request_bytes as usize,
+            max_txn_ops: f.max_txn_ops as usize,
+            request_timeout: Duration::from_secs(5) + election_timeout * 2,
+        })
+    }
+
+    /// Raft ticks per election timeout (at least 2 more than the heartbeat's 1).
+    pub fn election_ticks(&self) -> usize {
+        let t = self.election_timeout.as_millis() / self.heartbeat_interval.as_millis().max(1);
+        usize::try_from(t).unwrap_or(usize::MAX).max(3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut v = vec!["etch"];
+        v.extend_from_slice(args);
+        Flags::parse_from(v)
+    }
+
+    #[test]
+    fn ids_match_etcd_for_the_default_member() {
+        // etcd's well-known default: `etcd` with no flags is member 8e9e05c52164694d of
+        // cluster cdf818194e3a8c32.
+        let id = member_id(&["http://localhost:2380".into()], "etcd-cluster");
+        assert_eq!(format!("{id:x}"), "8e9e05c52164694d");
+        assert_eq!(format!("{:x}", cluster_id(&[id])), "cdf818194e3a8c32");
+        let c = Config::from_flags(&flags(&[])).unwrap();
+        assert_eq!(c.member_id, id);
+        assert_eq!(c.data_dir, PathBuf::from("default.etch"));
+    }
+
+    #[test]
+    fn durations_follow_etcd_conventions() {
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        let c = Config::from_flags(&flags(&["--heartbeat-interval", "50", "--election-timeout", "500ms"])).unwrap();
+        assert_eq!(c.election_ticks(), 10);
+        let e = Config::from_flags(&flags(&["--election-timeout", "200ms"])).unwrap_err();
+        assert!(e.to_string().contains("election-timeout"), "{e}");
+        assert!(Config::from_flags(&flags(&["--heartbeat-interval", "soon"])).is_err());
+    }
+}

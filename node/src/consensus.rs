@@ -1,0 +1,503 @@
+//! The consensus actor: raft-rs's `RawNode` and the handling of its `Ready`s.
+//!
+//! [`RaftCore`] holds the raft state machine and the pending ReadIndex requests, with no actix,
+//! tokio or clock types (time arrives as ticks), so it can be driven by tests and a simulator.
+//! [`ConsensusActor`] is the shell: it ticks on a timer, hands `Ready` contents to the WAL and
+//! apply actors, and feeds their completions back.
+//!
+//! Ready handling follows raft-rs's documented order (and etcd's `raft.go`, Raft thesis
+//! 10.2.1):
+//! 1. the leader's `messages` go out before its own fsync (it may persist in parallel);
+//! 2. committed entries go to apply: raft-rs only hands out entries persisted locally;
+//! 3. new entries and the hard state go to the WAL; `persisted_messages` (a follower's votes
+//!    and append responses) are sent only after the WAL reports them durable, then
+//!    `on_persist_ready`.
+//!
+//! At most one Ready is being persisted at a time: proposals that arrive during an fsync
+//! gather in raft's unstable log and go out together in the next Ready (group commit).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use raft::eraftpb::{ConfState, Entry, HardState, Message};
+use raft::{Config as RaftConfig, RawNode, StateRole, INVALID_ID};
+use tokio::sync::{oneshot, watch};
+
+use etch_storage::raftlog::RaftLog;
+
+use crate::apply::{ApplyActor, ApplyCommitted, PersistStore};
+use crate::error::ApiError;
+use crate::wal::{AppendEntries, ReleaseLog, WalActor};
+
+/// Entries kept in the raft log behind a release point, so a slightly lagging follower still
+/// catches up from the log instead of a snapshot (etcd `SnapshotCatchUpEntries`).
+pub const CATCH_UP_ENTRIES: u64 = 5_000;
+
+/// Node-wide facts that consensus keeps current and every front end reads (response headers,
+/// status, health).
+#[derive(Debug)]
+pub struct NodeState {
+    /// This member's ID.
+    pub member_id: u64,
+    /// The cluster's ID.
+    pub cluster_id: u64,
+    term: AtomicU64,
+    leader: AtomicU64,
+    commit_index: AtomicU64,
+    last_index: AtomicU64,
+    fatal: watch::Sender<Option<String>>,
+}
+
+impl NodeState {
+    /// State for a member that has not started raft yet.
+    pub fn new(member_id: u64, cluster_id: u64) -> NodeState {
+        NodeState {
+            member_id,
+            cluster_id,
+            term: AtomicU64::new(0),
+            leader: AtomicU64::new(INVALID_ID),
+            commit_index: AtomicU64::new(0),
+            last_index: AtomicU64::new(0),
+            fatal: watch::channel(None).0,
+        }
+    }
+    /// Current raft term.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
+    }
+    /// Current leader's member ID; 0 when there is none.
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Relaxed)
+    }
+    /// Raft commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.commit_index.load(Ordering::Relaxed)
+    }
+    /// Index of the last entry in this member's raft log.
+    pub fn last_index(&self) -> u64 {
+        self.last_index.load(Ordering::Relaxed)
+    }
+    /// Records a fatal error; `run` returns it and the process exits non-zero.
+    pub fn fail(&self, why: String) {
+        tracing::error!(error = %why, "fatal error, stopping");
+        self.fatal.send_replace(Some(why));
+    }
+    /// Resolves when a fatal error has been recorded.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+}
+
+/// What one Ready asks the shell to do.
+pub struct ReadyOut<W> {
+    /// Messages to send now (the leader's appends and heartbeats).
+    pub messages: Vec<Message>,
+    /// Committed, locally persisted entries to apply, in order.
+    pub committed: Vec<Entry>,
+    /// Entries to make durable.
+    pub entries: Vec<Entry>,
+    /// Hard state to make durable, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Messages to send once `entries` and `hard_state` are durable.
+    pub persisted_messages: Vec<Message>,
+    /// The Ready's number, for [`RaftCore::on_persisted`].
+    pub number: u64,
+    /// Read requests whose ReadIndex is known: wait until applied >= index, then read.
+    pub reads: Vec<(W, u64)>,
+    /// Read requests that cannot be served (no leader).
+    pub failed_reads: Vec<W>,
+}
+
+/// The raft state machine plus pending linearizable reads; `W` is a read waiter.
+pub struct RaftCore<W> {
+    node: RawNode<RaftLog>,
+    log: RaftLog,
+    pending_reads: Vec<W>,
+    /// (context, waiters, tick issued at) of the ReadIndex request in flight.
+    inflight_read: Option<(u64, Vec<W>, u64)>,
+    next_read_ctx: u64,
+    ticks: u64,
+    election_ticks: u64,
+}
+
+impl<W> RaftCore<W> {
+    /// A raft node for member `id` over `log`, with `applied` the store's applied index.
+    ///
+    /// # Errors
+    /// raft-rs's config or log validation errors.
+    pub fn new(
+        id: u64,
+        log: RaftLog,
+        applied: u64,
+        election_ticks: usize,
+        logger: &slog::Logger,
+    ) -> raft::Result<RaftCore<W>> {
+        let cfg = RaftConfig {
+            id,
+            election_tick: election_ticks,
+            heartbeat_tick: 1,
+            applied,
+            // 1 MiB per append message and 256 in flight, as etcd.
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        cfg.validate()?;
+        let node = RawNode::new(&cfg, log.clone(), logger)?;
+        Ok(RaftCore {
+            node,
+            log,
+            pending_reads: Vec::new(),
+            inflight_read: None,
+            next_read_ctx: 1,
+            ticks: 0,
+            election_ticks: election_ticks as u64,
+        })
+    }
+
+    /// Starts an election at once when this member is the only voter, so a single-member
+    /// cluster serves right after start instead of after an election timeout.
+    pub fn campaign_if_alone(&mut self) -> raft::Result<()> {
+        let cs: ConfState = self.log.conf_state();
+        if cs.voters == [self.node.raft.id] && self.node.raft.state != StateRole::Leader {
+            self.node.campaign()?;
+        }
+        Ok(())
+    }
+
+    /// One raft tick (a heartbeat interval).
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.node.tick();
+        // raft-rs drops a ReadIndex silently in some states (a new leader that has not committed
+        // in its term, a follower without a leader): retry an old one.
+        if let Some((_, _, at)) = &self.inflight_read
+            && self.ticks - at > self.election_ticks
+        {
+            if let Some((_, waiters, _)) = self.inflight_read.take() {
+                let mut w = waiters;
+                w.append(&mut self.pending_reads);
+                self.pending_reads = w;
+            }
+        }
+        self.issue_read();
+    }
+
+    /// Proposes `data` (an encoded `InternalRequest`).
+    ///
+    /// # Errors
+    /// [`ApiError::NoLeader`] when there is no leader to take it.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
+        if self.node.raft.leader_id == INVALID_ID {
+            return Err(ApiError::NoLeader);
+        }
+        self.node
+            .propose(Vec::new(), data)
+            .map_err(|_| ApiError::NoLeader)
+    }
+
+    /// Queues a linearizable read; its index arrives in a later [`ReadyOut::reads`].
+    pub fn read(&mut self, w: W) {
+        self.pending_reads.push(w);
+        self.issue_read();
+    }
+
+    /// Fails every queued read (no leader).
+    fn fail_reads(&mut self) -> Vec<W> {
+        let mut out = std::mem::take(&mut self.pending_reads);
+        if let Some((_, w, _)) = self.inflight_read.take() {
+            out.extend(w);
+        }
+        out
+    }
+
+    fn issue_read(&mut self) {
+        if self.inflight_read.is_some() || self.pending_reads.is_empty() {
+            return;
+        }
+        if self.node.raft.leader_id == INVALID_ID {
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.node.read_index(ctx.to_be_bytes().to_vec());
+        let waiters = std::mem::take(&mut self.pending_reads);
+        self.inflight_read = Some((ctx, waiters, self.ticks));
+    }
+
+    /// Takes the next Ready, if raft has one.
+    pub fn ready(&mut self) -> Option<ReadyOut<W>> {
+        let mut failed_reads = Vec::new();
+        if self.node.raft.leader_id == INVALID_ID
+            && (self.inflight_read.is_some() || !self.pending_reads.is_empty())
+        {
+            failed_reads = self.fail_reads();
+        }
+        if !self.node.has_ready() {
+            if failed_reads.is_empty() {
+                return None;
+            }
+            return Some(ReadyOut {
+                messages: Vec::new(),
+                committed: Vec::new(),
+                entries: Vec::new(),
+                hard_state: None,
+                persisted_messages: Vec::new(),
+                number: 0,
+                reads: Vec::new(),
+                failed_reads,
+            });
+        }
+        let mut rd = self.node.ready();
+        let mut reads = Vec::new();
+        for rs in rd.take_read_states() {
+            let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).ok();
+            if let Some((want, _, _)) = &self.inflight_read
+                && Some(*want) == ctx
+                && let Some((_, waiters, _)) = self.inflight_read.take()
+            {
+                reads.extend(waiters.into_iter().map(|w| (w, rs.index)));
+            }
+        }
+        if !rd.snapshot().is_empty() {
+            tracing::warn!("received a raft snapshot: not supported by a single-member build");
+        }
+        let messages = rd.take_messages();
+        let committed = rd.take_committed_entries();
+        let entries = rd.take_entries();
+        let hard_state = rd.hs().cloned();
+        // The in-memory log serves raft-rs at once; durability is the WAL's (before
+        // `on_persisted`).
+        self.log.append(&entries);
+        if let Some(hs) = &hard_state {
+            self.log.set_hard_state(hs.clone());
+        }
+        let persisted_messages = rd.take_persisted_messages();
+        let number = rd.number();
+        self.node.advance_append_async(rd);
+        self.issue_read();
+        Some(ReadyOut {
+            messages,
+            committed,
+            entries,
+            hard_state,
+            persisted_messages,
+            number,
+            reads,
+            failed_reads,
+        })
+    }
+
+    /// The WAL made Ready `number` (and all before it) durable.
+    pub fn on_persisted(&mut self, number: u64) {
+        self.node.on_persist_ready(number);
+    }
+
+    /// Apply reached `index`.
+    pub fn on_applied(&mut self, index: u64) {
+        self.node.advance_apply_to(index);
+    }
+
+    /// The raft log (for releasing entries).
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    /// (term, leader id, commit index, last log index).
+    pub fn status(&self) -> (u64, u64, u64, u64) {
+        let r = &self.node.raft;
+        (r.term, r.leader_id, r.raft_log.committed, self.log.last_index())
+    }
+}
+
+type ReadWaiter = oneshot::Sender<Result<u64, ApiError>>;
+
+/// The actor shell.
+pub struct ConsensusActor {
+    core: RaftCore<ReadWaiter>,
+    wal: Addr<WalActor>,
+    apply: Addr<ApplyActor>,
+    state: Arc<NodeState>,
+    tick_interval: Duration,
+    snapshot_count: u64,
+    wal_busy: bool,
+    releasing: bool,
+}
+
+impl ConsensusActor {
+    /// A consensus actor driving `core`, persisting through `wal`, applying through `apply`.
+    pub fn new(
+        core: RaftCore<ReadWaiter>,
+        wal: Addr<WalActor>,
+        apply: Addr<ApplyActor>,
+        state: Arc<NodeState>,
+        tick_interval: Duration,
+        snapshot_count: u64,
+    ) -> ConsensusActor {
+        ConsensusActor {
+            core,
+            wal,
+            apply,
+            state,
+            tick_interval,
+            snapshot_count,
+            wal_busy: false,
+            releasing: false,
+        }
+    }
+
+    fn fatal(&self, why: String) {
+        self.state.fail(why);
+    }
+
+    fn publish(&self) {
+        let (term, leader, commit, last) = self.core.status();
+        self.state.term.store(term, Ordering::Relaxed);
+        self.state.leader.store(leader, Ordering::Relaxed);
+        self.state.commit_index.store(commit, Ordering::Relaxed);
+        self.state.last_index.store(last, Ordering::Relaxed);
+    }
+
+    /// Processes Readies until one needs the WAL (then continues when it reports back).
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        while !self.wal_busy {
+            let Some(out) = self.core.ready() else { break };
+            self.publish();
+            for w in out.failed_reads {
+                let _ = w.send(Err(ApiError::NoLeader));
+            }
+            for (w, index) in out.reads {
+                let _ = w.send(Ok(index));
+            }
+            // 1. Leader messages before our own fsync. A single-member build has no peers; the
+            //    peer transport takes these in the cluster issue.
+            drop(out.messages);
+            // 2. Committed entries to apply, in order (the apply mailbox is FIFO, one thread).
+            if !out.committed.is_empty() {
+                let fut = self.apply.send(ApplyCommitted {
+                    entries: out.committed,
+                });
+                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+                    Ok(Ok(index)) => {
+                        act.core.on_applied(index);
+                        act.maybe_release(ctx, index);
+                        act.drive(ctx);
+                    }
+                    Ok(Err(e)) => act.fatal(format!("apply: {e}")),
+                    Err(e) => act.fatal(format!("apply actor: {e}")),
+                }));
+            }
+            // 3. Entries and hard state to the WAL; persisted messages after the fsync.
+            if out.entries.is_empty() && out.hard_state.is_none() {
+                if out.number != 0 {
+                    self.core.on_persisted(out.number);
+                }
+                drop(out.persisted_messages);
+                continue;
+            }
+            self.wal_busy = true;
+            let fut = self.wal.send(AppendEntries {
+                entries: out.entries,
+                hard_state: out.hard_state,
+                number: out.number,
+            });
+            let persisted_messages = out.persisted_messages;
+            ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+                Ok(Ok(number)) => {
+                    act.wal_busy = false;
+                    act.core.on_persisted(number);
+                    drop(persisted_messages);
+                    act.drive(ctx);
+                }
+                Ok(Err(e)) => act.fatal(format!("WAL: {e}")),
+                Err(e) => act.fatal(format!("WAL actor: {e}")),
+            }));
+        }
+    }
+
+    /// Releases the raft log behind `applied` every `snapshot_count` entries: persist the
+    /// store, then record the release point in the WAL and drop old segments. The order
+    /// matters: the WAL may forget entries only once their effects are durable in fjall.
+    fn maybe_release(&mut self, ctx: &mut Context<Self>, applied: u64) {
+        let release = applied.saturating_sub(CATCH_UP_ENTRIES);
+        if self.releasing || release < self.core.log().release_index() + self.snapshot_count {
+            return;
+        }
+        self.releasing = true;
+        let persist = self.apply.send(PersistStore);
+        ctx.spawn(persist.into_actor(self).map(move |res, act, ctx| {
+            if let Err(e) = res.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                return act.fatal(format!("persisting the store: {e}"));
+            }
+            let Some(meta) = act.core.log().compact_to(release) else {
+                act.releasing = false;
+                return;
+            };
+            let fut = act.wal.send(ReleaseLog { meta });
+            ctx.spawn(fut.into_actor(act).map(move |res, act, _| match res {
+                Ok(Ok(removed)) => {
+                    act.releasing = false;
+                    tracing::info!(index = release, segments_removed = removed, "raft log released");
+                }
+                Ok(Err(e)) => act.fatal(format!("WAL release: {e}")),
+                Err(e) => act.fatal(format!("WAL actor: {e}")),
+            }));
+        }));
+    }
+}
+
+impl Actor for ConsensusActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(self.tick_interval, |act, ctx| {
+            act.core.tick();
+            act.drive(ctx);
+        });
+        if let Err(e) = self.core.campaign_if_alone() {
+            self.fatal(format!("campaign: {e}"));
+        }
+        self.drive(ctx);
+    }
+}
+
+/// Sent by the service for each client write: propose `data` (an encoded `InternalRequest`).
+/// `Ok` means raft accepted it; the result arrives through the apply waiters.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct Propose {
+    /// The encoded request.
+    pub data: Vec<u8>,
+}
+
+impl Handler<Propose> for ConsensusActor {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, m: Propose, ctx: &mut Context<Self>) -> Self::Result {
+        let r = self.core.propose(m.data);
+        self.drive(ctx);
+        r
+    }
+}
+
+/// Sent by the service for a linearizable read. Replies at once with a receiver that yields
+/// the read index (wait until applied >= it, then read locally) or `NoLeader`.
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<Result<u64, ApiError>>")]
+pub struct ReadIndex;
+
+impl Handler<ReadIndex> for ConsensusActor {
+    type Result = MessageResult<ReadIndex>;
+
+    fn handle(&mut self, _: ReadIndex, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.core.read(tx);
+        self.drive(ctx);
+        MessageResult(rx)
+    }
+}

@@ -1,0 +1,49 @@
+//! The node's errors: fatal failures ([`Error`]) and the request failures a client sees
+//! ([`ApiError`], mapped to etcd's codes and messages in [`crate::api::errors`]).
+
+use etch_storage::mvcc::RequestError;
+
+/// A failure that stops the node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Storage (WAL or MVCC store) failed or is corrupt.
+    #[error(transparent)]
+    Storage(#[from] etch_storage::Error),
+    /// raft-rs refused to start (inconsistent log state).
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A socket or file operation outside storage failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// An actor hit a fatal error while the node was running (WAL or store failure).
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// Result with the node [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a client request failed: etcd's rules, or the cluster's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request broke one of etcd's rules (see [`RequestError`]).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The cluster has no leader now (election in progress or no quorum).
+    #[error("no leader")]
+    NoLeader,
+    /// The request did not finish within the request timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// The request is larger than `--max-request-bytes`.
+    #[error("request is too large")]
+    TooLarge,
+    /// The node is shutting down.
+    #[error("server stopped")]
+    Stopped,
+    /// The request has no body this node understands.
+    #[error("unknown request")]
+    Unimplemented,
+}

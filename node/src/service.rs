@@ -1,0 +1,270 @@
+//! The internal service every front end calls: requests become raft proposals (writes) or
+//! local reads (after a ReadIndex for linearizable ones), and responses get etcd's header
+//! (`cluster_id`, `member_id`, `revision`, `raft_term`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::Addr;
+use prost::Message as _;
+use tokio::sync::watch;
+
+use etch_protocol::etcdserverpb::request_op::Request as Op;
+use etch_protocol::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
+    TxnResponse,
+};
+use etch_protocol::etchpb::InternalRequest;
+use etch_protocol::etchpb::internal_request::Request;
+use etch_storage::mvcc::{self, MvccStore, WriteResponse};
+
+use crate::apply::Waiters;
+use crate::config::ETCD_API_VERSION;
+use crate::consensus::{ConsensusActor, NodeState, Propose, ReadIndex};
+use crate::error::ApiError;
+
+type Res<T> = Result<T, ApiError>;
+
+/// Limits the service enforces, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Maximum encoded request, bytes (`--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// Maximum ops per Txn branch (`--max-txn-ops`).
+    pub max_txn_ops: usize,
+    /// How long a request waits for consensus and apply.
+    pub request_timeout: Duration,
+}
+
+/// The service. Shared by every connection behind an `Arc`.
+pub struct Service {
+    store: Arc<MvccStore>,
+    consensus: Addr<ConsensusActor>,
+    waiters: Arc<Waiters>,
+    applied: watch::Receiver<u64>,
+    state: Arc<NodeState>,
+    limits: Limits,
+    next_id: AtomicU64,
+}
+
+impl Service {
+    /// A service over the node's parts.
+    pub fn new(
+        store: Arc<MvccStore>,
+        consensus: Addr<ConsensusActor>,
+        waiters: Arc<Waiters>,
+        applied: watch::Receiver<u64>,
+        state: Arc<NodeState>,
+        limits: Limits,
+    ) -> Service {
+        // Request ids: the member ID's low 16 bits, then a counter seeded from the clock, so ids
+        // stay unique across restarts and members (etcd `idutil.Generator`).
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let first = ((state.member_id & 0xFFFF) << 48) | ((millis & 0xFF_FFFF_FFFF) << 8);
+        Service {
+            store,
+            consensus,
+            waiters,
+            applied,
+            state,
+            limits,
+            next_id: AtomicU64::new(first),
+        }
+    }
+
+    /// The node state (ids, term, leader).
+    pub fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    fn header(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.state.cluster_id,
+            member_id: self.state.member_id,
+            revision: h.map_or_else(|| self.store.current_revision(), |h| h.revision),
+            raft_term: self.state.term(),
+        })
+    }
+
+    /// Waits until this member has applied everything committed when the read arrived
+    /// (ReadIndex, then applied index >= read index).
+    async fn linearizable(&self) -> Res<()> {
+        let t = self.limits.request_timeout;
+        let rx = self
+            .consensus
+            .send(ReadIndex)
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        let index = match tokio::time::timeout(t, rx).await {
+            Err(_) => return Err(ApiError::Timeout),
+            Ok(Err(_)) => return Err(ApiError::Stopped),
+            Ok(Ok(r)) => r?,
+        };
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout(t, applied.wait_for(|a| *a >= index)).await {
+            Err(_) => Err(ApiError::Timeout),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn propose(&self, request: Request) -> Res<WriteResponse> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        if data.len() > self.limits.max_request_bytes {
+            return Err(ApiError::TooLarge);
+        }
+        let rx = self.waiters.register(id);
+        match self.consensus.send(Propose { data }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.waiters.cancel(id);
+                return Err(e);
+            }
+            Err(_) => {
+                self.waiters.cancel(id);
+                return Err(ApiError::Stopped);
+            }
+        }
+        match tokio::time::timeout(self.limits.request_timeout, rx).await {
+            Ok(Ok(r)) => Ok(r?),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => {
+                self.waiters.cancel(id);
+                Err(ApiError::Timeout)
+            }
+        }
+    }
+
+    fn store_err(e: etch_storage::Error) -> ApiError {
+        // A read failing in the store is fatal for the store, but the client just sees the
+        // request fail; the write path stops the node on the same condition.
+        tracing::error!(error = %e, "store read failed");
+        ApiError::Stopped
+    }
+
+    /// Range: linearizable unless `serializable`.
+    ///
+    /// # Errors
+    /// Empty key, compacted or future revision, no leader, timeout.
+    pub async fn range(&self, req: RangeRequest) -> Res<RangeResponse> {
+        mvcc::validate_range(&req)?;
+        if !req.serializable {
+            self.linearizable().await?;
+        }
+        let mut r = self.store.range(&req).map_err(Self::store_err)??;
+        r.header = self.header(r.header);
+        Ok(r)
+    }
+
+    /// Put through consensus.
+    ///
+    /// # Errors
+    /// etcd's Put errors, no leader, timeout, too large.
+    pub async fn put(&self, req: PutRequest) -> Res<PutResponse> {
+        mvcc::validate_put(&req)?;
+        match self.propose(Request::Put(req)).await? {
+            WriteResponse::Put(mut r) => {
+                r.header = self.header(r.header);
+                Ok(r)
+            }
+            _ => Err(ApiError::Unimplemented),
+        }
+    }
+
+    /// DeleteRange through consensus.
+    ///
+    /// # Errors
+    /// Empty key, no leader, timeout, too large.
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Res<DeleteRangeResponse> {
+        mvcc::validate_delete(&req)?;
+        match self.propose(Request::DeleteRange(req)).await? {
+            WriteResponse::DeleteRange(mut r) => {
+                r.header = self.header(r.header);
+                Ok(r)
+            }
+            _ => Err(ApiError::Unimplemented),
+        }
+    }
+
+    /// Txn: through consensus if any branch writes; otherwise served as a read (linearizable
+    /// unless every range in it is serializable), as etcd does.
+    ///
+    /// # Errors
+    /// etcd's Txn errors, no leader, timeout, too large.
+    pub async fn txn(&self, req: TxnRequest) -> Res<TxnResponse> {
+        mvcc::validate_txn(&req, self.limits.max_txn_ops)?;
+        if txn_is_read_only(&req) {
+            if !txn_is_serializable(&req) {
+                self.linearizable().await?;
+            }
+            let mut r = self.store.txn_read(&req).map_err(Self::store_err)??;
+            r.header = self.header(r.header);
+            return Ok(r);
+        }
+        match self.propose(Request::Txn(req)).await? {
+            WriteResponse::Txn(mut r) => {
+                r.header = self.header(r.header);
+                Ok(r)
+            }
+            _ => Err(ApiError::Unimplemented),
+        }
+    }
+
+    /// Compaction through consensus (always physical: it is done when this returns).
+    ///
+    /// # Errors
+    /// Compacted or future revision, no leader, timeout.
+    pub async fn compact(&self, req: CompactionRequest) -> Res<CompactionResponse> {
+        match self.propose(Request::Compaction(req)).await? {
+            WriteResponse::Compaction(mut r) => {
+                r.header = self.header(r.header);
+                Ok(r)
+            }
+            _ => Err(ApiError::Unimplemented),
+        }
+    }
+
+    /// This member's status (etcd Maintenance.Status).
+    pub fn status(&self) -> StatusResponse {
+        let size = self.store.db_size_bytes() as i64;
+        StatusResponse {
+            header: self.header(None),
+            version: ETCD_API_VERSION.to_owned(),
+            db_size: size,
+            leader: self.state.leader(),
+            raft_index: self.state.last_index(),
+            raft_term: self.state.term(),
+            raft_applied_index: self.store.applied_index().index,
+            errors: Vec::new(),
+            db_size_in_use: size,
+            is_learner: false,
+        }
+    }
+}
+
+fn txn_is_read_only(r: &TxnRequest) -> bool {
+    r.success.iter().chain(&r.failure).all(|op| match &op.request {
+        None | Some(Op::RequestRange(_)) => true,
+        Some(Op::RequestTxn(t)) => txn_is_read_only(t),
+        Some(_) => false,
+    })
+}
+
+fn txn_is_serializable(r: &TxnRequest) -> bool {
+    r.success.iter().chain(&r.failure).all(|op| match &op.request {
+        None => true,
+        Some(Op::RequestRange(rr)) => rr.serializable,
+        Some(Op::RequestTxn(t)) => txn_is_serializable(t),
+        Some(_) => false,
+    })
+}

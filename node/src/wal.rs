@@ -1,0 +1,73 @@
+//! The WAL actor: a thin shell over [`etch_storage::wal::Wal`] started on an arbiter (thread)
+//! of its own, so `fdatasync` never blocks an async thread or another actor.
+//!
+//! Group commit: each [`AppendEntries`] carries everything one raft `Ready` produced (all
+//! proposals that arrived while the previous fsync ran), and is made durable with one fsync.
+
+use actix::prelude::*;
+use raft::eraftpb::{Entry, HardState, SnapshotMetadata};
+
+use etch_storage::wal::Wal;
+
+/// The actor; owns the open WAL.
+pub struct WalActor {
+    wal: Wal,
+}
+
+impl WalActor {
+    /// Wraps an opened WAL.
+    pub fn new(wal: Wal) -> WalActor {
+        WalActor { wal }
+    }
+}
+
+impl Actor for WalActor {
+    type Context = Context<Self>;
+}
+
+/// Sent by consensus for each raft `Ready` with entries or a hard state: append, fsync, and
+/// reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is fatal.
+#[derive(Message)]
+#[rtype(result = "Result<u64, etch_storage::Error>")]
+pub struct AppendEntries {
+    /// New log entries (may rewrite a suffix: raft log truncation).
+    pub entries: Vec<Entry>,
+    /// The hard state to persist, if it changed.
+    pub hard_state: Option<HardState>,
+    /// The raft-rs Ready number.
+    pub number: u64,
+}
+
+impl Handler<AppendEntries> for WalActor {
+    type Result = Result<u64, etch_storage::Error>;
+
+    fn handle(&mut self, m: AppendEntries, _: &mut Self::Context) -> Self::Result {
+        let start = std::time::Instant::now();
+        self.wal.append(&m.entries, m.hard_state.as_ref())?;
+        self.wal.sync()?;
+        let took = start.elapsed();
+        if took > std::time::Duration::from_secs(1) {
+            tracing::warn!(?took, entries = m.entries.len(), "slow WAL fsync");
+        }
+        Ok(m.number)
+    }
+}
+
+/// Sent by consensus once the MVCC store is durable up to `meta.index`: record the release
+/// point, fsync, delete segments it covers. Replies with the number of segments deleted.
+#[derive(Message)]
+#[rtype(result = "Result<usize, etch_storage::Error>")]
+pub struct ReleaseLog {
+    /// Index, term and conf state of the release point.
+    pub meta: SnapshotMetadata,
+}
+
+impl Handler<ReleaseLog> for WalActor {
+    type Result = Result<usize, etch_storage::Error>;
+
+    fn handle(&mut self, m: ReleaseLog, _: &mut Self::Context) -> Self::Result {
+        self.wal.append_snapshot(&m.meta)?;
+        self.wal.sync()?;
+        self.wal.release_to(m.meta.index)
+    }
+}

@@ -1,0 +1,306 @@
+//! The native protocol client: one TCP connection, many requests in flight, matched by id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use etch_protocol::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse,
+};
+use etch_protocol::etchpb::{Frame, Hello, HelloResponse, frame::Body};
+use etch_protocol::{Code, PROTOCOL_VERSION, frame};
+
+/// Largest response frame the client accepts: 64 MiB (large ranges).
+pub const MAX_RESPONSE_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting or talking to the server failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered with an error: a gRPC code and etcd's message.
+    #[error("{message}")]
+    Status {
+        /// The gRPC status code.
+        code: Code,
+        /// etcd's message, e.g. `etcdserver: mvcc: required revision has been compacted`.
+        message: String,
+    },
+    /// The server sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+    /// No answer within the timeout.
+    #[error("context deadline exceeded")]
+    Timeout,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+
+/// A connection to one etch member. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Bytes>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+    hello: HelloResponse,
+    endpoint: String,
+}
+
+/// `host:port`, `tcp://host:port` or `http://host:port` -> `host:port`.
+pub fn endpoint_addr(endpoint: &str) -> &str {
+    let e = endpoint.trim();
+    let e = e.split_once("://").map_or(e, |(_, rest)| rest);
+    e.trim_end_matches('/')
+}
+
+impl Client {
+    /// Connects to `endpoint` and performs the Hello handshake.
+    ///
+    /// # Errors
+    /// Connection errors, or the server refusing the protocol version.
+    pub async fn connect(endpoint: &str) -> Result<Client, ClientError> {
+        Self::connect_timeout(endpoint, Duration::from_secs(5)).await
+    }
+
+    /// [`Client::connect`] with a dial timeout.
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; [`ClientError::Timeout`] when the dial takes longer.
+    pub async fn connect_timeout(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let addr = endpoint_addr(endpoint).to_owned();
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        stream.set_nodelay(true)?;
+        let (rd, wr) = stream.into_split();
+        let mut reader = FramedRead::new(rd, frame::codec(MAX_RESPONSE_FRAME_BYTES));
+        let mut writer = FramedWrite::new(wr, frame::codec(usize::MAX));
+        let hello = Frame {
+            id: 0,
+            body: Some(Body::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client: format!("etch-tools/{}", env!("CARGO_PKG_VERSION")),
+            })),
+        };
+        writer.send(frame::encode_payload(&hello)).await?;
+        let first = tokio::time::timeout(timeout, reader.next())
+            .await
+            .map_err(|_| ClientError::Timeout)?;
+        let resp = match first {
+            None => return Err(ClientError::Closed),
+            Some(r) => frame::decode(&r?).map_err(|e| ClientError::Protocol(e.to_string()))?,
+        };
+        let hello = match resp.body {
+            Some(Body::HelloResponse(h)) => h,
+            Some(Body::Error(e)) => {
+                return Err(ClientError::Status {
+                    code: Code::from_u32(e.code),
+                    message: e.message,
+                });
+            }
+            other => return Err(ClientError::Protocol(format!("expected HelloResponse, got {other:?}"))),
+        };
+
+        let pending: Pending = Arc::default();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if writer.feed(b).await.is_err() {
+                    return;
+                }
+                while let Ok(b) = rx.try_recv() {
+                    if writer.feed(b).await.is_err() {
+                        return;
+                    }
+                }
+                if SinkExt::<Bytes>::flush(&mut writer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let p = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(b)) = reader.next().await {
+                let Ok(f) = frame::decode(&b) else { break };
+                if f.id == 0 {
+                    // A connection-level error: the server closes next.
+                    continue;
+                }
+                let waiter = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&f.id);
+                if let Some(w) = waiter {
+                    let _ = w.send(f);
+                }
+            }
+            // Closing: fail every waiter (dropping the senders).
+            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        });
+        Ok(Client {
+            tx,
+            pending,
+            next_id: Arc::new(AtomicU64::new(1)),
+            hello,
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    /// The endpoint this client connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The server's member ID (from the handshake).
+    pub fn member_id(&self) -> u64 {
+        self.hello.member_id
+    }
+
+    /// The server's cluster ID (from the handshake).
+    pub fn cluster_id(&self) -> u64 {
+        self.hello.cluster_id
+    }
+
+    /// Sends a raw frame body and returns the response body. Used by the typed calls below and
+    /// by tests that send unusual frames.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] when the server answers with an error frame;
+    /// [`ClientError::Closed`] when the connection drops first.
+    pub async fn call(&self, body: Body) -> Result<Body, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let f = Frame {
+            id,
+            body: Some(body),
+        };
+        if self.tx.send(frame::encode_payload(&f)).await.is_err() {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return Err(ClientError::Closed);
+        }
+        let resp = rx.await.map_err(|_| ClientError::Closed)?;
+        match resp.body {
+            Some(Body::Error(e)) => Err(ClientError::Status {
+                code: Code::from_u32(e.code),
+                message: e.message,
+            }),
+            Some(b) => Ok(b),
+            None => Err(ClientError::Protocol("empty response".into())),
+        }
+    }
+
+    /// Range (Get).
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse, ClientError> {
+        match self.call(Body::Range(r)).await? {
+            Body::RangeResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// Put.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn put(&self, r: PutRequest) -> Result<PutResponse, ClientError> {
+        match self.call(Body::Put(r)).await? {
+            Body::PutResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// DeleteRange.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn delete_range(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, ClientError> {
+        match self.call(Body::DeleteRange(r)).await? {
+            Body::DeleteRangeResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// Txn.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse, ClientError> {
+        match self.call(Body::Txn(r)).await? {
+            Body::TxnResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// Compaction.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse, ClientError> {
+        match self.call(Body::Compact(r)).await? {
+            Body::CompactResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// Status of the connected member.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        match self.call(Body::Status(StatusRequest {})).await? {
+            Body::StatusResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+}
+
+fn unexpected(b: Body) -> ClientError {
+    ClientError::Protocol(format!("unexpected response {b:?}"))
+}
+
+/// etcd's prefix rule: the range end of all keys starting with `key` (the key with its last
+/// byte below 0xff incremented and the rest dropped); `"\0"` when every byte is 0xff.
+pub fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            let n = end.len();
+            end[n - 1] = last + 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_follows_etcd() {
+        assert_eq!(prefix_end(b"a"), b"b");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
+        assert_eq!(endpoint_addr("http://127.0.0.1:2379/"), "127.0.0.1:2379");
+        assert_eq!(endpoint_addr("127.0.0.1:2378"), "127.0.0.1:2378");
+    }
+}
