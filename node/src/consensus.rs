@@ -297,9 +297,12 @@ impl<W> RaftCore<W> {
         self.node.on_persist_ready(number);
     }
 
-    /// Apply reached `index`.
+    /// Apply reached `index`. Completions may arrive out of order (several apply batches are
+    /// in flight); only progress is reported to raft-rs, which requires it to be monotonic.
     pub fn on_applied(&mut self, index: u64) {
-        self.node.advance_apply_to(index);
+        if index > self.node.raft.raft_log.applied {
+            self.node.advance_apply_to(index);
+        }
     }
 
     /// The raft log (for releasing entries).

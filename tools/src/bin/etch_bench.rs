@@ -1,1 +1,319 @@
-fn main() {}
+//! `etch-bench`: the load generator, with the flags of etcd's `tools/benchmark`.
+//!
+//! `--clients` concurrent clients share `--conns` connections; together they send `--total`
+//! requests as fast as the server answers (or at `--rate` per second). The report gives QPS
+//! and latency (average, standard deviation, percentiles from an HDR histogram), in etcd
+//! benchmark's text form or as JSON (`--json`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+
+use etch_tools::Client;
+use etch_tools::pb::{PutRequest, RangeRequest};
+
+#[derive(Parser)]
+#[command(name = "etch-bench", version, about = "A load generator for etch (etcd benchmark's flags)")]
+struct Cli {
+    /// Comma-separated endpoints; connections are spread over them.
+    #[arg(long, global = true, default_value = "127.0.0.1:2378")]
+    endpoints: String,
+    /// Total number of connections.
+    #[arg(long, global = true, default_value_t = 1)]
+    conns: usize,
+    /// Total number of concurrent clients.
+    #[arg(long, global = true, default_value_t = 1)]
+    clients: usize,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Benchmark put.
+    Put(PutArgs),
+    /// Benchmark range.
+    Range(RangeArgs),
+}
+
+#[derive(Args)]
+struct PutArgs {
+    /// Total number of put requests.
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Key size of a put request, bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size of a put request, bytes.
+    #[arg(long, default_value_t = 8)]
+    val_size: usize,
+    /// Use sequential keys instead of random ones.
+    #[arg(long)]
+    sequential_keys: bool,
+    /// Maximum possible keys.
+    #[arg(long, default_value_t = 1)]
+    key_space_size: u64,
+    /// Maximum puts per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Write each acknowledged key (hex) to this file, one per line (crash tests check them).
+    #[arg(long)]
+    ack_log: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct RangeArgs {
+    /// Key to range over.
+    key: String,
+    /// Range end (exclusive); empty for a single key.
+    end: Option<String>,
+    /// Total number of range requests.
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Linearizable (l) or serializable (s).
+    #[arg(long, default_value = "l")]
+    consistency: String,
+    /// Maximum requests per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+/// etcd benchmark's key: a varint of the key number, zero-padded to `size` bytes.
+fn bench_key(n: u64, size: usize) -> Bytes {
+    let mut k = vec![0u8; size.max(10)];
+    // Go's binary.PutVarint (zig-zag) of a non-negative number.
+    let mut v = n << 1;
+    let mut i = 0;
+    while v >= 0x80 {
+        k[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    k[i] = v as u8;
+    k.truncate(size.max(i + 1));
+    Bytes::from(k)
+}
+
+struct Stats {
+    hist: Histogram<u64>,
+    errors: u64,
+    first_errors: Vec<String>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
+    let endpoints: Vec<&str> = cli.endpoints.split(',').filter(|s| !s.is_empty()).collect();
+    if endpoints.is_empty() || cli.conns == 0 || cli.clients == 0 {
+        return Err("--endpoints, --conns and --clients must not be empty or 0".into());
+    }
+    let mut conns = Vec::new();
+    for i in 0..cli.conns {
+        let ep = endpoints[i % endpoints.len()];
+        conns.push(Client::connect(ep).await.map_err(|e| format!("{ep}: {e}"))?);
+    }
+    let (total, rate) = match &cli.cmd {
+        Cmd::Put(a) => (a.total, a.rate),
+        Cmd::Range(a) => (a.total, a.rate),
+    };
+    let ack_log = match &cli.cmd {
+        // Buffered: the log is flushed when the run ends (the server may die, the bench does not).
+        Cmd::Put(PutArgs { ack_log: Some(p), .. }) => Some(Arc::new(std::sync::Mutex::new(
+            std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| e.to_string())?),
+        ))),
+        _ => None,
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let stats = Arc::new(std::sync::Mutex::new(Stats {
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+        errors: 0,
+        first_errors: Vec::new(),
+    }));
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .map_err(|e| e.to_string())?,
+    );
+    if cli.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..cli.clients {
+        let client = conns[c % conns.len()].clone();
+        let (next, stats, bar, ack_log) = (next.clone(), stats.clone(), bar.clone(), ack_log.clone());
+        let op: Op = match &cli.cmd {
+            Cmd::Put(a) => Op::Put {
+                key_size: a.key_size,
+                value: Bytes::from(vec![b'v'; a.val_size]),
+                sequential: a.sequential_keys,
+                key_space: a.key_space_size.max(1),
+            },
+            Cmd::Range(a) => Op::Range(RangeRequest {
+                key: Bytes::copy_from_slice(a.key.as_bytes()),
+                range_end: a.end.as_deref().map(|e| Bytes::copy_from_slice(e.as_bytes())).unwrap_or_default(),
+                serializable: a.consistency == "s",
+                ..Default::default()
+            }),
+        };
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                if rate > 0 {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let t = Instant::now();
+                let (res, acked) = match &op {
+                    Op::Put { key_size, value, sequential, key_space } => {
+                        let n = if *sequential { i % key_space } else { rand::rng().random_range(0..*key_space) };
+                        let key = bench_key(n, *key_size);
+                        let r = client
+                            .put(PutRequest { key: key.clone(), value: value.clone(), ..Default::default() })
+                            .await
+                            .map(|_| ());
+                        (r, Some(key))
+                    }
+                    Op::Range(r) => (client.range(r.clone()).await.map(|_| ()), None),
+                };
+                let us = t.elapsed().as_micros() as u64;
+                {
+                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                    match &res {
+                        Ok(()) => {
+                            let _ = s.hist.record(us.max(1));
+                        }
+                        Err(e) => {
+                            s.errors += 1;
+                            if s.first_errors.len() < 5 {
+                                s.first_errors.push(e.to_string());
+                            }
+                        }
+                    }
+                }
+                if let (Ok(()), Some(log), Some(k)) = (&res, &ack_log, acked) {
+                    use std::io::Write;
+                    let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = writeln!(f, "{}", hex(&k));
+                }
+                bar.inc(1);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    bar.finish_and_clear();
+    if let Some(log) = &ack_log {
+        use std::io::Write;
+        log.lock().unwrap_or_else(|e| e.into_inner()).flush().map_err(|e| e.to_string())?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+    let h = &s.hist;
+    let ms = |us: f64| us / 1000.0;
+    let ok = h.len();
+    Ok(serde_json::json!({
+        "total": total,
+        "ok": ok,
+        "errors": s.errors,
+        "first_errors": s.first_errors,
+        "seconds": elapsed,
+        "qps": ok as f64 / elapsed.max(1e-9),
+        "latency_ms": {
+            "avg": ms(h.mean()),
+            "stddev": ms(h.stdev()),
+            "min": ms(h.min() as f64),
+            "max": ms(h.max() as f64),
+            "p10": ms(h.value_at_quantile(0.10) as f64),
+            "p50": ms(h.value_at_quantile(0.50) as f64),
+            "p90": ms(h.value_at_quantile(0.90) as f64),
+            "p99": ms(h.value_at_quantile(0.99) as f64),
+            "p99.9": ms(h.value_at_quantile(0.999) as f64),
+        }
+    }))
+}
+
+enum Op {
+    Put { key_size: usize, value: Bytes, sequential: bool, key_space: u64 },
+    Range(RangeRequest),
+}
+
+/// etcd benchmark's text report.
+fn report_text(v: &serde_json::Value) -> String {
+    let l = &v["latency_ms"];
+    let secs = |k: &str| l[k].as_f64().unwrap_or(0.0) / 1000.0;
+    let mut s = String::from("\nSummary:\n");
+    s += &format!("  Total:\t{:.4} secs.\n", v["seconds"].as_f64().unwrap_or(0.0));
+    s += &format!("  Slowest:\t{:.4} secs.\n", secs("max"));
+    s += &format!("  Fastest:\t{:.4} secs.\n", secs("min"));
+    s += &format!("  Average:\t{:.4} secs.\n", secs("avg"));
+    s += &format!("  Stddev:\t{:.4} secs.\n", secs("stddev"));
+    s += &format!("  Requests/sec:\t{:.4}\n", v["qps"].as_f64().unwrap_or(0.0));
+    s += "\nLatency distribution:\n";
+    for (name, key) in [("10%", "p10"), ("50%", "p50"), ("90%", "p90"), ("99%", "p99"), ("99.9%", "p99.9")] {
+        s += &format!("  {name} in {:.4} secs.\n", secs(key));
+    }
+    let errors = v["errors"].as_u64().unwrap_or(0);
+    if errors > 0 {
+        s += &format!("\nError distribution:\n  [{errors}]\t{}\n", v["first_errors"]);
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(bench(&cli)) {
+        Ok(v) => {
+            if cli.json {
+                println!("{v}");
+            } else {
+                print!("{}", report_text(&v));
+            }
+            if v["errors"].as_u64().unwrap_or(0) > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_distinct_varints() {
+        assert_eq!(&bench_key(0, 8)[..], &[0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&bench_key(1, 8)[..], &[2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_ne!(bench_key(64, 8), bench_key(65, 8));
+        assert_eq!(bench_key(300, 8).len(), 8);
+    }
+}
