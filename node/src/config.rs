@@ -68,6 +68,9 @@ pub struct Flags {
     /// Maximum operations per Txn branch. Default: 128 (etcd).
     #[arg(long, env = "ETCH_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
+    /// WAL segment size in bytes (testing knob; minimum 64 KiB). Default: 64 MiB.
+    #[arg(long, hide = true, env = "ETCH_EXPERIMENTAL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub experimental_wal_segment_bytes: u64,
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCH_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -109,6 +112,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Maximum ops per Txn branch.
     pub max_txn_ops: usize,
+    /// WAL segment size, bytes.
+    pub wal_segment_bytes: u64,
     /// How long a client request waits for its result before "request timed out"
     /// (etcd: 5 s + 2 x election timeout).
     pub request_timeout: Duration,
@@ -304,6 +309,7 @@ impl Config {
             quota_backend_bytes: f.quota_backend_bytes,
             max_request_bytes: f.max_request_bytes as usize,
             max_txn_ops: f.max_txn_ops as usize,
+            wal_segment_bytes: f.experimental_wal_segment_bytes,
             request_timeout: Duration::from_secs(5) + election_timeout * 2,
         })
     }

@@ -59,7 +59,7 @@ pub struct Listeners {
 /// belongs to another member, and any fatal error while running.
 pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<()> {
     let member_dir = config.data_dir.join("member");
-    let (mut wal, recovered) = Wal::open(&member_dir.join("wal"))?;
+    let (mut wal, recovered) = Wal::open_with_segment_bytes(&member_dir.join("wal"), config.wal_segment_bytes)?;
     if recovered.truncated_bytes > 0 {
         tracing::warn!(bytes = recovered.truncated_bytes, "repaired a torn WAL tail");
     }

@@ -1,1 +1,227 @@
-//! placeholder
+//! Harness for black-box tests: real `etch` processes on 127.0.0.1, driven through `etchctl`,
+//! `etch-bench` and the native client library.
+//!
+//! Every node listens on port 0 and the harness reads the bound port from its log, so tests
+//! never race for ports. Every wait is a condition polled until a deadline. Nodes are killed
+//! when dropped.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to start serving.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of a binary built by this workspace (`etch`, `etchctl`, `etch-bench`): the test
+/// executable lives in `target/<profile>/deps/`, the binaries one level up.
+///
+/// # Panics
+/// When the binary is missing: build it first (`cargo build --bins`, which the README's test
+/// command does).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not found: run `cargo build --bins` first", p.display());
+    p
+}
+
+/// Polls `f` until it returns `Some` or `deadline` passes.
+pub fn wait_for<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `etch` process.
+pub struct Node {
+    child: Option<Child>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// `127.0.0.1:port` of the native protocol.
+    pub native: String,
+    log: PathBuf,
+    args: Vec<String>,
+    runs: usize,
+}
+
+impl Node {
+    /// Starts `etch` with its data in `dir/data` and waits until it serves.
+    pub fn start(dir: &Path, extra: &[&str]) -> Node {
+        let mut n = Node {
+            child: None,
+            data_dir: dir.join("data"),
+            native: String::new(),
+            log: PathBuf::new(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            runs: 0,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        self.runs += 1;
+        self.log = self.data_dir.with_file_name(format!("etch-{}.log", self.runs));
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let child = Command::new(bin("etch"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-native-urls", "tcp://127.0.0.1:0", "--log-level", "info"])
+            .args(&self.args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etch");
+        self.child = Some(child);
+        let log_path = self.log.clone();
+        let child = self.child.as_mut().expect("child");
+        self.native = wait_for(START_DEADLINE, "etch to listen", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("etch exited with {status} during start:\n{}", read(&log_path));
+            }
+            let text = read(&log_path);
+            let line = text.lines().find(|l| l.contains("serving the native protocol"))?;
+            let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+            Some(addr.to_owned())
+        });
+        // Serving means a leader and an applied log: wait for a write-ready member.
+        let addr = self.native.clone();
+        wait_for(START_DEADLINE, "etch to elect a leader", || {
+            let o = etchctl_at(&addr, &["endpoint", "status", "-w", "json"]);
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            (o.status.success() && !text.contains("\"leader\":0")).then_some(())
+        });
+    }
+
+    /// The log of the current run.
+    pub fn log(&self) -> String {
+        read(&self.log)
+    }
+
+    /// Runs `etchctl --endpoints <this node> args...`.
+    pub fn etchctl(&self, args: &[&str]) -> Output {
+        etchctl_at(&self.native, args)
+    }
+
+    /// Runs `etchctl` and returns stdout, asserting success.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let o = self.etchctl(args);
+        assert!(
+            o.status.success(),
+            "etchctl {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).expect("utf-8 output")
+    }
+
+    /// Runs `etchctl`, asserts failure, and returns stderr.
+    pub fn ctl_err(&self, args: &[&str]) -> String {
+        let o = self.etchctl(args);
+        assert!(!o.status.success(), "etchctl {args:?} should fail");
+        String::from_utf8(o.stderr).expect("utf-8 output")
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        wait_for(Duration::from_secs(30), "etch to exit", || c.try_wait().ok().flatten())
+    }
+
+    /// Starts the process again on the same data directory (a new port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Starts `etch` on the same data dir and expects it to fail; returns (status, stderr+log).
+    pub fn start_expecting_failure(&mut self) -> (ExitStatus, String) {
+        self.kill9();
+        self.runs += 1;
+        let log = self.data_dir.with_file_name(format!("etch-{}.log", self.runs));
+        let out = Command::new(bin("etch"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-native-urls", "tcp://127.0.0.1:0"])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn etch");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::write(log, &text);
+        (out.status, text)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn read(p: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(p) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Runs `etchctl --endpoints addr args...`.
+pub fn etchctl_at(addr: &str, args: &[&str]) -> Output {
+    Command::new(bin("etchctl"))
+        .args(["--endpoints", addr])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run etchctl")
+}
+
+/// Runs `etchctl` with `stdin` as standard input.
+pub fn etchctl_stdin(addr: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut c = Command::new(bin("etchctl"))
+        .args(["--endpoints", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etchctl");
+    c.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    c.wait_with_output().expect("etchctl output")
+}
+
+/// Runs `etch-bench --endpoints addr args...`.
+pub fn bench(addr: &str, args: &[&str]) -> Output {
+    Command::new(bin("etch-bench"))
+        .args(["--endpoints", addr])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run etch-bench")
+}
+
+/// A single-threaded tokio runtime for tests that use the client library.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

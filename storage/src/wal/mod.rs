@@ -3,8 +3,9 @@
 //! # Files
 //! `<dir>/{seq:016x}-{first_index:016x}.wal`: `seq` counts segments from 0 without gaps;
 //! `first_index` is the raft index of the first entry the segment may hold. A segment is
-//! preallocated to [`SEGMENT_BYTES`] (64 MiB) and filled from the start; the unused tail is
-//! zero. When the next record does not fit, a new segment is cut.
+//! preallocated to [`SEGMENT_BYTES`] (64 MiB unless configured) and filled from the start; the
+//! unused tail is zero. When the next record does not fit, a new segment is cut (a record
+//! larger than a segment gets a segment of its own, longer than the preallocation).
 //!
 //! # Record
 //! ```text
@@ -50,8 +51,11 @@ use crate::error::{Error, Result};
 pub use segment::{RECORD_HEADER_BYTES, RecordType};
 use segment::{SegmentName, read_segment};
 
-/// Size of one preallocated segment file: 64 MiB.
+/// Default size of one preallocated segment file: 64 MiB.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Smallest segment size accepted: 64 KiB.
+pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// What [`Wal::open`] found on disk.
 #[derive(Debug, Default)]
@@ -81,6 +85,8 @@ pub struct Wal {
     buf: Vec<u8>,
     /// Index of the last entry appended (for naming the next segment).
     last_index: u64,
+    /// Size of new segments, bytes.
+    segment_bytes: u64,
 }
 
 impl Wal {
@@ -91,6 +97,16 @@ impl Wal {
     /// [`Error::Io`] on file errors, [`Error::Corrupt`] for a bad record outside the last
     /// segment's tail, [`Error::SegmentSequence`] for missing segments.
     pub fn open(dir: &Path) -> Result<(Wal, Recovered)> {
+        Self::open_with_segment_bytes(dir, SEGMENT_BYTES)
+    }
+
+    /// [`Wal::open`] with new segments of `segment_bytes` (at least [`MIN_SEGMENT_BYTES`]);
+    /// tests use small segments to exercise segment boundaries.
+    ///
+    /// # Errors
+    /// As [`Wal::open`].
+    pub fn open_with_segment_bytes(dir: &Path, segment_bytes: u64) -> Result<(Wal, Recovered)> {
+        let segment_bytes = segment_bytes.max(MIN_SEGMENT_BYTES);
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut names = Vec::new();
         for ent in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -113,7 +129,7 @@ impl Wal {
                 seq: 0,
                 first_index: 1,
             };
-            let (file, offset, crc) = segment::create(dir, first, 0)?;
+            let (file, offset, crc) = segment::create(dir, first, 0, segment_bytes)?;
             sync_dir(dir)?;
             let wal = Wal {
                 dir: dir.to_owned(),
@@ -123,6 +139,7 @@ impl Wal {
                 crc,
                 buf: Vec::new(),
                 last_index: 0,
+                segment_bytes,
             };
             return Ok((wal, Recovered::default()));
         }
@@ -169,6 +186,7 @@ impl Wal {
             crc: end.1,
             buf: Vec::new(),
             last_index,
+            segment_bytes,
         };
         Ok((wal, rec))
     }
@@ -246,7 +264,7 @@ impl Wal {
     fn push(&mut self, ty: RecordType, payload: &[u8]) -> Result<()> {
         let need = (RECORD_HEADER_BYTES + payload.len()) as u64;
         let pending = self.buf.len() as u64;
-        if self.offset + pending + need > SEGMENT_BYTES && self.offset + pending > 0 {
+        if self.offset + pending + need > self.segment_bytes && self.offset + pending > 0 {
             self.cut()?;
         }
         self.crc = segment::encode_record(&mut self.buf, self.crc, ty, payload);
@@ -277,7 +295,7 @@ impl Wal {
             seq: last.seq + 1,
             first_index: self.last_index + 1,
         };
-        let (file, offset, crc) = segment::create(&self.dir, name, self.crc)?;
+        let (file, offset, crc) = segment::create(&self.dir, name, self.crc, self.segment_bytes)?;
         sync_dir(&self.dir)?;
         self.file = file;
         self.offset = offset;

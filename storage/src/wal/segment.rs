@@ -7,7 +7,6 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-use super::SEGMENT_BYTES;
 
 /// Bytes before a record's payload: length (4), crc (4), type (1).
 pub const RECORD_HEADER_BYTES: usize = 9;
@@ -77,9 +76,14 @@ pub(super) fn encode_record(buf: &mut Vec<u8>, seed: u32, ty: RecordType, payloa
     crc
 }
 
-/// Creates segment `name` preallocated to [`SEGMENT_BYTES`], writes its Seed record and syncs
+/// Creates segment `name` preallocated to `size` bytes, writes its Seed record and syncs
 /// it. Returns the file, the write offset after the seed, and the seed record's crc.
-pub(super) fn create(dir: &Path, name: SegmentName, prev_crc: u32) -> Result<(File, u64, u32)> {
+pub(super) fn create(
+    dir: &Path,
+    name: SegmentName,
+    prev_crc: u32,
+    size: u64,
+) -> Result<(File, u64, u32)> {
     use std::os::unix::fs::FileExt;
     let path = dir.join(name.file_name());
     let file = OpenOptions::new()
@@ -88,7 +92,7 @@ pub(super) fn create(dir: &Path, name: SegmentName, prev_crc: u32) -> Result<(Fi
         .create_new(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    file.set_len(SEGMENT_BYTES)
+    file.set_len(size)
         .map_err(|e| Error::io(&path, e))?;
     let mut buf = Vec::new();
     let crc = encode_record(&mut buf, 0, RecordType::Seed, &prev_crc.to_le_bytes());
