@@ -59,7 +59,11 @@ pub struct ApplyActor {
 
 impl ApplyActor {
     /// An apply actor over `store`, answering `waiters` and publishing to `applied_tx`.
-    pub fn new(store: Arc<MvccStore>, waiters: Arc<Waiters>, applied_tx: watch::Sender<u64>) -> ApplyActor {
+    pub fn new(
+        store: Arc<MvccStore>,
+        waiters: Arc<Waiters>,
+        applied_tx: watch::Sender<u64>,
+    ) -> ApplyActor {
         ApplyActor {
             store,
             waiters,

@@ -18,7 +18,11 @@ pub const ETCD_API_VERSION: &str = "3.5.17";
 
 /// Raw command-line flags, before validation.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "etch", version, about = "etch: a distributed, strongly consistent key-value store")]
+#[command(
+    name = "etch",
+    version,
+    about = "etch: a distributed, strongly consistent key-value store"
+)]
 pub struct Flags {
     /// Human-readable name of this member.
     #[arg(long, env = "ETCH_NAME", default_value = "default")]
@@ -27,19 +31,39 @@ pub struct Flags {
     #[arg(long, env = "ETCH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Comma-separated URLs to serve the native protocol on (`tcp://host:port`).
-    #[arg(long, env = "ETCH_LISTEN_NATIVE_URLS", default_value = "tcp://127.0.0.1:2378")]
+    #[arg(
+        long,
+        env = "ETCH_LISTEN_NATIVE_URLS",
+        default_value = "tcp://127.0.0.1:2378"
+    )]
     pub listen_native_urls: String,
     /// Comma-separated URLs to serve the etcd gRPC API on (served from the gRPC issue on).
-    #[arg(long, env = "ETCH_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ETCH_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub listen_client_urls: String,
     /// Client URLs advertised to the rest of the cluster.
-    #[arg(long, env = "ETCH_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ETCH_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub advertise_client_urls: String,
     /// URLs to listen on for peer traffic.
-    #[arg(long, env = "ETCH_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "ETCH_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     pub listen_peer_urls: String,
     /// This member's peer URLs, advertised to the cluster.
-    #[arg(long, env = "ETCH_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long,
+        env = "ETCH_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration for bootstrapping: `name=peer-url,...`.
     #[arg(long, env = "ETCH_INITIAL_CLUSTER")]
@@ -48,7 +72,11 @@ pub struct Flags {
     #[arg(long, env = "ETCH_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
     /// Initial cluster token: member and cluster IDs derive from it and the peer URLs.
-    #[arg(long, env = "ETCH_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCH_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     /// Time between heartbeats (humantime; bare number = ms). Default: 100ms.
     #[arg(long, env = "ETCH_HEARTBEAT_INTERVAL", default_value = "100ms")]
@@ -213,7 +241,11 @@ impl Config {
         let election_timeout = parse_duration(&f.election_timeout)
             .map_err(|e| bad("election-timeout", &f.election_timeout, e))?;
         if heartbeat_interval.is_zero() {
-            return Err(bad("heartbeat-interval", &f.heartbeat_interval, "must be > 0"));
+            return Err(bad(
+                "heartbeat-interval",
+                &f.heartbeat_interval,
+                "must be > 0",
+            ));
         }
         // etcd: election timeout must be at least 5x the heartbeat interval.
         if election_timeout < heartbeat_interval * 5 {
@@ -273,7 +305,10 @@ impl Config {
             return Err(bad(
                 "initial-cluster",
                 &initial_cluster,
-                format!("URLs of {:?} differ from --initial-advertise-peer-urls", f.name),
+                format!(
+                    "URLs of {:?} differ from --initial-advertise-peer-urls",
+                    f.name
+                ),
             ));
         }
         if members.len() > 1 {
@@ -347,7 +382,13 @@ mod tests {
     fn durations_follow_etcd_conventions() {
         assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
-        let c = Config::from_flags(&flags(&["--heartbeat-interval", "50", "--election-timeout", "500ms"])).unwrap();
+        let c = Config::from_flags(&flags(&[
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500ms",
+        ]))
+        .unwrap();
         assert_eq!(c.election_ticks(), 10);
         let e = Config::from_flags(&flags(&["--election-timeout", "200ms"])).unwrap_err();
         assert!(e.to_string().contains("election-timeout"), "{e}");

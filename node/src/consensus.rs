@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use raft::eraftpb::{ConfState, Entry, HardState, Message};
-use raft::{Config as RaftConfig, RawNode, StateRole, INVALID_ID};
+use raft::{Config as RaftConfig, INVALID_ID, RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use etch_storage::raftlog::RaftLog;
@@ -175,14 +175,13 @@ impl<W> RaftCore<W> {
         self.node.tick();
         // raft-rs drops a ReadIndex silently in some states (a new leader that has not committed
         // in its term, a follower without a leader): retry an old one.
-        if let Some((_, _, at)) = &self.inflight_read
-            && self.ticks - at > self.election_ticks
-        {
-            if let Some((_, waiters, _)) = self.inflight_read.take() {
-                let mut w = waiters;
-                w.append(&mut self.pending_reads);
-                self.pending_reads = w;
-            }
+        let stale = self
+            .inflight_read
+            .as_ref()
+            .is_some_and(|(_, _, at)| self.ticks - at > self.election_ticks);
+        if stale && let Some((_, mut waiters, _)) = self.inflight_read.take() {
+            waiters.append(&mut self.pending_reads);
+            self.pending_reads = waiters;
         }
         self.issue_read();
     }
@@ -255,7 +254,12 @@ impl<W> RaftCore<W> {
         let mut rd = self.node.ready();
         let mut reads = Vec::new();
         for rs in rd.take_read_states() {
-            let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).ok();
+            let ctx = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .ok();
             if let Some((want, _, _)) = &self.inflight_read
                 && Some(*want) == ctx
                 && let Some((_, waiters, _)) = self.inflight_read.take()
@@ -313,7 +317,12 @@ impl<W> RaftCore<W> {
     /// (term, leader id, commit index, last log index).
     pub fn status(&self) -> (u64, u64, u64, u64) {
         let r = &self.node.raft;
-        (r.term, r.leader_id, r.raft_log.committed, self.log.last_index())
+        (
+            r.term,
+            r.leader_id,
+            r.raft_log.committed,
+            self.log.last_index(),
+        )
     }
 }
 
@@ -433,7 +442,10 @@ impl ConsensusActor {
         self.releasing = true;
         let persist = self.apply.send(PersistStore);
         ctx.spawn(persist.into_actor(self).map(move |res, act, ctx| {
-            if let Err(e) = res.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+            if let Err(e) = res
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
                 return act.fatal(format!("persisting the store: {e}"));
             }
             let Some(meta) = act.core.log().compact_to(release) else {
@@ -444,7 +456,11 @@ impl ConsensusActor {
             ctx.spawn(fut.into_actor(act).map(move |res, act, _| match res {
                 Ok(Ok(removed)) => {
                     act.releasing = false;
-                    tracing::info!(index = release, segments_removed = removed, "raft log released");
+                    tracing::info!(
+                        index = release,
+                        segments_removed = removed,
+                        "raft log released"
+                    );
                 }
                 Ok(Err(e)) => act.fatal(format!("WAL release: {e}")),
                 Err(e) => act.fatal(format!("WAL actor: {e}")),

@@ -57,11 +57,19 @@ pub struct Listeners {
 /// # Errors
 /// Storage errors at open (including WAL corruption, naming file and offset), a data dir that
 /// belongs to another member, and any fatal error while running.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let member_dir = config.data_dir.join("member");
-    let (mut wal, recovered) = Wal::open_with_segment_bytes(&member_dir.join("wal"), config.wal_segment_bytes)?;
+    let (mut wal, recovered) =
+        Wal::open_with_segment_bytes(&member_dir.join("wal"), config.wal_segment_bytes)?;
     if recovered.truncated_bytes > 0 {
-        tracing::warn!(bytes = recovered.truncated_bytes, "repaired a torn WAL tail");
+        tracing::warn!(
+            bytes = recovered.truncated_bytes,
+            "repaired a torn WAL tail"
+        );
     }
     let store = Arc::new(MvccStore::open(&member_dir.join("db"))?);
 
@@ -77,9 +85,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
             (config.member_id, config.cluster_id)
         }
     };
-    let fresh = recovered.snapshot.is_none() && recovered.entries.is_empty() && recovered.hard_state.is_none();
-    let mut cs = ConfState::default();
-    cs.voters = config.initial_members.clone();
+    let fresh = recovered.snapshot.is_none()
+        && recovered.entries.is_empty()
+        && recovered.hard_state.is_none();
+    let cs = ConfState {
+        voters: config.initial_members.clone(),
+        ..Default::default()
+    };
     if fresh {
         // Record the initial configuration as the log's origin, so a restart knows its voters.
         let mut meta = SnapshotMetadata::default();
@@ -98,7 +110,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         revision = store.current_revision(),
         "starting etch"
     );
-    let core = RaftCore::new(member_id, log, applied, config.election_ticks(), &logger::raft_logger(member_id))?;
+    let core = RaftCore::new(
+        member_id,
+        log,
+        applied,
+        config.election_ticks(),
+        &logger::raft_logger(member_id),
+    )?;
 
     let state = Arc::new(NodeState::new(member_id, cluster_id));
     let waiters = Arc::new(Waiters::default());
@@ -165,7 +183,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     tracing::info!("shutting down: no new requests; finishing in-flight ones");
     stop_tx.send_replace(true);
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight requests did not finish in time");
     }
     consensus.do_send(StopConsensus);

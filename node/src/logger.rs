@@ -37,5 +37,8 @@ impl Drain for TracingDrain {
 
 /// A slog logger for raft-rs that forwards to `tracing`, tagged with the member ID.
 pub(crate) fn raft_logger(member_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain.fuse(), slog::o!("member" => format!("{member_id:x}")))
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        slog::o!("member" => format!("{member_id:x}")),
+    )
 }

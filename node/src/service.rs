@@ -253,18 +253,24 @@ impl Service {
 }
 
 fn txn_is_read_only(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        None | Some(Op::RequestRange(_)) => true,
-        Some(Op::RequestTxn(t)) => txn_is_read_only(t),
-        Some(_) => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            None | Some(Op::RequestRange(_)) => true,
+            Some(Op::RequestTxn(t)) => txn_is_read_only(t),
+            Some(_) => false,
+        })
 }
 
 fn txn_is_serializable(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        None => true,
-        Some(Op::RequestRange(rr)) => rr.serializable,
-        Some(Op::RequestTxn(t)) => txn_is_serializable(t),
-        Some(_) => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            None => true,
+            Some(Op::RequestRange(rr)) => rr.serializable,
+            Some(Op::RequestTxn(t)) => txn_is_serializable(t),
+            Some(_) => false,
+        })
 }

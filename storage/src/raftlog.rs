@@ -111,9 +111,11 @@ impl RaftLog {
         let pos = (index - g.snapshot.index - 1) as usize;
         let term = g.entries.get(pos)?.term;
         g.entries.drain(..=pos);
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(g.conf_state.clone());
         g.snapshot = meta.clone();
         Some(meta)
@@ -185,7 +187,9 @@ impl raft::Storage for RaftLog {
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // Snapshots to followers stream the MVCC store (cluster issue); none is ready here.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -195,10 +199,11 @@ mod tests {
     use raft::Storage;
 
     fn e(index: u64, term: u64) -> Entry {
-        let mut x = Entry::default();
-        x.index = index;
-        x.term = term;
-        x
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -213,8 +218,16 @@ mod tests {
         assert_eq!(log.first_index().unwrap(), 3);
         assert_eq!(log.term(2).unwrap(), 1);
         assert!(log.term(1).is_err());
-        assert!(log.entries(2, 4, None, GetEntriesContext::empty(false)).is_err());
-        assert_eq!(log.entries(3, 5, None, GetEntriesContext::empty(false)).unwrap().len(), 2);
+        assert!(
+            log.entries(2, 4, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
+        assert_eq!(
+            log.entries(3, 5, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            2
+        );
         assert!(log.compact_to(9).is_none());
     }
 }

@@ -23,7 +23,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not found: run `cargo build --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --bins` first",
+        p.display()
+    );
     p
 }
 
@@ -34,7 +38,10 @@ pub fn wait_for<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -68,12 +75,19 @@ impl Node {
 
     fn spawn(&mut self) {
         self.runs += 1;
-        self.log = self.data_dir.with_file_name(format!("etch-{}.log", self.runs));
+        self.log = self
+            .data_dir
+            .with_file_name(format!("etch-{}.log", self.runs));
         let log = std::fs::File::create(&self.log).expect("log file");
         let child = Command::new(bin("etch"))
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen-native-urls", "tcp://127.0.0.1:0", "--log-level", "info"])
+            .args([
+                "--listen-native-urls",
+                "tcp://127.0.0.1:0",
+                "--log-level",
+                "info",
+            ])
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::null())
@@ -85,10 +99,15 @@ impl Node {
         let child = self.child.as_mut().expect("child");
         self.native = wait_for(START_DEADLINE, "etch to listen", || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("etch exited with {status} during start:\n{}", read(&log_path));
+                panic!(
+                    "etch exited with {status} during start:\n{}",
+                    read(&log_path)
+                );
             }
             let text = read(&log_path);
-            let line = text.lines().find(|l| l.contains("serving the native protocol"))?;
+            let line = text
+                .lines()
+                .find(|l| l.contains("serving the native protocol"))?;
             let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
             Some(addr.to_owned())
         });
@@ -140,8 +159,12 @@ impl Node {
     /// Sends SIGTERM and waits (up to 30 s) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        wait_for(Duration::from_secs(30), "etch to exit", || c.try_wait().ok().flatten())
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        wait_for(Duration::from_secs(30), "etch to exit", || {
+            c.try_wait().ok().flatten()
+        })
     }
 
     /// Starts the process again on the same data directory (a new port).
@@ -154,7 +177,9 @@ impl Node {
     pub fn start_expecting_failure(&mut self) -> (ExitStatus, String) {
         self.kill9();
         self.runs += 1;
-        let log = self.data_dir.with_file_name(format!("etch-{}.log", self.runs));
+        let log = self
+            .data_dir
+            .with_file_name(format!("etch-{}.log", self.runs));
         let out = Command::new(bin("etch"))
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -163,7 +188,11 @@ impl Node {
             .stdin(Stdio::null())
             .output()
             .expect("spawn etch");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let _ = std::fs::write(log, &text);
         (out.status, text)
     }
@@ -204,7 +233,11 @@ pub fn etchctl_stdin(addr: &str, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run etchctl");
-    c.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
     c.wait_with_output().expect("etchctl output")
 }
 

@@ -16,7 +16,10 @@ fn put_get_delete_with_etcdctl_options() {
     let dir = tempfile::tempdir().unwrap();
     let n = Node::start(dir.path(), &[]);
     assert_eq!(n.ctl_ok(&["put", "foo", "bar"]), "OK\n");
-    assert_eq!(n.ctl_ok(&["put", "foo", "baz", "--prev-kv"]), "OK\nfoo\nbar\n");
+    assert_eq!(
+        n.ctl_ok(&["put", "foo", "baz", "--prev-kv"]),
+        "OK\nfoo\nbar\n"
+    );
     assert_eq!(n.ctl_ok(&["get", "foo"]), "foo\nbaz\n");
     assert_eq!(n.ctl_ok(&["get", "foo", "--print-value-only"]), "baz\n");
 
@@ -39,20 +42,47 @@ fn put_get_delete_with_etcdctl_options() {
         n.ctl_ok(&["put", k, v]);
     }
     // rev: a/1=4 a/2=5 a/3=6 b=7
-    assert_eq!(n.ctl_ok(&["get", "a/", "--prefix", "--keys-only"]), "a/1\na/2\na/3\n");
-    assert_eq!(n.ctl_ok(&["get", "a/2", "--from-key", "--keys-only"]), "a/2\na/3\nb\nfoo\n");
-    assert_eq!(n.ctl_ok(&["get", "a/1", "a/3", "--keys-only"]), "a/1\na/2\n");
+    assert_eq!(
+        n.ctl_ok(&["get", "a/", "--prefix", "--keys-only"]),
+        "a/1\na/2\na/3\n"
+    );
+    assert_eq!(
+        n.ctl_ok(&["get", "a/2", "--from-key", "--keys-only"]),
+        "a/2\na/3\nb\nfoo\n"
+    );
+    assert_eq!(
+        n.ctl_ok(&["get", "a/1", "a/3", "--keys-only"]),
+        "a/1\na/2\n"
+    );
     assert_eq!(n.ctl_ok(&["get", "", "--from-key", "--count-only"]), "5\n");
     let j = json(&n.ctl_ok(&["get", "a/", "--prefix", "--limit", "2", "-w", "json"]));
     assert_eq!(j["kvs"].as_array().unwrap().len(), 2);
     assert_eq!(j["more"], true);
     assert_eq!(j["count"], 3);
     assert_eq!(
-        n.ctl_ok(&["get", "a/", "--prefix", "--sort-by", "VALUE", "--order", "ASCEND", "--print-value-only"]),
+        n.ctl_ok(&[
+            "get",
+            "a/",
+            "--prefix",
+            "--sort-by",
+            "VALUE",
+            "--order",
+            "ASCEND",
+            "--print-value-only"
+        ]),
         "x\ny\nz\n"
     );
     assert_eq!(
-        n.ctl_ok(&["get", "a/", "--prefix", "--sort-by", "MODIFY", "--order", "DESCEND", "--keys-only"]),
+        n.ctl_ok(&[
+            "get",
+            "a/",
+            "--prefix",
+            "--sort-by",
+            "MODIFY",
+            "--order",
+            "DESCEND",
+            "--keys-only"
+        ]),
         "a/3\na/2\na/1\n"
     );
     // Keys-only carries no values but keeps revisions.
@@ -60,10 +90,19 @@ fn put_get_delete_with_etcdctl_options() {
     assert!(j["kvs"][0].get("value").is_none());
     assert_eq!(j["kvs"][0]["mod_revision"], 4);
     // Past revision, serializable read.
-    assert_eq!(n.ctl_ok(&["get", "foo", "--rev", "2", "--print-value-only"]), "bar\n");
-    assert_eq!(n.ctl_ok(&["get", "foo", "--consistency", "s", "--print-value-only"]), "baz\n");
+    assert_eq!(
+        n.ctl_ok(&["get", "foo", "--rev", "2", "--print-value-only"]),
+        "bar\n"
+    );
+    assert_eq!(
+        n.ctl_ok(&["get", "foo", "--consistency", "s", "--print-value-only"]),
+        "baz\n"
+    );
 
-    assert_eq!(n.ctl_ok(&["del", "a/", "--prefix", "--prev-kv"]), "3\na/1\nz\na/2\ny\na/3\nx\n");
+    assert_eq!(
+        n.ctl_ok(&["del", "a/", "--prefix", "--prev-kv"]),
+        "3\na/1\nz\na/2\ny\na/3\nx\n"
+    );
     assert_eq!(n.ctl_ok(&["del", "nothing"]), "0\n");
     assert_eq!(n.ctl_ok(&["get", "a/", "--prefix"]), "");
     // The delete made one revision (8); deleting nothing made none.
@@ -87,7 +126,10 @@ fn errors_match_etcd() {
         n.ctl_err(&["get", "k", "--rev", "2"]),
         "Error: etcdserver: mvcc: required revision has been compacted\n"
     );
-    assert_eq!(n.ctl_ok(&["get", "k", "--rev", "3", "--print-value-only"]), "v2\n");
+    assert_eq!(
+        n.ctl_ok(&["get", "k", "--rev", "3", "--print-value-only"]),
+        "v2\n"
+    );
     assert_eq!(
         n.ctl_err(&["compaction", "3"]),
         "Error: etcdserver: mvcc: required revision has been compacted\n"
@@ -96,7 +138,10 @@ fn errors_match_etcd() {
         n.ctl_err(&["compaction", "99"]),
         "Error: etcdserver: mvcc: required revision is a future revision\n"
     );
-    assert_eq!(n.ctl_err(&["put", "", "v"]), "Error: etcdserver: key is not provided\n");
+    assert_eq!(
+        n.ctl_err(&["put", "", "v"]),
+        "Error: etcdserver: key is not provided\n"
+    );
     assert_eq!(
         n.ctl_err(&["put", "missing", "--ignore-value"]),
         "Error: etcdserver: key not found\n"
@@ -151,7 +196,8 @@ fn errors_match_etcd() {
             })
             .await
             .unwrap();
-        let revs: std::collections::BTreeSet<i64> = r.kvs.iter().map(|kv| kv.mod_revision).collect();
+        let revs: std::collections::BTreeSet<i64> =
+            r.kvs.iter().map(|kv| kv.mod_revision).collect();
         assert_eq!(revs.len(), 1);
         // Requests above --max-request-bytes are refused with etcd's error.
         let big = PutRequest {
@@ -159,7 +205,10 @@ fn errors_match_etcd() {
             value: vec![b'x'; 1_600_000].into(),
             ..Default::default()
         };
-        assert_eq!(c.put(big).await.unwrap_err().to_string(), "etcdserver: request is too large");
+        assert_eq!(
+            c.put(big).await.unwrap_err().to_string(),
+            "etcdserver: request is too large"
+        );
     });
 }
 
@@ -171,17 +220,26 @@ fn txn_from_stdin_like_etcdctl() {
     let input = "value(\"key1\") = \"1\"\nmod(\"key1\") > \"0\"\n\nput key1 2\nput \"key 2\" \"two words\"\nget key1\n\nget key1\n\n";
     let o = etchctl_stdin(&n.native, &["txn"], input);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "SUCCESS\n\nOK\n\nOK\n\nkey1\n2\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "SUCCESS\n\nOK\n\nOK\n\nkey1\n2\n"
+    );
     // Same compare again fails now: the failure branch runs.
     let o = etchctl_stdin(&n.native, &["txn"], input);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "FAILURE\n\nkey1\n2\n");
-    assert_eq!(n.ctl_ok(&["get", "key 2", "--print-value-only"]), "two words\n");
+    assert_eq!(
+        n.ctl_ok(&["get", "key 2", "--print-value-only"]),
+        "two words\n"
+    );
     // Version and create-revision compares, a delete in the success branch, JSON output.
     let input = "ver(\"key1\") = \"2\"\nc(\"key1\") = \"2\"\n\ndel key1\n\n\n";
     let o = etchctl_stdin(&n.native, &["txn", "-w", "json"], input);
     let j = json(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(j["succeeded"], true);
-    assert_eq!(j["responses"][0]["Response"]["response_delete_range"]["deleted"], 1);
+    assert_eq!(
+        j["responses"][0]["Response"]["response_delete_range"]["deleted"],
+        1
+    );
     // A malformed compare is refused before anything is sent.
     let o = etchctl_stdin(&n.native, &["txn"], "bogus\n\n\n\n");
     assert!(!o.status.success());
@@ -200,6 +258,9 @@ fn endpoint_status_reports_leader_and_indexes() {
     assert_eq!(s["raftIndex"], s["raftAppliedIndex"]);
     assert!(s["version"].as_str().unwrap().starts_with("3.5."));
     let simple = n.ctl_ok(&["endpoint", "status"]);
-    assert!(simple.starts_with(&format!("{}, 8e9e05c52164694d, 3.5.", n.native)), "{simple}");
+    assert!(
+        simple.starts_with(&format!("{}, 8e9e05c52164694d, 3.5.", n.native)),
+        "{simple}"
+    );
     assert!(simple.contains(", true, false, "), "{simple}");
 }

@@ -55,6 +55,8 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
 pub struct Client {
     tx: mpsc::Sender<Bytes>,
     pending: Pending,
+    /// Set by the reader task when the connection is gone (before it fails the waiters).
+    closed: Arc<std::sync::atomic::AtomicBool>,
     next_id: Arc<AtomicU64>,
     hello: HelloResponse,
     endpoint: String,
@@ -112,10 +114,15 @@ impl Client {
                     message: e.message,
                 });
             }
-            other => return Err(ClientError::Protocol(format!("expected HelloResponse, got {other:?}"))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected HelloResponse, got {other:?}"
+                )));
+            }
         };
 
         let pending: Pending = Arc::default();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
@@ -132,7 +139,7 @@ impl Client {
                 }
             }
         });
-        let p = pending.clone();
+        let (p, c) = (pending.clone(), closed.clone());
         tokio::spawn(async move {
             while let Some(Ok(b)) = reader.next().await {
                 let Ok(f) = frame::decode(&b) else { break };
@@ -145,12 +152,15 @@ impl Client {
                     let _ = w.send(f);
                 }
             }
-            // Closing: fail every waiter (dropping the senders).
+            // Closing: mark closed first, then fail every waiter (dropping the senders), so a
+            // call registering after the clear sees the flag.
+            c.store(true, Ordering::SeqCst);
             p.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
         Ok(Client {
             tx,
             pending,
+            closed,
             next_id: Arc::new(AtomicU64::new(1)),
             hello,
             endpoint: endpoint.to_owned(),
@@ -185,12 +195,22 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(ClientError::Closed);
+        }
         let f = Frame {
             id,
             body: Some(body),
         };
         if self.tx.send(frame::encode_payload(&f)).await.is_err() {
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Err(ClientError::Closed);
         }
         let resp = rx.await.map_err(|_| ClientError::Closed)?;
@@ -230,7 +250,10 @@ impl Client {
     ///
     /// # Errors
     /// See [`Client::call`].
-    pub async fn delete_range(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, ClientError> {
+    pub async fn delete_range(
+        &self,
+        r: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ClientError> {
         match self.call(Body::DeleteRange(r)).await? {
             Body::DeleteRangeResponse(x) => Ok(x),
             o => Err(unexpected(o)),

@@ -40,7 +40,7 @@ fn put_nonzero(m: &mut Map<String, Value>, k: &str, v: i64) {
 
 /// A response header as etcdctl's JSON prints it.
 pub fn header_json(h: &Option<ResponseHeader>) -> Value {
-    let h = h.clone().unwrap_or_default();
+    let h = h.unwrap_or_default();
     let mut m = Map::new();
     if h.cluster_id != 0 {
         m.insert("cluster_id".into(), json!(h.cluster_id));
@@ -74,7 +74,10 @@ pub fn range_json(r: &RangeResponse) -> Value {
     let mut m = Map::new();
     m.insert("header".into(), header_json(&r.header));
     if !r.kvs.is_empty() {
-        m.insert("kvs".into(), Value::Array(r.kvs.iter().map(kv_json).collect()));
+        m.insert(
+            "kvs".into(),
+            Value::Array(r.kvs.iter().map(kv_json).collect()),
+        );
     }
     if r.more {
         m.insert("more".into(), json!(true));
@@ -99,7 +102,10 @@ pub fn del_json(r: &DeleteRangeResponse) -> Value {
     m.insert("header".into(), header_json(&r.header));
     put_nonzero(&mut m, "deleted", r.deleted);
     if !r.prev_kvs.is_empty() {
-        m.insert("prev_kvs".into(), Value::Array(r.prev_kvs.iter().map(kv_json).collect()));
+        m.insert(
+            "prev_kvs".into(),
+            Value::Array(r.prev_kvs.iter().map(kv_json).collect()),
+        );
     }
     Value::Object(m)
 }
@@ -176,7 +182,11 @@ pub fn del_simple(r: &DeleteRangeResponse, out: &mut String) {
 
 /// etcdctl's simple printing of a Txn.
 pub fn txn_simple(r: &TxnResponse, out: &mut String) {
-    out.push_str(if r.succeeded { "SUCCESS\n" } else { "FAILURE\n" });
+    out.push_str(if r.succeeded {
+        "SUCCESS\n"
+    } else {
+        "FAILURE\n"
+    });
     for op in r.responses.iter().filter_map(|o| o.response.as_ref()) {
         out.push('\n');
         match op {
@@ -189,7 +199,7 @@ pub fn txn_simple(r: &TxnResponse, out: &mut String) {
 }
 
 fn header_fields(h: &Option<ResponseHeader>, out: &mut String) {
-    let h = h.clone().unwrap_or_default();
+    let h = h.unwrap_or_default();
     out.push_str(&format!(
         "\"ClusterID\" : {}\n\"MemberID\" : {}\n\"Revision\" : {}\n\"RaftTerm\" : {}\n",
         h.cluster_id, h.member_id, h.revision, h.raft_term
@@ -271,8 +281,16 @@ pub fn status_simple(endpoint: &str, r: &StatusResponse) -> String {
 /// Endpoint statuses as etcdctl's table.
 pub fn status_table(rows: &[(String, StatusResponse)]) -> String {
     let head = [
-        "ENDPOINT", "ID", "VERSION", "DB SIZE", "IS LEADER", "IS LEARNER", "RAFT TERM",
-        "RAFT INDEX", "RAFT APPLIED INDEX", "ERRORS",
+        "ENDPOINT",
+        "ID",
+        "VERSION",
+        "DB SIZE",
+        "IS LEADER",
+        "IS LEARNER",
+        "RAFT TERM",
+        "RAFT INDEX",
+        "RAFT APPLIED INDEX",
+        "ERRORS",
     ];
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     for (ep, r) in rows {

@@ -50,19 +50,71 @@ mod tests {
     #[test]
     fn messages_are_etcds() {
         let cases: &[(ApiError, Code, &str)] = &[
-            (RequestError::EmptyKey.into(), Code::InvalidArgument, "etcdserver: key is not provided"),
-            (RequestError::KeyNotFound.into(), Code::InvalidArgument, "etcdserver: key not found"),
-            (RequestError::ValueProvided.into(), Code::InvalidArgument, "etcdserver: value is provided"),
-            (RequestError::LeaseProvided.into(), Code::InvalidArgument, "etcdserver: lease is provided"),
-            (RequestError::LeaseNotFound.into(), Code::NotFound, "etcdserver: requested lease not found"),
-            (RequestError::TooManyOps.into(), Code::InvalidArgument, "etcdserver: too many operations in txn request"),
-            (RequestError::DuplicateKey.into(), Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
-            (RequestError::Compacted.into(), Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
-            (RequestError::FutureRevision.into(), Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
-            (ApiError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
-            (ApiError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
-            (ApiError::TooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
-            (ApiError::Stopped, Code::Unavailable, "etcdserver: server stopped"),
+            (
+                RequestError::EmptyKey.into(),
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                RequestError::KeyNotFound.into(),
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                RequestError::ValueProvided.into(),
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                RequestError::LeaseProvided.into(),
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                RequestError::LeaseNotFound.into(),
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                RequestError::TooManyOps.into(),
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                RequestError::DuplicateKey.into(),
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                RequestError::Compacted.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                RequestError::FutureRevision.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                ApiError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                ApiError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                ApiError::TooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                ApiError::Stopped,
+                Code::Unavailable,
+                "etcdserver: server stopped",
+            ),
         ];
         for (e, code, msg) in cases {
             assert_eq!(status_of(e), (*code, *msg), "{e:?}");

@@ -140,7 +140,15 @@ async fn connection(
             return;
         }
         _ => {
-            send(&tx, error_frame(0, Code::FailedPrecondition, "etch: expected a Hello frame first")).await;
+            send(
+                &tx,
+                error_frame(
+                    0,
+                    Code::FailedPrecondition,
+                    "etch: expected a Hello frame first",
+                ),
+            )
+            .await;
             drop(tx);
             let _ = writer.await;
             return;
@@ -156,7 +164,11 @@ async fn connection(
         let payload = match next {
             None => break,
             Some(Err(e)) => {
-                send(&tx, error_frame(0, Code::InvalidArgument, format!("etch: bad frame: {e}"))).await;
+                send(
+                    &tx,
+                    error_frame(0, Code::InvalidArgument, format!("etch: bad frame: {e}")),
+                )
+                .await;
                 break;
             }
             Some(Ok(b)) => b,
@@ -164,7 +176,11 @@ async fn connection(
         let f = match frame::decode(&payload) {
             Ok(f) => f,
             Err(e) => {
-                send(&tx, error_frame(0, Code::InvalidArgument, format!("etch: {e}"))).await;
+                send(
+                    &tx,
+                    error_frame(0, Code::InvalidArgument, format!("etch: {e}")),
+                )
+                .await;
                 break;
             }
         };

@@ -149,7 +149,9 @@ mod tests {
 
     #[test]
     fn escaping_keeps_order_and_is_prefix_free() {
-        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"ab", b"b"];
+        let keys: Vec<&[u8]> = vec![
+            b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"ab", b"b",
+        ];
         for w in keys.windows(2) {
             let a = index_key(w[0], Revision::new(i64::MAX, i64::MAX));
             let b = index_key(w[1], Revision::new(0, 0));

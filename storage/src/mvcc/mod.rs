@@ -31,8 +31,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use prost::Message;
 
 use etch_protocol::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse,
-    TxnResponse,
+    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnResponse,
 };
 use etch_protocol::etchpb::internal_request::Request;
 use etch_protocol::mvccpb::{Event, KeyValue};
@@ -149,7 +148,9 @@ impl MvccStore {
     /// [`Error::Fjall`] if fjall cannot open the directory; [`Error::CorruptStore`] for
     /// undecodable metadata.
     pub fn open(path: &Path) -> Result<MvccStore> {
-        let db = Database::builder(path).manual_journal_persist(true).open()?;
+        let db = Database::builder(path)
+            .manual_journal_persist(true)
+            .open()?;
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
         let index = db.keyspace("key_index", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
@@ -221,7 +222,10 @@ impl MvccStore {
                 u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
                 u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
             ))),
-            Some(v) => Err(Error::CorruptStore(format!("meta {META_IDENTITY}: {} bytes", v.len()))),
+            Some(v) => Err(Error::CorruptStore(format!(
+                "meta {META_IDENTITY}: {} bytes",
+                v.len()
+            ))),
         }
     }
 
@@ -251,8 +255,17 @@ impl MvccStore {
     /// # Errors
     /// Outer: fatal store errors. Inner: [`RequestError::Compacted`],
     /// [`RequestError::FutureRevision`].
-    pub fn range(&self, req: &RangeRequest) -> Result<std::result::Result<RangeResponse, RequestError>> {
-        read::range(self, req, None, self.current_revision(), self.compact_revision())
+    pub fn range(
+        &self,
+        req: &RangeRequest,
+    ) -> Result<std::result::Result<RangeResponse, RequestError>> {
+        read::range(
+            self,
+            req,
+            None,
+            self.current_revision(),
+            self.compact_revision(),
+        )
     }
 
     /// Serves a Txn that only reads (no Put/DeleteRange in any branch) at the current revision,
@@ -385,8 +398,8 @@ impl MvccStore {
         let (k, v) = g.into_inner()?;
         let rev = Revision::from_bytes(&k[k.len() - 16..])
             .ok_or_else(|| Error::CorruptStore("short index key".into()))?;
-        let iv = IndexValue::decode(&v)
-            .ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
+        let iv =
+            IndexValue::decode(&v).ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
         Ok(Some((rev, iv)))
     }
 

@@ -18,6 +18,10 @@ use crate::error::{Error, Result};
 /// A write txn's changes not yet committed: key -> its new state (`None` = deleted).
 pub(super) type Overlay = BTreeMap<Bytes, Option<KeyValue>>;
 
+/// The key group being scanned: its escaped prefix and its newest entry at or below the read
+/// revision.
+type Group = Option<(Vec<u8>, Option<(Revision, IndexValue)>)>;
+
 /// One live key found by a range.
 pub(super) struct Hit {
     pub(super) key: Bytes,
@@ -110,17 +114,18 @@ pub(super) fn collect(
     let mut hits = Vec::new();
     let mut count = 0usize;
     // The newest entry at or below `rev` of the key group being scanned.
-    let mut group: Option<(Vec<u8>, Option<(Revision, IndexValue)>)> = None;
-    let flush = |g: Option<(Vec<u8>, Option<(Revision, IndexValue)>)>,
-                     hits: &mut Vec<Hit>,
-                     count: &mut usize|
+    let mut group: Group = None;
+    let flush = |g: Group,
+                 hits: &mut Vec<Hit>,
+                 count: &mut usize|
      -> Result<()> {
         if let Some((prefix, Some((r, iv)))) = g
             && !iv.tombstone
         {
             *count += 1;
             if hits.len() < keep {
-                let k = unescape(&prefix).ok_or_else(|| Error::CorruptStore("bad index key".into()))?;
+                let k =
+                    unescape(&prefix).ok_or_else(|| Error::CorruptStore("bad index key".into()))?;
                 hits.push(Hit {
                     key: Bytes::from(k),
                     rev: r,
@@ -131,10 +136,7 @@ pub(super) fn collect(
         }
         Ok(())
     };
-    for g in store
-        .index
-        .range::<Vec<u8>, _>((Bound::Included(lo), hi))
-    {
+    for g in store.index.range::<Vec<u8>, _>((Bound::Included(lo), hi)) {
         let (k, v) = g.into_inner()?;
         let (prefix, r) =
             split_index_key(&k).ok_or_else(|| Error::CorruptStore("short index key".into()))?;
@@ -144,7 +146,8 @@ pub(super) fn collect(
             group = Some((prefix.to_vec(), None));
         }
         if r.main <= rev {
-            let iv = IndexValue::decode(&v).ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
+            let iv = IndexValue::decode(&v)
+                .ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
             if let Some((_, latest)) = group.as_mut() {
                 *latest = Some((r, iv));
             }
@@ -158,7 +161,8 @@ pub(super) fn collect(
         } else {
             Bound::Excluded(Bytes::copy_from_slice(range_end))
         };
-        let mut merged: BTreeMap<Bytes, Hit> = hits.into_iter().map(|h| (h.key.clone(), h)).collect();
+        let mut merged: BTreeMap<Bytes, Hit> =
+            hits.into_iter().map(|h| (h.key.clone(), h)).collect();
         for (k, state) in o.range((Bound::Included(Bytes::copy_from_slice(key)), upper)) {
             match state {
                 Some(kv) => {
@@ -184,7 +188,11 @@ pub(super) fn range(
     current: i64,
     compacted: i64,
 ) -> Result<std::result::Result<RangeResponse, RequestError>> {
-    let rev = if req.revision <= 0 { current } else { req.revision };
+    let rev = if req.revision <= 0 {
+        current
+    } else {
+        req.revision
+    };
     if rev > current {
         return Ok(Err(RequestError::FutureRevision));
     }
@@ -207,7 +215,9 @@ pub(super) fn range(
     } else if fetch_all || req.limit <= 0 {
         usize::MAX
     } else {
-        usize::try_from(req.limit).unwrap_or(usize::MAX).saturating_add(1)
+        usize::try_from(req.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
     };
     let (mut hits, count) = collect(store, &req.key, &req.range_end, rev, overlay, keep)?;
     if req.count_only {
@@ -284,7 +294,11 @@ pub(super) fn compare(store: &MvccStore, c: &Compare, rev: i64, overlay: &Overla
         return Ok(compare_kv(c, target, &KeyValue::default()));
     }
     for h in &hits {
-        let kv = if need_value { h.full_kv(store)? } else { h.meta_kv() };
+        let kv = if need_value {
+            h.full_kv(store)?
+        } else {
+            h.meta_kv()
+        };
         if !compare_kv(c, target, &kv) {
             return Ok(false);
         }

@@ -4,7 +4,7 @@ use etch_protocol::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etcdserverpb::response_op::Response as OpResp;
 use etch_protocol::etcdserverpb::{
-    Compare, CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
 };
 
 struct T {
@@ -25,7 +25,11 @@ impl T {
     }
     fn apply(&mut self, r: Request) -> std::result::Result<WriteResponse, RequestError> {
         self.index += 1;
-        self.s.apply(self.index, 1, Some(&r)).unwrap().unwrap().response
+        self.s
+            .apply(self.index, 1, Some(&r))
+            .unwrap()
+            .unwrap()
+            .response
     }
     fn put(&mut self, k: &str, v: &str) -> PutResponse {
         match self.apply(Request::Put(put(k, v))).unwrap() {
@@ -122,7 +126,13 @@ fn revisions_versions_and_history() {
 #[test]
 fn ranges_limits_sorting_and_filters() {
     let mut t = T::new();
-    for (k, v) in [("b", "3"), ("a", "2"), ("c", "1"), ("a\0x", "0"), ("d", "9")] {
+    for (k, v) in [
+        ("b", "3"),
+        ("a", "2"),
+        ("c", "1"),
+        ("a\0x", "0"),
+        ("d", "9"),
+    ] {
         t.put(k, v);
     }
     t.put("c", "1b");
@@ -153,7 +163,11 @@ fn ranges_limits_sorting_and_filters() {
     let mut r = rng("a", "\0");
     r.keys_only = true;
     let res = t.get(r).unwrap();
-    assert!(res.kvs.iter().all(|kv| kv.value.is_empty() && kv.version > 0));
+    assert!(
+        res.kvs
+            .iter()
+            .all(|kv| kv.value.is_empty() && kv.version > 0)
+    );
     let mut r = rng("a", "\0");
     r.count_only = true;
     let res = t.get(r).unwrap();
@@ -173,7 +187,10 @@ fn put_options_and_errors() {
     let mut t = T::new();
     let mut p = put("k", "");
     p.ignore_value = true;
-    assert_eq!(t.apply(Request::Put(p.clone())).unwrap_err(), RequestError::KeyNotFound);
+    assert_eq!(
+        t.apply(Request::Put(p.clone())).unwrap_err(),
+        RequestError::KeyNotFound
+    );
     assert_eq!(t.s.current_revision(), 1);
     assert_eq!(t.s.applied_index().index, 1);
     t.put("k", "v1");
@@ -186,7 +203,10 @@ fn put_options_and_errors() {
     assert_eq!(t.get(rng("k", "")).unwrap().kvs[0].version, 2);
     let mut p = put("k", "x");
     p.lease = 42;
-    assert_eq!(t.apply(Request::Put(p)).unwrap_err(), RequestError::LeaseNotFound);
+    assert_eq!(
+        t.apply(Request::Put(p)).unwrap_err(),
+        RequestError::LeaseNotFound
+    );
     let mut p = put("k", "x");
     p.ignore_value = true;
     assert_eq!(validate_put(&p), Err(RequestError::ValueProvided));
@@ -196,7 +216,11 @@ fn put_options_and_errors() {
     assert_eq!(validate_put(&p), Err(RequestError::LeaseProvided));
     assert_eq!(validate_put(&put("", "v")), Err(RequestError::EmptyKey));
     // Replay of an applied index is skipped.
-    assert!(t.s.apply(1, 1, Some(&Request::Put(put("z", "z")))).unwrap().is_none());
+    assert!(
+        t.s.apply(1, 1, Some(&Request::Put(put("z", "z"))))
+            .unwrap()
+            .is_none()
+    );
 }
 
 fn op_put(k: &str, v: &str) -> RequestOp {
@@ -263,7 +287,12 @@ fn txn_compare_and_swap() {
     }
     // Missing key: version == 0 holds; value compares are false.
     let r = TxnRequest {
-        compare: vec![cmp("nope", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))],
+        compare: vec![cmp(
+            "nope",
+            CompareTarget::Version,
+            CompareResult::Equal,
+            TargetUnion::Version(0),
+        )],
         success: vec![op_put("nope", "x"), op_put("b", "y")],
         failure: vec![],
     };
@@ -280,7 +309,12 @@ fn txn_compare_and_swap() {
     let r = TxnRequest {
         compare: vec![Compare {
             range_end: Bytes::from_static(b"c"),
-            ..cmp("a", CompareTarget::Mod, CompareResult::Greater, TargetUnion::ModRevision(2))
+            ..cmp(
+                "a",
+                CompareTarget::Mod,
+                CompareResult::Greater,
+                TargetUnion::ModRevision(2),
+            )
         }],
         success: vec![op_del("a", "c")],
         failure: vec![],
@@ -312,7 +346,10 @@ fn txn_validation_follows_etcd() {
         success: (0..129).map(|i| op_put(&format!("k{i}"), "v")).collect(),
         ..Default::default()
     };
-    assert_eq!(validate_txn(&many, DEFAULT_MAX_TXN_OPS), Err(RequestError::TooManyOps));
+    assert_eq!(
+        validate_txn(&many, DEFAULT_MAX_TXN_OPS),
+        Err(RequestError::TooManyOps)
+    );
     let dup = TxnRequest {
         success: vec![op_put("a", "1"), op_put("a", "2")],
         ..Default::default()
@@ -322,7 +359,10 @@ fn txn_validation_follows_etcd() {
         success: vec![op_del("a", "c"), op_put("b", "2")],
         ..Default::default()
     };
-    assert_eq!(validate_txn(&put_in_del, 128), Err(RequestError::DuplicateKey));
+    assert_eq!(
+        validate_txn(&put_in_del, 128),
+        Err(RequestError::DuplicateKey)
+    );
     // Puts in different branches, and overlapping deletes, are fine.
     let ok = TxnRequest {
         success: vec![op_put("a", "1"), op_del("x", "z"), op_del("y", "")],
@@ -353,7 +393,10 @@ fn txn_validation_follows_etcd() {
         ],
         ..Default::default()
     };
-    assert_eq!(validate_txn(&nested_dup, 128), Err(RequestError::DuplicateKey));
+    assert_eq!(
+        validate_txn(&nested_dup, 128),
+        Err(RequestError::DuplicateKey)
+    );
 }
 
 #[test]
@@ -368,7 +411,12 @@ fn compaction_removes_history_and_refuses_old_reads() {
     }))
     .unwrap(); // 5
     t.put("c", "1"); // 6
-    let c = |rev| Request::Compaction(CompactionRequest { revision: rev, physical: true });
+    let c = |rev| {
+        Request::Compaction(CompactionRequest {
+            revision: rev,
+            physical: true,
+        })
+    };
     assert_eq!(t.apply(c(7)).unwrap_err(), RequestError::FutureRevision);
     t.apply(c(5)).unwrap();
     assert_eq!(t.apply(c(5)).unwrap_err(), RequestError::Compacted);

@@ -124,7 +124,9 @@ impl<'a> WriteTxn<'a> {
 
     fn lookup_meta(&self, key: &[u8]) -> FResult<Option<(i64, i64, i64)>> {
         if let Some(state) = self.overlay.get(key) {
-            return Ok(state.as_ref().map(|kv| (kv.create_revision, kv.version, kv.lease)));
+            return Ok(state
+                .as_ref()
+                .map(|kv| (kv.create_revision, kv.version, kv.lease)));
         }
         match self.store.latest(key, self.read_rev())? {
             Some((_, iv)) if !iv.tombstone => Ok(Some((iv.create_revision, iv.version, iv.lease))),
@@ -134,7 +136,11 @@ impl<'a> WriteTxn<'a> {
 
     fn put_inner(&mut self, p: &PutRequest) -> FResult<PutResponse> {
         let need_prev = p.prev_kv || p.ignore_value || p.ignore_lease;
-        let prev = if need_prev { self.lookup(&p.key)? } else { None };
+        let prev = if need_prev {
+            self.lookup(&p.key)?
+        } else {
+            None
+        };
         let mut lease = p.lease;
         let mut value = p.value.clone();
         if p.ignore_value || p.ignore_lease {
@@ -172,10 +178,16 @@ impl<'a> WriteTxn<'a> {
             version,
             lease,
         };
-        self.batch
-            .insert(&self.store.kv, kv_key(rev, false), prost::Message::encode_to_vec(&kv));
-        self.batch
-            .insert(&self.store.index, index_key(&p.key, rev), iv.encode().to_vec());
+        self.batch.insert(
+            &self.store.kv,
+            kv_key(rev, false),
+            prost::Message::encode_to_vec(&kv),
+        );
+        self.batch.insert(
+            &self.store.index,
+            index_key(&p.key, rev),
+            iv.encode().to_vec(),
+        );
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv.clone()),
@@ -213,10 +225,16 @@ impl<'a> WriteTxn<'a> {
                 tombstone: true,
                 ..Default::default()
             };
-            self.batch
-                .insert(&self.store.kv, kv_key(rev, true), prost::Message::encode_to_vec(&tomb));
-            self.batch
-                .insert(&self.store.index, index_key(&h.key, rev), iv.encode().to_vec());
+            self.batch.insert(
+                &self.store.kv,
+                kv_key(rev, true),
+                prost::Message::encode_to_vec(&tomb),
+            );
+            self.batch.insert(
+                &self.store.index,
+                index_key(&h.key, rev),
+                iv.encode().to_vec(),
+            );
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(tomb),
@@ -267,7 +285,10 @@ impl<'a> WriteTxn<'a> {
         })
     }
 
-    fn txn_range(&mut self, rr: &RangeRequest) -> FResult<etch_protocol::etcdserverpb::RangeResponse> {
+    fn txn_range(
+        &mut self,
+        rr: &RangeRequest,
+    ) -> FResult<etch_protocol::etcdserverpb::RangeResponse> {
         let current = self.base;
         match read::range(
             self.store,
@@ -283,7 +304,11 @@ impl<'a> WriteTxn<'a> {
 
     /// Writes the batch: the changes, the new current revision (if anything changed), the
     /// applied index; then runs a requested compaction.
-    pub(super) fn commit(mut self, applied: AppliedIndex, mut resp: WriteResponse) -> Result<Applied> {
+    pub(super) fn commit(
+        mut self,
+        applied: AppliedIndex,
+        mut resp: WriteResponse,
+    ) -> Result<Applied> {
         let changed = !self.events.is_empty();
         let new_rev = if changed { self.main() } else { self.base };
         if changed {
@@ -331,7 +356,8 @@ fn compact(store: &MvccStore, rev: i64) -> Result<()> {
         let (k, v) = g.into_inner()?;
         let (prefix, r) =
             split_index_key(&k).ok_or_else(|| Error::CorruptStore("short index key".into()))?;
-        let iv = IndexValue::decode(&v).ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
+        let iv =
+            IndexValue::decode(&v).ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
         if r.main > rev {
             continue;
         }
@@ -361,4 +387,3 @@ fn compact(store: &MvccStore, rev: i64) -> Result<()> {
     batch.commit()?;
     Ok(())
 }
-

@@ -301,7 +301,11 @@ impl Wal {
         self.offset = offset;
         self.crc = crc;
         self.segments.push(name);
-        tracing::debug!(seq = name.seq, first_index = name.first_index, "WAL: segment cut");
+        tracing::debug!(
+            seq = name.seq,
+            first_index = name.first_index,
+            "WAL: segment cut"
+        );
         Ok(())
     }
 }
@@ -332,7 +336,8 @@ fn apply_record(
             rec.entries.push(e);
         }
         RecordType::HardState => {
-            let hs = HardState::parse_from_bytes(payload).map_err(|e| format!("hard state: {e}"))?;
+            let hs =
+                HardState::parse_from_bytes(payload).map_err(|e| format!("hard state: {e}"))?;
             rec.hard_state = Some(hs);
         }
         RecordType::Snapshot => {

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-
 /// Bytes before a record's payload: length (4), crc (4), type (1).
 pub const RECORD_HEADER_BYTES: usize = 9;
 
@@ -92,8 +91,7 @@ pub(super) fn create(
         .create_new(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    file.set_len(size)
-        .map_err(|e| Error::io(&path, e))?;
+    file.set_len(size).map_err(|e| Error::io(&path, e))?;
     let mut buf = Vec::new();
     let crc = encode_record(&mut buf, 0, RecordType::Seed, &prev_crc.to_le_bytes());
     file.write_all_at(&buf, 0)
@@ -177,7 +175,9 @@ pub(super) fn read_segment(
             h.update(body);
             let got = h.finalize();
             if got != want {
-                break 'rec fail(format!("crc mismatch: stored {want:08x}, computed {got:08x}"));
+                break 'rec fail(format!(
+                    "crc mismatch: stored {want:08x}, computed {got:08x}"
+                ));
             }
             let Some(ty) = RecordType::from_u8(body[0]) else {
                 break 'rec fail(format!("unknown record type {}", body[0]));
@@ -213,7 +213,10 @@ pub(super) fn read_segment(
                 truncated_bytes: 0,
             }),
             Some(reason) if is_last && !first => {
-                let tail = data[off..].iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+                let tail = data[off..]
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(0, |p| p + 1);
                 tracing::warn!(file = %path.display(), offset = off, %reason,
                     "WAL: torn tail in last segment");
                 Ok(SegmentEnd {

@@ -1,18 +1,20 @@
 use super::*;
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.to_vec().into();
-    e
+    Entry {
+        index,
+        term,
+        data: data.to_vec().into(),
+        ..Default::default()
+    }
 }
 
 fn hs(term: u64, commit: u64) -> HardState {
-    let mut h = HardState::default();
-    h.term = term;
-    h.commit = commit;
-    h
+    HardState {
+        term,
+        commit,
+        ..Default::default()
+    }
 }
 
 fn segment_paths(dir: &Path) -> Vec<PathBuf> {
@@ -102,12 +104,15 @@ fn corruption_in_an_older_segment_is_fatal_and_named() {
 fn snapshot_record_releases_entries_and_segments() {
     let d = tempfile::tempdir().unwrap();
     let (mut w, _) = Wal::open(d.path()).unwrap();
-    w.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")], None).unwrap();
+    w.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")], None)
+        .unwrap();
     w.cut().unwrap();
     w.append(&[entry(3, 1, b"c")], None).unwrap();
-    let mut m = SnapshotMetadata::default();
-    m.index = 2;
-    m.term = 1;
+    let m = SnapshotMetadata {
+        index: 2,
+        term: 1,
+        ..Default::default()
+    };
     w.append_snapshot(&m).unwrap();
     w.sync().unwrap();
     assert_eq!(w.release_to(2).unwrap(), 1);

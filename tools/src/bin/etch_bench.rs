@@ -20,7 +20,11 @@ use etch_tools::Client;
 use etch_tools::pb::{PutRequest, RangeRequest};
 
 #[derive(Parser)]
-#[command(name = "etch-bench", version, about = "A load generator for etch (etcd benchmark's flags)")]
+#[command(
+    name = "etch-bench",
+    version,
+    about = "A load generator for etch (etcd benchmark's flags)"
+)]
 struct Cli {
     /// Comma-separated endpoints; connections are spread over them.
     #[arg(long, global = true, default_value = "127.0.0.1:2378")]
@@ -122,7 +126,11 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     let mut conns = Vec::new();
     for i in 0..cli.conns {
         let ep = endpoints[i % endpoints.len()];
-        conns.push(Client::connect(ep).await.map_err(|e| format!("{ep}: {e}"))?);
+        conns.push(
+            Client::connect(ep)
+                .await
+                .map_err(|e| format!("{ep}: {e}"))?,
+        );
     }
     let (total, rate) = match &cli.cmd {
         Cmd::Put(a) => (a.total, a.rate),
@@ -130,9 +138,11 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     };
     let ack_log = match &cli.cmd {
         // Buffered: the log is flushed when the run ends (the server may die, the bench does not).
-        Cmd::Put(PutArgs { ack_log: Some(p), .. }) => Some(Arc::new(std::sync::Mutex::new(
-            std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| e.to_string())?),
-        ))),
+        Cmd::Put(PutArgs {
+            ack_log: Some(p), ..
+        }) => Some(Arc::new(std::sync::Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| e.to_string())?,
+        )))),
         _ => None,
     };
     let next = Arc::new(AtomicU64::new(0));
@@ -153,7 +163,8 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     let mut tasks = Vec::new();
     for c in 0..cli.clients {
         let client = conns[c % conns.len()].clone();
-        let (next, stats, bar, ack_log) = (next.clone(), stats.clone(), bar.clone(), ack_log.clone());
+        let (next, stats, bar, ack_log) =
+            (next.clone(), stats.clone(), bar.clone(), ack_log.clone());
         let op: Op = match &cli.cmd {
             Cmd::Put(a) => Op::Put {
                 key_size: a.key_size,
@@ -163,7 +174,11 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
             },
             Cmd::Range(a) => Op::Range(RangeRequest {
                 key: Bytes::copy_from_slice(a.key.as_bytes()),
-                range_end: a.end.as_deref().map(|e| Bytes::copy_from_slice(e.as_bytes())).unwrap_or_default(),
+                range_end: a
+                    .end
+                    .as_deref()
+                    .map(|e| Bytes::copy_from_slice(e.as_bytes()))
+                    .unwrap_or_default(),
                 serializable: a.consistency == "s",
                 ..Default::default()
             }),
@@ -180,11 +195,24 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                 }
                 let t = Instant::now();
                 let (res, acked) = match &op {
-                    Op::Put { key_size, value, sequential, key_space } => {
-                        let n = if *sequential { i % key_space } else { rand::rng().random_range(0..*key_space) };
+                    Op::Put {
+                        key_size,
+                        value,
+                        sequential,
+                        key_space,
+                    } => {
+                        let n = if *sequential {
+                            i % key_space
+                        } else {
+                            rand::rng().random_range(0..*key_space)
+                        };
                         let key = bench_key(n, *key_size);
                         let r = client
-                            .put(PutRequest { key: key.clone(), value: value.clone(), ..Default::default() })
+                            .put(PutRequest {
+                                key: key.clone(),
+                                value: value.clone(),
+                                ..Default::default()
+                            })
                             .await
                             .map(|_| ());
                         (r, Some(key))
@@ -221,7 +249,10 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     bar.finish_and_clear();
     if let Some(log) = &ack_log {
         use std::io::Write;
-        log.lock().unwrap_or_else(|e| e.into_inner()).flush().map_err(|e| e.to_string())?;
+        log.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush()
+            .map_err(|e| e.to_string())?;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let s = stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,7 +281,12 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
 }
 
 enum Op {
-    Put { key_size: usize, value: Bytes, sequential: bool, key_space: u64 },
+    Put {
+        key_size: usize,
+        value: Bytes,
+        sequential: bool,
+        key_space: u64,
+    },
     Range(RangeRequest),
 }
 
@@ -259,26 +295,41 @@ fn report_text(v: &serde_json::Value) -> String {
     let l = &v["latency_ms"];
     let secs = |k: &str| l[k].as_f64().unwrap_or(0.0) / 1000.0;
     let mut s = String::from("\nSummary:\n");
-    s += &format!("  Total:\t{:.4} secs.\n", v["seconds"].as_f64().unwrap_or(0.0));
+    s += &format!(
+        "  Total:\t{:.4} secs.\n",
+        v["seconds"].as_f64().unwrap_or(0.0)
+    );
     s += &format!("  Slowest:\t{:.4} secs.\n", secs("max"));
     s += &format!("  Fastest:\t{:.4} secs.\n", secs("min"));
     s += &format!("  Average:\t{:.4} secs.\n", secs("avg"));
     s += &format!("  Stddev:\t{:.4} secs.\n", secs("stddev"));
     s += &format!("  Requests/sec:\t{:.4}\n", v["qps"].as_f64().unwrap_or(0.0));
     s += "\nLatency distribution:\n";
-    for (name, key) in [("10%", "p10"), ("50%", "p50"), ("90%", "p90"), ("99%", "p99"), ("99.9%", "p99.9")] {
+    for (name, key) in [
+        ("10%", "p10"),
+        ("50%", "p50"),
+        ("90%", "p90"),
+        ("99%", "p99"),
+        ("99.9%", "p99.9"),
+    ] {
         s += &format!("  {name} in {:.4} secs.\n", secs(key));
     }
     let errors = v["errors"].as_u64().unwrap_or(0);
     if errors > 0 {
-        s += &format!("\nError distribution:\n  [{errors}]\t{}\n", v["first_errors"]);
+        s += &format!(
+            "\nError distribution:\n  [{errors}]\t{}\n",
+            v["first_errors"]
+        );
     }
     s
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: {e}");

@@ -13,19 +13,33 @@ use etch_tools::pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etch_tools::pb::range_request::{SortOrder, SortTarget};
 use etch_tools::pb::request_op::Request as Op;
 use etch_tools::pb::{
-    Compare, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use etch_tools::{Client, ClientError};
 
 #[derive(Parser)]
-#[command(name = "etchctl", version, about = "A command-line client for etch (etcdctl's commands)")]
+#[command(
+    name = "etchctl",
+    version,
+    about = "A command-line client for etch (etcdctl's commands)"
+)]
 struct Cli {
     /// Comma-separated endpoints (`host:port` or URLs).
-    #[arg(long, global = true, env = "ETCHCTL_ENDPOINTS", default_value = "127.0.0.1:2378")]
+    #[arg(
+        long,
+        global = true,
+        env = "ETCHCTL_ENDPOINTS",
+        default_value = "127.0.0.1:2378"
+    )]
     endpoints: String,
     /// Output format.
-    #[arg(short = 'w', long = "write-out", global = true, value_enum, default_value = "simple")]
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        value_enum,
+        default_value = "simple"
+    )]
     write_out: Format,
     /// Dial timeout (humantime).
     #[arg(long, global = true, default_value = "2s")]
@@ -294,7 +308,10 @@ fn parse_compare(line: &str) -> Result<Compare, String> {
         ">" => CompareResult::Greater,
         _ => return Err(format!("malformed comparison: {line} (unknown op {op})")),
     };
-    let int = || val.parse::<i64>().map_err(|e| format!("malformed comparison: {line} ({e})"));
+    let int = || {
+        val.parse::<i64>()
+            .map_err(|e| format!("malformed comparison: {line} ({e})"))
+    };
     let (t, u) = match target.trim() {
         "ver" | "version" => (CompareTarget::Version, TargetUnion::Version(int()?)),
         "c" | "create" => (CompareTarget::Create, TargetUnion::CreateRevision(int()?)),
@@ -314,11 +331,15 @@ fn parse_compare(line: &str) -> Result<Compare, String> {
 
 fn parse_op(line: &str) -> Result<RequestOp, String> {
     let words = argify(line)?;
-    let op = TxnOp::try_parse_from(&words).map_err(|e| format!("invalid txn request {line:?}: {}", e.kind()))?;
+    let op = TxnOp::try_parse_from(&words)
+        .map_err(|e| format!("invalid txn request {line:?}: {}", e.kind()))?;
     let request = match op {
         TxnOp::Get(a) => Op::RequestRange(get_request(&a)?),
         TxnOp::Put(a) => {
-            let v = a.value.clone().ok_or_else(|| format!("put in txn needs a value: {line}"))?;
+            let v = a
+                .value
+                .clone()
+                .ok_or_else(|| format!("put in txn needs a value: {line}"))?;
             Op::RequestPut(put_request(&a, v)?)
         }
         TxnOp::Del(a) => Op::RequestDeleteRange(del_request(&a)),
@@ -387,10 +408,14 @@ async fn run(cli: Cli) -> Result<String, String> {
     let mut out = String::new();
     let work = async {
         match &cli.cmd {
-            Cmd::Endpoint { cmd: EndpointCmd::Status } => {
+            Cmd::Endpoint {
+                cmd: EndpointCmd::Status,
+            } => {
                 let mut rows = Vec::new();
                 for ep in cli.endpoints.split(',').filter(|s| !s.is_empty()) {
-                    let c = Client::connect_timeout(ep, dial).await.map_err(|e| format!("{ep}: {e}"))?;
+                    let c = Client::connect_timeout(ep, dial)
+                        .await
+                        .map_err(|e| format!("{ep}: {e}"))?;
                     rows.push((ep.to_owned(), c.status().await.map_err(|e| e.to_string())?));
                 }
                 match fmt {
@@ -402,13 +427,17 @@ async fn run(cli: Cli) -> Result<String, String> {
                         out.push_str(&json_line(serde_json::Value::Array(v)));
                     }
                     Format::Table => out.push_str(&output::status_table(&rows)),
-                    _ => rows.iter().for_each(|(e, s)| out.push_str(&output::status_simple(e, s))),
+                    _ => rows
+                        .iter()
+                        .for_each(|(e, s)| out.push_str(&output::status_simple(e, s))),
                 }
                 return Ok(());
             }
             Cmd::Txn { interactive } => {
                 let req = read_txn(*interactive)?;
-                let c = connect_any(&cli.endpoints, dial).await.map_err(|e| e.to_string())?;
+                let c = connect_any(&cli.endpoints, dial)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let r = c.txn(req).await.map_err(|e| e.to_string())?;
                 match fmt {
                     Format::Json => out.push_str(&json_line(output::txn_json(&r))),
@@ -418,7 +447,9 @@ async fn run(cli: Cli) -> Result<String, String> {
             }
             _ => {}
         }
-        let c = connect_any(&cli.endpoints, dial).await.map_err(|e| e.to_string())?;
+        let c = connect_any(&cli.endpoints, dial)
+            .await
+            .map_err(|e| e.to_string())?;
         match &cli.cmd {
             Cmd::Put(a) => {
                 let value = match &a.value {
@@ -426,11 +457,17 @@ async fn run(cli: Cli) -> Result<String, String> {
                     None if a.ignore_value => String::new(),
                     None => {
                         let mut s = String::new();
-                        std::io::stdin().lock().read_line(&mut s).map_err(|e| e.to_string())?;
+                        std::io::stdin()
+                            .lock()
+                            .read_line(&mut s)
+                            .map_err(|e| e.to_string())?;
                         s.trim_end_matches('\n').to_owned()
                     }
                 };
-                let r = c.put(put_request(a, value)?).await.map_err(|e| e.to_string())?;
+                let r = c
+                    .put(put_request(a, value)?)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 match fmt {
                     Format::Json => out.push_str(&json_line(output::put_json(&r))),
                     Format::Fields => output::put_fields(&r, &mut out),
@@ -447,7 +484,10 @@ async fn run(cli: Cli) -> Result<String, String> {
                 }
             }
             Cmd::Del(a) => {
-                let r = c.delete_range(del_request(a)).await.map_err(|e| e.to_string())?;
+                let r = c
+                    .delete_range(del_request(a))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 match fmt {
                     Format::Json => out.push_str(&json_line(output::del_json(&r))),
                     Format::Fields => output::del_fields(&r, &mut out),
@@ -463,7 +503,9 @@ async fn run(cli: Cli) -> Result<String, String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 match fmt {
-                    Format::Json => out.push_str(&json_line(serde_json::json!({"header": output::header_json(&r.header)}))),
+                    Format::Json => out.push_str(&json_line(
+                        serde_json::json!({"header": output::header_json(&r.header)}),
+                    )),
                     _ => out.push_str(&format!("compacted revision {revision}\n")),
                 }
             }
@@ -480,7 +522,10 @@ async fn run(cli: Cli) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: {e}");
