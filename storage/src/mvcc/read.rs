@@ -115,10 +115,7 @@ pub(super) fn collect(
     let mut count = 0usize;
     // The newest entry at or below `rev` of the key group being scanned.
     let mut group: Group = None;
-    let flush = |g: Group,
-                 hits: &mut Vec<Hit>,
-                 count: &mut usize|
-     -> Result<()> {
+    let flush = |g: Group, hits: &mut Vec<Hit>, count: &mut usize| -> Result<()> {
         if let Some((prefix, Some((r, iv)))) = g
             && !iv.tombstone
         {
