@@ -184,26 +184,61 @@ fn raft_log_is_released_and_restart_recovers_from_the_release_point() {
     let dir = tempfile::tempdir().unwrap();
     let mut n = Node::start(
         dir.path(),
-        &["--snapshot-count", "500", "--experimental-wal-segment-bytes", "65536"],
+        &[
+            "--snapshot-count",
+            "500",
+            "--experimental-wal-segment-bytes",
+            "65536",
+        ],
     );
     // 5,000 entries stay behind a release point for slow followers; write well past that.
     let out = bench(
         &n.native,
         &[
-            "--clients", "20", "--conns", "2", "--json", "put", "--total", "9000", "--sequential-keys",
-            "--key-space-size", "9000", "--val-size", "64",
+            "--clients",
+            "20",
+            "--conns",
+            "2",
+            "--json",
+            "put",
+            "--total",
+            "9000",
+            "--sequential-keys",
+            "--key-space-size",
+            "9000",
+            "--val-size",
+            "64",
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    etch_tests::wait_for(std::time::Duration::from_secs(30), "the raft log release", || {
-        n.log().contains("raft log released").then_some(())
-    });
-    let first = segments(&n.data_dir)[0].file_name().unwrap().to_string_lossy().to_string();
-    assert!(!first.starts_with("0000000000000000-"), "the first segment should be gone, have {first}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    etch_tests::wait_for(
+        std::time::Duration::from_secs(30),
+        "the raft log release",
+        || n.log().contains("raft log released").then_some(()),
+    );
+    let first = segments(&n.data_dir)[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        !first.starts_with("0000000000000000-"),
+        "the first segment should be gone, have {first}"
+    );
     n.kill9();
     n.restart();
-    assert_eq!(n.ctl_ok(&["get", "", "--from-key", "--count-only"]), "9000\n");
+    assert_eq!(
+        n.ctl_ok(&["get", "", "--from-key", "--count-only"]),
+        "9000\n"
+    );
     n.ctl_ok(&["put", "after", "release"]);
     n.restart();
-    assert_eq!(n.ctl_ok(&["get", "after", "--print-value-only"]), "release\n");
+    assert_eq!(
+        n.ctl_ok(&["get", "after", "--print-value-only"]),
+        "release\n"
+    );
 }

@@ -264,3 +264,183 @@ fn endpoint_status_reports_leader_and_indexes() {
     );
     assert!(simple.contains(", true, false, "), "{simple}");
 }
+
+#[test]
+fn range_filters_and_txn_compares_through_the_client() {
+    use etch_tools::pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use etch_tools::pb::response_op::Response as OpResp;
+    use etch_tools::pb::{Compare, DeleteRangeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&n.native).await.unwrap();
+        let put = |k: &'static str, v: &'static str| PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        };
+        for (k, v) in [("f/a", "1"), ("f/b", "2"), ("f/c", "3")] {
+            c.put(put(k, v)).await.unwrap(); // revisions 2, 3, 4
+        }
+        c.put(put("f/a", "1b")).await.unwrap(); // 5: f/a created at 2, modified at 5
+        let rr = |f: fn(&mut RangeRequest)| {
+            let mut r = RangeRequest {
+                key: "f/".into(),
+                range_end: "f0".into(),
+                ..Default::default()
+            };
+            f(&mut r);
+            r
+        };
+        let keys = |r: etch_tools::pb::RangeResponse| -> Vec<String> {
+            r.kvs
+                .iter()
+                .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+                .collect()
+        };
+        let r = c.range(rr(|r| r.min_mod_revision = 4)).await.unwrap();
+        assert_eq!(keys(r.clone()), ["f/a", "f/c"]);
+        assert_eq!(r.count, 3, "count is taken before the filters, as etcd");
+        let r = c.range(rr(|r| r.max_mod_revision = 3)).await.unwrap();
+        assert_eq!(keys(r), ["f/b"]);
+        let r = c.range(rr(|r| r.min_create_revision = 3)).await.unwrap();
+        assert_eq!(keys(r), ["f/b", "f/c"]);
+        let r = c.range(rr(|r| r.max_create_revision = 2)).await.unwrap();
+        assert_eq!(keys(r), ["f/a"]);
+        let r = c.range(rr(|r| r.count_only = true)).await.unwrap();
+        assert!(r.kvs.is_empty());
+        assert_eq!(r.count, 3);
+
+        // ignore_lease on a missing key, and with a lease.
+        let mut p = put("nope", "");
+        p.ignore_lease = true;
+        assert_eq!(
+            c.put(p).await.unwrap_err().to_string(),
+            "etcdserver: key not found"
+        );
+        let mut p = put("f/a", "");
+        p.ignore_lease = true;
+        p.lease = 5;
+        assert_eq!(
+            c.put(p).await.unwrap_err().to_string(),
+            "etcdserver: lease is provided"
+        );
+
+        let cmp = |key: &'static str,
+                   end: &'static str,
+                   t: CompareTarget,
+                   r: CompareResult,
+                   u: TargetUnion| Compare {
+            key: key.into(),
+            range_end: end.into(),
+            target: t as i32,
+            result: r as i32,
+            target_union: Some(u),
+        };
+        let get = |k: &'static str| RequestOp {
+            request: Some(Op::RequestRange(RangeRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        };
+        // Range compare: every key under f/ has version >= 1 and create revision < 5.
+        let t = TxnRequest {
+            compare: vec![
+                cmp(
+                    "f/",
+                    "f0",
+                    CompareTarget::Version,
+                    CompareResult::Greater,
+                    TargetUnion::Version(0),
+                ),
+                cmp(
+                    "f/",
+                    "f0",
+                    CompareTarget::Create,
+                    CompareResult::Less,
+                    TargetUnion::CreateRevision(5),
+                ),
+                cmp(
+                    "f/a",
+                    "",
+                    CompareTarget::Lease,
+                    CompareResult::Equal,
+                    TargetUnion::Lease(0),
+                ),
+                cmp(
+                    "f/b",
+                    "",
+                    CompareTarget::Value,
+                    CompareResult::NotEqual,
+                    TargetUnion::Value("x".into()),
+                ),
+            ],
+            success: vec![
+                get("f/a"),
+                RequestOp {
+                    request: Some(Op::RequestTxn(TxnRequest {
+                        compare: vec![cmp(
+                            "f/c",
+                            "",
+                            CompareTarget::Mod,
+                            CompareResult::Equal,
+                            TargetUnion::ModRevision(4),
+                        )],
+                        success: vec![RequestOp {
+                            request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                                key: "f/c".into(),
+                                prev_kv: true,
+                                ..Default::default()
+                            })),
+                        }],
+                        failure: vec![],
+                    })),
+                },
+                get("f/c"),
+            ],
+            failure: vec![],
+        };
+        let r = c.txn(t).await.unwrap();
+        assert!(r.succeeded);
+        assert_eq!(r.header.unwrap().revision, 6);
+        match (
+            &r.responses[0].response,
+            &r.responses[1].response,
+            &r.responses[2].response,
+        ) {
+            (
+                Some(OpResp::ResponseRange(a)),
+                Some(OpResp::ResponseTxn(inner)),
+                Some(OpResp::ResponseRange(after)),
+            ) => {
+                assert_eq!(&a.kvs[0].value[..], b"1b");
+                assert!(inner.succeeded);
+                match &inner.responses[0].response {
+                    Some(OpResp::ResponseDeleteRange(d)) => {
+                        assert_eq!(d.deleted, 1);
+                        assert_eq!(&d.prev_kvs[0].value[..], b"3");
+                    }
+                    o => panic!("{o:?}"),
+                }
+                // The read after the nested delete, in the same txn, no longer sees f/c.
+                assert_eq!(after.count, 0);
+            }
+            o => panic!("{o:?}"),
+        }
+        // A VALUE compare on a missing key is false; a read-only txn does not bump the revision.
+        let t = TxnRequest {
+            compare: vec![cmp(
+                "f/zz",
+                "",
+                CompareTarget::Value,
+                CompareResult::NotEqual,
+                TargetUnion::Value("x".into()),
+            )],
+            success: vec![],
+            failure: vec![get("f/b")],
+        };
+        let r = c.txn(t).await.unwrap();
+        assert!(!r.succeeded);
+        assert_eq!(r.header.unwrap().revision, 6);
+    });
+}
