@@ -128,6 +128,10 @@ pub struct Config {
     pub cluster_id: u64,
     /// Voters of the initial cluster (member IDs).
     pub initial_members: Vec<u64>,
+    /// The other members: (member ID, peer address).
+    pub peers: Vec<(u64, SocketAddr)>,
+    /// Where to listen for peers (QUIC over UDP); used when there are peers.
+    pub listen_peer: SocketAddr,
     /// Heartbeat interval; one raft tick. Default 100 ms.
     pub heartbeat_interval: Duration,
     /// Election timeout. Default 1000 ms.
@@ -311,18 +315,22 @@ impl Config {
                 ),
             ));
         }
-        if members.len() > 1 {
-            return Err(bad(
-                "initial-cluster",
-                &initial_cluster,
-                "multi-member clusters are not supported by this build yet (single member only)",
-            ));
-        }
         let initial_members: Vec<u64> = members
             .iter()
             .map(|(_, urls)| member_id(urls, &f.initial_cluster_token))
             .collect();
         let member_id = member_id(own_urls, &f.initial_cluster_token);
+        let mut peers = Vec::new();
+        for (name, urls) in &members {
+            if *name == f.name {
+                continue;
+            }
+            let (_, addr) = parse_url(&urls[0]).map_err(|e| bad("initial-cluster", &urls[0], e))?;
+            peers.push((self::member_id(urls, &f.initial_cluster_token), addr));
+        }
+        let listen_url = f.listen_peer_urls.split(',').next().unwrap_or_default();
+        let (_, listen_peer) =
+            parse_url(listen_url).map_err(|e| bad("listen-peer-urls", listen_url, e))?;
         let cluster_id = cluster_id(&initial_members);
         let data_dir = f
             .data_dir
@@ -338,6 +346,8 @@ impl Config {
             member_id,
             cluster_id,
             initial_members,
+            peers,
+            listen_peer,
             heartbeat_interval,
             election_timeout,
             snapshot_count: f.snapshot_count,

@@ -29,6 +29,7 @@ use etch_storage::raftlog::RaftLog;
 
 use crate::apply::{ApplyActor, ApplyCommitted, PersistStore};
 use crate::error::ApiError;
+use crate::transport::{SendMessages, TransportActor};
 use crate::wal::{AppendEntries, ReleaseLog, WalActor};
 
 /// Entries kept in the raft log behind a release point, so a slightly lagging follower still
@@ -309,6 +310,19 @@ impl<W> RaftCore<W> {
         }
     }
 
+    /// Steps a message from a peer. Messages raft-rs refuses (a local message type, an unknown
+    /// sender's response) are dropped: peers cannot make this fail.
+    pub fn step(&mut self, m: Message) {
+        if let Err(e) = self.node.step(m) {
+            tracing::debug!(error = %e, "peer message dropped");
+        }
+    }
+
+    /// A peer could not be reached: raft-rs stops pipelining to it and probes instead.
+    pub fn unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
     /// The raft log (for releasing entries).
     pub fn log(&self) -> &RaftLog {
         &self.log
@@ -333,6 +347,7 @@ pub struct ConsensusActor {
     core: RaftCore<ReadWaiter>,
     wal: Addr<WalActor>,
     apply: Addr<ApplyActor>,
+    transport: Option<Addr<TransportActor>>,
     state: Arc<NodeState>,
     tick_interval: Duration,
     snapshot_count: u64,
@@ -341,11 +356,13 @@ pub struct ConsensusActor {
 }
 
 impl ConsensusActor {
-    /// A consensus actor driving `core`, persisting through `wal`, applying through `apply`.
+    /// A consensus actor driving `core`, persisting through `wal`, applying through `apply`,
+    /// talking to peers through `transport` (`None` for a single-member cluster).
     pub fn new(
         core: RaftCore<ReadWaiter>,
         wal: Addr<WalActor>,
         apply: Addr<ApplyActor>,
+        transport: Option<Addr<TransportActor>>,
         state: Arc<NodeState>,
         tick_interval: Duration,
         snapshot_count: u64,
@@ -354,6 +371,7 @@ impl ConsensusActor {
             core,
             wal,
             apply,
+            transport,
             state,
             tick_interval,
             snapshot_count,
@@ -364,6 +382,15 @@ impl ConsensusActor {
 
     fn fatal(&self, why: String) {
         self.state.fail(why);
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        if let Some(t) = &self.transport {
+            t.do_send(SendMessages(msgs));
+        }
     }
 
     fn publish(&self) {
@@ -385,9 +412,9 @@ impl ConsensusActor {
             for (w, index) in out.reads {
                 let _ = w.send(Ok(index));
             }
-            // 1. Leader messages before our own fsync. A single-member build has no peers; the
-            //    peer transport takes these in the cluster issue.
-            drop(out.messages);
+            // 1. Leader messages before our own fsync: the leader may persist in parallel with
+            //    its followers (Raft thesis 10.2.1).
+            self.send(out.messages);
             // 2. Committed entries to apply, in order (the apply mailbox is FIFO, one thread).
             if !out.committed.is_empty() {
                 let fut = self.apply.send(ApplyCommitted {
@@ -408,7 +435,7 @@ impl ConsensusActor {
                 if out.number != 0 {
                     self.core.on_persisted(out.number);
                 }
-                drop(out.persisted_messages);
+                self.send(out.persisted_messages);
                 continue;
             }
             self.wal_busy = true;
@@ -422,7 +449,8 @@ impl ConsensusActor {
                 Ok(Ok(number)) => {
                     act.wal_busy = false;
                     act.core.on_persisted(number);
-                    drop(persisted_messages);
+                    // Votes and append acknowledgements only once durable (etcd raft.go).
+                    act.send(persisted_messages);
                     act.drive(ctx);
                 }
                 Ok(Err(e)) => act.fatal(format!("WAL: {e}")),
@@ -518,5 +546,32 @@ impl Handler<ReadIndex> for ConsensusActor {
         self.core.read(tx);
         self.drive(ctx);
         MessageResult(rx)
+    }
+}
+
+/// Sent by the transport for each raft message a peer delivered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Step(pub Message);
+
+impl Handler<Step> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Step, ctx: &mut Context<Self>) {
+        self.core.step(m.0);
+        self.drive(ctx);
+    }
+}
+
+/// Sent by the transport when a peer cannot be reached (raft-rs `report_unreachable`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unreachable(pub u64);
+
+impl Handler<Unreachable> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Unreachable, _: &mut Context<Self>) {
+        self.core.unreachable(m.0);
     }
 }

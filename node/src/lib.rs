@@ -12,6 +12,7 @@ pub mod consensus;
 pub mod error;
 mod logger;
 pub mod service;
+pub mod transport;
 pub mod wal;
 
 use std::future::Future;
@@ -47,6 +48,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Listeners {
     /// Native protocol listeners.
     pub native: Vec<std::net::TcpListener>,
+    /// The peer socket (UDP, QUIC); needed when the cluster has other members.
+    pub peer: Option<std::net::UdpSocket>,
 }
 
 /// Runs a node until `shutdown` resolves (then stops gracefully: stop accepting, finish
@@ -134,15 +137,40 @@ pub async fn run(
         ctx.set_mailbox_capacity(1024);
         ApplyActor::new(st, w, applied_tx)
     });
-    let consensus = ConsensusActor::new(
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Consensus and transport address each other: make consensus's address first.
+    let consensus_ctx = Context::<ConsensusActor>::new();
+    let consensus = consensus_ctx.address();
+    let transport = match (config.peers.is_empty(), listeners.peer) {
+        (true, _) => None,
+        (false, None) => {
+            return Err(Error::Io(std::io::Error::other(
+                "a peer socket is needed for a multi-member cluster",
+            )));
+        }
+        (false, Some(socket)) => {
+            let addr = socket.local_addr()?;
+            let ep = transport::endpoint(socket)?;
+            tracing::info!(%addr, peers = config.peers.len(), "serving peers (QUIC)");
+            Some(transport::TransportActor::start(
+                ep,
+                member_id,
+                cluster_id,
+                &config.peers,
+                consensus.clone(),
+                stop_rx.clone(),
+            ))
+        }
+    };
+    consensus_ctx.run(ConsensusActor::new(
         core,
         wal_addr,
         apply_addr,
+        transport,
         state.clone(),
         config.heartbeat_interval,
         config.snapshot_count,
-    )
-    .start();
+    ));
 
     let service = Arc::new(Service::new(
         store.clone(),
@@ -158,7 +186,6 @@ pub async fn run(
     ));
 
     let tracker = TaskTracker::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
     for l in listeners.native {
         l.set_nonblocking(true)?;
         let addr = l.local_addr()?;

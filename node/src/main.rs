@@ -33,6 +33,18 @@ fn main() -> ExitCode {
             }
         }
     }
+    if !config.peers.is_empty() {
+        match std::net::UdpSocket::bind(config.listen_peer) {
+            Ok(s) => listeners.peer = Some(s),
+            Err(e) => {
+                eprintln!(
+                    "etch: cannot listen for peers on {}: {e}",
+                    config.listen_peer
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()

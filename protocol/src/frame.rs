@@ -47,7 +47,13 @@ pub fn encode(frame: &Frame) -> Bytes {
 
 /// Encodes `frame`'s payload only (no length prefix), for use with [`codec`].
 pub fn encode_payload(frame: &Frame) -> Bytes {
-    Bytes::from(frame.encode_to_vec())
+    encode_payload_of(frame)
+}
+
+/// Encodes any protobuf message as a payload (no length prefix), for use with [`codec`]
+/// (peer frames use this with `etchpb.PeerFrame`).
+pub fn encode_payload_of<M: Message>(m: &M) -> Bytes {
+    Bytes::from(m.encode_to_vec())
 }
 
 /// Decodes one payload (without its length prefix).

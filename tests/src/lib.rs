@@ -61,19 +61,57 @@ pub struct Node {
 impl Node {
     /// Starts `etch` with its data in `dir/data` and waits until it serves.
     pub fn start(dir: &Path, extra: &[&str]) -> Node {
+        let n = Node::launch(dir.join("data"), extra);
+        n.wait_leader();
+        n
+    }
+
+    /// Starts `etch` with data in `data_dir` and waits until it listens (not for a leader:
+    /// cluster members need each other for that).
+    pub fn launch(data_dir: PathBuf, extra: &[&str]) -> Node {
         let mut n = Node {
             child: None,
-            data_dir: dir.join("data"),
+            data_dir,
             native: String::new(),
             log: PathBuf::new(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             runs: 0,
         };
-        n.spawn();
+        n.spawn_listening();
         n
     }
 
     fn spawn(&mut self) {
+        self.spawn_listening();
+        self.wait_leader();
+    }
+
+    /// Waits until this member knows a leader and serves writes.
+    pub fn wait_leader(&self) {
+        let addr = self.native.clone();
+        wait_for(START_DEADLINE, "etch to know a leader", || {
+            let o = etchctl_at(&addr, &["endpoint", "status", "-w", "json"]);
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            (o.status.success() && !text.contains("\"leader\":0")).then_some(())
+        });
+    }
+
+    /// The member status as JSON (`etchctl endpoint status -w json`, first row's `Status`).
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let o = self.etchctl(&["endpoint", "status", "-w", "json"]);
+        if !o.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        Some(v[0]["Status"].clone())
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn_listening(&mut self) {
         self.runs += 1;
         self.log = self
             .data_dir
@@ -110,13 +148,6 @@ impl Node {
                 .find(|l| l.contains("serving the native protocol"))?;
             let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
             Some(addr.to_owned())
-        });
-        // Serving means a leader and an applied log: wait for a write-ready member.
-        let addr = self.native.clone();
-        wait_for(START_DEADLINE, "etch to elect a leader", || {
-            let o = etchctl_at(&addr, &["endpoint", "status", "-w", "json"]);
-            let text = String::from_utf8_lossy(&o.stdout).to_string();
-            (o.status.success() && !text.contains("\"leader\":0")).then_some(())
         });
     }
 
@@ -167,10 +198,16 @@ impl Node {
         })
     }
 
-    /// Starts the process again on the same data directory (a new port).
+    /// Starts the process again on the same data directory (a new port) and waits for a leader.
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Starts the process again and waits only until it listens.
+    pub fn relaunch(&mut self) {
+        self.kill9();
+        self.spawn_listening();
     }
 
     /// Starts `etch` on the same data dir and expects it to fail; returns (status, stderr+log).
@@ -257,4 +294,89 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released; members bind it right after).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A cluster of `etch` members on loopback.
+pub struct Cluster {
+    /// The members, in `--initial-cluster` order (names m0, m1, ...).
+    pub nodes: Vec<Node>,
+    /// Peer URLs by member index.
+    pub peer_urls: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `size` members in `dir` (each with `extra` flags) and waits until every one knows
+    /// the leader.
+    pub fn start(dir: &Path, size: usize, extra: &[&str]) -> Cluster {
+        let peer_urls: Vec<String> = (0..size)
+            .map(|_| format!("http://127.0.0.1:{}", free_udp_port()))
+            .collect();
+        let initial: Vec<String> = peer_urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("m{i}={u}"))
+            .collect();
+        let initial = initial.join(",");
+        let mut nodes = Vec::new();
+        for (i, url) in peer_urls.iter().enumerate() {
+            let name = format!("m{i}");
+            let mut args: Vec<&str> = vec![
+                "--name",
+                &name,
+                "--listen-peer-urls",
+                url,
+                "--initial-advertise-peer-urls",
+                url,
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-token",
+                "etch-test",
+            ];
+            args.extend_from_slice(extra);
+            nodes.push(Node::launch(dir.join(&name), &args));
+        }
+        for n in &nodes {
+            n.wait_leader();
+        }
+        Cluster { nodes, peer_urls }
+    }
+
+    /// Comma-separated native endpoints of the running members.
+    pub fn endpoints(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.pid().is_some())
+            .map(|n| n.native.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Index of the member every running member agrees is the leader, once they agree.
+    pub fn leader(&self) -> usize {
+        wait_for(Duration::from_secs(30), "an agreed leader", || {
+            let mut leader = None;
+            for n in self.nodes.iter().filter(|n| n.pid().is_some()) {
+                let s = n.status()?;
+                let l = s["leader"].as_u64().filter(|l| *l != 0)?;
+                if leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            let l = leader?;
+            self.nodes.iter().position(|n| {
+                n.pid().is_some()
+                    && n.status()
+                        .is_some_and(|s| s["header"]["member_id"].as_u64() == Some(l))
+            })
+        })
+    }
 }

@@ -1,0 +1,364 @@
+//! The peer transport actor: raft messages between members over QUIC (quinn).
+//!
+//! One QUIC connection per peer direction; each side opens a long-lived unidirectional stream
+//! to each peer and writes length-prefixed frames on it (the native frame format of
+//! `etch_protocol::frame`, payload `etchpb.PeerFrame`): a `PeerHello{cluster_id, member_id,
+//! protocol_version}` first, then one raft message per frame. A receiver refuses a stream whose
+//! Hello names another cluster (a member started with another `--initial-cluster-token`), and
+//! closes the connection on any frame that does not decode: peer input is checked, never
+//! trusted to be well-formed, and never panics the node.
+//!
+//! Outbound messages go through a bounded queue per peer; when it is full or the peer cannot
+//! be reached, messages are dropped (raft retransmits) and the peer is reported unreachable to
+//! raft-rs, which then probes it gently. Connections are re-established with backoff.
+
+mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
+use etch_protocol::frame;
+
+use crate::consensus::{ConsensusActor, Step, Unreachable};
+
+pub use tls::{PEER_ALPN, self_signed};
+
+/// Peer protocol version spoken by this build.
+pub const PEER_PROTOCOL_VERSION: u32 = 1;
+
+/// Largest peer frame accepted: 16 MiB (a raft append carries up to 1 MiB of entries, and one
+/// entry may be up to `--max-request-bytes`).
+pub const MAX_PEER_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Raft messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE_MESSAGES: usize = 4096;
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The actor: routes outbound raft messages to per-peer sender tasks.
+pub struct TransportActor {
+    queues: HashMap<u64, mpsc::Sender<Bytes>>,
+    consensus: Addr<ConsensusActor>,
+}
+
+/// Builds the QUIC endpoint on `socket`: a server with an auto-generated certificate and a
+/// client that accepts peers' auto-generated certificates (etcd `--peer-auto-tls`).
+///
+/// # Errors
+/// Certificate generation or socket errors.
+pub fn endpoint(socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
+    let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let (cert, key) = self_signed(Vec::new()).map_err(|e| other(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| other(&e))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| other(&e))?;
+    server.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| other(&e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(tls::AutoTlsVerifier::new()))
+        .with_no_client_auth();
+    client.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_millis(500)))
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(5_000).into()));
+    let transport = Arc::new(transport);
+    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| other(&e))?,
+    ));
+    server_cfg.transport_config(transport.clone());
+    let mut client_cfg = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| other(&e))?,
+    ));
+    client_cfg.transport_config(transport);
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    ep.set_default_client_config(client_cfg);
+    Ok(ep)
+}
+
+impl TransportActor {
+    /// Starts the transport: a sender task per peer in `peers` (member ID -> address) and the
+    /// accept loop on `endpoint`, all stopping when `stop` turns true.
+    pub fn start(
+        endpoint: quinn::Endpoint,
+        member_id: u64,
+        cluster_id: u64,
+        peers: &[(u64, SocketAddr)],
+        consensus: Addr<ConsensusActor>,
+        stop: watch::Receiver<bool>,
+    ) -> Addr<TransportActor> {
+        let hello = frame::encode_payload_of(&PeerFrame {
+            body: Some(Body::Hello(PeerHello {
+                cluster_id,
+                member_id,
+                protocol_version: PEER_PROTOCOL_VERSION,
+            })),
+        });
+        let mut queues = HashMap::new();
+        for &(id, addr) in peers {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
+            queues.insert(id, tx);
+            tokio::spawn(send_loop(
+                endpoint.clone(),
+                id,
+                addr,
+                rx,
+                hello.clone(),
+                consensus.clone(),
+                stop.clone(),
+            ));
+        }
+        let known: Vec<u64> = peers.iter().map(|p| p.0).collect();
+        tokio::spawn(accept_loop(
+            endpoint,
+            cluster_id,
+            member_id,
+            known,
+            consensus.clone(),
+            stop,
+        ));
+        TransportActor { queues, consensus }.start()
+    }
+}
+
+impl Actor for TransportActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+/// Sent by consensus with raft messages for peers (a Ready's `messages` at once,
+/// `persisted_messages` after the WAL fsync). Delivery is best effort.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendMessages(pub Vec<Message>);
+
+impl Handler<SendMessages> for TransportActor {
+    type Result = ();
+
+    fn handle(&mut self, m: SendMessages, _: &mut Context<Self>) {
+        for msg in m.0 {
+            let to = msg.to;
+            let Some(q) = self.queues.get(&to) else {
+                tracing::debug!(to = %format!("{to:x}"), "message for an unknown member dropped");
+                continue;
+            };
+            let Ok(raft) = msg.write_to_bytes() else {
+                continue;
+            };
+            let f = frame::encode_payload_of(&PeerFrame {
+                body: Some(Body::Raft(raft.into())),
+            });
+            if q.try_send(f).is_err() {
+                self.consensus.do_send(Unreachable(to));
+            }
+        }
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Keeps a stream to peer `id` open and writes its queued messages; reconnects with backoff.
+async fn send_loop(
+    endpoint: quinn::Endpoint,
+    id: u64,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Bytes>,
+    hello: Bytes,
+    consensus: Addr<ConsensusActor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let stream = async {
+            let conn = endpoint
+                .connect(addr, "localhost")
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let send = conn.open_uni().await.map_err(|e| e.to_string())?;
+            let mut w = FramedWrite::new(send, frame::codec(MAX_PEER_FRAME_BYTES));
+            w.send(hello.clone()).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((conn, w))
+        };
+        let connected = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            r = tokio::time::timeout(Duration::from_secs(2), stream) => r.map_err(|_| "connect timed out".to_owned()).and_then(|r| r),
+        };
+        let (conn, mut w) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(peer = %format!("{id:x}"), %addr, error = %e, "peer unreachable");
+                consensus.do_send(Unreachable(id));
+                // Messages queued for an unreachable peer are stale by the time it returns.
+                while rx.try_recv().is_ok() {}
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        tracing::info!(peer = %format!("{id:x}"), %addr, "connected to peer");
+        backoff = Duration::from_millis(50);
+        loop {
+            let b = tokio::select! {
+                _ = stopped(&mut stop) => {
+                    conn.close(0u32.into(), b"shutdown");
+                    return;
+                }
+                b = rx.recv() => match b { Some(b) => b, None => return },
+            };
+            let mut ok = w.feed(b).await.is_ok();
+            while ok && let Ok(b) = rx.try_recv() {
+                ok = w.feed(b).await.is_ok();
+            }
+            if !ok || SinkExt::<Bytes>::flush(&mut w).await.is_err() {
+                tracing::info!(peer = %format!("{id:x}"), "lost the stream to peer");
+                consensus.do_send(Unreachable(id));
+                break;
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    cluster_id: u64,
+    member_id: u64,
+    known: Vec<u64>,
+    consensus: Addr<ConsensusActor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = stopped(&mut stop) => {
+                endpoint.close(0u32.into(), b"shutdown");
+                return;
+            }
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+        };
+        let (consensus, known) = (consensus.clone(), known.clone());
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer handshake failed");
+                    return;
+                }
+            };
+            while let Ok(recv) = conn.accept_uni().await {
+                tokio::spawn(read_stream(
+                    recv,
+                    conn.clone(),
+                    cluster_id,
+                    member_id,
+                    known.clone(),
+                    consensus.clone(),
+                ));
+            }
+        });
+    }
+}
+
+/// Reads one peer stream: a Hello, then raft messages for this member.
+async fn read_stream(
+    recv: quinn::RecvStream,
+    conn: quinn::Connection,
+    cluster_id: u64,
+    member_id: u64,
+    known: Vec<u64>,
+    consensus: Addr<ConsensusActor>,
+) {
+    let remote = conn.remote_address();
+    let reject = |why: String| {
+        tracing::warn!(%remote, reason = %why, "rejected peer connection");
+        conn.close(1u32.into(), why.as_bytes());
+    };
+    let mut r = FramedRead::new(recv, frame::codec(MAX_PEER_FRAME_BYTES));
+    let hello = match r.next().await {
+        Some(Ok(b)) => match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
+            Some(Body::Hello(h)) => h,
+            _ => return reject("first frame is not a PeerHello".into()),
+        },
+        Some(Err(e)) => return reject(format!("bad frame: {e}")),
+        None => return,
+    };
+    if hello.protocol_version != PEER_PROTOCOL_VERSION {
+        return reject(format!(
+            "peer protocol version {} not supported",
+            hello.protocol_version
+        ));
+    }
+    if hello.cluster_id != cluster_id {
+        return reject(format!(
+            "cluster ID mismatch: peer {:x} is in cluster {:x}, this member is in {:x}",
+            hello.member_id, hello.cluster_id, cluster_id
+        ));
+    }
+    if !known.contains(&hello.member_id) {
+        return reject(format!(
+            "member {:x} is not in this cluster",
+            hello.member_id
+        ));
+    }
+    while let Some(next) = r.next().await {
+        let b = match next {
+            Ok(b) => b,
+            // The length codec reports oversized frames as InvalidData; anything else is the
+            // connection going away (a peer stopping or restarting), which is not an offence.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return reject(format!("bad frame: {e}"));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "peer stream ended");
+                return;
+            }
+        };
+        let raft = match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
+            Some(Body::Raft(raft)) => raft,
+            _ => return reject("frame is not a raft message".into()),
+        };
+        let msg = match Message::parse_from_bytes(&raft) {
+            Ok(m) => m,
+            Err(e) => return reject(format!("raft message does not decode: {e}")),
+        };
+        if msg.to != member_id || msg.from != hello.member_id {
+            return reject(format!(
+                "message from {:x} to {:x} on the stream of {:x}",
+                msg.from, msg.to, hello.member_id
+            ));
+        }
+        // Raft tolerates loss: if consensus is saturated, drop rather than block the stream.
+        let _ = consensus.try_send(Step(msg));
+    }
+}

@@ -1,0 +1,285 @@
+//! A 3-member cluster over QUIC on loopback: replication, any-member access, failover.
+
+use std::time::Duration;
+
+use etch_tests::{Cluster, Node, bench, wait_for};
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+/// The whole keyspace of `n` at revision `rev`, as etcdctl JSON key-values.
+fn keyspace(n: &Node, rev: i64) -> Value {
+    json(&n.ctl_ok(&[
+        "get",
+        "",
+        "--from-key",
+        "--rev",
+        &rev.to_string(),
+        "-w",
+        "json",
+    ]))["kvs"]
+        .clone()
+}
+
+fn revision(n: &Node) -> i64 {
+    json(&n.ctl_ok(&["get", "probe", "-w", "json"]))["header"]["revision"]
+        .as_i64()
+        .unwrap()
+}
+
+#[test]
+fn three_members_replicate_and_serve_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    // One leader, one term, on every member.
+    let statuses: Vec<Value> = c.nodes.iter().map(|n| n.status().unwrap()).collect();
+    let term = statuses[0]["raftTerm"].clone();
+    assert!(
+        statuses.iter().all(|s| s["raftTerm"] == term),
+        "{statuses:?}"
+    );
+    let leaders = statuses
+        .iter()
+        .filter(|s| s["leader"] == s["header"]["member_id"])
+        .count();
+    assert_eq!(leaders, 1);
+    let simple = c.nodes[0].ctl_ok(&["endpoint", "status"]);
+    assert!(simple.contains(", 3.5."), "{simple}");
+
+    // Writes through every member, followers included.
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_eq!(
+            n.ctl_ok(&["put", &format!("k{i}"), &format!("from-m{i}")]),
+            "OK\n"
+        );
+    }
+    let t = c.nodes[(leader + 1) % 3].ctl_ok(&["del", "k0"]);
+    assert_eq!(t, "1\n");
+    // Linearizable reads on every member see every write, at the same revision.
+    let rev = revision(&c.nodes[leader]);
+    assert_eq!(rev, 5);
+    for n in &c.nodes {
+        assert_eq!(
+            n.ctl_ok(&["get", "k", "--prefix", "--print-value-only"]),
+            "from-m1\nfrom-m2\n"
+        );
+        assert_eq!(revision(n), rev);
+    }
+    let reference = keyspace(&c.nodes[0], rev);
+    for n in &c.nodes[1..] {
+        assert_eq!(keyspace(n, rev), reference);
+    }
+    // Every response header names the cluster and the answering member.
+    let ids: std::collections::BTreeSet<u64> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            json(&n.ctl_ok(&["get", "k1", "-w", "json"]))["header"]["member_id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 3);
+}
+
+#[test]
+fn leader_killed_under_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let old = c.leader();
+    let ack = dir.path().join("acked.txt");
+    let (endpoints, ack_arg) = (c.endpoints(), ack.to_string_lossy().to_string());
+    let load = std::thread::spawn(move || {
+        bench(
+            &endpoints,
+            &[
+                "--clients",
+                "30",
+                "--conns",
+                "3",
+                "put",
+                "--total",
+                "30000",
+                "--sequential-keys",
+                "--key-space-size",
+                "30000",
+                "--key-size",
+                "16",
+                "--ack-log",
+                &ack_arg,
+            ],
+        )
+    });
+    let probe = c.nodes[(old + 1) % 3].native.clone();
+    wait_for(Duration::from_secs(60), "writes under load", || {
+        let o = etch_tests::etchctl_at(
+            &probe,
+            &[
+                "get",
+                "",
+                "--from-key",
+                "--count-only",
+                "--consistency",
+                "s",
+            ],
+        );
+        let n: u64 = String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (n > 2000).then_some(())
+    });
+    c.nodes[old].kill9();
+    let _ = load.join().unwrap();
+    // A new leader is elected among the survivors and writes resume.
+    let new = c.leader();
+    assert_ne!(new, old);
+    let out = bench(
+        &c.endpoints(),
+        &[
+            "--clients",
+            "10",
+            "--conns",
+            "2",
+            "--json",
+            "put",
+            "--total",
+            "500",
+            "--key-space-size",
+            "100",
+        ],
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["errors"], 0, "{r}");
+    // The old leader comes back and catches up.
+    c.nodes[old].restart();
+    let target = revision(&c.nodes[new]);
+    wait_for(
+        Duration::from_secs(60),
+        "the old leader to catch up",
+        || (revision(&c.nodes[old]) >= target).then_some(()),
+    );
+    let acked: Vec<String> = std::fs::read_to_string(&ack)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(acked.len() > 2000);
+    // Every member holds the same keyspace at the same revision, with every acknowledged key.
+    let reference = keyspace(&c.nodes[new], target);
+    for n in &c.nodes {
+        assert_eq!(
+            keyspace(n, target),
+            reference,
+            "member {} differs",
+            n.native
+        );
+    }
+    use base64::Engine;
+    let present: std::collections::HashSet<String> = reference
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| {
+            let k = base64::engine::general_purpose::STANDARD
+                .decode(kv["key"].as_str().unwrap())
+                .unwrap();
+            k.iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .collect();
+    let missing = acked.iter().filter(|k| !present.contains(*k)).count();
+    assert_eq!(missing, 0, "acknowledged keys lost");
+}
+
+#[test]
+fn without_quorum_requests_fail_promptly_with_no_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    c.nodes[0].ctl_ok(&["put", "a", "1"]);
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    // Within a few election timeouts the survivor knows it has no leader (check-quorum or
+    // pre-vote), and then says so at once instead of hanging.
+    let err = wait_for(Duration::from_secs(30), "no leader", || {
+        let o = c.nodes[0].etchctl(&["put", "a", "2", "--command-timeout", "20s"]);
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        e.contains("no leader").then_some(e)
+    });
+    assert_eq!(err, "Error: etcdserver: no leader\n");
+    let o = c.nodes[0].etchctl(&["get", "a", "--command-timeout", "20s"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "Error: etcdserver: no leader\n"
+    );
+    // Serializable reads still work from the local copy.
+    assert_eq!(
+        c.nodes[0].ctl_ok(&["get", "a", "--consistency", "s", "--print-value-only"]),
+        "1\n"
+    );
+    // Quorum back: writes work again.
+    c.nodes[1].restart();
+    c.leader();
+    wait_for(
+        Duration::from_secs(30),
+        "writes after quorum returns",
+        || {
+            c.nodes[0]
+                .etchctl(&["put", "a", "3"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn peer_with_wrong_token_is_rejected_and_garbage_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    // A member of another cluster (other token) that lists m0's peer URL as its peer.
+    let own = format!("http://127.0.0.1:{}", etch_tests::free_udp_port());
+    let initial = format!("m0={},intruder={own}", c.peer_urls[0]);
+    let _intruder = Node::launch(
+        dir.path().join("intruder"),
+        &[
+            "--name",
+            "intruder",
+            "--listen-peer-urls",
+            &own,
+            "--initial-advertise-peer-urls",
+            &own,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-token",
+            "another-cluster",
+        ],
+    );
+    wait_for(Duration::from_secs(30), "the rejection in m0's log", || {
+        let log = c.nodes[0].log();
+        (log.contains("rejected peer connection") && log.contains("cluster ID mismatch"))
+            .then_some(())
+    });
+    // Random datagrams and truncated QUIC-looking packets at every member's peer port.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for url in &c.peer_urls {
+        let addr = url.trim_start_matches("http://");
+        for i in 0..200u32 {
+            let len = (i as usize * 37) % 1400 + 1;
+            let packet: Vec<u8> = (0..len)
+                .map(|j| (j as u32 ^ i.wrapping_mul(2654435761)) as u8)
+                .collect();
+            let _ = sock.send_to(&packet, addr);
+        }
+        let _ = sock.send_to(&[0xc0, 0, 0, 0, 1, 8], addr);
+        let _ = sock.send_to(&[0xff; 1200], addr);
+    }
+    // The cluster is unaffected.
+    for n in &c.nodes {
+        assert_eq!(n.ctl_ok(&["put", "still", "here"]), "OK\n");
+        assert!(!n.log().contains("panicked"));
+    }
+    c.leader();
+}
