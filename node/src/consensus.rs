@@ -323,6 +323,24 @@ impl<W> RaftCore<W> {
         self.node.report_unreachable(id);
     }
 
+    /// Starts handing leadership to the most caught-up voter; returns its ID, or `None` when
+    /// this member is not the leader or has no peer to hand over to.
+    pub fn transfer_leadership(&mut self) -> Option<u64> {
+        let r = &self.node.raft;
+        if r.state != StateRole::Leader {
+            return None;
+        }
+        let me = r.id;
+        let target = r
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id)?;
+        self.node.transfer_leader(target);
+        Some(target)
+    }
+
     /// The raft log (for releasing entries).
     pub fn log(&self) -> &RaftLog {
         &self.log
@@ -573,5 +591,22 @@ impl Handler<Unreachable> for ConsensusActor {
 
     fn handle(&mut self, m: Unreachable, _: &mut Context<Self>) {
         self.core.unreachable(m.0);
+    }
+}
+
+/// Sent by `run` on graceful shutdown: hand leadership to the most caught-up follower so the
+/// cluster does not wait an election timeout (etcd `TransferLeadership` on stop). Replies with
+/// the chosen member, if any.
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct TransferLeadership;
+
+impl Handler<TransferLeadership> for ConsensusActor {
+    type Result = Option<u64>;
+
+    fn handle(&mut self, _: TransferLeadership, ctx: &mut Context<Self>) -> Option<u64> {
+        let target = self.core.transfer_leadership();
+        self.drive(ctx);
+        target
     }
 }

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The request did not finish within the request timeout.
     #[error("request timed out")]
     Timeout,
+    /// Apply is too far behind commit to take more proposals (etcd: 5000 entries).
+    #[error("too many requests")]
+    TooManyRequests,
     /// The request is larger than `--max-request-bytes`.
     #[error("request is too large")]
     TooLarge,

@@ -186,6 +186,7 @@ pub async fn run(
     ));
 
     let tracker = TaskTracker::new();
+    let (stop_native, stop_native_rx) = watch::channel(false);
     for l in listeners.native {
         l.set_nonblocking(true)?;
         let addr = l.local_addr()?;
@@ -195,7 +196,7 @@ pub async fn run(
             l,
             service.clone(),
             config.max_request_bytes + FRAME_OVERHEAD_BYTES,
-            stop_rx.clone(),
+            stop_native_rx.clone(),
             tracker.clone(),
         ));
     }
@@ -208,7 +209,9 @@ pub async fn run(
         }
     };
     tracing::info!("shutting down: no new requests; finishing in-flight ones");
-    stop_tx.send_replace(true);
+    // Stop accepting client requests, but keep peers connected until in-flight requests are
+    // done and leadership is handed over.
+    stop_native.send_replace(true);
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -216,6 +219,16 @@ pub async fn run(
     {
         tracing::warn!("in-flight requests did not finish in time");
     }
+    if result.is_ok()
+        && let Ok(Some(target)) = consensus.send(consensus::TransferLeadership).await
+    {
+        tracing::info!(to = %format!("{target:x}"), "transferring leadership before stopping");
+        let deadline = tokio::time::Instant::now() + config.election_timeout * 2;
+        while state.leader() == member_id && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(config.heartbeat_interval).await;
+        }
+    }
+    stop_tx.send_replace(true);
     consensus.do_send(StopConsensus);
     if result.is_ok() {
         store.persist()?;

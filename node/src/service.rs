@@ -27,6 +27,10 @@ use crate::error::ApiError;
 
 type Res<T> = Result<T, ApiError>;
 
+/// Largest gap between commit index and applied index at which new proposals are still taken
+/// (etcd `maxGapBetweenApplyAndCommitIndex`); past it, clients get "too many requests".
+pub const MAX_APPLY_LAG_ENTRIES: u64 = 5000;
+
 /// Limits the service enforces, from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -114,6 +118,10 @@ impl Service {
     }
 
     async fn propose(&self, request: Request) -> Res<WriteResponse> {
+        let applied = *self.applied.borrow();
+        if self.state.commit_index() > applied + MAX_APPLY_LAG_ENTRIES {
+            return Err(ApiError::TooManyRequests);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let data = InternalRequest {
             id,

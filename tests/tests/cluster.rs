@@ -283,3 +283,22 @@ fn peer_with_wrong_token_is_rejected_and_garbage_is_ignored() {
     }
     c.leader();
 }
+
+#[test]
+fn graceful_stop_of_the_leader_hands_leadership_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    c.nodes[0].ctl_ok(&["put", "before", "1"]);
+    let old = c.leader();
+    let status = c.nodes[old].terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    let log = c.nodes[old].log();
+    assert!(log.contains("transferring leadership"), "{log}");
+    let new = c.leader();
+    assert_ne!(new, old);
+    assert_eq!(
+        c.nodes[new].ctl_ok(&["get", "before", "--print-value-only"]),
+        "1\n"
+    );
+    c.nodes[new].ctl_ok(&["put", "after", "2"]);
+}

@@ -36,6 +36,7 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
         },
         ApiError::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
         ApiError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
+        ApiError::TooManyRequests => (Code::ResourceExhausted, "etcdserver: too many requests"),
         ApiError::TooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
         ApiError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
         ApiError::Unimplemented => (Code::Unimplemented, "etch: unknown request type"),
