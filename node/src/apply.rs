@@ -135,3 +135,23 @@ impl Handler<PersistStore> for ApplyActor {
         self.store.persist()
     }
 }
+
+/// Sent by consensus to replace the store by a snapshot received from the leader. Replies
+/// with the new store's applied index.
+#[derive(Message)]
+#[rtype(result = "Result<u64, etch_storage::Error>")]
+pub struct InstallStore(pub etch_storage::mvcc::snapshot::Ingest);
+
+impl Handler<InstallStore> for ApplyActor {
+    type Result = Result<u64, etch_storage::Error>;
+
+    fn handle(&mut self, m: InstallStore, _: &mut Self::Context) -> Self::Result {
+        let applied = self.store.install(m.0)?;
+        self.applied_tx.send_if_modified(|a| {
+            let grew = applied > *a;
+            *a = (*a).max(applied);
+            grew
+        });
+        Ok(applied)
+    }
+}

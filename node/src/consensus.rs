@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use raft::eraftpb::{ConfState, Entry, HardState, Message};
+use raft::eraftpb::{ConfState, Entry, HardState, Message, SnapshotMetadata};
 use raft::{Config as RaftConfig, INVALID_ID, RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
@@ -109,6 +109,9 @@ pub struct ReadyOut<W> {
     pub reads: Vec<(W, u64)>,
     /// Read requests that cannot be served (no leader).
     pub failed_reads: Vec<W>,
+    /// A snapshot raft-rs accepted from the leader (the store already holds it): to record in
+    /// the WAL before the entries.
+    pub snapshot: Option<SnapshotMetadata>,
 }
 
 /// The raft state machine plus pending linearizable reads; `W` is a read waiter.
@@ -250,6 +253,7 @@ impl<W> RaftCore<W> {
                 number: 0,
                 reads: Vec::new(),
                 failed_reads,
+                snapshot: None,
             });
         }
         let mut rd = self.node.ready();
@@ -268,9 +272,19 @@ impl<W> RaftCore<W> {
                 reads.extend(waiters.into_iter().map(|w| (w, rs.index)));
             }
         }
-        if !rd.snapshot().is_empty() {
-            tracing::warn!("received a raft snapshot: not supported by a single-member build");
-        }
+        let snapshot = if rd.snapshot().is_empty() {
+            None
+        } else {
+            let meta = rd.snapshot().get_metadata().clone();
+            // The log restarts at the snapshot; entries in this Ready follow it.
+            self.log.apply_snapshot(&meta);
+            tracing::info!(
+                index = meta.index,
+                term = meta.term,
+                "raft snapshot applied to the log"
+            );
+            Some(meta)
+        };
         let messages = rd.take_messages();
         let committed = rd.take_committed_entries();
         let entries = rd.take_entries();
@@ -294,6 +308,7 @@ impl<W> RaftCore<W> {
             number,
             reads,
             failed_reads,
+            snapshot,
         })
     }
 
@@ -305,9 +320,26 @@ impl<W> RaftCore<W> {
     /// Apply reached `index`. Completions may arrive out of order (several apply batches are
     /// in flight); only progress is reported to raft-rs, which requires it to be monotonic.
     pub fn on_applied(&mut self, index: u64) {
-        if index > self.node.raft.raft_log.applied {
+        self.log.set_applied(index);
+        let log = &self.node.raft.raft_log;
+        if index > log.applied && index <= log.committed.min(log.persisted) {
             self.node.advance_apply_to(index);
         }
+    }
+
+    /// The commit index.
+    pub fn committed(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// The outcome of a snapshot sent to `to` (raft-rs `report_snapshot`).
+    pub fn snapshot_sent(&mut self, to: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(to, status);
     }
 
     /// Steps a message from a peer. Messages raft-rs refuses (a local message type, an unknown
@@ -448,8 +480,8 @@ impl ConsensusActor {
                     Err(e) => act.fatal(format!("apply actor: {e}")),
                 }));
             }
-            // 3. Entries and hard state to the WAL; persisted messages after the fsync.
-            if out.entries.is_empty() && out.hard_state.is_none() {
+            // 3. Snapshot, entries and hard state to the WAL; persisted messages after the fsync.
+            if out.entries.is_empty() && out.hard_state.is_none() && out.snapshot.is_none() {
                 if out.number != 0 {
                     self.core.on_persisted(out.number);
                 }
@@ -457,16 +489,22 @@ impl ConsensusActor {
                 continue;
             }
             self.wal_busy = true;
+            let snapshot_index = out.snapshot.as_ref().map(|m| m.index);
             let fut = self.wal.send(AppendEntries {
                 entries: out.entries,
                 hard_state: out.hard_state,
                 number: out.number,
+                snapshot: out.snapshot,
             });
             let persisted_messages = out.persisted_messages;
             ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                 Ok(Ok(number)) => {
                     act.wal_busy = false;
                     act.core.on_persisted(number);
+                    if let Some(index) = snapshot_index {
+                        // The store was replaced before raft-rs saw the snapshot.
+                        act.core.on_applied(index);
+                    }
                     // Votes and append acknowledgements only once durable (etcd raft.go).
                     act.send(persisted_messages);
                     act.drive(ctx);
@@ -608,5 +646,71 @@ impl Handler<TransferLeadership> for ConsensusActor {
         let target = self.core.transfer_leadership();
         self.drive(ctx);
         target
+    }
+}
+
+/// Sent by the transport once a snapshot stream from the leader is fully written to a fresh
+/// database: install it (through the apply actor) if raft-rs will accept the snapshot, then
+/// step the `MsgSnapshot`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InstallSnapshot {
+    /// The leader's `MsgSnapshot`.
+    pub msg: Message,
+    /// The received store.
+    pub ingest: etch_storage::mvcc::snapshot::Ingest,
+}
+
+impl Handler<InstallSnapshot> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, m: InstallSnapshot, ctx: &mut Context<Self>) {
+        let index = m.msg.get_snapshot().get_metadata().index;
+        if index <= self.core.committed() {
+            // raft-rs would refuse it (it only restores past the commit index): keep our store.
+            tracing::info!(
+                index,
+                committed = self.core.committed(),
+                "stale snapshot ignored"
+            );
+            m.ingest.abandon();
+            self.core.step(m.msg);
+            self.drive(ctx);
+            return;
+        }
+        let fut = self.apply.send(crate::apply::InstallStore(m.ingest));
+        let msg = m.msg;
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(applied)) => {
+                tracing::info!(
+                    index,
+                    store_applied = applied,
+                    "installed a snapshot from the leader"
+                );
+                act.core.step(msg);
+                act.drive(ctx);
+            }
+            Ok(Err(e)) => act.fatal(format!("installing a snapshot: {e}")),
+            Err(e) => act.fatal(format!("apply actor: {e}")),
+        }));
+    }
+}
+
+/// Sent by the transport when a snapshot stream to a peer ended (raft-rs `report_snapshot`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotSent {
+    /// The peer.
+    pub to: u64,
+    /// Whether the peer received all of it.
+    pub ok: bool,
+}
+
+impl Handler<SnapshotSent> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, m: SnapshotSent, ctx: &mut Context<Self>) {
+        self.core.snapshot_sent(m.to, m.ok);
+        self.drive(ctx);
     }
 }

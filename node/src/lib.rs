@@ -74,7 +74,7 @@ pub async fn run(
             "repaired a torn WAL tail"
         );
     }
-    let store = Arc::new(MvccStore::open(&member_dir.join("db"))?);
+    let store = Arc::new(MvccStore::open(&member_dir)?);
 
     let (member_id, cluster_id) = match store.identity()? {
         Some((m, c)) => {
@@ -157,6 +157,7 @@ pub async fn run(
                 member_id,
                 cluster_id,
                 &config.peers,
+                store.clone(),
                 consensus.clone(),
                 stop_rx.clone(),
             ))

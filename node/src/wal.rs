@@ -36,6 +36,9 @@ pub struct AppendEntries {
     pub hard_state: Option<HardState>,
     /// The raft-rs Ready number.
     pub number: u64,
+    /// A snapshot installed from the leader: recorded first, and the segments it covers are
+    /// released after the fsync.
+    pub snapshot: Option<SnapshotMetadata>,
 }
 
 impl Handler<AppendEntries> for WalActor {
@@ -43,8 +46,14 @@ impl Handler<AppendEntries> for WalActor {
 
     fn handle(&mut self, m: AppendEntries, _: &mut Self::Context) -> Self::Result {
         let start = std::time::Instant::now();
+        if let Some(meta) = &m.snapshot {
+            self.wal.append_snapshot(meta)?;
+        }
         self.wal.append(&m.entries, m.hard_state.as_ref())?;
         self.wal.sync()?;
+        if let Some(meta) = &m.snapshot {
+            self.wal.release_to(meta.index)?;
+        }
         let took = start.elapsed();
         if took > std::time::Duration::from_secs(1) {
             tracing::warn!(?took, entries = m.entries.len(), "slow WAL fsync");

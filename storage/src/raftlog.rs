@@ -24,7 +24,13 @@ struct Inner {
     snapshot: SnapshotMetadata,
     /// Entries `snapshot.index + 1 ..`, contiguous.
     entries: Vec<Entry>,
+    /// The applied index, for snapshots sent to followers.
+    applied: u64,
 }
+
+/// The `data` of every raft snapshot etch produces: the state itself travels separately, as a
+/// stream of the MVCC store (see `etch_storage::mvcc::snapshot`).
+pub const SNAPSHOT_MARKER: &[u8] = b"etch-mvcc-stream-v1";
 
 /// The raft log; clones share the same log.
 #[derive(Debug, Clone, Default)]
@@ -131,6 +137,24 @@ impl RaftLog {
     pub fn release_index(&self) -> u64 {
         self.r().snapshot.index
     }
+
+    /// Records the applied index (snapshots for followers are taken at it).
+    pub fn set_applied(&self, index: u64) {
+        let mut g = self.w();
+        g.applied = g.applied.max(index);
+    }
+
+    /// Replaces the log by a snapshot received from the leader: every entry goes, the release
+    /// point becomes `meta`, the commit index at least its index.
+    pub fn apply_snapshot(&self, meta: &SnapshotMetadata) {
+        let mut g = self.w();
+        g.entries.clear();
+        g.snapshot = meta.clone();
+        g.conf_state = meta.get_conf_state().clone();
+        g.hard_state.commit = g.hard_state.commit.max(meta.index);
+        g.hard_state.term = g.hard_state.term.max(meta.term);
+        g.applied = g.applied.max(meta.index);
+    }
 }
 
 impl raft::Storage for RaftLog {
@@ -185,11 +209,34 @@ impl raft::Storage for RaftLog {
         Ok(self.last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshots to followers stream the MVCC store (cluster issue); none is ready here.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// A snapshot at the applied index: metadata only, with [`SNAPSHOT_MARKER`] as data; the
+    /// transport streams the store with it. The store may be ahead of this index when it is
+    /// streamed: apply is idempotent by applied index, so the follower skips what it has.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let g = self.r();
+        let index = g.applied.max(g.snapshot.index);
+        let unavailable = raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        if index < request_index {
+            return Err(unavailable);
+        }
+        let term = if index == g.snapshot.index {
+            g.snapshot.term
+        } else {
+            let pos = (index - g.snapshot.index - 1) as usize;
+            match g.entries.get(pos) {
+                Some(e) => e.term,
+                None => return Err(unavailable),
+            }
+        };
+        let mut snap = Snapshot {
+            data: SNAPSHOT_MARKER.to_vec().into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(g.conf_state.clone());
+        Ok(snap)
     }
 }
 

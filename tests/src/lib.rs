@@ -113,9 +113,7 @@ impl Node {
 
     fn spawn_listening(&mut self) {
         self.runs += 1;
-        self.log = self
-            .data_dir
-            .with_file_name(format!("etch-{}.log", self.runs));
+        self.log = self.log_path();
         let log = std::fs::File::create(&self.log).expect("log file");
         let child = Command::new(bin("etch"))
             .arg("--data-dir")
@@ -149,6 +147,16 @@ impl Node {
             let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
             Some(addr.to_owned())
         });
+    }
+
+    /// `<data dir>.<run>.log`, beside the data directory: one file per member and run.
+    fn log_path(&self) -> PathBuf {
+        let name = self
+            .data_dir
+            .file_name()
+            .map_or("etch".into(), |n| n.to_string_lossy().to_string());
+        self.data_dir
+            .with_file_name(format!("{name}.{}.log", self.runs))
     }
 
     /// The log of the current run.
@@ -214,9 +222,7 @@ impl Node {
     pub fn start_expecting_failure(&mut self) -> (ExitStatus, String) {
         self.kill9();
         self.runs += 1;
-        let log = self
-            .data_dir
-            .with_file_name(format!("etch-{}.log", self.runs));
+        let log = self.log_path();
         let out = Command::new(bin("etch"))
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -238,6 +244,19 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what each node logged (the temp dir is gone afterwards).
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "---- log of etch at {} (last {} lines) ----",
+                self.native,
+                tail.len()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 

@@ -302,3 +302,77 @@ fn graceful_stop_of_the_leader_hands_leadership_over() {
     );
     c.nodes[new].ctl_ok(&["put", "after", "2"]);
 }
+
+#[test]
+fn follower_far_behind_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    // Release the log often; 5,000 entries stay for slow followers, so write well past that.
+    let mut c = Cluster::start(dir.path(), 3, &["--snapshot-count", "200"]);
+    let leader = c.leader();
+    let lagging = (leader + 1) % 3;
+    c.nodes[lagging].kill9();
+    let out = bench(
+        &c.endpoints(),
+        &[
+            "--clients",
+            "20",
+            "--conns",
+            "2",
+            "--json",
+            "put",
+            "--total",
+            "8000",
+            "--sequential-keys",
+            "--key-space-size",
+            "8000",
+            "--val-size",
+            "32",
+        ],
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["errors"], 0, "{r}");
+    wait_for(
+        Duration::from_secs(60),
+        "the leader to release its log",
+        || {
+            c.nodes[leader]
+                .log()
+                .contains("raft log released")
+                .then_some(())
+        },
+    );
+    c.nodes[lagging].restart();
+    let target = revision(&c.nodes[leader]);
+    wait_for(
+        Duration::from_secs(60),
+        "the lagging member to catch up",
+        || (revision(&c.nodes[lagging]) >= target).then_some(()),
+    );
+    assert!(
+        c.nodes[leader].log().contains("snapshot sent"),
+        "{}",
+        c.nodes[leader].log()
+    );
+    assert!(
+        c.nodes[lagging].log().contains("installed a snapshot"),
+        "{}",
+        c.nodes[lagging].log()
+    );
+    let reference = keyspace(&c.nodes[leader], target);
+    assert_eq!(reference.as_array().unwrap().len(), 8000);
+    for n in &c.nodes {
+        assert_eq!(
+            keyspace(n, target),
+            reference,
+            "member {} differs",
+            n.native
+        );
+    }
+    // The member keeps working from its installed store, also after a restart.
+    c.nodes[lagging].ctl_ok(&["put", "after-snapshot", "1"]);
+    c.nodes[lagging].restart();
+    assert_eq!(
+        c.nodes[lagging].ctl_ok(&["get", "", "--from-key", "--count-only"]),
+        "8001\n"
+    );
+}

@@ -24,14 +24,16 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
 use etch_protocol::frame;
 
-use crate::consensus::{ConsensusActor, Step, Unreachable};
+use etch_storage::mvcc::MvccStore;
+
+use crate::consensus::{ConsensusActor, InstallSnapshot, SnapshotSent, Step, Unreachable};
 
 pub use tls::{PEER_ALPN, self_signed};
 
@@ -48,9 +50,14 @@ pub const PEER_QUEUE_MESSAGES: usize = 4096;
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// The actor: routes outbound raft messages to per-peer sender tasks.
+/// The actor: routes outbound raft messages to per-peer sender tasks; snapshots get a
+/// stream (and task) of their own.
 pub struct TransportActor {
     queues: HashMap<u64, mpsc::Sender<Bytes>>,
+    addrs: HashMap<u64, SocketAddr>,
+    endpoint: quinn::Endpoint,
+    hello: Bytes,
+    store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
 }
 
@@ -108,6 +115,7 @@ impl TransportActor {
         member_id: u64,
         cluster_id: u64,
         peers: &[(u64, SocketAddr)],
+        store: Arc<MvccStore>,
         consensus: Addr<ConsensusActor>,
         stop: watch::Receiver<bool>,
     ) -> Addr<TransportActor> {
@@ -134,14 +142,23 @@ impl TransportActor {
         }
         let known: Vec<u64> = peers.iter().map(|p| p.0).collect();
         tokio::spawn(accept_loop(
-            endpoint,
+            endpoint.clone(),
             cluster_id,
             member_id,
             known,
+            store.clone(),
             consensus.clone(),
             stop,
         ));
-        TransportActor { queues, consensus }.start()
+        TransportActor {
+            queues,
+            addrs: peers.iter().copied().collect(),
+            endpoint,
+            hello,
+            store,
+            consensus,
+        }
+        .start()
     }
 }
 
@@ -169,6 +186,19 @@ impl Handler<SendMessages> for TransportActor {
                 tracing::debug!(to = %format!("{to:x}"), "message for an unknown member dropped");
                 continue;
             };
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                if let Some(&addr) = self.addrs.get(&to) {
+                    tokio::spawn(send_snapshot(
+                        self.endpoint.clone(),
+                        addr,
+                        self.hello.clone(),
+                        msg,
+                        self.store.clone(),
+                        self.consensus.clone(),
+                    ));
+                }
+                continue;
+            }
             let Ok(raft) = msg.write_to_bytes() else {
                 continue;
             };
@@ -251,11 +281,139 @@ async fn send_loop(
     }
 }
 
+/// Streams a snapshot to one peer on a connection and stream of its own: the MsgSnapshot,
+/// then the store exported from a consistent fjall snapshot (on a blocking thread), then the
+/// end marker. Reports the outcome to raft-rs.
+async fn send_snapshot(
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    hello: Bytes,
+    msg: Message,
+    store: Arc<MvccStore>,
+    consensus: Addr<ConsensusActor>,
+) {
+    let to = msg.to;
+    let index = msg.get_snapshot().get_metadata().index;
+    let result = async {
+        let raft = msg.write_to_bytes().map_err(|e| e.to_string())?;
+        let conn = endpoint
+            .connect(addr, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let send = conn.open_uni().await.map_err(|e| e.to_string())?;
+        let mut w = FramedWrite::new(send, frame::codec(MAX_PEER_FRAME_BYTES));
+        w.send(hello).await.map_err(|e| e.to_string())?;
+        let begin = PeerFrame {
+            body: Some(Body::SnapshotBegin(raft.into())),
+        };
+        w.send(frame::encode_payload_of(&begin))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let export = tokio::task::spawn_blocking(move || {
+            store.export(|chunk| tx.blocking_send(chunk).is_ok())
+        });
+        let mut bytes = 0usize;
+        while let Some(chunk) = rx.recv().await {
+            bytes += chunk.len();
+            let f = PeerFrame {
+                body: Some(Body::SnapshotChunk(chunk.into())),
+            };
+            w.send(frame::encode_payload_of(&f))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        export
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let end = PeerFrame {
+            body: Some(Body::SnapshotEnd(true)),
+        };
+        w.send(frame::encode_payload_of(&end))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut send = w.into_inner();
+        send.finish().map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(60), send.stopped())
+            .await
+            .map_err(|_| "peer did not acknowledge the snapshot".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok::<usize, String>(bytes)
+    }
+    .await;
+    match &result {
+        Ok(bytes) => tracing::info!(to = %format!("{to:x}"), index, bytes, "snapshot sent"),
+        Err(e) => {
+            tracing::warn!(to = %format!("{to:x}"), index, error = %e, "snapshot send failed")
+        }
+    }
+    consensus.do_send(SnapshotSent {
+        to,
+        ok: result.is_ok(),
+    });
+}
+
+/// Receives a snapshot stream into a fresh database, then hands it to consensus.
+async fn receive_snapshot(
+    r: &mut FramedRead<quinn::RecvStream, tokio_util::codec::LengthDelimitedCodec>,
+    msg: Message,
+    store: Arc<MvccStore>,
+    consensus: &Addr<ConsensusActor>,
+) -> Result<(), String> {
+    let s = store.clone();
+    let mut ingest = tokio::task::spawn_blocking(move || s.begin_ingest())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    loop {
+        let b = match r.next().await {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                ingest.abandon();
+                return Err(format!("snapshot stream: {e}"));
+            }
+            None => {
+                ingest.abandon();
+                return Err("snapshot stream ended early".into());
+            }
+        };
+        match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
+            Some(Body::SnapshotChunk(chunk)) => {
+                let (back, res) = tokio::task::spawn_blocking(move || {
+                    let res = ingest.write_chunk(&chunk);
+                    (ingest, res)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                ingest = back;
+                if let Err(e) = res {
+                    ingest.abandon();
+                    return Err(e.to_string());
+                }
+            }
+            Some(Body::SnapshotEnd(_)) => {
+                consensus
+                    .send(InstallSnapshot { msg, ingest })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            _ => {
+                ingest.abandon();
+                return Err("unexpected frame in a snapshot stream".into());
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     cluster_id: u64,
     member_id: u64,
     known: Vec<u64>,
+    store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -267,7 +425,7 @@ async fn accept_loop(
             }
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let (consensus, known) = (consensus.clone(), known.clone());
+        let (consensus, known, store) = (consensus.clone(), known.clone(), store.clone());
         tokio::spawn(async move {
             let conn = match incoming.await {
                 Ok(c) => c,
@@ -283,6 +441,7 @@ async fn accept_loop(
                     cluster_id,
                     member_id,
                     known.clone(),
+                    store.clone(),
                     consensus.clone(),
                 ));
             }
@@ -290,13 +449,14 @@ async fn accept_loop(
     }
 }
 
-/// Reads one peer stream: a Hello, then raft messages for this member.
+/// Reads one peer stream: a Hello, then raft messages for this member, or one snapshot.
 async fn read_stream(
     recv: quinn::RecvStream,
     conn: quinn::Connection,
     cluster_id: u64,
     member_id: u64,
     known: Vec<u64>,
+    store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
 ) {
     let remote = conn.remote_address();
@@ -346,6 +506,18 @@ async fn read_stream(
         };
         let raft = match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
             Some(Body::Raft(raft)) => raft,
+            Some(Body::SnapshotBegin(raft)) => {
+                let msg = match Message::parse_from_bytes(&raft) {
+                    Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot && m.to == member_id => m,
+                    _ => return reject("bad snapshot message".into()),
+                };
+                let index = msg.get_snapshot().get_metadata().index;
+                tracing::info!(from = %format!("{:x}", hello.member_id), index, "receiving a snapshot");
+                if let Err(e) = receive_snapshot(&mut r, msg, store.clone(), &consensus).await {
+                    tracing::warn!(error = %e, "snapshot receive failed");
+                }
+                return;
+            }
             _ => return reject("frame is not a raft message".into()),
         };
         let msg = match Message::parse_from_bytes(&raft) {

@@ -19,12 +19,13 @@
 
 pub mod keys;
 mod read;
+pub mod snapshot;
 mod validate;
 mod write;
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -118,13 +119,62 @@ const META_COMPACT_REV: &str = "compact_revision";
 const META_APPLIED: &str = "applied_index";
 const META_IDENTITY: &str = "identity";
 
+/// One open fjall database with the store's keyspaces.
+pub(crate) struct Db {
+    pub(crate) db: Database,
+    pub(crate) kv: Keyspace,
+    pub(crate) index: Keyspace,
+    pub(crate) meta: Keyspace,
+    pub(crate) lease: Keyspace,
+    /// The directory it lives in.
+    pub(crate) dir: PathBuf,
+}
+
+impl Db {
+    fn open(dir: &Path) -> Result<Db> {
+        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        Ok(Db {
+            kv: db.keyspace("kv", KeyspaceCreateOptions::default)?,
+            index: db.keyspace("key_index", KeyspaceCreateOptions::default)?,
+            meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
+            lease: db.keyspace("lease", KeyspaceCreateOptions::default)?,
+            db,
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn read_i64(&self, k: &str) -> Result<Option<i64>> {
+        match self.meta.get(k)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(i64::from_be_bytes(v.as_ref().try_into().map_err(
+                |_| Error::CorruptStore(format!("meta {k}: {} bytes", v.len())),
+            )?))),
+        }
+    }
+
+    fn applied(&self) -> Result<AppliedIndex> {
+        match self.meta.get(META_APPLIED)? {
+            None => Ok(AppliedIndex::default()),
+            Some(v) if v.len() == 16 => Ok(AppliedIndex {
+                index: u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
+                term: u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
+            }),
+            Some(v) => Err(Error::CorruptStore(format!(
+                "meta {META_APPLIED}: {} bytes",
+                v.len()
+            ))),
+        }
+    }
+}
+
 /// The store. Cheap to share behind an `Arc`: reads take `&self`.
+///
+/// The fjall database can be replaced as a whole by a snapshot from the leader
+/// ([`MvccStore::install`]); readers keep the database they started with until they finish.
 pub struct MvccStore {
-    db: Database,
-    kv: Keyspace,
-    index: Keyspace,
-    meta: Keyspace,
-    lease: Keyspace,
+    /// `<member>/`: holds `db.current` and the database directories.
+    root: PathBuf,
+    inner: RwLock<Arc<Db>>,
     current: AtomicI64,
     compacted: AtomicI64,
     applied: Mutex<AppliedIndex>,
@@ -140,54 +190,35 @@ impl std::fmt::Debug for MvccStore {
 }
 
 impl MvccStore {
-    /// Opens (or creates) the store in directory `path`.
+    /// Opens (or creates) the store under `root` (a member directory): the database lives in
+    /// the directory named by `root/db.current` (`db` when there is no such file). Database
+    /// directories left by an interrupted snapshot install are removed.
     ///
     /// A new store is at revision 1 with nothing in it, as a new etcd cluster is.
     ///
     /// # Errors
     /// [`Error::Fjall`] if fjall cannot open the directory; [`Error::CorruptStore`] for
     /// undecodable metadata.
-    pub fn open(path: &Path) -> Result<MvccStore> {
-        let db = Database::builder(path)
-            .manual_journal_persist(true)
-            .open()?;
-        let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
-        let index = db.keyspace("key_index", KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        let lease = db.keyspace("lease", KeyspaceCreateOptions::default)?;
-        let read_i64 = |k: &str| -> Result<Option<i64>> {
-            match meta.get(k)? {
-                None => Ok(None),
-                Some(v) => Ok(Some(i64::from_be_bytes(v.as_ref().try_into().map_err(
-                    |_| Error::CorruptStore(format!("meta {k}: {} bytes", v.len())),
-                )?))),
-            }
-        };
-        let current = read_i64(META_CURRENT_REV)?.unwrap_or(1);
-        let compacted = read_i64(META_COMPACT_REV)?.unwrap_or(0);
-        let applied = match meta.get(META_APPLIED)? {
-            None => AppliedIndex::default(),
-            Some(v) if v.len() == 16 => AppliedIndex {
-                index: u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
-                term: u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
-            },
-            Some(v) => {
-                return Err(Error::CorruptStore(format!(
-                    "meta {META_APPLIED}: {} bytes",
-                    v.len()
-                )));
-            }
-        };
+    pub fn open(root: &Path) -> Result<MvccStore> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let current_name = snapshot::current_dir_name(root)?;
+        snapshot::remove_stale_dirs(root, &current_name);
+        let db = Db::open(&root.join(&current_name))?;
+        let current = db.read_i64(META_CURRENT_REV)?.unwrap_or(1);
+        let compacted = db.read_i64(META_COMPACT_REV)?.unwrap_or(0);
+        let applied = db.applied()?;
         Ok(MvccStore {
-            db,
-            kv,
-            index,
-            meta,
-            lease,
+            root: root.to_owned(),
+            inner: RwLock::new(Arc::new(db)),
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
             applied: Mutex::new(applied),
         })
+    }
+
+    /// The database in use now.
+    pub(crate) fn db(&self) -> Arc<Db> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The latest revision (1 for an empty new store).
@@ -208,7 +239,7 @@ impl MvccStore {
 
     /// Bytes the store occupies on disk (all fjall files, journal included).
     pub fn db_size_bytes(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        self.db().db.disk_space().unwrap_or(0)
     }
 
     /// The (member ID, cluster ID) recorded when this member was bootstrapped, if any.
@@ -216,7 +247,7 @@ impl MvccStore {
     /// # Errors
     /// [`Error::Fjall`], [`Error::CorruptStore`].
     pub fn identity(&self) -> Result<Option<(u64, u64)>> {
-        match self.meta.get(META_IDENTITY)? {
+        match self.db().meta.get(META_IDENTITY)? {
             None => Ok(None),
             Some(v) if v.len() == 16 => Ok(Some((
                 u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
@@ -236,7 +267,7 @@ impl MvccStore {
     pub fn set_identity(&self, member_id: u64, cluster_id: u64) -> Result<()> {
         let mut v = member_id.to_be_bytes().to_vec();
         v.extend_from_slice(&cluster_id.to_be_bytes());
-        self.meta.insert(META_IDENTITY, v)?;
+        self.db().meta.insert(META_IDENTITY, v)?;
         self.persist()
     }
 
@@ -245,7 +276,7 @@ impl MvccStore {
     /// # Errors
     /// [`Error::Fjall`].
     pub fn persist(&self) -> Result<()> {
-        Ok(self.db.persist(PersistMode::SyncAll)?)
+        Ok(self.db().db.persist(PersistMode::SyncAll)?)
     }
 
     /// Serves a Range at `req.revision` (0 = current) with etcd's semantics: `range_end` (empty =
@@ -261,6 +292,7 @@ impl MvccStore {
     ) -> Result<std::result::Result<RangeResponse, RequestError>> {
         read::range(
             self,
+            &self.db(),
             req,
             None,
             self.current_revision(),
@@ -319,8 +351,9 @@ impl MvccStore {
             Err(write::Fail::Store(e)) => return Err(e),
             Err(write::Fail::Request(err)) => {
                 // Nothing changes but the applied index: the entry is consumed.
-                let mut batch = self.db.batch();
-                self.put_applied(&mut batch, applied);
+                let d = self.db();
+                let mut batch = d.db.batch();
+                Self::put_applied(&d, &mut batch, applied);
                 batch.commit()?;
                 self.set_applied(applied);
                 Applied {
@@ -343,8 +376,9 @@ impl MvccStore {
             return Ok(());
         }
         let applied = AppliedIndex { index, term };
-        let mut batch = self.db.batch();
-        self.put_applied(&mut batch, applied);
+        let d = self.db();
+        let mut batch = d.db.batch();
+        Self::put_applied(&d, &mut batch, applied);
         batch.commit()?;
         self.set_applied(applied);
         Ok(())
@@ -359,7 +393,7 @@ impl MvccStore {
         let lo = Revision::new(from, 0).to_bytes();
         let hi = Revision::new(to.saturating_add(1), 0).to_bytes();
         let mut out = Vec::new();
-        for g in self.kv.range(lo.as_slice()..hi.as_slice()) {
+        for g in self.db().kv.range(lo.as_slice()..hi.as_slice()) {
             let (k, v) = g.into_inner()?;
             let kv = decode_kv(&v)?;
             let ty = if k.len() == 17 {
@@ -376,11 +410,11 @@ impl MvccStore {
         Ok(out)
     }
 
-    fn put_applied(&self, batch: &mut fjall::OwnedWriteBatch, a: AppliedIndex) {
+    fn put_applied(d: &Db, batch: &mut fjall::OwnedWriteBatch, a: AppliedIndex) {
         let mut v = [0u8; 16];
         v[..8].copy_from_slice(&a.index.to_be_bytes());
         v[8..].copy_from_slice(&a.term.to_be_bytes());
-        batch.insert(&self.meta, META_APPLIED, v.to_vec());
+        batch.insert(&d.meta, META_APPLIED, v.to_vec());
     }
 
     fn set_applied(&self, a: AppliedIndex) {
@@ -388,11 +422,11 @@ impl MvccStore {
     }
 
     /// The newest index entry of `key` at or below `rev` (tombstones included).
-    fn latest(&self, key: &[u8], rev: i64) -> Result<Option<(Revision, IndexValue)>> {
+    fn latest(&self, d: &Db, key: &[u8], rev: i64) -> Result<Option<(Revision, IndexValue)>> {
         let lo = index_prefix(key);
         let mut hi = lo.clone();
         hi.extend_from_slice(&Revision::new(rev, i64::MAX).to_bytes());
-        let Some(g) = self.index.range(lo.as_slice()..=hi.as_slice()).next_back() else {
+        let Some(g) = d.index.range(lo.as_slice()..=hi.as_slice()).next_back() else {
             return Ok(None);
         };
         let (k, v) = g.into_inner()?;
@@ -405,16 +439,15 @@ impl MvccStore {
 
     /// Whether lease `id` is granted (the `lease` keyspace: lease id, 8 bytes BE -> TTL).
     /// A failed read counts as absent; the Put is then refused, never applied wrongly.
-    fn lease_exists(&self, id: i64) -> bool {
-        matches!(self.lease.contains_key(id.to_be_bytes()), Ok(true))
+    fn lease_exists(&self, d: &Db, id: i64) -> bool {
+        matches!(d.lease.contains_key(id.to_be_bytes()), Ok(true))
     }
 
     /// The stored KeyValue of a live (non-tombstone) revision.
-    fn kv_at(&self, rev: Revision) -> Result<KeyValue> {
-        let v = self
-            .kv
-            .get(kv_key(rev, false))?
-            .ok_or_else(|| Error::CorruptStore(format!("missing kv at {rev:?}")))?;
+    fn kv_at(&self, d: &Db, rev: Revision) -> Result<KeyValue> {
+        let v =
+            d.kv.get(kv_key(rev, false))?
+                .ok_or_else(|| Error::CorruptStore(format!("missing kv at {rev:?}")))?;
         decode_kv(&v)
     }
 }

@@ -12,7 +12,7 @@ use etch_protocol::etcdserverpb::{Compare, RangeRequest, RangeResponse, Response
 use etch_protocol::mvccpb::KeyValue;
 
 use super::keys::{IndexValue, Revision, index_prefix, split_index_key, unescape};
-use super::{MvccStore, RequestError};
+use super::{Db, MvccStore, RequestError};
 use crate::error::{Error, Result};
 
 /// A write txn's changes not yet committed: key -> its new state (`None` = deleted).
@@ -58,10 +58,10 @@ impl Hit {
         }
     }
 
-    pub(super) fn full_kv(&self, store: &MvccStore) -> Result<KeyValue> {
+    pub(super) fn full_kv(&self, store: &MvccStore, d: &Db) -> Result<KeyValue> {
         match &self.pending {
             Some(kv) => Ok(kv.clone()),
-            None => store.kv_at(self.rev),
+            None => store.kv_at(d, self.rev),
         }
     }
 }
@@ -71,6 +71,7 @@ impl Hit {
 /// At most `keep` hits are returned when there is no overlay (the count is always complete).
 pub(super) fn collect(
     store: &MvccStore,
+    d: &Db,
     key: &[u8],
     range_end: &[u8],
     rev: i64,
@@ -87,7 +88,7 @@ pub(super) fn collect(
                 None => (Vec::new(), 0),
             });
         }
-        return Ok(match store.latest(key, rev)? {
+        return Ok(match store.latest(d, key, rev)? {
             Some((r, iv)) if !iv.tombstone => (
                 vec![Hit {
                     key: Bytes::copy_from_slice(key),
@@ -133,7 +134,7 @@ pub(super) fn collect(
         }
         Ok(())
     };
-    for g in store.index.range::<Vec<u8>, _>((Bound::Included(lo), hi)) {
+    for g in d.index.range::<Vec<u8>, _>((Bound::Included(lo), hi)) {
         let (k, v) = g.into_inner()?;
         let (prefix, r) =
             split_index_key(&k).ok_or_else(|| Error::CorruptStore("short index key".into()))?;
@@ -180,6 +181,7 @@ pub(super) fn collect(
 /// Range with etcd v3.5's semantics (`applierV3backend.Range`).
 pub(super) fn range(
     store: &MvccStore,
+    d: &Db,
     req: &RangeRequest,
     overlay: Option<&Overlay>,
     current: i64,
@@ -216,7 +218,7 @@ pub(super) fn range(
             .unwrap_or(usize::MAX)
             .saturating_add(1)
     };
-    let (mut hits, count) = collect(store, &req.key, &req.range_end, rev, overlay, keep)?;
+    let (mut hits, count) = collect(store, d, &req.key, &req.range_end, rev, overlay, keep)?;
     if req.count_only {
         hits.clear();
     }
@@ -232,7 +234,7 @@ pub(super) fn range(
     let values_needed = !req.keys_only;
     if order != SortOrder::None && target == SortTarget::Value {
         for h in &hits {
-            kvs.push(h.full_kv(store)?);
+            kvs.push(h.full_kv(store, d)?);
         }
     } else {
         kvs.extend(hits.iter().map(Hit::meta_kv));
@@ -259,7 +261,7 @@ pub(super) fn range(
         let by_key: BTreeMap<&Bytes, &Hit> = hits.iter().map(|h| (&h.key, h)).collect();
         for kv in &mut kvs {
             if let Some(h) = by_key.get(&kv.key) {
-                kv.value = h.full_kv(store)?.value;
+                kv.value = h.full_kv(store, d)?.value;
             }
         }
     } else if !values_needed {
@@ -280,10 +282,24 @@ pub(super) fn range(
 
 /// Evaluates one Txn compare (etcd `applyCompare`): every key in the range must satisfy it; a
 /// missing key compares as an empty KeyValue, except that a VALUE compare on it is false.
-pub(super) fn compare(store: &MvccStore, c: &Compare, rev: i64, overlay: &Overlay) -> Result<bool> {
+pub(super) fn compare(
+    store: &MvccStore,
+    d: &Db,
+    c: &Compare,
+    rev: i64,
+    overlay: &Overlay,
+) -> Result<bool> {
     let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
     let need_value = target == CompareTarget::Value;
-    let (hits, _) = collect(store, &c.key, &c.range_end, rev, Some(overlay), usize::MAX)?;
+    let (hits, _) = collect(
+        store,
+        d,
+        &c.key,
+        &c.range_end,
+        rev,
+        Some(overlay),
+        usize::MAX,
+    )?;
     if hits.is_empty() {
         if need_value {
             return Ok(false);
@@ -292,7 +308,7 @@ pub(super) fn compare(store: &MvccStore, c: &Compare, rev: i64, overlay: &Overla
     }
     for h in &hits {
         let kv = if need_value {
-            h.full_kv(store)?
+            h.full_kv(store, d)?
         } else {
             h.meta_kv()
         };

@@ -429,7 +429,7 @@ fn compaction_removes_history_and_refuses_old_reads() {
     assert_eq!(keys(&t.get(r).unwrap()), ["a"]);
     assert_eq!(keys(&t.get(rng("a", "\0")).unwrap()), ["a", "c"]);
     // Only a's newest revision (3) and c remain in the index.
-    assert_eq!(t.s.index.iter().count(), 2);
+    assert_eq!(t.s.db().index.iter().count(), 2);
     // Reopen keeps revisions and the compaction point.
     let dir = t._dir;
     drop(t.s);

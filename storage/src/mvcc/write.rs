@@ -2,6 +2,8 @@
 //! overlay (so later ops of a Txn read earlier ones' writes, as in etcd); [`WriteTxn::commit`]
 //! writes the batch with the new revision and the applied index, atomically.
 
+use std::sync::Arc;
+
 use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etcdserverpb::response_op::Response as OpResponse;
 use etch_protocol::etcdserverpb::{
@@ -13,7 +15,7 @@ use etch_protocol::mvccpb::{Event, KeyValue, event::EventType};
 use super::keys::{IndexValue, Revision, index_key, kv_key, split_index_key};
 use super::read::{self, Overlay};
 use super::{
-    Applied, AppliedIndex, META_COMPACT_REV, META_CURRENT_REV, MvccStore, RequestError,
+    Applied, AppliedIndex, Db, META_COMPACT_REV, META_CURRENT_REV, MvccStore, RequestError,
     WriteResponse,
 };
 use crate::error::{Error, Result};
@@ -22,6 +24,7 @@ type Res<T> = std::result::Result<T, RequestError>;
 
 pub(super) struct WriteTxn<'a> {
     store: &'a MvccStore,
+    d: Arc<Db>,
     batch: fjall::OwnedWriteBatch,
     /// Revision before this write.
     base: i64,
@@ -65,9 +68,11 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 
 impl<'a> WriteTxn<'a> {
     pub(super) fn new(store: &'a MvccStore) -> WriteTxn<'a> {
+        let d = store.db();
         WriteTxn {
             store,
-            batch: store.db.batch(),
+            batch: d.db.batch(),
+            d,
             base: store.current_revision(),
             sub: 0,
             overlay: Overlay::new(),
@@ -116,8 +121,8 @@ impl<'a> WriteTxn<'a> {
         if let Some(state) = self.overlay.get(key) {
             return Ok(state.clone());
         }
-        match self.store.latest(key, self.read_rev())? {
-            Some((rev, iv)) if !iv.tombstone => Ok(Some(self.store.kv_at(rev)?)),
+        match self.store.latest(&self.d, key, self.read_rev())? {
+            Some((rev, iv)) if !iv.tombstone => Ok(Some(self.store.kv_at(&self.d, rev)?)),
             _ => Ok(None),
         }
     }
@@ -128,7 +133,7 @@ impl<'a> WriteTxn<'a> {
                 .as_ref()
                 .map(|kv| (kv.create_revision, kv.version, kv.lease)));
         }
-        match self.store.latest(key, self.read_rev())? {
+        match self.store.latest(&self.d, key, self.read_rev())? {
             Some((_, iv)) if !iv.tombstone => Ok(Some((iv.create_revision, iv.version, iv.lease))),
             _ => Ok(None),
         }
@@ -155,7 +160,7 @@ impl<'a> WriteTxn<'a> {
             }
         }
         // Leases are granted through the lease API; until one exists, any lease id is unknown.
-        if lease != 0 && !self.store.lease_exists(lease) {
+        if lease != 0 && !self.store.lease_exists(&self.d, lease) {
             return Err(RequestError::LeaseNotFound.into());
         }
         let (create, version) = match self.lookup_meta(&p.key)? {
@@ -179,15 +184,12 @@ impl<'a> WriteTxn<'a> {
             lease,
         };
         self.batch.insert(
-            &self.store.kv,
+            &self.d.kv,
             kv_key(rev, false),
             prost::Message::encode_to_vec(&kv),
         );
-        self.batch.insert(
-            &self.store.index,
-            index_key(&p.key, rev),
-            iv.encode().to_vec(),
-        );
+        self.batch
+            .insert(&self.d.index, index_key(&p.key, rev), iv.encode().to_vec());
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv.clone()),
@@ -203,6 +205,7 @@ impl<'a> WriteTxn<'a> {
     fn delete_inner(&mut self, d: &DeleteRangeRequest) -> FResult<DeleteRangeResponse> {
         let (hits, _) = read::collect(
             self.store,
+            &self.d,
             &d.key,
             &d.range_end,
             self.read_rev(),
@@ -212,7 +215,7 @@ impl<'a> WriteTxn<'a> {
         let mut prev_kvs = Vec::new();
         for h in &hits {
             if d.prev_kv {
-                prev_kvs.push(h.full_kv(self.store)?);
+                prev_kvs.push(h.full_kv(self.store, &self.d)?);
             }
             let rev = Revision::new(self.main(), self.sub);
             self.sub += 1;
@@ -226,15 +229,12 @@ impl<'a> WriteTxn<'a> {
                 ..Default::default()
             };
             self.batch.insert(
-                &self.store.kv,
+                &self.d.kv,
                 kv_key(rev, true),
                 prost::Message::encode_to_vec(&tomb),
             );
-            self.batch.insert(
-                &self.store.index,
-                index_key(&h.key, rev),
-                iv.encode().to_vec(),
-            );
+            self.batch
+                .insert(&self.d.index, index_key(&h.key, rev), iv.encode().to_vec());
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(tomb),
@@ -257,7 +257,7 @@ impl<'a> WriteTxn<'a> {
     fn txn_inner(&mut self, r: &TxnRequest) -> FResult<TxnResponse> {
         let mut ok = true;
         for c in &r.compare {
-            if !read::compare(self.store, c, self.read_rev(), &self.overlay)? {
+            if !read::compare(self.store, &self.d, c, self.read_rev(), &self.overlay)? {
                 ok = false;
                 break;
             }
@@ -292,6 +292,7 @@ impl<'a> WriteTxn<'a> {
         let current = self.base;
         match read::range(
             self.store,
+            &self.d,
             rr,
             Some(&self.overlay),
             current,
@@ -313,7 +314,7 @@ impl<'a> WriteTxn<'a> {
         let new_rev = if changed { self.main() } else { self.base };
         if changed {
             self.batch.insert(
-                &self.store.meta,
+                &self.d.meta,
                 META_CURRENT_REV,
                 new_rev.to_be_bytes().to_vec(),
             );
@@ -321,7 +322,7 @@ impl<'a> WriteTxn<'a> {
         if let WriteResponse::Txn(t) = &mut resp {
             t.header = header(new_rev);
         }
-        self.store.put_applied(&mut self.batch, applied);
+        MvccStore::put_applied(&self.d, &mut self.batch, applied);
         self.batch.commit()?;
         self.store
             .current
@@ -342,17 +343,18 @@ impl<'a> WriteTxn<'a> {
 /// newest at or below it, and that one too when it is a tombstone (etcd `scheduleCompaction`).
 /// Records the compacted revision first, so reads below it fail from now on.
 fn compact(store: &MvccStore, rev: i64) -> Result<()> {
-    let mut b = store.db.batch();
-    b.insert(&store.meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
+    let d = store.db();
+    let mut b = d.db.batch();
+    b.insert(&d.meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
     b.commit()?;
     store
         .compacted
         .store(rev, std::sync::atomic::Ordering::Release);
-    let mut batch = store.db.batch();
+    let mut batch = d.db.batch();
     let mut pending = 0usize;
     // (prefix, revision, tombstone) of the newest entry <= rev in the current group.
     let mut group: Option<(Vec<u8>, Revision, bool)> = None;
-    for g in store.index.iter() {
+    for g in d.index.iter() {
         let (k, v) = g.into_inner()?;
         let (prefix, r) =
             split_index_key(&k).ok_or_else(|| Error::CorruptStore("short index key".into()))?;
@@ -365,24 +367,24 @@ fn compact(store: &MvccStore, rev: i64) -> Result<()> {
             && p.as_slice() == prefix
         {
             // An older entry of the same key, superseded by `r` at or below `rev`.
-            batch.remove(&store.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
-            batch.remove(&store.kv, kv_key(*prev_rev, *prev_tomb));
+            batch.remove(&d.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
+            batch.remove(&d.kv, kv_key(*prev_rev, *prev_tomb));
             pending += 1;
         } else if let Some((p, prev_rev, true)) = group.take() {
             // The previous key ended on a tombstone at or below `rev`: nothing to keep.
-            batch.remove(&store.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
-            batch.remove(&store.kv, kv_key(prev_rev, true));
+            batch.remove(&d.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
+            batch.remove(&d.kv, kv_key(prev_rev, true));
             pending += 1;
         }
         group = Some((prefix.to_vec(), r, iv.tombstone));
         if pending >= 10_000 {
-            std::mem::replace(&mut batch, store.db.batch()).commit()?;
+            std::mem::replace(&mut batch, d.db.batch()).commit()?;
             pending = 0;
         }
     }
     if let Some((p, prev_rev, true)) = group {
-        batch.remove(&store.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
-        batch.remove(&store.kv, kv_key(prev_rev, true));
+        batch.remove(&d.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
+        batch.remove(&d.kv, kv_key(prev_rev, true));
     }
     batch.commit()?;
     Ok(())
