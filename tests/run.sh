@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# iptables: the cluster tests cut a member off from its peers (needs root, as CI has).
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

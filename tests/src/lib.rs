@@ -399,3 +399,57 @@ impl Cluster {
         })
     }
 }
+
+/// Drops every UDP packet to or from one port on this machine while alive (iptables; needs
+/// root, which CI has). Used to cut one member off from its peers: QUIC uses one socket, the
+/// member's peer port, for everything it sends and receives.
+pub struct Isolation {
+    port: u16,
+}
+
+impl Isolation {
+    /// Starts dropping traffic of `port`.
+    ///
+    /// # Panics
+    /// When iptables is missing or refuses (the test cannot run as intended).
+    pub fn udp_port(port: u16) -> Isolation {
+        for args in Self::rules(port, "-I") {
+            let ok = Command::new("iptables")
+                .args(&args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(
+                ok,
+                "iptables {args:?} failed: the isolation tests need iptables and root"
+            );
+        }
+        Isolation { port }
+    }
+
+    fn rules(port: u16, op: &str) -> Vec<Vec<String>> {
+        let p = port.to_string();
+        [
+            ("INPUT", "--dport"),
+            ("INPUT", "--sport"),
+            ("OUTPUT", "--dport"),
+            ("OUTPUT", "--sport"),
+        ]
+        .iter()
+        .map(|(chain, dir)| {
+            [op, chain, "-p", "udp", dir, &p, "-j", "DROP"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        })
+        .collect()
+    }
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        for args in Self::rules(self.port, "-D") {
+            let _ = Command::new("iptables").args(&args).status();
+        }
+    }
+}

@@ -29,6 +29,16 @@ fn revision(n: &Node) -> i64 {
         .unwrap()
 }
 
+/// The member's local revision (serializable read), or 0 while it cannot answer: a member
+/// catching up may fail linearizable reads until it has applied the leader's commit index.
+fn local_revision(n: &Node) -> i64 {
+    let o = n.etchctl(&["get", "probe", "-w", "json", "--consistency", "s"]);
+    serde_json::from_slice::<Value>(&o.stdout)
+        .ok()
+        .and_then(|v| v["header"]["revision"].as_i64())
+        .unwrap_or(0)
+}
+
 #[test]
 fn three_members_replicate_and_serve_everywhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,7 +170,7 @@ fn leader_killed_under_load_loses_no_acknowledged_write() {
     wait_for(
         Duration::from_secs(60),
         "the old leader to catch up",
-        || (revision(&c.nodes[old]) >= target).then_some(()),
+        || (local_revision(&c.nodes[old]) >= target).then_some(()),
     );
     let acked: Vec<String> = std::fs::read_to_string(&ack)
         .unwrap()
@@ -346,7 +356,7 @@ fn follower_far_behind_catches_up_by_snapshot() {
     wait_for(
         Duration::from_secs(60),
         "the lagging member to catch up",
-        || (revision(&c.nodes[lagging]) >= target).then_some(()),
+        || (local_revision(&c.nodes[lagging]) >= target).then_some(()),
     );
     assert!(
         c.nodes[leader].log().contains("snapshot sent"),
@@ -374,5 +384,129 @@ fn follower_far_behind_catches_up_by_snapshot() {
     assert_eq!(
         c.nodes[lagging].ctl_ok(&["get", "", "--from-key", "--count-only"]),
         "8001\n"
+    );
+}
+
+#[test]
+fn isolated_leader_steps_down_and_never_serves_stale_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    c.nodes[0].ctl_ok(&["put", "k", "before"]);
+    let old = c.leader();
+    let old_id = c.nodes[old].status().unwrap()["header"]["member_id"]
+        .as_u64()
+        .unwrap();
+    let port: u16 = c.peer_urls[old]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cut = etch_tests::Isolation::udp_port(port);
+    // The majority elects a new leader and keeps taking writes.
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    wait_for(
+        Duration::from_secs(30),
+        "a new leader in the majority",
+        || {
+            let s = c.nodes[others[0]].status()?;
+            let l = s["leader"].as_u64()?;
+            (l != 0 && l != old_id).then_some(())
+        },
+    );
+    wait_for(Duration::from_secs(30), "writes in the majority", || {
+        c.nodes[others[0]]
+            .etchctl(&["put", "k", "after"])
+            .status
+            .success()
+            .then_some(())
+    });
+    // The isolated old leader steps down (check-quorum) and knows no leader.
+    wait_for(
+        Duration::from_secs(30),
+        "the old leader to step down",
+        || {
+            let s = c.nodes[old].status()?;
+            (s["leader"].as_u64() != Some(old_id)).then_some(())
+        },
+    );
+    // It refuses linearizable reads and writes: never the stale "before".
+    let o = c.nodes[old].etchctl(&["get", "k", "--print-value-only", "--command-timeout", "15s"]);
+    assert!(
+        !o.status.success(),
+        "stale linearizable read served: {:?}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        !c.nodes[old]
+            .etchctl(&["put", "x", "1", "--command-timeout", "15s"])
+            .status
+            .success()
+    );
+    // Serializable reads are local by definition: they may be stale, and say so by revision.
+    assert_eq!(
+        c.nodes[old].ctl_ok(&["get", "k", "--consistency", "s", "--print-value-only"]),
+        "before\n"
+    );
+    // Healed, it follows the new leader and catches up.
+    drop(cut);
+    wait_for(
+        Duration::from_secs(60),
+        "the healed member to catch up",
+        || {
+            let o = c.nodes[old].etchctl(&["get", "k", "--print-value-only"]);
+            (String::from_utf8_lossy(&o.stdout) == "after\n").then_some(())
+        },
+    );
+    let new = c.leader();
+    assert_ne!(new, old);
+}
+
+#[test]
+fn sigstopped_follower_resumes_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    let pid = c.nodes[follower].pid().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = bench(
+        &c.nodes[leader].native,
+        &[
+            "--clients",
+            "10",
+            "--json",
+            "put",
+            "--total",
+            "3000",
+            "--sequential-keys",
+            "--key-space-size",
+            "3000",
+        ],
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["errors"], 0, "the majority keeps serving: {r}");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let target = revision(&c.nodes[leader]);
+    wait_for(
+        Duration::from_secs(60),
+        "the resumed follower to catch up",
+        || (local_revision(&c.nodes[follower]) >= target).then_some(()),
+    );
+    assert_eq!(
+        keyspace(&c.nodes[follower], target),
+        keyspace(&c.nodes[leader], target)
     );
 }
