@@ -96,6 +96,22 @@ pub struct Flags {
     /// Maximum operations per Txn branch. Default: 128 (etcd).
     #[arg(long, env = "ETCH_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
+    /// Peer TLS certificate (PEM). With `--peer-key-file`, used as the server certificate
+    /// and as the client certificate towards other members.
+    #[arg(long, env = "ETCH_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS key (PEM).
+    #[arg(long, env = "ETCH_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that peers' certificates must be signed by.
+    #[arg(long, env = "ETCH_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `--peer-trusted-ca-file` from every peer.
+    #[arg(long, env = "ETCH_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+    /// Use generated certificates for peers (the default when no peer certificate is given).
+    #[arg(long, env = "ETCH_PEER_AUTO_TLS")]
+    pub peer_auto_tls: bool,
     /// WAL segment size in bytes (testing knob; minimum 64 KiB). Default: 64 MiB.
     #[arg(long, hide = true, env = "ETCH_EXPERIMENTAL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub experimental_wal_segment_bytes: u64,
@@ -128,10 +144,12 @@ pub struct Config {
     pub cluster_id: u64,
     /// Voters of the initial cluster (member IDs).
     pub initial_members: Vec<u64>,
-    /// The other members: (member ID, peer address).
-    pub peers: Vec<(u64, SocketAddr)>,
+    /// The other members.
+    pub peers: Vec<Peer>,
     /// Where to listen for peers (QUIC over UDP); used when there are peers.
     pub listen_peer: SocketAddr,
+    /// Peer certificates; `None` = auto TLS (generated certificate, peers not verified).
+    pub peer_tls: Option<PeerTls>,
     /// Heartbeat interval; one raft tick. Default 100 ms.
     pub heartbeat_interval: Duration,
     /// Election timeout. Default 1000 ms.
@@ -149,6 +167,31 @@ pub struct Config {
     /// How long a client request waits for its result before "request timed out"
     /// (etcd: 5 s + 2 x election timeout).
     pub request_timeout: Duration,
+}
+
+/// A peer's address: its member ID, the resolved socket address and the host named in its URL
+/// (the TLS server name checked against its certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Member ID.
+    pub id: u64,
+    /// Resolved address of its peer URL.
+    pub addr: SocketAddr,
+    /// Host part of its peer URL.
+    pub host: String,
+}
+
+/// Verified peer TLS (etcd's `--peer-*` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    /// Certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// Private key, PEM.
+    pub key_file: PathBuf,
+    /// CA(s) peers' certificates must chain to; `None` = peers' certificates not verified.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require and verify client certificates from peers.
+    pub client_cert_auth: bool,
 }
 
 /// A flag that failed validation; `etch` prints it and exits with code 2.
@@ -326,7 +369,48 @@ impl Config {
                 continue;
             }
             let (_, addr) = parse_url(&urls[0]).map_err(|e| bad("initial-cluster", &urls[0], e))?;
-            peers.push((self::member_id(urls, &f.initial_cluster_token), addr));
+            let host = urls[0]
+                .split_once("://")
+                .map_or(urls[0].as_str(), |(_, r)| r)
+                .rsplit_once(':')
+                .map_or("localhost", |(h, _)| h)
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_owned();
+            peers.push(Peer {
+                id: self::member_id(urls, &f.initial_cluster_token),
+                addr,
+                host,
+            });
+        }
+        let peer_tls = match (&f.peer_cert_file, &f.peer_key_file) {
+            (Some(c), Some(k)) => Some(PeerTls {
+                cert_file: c.clone(),
+                key_file: k.clone(),
+                trusted_ca_file: f.peer_trusted_ca_file.clone(),
+                client_cert_auth: f.peer_client_cert_auth,
+            }),
+            (None, None) => None,
+            (Some(c), None) => {
+                return Err(bad(
+                    "peer-cert-file",
+                    &c.display().to_string(),
+                    "needs --peer-key-file",
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(bad(
+                    "peer-key-file",
+                    &k.display().to_string(),
+                    "needs --peer-cert-file",
+                ));
+            }
+        };
+        if f.peer_client_cert_auth && (peer_tls.is_none() || f.peer_trusted_ca_file.is_none()) {
+            return Err(bad(
+                "peer-client-cert-auth",
+                "true",
+                "needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file",
+            ));
         }
         let listen_url = f.listen_peer_urls.split(',').next().unwrap_or_default();
         let (_, listen_peer) =
@@ -348,6 +432,7 @@ impl Config {
             initial_members,
             peers,
             listen_peer,
+            peer_tls,
             heartbeat_interval,
             election_timeout,
             snapshot_count: f.snapshot_count,

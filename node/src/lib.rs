@@ -150,7 +150,7 @@ pub async fn run(
         }
         (false, Some(socket)) => {
             let addr = socket.local_addr()?;
-            let ep = transport::endpoint(socket)?;
+            let ep = transport::endpoint(socket, config.peer_tls.as_ref())?;
             tracing::info!(%addr, peers = config.peers.len(), "serving peers (QUIC)");
             Some(transport::TransportActor::start(
                 ep,

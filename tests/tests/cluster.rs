@@ -510,3 +510,111 @@ fn sigstopped_follower_resumes_and_catches_up() {
         keyspace(&c.nodes[leader], target)
     );
 }
+
+/// Writes a CA, and a certificate for 127.0.0.1/localhost signed by it, into `dir`; returns
+/// (ca, cert, key) paths.
+fn make_pki(dir: &std::path::Path, name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let p = |f: &str| {
+        dir.join(format!("{name}-{f}"))
+            .to_string_lossy()
+            .to_string()
+    };
+    std::fs::write(p("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(p("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(p("key.pem"), key.serialize_pem()).unwrap();
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+#[test]
+fn mutual_tls_between_peers_refuses_an_untrusted_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_pki(&dir.path().join("pki"), "cluster");
+    let c = Cluster::start(
+        dir.path(),
+        3,
+        &[
+            "--peer-cert-file",
+            &cert,
+            "--peer-key-file",
+            &key,
+            "--peer-trusted-ca-file",
+            &ca,
+            "--peer-client-cert-auth",
+        ],
+    );
+    for (i, n) in c.nodes.iter().enumerate() {
+        n.ctl_ok(&["put", &format!("tls{i}"), "ok"]);
+    }
+    assert_eq!(
+        c.nodes[2].ctl_ok(&["get", "tls", "--prefix", "--count-only"]),
+        "3\n"
+    );
+    // A process with a certificate from another CA reaches m0's peer port.
+    let (other_ca, other_cert, other_key) = make_pki(&dir.path().join("pki"), "intruder");
+    let own = format!("http://127.0.0.1:{}", etch_tests::free_udp_port());
+    let initial = format!("m0={},intruder={own}", c.peer_urls[0]);
+    let _intruder = Node::launch(
+        dir.path().join("intruder"),
+        &[
+            "--name",
+            "intruder",
+            "--listen-peer-urls",
+            &own,
+            "--initial-advertise-peer-urls",
+            &own,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-token",
+            "etch-test",
+            "--peer-cert-file",
+            &other_cert,
+            "--peer-key-file",
+            &other_key,
+            "--peer-trusted-ca-file",
+            &other_ca,
+        ],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "m0 to refuse the intruder's handshake",
+        || {
+            c.nodes[0]
+                .log()
+                .contains("rejected peer connection: TLS handshake failed")
+                .then_some(())
+        },
+    );
+    assert!(
+        !c.nodes[0].log().contains("cluster ID mismatch"),
+        "refused at TLS, before any frame"
+    );
+    for n in &c.nodes {
+        n.ctl_ok(&["put", "still", "fine"]);
+    }
+}
+
+#[test]
+fn bad_peer_tls_flags_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(etch_tests::bin("etch"))
+        .args([
+            "--data-dir",
+            &dir.path().join("d").to_string_lossy(),
+            "--peer-client-cert-auth",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--peer-client-cert-auth"));
+}

@@ -15,7 +15,6 @@
 mod tls;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ use etch_protocol::frame;
 
 use etch_storage::mvcc::MvccStore;
 
+use crate::config::{Peer, PeerTls};
 use crate::consensus::{ConsensusActor, InstallSnapshot, SnapshotSent, Step, Unreachable};
 
 pub use tls::{PEER_ALPN, self_signed};
@@ -54,35 +54,72 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// stream (and task) of their own.
 pub struct TransportActor {
     queues: HashMap<u64, mpsc::Sender<Bytes>>,
-    addrs: HashMap<u64, SocketAddr>,
+    peers: HashMap<u64, Peer>,
     endpoint: quinn::Endpoint,
     hello: Bytes,
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
 }
 
-/// Builds the QUIC endpoint on `socket`: a server with an auto-generated certificate and a
-/// client that accepts peers' auto-generated certificates (etcd `--peer-auto-tls`).
+/// Builds the QUIC endpoint on `socket`. With `tls`, the member presents its certificate as
+/// server and client, verifies peers against the trusted CA when one is given, and requires
+/// client certificates with `client_cert_auth` (etcd's `--peer-*` flags). Without, it uses an
+/// auto-generated certificate and accepts peers' (etcd `--peer-auto-tls`).
 ///
 /// # Errors
-/// Certificate generation or socket errors.
-pub fn endpoint(socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
+/// Unreadable or invalid certificate files, socket errors.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    tls: Option<&PeerTls>,
+) -> std::io::Result<quinn::Endpoint> {
     let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
-    let (cert, key) = self_signed(Vec::new()).map_err(|e| other(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let (chain, key) = match tls {
+        Some(t) => tls::load_identity(&t.cert_file, &t.key_file)?,
+        None => {
+            let (cert, key) = self_signed(Vec::new()).map_err(|e| other(&e))?;
+            (vec![cert], key)
+        }
+    };
+    let roots = match tls.and_then(|t| t.trusted_ca_file.as_ref()) {
+        Some(ca) => Some(Arc::new(tls::load_roots(ca)?)),
+        None => None,
+    };
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| other(&e))?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
+        .map_err(|e| other(&e))?;
+    let server = match (&roots, tls.is_some_and(|t| t.client_cert_auth)) {
+        (Some(roots), true) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| other(&e))?;
+            server.with_client_cert_verifier(verifier)
+        }
+        _ => server.with_no_client_auth(),
+    };
+    let mut server = server
+        .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| other(&e))?;
     server.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+    let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| other(&e))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(tls::AutoTlsVerifier::new()))
-        .with_no_client_auth();
+        .map_err(|e| other(&e))?;
+    let client = match &roots {
+        Some(roots) => client.with_root_certificates(roots.clone()),
+        None => client
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(tls::AutoTlsVerifier::new())),
+    };
+    let mut client = if tls.is_some() {
+        client
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| other(&e))?
+    } else {
+        client.with_no_client_auth()
+    };
     client.alpn_protocols = vec![PEER_ALPN.to_vec()];
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -114,7 +151,7 @@ impl TransportActor {
         endpoint: quinn::Endpoint,
         member_id: u64,
         cluster_id: u64,
-        peers: &[(u64, SocketAddr)],
+        peers: &[Peer],
         store: Arc<MvccStore>,
         consensus: Addr<ConsensusActor>,
         stop: watch::Receiver<bool>,
@@ -127,20 +164,19 @@ impl TransportActor {
             })),
         });
         let mut queues = HashMap::new();
-        for &(id, addr) in peers {
+        for p in peers {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
-            queues.insert(id, tx);
+            queues.insert(p.id, tx);
             tokio::spawn(send_loop(
                 endpoint.clone(),
-                id,
-                addr,
+                p.clone(),
                 rx,
                 hello.clone(),
                 consensus.clone(),
                 stop.clone(),
             ));
         }
-        let known: Vec<u64> = peers.iter().map(|p| p.0).collect();
+        let known: Vec<u64> = peers.iter().map(|p| p.id).collect();
         tokio::spawn(accept_loop(
             endpoint.clone(),
             cluster_id,
@@ -152,7 +188,7 @@ impl TransportActor {
         ));
         TransportActor {
             queues,
-            addrs: peers.iter().copied().collect(),
+            peers: peers.iter().map(|p| (p.id, p.clone())).collect(),
             endpoint,
             hello,
             store,
@@ -187,10 +223,10 @@ impl Handler<SendMessages> for TransportActor {
                 continue;
             };
             if msg.get_msg_type() == MessageType::MsgSnapshot {
-                if let Some(&addr) = self.addrs.get(&to) {
+                if let Some(peer) = self.peers.get(&to) {
                     tokio::spawn(send_snapshot(
                         self.endpoint.clone(),
-                        addr,
+                        peer.clone(),
                         self.hello.clone(),
                         msg,
                         self.store.clone(),
@@ -219,18 +255,18 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Keeps a stream to peer `id` open and writes its queued messages; reconnects with backoff.
 async fn send_loop(
     endpoint: quinn::Endpoint,
-    id: u64,
-    addr: SocketAddr,
+    peer: Peer,
     mut rx: mpsc::Receiver<Bytes>,
     hello: Bytes,
     consensus: Addr<ConsensusActor>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (id, addr) = (peer.id, peer.addr);
     let mut backoff = Duration::from_millis(50);
     loop {
         let stream = async {
             let conn = endpoint
-                .connect(addr, "localhost")
+                .connect(addr, &peer.host)
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())?;
@@ -286,7 +322,7 @@ async fn send_loop(
 /// end marker. Reports the outcome to raft-rs.
 async fn send_snapshot(
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
+    peer: Peer,
     hello: Bytes,
     msg: Message,
     store: Arc<MvccStore>,
@@ -297,7 +333,7 @@ async fn send_snapshot(
     let result = async {
         let raft = msg.write_to_bytes().map_err(|e| e.to_string())?;
         let conn = endpoint
-            .connect(addr, "localhost")
+            .connect(peer.addr, &peer.host)
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
@@ -427,10 +463,13 @@ async fn accept_loop(
         };
         let (consensus, known, store) = (consensus.clone(), known.clone(), store.clone());
         tokio::spawn(async move {
+            let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::debug!(error = %e, "peer handshake failed");
+                    // A peer without a valid certificate ends here (mutual TLS), as does a
+                    // handshake cut short by a restart.
+                    tracing::warn!(%remote, error = %e, "rejected peer connection: TLS handshake failed");
                     return;
                 }
             };
