@@ -106,6 +106,79 @@ impl Node {
         Some(v[0]["Status"].clone())
     }
 
+    /// Number of keys in this member's local copy (serializable read); 0 while it cannot answer.
+    pub fn local_count(&self) -> u64 {
+        let o = self.etchctl(&[
+            "get",
+            "",
+            "--from-key",
+            "--count-only",
+            "--consistency",
+            "s",
+        ]);
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// This member's local revision (serializable read), or 0 while it cannot answer: a member
+    /// catching up may fail linearizable reads until it has applied the leader's commit index.
+    pub fn local_revision(&self) -> i64 {
+        let o = self.etchctl(&["get", "probe", "-w", "json", "--consistency", "s"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .ok()
+            .and_then(|v| v["header"]["revision"].as_i64())
+            .unwrap_or(0)
+    }
+
+    /// Asserts that every key in `acked` (hex, one per line, as `etch-bench --ack-log` writes)
+    /// is in `kvs` (etcdctl JSON key-values); returns how many were checked.
+    pub fn assert_all_acked_present(acked_log: &Path, kvs: &serde_json::Value) -> usize {
+        use base64::Engine;
+        let present: std::collections::HashSet<String> = kvs
+            .as_array()
+            .expect("kvs array")
+            .iter()
+            .map(|kv| {
+                let k = base64::engine::general_purpose::STANDARD
+                    .decode(kv["key"].as_str().expect("key"))
+                    .expect("base64 key");
+                k.iter().map(|b| format!("{b:02x}")).collect()
+            })
+            .collect();
+        let acked = std::fs::read_to_string(acked_log).expect("ack log");
+        let missing: Vec<&str> = acked.lines().filter(|k| !present.contains(*k)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} acknowledged keys lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(3)]
+        );
+        acked.lines().count()
+    }
+
+    /// Launches a process that is not a member of this cluster but names `member_peer_url` as a
+    /// peer, with its own token and `extra` flags: it knocks on that member's peer port.
+    pub fn launch_outsider(dir: &Path, member_peer_url: &str, token: &str, extra: &[&str]) -> Node {
+        let own = format!("http://127.0.0.1:{}", free_udp_port());
+        let initial = format!("m0={member_peer_url},outsider={own}");
+        let mut args: Vec<&str> = vec![
+            "--name",
+            "outsider",
+            "--listen-peer-urls",
+            &own,
+            "--initial-advertise-peer-urls",
+            &own,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-token",
+            token,
+        ];
+        args.extend_from_slice(extra);
+        Node::launch(dir.join("outsider"), &args)
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -29,16 +29,6 @@ fn revision(n: &Node) -> i64 {
         .unwrap()
 }
 
-/// The member's local revision (serializable read), or 0 while it cannot answer: a member
-/// catching up may fail linearizable reads until it has applied the leader's commit index.
-fn local_revision(n: &Node) -> i64 {
-    let o = n.etchctl(&["get", "probe", "-w", "json", "--consistency", "s"]);
-    serde_json::from_slice::<Value>(&o.stdout)
-        .ok()
-        .and_then(|v| v["header"]["revision"].as_i64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn three_members_replicate_and_serve_everywhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,24 +113,9 @@ fn leader_killed_under_load_loses_no_acknowledged_write() {
             ],
         )
     });
-    let probe = c.nodes[(old + 1) % 3].native.clone();
+    let probe = (old + 1) % 3;
     wait_for(Duration::from_secs(60), "writes under load", || {
-        let o = etch_tests::etchctl_at(
-            &probe,
-            &[
-                "get",
-                "",
-                "--from-key",
-                "--count-only",
-                "--consistency",
-                "s",
-            ],
-        );
-        let n: u64 = String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        (n > 2000).then_some(())
+        (c.nodes[probe].local_count() > 2000).then_some(())
     });
     c.nodes[old].kill9();
     let _ = load.join().unwrap();
@@ -170,14 +145,8 @@ fn leader_killed_under_load_loses_no_acknowledged_write() {
     wait_for(
         Duration::from_secs(60),
         "the old leader to catch up",
-        || (local_revision(&c.nodes[old]) >= target).then_some(()),
+        || (c.nodes[old].local_revision() >= target).then_some(()),
     );
-    let acked: Vec<String> = std::fs::read_to_string(&ack)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert!(acked.len() > 2000);
     // Every member holds the same keyspace at the same revision, with every acknowledged key.
     let reference = keyspace(&c.nodes[new], target);
     for n in &c.nodes {
@@ -188,20 +157,7 @@ fn leader_killed_under_load_loses_no_acknowledged_write() {
             n.native
         );
     }
-    use base64::Engine;
-    let present: std::collections::HashSet<String> = reference
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|kv| {
-            let k = base64::engine::general_purpose::STANDARD
-                .decode(kv["key"].as_str().unwrap())
-                .unwrap();
-            k.iter().map(|b| format!("{b:02x}")).collect()
-        })
-        .collect();
-    let missing = acked.iter().filter(|k| !present.contains(*k)).count();
-    assert_eq!(missing, 0, "acknowledged keys lost");
+    assert!(Node::assert_all_acked_present(&ack, &reference) > 2000);
 }
 
 #[test]
@@ -250,23 +206,7 @@ fn peer_with_wrong_token_is_rejected_and_garbage_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
     // A member of another cluster (other token) that lists m0's peer URL as its peer.
-    let own = format!("http://127.0.0.1:{}", etch_tests::free_udp_port());
-    let initial = format!("m0={},intruder={own}", c.peer_urls[0]);
-    let _intruder = Node::launch(
-        dir.path().join("intruder"),
-        &[
-            "--name",
-            "intruder",
-            "--listen-peer-urls",
-            &own,
-            "--initial-advertise-peer-urls",
-            &own,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-token",
-            "another-cluster",
-        ],
-    );
+    let _outsider = Node::launch_outsider(dir.path(), &c.peer_urls[0], "another-cluster", &[]);
     wait_for(Duration::from_secs(30), "the rejection in m0's log", || {
         let log = c.nodes[0].log();
         (log.contains("rejected peer connection") && log.contains("cluster ID mismatch"))
@@ -356,7 +296,7 @@ fn follower_far_behind_catches_up_by_snapshot() {
     wait_for(
         Duration::from_secs(60),
         "the lagging member to catch up",
-        || (local_revision(&c.nodes[lagging]) >= target).then_some(()),
+        || (c.nodes[lagging].local_revision() >= target).then_some(()),
     );
     assert!(
         c.nodes[leader].log().contains("snapshot sent"),
@@ -503,7 +443,7 @@ fn sigstopped_follower_resumes_and_catches_up() {
     wait_for(
         Duration::from_secs(60),
         "the resumed follower to catch up",
-        || (local_revision(&c.nodes[follower]) >= target).then_some(()),
+        || (c.nodes[follower].local_revision() >= target).then_some(()),
     );
     assert_eq!(
         keyspace(&c.nodes[follower], target),
@@ -562,21 +502,11 @@ fn mutual_tls_between_peers_refuses_an_untrusted_certificate() {
     );
     // A process with a certificate from another CA reaches m0's peer port.
     let (other_ca, other_cert, other_key) = make_pki(&dir.path().join("pki"), "intruder");
-    let own = format!("http://127.0.0.1:{}", etch_tests::free_udp_port());
-    let initial = format!("m0={},intruder={own}", c.peer_urls[0]);
-    let _intruder = Node::launch(
-        dir.path().join("intruder"),
+    let _outsider = Node::launch_outsider(
+        dir.path(),
+        &c.peer_urls[0],
+        "etch-test",
         &[
-            "--name",
-            "intruder",
-            "--listen-peer-urls",
-            &own,
-            "--initial-advertise-peer-urls",
-            &own,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-token",
-            "etch-test",
             "--peer-cert-file",
             &other_cert,
             "--peer-key-file",
