@@ -548,3 +548,87 @@ fn bad_peer_tls_flags_are_refused_at_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--peer-client-cert-auth"));
 }
+
+#[test]
+fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
+    use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let status = c.nodes[0].status().unwrap();
+    let cluster_id = status["header"]["cluster_id"].as_u64().unwrap();
+    let member_id = c.nodes[1].status().unwrap()["header"]["member_id"]
+        .as_u64()
+        .unwrap();
+    let addr: std::net::SocketAddr = c.peer_urls[0]
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // etch's own endpoint: auto TLS, accepts the member's generated certificate.
+        let ep = etch_node::transport::endpoint(sock, None).unwrap();
+        let hello = |cluster_id| {
+            etch_protocol::frame::encode_payload_of(&PeerFrame {
+                body: Some(Body::Hello(PeerHello {
+                    cluster_id,
+                    member_id,
+                    protocol_version: 1,
+                })),
+            })
+        };
+        let attempts: Vec<Vec<bytes::Bytes>> = vec![
+            // Not a Hello first.
+            vec![etch_protocol::frame::encode_payload_of(&PeerFrame {
+                body: Some(Body::Raft(vec![1, 2, 3].into())),
+            })],
+            // Garbage protobuf.
+            vec![bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])],
+            // A good Hello, then raft bytes that do not decode.
+            vec![
+                hello(cluster_id),
+                etch_protocol::frame::encode_payload_of(&PeerFrame {
+                    body: Some(Body::Raft(vec![0xff; 64].into())),
+                }),
+            ],
+            // A good Hello, then a snapshot stream with a broken chunk.
+            vec![
+                hello(cluster_id),
+                etch_protocol::frame::encode_payload_of(&PeerFrame {
+                    body: Some(Body::SnapshotBegin(vec![0x08, 0xff].into())),
+                }),
+            ],
+        ];
+        for frames in attempts {
+            let conn = ep.connect(addr, "127.0.0.1").unwrap().await.unwrap();
+            let send = conn.open_uni().await.unwrap();
+            let mut w =
+                tokio_util::codec::FramedWrite::new(send, etch_protocol::frame::codec(1 << 20));
+            for f in frames {
+                let _ = w.send(f).await;
+            }
+            let _ = SinkExt::<bytes::Bytes>::flush(&mut w).await;
+            // The member closes the connection on us.
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        }
+        // An oversized length prefix, written raw.
+        let conn = ep.connect(addr, "127.0.0.1").unwrap().await.unwrap();
+        let mut send = conn.open_uni().await.unwrap();
+        let _ = send.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0]).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    });
+    let log = c.nodes[0].log();
+    assert!(
+        log.matches("rejected peer connection").count() >= 5,
+        "{log}"
+    );
+    assert!(!log.contains("panicked"));
+    for n in &c.nodes {
+        n.ctl_ok(&["put", "unharmed", "yes"]);
+    }
+    c.leader();
+}
