@@ -55,19 +55,23 @@ pub struct ApplyActor {
     store: Arc<MvccStore>,
     waiters: Arc<Waiters>,
     applied_tx: watch::Sender<u64>,
+    revision_tx: watch::Sender<i64>,
 }
 
 impl ApplyActor {
-    /// An apply actor over `store`, answering `waiters` and publishing to `applied_tx`.
+    /// An apply actor over `store`, answering `waiters`, publishing the applied index to
+    /// `applied_tx` and the store's revision to `revision_tx` (watch fanout).
     pub fn new(
         store: Arc<MvccStore>,
         waiters: Arc<Waiters>,
         applied_tx: watch::Sender<u64>,
+        revision_tx: watch::Sender<i64>,
     ) -> ApplyActor {
         ApplyActor {
             store,
             waiters,
             applied_tx,
+            revision_tx,
         }
     }
 }
@@ -119,6 +123,12 @@ impl Handler<ApplyCommitted> for ApplyActor {
             tracing::warn!(?took, entries = m.entries.len(), "apply took too long");
         }
         self.applied_tx.send_replace(last);
+        self.revision_tx.send_if_modified(|r| {
+            let now = self.store.current_revision();
+            let changed = now != *r;
+            *r = now;
+            changed
+        });
         Ok(last)
     }
 }
@@ -147,6 +157,7 @@ impl Handler<InstallStore> for ApplyActor {
 
     fn handle(&mut self, m: InstallStore, _: &mut Self::Context) -> Self::Result {
         let applied = self.store.install(m.0)?;
+        self.revision_tx.send_replace(self.store.current_revision());
         self.applied_tx.send_if_modified(|a| {
             let grew = applied > *a;
             *a = (*a).max(applied);

@@ -112,6 +112,23 @@ pub struct Flags {
     /// Use generated certificates for peers (the default when no peer certificate is given).
     #[arg(long, env = "ETCH_PEER_AUTO_TLS")]
     pub peer_auto_tls: bool,
+    /// Interval of watch progress notifications (humantime). Default: 10m (etcd).
+    #[arg(
+        long,
+        env = "ETCH_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m"
+    )]
+    pub experimental_watch_progress_notify_interval: String,
+    /// Watchers one watch stream may hold.
+    #[arg(long, env = "ETCH_MAX_WATCHERS_PER_STREAM", default_value_t = 10_000)]
+    pub max_watchers_per_stream: usize,
+    /// Watch responses buffered per stream before its watchers catch up from the store instead.
+    #[arg(
+        long,
+        env = "ETCH_WATCH_STREAM_BUFFER_RESPONSES",
+        default_value_t = 128
+    )]
+    pub watch_stream_buffer_responses: usize,
     /// WAL segment size in bytes (testing knob; minimum 64 KiB). Default: 64 MiB.
     #[arg(long, hide = true, env = "ETCH_EXPERIMENTAL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub experimental_wal_segment_bytes: u64,
@@ -164,6 +181,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// WAL segment size, bytes.
     pub wal_segment_bytes: u64,
+    /// Watch limits.
+    pub watch: crate::watch::WatchLimits,
     /// How long a client request waits for its result before "request timed out"
     /// (etcd: 5 s + 2 x election timeout).
     pub request_timeout: Duration,
@@ -420,6 +439,22 @@ impl Config {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.etch", f.name)));
+        let progress = &f.experimental_watch_progress_notify_interval;
+        let progress_notify_interval = parse_duration(progress)
+            .map_err(|e| bad("experimental-watch-progress-notify-interval", progress, e))?;
+        if progress_notify_interval.is_zero() || f.watch_stream_buffer_responses == 0 {
+            return Err(bad(
+                "experimental-watch-progress-notify-interval",
+                progress,
+                "watch interval and stream buffer must be > 0",
+            ));
+        }
+        let watch = crate::watch::WatchLimits {
+            max_watchers_per_stream: f.max_watchers_per_stream,
+            stream_buffer_responses: f.watch_stream_buffer_responses,
+            max_response_bytes: f.max_request_bytes as usize,
+            progress_notify_interval,
+        };
         if f.snapshot_count == 0 {
             return Err(bad("snapshot-count", "0", "must be > 0"));
         }
@@ -440,6 +475,7 @@ impl Config {
             max_request_bytes: f.max_request_bytes as usize,
             max_txn_ops: f.max_txn_ops as usize,
             wal_segment_bytes: f.experimental_wal_segment_bytes,
+            watch,
             request_timeout: Duration::from_secs(5) + election_timeout * 2,
         })
     }

@@ -14,6 +14,7 @@ mod logger;
 pub mod service;
 pub mod transport;
 pub mod wal;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use raft::eraftpb::{ConfState, SnapshotMetadata};
-use tokio::sync::watch;
+use tokio::sync::watch as chan;
 use tokio_util::task::TaskTracker;
 
 use etch_storage::mvcc::MvccStore;
@@ -123,7 +124,7 @@ pub async fn run(
 
     let state = Arc::new(NodeState::new(member_id, cluster_id));
     let waiters = Arc::new(Waiters::default());
-    let (applied_tx, applied_rx) = watch::channel(applied);
+    let (applied_tx, applied_rx) = chan::channel(applied);
 
     // WAL and apply each get a thread of their own: fsync and fjall writes block.
     let wal_arbiter = Arbiter::new();
@@ -133,11 +134,18 @@ pub async fn run(
     });
     let apply_arbiter = Arbiter::new();
     let (st, w) = (store.clone(), waiters.clone());
+    let (revision_tx, revision_rx) = chan::channel(store.current_revision());
     let apply_addr = ApplyActor::start_in_arbiter(&apply_arbiter.handle(), move |ctx| {
         ctx.set_mailbox_capacity(1024);
-        ApplyActor::new(st, w, applied_tx)
+        ApplyActor::new(st, w, applied_tx, revision_tx)
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Watch fanout reads events from the store: a thread of its own too.
+    let watch_arbiter = Arbiter::new();
+    let (st, ns, wl) = (store.clone(), state.clone(), config.watch);
+    let watch_addr = watch::WatchActor::start_in_arbiter(&watch_arbiter.handle(), move |_| {
+        watch::WatchActor::new(st, revision_rx, ns, wl)
+    });
+    let (stop_tx, stop_rx) = chan::channel(false);
     // Consensus and transport address each other: make consensus's address first.
     let consensus_ctx = Context::<ConsensusActor>::new();
     let consensus = consensus_ctx.address();
@@ -176,6 +184,7 @@ pub async fn run(
     let service = Arc::new(Service::new(
         store.clone(),
         consensus.clone(),
+        watch_addr,
         waiters,
         applied_rx,
         state.clone(),
@@ -184,10 +193,11 @@ pub async fn run(
             max_txn_ops: config.max_txn_ops,
             request_timeout: config.request_timeout,
         },
+        config.watch,
     ));
 
     let tracker = TaskTracker::new();
-    let (stop_native, stop_native_rx) = watch::channel(false);
+    let (stop_native, stop_native_rx) = chan::channel(false);
     for l in listeners.native {
         l.set_nonblocking(true)?;
         let addr = l.local_addr()?;
@@ -236,6 +246,7 @@ pub async fn run(
     }
     wal_arbiter.stop();
     apply_arbiter.stop();
+    watch_arbiter.stop();
     tracing::info!("stopped");
     result
 }

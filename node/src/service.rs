@@ -24,6 +24,7 @@ use crate::apply::Waiters;
 use crate::config::ETCD_API_VERSION;
 use crate::consensus::{ConsensusActor, NodeState, Propose, ReadIndex};
 use crate::error::ApiError;
+use crate::watch::WatchActor;
 
 type Res<T> = Result<T, ApiError>;
 
@@ -46,10 +47,12 @@ pub struct Limits {
 pub struct Service {
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
+    watch: Addr<WatchActor>,
     waiters: Arc<Waiters>,
     applied: watch::Receiver<u64>,
     state: Arc<NodeState>,
     limits: Limits,
+    watch_limits: crate::watch::WatchLimits,
     next_id: AtomicU64,
 }
 
@@ -58,10 +61,12 @@ impl Service {
     pub fn new(
         store: Arc<MvccStore>,
         consensus: Addr<ConsensusActor>,
+        watch: Addr<WatchActor>,
         waiters: Arc<Waiters>,
         applied: watch::Receiver<u64>,
         state: Arc<NodeState>,
         limits: Limits,
+        watch_limits: crate::watch::WatchLimits,
     ) -> Service {
         // Request ids: the member ID's low 16 bits, then a counter seeded from the clock, so ids
         // stay unique across restarts and members (etcd `idutil.Generator`).
@@ -73,10 +78,12 @@ impl Service {
         Service {
             store,
             consensus,
+            watch,
             waiters,
             applied,
             state,
             limits,
+            watch_limits,
             next_id: AtomicU64::new(first),
         }
     }
@@ -84,6 +91,22 @@ impl Service {
     /// The node state (ids, term, leader).
     pub fn state(&self) -> &NodeState {
         &self.state
+    }
+
+    /// The node state, shared (watch sinks fill response headers from it).
+    pub fn state_arc(&self) -> Arc<NodeState> {
+        self.state.clone()
+    }
+
+    /// Watch limits (stream buffer size and the rest).
+    pub fn watch_limits(&self) -> crate::watch::WatchLimits {
+        self.watch_limits
+    }
+
+    /// The watch fanout actor: watch streams talk to it directly (watches are served from
+    /// this member's store, on followers too, without consensus).
+    pub fn watch(&self) -> &Addr<WatchActor> {
+        &self.watch
     }
 
     fn header(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {

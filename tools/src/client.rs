@@ -11,10 +11,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use etch_protocol::etcdserverpb::watch_request::RequestUnion;
 use etch_protocol::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
     TxnResponse,
+};
+use etch_protocol::etcdserverpb::{
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use etch_protocol::etchpb::{Frame, Hello, HelloResponse, frame::Body};
 use etch_protocol::{Code, PROTOCOL_VERSION, frame};
@@ -49,12 +53,14 @@ pub enum ClientError {
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+type Streams = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<WatchResponse>>>>;
 
 /// A connection to one etch member. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
     tx: mpsc::Sender<Bytes>,
     pending: Pending,
+    streams: Streams,
     /// Set by the reader task when the connection is gone (before it fails the waiters).
     closed: Arc<std::sync::atomic::AtomicBool>,
     next_id: Arc<AtomicU64>,
@@ -122,6 +128,7 @@ impl Client {
         };
 
         let pending: Pending = Arc::default();
+        let streams: Streams = Arc::default();
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
         tokio::spawn(async move {
@@ -139,12 +146,23 @@ impl Client {
                 }
             }
         });
-        let (p, c) = (pending.clone(), closed.clone());
+        let (p, c, s) = (pending.clone(), closed.clone(), streams.clone());
         tokio::spawn(async move {
             while let Some(Ok(b)) = reader.next().await {
                 let Ok(f) = frame::decode(&b) else { break };
                 if f.id == 0 {
                     // A connection-level error: the server closes next.
+                    continue;
+                }
+                if let Some(Body::WatchResponse(r)) = f.body {
+                    let stream = s
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&f.id)
+                        .cloned();
+                    if let Some(stream) = stream {
+                        let _ = stream.send(r);
+                    }
                     continue;
                 }
                 let waiter = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&f.id);
@@ -156,10 +174,12 @@ impl Client {
             // call registering after the clear sees the flag.
             c.store(true, Ordering::SeqCst);
             p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            s.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
         Ok(Client {
             tx,
             pending,
+            streams,
             closed,
             next_id: Arc::new(AtomicU64::new(1)),
             hello,
@@ -291,6 +311,86 @@ impl Client {
             Body::StatusResponse(x) => Ok(x),
             o => Err(unexpected(o)),
         }
+    }
+}
+
+impl Client {
+    /// Opens a watch stream on this connection (etcd's Watch RPC stream): create, cancel and
+    /// progress requests go out on it, and its responses come back in order.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] when the connection is gone.
+    pub fn watch_stream(&self) -> Result<WatchStream, ClientError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        Ok(WatchStream {
+            id,
+            client: self.clone(),
+            rx,
+        })
+    }
+}
+
+/// One watch stream: many watches, responses in order. Dropping it leaves its watches on the
+/// server until the connection closes; cancel them first if the connection lives on.
+pub struct WatchStream {
+    id: u64,
+    client: Client,
+    rx: mpsc::UnboundedReceiver<WatchResponse>,
+}
+
+impl WatchStream {
+    async fn send(&self, r: RequestUnion) -> Result<(), ClientError> {
+        let f = Frame {
+            id: self.id,
+            body: Some(Body::Watch(WatchRequest {
+                request_union: Some(r),
+            })),
+        };
+        self.client
+            .tx
+            .send(frame::encode_payload(&f))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Creates a watch (etcd `WatchCreateRequest`); its `created` response arrives on
+    /// [`WatchStream::next`].
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn create(&self, req: WatchCreateRequest) -> Result<(), ClientError> {
+        self.send(RequestUnion::CreateRequest(req)).await
+    }
+
+    /// Cancels watch `watch_id`.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn cancel(&self, watch_id: i64) -> Result<(), ClientError> {
+        self.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id }))
+            .await
+    }
+
+    /// Asks for a progress notification (answered with watch id -1).
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn request_progress(&self) -> Result<(), ClientError> {
+        self.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+            .await
+    }
+
+    /// The next response; `None` once the connection is closed.
+    pub async fn next(&mut self) -> Option<WatchResponse> {
+        self.rx.recv().await
     }
 }
 

@@ -11,7 +11,7 @@
 pub mod client;
 pub mod output;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, WatchStream};
 
 /// The request and response messages (etcd's `etcdserverpb` and `mvccpb`).
 pub mod pb {

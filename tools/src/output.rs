@@ -5,11 +5,13 @@
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+use etch_protocol::etcdserverpb::WatchResponse;
 use etch_protocol::etcdserverpb::response_op::Response as OpResp;
 use etch_protocol::etcdserverpb::{
     DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
 };
 use etch_protocol::mvccpb::KeyValue;
+use etch_protocol::mvccpb::event::EventType;
 
 /// An output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -148,6 +150,49 @@ pub fn status_json(r: &StatusResponse) -> Value {
         "raftAppliedIndex": r.raft_applied_index,
         "dbSizeInUse": r.db_size_in_use,
     })
+}
+
+/// A WatchResponse as etcdctl's JSON prints it.
+pub fn watch_json(r: &WatchResponse) -> Value {
+    let mut m = Map::new();
+    m.insert("Header".into(), header_json(&r.header));
+    let events: Vec<Value> = r
+        .events
+        .iter()
+        .map(|e| {
+            let mut ev = Map::new();
+            if e.r#type == EventType::Delete as i32 {
+                ev.insert("type".into(), json!(1));
+            }
+            if let Some(kv) = &e.kv {
+                ev.insert("kv".into(), kv_json(kv));
+            }
+            if let Some(p) = &e.prev_kv {
+                ev.insert("prev_kv".into(), kv_json(p));
+            }
+            Value::Object(ev)
+        })
+        .collect();
+    m.insert("Events".into(), Value::Array(events));
+    m.insert("CompactRevision".into(), json!(r.compact_revision));
+    m.insert("Canceled".into(), json!(r.canceled));
+    m.insert("Created".into(), json!(r.created));
+    Value::Object(m)
+}
+
+/// etcdctl's simple printing of watch events: `PUT`/`DELETE`, then the previous key and value
+/// (when asked for and known), then the key and value.
+pub fn watch_simple(r: &WatchResponse, out: &mut String) {
+    for e in &r.events {
+        out.push_str(if e.r#type == EventType::Delete as i32 {
+            "DELETE\n"
+        } else {
+            "PUT\n"
+        });
+        for kv in e.prev_kv.iter().chain(e.kv.iter()) {
+            out.push_str(&format!("{}\n{}\n", s(&kv.key), s(&kv.value)));
+        }
+    }
 }
 
 /// etcdctl's simple printing of a Range: key and value lines (or values only).

@@ -19,15 +19,24 @@ use tokio_util::task::TaskTracker;
 use etch_protocol::etchpb::{Error as ErrorFrame, Frame, HelloResponse, frame::Body};
 use etch_protocol::{Code, PROTOCOL_VERSION, frame};
 
+use std::collections::HashMap;
+
+use etch_protocol::etcdserverpb::watch_request::RequestUnion;
+use etch_protocol::etcdserverpb::{WatchRequest, WatchResponse};
+
 use crate::api::errors::status_of;
 use crate::error::ApiError;
 use crate::service::Service;
+use crate::watch::{CancelWatch, CloseConnection, CreateWatch, RequestProgress, StreamSink};
 
 /// Requests served at once per connection; more wait (backpressure on the client).
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 
 /// Frames queued for writing per connection.
 const WRITE_QUEUE_FRAMES: usize = 1024;
+
+/// Connection ids, for naming watch streams (connection, stream id).
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Accepts connections on `listener` until `shutdown` turns true; each connection and each
 /// request runs on `tracker`, so shutdown can wait for in-flight work.
@@ -156,6 +165,8 @@ async fn connection(
     }
 
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut watch_streams: HashMap<u64, StreamSink> = HashMap::new();
     loop {
         let next = tokio::select! {
             _ = stopped(&mut shutdown) => break,
@@ -184,6 +195,11 @@ async fn connection(
                 break;
             }
         };
+        if let Some(Body::Watch(req)) = f.body {
+            // Watch requests are handled in order, here: a cancel must not overtake its create.
+            watch_request(&service, conn_id, f.id, req, &mut watch_streams, &tx).await;
+            continue;
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
@@ -194,9 +210,75 @@ async fn connection(
             drop(permit);
         });
     }
+    if !watch_streams.is_empty() {
+        service.watch().do_send(CloseConnection(conn_id));
+    }
+    drop(watch_streams);
     drop(tx);
-    // The writer ends once every in-flight request has sent its response.
+    // The writer ends once every in-flight request and watch stream has sent its last frame.
     let _ = writer.await;
+}
+
+/// Routes one WatchRequest of stream `id` to the watch actor, opening the stream on first use:
+/// its responses go through a bounded channel (the stream's buffer) to this connection.
+async fn watch_request(
+    service: &Arc<Service>,
+    conn_id: u64,
+    id: u64,
+    req: WatchRequest,
+    streams: &mut HashMap<u64, StreamSink>,
+    tx: &mpsc::Sender<Bytes>,
+) {
+    let stream = (conn_id, id);
+    let watch = service.watch();
+    let sent = match req.request_union {
+        Some(RequestUnion::CreateRequest(create)) => {
+            let sink = streams
+                .entry(id)
+                .or_insert_with(|| {
+                    let (stx, mut srx) = mpsc::channel::<WatchResponse>(
+                        service.watch_limits().stream_buffer_responses,
+                    );
+                    let out = tx.clone();
+                    tokio::spawn(async move {
+                        while let Some(r) = srx.recv().await {
+                            let f = Frame {
+                                id,
+                                body: Some(Body::WatchResponse(r)),
+                            };
+                            if out.send(frame::encode_payload(&f)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    StreamSink::new(stx, service.state_arc())
+                })
+                .clone();
+            watch
+                .send(CreateWatch {
+                    stream,
+                    sink,
+                    req: create,
+                })
+                .await
+        }
+        Some(RequestUnion::CancelRequest(c)) => {
+            watch
+                .send(CancelWatch {
+                    stream,
+                    watch_id: c.watch_id,
+                })
+                .await
+        }
+        Some(RequestUnion::ProgressRequest(_)) => watch.send(RequestProgress(stream)).await,
+        None => Ok(()),
+    };
+    if sent.is_err() {
+        let (code, msg) = status_of(&ApiError::Stopped);
+        let _ = tx
+            .send(frame::encode_payload(&error_frame(id, code, msg)))
+            .await;
+    }
 }
 
 /// Serves one request frame.

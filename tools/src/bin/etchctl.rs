@@ -73,6 +73,8 @@ enum Cmd {
         #[arg(long)]
         physical: bool,
     },
+    /// Watches events on a key or prefix (until interrupted, or canceled by the server).
+    Watch(WatchArgs),
     /// Endpoint related commands.
     Endpoint {
         #[command(subcommand)]
@@ -138,6 +140,24 @@ struct GetArgs {
     /// Linearizable (l) or serializable (s).
     #[arg(long, default_value = "l")]
     consistency: String,
+}
+
+#[derive(Args, Clone)]
+struct WatchArgs {
+    key: String,
+    range_end: Option<String>,
+    /// Watch on a prefix.
+    #[arg(long)]
+    prefix: bool,
+    /// Revision to start watching from.
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    /// Get the previous key-value pair before the event happens.
+    #[arg(long)]
+    prev_kv: bool,
+    /// Get periodic watch progress notifications from the server.
+    #[arg(long)]
+    progress_notify: bool,
 }
 
 #[derive(Args, Clone)]
@@ -401,10 +421,67 @@ fn json_line(v: serde_json::Value) -> String {
     format!("{v}\n")
 }
 
+/// Streams events to stdout as etcdctl does: the event type, then (with --prev-kv) the previous
+/// key and value, then the key and value.
+async fn watch(cli: &Cli, a: &WatchArgs, dial: Duration) -> Result<(), String> {
+    use std::io::Write as _;
+    let (key, range_end) = range_of(&a.key, &a.range_end, a.prefix, false);
+    let c = connect_any(&cli.endpoints, dial)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = c.watch_stream().map_err(|e| e.to_string())?;
+    stream
+        .create(etch_tools::pb::WatchCreateRequest {
+            key,
+            range_end,
+            start_revision: a.rev,
+            prev_kv: a.prev_kv,
+            progress_notify: a.progress_notify,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut so = std::io::stdout().lock();
+    while let Some(r) = stream.next().await {
+        if r.compact_revision != 0 {
+            return Err(
+                "watch was canceled (etcdserver: mvcc: required revision has been compacted)"
+                    .into(),
+            );
+        }
+        if r.canceled {
+            return Err(format!(
+                "watch is canceled by the server ({})",
+                r.cancel_reason
+            ));
+        }
+        if r.created {
+            continue;
+        }
+        let mut out = String::new();
+        match cli.write_out {
+            Format::Json => out.push_str(&json_line(output::watch_json(&r))),
+            _ if r.events.is_empty() => {
+                let rev = r.header.map_or(0, |h| h.revision);
+                out.push_str(&format!("progress notify: {rev}\n"));
+            }
+            _ => output::watch_simple(&r, &mut out),
+        }
+        so.write_all(out.as_bytes()).map_err(|e| e.to_string())?;
+        so.flush().map_err(|e| e.to_string())?;
+    }
+    Err("watch stream closed".into())
+}
+
 async fn run(cli: Cli) -> Result<String, String> {
     let dial = humantime::parse_duration(&cli.dial_timeout).map_err(|e| e.to_string())?;
     let timeout = humantime::parse_duration(&cli.command_timeout).map_err(|e| e.to_string())?;
     let fmt = cli.write_out;
+    if let Cmd::Watch(a) = &cli.cmd {
+        // Runs until interrupted: no command timeout.
+        watch(&cli, a, dial).await?;
+        return Ok(String::new());
+    }
     let mut out = String::new();
     let work = async {
         match &cli.cmd {
@@ -509,7 +586,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                     _ => out.push_str(&format!("compacted revision {revision}\n")),
                 }
             }
-            Cmd::Txn { .. } | Cmd::Endpoint { .. } => {}
+            Cmd::Txn { .. } | Cmd::Endpoint { .. } | Cmd::Watch(_) => {}
         }
         Ok::<(), String>(())
     };

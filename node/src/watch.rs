@@ -1,0 +1,647 @@
+//! The watch fanout actor: delivers every change, in revision order, exactly once, to every
+//! watcher, without ever slowing apply.
+//!
+//! Apply publishes only its latest revision (a coalescing channel); this actor reads the new
+//! events from the store's revision-ordered `kv` keyspace, once per advance for all synced
+//! watchers, and hands each watcher its matching events. Apply therefore never waits for
+//! watchers and nothing is buffered without bound: a watcher whose stream cannot take a response
+//! right now becomes *unsynced* and later catches up from the store at its own pace, from the
+//! first revision it has not received, then rejoins the synced set (etcd's synced/unsynced
+//! watcher groups; a slow stream never delays the others, etcd #17529).
+//!
+//! Rules kept from etcd:
+//! - a watch starting below the compaction point gets a response with `compact_revision` and
+//!   is canceled; so does an unsynced watcher overtaken by a compaction (never a silent gap,
+//!   etcd #18089/#19179);
+//! - a watch on a future revision sends nothing older (etcd #20221);
+//! - all events of one revision travel in one response unless `fragment` is set and the
+//!   response is over the byte limit;
+//! - a progress notification never names a revision past an event the watcher has not
+//!   received (etcd #15220): periodic ones go to synced watchers only; an explicit progress
+//!   request answers with the lowest revision every watcher of the stream has reached.
+//!
+//! [`WatchHub`] is the core (no actix, tokio or clock types); [`WatchActor`] the shell.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+
+use etch_protocol::etcdserverpb::watch_create_request::FilterType;
+use etch_protocol::etcdserverpb::{
+    RangeRequest, ResponseHeader, WatchCreateRequest, WatchResponse,
+};
+use etch_protocol::mvccpb::{Event, event::EventType};
+use etch_storage::mvcc::MvccStore;
+
+use crate::consensus::NodeState;
+
+/// Revisions read from the store per catch-up step of one unsynced watcher.
+pub const CATCH_UP_REVISIONS: i64 = 1000;
+
+/// Limits of the watch service (named config values, each with its unit).
+#[derive(Debug, Clone, Copy)]
+pub struct WatchLimits {
+    /// Watchers one stream may hold. Default 10,000.
+    pub max_watchers_per_stream: usize,
+    /// Responses buffered per stream before its watchers fall back to catching up from the
+    /// store. Default 128.
+    pub stream_buffer_responses: usize,
+    /// Above this size a response of a `fragment` watch is split, bytes. Default 1.5 MiB.
+    pub max_response_bytes: usize,
+    /// Interval of progress notifications to synced `progress_notify` watchers. Default 10 min
+    /// (etcd `--experimental-watch-progress-notify-interval`).
+    pub progress_notify_interval: Duration,
+}
+
+impl Default for WatchLimits {
+    fn default() -> Self {
+        WatchLimits {
+            max_watchers_per_stream: 10_000,
+            stream_buffer_responses: 128,
+            max_response_bytes: 1_572_864,
+            progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where a stream's responses go; `false` when it cannot take one now.
+pub trait Sink {
+    /// Queues `r` without waiting.
+    fn try_send(&self, r: WatchResponse) -> bool;
+    /// Responses that can be queued now without waiting.
+    fn capacity(&self) -> usize;
+}
+
+/// A stream is named by (connection id, stream id).
+pub type StreamKey = (u64, u64);
+
+#[derive(Debug, Clone)]
+struct Watcher {
+    key: Bytes,
+    range_end: Bytes,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// The first revision not yet delivered.
+    next_rev: i64,
+    synced: bool,
+    /// The `created` response has not been delivered yet.
+    created_pending: bool,
+}
+
+impl Watcher {
+    fn matches(&self, key: &[u8]) -> bool {
+        if self.range_end.is_empty() {
+            return key == self.key.as_ref();
+        }
+        key >= self.key.as_ref()
+            && (self.range_end.as_ref() == [0] || key < self.range_end.as_ref())
+    }
+
+    fn wants(&self, ev: &Event) -> bool {
+        let is_put = ev.r#type == EventType::Put as i32;
+        if (is_put && self.no_put) || (!is_put && self.no_delete) {
+            return false;
+        }
+        ev.kv.as_ref().is_some_and(|kv| self.matches(&kv.key))
+    }
+}
+
+struct Stream<S> {
+    sink: S,
+    watchers: BTreeMap<i64, Watcher>,
+}
+
+/// The fanout core: streams, their watchers, and the revision synced watchers have reached.
+pub struct WatchHub<S> {
+    streams: BTreeMap<StreamKey, Stream<S>>,
+    /// Synced watchers have been given every event up to this revision.
+    synced_rev: i64,
+    limits: WatchLimits,
+}
+
+fn response(watch_id: i64, rev: i64) -> WatchResponse {
+    WatchResponse {
+        header: Some(ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        }),
+        watch_id,
+        ..Default::default()
+    }
+}
+
+/// Fills `prev_kv` from the store: the key at the revision before the event (etcd reads it the
+/// same way). Left empty when that revision is compacted or the key did not exist.
+fn with_prev(store: &MvccStore, ev: &Event) -> Event {
+    let mut ev = ev.clone();
+    if let Some(kv) = &ev.kv {
+        let req = RangeRequest {
+            key: kv.key.clone(),
+            revision: kv.mod_revision - 1,
+            ..Default::default()
+        };
+        if let Ok(Ok(r)) = store.range(&req) {
+            ev.prev_kv = r.kvs.into_iter().next();
+        }
+    }
+    ev
+}
+
+/// Splits `events` (ordered by revision) into responses of at most `max_bytes`, never
+/// splitting one revision unless `fragment` allows it.
+fn build_responses(
+    watch_id: i64,
+    rev: i64,
+    events: Vec<Event>,
+    fragment: bool,
+    max_bytes: usize,
+) -> Vec<WatchResponse> {
+    let total: usize = events.iter().map(|e| e.encoded_len()).sum();
+    if total <= max_bytes {
+        let mut r = response(watch_id, rev);
+        r.events = events;
+        return vec![r];
+    }
+    let mut out = Vec::new();
+    let mut cur: Vec<Event> = Vec::new();
+    let mut size = 0;
+    let rev_of = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    for e in events {
+        let n = e.encoded_len();
+        let boundary = cur.last().is_some_and(|l| rev_of(l) != rev_of(&e));
+        if !cur.is_empty() && size + n > max_bytes && (fragment || boundary) {
+            let mut r = response(watch_id, rev);
+            // A split inside one revision is a fragment; the last piece of it is not.
+            r.fragment = !boundary;
+            r.events = std::mem::take(&mut cur);
+            out.push(r);
+            size = 0;
+        }
+        size += n;
+        cur.push(e);
+    }
+    let mut r = response(watch_id, rev);
+    r.events = cur;
+    out.push(r);
+    out
+}
+
+impl<S: Sink> WatchHub<S> {
+    /// A hub whose synced watchers start after revision `current`.
+    pub fn new(current: i64, limits: WatchLimits) -> WatchHub<S> {
+        WatchHub {
+            streams: BTreeMap::new(),
+            synced_rev: current,
+            limits,
+        }
+    }
+
+    /// Number of watchers (all streams).
+    pub fn watcher_count(&self) -> usize {
+        self.streams.values().map(|s| s.watchers.len()).sum()
+    }
+
+    /// Number of watchers catching up from the store.
+    pub fn unsynced_count(&self) -> usize {
+        self.streams
+            .values()
+            .flat_map(|s| s.watchers.values())
+            .filter(|w| !w.synced)
+            .count()
+    }
+
+    /// Creates a watch on `stream` (registering the stream with `sink` on first use) and sends
+    /// its `created` response; a start below `compacted` cancels it at once with
+    /// `compact_revision`, as etcd does.
+    pub fn create(&mut self, stream: StreamKey, sink: S, req: &WatchCreateRequest, compacted: i64) {
+        let limit = self.limits.max_watchers_per_stream;
+        let current = self.synced_rev;
+        let st = self.streams.entry(stream).or_insert_with(|| Stream {
+            sink,
+            watchers: BTreeMap::new(),
+        });
+        let id = if req.watch_id != 0 {
+            req.watch_id
+        } else {
+            (0..).find(|i| !st.watchers.contains_key(i)).unwrap_or(0)
+        };
+        let mut created = response(id, current);
+        created.created = true;
+        if st.watchers.contains_key(&id) || st.watchers.len() >= limit {
+            created.canceled = true;
+            created.cancel_reason = if st.watchers.len() >= limit {
+                format!("etcdserver: too many watchers on one stream (limit {limit})")
+            } else {
+                "etcdserver: mvcc: duplicate watch ID provided".to_owned()
+            };
+            created.watch_id = if st.watchers.contains_key(&id) {
+                -1
+            } else {
+                id
+            };
+            st.sink.try_send(created);
+            return;
+        }
+        let start = if req.start_revision > 0 {
+            req.start_revision
+        } else {
+            current + 1
+        };
+        if req.start_revision > 0 && start < compacted {
+            st.sink.try_send(created);
+            let mut c = response(id, current);
+            c.canceled = true;
+            c.compact_revision = compacted;
+            st.sink.try_send(c);
+            return;
+        }
+        let filters = &req.filters;
+        let w = Watcher {
+            key: req.key.clone(),
+            range_end: req.range_end.clone(),
+            no_put: filters.contains(&(FilterType::Noput as i32)),
+            no_delete: filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: req.prev_kv,
+            progress_notify: req.progress_notify,
+            fragment: req.fragment,
+            next_rev: start,
+            synced: start > current,
+            created_pending: !st.sink.try_send(created),
+        };
+        let w = Watcher {
+            synced: w.synced && !w.created_pending,
+            ..w
+        };
+        st.watchers.insert(id, w);
+    }
+
+    /// Cancels watch `id` of `stream` (a `canceled` response), if it exists.
+    pub fn cancel(&mut self, stream: StreamKey, id: i64) {
+        if let Some(st) = self.streams.get_mut(&stream)
+            && st.watchers.remove(&id).is_some()
+        {
+            let mut r = response(id, self.synced_rev);
+            r.canceled = true;
+            st.sink.try_send(r);
+        }
+    }
+
+    /// Answers a progress request on `stream` (watch id -1, as etcd): the lowest revision
+    /// every watcher of the stream has reached, so it is never past an undelivered event.
+    pub fn progress(&mut self, stream: StreamKey) {
+        let Some(st) = self.streams.get(&stream) else {
+            return;
+        };
+        let rev = st
+            .watchers
+            .values()
+            .map(|w| (w.next_rev - 1).min(self.synced_rev))
+            .min()
+            .unwrap_or(self.synced_rev);
+        st.sink.try_send(response(-1, rev));
+    }
+
+    /// Forgets every stream of connection `conn`.
+    pub fn close_connection(&mut self, conn: u64) {
+        self.streams.retain(|(c, _), _| *c != conn);
+    }
+
+    /// Forgets one stream.
+    pub fn close_stream(&mut self, stream: StreamKey) {
+        self.streams.remove(&stream);
+    }
+
+    /// Delivers the events of `(synced_rev, current]` to synced watchers. `compacted` is read
+    /// after the events: a compaction that may have removed part of what was read cancels the
+    /// watchers that needed it instead of leaving a gap.
+    ///
+    /// # Errors
+    /// Store errors (fatal for the node).
+    pub fn advance(&mut self, store: &MvccStore, current: i64) -> etch_storage::Result<()> {
+        if current <= self.synced_rev {
+            return Ok(());
+        }
+        let from = self.synced_rev + 1;
+        let events = store.events(from, current)?;
+        let compacted = store.compact_revision();
+        let max_bytes = self.limits.max_response_bytes;
+        for st in self.streams.values_mut() {
+            let mut dead = Vec::new();
+            for (id, w) in st.watchers.iter_mut().filter(|(_, w)| w.synced) {
+                if compacted > from && w.next_rev < compacted {
+                    let mut c = response(*id, current);
+                    c.canceled = true;
+                    c.compact_revision = compacted;
+                    st.sink.try_send(c);
+                    dead.push(*id);
+                    continue;
+                }
+                let mine: Vec<Event> = events
+                    .iter()
+                    .filter(|e| {
+                        e.kv.as_ref()
+                            .is_some_and(|kv| kv.mod_revision >= w.next_rev)
+                            && w.wants(e)
+                    })
+                    .map(|e| {
+                        if w.prev_kv {
+                            with_prev(store, e)
+                        } else {
+                            e.clone()
+                        }
+                    })
+                    .collect();
+                if mine.is_empty() {
+                    w.next_rev = w.next_rev.max(current + 1);
+                    continue;
+                }
+                let resps = build_responses(*id, current, mine, w.fragment, max_bytes);
+                if send_all(&st.sink, resps) {
+                    w.next_rev = current + 1;
+                } else {
+                    // The stream is full: catch up from the store later, from the first
+                    // revision this watcher has not been given.
+                    w.synced = false;
+                }
+            }
+            for id in dead {
+                st.watchers.remove(&id);
+            }
+        }
+        self.synced_rev = current;
+        Ok(())
+    }
+
+    /// One catch-up step for every unsynced watcher (streams in turn): up to
+    /// [`CATCH_UP_REVISIONS`] revisions each from the store; a watcher that reaches the synced
+    /// revision rejoins the synced set. Returns whether any watcher is still unsynced.
+    ///
+    /// # Errors
+    /// Store errors (fatal for the node).
+    pub fn catch_up(&mut self, store: &MvccStore) -> etch_storage::Result<bool> {
+        let target = self.synced_rev;
+        let max_bytes = self.limits.max_response_bytes;
+        let mut remaining = false;
+        for st in self.streams.values_mut() {
+            let mut dead = Vec::new();
+            for (id, w) in st.watchers.iter_mut().filter(|(_, w)| !w.synced) {
+                if w.created_pending {
+                    let mut created = response(*id, target);
+                    created.created = true;
+                    if !st.sink.try_send(created) {
+                        remaining = true;
+                        continue;
+                    }
+                    w.created_pending = false;
+                }
+                if w.next_rev > target {
+                    w.synced = true;
+                    continue;
+                }
+                let to = (w.next_rev + CATCH_UP_REVISIONS - 1).min(target);
+                let events = store.events(w.next_rev, to)?;
+                // Read first, then check: a compaction that overtook this watcher cancels it.
+                let compacted = store.compact_revision();
+                if w.next_rev < compacted {
+                    let mut c = response(*id, target);
+                    c.canceled = true;
+                    c.compact_revision = compacted;
+                    if st.sink.try_send(c) {
+                        dead.push(*id);
+                    } else {
+                        remaining = true;
+                    }
+                    continue;
+                }
+                let mine: Vec<Event> = events
+                    .iter()
+                    .filter(|e| w.wants(e))
+                    .map(|e| {
+                        if w.prev_kv {
+                            with_prev(store, e)
+                        } else {
+                            e.clone()
+                        }
+                    })
+                    .collect();
+                let delivered = mine.is_empty()
+                    || send_all(
+                        &st.sink,
+                        build_responses(*id, to, mine, w.fragment, max_bytes),
+                    );
+                if delivered {
+                    w.next_rev = to + 1;
+                    w.synced = w.next_rev > target;
+                }
+                remaining |= !w.synced;
+            }
+            for id in dead {
+                st.watchers.remove(&id);
+            }
+        }
+        Ok(remaining)
+    }
+
+    /// Sends a progress notification to every synced `progress_notify` watcher.
+    pub fn notify_progress(&mut self) {
+        for st in self.streams.values() {
+            for (id, w) in &st.watchers {
+                if w.synced && w.progress_notify {
+                    st.sink.try_send(response(*id, self.synced_rev));
+                }
+            }
+        }
+    }
+}
+
+/// Sends all of `resps` or none: a partial send would be sent again on catch-up (duplicates).
+/// The hub is the sink's only producer, so free capacity can only grow between the check and
+/// the sends.
+fn send_all<S: Sink>(sink: &S, resps: Vec<WatchResponse>) -> bool {
+    if sink.capacity() < resps.len() {
+        return false;
+    }
+    resps.into_iter().all(|r| sink.try_send(r))
+}
+
+/// The sink of one stream: a bounded channel to the connection, with the header completed.
+#[derive(Clone)]
+pub struct StreamSink {
+    tx: mpsc::Sender<WatchResponse>,
+    state: Arc<NodeState>,
+}
+
+impl StreamSink {
+    /// A sink over `tx`, filling headers from `state`.
+    pub fn new(tx: mpsc::Sender<WatchResponse>, state: Arc<NodeState>) -> StreamSink {
+        StreamSink { tx, state }
+    }
+}
+
+impl Sink for StreamSink {
+    fn try_send(&self, mut r: WatchResponse) -> bool {
+        if let Some(h) = &mut r.header {
+            h.cluster_id = self.state.cluster_id;
+            h.member_id = self.state.member_id;
+            h.raft_term = self.state.term();
+        }
+        self.tx.try_send(r).is_ok()
+    }
+
+    fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+}
+
+/// The actor: runs the hub on its own arbiter (store reads block).
+pub struct WatchActor {
+    hub: WatchHub<StreamSink>,
+    store: Arc<MvccStore>,
+    revision: watch::Receiver<i64>,
+    state: Arc<NodeState>,
+    limits: WatchLimits,
+}
+
+impl WatchActor {
+    /// A watch actor over `store`, advancing when `revision` changes.
+    pub fn new(
+        store: Arc<MvccStore>,
+        revision: watch::Receiver<i64>,
+        state: Arc<NodeState>,
+        limits: WatchLimits,
+    ) -> WatchActor {
+        let current = *revision.borrow();
+        WatchActor {
+            hub: WatchHub::new(current, limits),
+            store,
+            revision,
+            state,
+            limits,
+        }
+    }
+
+    fn fatal(&self, e: etch_storage::Error) {
+        self.state.fail(format!("watch: {e}"));
+    }
+
+    fn step(&mut self) {
+        let current = *self.revision.borrow();
+        if let Err(e) = self.hub.advance(&self.store, current) {
+            return self.fatal(e);
+        }
+        if let Err(e) = self.hub.catch_up(&self.store) {
+            self.fatal(e);
+        }
+    }
+}
+
+impl Actor for WatchActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+        // Coalescing wake-ups: each change of the revision asks for one step; a full mailbox
+        // already holds a step that will read up to the latest revision.
+        let mut rx = self.revision.clone();
+        let addr = ctx.address();
+        actix::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let _ = addr.try_send(Advance);
+            }
+        });
+        // Unsynced watchers catch up even when no new revision arrives.
+        ctx.run_interval(Duration::from_millis(20), |act, _| {
+            if act.hub.unsynced_count() > 0 {
+                act.step();
+            }
+        });
+        ctx.run_interval(self.limits.progress_notify_interval, |act, _| {
+            act.hub.notify_progress()
+        });
+    }
+}
+
+/// Sent when the applied revision changed: deliver new events.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Advance;
+
+impl Handler<Advance> for WatchActor {
+    type Result = ();
+    fn handle(&mut self, _: Advance, _: &mut Context<Self>) {
+        self.step();
+    }
+}
+
+/// Sent by a front end for a WatchCreateRequest on a stream (the sink registers the stream).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CreateWatch {
+    /// The stream.
+    pub stream: StreamKey,
+    /// Where its responses go.
+    pub sink: StreamSink,
+    /// The request.
+    pub req: WatchCreateRequest,
+}
+
+impl Handler<CreateWatch> for WatchActor {
+    type Result = ();
+    fn handle(&mut self, m: CreateWatch, _: &mut Context<Self>) {
+        // Deliver what is already applied first, so the new watcher's start is exact.
+        self.step();
+        self.hub
+            .create(m.stream, m.sink, &m.req, self.store.compact_revision());
+        self.step();
+    }
+}
+
+/// Sent by a front end for a WatchCancelRequest.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelWatch {
+    /// The stream.
+    pub stream: StreamKey,
+    /// The watch.
+    pub watch_id: i64,
+}
+
+impl Handler<CancelWatch> for WatchActor {
+    type Result = ();
+    fn handle(&mut self, m: CancelWatch, _: &mut Context<Self>) {
+        self.hub.cancel(m.stream, m.watch_id);
+    }
+}
+
+/// Sent by a front end for a WatchProgressRequest.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RequestProgress(pub StreamKey);
+
+impl Handler<RequestProgress> for WatchActor {
+    type Result = ();
+    fn handle(&mut self, m: RequestProgress, _: &mut Context<Self>) {
+        self.step();
+        self.hub.progress(m.0);
+    }
+}
+
+/// Sent when a client connection closes: drop its streams and watchers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseConnection(pub u64);
+
+impl Handler<CloseConnection> for WatchActor {
+    type Result = ();
+    fn handle(&mut self, m: CloseConnection, _: &mut Context<Self>) {
+        self.hub.close_connection(m.0);
+    }
+}
