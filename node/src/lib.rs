@@ -192,8 +192,8 @@ pub async fn run(
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
             request_timeout: config.request_timeout,
+            watch: config.watch,
         },
-        config.watch,
     ));
 
     let tracker = TaskTracker::new();

@@ -41,6 +41,8 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// How long a request waits for consensus and apply.
     pub request_timeout: Duration,
+    /// Watch limits.
+    pub watch: crate::watch::WatchLimits,
 }
 
 /// The service. Shared by every connection behind an `Arc`.
@@ -52,7 +54,6 @@ pub struct Service {
     applied: watch::Receiver<u64>,
     state: Arc<NodeState>,
     limits: Limits,
-    watch_limits: crate::watch::WatchLimits,
     next_id: AtomicU64,
 }
 
@@ -66,7 +67,6 @@ impl Service {
         applied: watch::Receiver<u64>,
         state: Arc<NodeState>,
         limits: Limits,
-        watch_limits: crate::watch::WatchLimits,
     ) -> Service {
         // Request ids: the member ID's low 16 bits, then a counter seeded from the clock, so ids
         // stay unique across restarts and members (etcd `idutil.Generator`).
@@ -83,7 +83,6 @@ impl Service {
             applied,
             state,
             limits,
-            watch_limits,
             next_id: AtomicU64::new(first),
         }
     }
@@ -100,7 +99,7 @@ impl Service {
 
     /// Watch limits (stream buffer size and the rest).
     pub fn watch_limits(&self) -> crate::watch::WatchLimits {
-        self.watch_limits
+        self.limits.watch
     }
 
     /// The watch fanout actor: watch streams talk to it directly (watches are served from
