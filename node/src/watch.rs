@@ -645,3 +645,242 @@ impl Handler<CloseConnection> for WatchActor {
         self.hub.close_connection(m.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use etch_protocol::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest};
+    use etch_protocol::etchpb::internal_request::Request;
+
+    #[derive(Clone, Default)]
+    struct TestSink {
+        got: Rc<RefCell<Vec<WatchResponse>>>,
+        room: Rc<RefCell<usize>>,
+    }
+
+    impl Sink for TestSink {
+        fn try_send(&self, r: WatchResponse) -> bool {
+            let mut room = self.room.borrow_mut();
+            if *room == 0 {
+                return false;
+            }
+            *room -= 1;
+            self.got.borrow_mut().push(r);
+            true
+        }
+        fn capacity(&self) -> usize {
+            *self.room.borrow()
+        }
+    }
+
+    struct Env {
+        _dir: tempfile::TempDir,
+        store: MvccStore,
+        index: u64,
+    }
+
+    impl Env {
+        fn new() -> Env {
+            let d = tempfile::tempdir().unwrap();
+            let store = MvccStore::open(d.path()).unwrap();
+            Env {
+                _dir: d,
+                store,
+                index: 0,
+            }
+        }
+        fn apply(&mut self, r: Request) {
+            self.index += 1;
+            self.store.apply(self.index, 1, Some(&r)).unwrap();
+        }
+        fn put(&mut self, k: &str, v: &str) {
+            self.apply(Request::Put(PutRequest {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+                ..Default::default()
+            }));
+        }
+    }
+
+    fn create(key: &str, end: &str, start: i64) -> WatchCreateRequest {
+        WatchCreateRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            range_end: Bytes::copy_from_slice(end.as_bytes()),
+            start_revision: start,
+            ..Default::default()
+        }
+    }
+
+    /// (revision, key) of every event received, in order.
+    fn events(sink: &TestSink) -> Vec<(i64, String)> {
+        sink.got
+            .borrow()
+            .iter()
+            .flat_map(|r| r.events.iter())
+            .map(|e| {
+                let kv = e.kv.as_ref().unwrap();
+                (kv.mod_revision, String::from_utf8(kv.key.to_vec()).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn full_stream_falls_back_to_catch_up_without_gaps_or_duplicates() {
+        let mut env = Env::new();
+        let mut hub: WatchHub<TestSink> =
+            WatchHub::new(env.store.current_revision(), WatchLimits::default());
+        let sink = TestSink::default();
+        *sink.room.borrow_mut() = 2; // created + one response
+        hub.create((1, 1), sink.clone(), &create("a", "b", 0), 0);
+        assert!(sink.got.borrow()[0].created);
+        for i in 0..5 {
+            env.put(&format!("a{i}"), "v");
+            hub.advance(&env.store, env.store.current_revision())
+                .unwrap();
+        }
+        // One response fitted; the watcher is now unsynced at revision 3.
+        assert_eq!(hub.unsynced_count(), 1);
+        *sink.room.borrow_mut() = 100;
+        env.put("zz", "not watched");
+        hub.advance(&env.store, env.store.current_revision())
+            .unwrap();
+        assert!(!hub.catch_up(&env.store).unwrap());
+        assert_eq!(hub.unsynced_count(), 0);
+        env.put("a9", "v");
+        hub.advance(&env.store, env.store.current_revision())
+            .unwrap();
+        let got = events(&sink);
+        let want: Vec<(i64, String)> = (0..5)
+            .map(|i| (i + 2, format!("a{i}")))
+            .chain([(8, "a9".into())])
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn past_start_future_start_and_compaction() {
+        let mut env = Env::new();
+        for i in 0..4 {
+            env.put("k", &i.to_string()); // revisions 2..=5
+        }
+        let mut hub: WatchHub<TestSink> =
+            WatchHub::new(env.store.current_revision(), WatchLimits::default());
+        let past = TestSink::default();
+        *past.room.borrow_mut() = 100;
+        hub.create((1, 1), past.clone(), &create("k", "", 3), 0);
+        // A watch on a future revision gets nothing older (etcd #20221).
+        let future = TestSink::default();
+        *future.room.borrow_mut() = 100;
+        hub.create((1, 2), future.clone(), &create("k", "", 7), 0);
+        hub.catch_up(&env.store).unwrap();
+        env.put("k", "x"); // 6
+        env.put("k", "y"); // 7
+        hub.advance(&env.store, env.store.current_revision())
+            .unwrap();
+        let revs = |s: &TestSink| events(s).into_iter().map(|e| e.0).collect::<Vec<_>>();
+        assert_eq!(revs(&past), vec![3, 4, 5, 6, 7]);
+        assert_eq!(revs(&future), vec![7]);
+        // A start below the compaction point: created, then canceled with compact_revision.
+        env.apply(Request::Compaction(CompactionRequest {
+            revision: 6,
+            physical: true,
+        }));
+        let old = TestSink::default();
+        *old.room.borrow_mut() = 100;
+        hub.create(
+            (2, 1),
+            old.clone(),
+            &create("k", "", 2),
+            env.store.compact_revision(),
+        );
+        let got = old.got.borrow();
+        assert!(got[0].created);
+        assert!(got[1].canceled);
+        assert_eq!(got[1].compact_revision, 6);
+    }
+
+    #[test]
+    fn unsynced_watcher_overtaken_by_compaction_is_canceled_not_gapped() {
+        let mut env = Env::new();
+        let mut hub: WatchHub<TestSink> =
+            WatchHub::new(env.store.current_revision(), WatchLimits::default());
+        let sink = TestSink::default();
+        *sink.room.borrow_mut() = 1; // only `created`
+        hub.create((1, 1), sink.clone(), &create("k", "", 0), 0);
+        for i in 0..3 {
+            env.put("k", &i.to_string());
+            hub.advance(&env.store, env.store.current_revision())
+                .unwrap();
+        }
+        env.apply(Request::DeleteRange(DeleteRangeRequest {
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        }));
+        env.apply(Request::Compaction(CompactionRequest {
+            revision: 5,
+            physical: true,
+        }));
+        hub.advance(&env.store, env.store.current_revision())
+            .unwrap();
+        *sink.room.borrow_mut() = 100;
+        hub.catch_up(&env.store).unwrap();
+        let got = sink.got.borrow();
+        let last = got.last().unwrap();
+        assert!(last.canceled && last.compact_revision == 5, "{got:?}");
+        assert!(got.iter().all(|r| r.events.is_empty()));
+        assert_eq!(hub.watcher_count(), 0);
+    }
+
+    #[test]
+    fn responses_keep_revisions_whole_unless_fragmenting() {
+        let ev = |rev: i64, n: u8| Event {
+            kv: Some(etch_protocol::mvccpb::KeyValue {
+                key: Bytes::from(vec![n]),
+                mod_revision: rev,
+                value: Bytes::from(vec![0u8; 100]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let evs = vec![ev(2, 1), ev(2, 2), ev(2, 3), ev(3, 4)];
+        // Without fragment: split only between revisions.
+        let r = build_responses(0, 3, evs.clone(), false, 150);
+        assert_eq!(
+            r.iter().map(|r| r.events.len()).collect::<Vec<_>>(),
+            vec![3, 1]
+        );
+        assert!(r.iter().all(|r| !r.fragment));
+        // With fragment: pieces of revision 2 are fragments, its last piece is not.
+        let r = build_responses(0, 3, evs, true, 150);
+        assert_eq!(
+            r.iter().map(|r| r.fragment).collect::<Vec<_>>(),
+            vec![true, true, false, false]
+        );
+    }
+
+    #[test]
+    fn progress_never_passes_an_undelivered_event() {
+        let mut env = Env::new();
+        let mut hub: WatchHub<TestSink> =
+            WatchHub::new(env.store.current_revision(), WatchLimits::default());
+        let sink = TestSink::default();
+        *sink.room.borrow_mut() = 1;
+        hub.create((1, 1), sink.clone(), &create("k", "", 0), 0);
+        env.put("k", "v"); // 2, not deliverable: the stream is full
+        hub.advance(&env.store, env.store.current_revision())
+            .unwrap();
+        *sink.room.borrow_mut() = 1;
+        hub.progress((1, 1));
+        let got = sink.got.borrow();
+        let p = got.last().unwrap();
+        assert_eq!(p.watch_id, -1);
+        assert_eq!(
+            p.header.unwrap().revision,
+            1,
+            "must not claim revision 2 before sending it"
+        );
+    }
+}
