@@ -76,6 +76,17 @@ impl ApplyActor {
     }
 }
 
+impl ApplyActor {
+    fn publish_revision(&self) {
+        let now = self.store.current_revision();
+        self.revision_tx.send_if_modified(|r| {
+            let changed = now != *r;
+            *r = now;
+            changed
+        });
+    }
+}
+
 impl Actor for ApplyActor {
     type Context = Context<Self>;
 }
@@ -115,6 +126,9 @@ impl Handler<ApplyCommitted> for ApplyActor {
             };
             if let Some(applied) = self.store.apply(e.index, e.term, req.request.as_ref())? {
                 tracing::trace!(index = e.index, revision = applied.revision, "applied");
+                // Publish the revision before answering: a watch created by a client after its
+                // write was acknowledged must start after that write.
+                self.publish_revision();
                 self.waiters.trigger(req.id, applied.response);
             }
         }
@@ -123,12 +137,7 @@ impl Handler<ApplyCommitted> for ApplyActor {
             tracing::warn!(?took, entries = m.entries.len(), "apply took too long");
         }
         self.applied_tx.send_replace(last);
-        self.revision_tx.send_if_modified(|r| {
-            let now = self.store.current_revision();
-            let changed = now != *r;
-            *r = now;
-            changed
-        });
+        self.publish_revision();
         Ok(last)
     }
 }
