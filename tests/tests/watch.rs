@@ -173,3 +173,368 @@ fn etchctl_watch_prints_like_etcdctl() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+// ---- recorded history -------------------------------------------------------------------
+
+use std::collections::BTreeMap;
+
+use etch_tools::pb::compare::{CompareResult, CompareTarget, TargetUnion};
+use etch_tools::pb::request_op::Request as Op;
+use etch_tools::pb::response_op::Response as OpResp;
+use etch_tools::pb::{Compare, RequestOp, TxnRequest};
+use rand::{Rng, SeedableRng};
+
+/// One event of the history: (revision, key, Some(value) for a put / None for a delete).
+type Ev = (i64, String, Option<String>);
+
+fn key(i: u32) -> String {
+    format!("h/k{i}")
+}
+
+/// Runs one writer: `ops` random writes against `endpoint`; returns the events of every write
+/// it saw acknowledged, and how many failed (outcome unknown).
+async fn writer(endpoint: String, seed: u64, ops: usize, id: usize) -> (Vec<Ev>, usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut events = Vec::new();
+    let mut failed = 0;
+    let mut client = Client::connect(&endpoint).await.ok();
+    for n in 0..ops {
+        if client.is_none() {
+            client = Client::connect(&endpoint).await.ok();
+        }
+        let Some(c) = client.clone() else {
+            failed += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let value = format!("w{id}-{n}");
+        let k = key(rng.random_range(0..10));
+        let result: Result<Vec<Ev>, ()> = match rng.random_range(0..10) {
+            0..=4 => c
+                .put(put(&k, &value))
+                .await
+                .map(|r| vec![(r.header.unwrap().revision, k.clone(), Some(value.clone()))])
+                .map_err(|_| ()),
+            5..=6 => {
+                let (start, end) = if rng.random_bool(0.5) {
+                    (k.clone(), String::new())
+                } else {
+                    (key(3), key(7))
+                };
+                c.delete_range(DeleteRangeRequest {
+                    key: start.into(),
+                    range_end: end.into(),
+                    prev_kv: true,
+                })
+                .await
+                .map(|r| {
+                    let rev = r.header.unwrap().revision;
+                    r.prev_kvs
+                        .iter()
+                        .map(|kv| (rev, String::from_utf8(kv.key.to_vec()).unwrap(), None))
+                        .collect()
+                })
+                .map_err(|_| ())
+            }
+            _ => {
+                // Compare-and-swap over overlapping keys; both branches write.
+                let (a, b) = (key(rng.random_range(0..10)), key(rng.random_range(0..10)));
+                let b = if a == b {
+                    key((b[3..].parse::<u32>().unwrap() + 1) % 10)
+                } else {
+                    b
+                };
+                let t = TxnRequest {
+                    compare: vec![Compare {
+                        key: a.clone().into(),
+                        target: CompareTarget::Version as i32,
+                        result: CompareResult::Greater as i32,
+                        target_union: Some(TargetUnion::Version(1)),
+                        ..Default::default()
+                    }],
+                    success: vec![
+                        RequestOp {
+                            request: Some(Op::RequestPut(put(&a, &value))),
+                        },
+                        RequestOp {
+                            request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                                key: b.clone().into(),
+                                prev_kv: true,
+                                ..Default::default()
+                            })),
+                        },
+                    ],
+                    failure: vec![RequestOp {
+                        request: Some(Op::RequestPut(put(&b, &value))),
+                    }],
+                };
+                c.txn(t)
+                    .await
+                    .map(|r| {
+                        let rev = r.header.unwrap().revision;
+                        let mut evs = Vec::new();
+                        for (i, op) in r.responses.iter().enumerate() {
+                            match (&op.response, r.succeeded, i) {
+                                (Some(OpResp::ResponsePut(_)), true, 0) => {
+                                    evs.push((rev, a.clone(), Some(value.clone())))
+                                }
+                                (Some(OpResp::ResponsePut(_)), false, 0) => {
+                                    evs.push((rev, b.clone(), Some(value.clone())))
+                                }
+                                (Some(OpResp::ResponseDeleteRange(d)), true, 1) => {
+                                    evs.extend(d.prev_kvs.iter().map(|kv| {
+                                        (rev, String::from_utf8(kv.key.to_vec()).unwrap(), None)
+                                    }))
+                                }
+                                _ => {}
+                            }
+                        }
+                        evs
+                    })
+                    .map_err(|_| ())
+            }
+        };
+        match result {
+            Ok(evs) => events.extend(evs),
+            Err(()) => {
+                failed += 1;
+                client = None;
+            }
+        }
+    }
+    (events, failed)
+}
+
+#[derive(Clone, Debug)]
+struct Spec {
+    key: String,
+    end: String,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    start: i64,
+    reconnect_after: Option<usize>,
+}
+
+impl Spec {
+    fn wants(&self, e: &Ev) -> bool {
+        let k = e.1.as_str();
+        let in_range = if self.end.is_empty() {
+            k == self.key
+        } else {
+            k >= self.key.as_str() && (self.end == "\0" || k < self.end.as_str())
+        };
+        in_range
+            && e.0 >= self.start
+            && !(e.2.is_some() && self.no_put)
+            && !(e.2.is_none() && self.no_delete)
+    }
+}
+
+/// What a watcher got: per response, its events as (rev, key, value, prev value + mod rev).
+type Got = Vec<Vec<(Ev, Option<(String, i64)>)>>;
+
+/// Watches per `spec` on `endpoints` (round-robin on reconnect) until a progress notification
+/// reaches `done` (a revision the watcher must reach), reconnecting once mid-way if asked.
+async fn watcher(
+    endpoints: Vec<String>,
+    spec: Spec,
+    done: tokio::sync::watch::Receiver<i64>,
+) -> Got {
+    let mut got: Got = Vec::new();
+    let mut start = spec.start;
+    let mut received = 0usize;
+    let mut attempt = 0usize;
+    'connect: loop {
+        let ep = &endpoints[attempt % endpoints.len()];
+        attempt += 1;
+        let Ok(c) = Client::connect(ep).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(mut s) = c.watch_stream() else {
+            continue;
+        };
+        let req = WatchCreateRequest {
+            key: spec.key.clone().into(),
+            range_end: spec.end.clone().into(),
+            start_revision: start,
+            prev_kv: spec.prev_kv,
+            filters: [
+                (spec.no_put, FilterType::Noput),
+                (spec.no_delete, FilterType::Nodelete),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, f)| *f as i32)
+            .collect(),
+            ..Default::default()
+        };
+        if s.create(req).await.is_err() {
+            continue;
+        }
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let r = tokio::select! {
+                r = s.next() => r,
+                _ = ticker.tick() => {
+                    let _ = s.request_progress().await;
+                    continue;
+                }
+            };
+            let Some(r) = r else { continue 'connect };
+            assert!(!r.canceled, "watch canceled: {r:?}");
+            if r.watch_id == -1 {
+                let target = *done.borrow();
+                if target > 0 && r.header.unwrap().revision >= target {
+                    return got;
+                }
+                continue;
+            }
+            if r.events.is_empty() {
+                continue;
+            }
+            let evs: Vec<_> =
+                r.events
+                    .iter()
+                    .map(|e| {
+                        let kv = e.kv.as_ref().unwrap();
+                        let ev = (
+                            kv.mod_revision,
+                            String::from_utf8(kv.key.to_vec()).unwrap(),
+                            (e.r#type == 0).then(|| String::from_utf8(kv.value.to_vec()).unwrap()),
+                        );
+                        let prev = e.prev_kv.as_ref().map(|p| {
+                            (String::from_utf8(p.value.to_vec()).unwrap(), p.mod_revision)
+                        });
+                        (ev, prev)
+                    })
+                    .collect();
+            start = evs.last().unwrap().0.0 + 1;
+            received += evs.len();
+            got.push(evs);
+            if spec
+                .reconnect_after
+                .is_some_and(|n| received >= n && attempt == 1)
+            {
+                // Resume from the last revision seen + 1 on a new connection.
+                drop(s);
+                drop(c);
+                continue 'connect;
+            }
+        }
+    }
+}
+
+/// Checks every watcher against `history` (all events, in revision order).
+fn verify(history: &[Ev], specs: &[Spec], results: &[Got]) {
+    // The value and mod revision of every key before each event, for prev_kv.
+    let mut state: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    let mut prev_of: Vec<Option<(String, i64)>> = Vec::new();
+    for e in history {
+        prev_of.push(state.get(&e.1).cloned());
+        match &e.2 {
+            Some(v) => {
+                state.insert(e.1.clone(), (v.clone(), e.0));
+            }
+            None => {
+                state.remove(&e.1);
+            }
+        }
+    }
+    for (spec, got) in specs.iter().zip(results) {
+        let expected: Vec<(Ev, Option<(String, i64)>)> = history
+            .iter()
+            .zip(&prev_of)
+            .filter(|(e, _)| spec.wants(e))
+            .map(|(e, p)| (e.clone(), if spec.prev_kv { p.clone() } else { None }))
+            .collect();
+        let flat: Vec<_> = got.iter().flatten().cloned().collect();
+        assert_eq!(flat.len(), expected.len(), "event count for {spec:?}");
+        for (i, (g, w)) in flat.iter().zip(&expected).enumerate() {
+            assert_eq!(g, w, "event {i} for {spec:?}");
+        }
+        // Atomic revisions: the events of one revision are in one response.
+        let mut seen_in: BTreeMap<i64, usize> = BTreeMap::new();
+        for (n, resp) in got.iter().enumerate() {
+            for (e, _) in resp {
+                let first = *seen_in.entry(e.0).or_insert(n);
+                assert_eq!(
+                    first, n,
+                    "revision {} split across responses for {spec:?}",
+                    e.0
+                );
+            }
+        }
+    }
+}
+
+fn random_specs(rng: &mut rand::rngs::StdRng, count: usize, max_start: i64) -> Vec<Spec> {
+    (0..count)
+        .map(|i| {
+            let (k, e) = match rng.random_range(0..4) {
+                0 => (key(rng.random_range(0..10)), String::new()),
+                1 => ("h/k".to_owned(), "h/l".to_owned()),
+                2 => (key(2), key(7)),
+                _ => ("\0".to_owned(), "\0".to_owned()),
+            };
+            let filter = rng.random_range(0..4);
+            Spec {
+                key: k,
+                end: e,
+                no_put: filter == 1,
+                no_delete: filter == 2,
+                prev_kv: rng.random_bool(0.5),
+                start: rng.random_range(1..=max_start.max(1)),
+                reconnect_after: (i % 3 == 0).then_some(rng.random_range(5..40)),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn recorded_history_every_watcher_gets_exactly_its_events() {
+    let seed: u64 = std::env::var("ETCH_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261121);
+    eprintln!("seed {seed} (ETCH_TEST_SEED replays it)");
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(dir.path(), &[]);
+    rt().block_on(async {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let c = Client::connect(&n.native).await.unwrap();
+        // Some history before the watchers start, so that some start in the past.
+        let (mut history, failed) = writer(n.native.clone(), seed ^ 1, 60, 9).await;
+        assert_eq!(failed, 0);
+        let head = c.status().await.unwrap().header.unwrap().revision;
+        let specs = random_specs(&mut rng, 12, head);
+        let (done_tx, done_rx) = tokio::sync::watch::channel(0i64);
+        let watchers: Vec<_> = specs
+            .iter()
+            .map(|s| tokio::spawn(watcher(vec![n.native.clone()], s.clone(), done_rx.clone())))
+            .collect();
+        let writers: Vec<_> = (0..3)
+            .map(|w| tokio::spawn(writer(n.native.clone(), seed + w, 150, w as usize)))
+            .collect();
+        for w in writers {
+            let (evs, failed) = w.await.unwrap();
+            assert_eq!(failed, 0);
+            history.extend(evs);
+        }
+        let last = c.status().await.unwrap().header.unwrap().revision;
+        done_tx.send_replace(last);
+        let mut results = Vec::new();
+        for w in watchers {
+            results.push(
+                tokio::time::timeout(Duration::from_secs(60), w)
+                    .await
+                    .expect("watcher finished")
+                    .unwrap(),
+            );
+        }
+        // Events within a revision are in sub-revision order: the order the ops ran.
+        history.sort_by_key(|e| e.0);
+        verify(&history, &specs, &results);
+    });
+}
