@@ -193,14 +193,21 @@ fn key(i: u32) -> String {
 
 /// Runs one writer: `ops` random writes against `endpoint`; returns the events of every write
 /// it saw acknowledged, and how many failed (outcome unknown).
-async fn writer(endpoint: String, seed: u64, ops: usize, id: usize) -> (Vec<Ev>, usize) {
+async fn writer(endpoints: Vec<String>, seed: u64, ops: usize, id: usize) -> (Vec<Ev>, usize) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut events = Vec::new();
     let mut failed = 0;
-    let mut client = Client::connect(&endpoint).await.ok();
+    let mut turn = id;
+    let mut client = Client::connect(&endpoints[turn % endpoints.len()])
+        .await
+        .ok();
     for n in 0..ops {
         if client.is_none() {
-            client = Client::connect(&endpoint).await.ok();
+            // Another member after a failure (the one we used may be gone).
+            turn += 1;
+            client = Client::connect(&endpoints[turn % endpoints.len()])
+                .await
+                .ok();
         }
         let Some(c) = client.clone() else {
             failed += 1;
@@ -505,7 +512,7 @@ fn recorded_history_every_watcher_gets_exactly_its_events() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let c = Client::connect(&n.native).await.unwrap();
         // Some history before the watchers start, so that some start in the past.
-        let (mut history, failed) = writer(n.native.clone(), seed ^ 1, 60, 9).await;
+        let (mut history, failed) = writer(vec![n.native.clone()], seed ^ 1, 60, 9).await;
         assert_eq!(failed, 0);
         let head = c.status().await.unwrap().header.unwrap().revision;
         let specs = random_specs(&mut rng, 12, head);
@@ -515,7 +522,7 @@ fn recorded_history_every_watcher_gets_exactly_its_events() {
             .map(|s| tokio::spawn(watcher(vec![n.native.clone()], s.clone(), done_rx.clone())))
             .collect();
         let writers: Vec<_> = (0..3)
-            .map(|w| tokio::spawn(writer(n.native.clone(), seed + w, 150, w as usize)))
+            .map(|w| tokio::spawn(writer(vec![n.native.clone()], seed + w, 150, w as usize)))
             .collect();
         for w in writers {
             let (evs, failed) = w.await.unwrap();
@@ -536,5 +543,108 @@ fn recorded_history_every_watcher_gets_exactly_its_events() {
         // Events within a revision are in sub-revision order: the order the ops ran.
         history.sort_by_key(|e| e.0);
         verify(&history, &specs, &results);
+    });
+}
+
+#[test]
+fn recorded_history_on_a_cluster_with_a_leader_kill() {
+    let seed: u64 = std::env::var("ETCH_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    eprintln!("seed {seed} (ETCH_TEST_SEED replays it)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = etch_tests::Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.native.clone()).collect();
+    let survivor = (leader + 1) % 3;
+    rt().block_on(async {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut acked, failed) = writer(eps.clone(), seed ^ 1, 60, 9).await;
+        assert_eq!(failed, 0);
+        let probe = Client::connect(&eps[survivor]).await.unwrap();
+        let head = probe.status().await.unwrap().header.unwrap().revision;
+        let specs = random_specs(&mut rng, 9, head);
+        let (done_tx, done_rx) = tokio::sync::watch::channel(0i64);
+        let watchers: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                // Each watcher starts on a different member and rotates on reconnect.
+                let mut e = eps.clone();
+                e.rotate_left(i % 3);
+                tokio::spawn(watcher(e, s.clone(), done_rx.clone()))
+            })
+            .collect();
+        let writers: Vec<_> = (0..3)
+            .map(|w| tokio::spawn(writer(eps.clone(), seed + w, 200, w as usize)))
+            .collect();
+        // Kill the leader once the writers are well under way.
+        loop {
+            let r = probe.status().await.unwrap().header.unwrap().revision;
+            if r > head + 150 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.nodes[leader].kill9();
+        for w in writers {
+            acked.extend(w.await.unwrap().0);
+        }
+        // The last revision, read linearizably from a survivor.
+        let last = loop {
+            if let Ok(r) = probe
+                .range(etch_tools::pb::RangeRequest {
+                    key: "probe".into(),
+                    ..Default::default()
+                })
+                .await
+            {
+                break r.header.unwrap().revision;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        done_tx.send_replace(last);
+        let mut results = Vec::new();
+        for w in watchers {
+            results.push(
+                tokio::time::timeout(Duration::from_secs(90), w)
+                    .await
+                    .expect("watcher finished")
+                    .unwrap(),
+            );
+        }
+        // The reference: the whole history from revision 1, read by a fresh watch (catch-up
+        // from the store) on a survivor.
+        let all = Spec {
+            key: "\0".into(),
+            end: "\0".into(),
+            no_put: false,
+            no_delete: false,
+            prev_kv: true,
+            start: 1,
+            reconnect_after: None,
+        };
+        let reference: Vec<Ev> = watcher(vec![eps[survivor].clone()], all.clone(), done_rx.clone())
+            .await
+            .into_iter()
+            .flatten()
+            .map(|(e, _)| e)
+            .collect();
+        assert_eq!(reference.last().map(|e| e.0), Some(last));
+        // Every acknowledged write is in it, exactly, at its revision.
+        acked.sort_by_key(|e| e.0);
+        let mut by_rev: BTreeMap<i64, Vec<Ev>> = BTreeMap::new();
+        for e in &reference {
+            by_rev.entry(e.0).or_default().push(e.clone());
+        }
+        let mut acked_by_rev: BTreeMap<i64, Vec<Ev>> = BTreeMap::new();
+        for e in &acked {
+            acked_by_rev.entry(e.0).or_default().push(e.clone());
+        }
+        for (rev, evs) in &acked_by_rev {
+            assert_eq!(by_rev.get(rev), Some(evs), "acknowledged revision {rev}");
+        }
+        verify(&reference, &specs, &results);
     });
 }
