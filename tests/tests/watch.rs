@@ -73,7 +73,7 @@ fn watch_semantics_match_etcd() {
         })
         .await
         .unwrap(); // 4
-        let mut got = vec![next(&mut s).await, next(&mut s).await];
+        let mut got = [next(&mut s).await, next(&mut s).await];
         got.sort_by_key(|r| r.watch_id);
         assert_eq!(got[0].events[0].r#type, 1, "DELETE");
         assert_eq!(got[1].watch_id, 7);
