@@ -6,6 +6,7 @@
 //! when dropped.
 
 use std::io::Read;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -525,4 +526,75 @@ impl Drop for Isolation {
             let _ = Command::new("iptables").args(&args).status();
         }
     }
+}
+
+/// A native-protocol connection driven frame by frame (blocking), for clients that misbehave:
+/// one that never reads, one that reads late.
+pub struct RawConn {
+    stream: std::net::TcpStream,
+}
+
+impl RawConn {
+    /// Connects and completes the Hello handshake.
+    pub fn connect(addr: &str) -> RawConn {
+        use etch_protocol::etchpb::{Frame, Hello, frame::Body};
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut c = RawConn { stream };
+        c.send(&Frame {
+            id: 0,
+            body: Some(Body::Hello(Hello {
+                protocol_version: etch_protocol::PROTOCOL_VERSION,
+                client: "raw".into(),
+            })),
+        });
+        let r = c.read().expect("hello response");
+        assert!(matches!(r.body, Some(Body::HelloResponse(_))), "{r:?}");
+        c
+    }
+
+    /// Writes one frame.
+    pub fn send(&mut self, f: &etch_protocol::etchpb::Frame) {
+        use std::io::Write;
+        self.stream
+            .write_all(&etch_protocol::frame::encode(f))
+            .expect("write");
+    }
+
+    /// Creates a watch on stream `stream` (frame id).
+    pub fn create_watch(
+        &mut self,
+        stream: u64,
+        req: etch_protocol::etcdserverpb::WatchCreateRequest,
+    ) {
+        use etch_protocol::etcdserverpb::{WatchRequest, watch_request::RequestUnion};
+        use etch_protocol::etchpb::{Frame, frame::Body};
+        self.send(&Frame {
+            id: stream,
+            body: Some(Body::Watch(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(req)),
+            })),
+        });
+    }
+
+    /// Reads one frame; `None` when the connection closed.
+    pub fn read(&mut self) -> Option<etch_protocol::etchpb::Frame> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).ok()?;
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut buf).ok()?;
+        Some(etch_protocol::frame::decode(&buf).expect("server frames decode"))
+    }
+}
+
+/// Resident memory of a process, bytes (from /proc).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }

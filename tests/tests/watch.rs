@@ -648,3 +648,151 @@ fn recorded_history_on_a_cluster_with_a_leader_kill() {
         verify(&reference, &specs, &results);
     });
 }
+
+fn watch_req(prefix: &str, id: i64) -> WatchCreateRequest {
+    WatchCreateRequest {
+        watch_id: id,
+        ..create(prefix, &format!("{}0", prefix.trim_end_matches('/')))
+    }
+}
+
+#[test]
+fn unsynced_watchers_under_compaction_get_every_event_or_a_compacted_cancel() {
+    use etch_protocol::etchpb::frame::Body;
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(dir.path(), &["--watch-stream-buffer-responses", "8"]);
+    let mut raw = etch_tests::RawConn::connect(&n.native);
+    for id in 1..=20 {
+        raw.create_watch(1, watch_req("c/", id));
+    }
+    let first = rt().block_on(async {
+        let c = Client::connect(&n.native).await.unwrap();
+        let first = c.status().await.unwrap().header.unwrap().revision + 1;
+        // Big values fill the socket and the stream buffer while nobody reads.
+        let value = "x".repeat(4096);
+        for i in 0..1500 {
+            c.put(put(&format!("c/{}", i % 50), &value)).await.unwrap();
+        }
+        let now = c.status().await.unwrap().header.unwrap().revision;
+        c.compact(etch_tools::pb::CompactionRequest {
+            revision: now,
+            physical: true,
+        })
+        .await
+        .unwrap();
+        for i in 0..50 {
+            c.put(put(&format!("c/{i}"), "after")).await.unwrap();
+        }
+        first
+    });
+    let last = first + 1500 + 50 - 1;
+    // Now read: each watcher must see a gap-free run of revisions from `first`, then either
+    // reach `last` or be canceled with compact_revision.
+    let mut next: BTreeMap<i64, i64> = (1..=20).map(|id| (id, first)).collect();
+    let mut done: BTreeMap<i64, &str> = BTreeMap::new();
+    while done.len() < 20 {
+        let f = raw.read().expect("frames until every watcher is done");
+        let Some(Body::WatchResponse(r)) = f.body else {
+            continue;
+        };
+        if r.created {
+            continue;
+        }
+        let want = next.get_mut(&r.watch_id).unwrap();
+        for e in &r.events {
+            assert_eq!(
+                e.kv.as_ref().unwrap().mod_revision,
+                *want,
+                "gap or duplicate for watch {}",
+                r.watch_id
+            );
+            *want += 1;
+        }
+        if r.canceled {
+            assert!(r.compact_revision > 0, "canceled without compaction: {r:?}");
+            assert!(
+                *want <= r.compact_revision,
+                "canceled although nothing was missing"
+            );
+            done.insert(r.watch_id, "compacted");
+        } else if *want > last {
+            done.insert(r.watch_id, "complete");
+        }
+    }
+    eprintln!("outcomes: {done:?}");
+}
+
+#[test]
+fn stalled_watchers_neither_block_writes_nor_grow_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(dir.path(), &[]);
+    let pid = n.pid().unwrap();
+    // 1,000 watchers over 10 streams on a connection that never reads.
+    let mut raw = etch_tests::RawConn::connect(&n.native);
+    for s in 0..10u64 {
+        for w in 0..100 {
+            raw.create_watch(s + 1, watch_req("s/", w));
+        }
+    }
+    let before = etch_tests::rss_bytes(pid);
+    let out = etch_tests::bench(
+        &n.native,
+        &[
+            "--clients",
+            "50",
+            "--conns",
+            "5",
+            "--json",
+            "put",
+            "--total",
+            "20000",
+            "--sequential-keys",
+            "--key-space-size",
+            "1000",
+            "--key-size",
+            "4",
+            "--val-size",
+            "256",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    let grown = etch_tests::rss_bytes(pid).saturating_sub(before);
+    // Buffering every event for every stalled watcher would take 1,000 x 20,000 x ~300 B = 6 GB.
+    assert!(grown < 400 << 20, "memory grew by {} MiB", grown >> 20);
+    // A healthy watcher on another connection is not held back by the stalled ones.
+    rt().block_on(async {
+        let c = Client::connect(&n.native).await.unwrap();
+        let mut s = c.watch_stream().unwrap();
+        s.create(create("s/fresh", "")).await.unwrap();
+        assert!(next(&mut s).await.created);
+        c.put(put("s/fresh", "1")).await.unwrap();
+        assert_eq!(keys(&next(&mut s).await), ["s/fresh"]);
+    });
+    drop(raw);
+}
+
+#[test]
+fn periodic_progress_notifications_reach_synced_watchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(
+        dir.path(),
+        &["--experimental-watch-progress-notify-interval", "200ms"],
+    );
+    rt().block_on(async {
+        let c = Client::connect(&n.native).await.unwrap();
+        c.put(put("pn", "1")).await.unwrap();
+        let mut s = c.watch_stream().unwrap();
+        s.create(WatchCreateRequest {
+            progress_notify: true,
+            ..create("pn", "")
+        })
+        .await
+        .unwrap();
+        assert!(next(&mut s).await.created);
+        let r = next(&mut s).await;
+        assert_eq!(r.watch_id, 0);
+        assert!(r.events.is_empty() && !r.canceled);
+        assert_eq!(r.header.unwrap().revision, 2);
+    });
+}
