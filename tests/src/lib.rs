@@ -6,7 +6,6 @@
 //! when dropped.
 
 use std::io::Read;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
