@@ -117,11 +117,15 @@ impl Watcher {
 struct Stream<S> {
     sink: S,
     watchers: BTreeMap<i64, Watcher>,
+    /// Next server-chosen watch id to try (etcd: ids count up from 0, skipping used ones).
+    next_id: i64,
 }
 
 /// The fanout core: streams, their watchers, and the revision synced watchers have reached.
 pub struct WatchHub<S> {
     streams: BTreeMap<StreamKey, Stream<S>>,
+    /// The watchers catching up, so catch-up never scans the synced ones.
+    unsynced: std::collections::BTreeSet<(StreamKey, i64)>,
     /// Synced watchers have been given every event up to this revision.
     synced_rev: i64,
     limits: WatchLimits,
@@ -199,6 +203,7 @@ impl<S: Sink> WatchHub<S> {
     pub fn new(current: i64, limits: WatchLimits) -> WatchHub<S> {
         WatchHub {
             streams: BTreeMap::new(),
+            unsynced: std::collections::BTreeSet::new(),
             synced_rev: current,
             limits,
         }
@@ -211,11 +216,7 @@ impl<S: Sink> WatchHub<S> {
 
     /// Number of watchers catching up from the store.
     pub fn unsynced_count(&self) -> usize {
-        self.streams
-            .values()
-            .flat_map(|s| s.watchers.values())
-            .filter(|w| !w.synced)
-            .count()
+        self.unsynced.len()
     }
 
     /// Creates a watch on `stream` (registering the stream with `sink` on first use) and sends
@@ -227,11 +228,15 @@ impl<S: Sink> WatchHub<S> {
         let st = self.streams.entry(stream).or_insert_with(|| Stream {
             sink,
             watchers: BTreeMap::new(),
+            next_id: 0,
         });
         let id = if req.watch_id != 0 {
             req.watch_id
         } else {
-            (0..).find(|i| !st.watchers.contains_key(i)).unwrap_or(0)
+            while st.watchers.contains_key(&st.next_id) {
+                st.next_id += 1;
+            }
+            st.next_id
         };
         let mut created = response(id, current);
         created.created = true;
@@ -280,11 +285,15 @@ impl<S: Sink> WatchHub<S> {
             synced: w.synced && !w.created_pending,
             ..w
         };
+        if !w.synced {
+            self.unsynced.insert((stream, id));
+        }
         st.watchers.insert(id, w);
     }
 
     /// Cancels watch `id` of `stream` (a `canceled` response), if it exists.
     pub fn cancel(&mut self, stream: StreamKey, id: i64) {
+        self.unsynced.remove(&(stream, id));
         if let Some(st) = self.streams.get_mut(&stream)
             && st.watchers.remove(&id).is_some()
         {
@@ -312,11 +321,13 @@ impl<S: Sink> WatchHub<S> {
     /// Forgets every stream of connection `conn`.
     pub fn close_connection(&mut self, conn: u64) {
         self.streams.retain(|(c, _), _| *c != conn);
+        self.unsynced.retain(|((c, _), _)| *c != conn);
     }
 
     /// Forgets one stream.
     pub fn close_stream(&mut self, stream: StreamKey) {
         self.streams.remove(&stream);
+        self.unsynced.retain(|(s, _)| *s != stream);
     }
 
     /// Delivers the events of `(synced_rev, current]` to synced watchers. `compacted` is read
@@ -333,7 +344,7 @@ impl<S: Sink> WatchHub<S> {
         let events = store.events(from, current)?;
         let compacted = store.compact_revision();
         let max_bytes = self.limits.max_response_bytes;
-        for st in self.streams.values_mut() {
+        for (sk, st) in self.streams.iter_mut() {
             let mut dead = Vec::new();
             for (id, w) in st.watchers.iter_mut().filter(|(_, w)| w.synced) {
                 if compacted > from && w.next_rev < compacted {
@@ -370,6 +381,7 @@ impl<S: Sink> WatchHub<S> {
                     // The stream is full: catch up from the store later, from the first
                     // revision this watcher has not been given.
                     w.synced = false;
+                    self.unsynced.insert((*sk, *id));
                 }
             }
             for id in dead {
@@ -389,35 +401,36 @@ impl<S: Sink> WatchHub<S> {
     pub fn catch_up(&mut self, store: &MvccStore) -> etch_storage::Result<bool> {
         let target = self.synced_rev;
         let max_bytes = self.limits.max_response_bytes;
-        let mut remaining = false;
-        for st in self.streams.values_mut() {
-            let mut dead = Vec::new();
-            for (id, w) in st.watchers.iter_mut().filter(|(_, w)| !w.synced) {
-                if w.created_pending {
-                    let mut created = response(*id, target);
-                    created.created = true;
-                    if !st.sink.try_send(created) {
-                        remaining = true;
-                        continue;
-                    }
-                    w.created_pending = false;
-                }
-                if w.next_rev > target {
-                    w.synced = true;
+        let pending: Vec<(StreamKey, i64)> = self.unsynced.iter().copied().collect();
+        for (sk, id) in pending {
+            let Some(st) = self.streams.get_mut(&sk) else {
+                self.unsynced.remove(&(sk, id));
+                continue;
+            };
+            let Some(w) = st.watchers.get_mut(&id) else {
+                self.unsynced.remove(&(sk, id));
+                continue;
+            };
+            if w.created_pending {
+                let mut created = response(id, target);
+                created.created = true;
+                if !st.sink.try_send(created) {
                     continue;
                 }
+                w.created_pending = false;
+            }
+            if w.next_rev <= target {
                 let to = (w.next_rev + CATCH_UP_REVISIONS - 1).min(target);
                 let events = store.events(w.next_rev, to)?;
                 // Read first, then check: a compaction that overtook this watcher cancels it.
                 let compacted = store.compact_revision();
                 if w.next_rev < compacted {
-                    let mut c = response(*id, target);
+                    let mut c = response(id, target);
                     c.canceled = true;
                     c.compact_revision = compacted;
                     if st.sink.try_send(c) {
-                        dead.push(*id);
-                    } else {
-                        remaining = true;
+                        st.watchers.remove(&id);
+                        self.unsynced.remove(&(sk, id));
                     }
                     continue;
                 }
@@ -435,19 +448,19 @@ impl<S: Sink> WatchHub<S> {
                 let delivered = mine.is_empty()
                     || send_all(
                         &st.sink,
-                        build_responses(*id, to, mine, w.fragment, max_bytes),
+                        build_responses(id, to, mine, w.fragment, max_bytes),
                     );
-                if delivered {
-                    w.next_rev = to + 1;
-                    w.synced = w.next_rev > target;
+                if !delivered {
+                    continue;
                 }
-                remaining |= !w.synced;
+                w.next_rev = to + 1;
             }
-            for id in dead {
-                st.watchers.remove(&id);
+            if w.next_rev > target {
+                w.synced = true;
+                self.unsynced.remove(&(sk, id));
             }
         }
-        Ok(remaining)
+        Ok(!self.unsynced.is_empty())
     }
 
     /// Sends a progress notification to every synced `progress_notify` watcher.

@@ -661,13 +661,23 @@ fn unsynced_watchers_under_compaction_get_every_event_or_a_compacted_cancel() {
     use etch_protocol::etchpb::frame::Body;
     let dir = tempfile::tempdir().unwrap();
     let n = Node::start(dir.path(), &["--watch-stream-buffer-responses", "8"]);
-    let mut raw = etch_tests::RawConn::connect(&n.native);
-    for id in 1..=20 {
-        raw.create_watch(1, watch_req("c/", id));
-    }
     let first = rt().block_on(async {
         let c = Client::connect(&n.native).await.unwrap();
-        let first = c.status().await.unwrap().header.unwrap().revision + 1;
+        c.status().await.unwrap().header.unwrap().revision + 1
+    });
+    let mut raw = etch_tests::RawConn::connect(&n.native);
+    for id in 1..=20 {
+        // An explicit start: the creates are asynchronous and must not race the puts.
+        raw.create_watch(
+            1,
+            WatchCreateRequest {
+                start_revision: first,
+                ..watch_req("c/", id)
+            },
+        );
+    }
+    rt().block_on(async {
+        let c = Client::connect(&n.native).await.unwrap();
         // Big values fill the socket and the stream buffer while nobody reads.
         let value = "x".repeat(4096);
         for i in 0..1500 {
@@ -683,7 +693,6 @@ fn unsynced_watchers_under_compaction_get_every_event_or_a_compacted_cancel() {
         for i in 0..50 {
             c.put(put(&format!("c/{i}"), "after")).await.unwrap();
         }
-        first
     });
     let last = first + 1500 + 50 - 1;
     // Now read: each watcher must see a gap-free run of revisions from `first`, then either

@@ -48,6 +48,35 @@ enum Cmd {
     Put(PutArgs),
     /// Benchmark range.
     Range(RangeArgs),
+    /// Watch creation and delivery: many streams x watchers over many keys, puts as fast as
+    /// possible; reports creation time and delivery throughput.
+    Watch(WatchArgs),
+    /// Watch event latency: many streams x watchers on one key, puts at a rate; reports the
+    /// latency from put to delivery over every (watcher, event).
+    WatchLatency(WatchArgs),
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// Watch streams (spread over --conns connections).
+    #[arg(long, default_value_t = 10)]
+    streams: usize,
+    /// Watchers per stream.
+    #[arg(long, default_value_t = 10)]
+    watchers_per_stream: usize,
+    /// Distinct keys watched (watchers are spread over them; watch-latency uses 1).
+    #[arg(long, default_value_t = 1)]
+    watched_key_total: usize,
+    /// Puts to make once every watcher is created.
+    #[arg(long, default_value_t = 100)]
+    put_total: u64,
+    /// Puts per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    put_rate: u64,
+    /// Wait this long after creating the watchers before putting (humantime), e.g. to read the
+    /// server's memory.
+    #[arg(long, default_value = "0s")]
+    hold: String,
 }
 
 #[derive(Args)]
@@ -135,6 +164,7 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     let (total, rate) = match &cli.cmd {
         Cmd::Put(a) => (a.total, a.rate),
         Cmd::Range(a) => (a.total, a.rate),
+        Cmd::Watch(_) | Cmd::WatchLatency(_) => return Err("not a request benchmark".into()),
     };
     let ack_log = match &cli.cmd {
         // Buffered: the log is flushed when the run ends (the server may die, the bench does not).
@@ -172,6 +202,7 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                 sequential: a.sequential_keys,
                 key_space: a.key_space_size.max(1),
             },
+            Cmd::Watch(_) | Cmd::WatchLatency(_) => return Err("not a request benchmark".into()),
             Cmd::Range(a) => Op::Range(RangeRequest {
                 key: Bytes::copy_from_slice(a.key.as_bytes()),
                 range_end: a
@@ -324,6 +355,137 @@ fn report_text(v: &serde_json::Value) -> String {
     s
 }
 
+/// Creates the watchers, puts, and measures delivery (see [`Cmd::Watch`], [`Cmd::WatchLatency`]).
+async fn watch_bench(cli: &Cli, a: &WatchArgs, latency: bool) -> Result<serde_json::Value, String> {
+    let endpoints: Vec<&str> = cli.endpoints.split(',').filter(|s| !s.is_empty()).collect();
+    let mut conns = Vec::new();
+    for i in 0..cli.conns.max(1) {
+        let ep = endpoints[i % endpoints.len()];
+        conns.push(
+            Client::connect(ep)
+                .await
+                .map_err(|e| format!("{ep}: {e}"))?,
+        );
+    }
+    let keys = if latency {
+        1
+    } else {
+        a.watched_key_total.max(1)
+    };
+    let key = |i: usize| Bytes::from(format!("etch-bench-watch/{i:06}"));
+    let hold = humantime::parse_duration(&a.hold).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    // Create every watcher and wait for its `created`.
+    let mut streams = Vec::new();
+    let mut watchers_on_key = vec![0u64; keys];
+    for s in 0..a.streams {
+        let c = &conns[s % conns.len()];
+        let mut st = c.watch_stream().map_err(|e| e.to_string())?;
+        for w in 0..a.watchers_per_stream {
+            let k = (s * a.watchers_per_stream + w) % keys;
+            watchers_on_key[k] += 1;
+            st.create(etch_tools::pb::WatchCreateRequest {
+                key: key(k),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        let mut created = 0;
+        while created < a.watchers_per_stream {
+            match tokio::time::timeout(Duration::from_secs(30), st.next()).await {
+                Ok(Some(r)) if r.created && !r.canceled => created += 1,
+                Ok(Some(r)) if r.canceled => {
+                    return Err(format!("watch refused: {}", r.cancel_reason));
+                }
+                Ok(Some(_)) => {}
+                _ => return Err("no created response within 30 s".into()),
+            }
+        }
+        streams.push(st);
+    }
+    let create_secs = start.elapsed().as_secs_f64();
+    tokio::time::sleep(hold).await;
+    let puts_on_key =
+        |k: usize| (a.put_total / keys as u64) + u64::from((k as u64) < a.put_total % keys as u64);
+    let expected: u64 = (0..keys).map(|k| watchers_on_key[k] * puts_on_key(k)).sum();
+    let epoch = Instant::now();
+    // Receivers: per stream, a local histogram of put-to-delivery latency (µs).
+    let mut readers = Vec::new();
+    for mut st in streams {
+        readers.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).ok();
+            let mut n = 0u64;
+            let mut last = 0u64;
+            while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(5), st.next()).await {
+                let now = epoch.elapsed().as_nanos() as u64;
+                last = now;
+                for e in &r.events {
+                    n += 1;
+                    let sent: u64 =
+                        e.kv.as_ref()
+                            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+                            .unwrap_or(now);
+                    if let Some(h) = h.as_mut() {
+                        let _ = h.record((now.saturating_sub(sent) / 1000).max(1));
+                    }
+                }
+            }
+            (n, h, last)
+        }));
+    }
+    let putter = &conns[0];
+    for i in 0..a.put_total {
+        if a.put_rate > 0 {
+            let due = epoch + Duration::from_secs_f64(i as f64 / a.put_rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let value = Bytes::from(epoch.elapsed().as_nanos().to_string());
+        putter
+            .put(PutRequest {
+                key: key(i as usize % keys),
+                value,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut delivered = 0;
+    let mut last_event = 0u64;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
+    for r in readers {
+        let (n, h, last) = r.await.map_err(|e| e.to_string())?;
+        delivered += n;
+        last_event = last_event.max(last);
+        if let Some(h) = h {
+            hist.add(h).map_err(|e| e.to_string())?;
+        }
+    }
+    // From the first put to the last event received (readers then idle out).
+    let deliver_secs = (last_event as f64 / 1e9).max(1e-9);
+    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(serde_json::json!({
+        "watchers": a.streams * a.watchers_per_stream,
+        "streams": a.streams,
+        "create_seconds": create_secs,
+        "puts": a.put_total,
+        "events_expected": expected,
+        "events_delivered": delivered,
+        "errors": expected.saturating_sub(delivered),
+        "deliver_seconds": deliver_secs,
+        "events_per_second": delivered as f64 / deliver_secs,
+        "latency_ms": {
+            "avg": hist.mean() / 1000.0,
+            "p50": ms(hist.value_at_quantile(0.50)),
+            "p90": ms(hist.value_at_quantile(0.90)),
+            "p99": ms(hist.value_at_quantile(0.99)),
+            "p99.9": ms(hist.value_at_quantile(0.999)),
+            "max": ms(hist.max()),
+        }
+    }))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -336,9 +498,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(bench(&cli)) {
+    let result = match &cli.cmd {
+        Cmd::Watch(a) => rt.block_on(watch_bench(&cli, a, false)),
+        Cmd::WatchLatency(a) => rt.block_on(watch_bench(&cli, a, true)),
+        _ => rt.block_on(bench(&cli)),
+    };
+    match result {
         Ok(v) => {
-            if cli.json {
+            if cli.json || v.get("watchers").is_some() {
                 println!("{v}");
             } else {
                 print!("{}", report_text(&v));
