@@ -340,6 +340,11 @@ impl<S: Sink> WatchHub<S> {
         if current <= self.synced_rev {
             return Ok(());
         }
+        if self.watcher_count() == self.unsynced.len() {
+            // Nobody to deliver to now: unsynced watchers read from the store themselves.
+            self.synced_rev = current;
+            return Ok(());
+        }
         let from = self.synced_rev + 1;
         let events = store.events(from, current)?;
         let compacted = store.compact_revision();
@@ -411,6 +416,11 @@ impl<S: Sink> WatchHub<S> {
                 self.unsynced.remove(&(sk, id));
                 continue;
             };
+            // A stream with no room (a client that stopped reading) costs nothing: no store
+            // read until it drains.
+            if st.sink.capacity() == 0 {
+                continue;
+            }
             if w.created_pending {
                 let mut created = response(id, target);
                 created.created = true;

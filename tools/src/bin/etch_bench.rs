@@ -405,6 +405,10 @@ async fn watch_bench(cli: &Cli, a: &WatchArgs, latency: bool) -> Result<serde_js
         streams.push(st);
     }
     let create_secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "etch-bench: {} watchers created in {create_secs:.2} s; holding {hold:?}",
+        a.streams * a.watchers_per_stream
+    );
     tokio::time::sleep(hold).await;
     let puts_on_key =
         |k: usize| (a.put_total / keys as u64) + u64::from((k as u64) < a.put_total % keys as u64);
