@@ -56,6 +56,7 @@ pub struct ApplyActor {
     waiters: Arc<Waiters>,
     applied_tx: watch::Sender<u64>,
     revision_tx: watch::Sender<i64>,
+    lessor: Addr<crate::lease::LeaseActor>,
 }
 
 impl ApplyActor {
@@ -66,17 +67,47 @@ impl ApplyActor {
         waiters: Arc<Waiters>,
         applied_tx: watch::Sender<u64>,
         revision_tx: watch::Sender<i64>,
+        lessor: Addr<crate::lease::LeaseActor>,
     ) -> ApplyActor {
         ApplyActor {
             store,
             waiters,
             applied_tx,
             revision_tx,
+            lessor,
         }
     }
 }
 
 impl ApplyActor {
+    /// Tells the lessor about lease changes (every member tracks leases; only the leader
+    /// tracks their deadlines).
+    fn notify_lessor(
+        &self,
+        r: &WriteResult,
+        req: Option<&etch_protocol::etchpb::internal_request::Request>,
+    ) {
+        use crate::lease::LeaseApplied;
+        use etch_protocol::etchpb::internal_request::Request;
+        match (r, req) {
+            (Ok(WriteResponse::LeaseGrant(g)), _) => {
+                self.lessor.do_send(LeaseApplied::Granted(g.id, g.ttl))
+            }
+            (Ok(WriteResponse::LeaseRevoke(_)), Some(Request::LeaseRevoke(rv))) => {
+                self.lessor.do_send(LeaseApplied::Revoked(rv.id))
+            }
+            (Ok(WriteResponse::LeaseCheckpoint(_)), Some(Request::LeaseCheckpoint(c))) => {
+                self.lessor.do_send(LeaseApplied::Checkpointed(
+                    c.checkpoints
+                        .iter()
+                        .map(|cp| (cp.id, cp.remaining_ttl))
+                        .collect(),
+                ))
+            }
+            _ => {}
+        }
+    }
+
     fn publish_revision(&self) {
         let now = self.store.current_revision();
         self.revision_tx.send_if_modified(|r| {
@@ -129,6 +160,7 @@ impl Handler<ApplyCommitted> for ApplyActor {
                 // Publish the revision before answering: a watch created by a client after its
                 // write was acknowledged must start after that write.
                 self.publish_revision();
+                self.notify_lessor(&applied.response, req.request.as_ref());
                 self.waiters.trigger(req.id, applied.response);
             }
         }

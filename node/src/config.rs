@@ -183,6 +183,8 @@ pub struct Config {
     pub wal_segment_bytes: u64,
     /// Watch limits.
     pub watch: crate::watch::WatchLimits,
+    /// Smallest lease TTL, seconds: 1.5 x the election timeout, rounded up (etcd `minTTL`).
+    pub min_lease_ttl: i64,
     /// How long a client request waits for its result before "request timed out"
     /// (etcd: 5 s + 2 x election timeout).
     pub request_timeout: Duration,
@@ -476,6 +478,7 @@ impl Config {
             max_txn_ops: f.max_txn_ops as usize,
             wal_segment_bytes: f.experimental_wal_segment_bytes,
             watch,
+            min_lease_ttl: (election_timeout.as_millis() as i64 * 3 / 2 + 999) / 1000,
             request_timeout: Duration::from_secs(5) + election_timeout * 2,
         })
     }

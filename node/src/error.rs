@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The node is shutting down.
     #[error("server stopped")]
     Stopped,
+    /// The request needs the leader and this member is not it (etcd `ErrGRPCNotLeader`).
+    #[error("not leader")]
+    NotLeader,
     /// The request has no body this node understands.
     #[error("unknown request")]
     Unimplemented,

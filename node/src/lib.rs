@@ -10,6 +10,7 @@ pub mod apply;
 pub mod config;
 pub mod consensus;
 pub mod error;
+pub mod lease;
 mod logger;
 pub mod service;
 pub mod transport;
@@ -132,12 +133,15 @@ pub async fn run(
         ctx.set_mailbox_capacity(64);
         WalActor::new(wal)
     });
+    // The lessor's address first: apply notifies it and the service asks it.
+    let lessor_ctx = Context::<lease::LeaseActor>::new();
+    let lessor = lessor_ctx.address();
     let apply_arbiter = Arbiter::new();
-    let (st, w) = (store.clone(), waiters.clone());
+    let (st, w, ls) = (store.clone(), waiters.clone(), lessor.clone());
     let (revision_tx, revision_rx) = chan::channel(store.current_revision());
     let apply_addr = ApplyActor::start_in_arbiter(&apply_arbiter.handle(), move |ctx| {
         ctx.set_mailbox_capacity(1024);
-        ApplyActor::new(st, w, applied_tx, revision_tx)
+        ApplyActor::new(st, w, applied_tx, revision_tx, ls)
     });
     // Watch fanout reads events from the store: a thread of its own too.
     let watch_arbiter = Arbiter::new();
@@ -183,8 +187,11 @@ pub async fn run(
 
     let service = Arc::new(Service::new(
         store.clone(),
-        consensus.clone(),
-        watch_addr,
+        service::Actors {
+            consensus: consensus.clone(),
+            watch: watch_addr,
+            lessor,
+        },
         waiters,
         applied_rx,
         state.clone(),
@@ -193,7 +200,13 @@ pub async fn run(
             max_txn_ops: config.max_txn_ops,
             request_timeout: config.request_timeout,
             watch: config.watch,
+            min_lease_ttl: config.min_lease_ttl,
         },
+    ));
+    lessor_ctx.run(lease::LeaseActor::new(
+        &store.leases()?,
+        service.clone(),
+        state.clone(),
     ));
 
     let tracker = TaskTracker::new();

@@ -16,6 +16,11 @@ use etch_protocol::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
     TxnResponse,
 };
+use etch_protocol::etcdserverpb::{
+    LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use etch_protocol::etchpb::InternalRequest;
 use etch_protocol::etchpb::internal_request::Request;
 use etch_storage::mvcc::{self, MvccStore, WriteResponse};
@@ -24,6 +29,7 @@ use crate::apply::Waiters;
 use crate::config::ETCD_API_VERSION;
 use crate::consensus::{ConsensusActor, NodeState, Propose, ReadIndex};
 use crate::error::ApiError;
+use crate::lease::{KeepAlive, LeaseActor, TimeToLive};
 use crate::watch::WatchActor;
 
 type Res<T> = Result<T, ApiError>;
@@ -43,6 +49,19 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Watch limits.
     pub watch: crate::watch::WatchLimits,
+    /// Smallest lease TTL granted, seconds (etcd: 1.5 x election timeout, rounded up).
+    pub min_lease_ttl: i64,
+}
+
+/// The actors the service talks to.
+#[derive(Clone)]
+pub struct Actors {
+    /// Consensus: proposals and ReadIndex.
+    pub consensus: Addr<ConsensusActor>,
+    /// Watch fanout.
+    pub watch: Addr<WatchActor>,
+    /// Lease expiry (lessor).
+    pub lessor: Addr<LeaseActor>,
 }
 
 /// The service. Shared by every connection behind an `Arc`.
@@ -50,6 +69,7 @@ pub struct Service {
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
     watch: Addr<WatchActor>,
+    lessor: Addr<LeaseActor>,
     waiters: Arc<Waiters>,
     applied: watch::Receiver<u64>,
     state: Arc<NodeState>,
@@ -61,8 +81,7 @@ impl Service {
     /// A service over the node's parts.
     pub fn new(
         store: Arc<MvccStore>,
-        consensus: Addr<ConsensusActor>,
-        watch: Addr<WatchActor>,
+        actors: Actors,
         waiters: Arc<Waiters>,
         applied: watch::Receiver<u64>,
         state: Arc<NodeState>,
@@ -77,8 +96,9 @@ impl Service {
         let first = ((state.member_id & 0xFFFF) << 48) | ((millis & 0xFF_FFFF_FFFF) << 8);
         Service {
             store,
-            consensus,
-            watch,
+            consensus: actors.consensus,
+            watch: actors.watch,
+            lessor: actors.lessor,
             waiters,
             applied,
             state,
@@ -262,6 +282,132 @@ impl Service {
             }
             _ => Err(ApiError::Unimplemented),
         }
+    }
+
+    /// LeaseGrant through consensus. ID 0 lets the server choose; TTLs below the minimum are
+    /// raised to it (etcd).
+    ///
+    /// # Errors
+    /// Lease exists, TTL too large, no leader, timeout.
+    pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> Res<LeaseGrantResponse> {
+        if req.id == 0 {
+            // Unique across members and restarts, positive: the request id generator.
+            req.id = (self.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
+        }
+        req.ttl = req.ttl.max(self.limits.min_lease_ttl);
+        match self.propose(Request::LeaseGrant(req)).await? {
+            WriteResponse::LeaseGrant(mut r) => {
+                r.header = self.header(r.header);
+                Ok(r)
+            }
+            _ => Err(ApiError::Unimplemented),
+        }
+    }
+
+    /// LeaseRevoke through consensus: every attached key is deleted in one revision.
+    ///
+    /// # Errors
+    /// Lease not found, no leader, timeout.
+    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Res<LeaseRevokeResponse> {
+        match self.propose(Request::LeaseRevoke(req)).await? {
+            WriteResponse::LeaseRevoke(mut r) => {
+                r.header = self.header(r.header);
+                Ok(r)
+            }
+            _ => Err(ApiError::Unimplemented),
+        }
+    }
+
+    /// Records remaining TTLs through consensus (sent by the lessor).
+    ///
+    /// # Errors
+    /// No leader, timeout.
+    pub async fn lease_checkpoint(&self, req: LeaseCheckpointRequest) -> Res<()> {
+        self.propose(Request::LeaseCheckpoint(req))
+            .await
+            .map(|_| ())
+    }
+
+    /// Renews a lease. Served by the leader's lessor.
+    ///
+    /// # Errors
+    /// [`ApiError::NotLeader`] on a follower.
+    pub async fn lease_keep_alive(
+        &self,
+        req: LeaseKeepAliveRequest,
+    ) -> Res<LeaseKeepAliveResponse> {
+        match self
+            .lessor
+            .send(KeepAlive(req.id))
+            .await
+            .map_err(|_| ApiError::Stopped)?
+        {
+            None => Err(ApiError::NotLeader),
+            Some(ttl) => Ok(LeaseKeepAliveResponse {
+                header: self.header(None),
+                id: req.id,
+                ttl,
+            }),
+        }
+    }
+
+    /// A lease's remaining and granted TTL, and its keys when asked.
+    ///
+    /// # Errors
+    /// [`ApiError::NotLeader`] on a follower (only the leader knows deadlines).
+    pub async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Res<LeaseTimeToLiveResponse> {
+        if self.state.leader() != self.state.member_id {
+            return Err(ApiError::NotLeader);
+        }
+        let ttl = self
+            .lessor
+            .send(TimeToLive(req.id))
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        let Some((remaining, granted)) = ttl else {
+            // etcd answers an unknown lease with TTL -1.
+            return Ok(LeaseTimeToLiveResponse {
+                header: self.header(None),
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            });
+        };
+        let keys = match self
+            .store
+            .lease(req.id, req.keys)
+            .map_err(Self::store_err)?
+        {
+            Some((_, keys)) => keys,
+            None => Vec::new(),
+        };
+        Ok(LeaseTimeToLiveResponse {
+            header: self.header(None),
+            id: req.id,
+            ttl: remaining,
+            granted_ttl: granted,
+            keys,
+        })
+    }
+
+    /// Every lease (linearizable, as etcd's LeaseLeases).
+    ///
+    /// # Errors
+    /// No leader, timeout.
+    pub async fn lease_leases(&self) -> Res<LeaseLeasesResponse> {
+        self.linearizable().await?;
+        let leases = self.store.leases().map_err(Self::store_err)?;
+        Ok(LeaseLeasesResponse {
+            header: self.header(None),
+            leases: leases
+                .into_iter()
+                .map(|l| LeaseStatus { id: l.id })
+                .collect(),
+        })
     }
 
     /// This member's status (etcd Maintenance.Status).

@@ -18,6 +18,11 @@ use etch_protocol::etcdserverpb::{
     TxnResponse,
 };
 use etch_protocol::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use etch_protocol::etcdserverpb::{
     WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use etch_protocol::etchpb::{Frame, Hello, HelloResponse, frame::Body};
@@ -298,6 +303,73 @@ impl Client {
     pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse, ClientError> {
         match self.call(Body::Compact(r)).await? {
             Body::CompactResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// LeaseGrant (ID 0: the server chooses).
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn lease_grant(
+        &self,
+        r: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, ClientError> {
+        match self.call(Body::LeaseGrant(r)).await? {
+            Body::LeaseGrantResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// LeaseRevoke.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn lease_revoke(
+        &self,
+        r: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, ClientError> {
+        match self.call(Body::LeaseRevoke(r)).await? {
+            Body::LeaseRevokeResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// One keep-alive (TTL 0 in the response: the lease is gone).
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn lease_keep_alive(
+        &self,
+        r: LeaseKeepAliveRequest,
+    ) -> Result<LeaseKeepAliveResponse, ClientError> {
+        match self.call(Body::LeaseKeepAlive(r)).await? {
+            Body::LeaseKeepAliveResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// LeaseTimeToLive.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn lease_time_to_live(
+        &self,
+        r: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, ClientError> {
+        match self.call(Body::LeaseTimeToLive(r)).await? {
+            Body::LeaseTimeToLiveResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// LeaseLeases.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse, ClientError> {
+        match self.call(Body::LeaseLeases(LeaseLeasesRequest {})).await? {
+            Body::LeaseLeasesResponse(x) => Ok(x),
             o => Err(unexpected(o)),
         }
     }

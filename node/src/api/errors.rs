@@ -32,6 +32,8 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
                 Code::OutOfRange,
                 "etcdserver: mvcc: required revision is a future revision",
             ),
+            R::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
+            R::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
             _ => (Code::Unknown, "etcdserver: unknown request error"),
         },
         ApiError::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
@@ -39,6 +41,7 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
         ApiError::TooManyRequests => (Code::ResourceExhausted, "etcdserver: too many requests"),
         ApiError::TooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
         ApiError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
+        ApiError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
         ApiError::Unimplemented => (Code::Unimplemented, "etch: unknown request type"),
     }
 }
@@ -115,6 +118,21 @@ mod tests {
                 ApiError::Stopped,
                 Code::Unavailable,
                 "etcdserver: server stopped",
+            ),
+            (
+                ApiError::NotLeader,
+                Code::FailedPrecondition,
+                "etcdserver: not leader",
+            ),
+            (
+                RequestError::LeaseExists.into(),
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                RequestError::LeaseTtlTooLarge.into(),
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
             ),
         ];
         for (e, code, msg) in cases {

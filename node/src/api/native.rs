@@ -291,6 +291,17 @@ async fn handle(svc: &Service, f: Frame) -> Frame {
         Some(Body::Txn(r)) => svc.txn(r).await.map(Body::TxnResponse),
         Some(Body::Compact(r)) => svc.compact(r).await.map(Body::CompactResponse),
         Some(Body::Status(_)) => Ok(Body::StatusResponse(svc.status())),
+        Some(Body::LeaseGrant(r)) => svc.lease_grant(r).await.map(Body::LeaseGrantResponse),
+        Some(Body::LeaseRevoke(r)) => svc.lease_revoke(r).await.map(Body::LeaseRevokeResponse),
+        Some(Body::LeaseKeepAlive(r)) => svc
+            .lease_keep_alive(r)
+            .await
+            .map(Body::LeaseKeepAliveResponse),
+        Some(Body::LeaseTimeToLive(r)) => svc
+            .lease_time_to_live(r)
+            .await
+            .map(Body::LeaseTimeToLiveResponse),
+        Some(Body::LeaseLeases(_)) => svc.lease_leases().await.map(Body::LeaseLeasesResponse),
         Some(Body::Hello(_)) => {
             return error_frame(id, Code::FailedPrecondition, "etch: Hello already received");
         }

@@ -77,6 +77,27 @@ pub enum RequestError {
     /// A revision above the current one (`mvcc: required revision is a future revision`).
     #[error("required revision is a future revision")]
     FutureRevision,
+    /// LeaseGrant with an ID in use (`etcdserver: lease already exists`).
+    #[error("lease already exists")]
+    LeaseExists,
+    /// LeaseGrant with a TTL above [`MAX_LEASE_TTL_SECONDS`] (`etcdserver: too large lease TTL`).
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
+}
+
+/// Largest lease TTL, seconds (etcd `MaxLeaseTTL`).
+pub const MAX_LEASE_TTL_SECONDS: i64 = 9_000_000_000;
+
+/// A granted lease as stored: its TTL and the remaining TTL last checkpointed (0 = none),
+/// both in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// Lease ID.
+    pub id: i64,
+    /// Granted TTL, seconds.
+    pub ttl: i64,
+    /// Remaining TTL at the last checkpoint, seconds; 0 when never checkpointed.
+    pub remaining: i64,
 }
 
 /// The response to one applied write, without the header's cluster/member/term (the node fills
@@ -91,6 +112,12 @@ pub enum WriteResponse {
     Txn(TxnResponse),
     /// Response to a Compaction.
     Compaction(CompactionResponse),
+    /// Response to a LeaseGrant.
+    LeaseGrant(etch_protocol::etcdserverpb::LeaseGrantResponse),
+    /// Response to a LeaseRevoke.
+    LeaseRevoke(etch_protocol::etcdserverpb::LeaseRevokeResponse),
+    /// Response to a LeaseCheckpoint.
+    LeaseCheckpoint(etch_protocol::etcdserverpb::LeaseCheckpointResponse),
 }
 
 /// What applying one raft entry did.
@@ -126,6 +153,7 @@ pub(crate) struct Db {
     pub(crate) index: Keyspace,
     pub(crate) meta: Keyspace,
     pub(crate) lease: Keyspace,
+    pub(crate) lease_keys: Keyspace,
     /// The directory it lives in.
     pub(crate) dir: PathBuf,
 }
@@ -138,6 +166,7 @@ impl Db {
             index: db.keyspace("key_index", KeyspaceCreateOptions::default)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
             lease: db.keyspace("lease", KeyspaceCreateOptions::default)?,
+            lease_keys: db.keyspace("lease_keys", KeyspaceCreateOptions::default)?,
             db,
             dir: dir.to_owned(),
         })
@@ -345,6 +374,11 @@ impl MvccStore {
                 .compact(c)
                 .map(WriteResponse::Compaction)
                 .map_err(write::Fail::Request),
+            Some(Request::LeaseGrant(g)) => txn.lease_grant(g).map(WriteResponse::LeaseGrant),
+            Some(Request::LeaseRevoke(r)) => txn.lease_revoke(r).map(WriteResponse::LeaseRevoke),
+            Some(Request::LeaseCheckpoint(c)) => {
+                txn.lease_checkpoint(c).map(WriteResponse::LeaseCheckpoint)
+            }
         };
         let outcome = match response {
             Ok(resp) => txn.commit(applied, resp)?,
@@ -437,6 +471,40 @@ impl MvccStore {
         Ok(Some((rev, iv)))
     }
 
+    /// Every granted lease, by ID.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
+        let d = self.db();
+        let mut out = Vec::new();
+        for g in d.lease.iter() {
+            let (k, v) = g.into_inner()?;
+            out.push(decode_lease(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Lease `id` and the keys attached to it (when `with_keys`), or `None` when not granted.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn lease(&self, id: i64, with_keys: bool) -> Result<Option<(LeaseRecord, Vec<Bytes>)>> {
+        let d = self.db();
+        let Some(v) = d.lease.get(id.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let rec = decode_lease(&id.to_be_bytes(), &v)?;
+        let mut keys = Vec::new();
+        if with_keys {
+            for g in d.lease_keys.prefix(id.to_be_bytes()) {
+                let (k, _) = g.into_inner()?;
+                keys.push(Bytes::copy_from_slice(&k[8..]));
+            }
+        }
+        Ok(Some((rec, keys)))
+    }
+
     /// Whether lease `id` is granted (the `lease` keyspace: lease id, 8 bytes BE -> TTL).
     /// A failed read counts as absent; the Put is then refused, never applied wrongly.
     fn lease_exists(&self, d: &Db, id: i64) -> bool {
@@ -450,6 +518,33 @@ impl MvccStore {
                 .ok_or_else(|| Error::CorruptStore(format!("missing kv at {rev:?}")))?;
         decode_kv(&v)
     }
+}
+
+/// `lease`: 8-byte BE id -> ttl (8 bytes BE) ++ remaining (8 bytes BE).
+pub(crate) fn encode_lease(ttl: i64, remaining: i64) -> Vec<u8> {
+    let mut v = ttl.to_be_bytes().to_vec();
+    v.extend_from_slice(&remaining.to_be_bytes());
+    v
+}
+
+fn decode_lease(k: &[u8], v: &[u8]) -> Result<LeaseRecord> {
+    let bad = || Error::CorruptStore("bad lease record".into());
+    let id = i64::from_be_bytes(k.try_into().map_err(|_| bad())?);
+    if v.len() != 16 {
+        return Err(bad());
+    }
+    Ok(LeaseRecord {
+        id,
+        ttl: i64::from_be_bytes(v[..8].try_into().map_err(|_| bad())?),
+        remaining: i64::from_be_bytes(v[8..].try_into().map_err(|_| bad())?),
+    })
+}
+
+/// `lease_keys`: lease id (8 bytes BE) ++ user key -> empty.
+pub(crate) fn lease_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = id.to_be_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
 }
 
 fn decode_kv(v: &[u8]) -> Result<KeyValue> {

@@ -5,7 +5,7 @@
 //! [`MvccStore::export`] produces chunks (each at most [`CHUNK_BYTES`] plus one record); a
 //! chunk is a sequence of records:
 //! ```text
-//! keyspace  u8        0 = kv, 1 = key_index, 2 = meta, 3 = lease
+//! keyspace  u8        0 = kv, 1 = key_index, 2 = meta, 3 = lease, 4 = lease_keys
 //! key_len   u32 BE    then key_len bytes of key
 //! val_len   u32 BE    then val_len bytes of value
 //! ```
@@ -78,6 +78,7 @@ fn keyspace_of(d: &Db, id: u8) -> Option<&fjall::Keyspace> {
         1 => &d.index,
         2 => &d.meta,
         3 => &d.lease,
+        4 => &d.lease_keys,
         _ => return None,
     })
 }
@@ -167,7 +168,13 @@ impl MvccStore {
         let snap = d.db.snapshot();
         let mut chunk = Vec::with_capacity(CHUNK_BYTES + 1024);
         let mut applied = 0;
-        for (id, ks) in [(0u8, &d.kv), (1, &d.index), (2, &d.meta), (3, &d.lease)] {
+        for (id, ks) in [
+            (0u8, &d.kv),
+            (1, &d.index),
+            (2, &d.meta),
+            (3, &d.lease),
+            (4, &d.lease_keys),
+        ] {
             for g in snap.iter(ks) {
                 let (k, v) = g.into_inner()?;
                 if id == 2 && k.as_ref() == META_IDENTITY.as_bytes() {

@@ -438,3 +438,79 @@ fn compaction_removes_history_and_refuses_old_reads() {
     assert_eq!(s.compact_revision(), 5);
     assert_eq!(s.applied_index().index, 8);
 }
+
+#[test]
+fn leases_attach_move_detach_and_revoke_in_one_revision() {
+    use etch_protocol::etcdserverpb::{
+        LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest,
+    };
+    let mut t = T::new();
+    let grant = |id, ttl| Request::LeaseGrant(LeaseGrantRequest { ttl, id });
+    t.apply(grant(1, 10)).unwrap();
+    t.apply(grant(2, 20)).unwrap();
+    assert_eq!(t.apply(grant(1, 5)).unwrap_err(), RequestError::LeaseExists);
+    assert_eq!(
+        t.apply(grant(3, MAX_LEASE_TTL_SECONDS + 1)).unwrap_err(),
+        RequestError::LeaseTtlTooLarge
+    );
+    assert_eq!(
+        t.s.current_revision(),
+        1,
+        "lease grants do not create revisions"
+    );
+    let with_lease = |k: &str, l| {
+        let mut p = put(k, "v");
+        p.lease = l;
+        Request::Put(p)
+    };
+    t.apply(with_lease("a", 1)).unwrap(); // 2
+    t.apply(with_lease("b", 1)).unwrap(); // 3
+    t.apply(with_lease("c", 1)).unwrap(); // 4
+    t.apply(with_lease("c", 2)).unwrap(); // 5: c moves to lease 2
+    t.apply(Request::DeleteRange(DeleteRangeRequest {
+        key: Bytes::from_static(b"b"),
+        ..Default::default()
+    }))
+    .unwrap(); // 6
+    let (rec, keys) = t.s.lease(1, true).unwrap().unwrap();
+    assert_eq!(rec.ttl, 10);
+    assert_eq!(keys, vec![Bytes::from_static(b"a")]);
+    assert_eq!(
+        t.s.lease(2, true).unwrap().unwrap().1,
+        vec![Bytes::from_static(b"c")]
+    );
+    t.apply(Request::LeaseCheckpoint(LeaseCheckpointRequest {
+        checkpoints: vec![LeaseCheckpoint {
+            id: 2,
+            remaining_ttl: 7,
+        }],
+    }))
+    .unwrap();
+    assert_eq!(t.s.lease(2, false).unwrap().unwrap().0.remaining, 7);
+    // Revoke: every attached key goes in one revision.
+    t.apply(with_lease("d", 2)).unwrap(); // 7
+    match t
+        .apply(Request::LeaseRevoke(LeaseRevokeRequest { id: 2 }))
+        .unwrap()
+    {
+        WriteResponse::LeaseRevoke(r) => assert_eq!(r.header.unwrap().revision, 8),
+        o => panic!("{o:?}"),
+    }
+    let ev = t.s.events(8, 8).unwrap();
+    assert_eq!(ev.len(), 2);
+    assert_eq!(t.get(rng("c", "e")).unwrap().count, 0);
+    assert!(t.s.lease(2, false).unwrap().is_none());
+    assert_eq!(
+        t.apply(Request::LeaseRevoke(LeaseRevokeRequest { id: 2 }))
+            .unwrap_err(),
+        RequestError::LeaseNotFound
+    );
+    assert_eq!(
+        t.s.leases()
+            .unwrap()
+            .iter()
+            .map(|l| l.id)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+}

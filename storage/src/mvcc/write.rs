@@ -7,16 +7,18 @@ use std::sync::Arc;
 use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etcdserverpb::response_op::Response as OpResponse;
 use etch_protocol::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, ResponseHeader,
+    ResponseOp, TxnRequest, TxnResponse,
 };
 use etch_protocol::mvccpb::{Event, KeyValue, event::EventType};
 
 use super::keys::{IndexValue, Revision, index_key, kv_key, split_index_key};
 use super::read::{self, Overlay};
 use super::{
-    Applied, AppliedIndex, Db, META_COMPACT_REV, META_CURRENT_REV, MvccStore, RequestError,
-    WriteResponse,
+    Applied, AppliedIndex, Db, MAX_LEASE_TTL_SECONDS, META_COMPACT_REV, META_CURRENT_REV,
+    MvccStore, RequestError, WriteResponse, encode_lease, lease_key,
 };
 use crate::error::{Error, Result};
 
@@ -102,6 +104,67 @@ impl<'a> WriteTxn<'a> {
         self.txn_inner(r)
     }
 
+    pub(super) fn lease_grant(&mut self, g: &LeaseGrantRequest) -> FResult<LeaseGrantResponse> {
+        if g.ttl > MAX_LEASE_TTL_SECONDS {
+            return Err(RequestError::LeaseTtlTooLarge.into());
+        }
+        if self.store.lease_exists(&self.d, g.id) {
+            return Err(RequestError::LeaseExists.into());
+        }
+        self.batch
+            .insert(&self.d.lease, g.id.to_be_bytes(), encode_lease(g.ttl, 0));
+        Ok(LeaseGrantResponse {
+            header: header(self.base),
+            id: g.id,
+            ttl: g.ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Revokes lease `id`: every attached key is deleted in ONE revision (etcd lessor Revoke).
+    pub(super) fn lease_revoke(&mut self, r: &LeaseRevokeRequest) -> FResult<LeaseRevokeResponse> {
+        if !self.store.lease_exists(&self.d, r.id) {
+            return Err(RequestError::LeaseNotFound.into());
+        }
+        let mut keys = Vec::new();
+        for g in self.d.lease_keys.prefix(r.id.to_be_bytes()) {
+            let (k, _) = g.into_inner()?;
+            keys.push(k[8..].to_vec());
+        }
+        for k in keys {
+            self.delete_inner(&DeleteRangeRequest {
+                key: k.into(),
+                ..Default::default()
+            })?;
+        }
+        self.batch.remove(&self.d.lease, r.id.to_be_bytes());
+        Ok(LeaseRevokeResponse {
+            header: header(if self.sub > 0 { self.main() } else { self.base }),
+        })
+    }
+
+    /// Records remaining TTLs (etcd lease checkpoints), for leases still granted.
+    pub(super) fn lease_checkpoint(
+        &mut self,
+        c: &LeaseCheckpointRequest,
+    ) -> FResult<LeaseCheckpointResponse> {
+        for cp in &c.checkpoints {
+            if let Some(v) = self.d.lease.get(cp.id.to_be_bytes())?
+                && v.len() == 16
+            {
+                let ttl = i64::from_be_bytes(v[..8].try_into().unwrap_or_default());
+                self.batch.insert(
+                    &self.d.lease,
+                    cp.id.to_be_bytes(),
+                    encode_lease(ttl, cp.remaining_ttl),
+                );
+            }
+        }
+        Ok(LeaseCheckpointResponse {
+            header: header(self.base),
+        })
+    }
+
     pub(super) fn compact(&mut self, c: &CompactionRequest) -> Res<CompactionResponse> {
         let current = self.store.current_revision();
         if c.revision <= self.store.compact_revision() {
@@ -163,10 +226,24 @@ impl<'a> WriteTxn<'a> {
         if lease != 0 && !self.store.lease_exists(&self.d, lease) {
             return Err(RequestError::LeaseNotFound.into());
         }
-        let (create, version) = match self.lookup_meta(&p.key)? {
-            Some((c, v, _)) => (c, v + 1),
-            None => (self.main(), 1),
+        let (create, version, old_lease) = match self.lookup_meta(&p.key)? {
+            Some((c, v, l)) => (c, v + 1, l),
+            None => (self.main(), 1, 0),
         };
+        // Attach the key to its lease, moving it from a previous one (etcd lessor Attach/Detach).
+        if old_lease != lease {
+            if old_lease != 0 {
+                self.batch
+                    .remove(&self.d.lease_keys, lease_key(old_lease, &p.key));
+            }
+            if lease != 0 {
+                self.batch.insert(
+                    &self.d.lease_keys,
+                    lease_key(lease, &p.key),
+                    Vec::<u8>::new(),
+                );
+            }
+        }
         let rev = Revision::new(self.main(), self.sub);
         self.sub += 1;
         let kv = KeyValue {
@@ -216,6 +293,10 @@ impl<'a> WriteTxn<'a> {
         for h in &hits {
             if d.prev_kv {
                 prev_kvs.push(h.full_kv(self.store, &self.d)?);
+            }
+            if h.iv.lease != 0 {
+                self.batch
+                    .remove(&self.d.lease_keys, lease_key(h.iv.lease, &h.key));
             }
             let rev = Revision::new(self.main(), self.sub);
             self.sub += 1;

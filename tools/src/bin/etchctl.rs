@@ -73,6 +73,11 @@ enum Cmd {
         #[arg(long)]
         physical: bool,
     },
+    /// Lease related commands.
+    Lease {
+        #[command(subcommand)]
+        cmd: LeaseCmd,
+    },
     /// Watches events on a key or prefix (until interrupted, or canceled by the server).
     Watch(WatchArgs),
     /// Endpoint related commands.
@@ -80,6 +85,117 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EndpointCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum LeaseCmd {
+    /// Creates leases (TTL in seconds).
+    Grant { ttl: i64 },
+    /// Revokes leases (ID in hex).
+    Revoke { id: String },
+    /// Gets lease information.
+    Timetolive {
+        id: String,
+        /// Get keys attached to this lease.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Lists all active leases.
+    List,
+    /// Keeps leases alive (renew).
+    KeepAlive {
+        id: String,
+        /// Resets the keep-alive time to its original value and exits immediately.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn lease_id(s: &str) -> Result<i64, String> {
+    i64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("bad lease ID arg ({e}), expecting ID in Hex"))
+}
+
+/// etcdctl's lease commands and their output.
+async fn lease(c: &Client, cmd: &LeaseCmd, fmt: Format, out: &mut String) -> Result<(), String> {
+    use etch_tools::pb::{
+        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    };
+    let e = |e: ClientError| e.to_string();
+    match cmd {
+        LeaseCmd::Grant { ttl } => {
+            let r = c
+                .lease_grant(LeaseGrantRequest { ttl: *ttl, id: 0 })
+                .await
+                .map_err(e)?;
+            match fmt {
+                Format::Json => out.push_str(&json_line(serde_json::json!({"header": output::header_json(&r.header), "ID": r.id, "TTL": r.ttl}))),
+                _ => out.push_str(&format!("lease {:x} granted with TTL({}s)\n", r.id, r.ttl)),
+            }
+        }
+        LeaseCmd::Revoke { id } => {
+            let id = lease_id(id)?;
+            c.lease_revoke(LeaseRevokeRequest { id }).await.map_err(e)?;
+            out.push_str(&format!("lease {id:x} revoked\n"));
+        }
+        LeaseCmd::Timetolive { id, keys } => {
+            let id = lease_id(id)?;
+            let r = c
+                .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: *keys })
+                .await
+                .map_err(e)?;
+            if fmt == Format::Json {
+                out.push_str(&json_line(serde_json::json!({"cluster_id": r.header.map_or(0, |h| h.cluster_id), "member_id": r.header.map_or(0, |h| h.member_id), "revision": r.header.map_or(0, |h| h.revision), "raft_term": r.header.map_or(0, |h| h.raft_term), "id": r.id, "ttl": r.ttl, "granted-ttl": r.granted_ttl, "keys": r.keys.iter().map(|k| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, k)).collect::<Vec<_>>()})));
+            } else if r.granted_ttl == 0 && r.ttl == -1 {
+                out.push_str(&format!("lease {id:x} already expired\n"));
+            } else {
+                out.push_str(&format!(
+                    "lease {id:x} granted with TTL({}s), remaining({}s)",
+                    r.granted_ttl, r.ttl
+                ));
+                if *keys {
+                    let ks: Vec<String> = r
+                        .keys
+                        .iter()
+                        .map(|k| String::from_utf8_lossy(k).to_string())
+                        .collect();
+                    out.push_str(&format!(", attached keys([{}])", ks.join(" ")));
+                }
+                out.push('\n');
+            }
+        }
+        LeaseCmd::List => {
+            let r = c.lease_leases().await.map_err(e)?;
+            out.push_str(&format!("found {} leases\n", r.leases.len()));
+            for l in r.leases {
+                out.push_str(&format!("{:x}\n", l.id));
+            }
+        }
+        LeaseCmd::KeepAlive { id, once } => {
+            use std::io::Write as _;
+            let id = lease_id(id)?;
+            loop {
+                let r = c
+                    .lease_keep_alive(LeaseKeepAliveRequest { id })
+                    .await
+                    .map_err(e)?;
+                if r.ttl <= 0 {
+                    return Err(format!("lease {id:x} expired or revoked."));
+                }
+                let line = format!("lease {id:x} keepalived with TTL({})\n", r.ttl);
+                if *once {
+                    out.push_str(&line);
+                    return Ok(());
+                }
+                let mut so = std::io::stdout().lock();
+                let _ = so.write_all(line.as_bytes());
+                let _ = so.flush();
+                drop(so);
+                tokio::time::sleep(Duration::from_millis((r.ttl as u64 * 1000 / 3).max(100))).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -482,6 +598,17 @@ async fn run(cli: Cli) -> Result<String, String> {
         watch(&cli, a, dial).await?;
         return Ok(String::new());
     }
+    if let Cmd::Lease {
+        cmd: cmd @ LeaseCmd::KeepAlive { once: false, .. },
+    } = &cli.cmd
+    {
+        let c = connect_any(&cli.endpoints, dial)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        lease(&c, cmd, fmt, &mut out).await?;
+        return Ok(out);
+    }
     let mut out = String::new();
     let work = async {
         match &cli.cmd {
@@ -586,6 +713,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                     _ => out.push_str(&format!("compacted revision {revision}\n")),
                 }
             }
+            Cmd::Lease { cmd } => lease(&c, cmd, fmt, &mut out).await?,
             Cmd::Txn { .. } | Cmd::Endpoint { .. } | Cmd::Watch(_) => {}
         }
         Ok::<(), String>(())
