@@ -179,7 +179,7 @@ pub async fn run(
         core,
         wal_addr,
         apply_addr,
-        transport,
+        transport.clone(),
         state.clone(),
         config.heartbeat_interval,
         config.snapshot_count,
@@ -191,6 +191,7 @@ pub async fn run(
             consensus: consensus.clone(),
             watch: watch_addr,
             lessor,
+            transport: transport.clone(),
         },
         waiters,
         applied_rx,
@@ -203,6 +204,9 @@ pub async fn run(
             min_lease_ttl: config.min_lease_ttl,
         },
     ));
+    if let Some(t) = &transport {
+        t.do_send(transport::SetService(service.clone()));
+    }
     lessor_ctx.run(lease::LeaseActor::new(
         &store.leases()?,
         service.clone(),

@@ -21,8 +21,9 @@ use etch_protocol::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use etch_protocol::etchpb::InternalRequest;
+use etch_protocol::etchpb::frame::Body;
 use etch_protocol::etchpb::internal_request::Request;
+use etch_protocol::etchpb::{Frame, InternalRequest};
 use etch_storage::mvcc::{self, MvccStore, WriteResponse};
 
 use crate::apply::Waiters;
@@ -62,6 +63,8 @@ pub struct Actors {
     pub watch: Addr<WatchActor>,
     /// Lease expiry (lessor).
     pub lessor: Addr<LeaseActor>,
+    /// Peer transport, to forward to the leader what only it serves (`None`: single member).
+    pub transport: Option<Addr<crate::transport::TransportActor>>,
 }
 
 /// The service. Shared by every connection behind an `Arc`.
@@ -70,6 +73,7 @@ pub struct Service {
     consensus: Addr<ConsensusActor>,
     watch: Addr<WatchActor>,
     lessor: Addr<LeaseActor>,
+    transport: Option<Addr<crate::transport::TransportActor>>,
     waiters: Arc<Waiters>,
     applied: watch::Receiver<u64>,
     state: Arc<NodeState>,
@@ -99,6 +103,7 @@ impl Service {
             consensus: actors.consensus,
             watch: actors.watch,
             lessor: actors.lessor,
+            transport: actors.transport,
             waiters,
             applied,
             state,
@@ -342,7 +347,10 @@ impl Service {
             .await
             .map_err(|_| ApiError::Stopped)?
         {
-            None => Err(ApiError::NotLeader),
+            None => match self.forward(Body::LeaseKeepAlive(req)).await? {
+                Body::LeaseKeepAliveResponse(r) => Ok(r),
+                _ => Err(ApiError::Unimplemented),
+            },
             Some(ttl) => Ok(LeaseKeepAliveResponse {
                 header: self.header(None),
                 id: req.id,
@@ -360,7 +368,10 @@ impl Service {
         req: LeaseTimeToLiveRequest,
     ) -> Res<LeaseTimeToLiveResponse> {
         if self.state.leader() != self.state.member_id {
-            return Err(ApiError::NotLeader);
+            return match self.forward(Body::LeaseTimeToLive(req)).await? {
+                Body::LeaseTimeToLiveResponse(r) => Ok(r),
+                _ => Err(ApiError::Unimplemented),
+            };
         }
         let ttl = self
             .lessor
@@ -392,6 +403,36 @@ impl Service {
             granted_ttl: granted,
             keys,
         })
+    }
+
+    /// Sends a request only the leader serves to the leader (over the peer transport) and
+    /// returns its answer, or the error it answered with.
+    async fn forward(&self, body: Body) -> Res<Body> {
+        let leader = self.state.leader();
+        let Some(t) = &self.transport else {
+            return Err(ApiError::NotLeader);
+        };
+        if leader == 0 {
+            return Err(ApiError::NoLeader);
+        }
+        let frame = Frame {
+            id: 0,
+            body: Some(body),
+        };
+        let rx = t
+            .send(crate::transport::Forward { to: leader, frame })
+            .await
+            .map_err(|_| ApiError::Stopped)?
+            .ok_or(ApiError::NoLeader)?;
+        let resp = match tokio::time::timeout(self.limits.request_timeout, rx).await {
+            Ok(Ok(f)) => f,
+            _ => return Err(ApiError::Timeout),
+        };
+        match resp.body {
+            Some(Body::Error(e)) => Err(crate::api::errors::from_status(e.code, &e.message)),
+            Some(b) => Ok(b),
+            None => Err(ApiError::Unimplemented),
+        }
     }
 
     /// Every lease (linearizable, as etcd's LeaseLeases).

@@ -46,6 +46,26 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
     }
 }
 
+/// The error a forwarded request's answer carried, back from its code and message (the
+/// inverse of [`status_of`] for the errors a leader returns to forwarded requests).
+pub fn from_status(code: u32, message: &str) -> ApiError {
+    use etch_storage::mvcc::RequestError as R;
+    let all: [ApiError; 6] = [
+        R::LeaseNotFound.into(),
+        ApiError::NoLeader,
+        ApiError::Timeout,
+        ApiError::Stopped,
+        ApiError::NotLeader,
+        ApiError::TooManyRequests,
+    ];
+    all.into_iter()
+        .find(|e| {
+            let (c, m) = status_of(e);
+            c as u32 == code && m == message
+        })
+        .unwrap_or(ApiError::Unimplemented)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

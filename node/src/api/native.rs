@@ -281,6 +281,18 @@ async fn watch_request(
     }
 }
 
+/// Serves a request a follower forwarded here: only what needs the leader (lease keep-alive and
+/// time-to-live), never anything that could be forwarded again.
+pub(crate) async fn handle_forwarded(svc: &Service, f: Frame) -> Frame {
+    match f.body {
+        Some(Body::LeaseKeepAlive(_)) | Some(Body::LeaseTimeToLive(_)) => handle(svc, f).await,
+        _ => {
+            let (code, msg) = status_of(&ApiError::Unimplemented);
+            error_frame(f.id, code, msg)
+        }
+    }
+}
+
 /// Serves one request frame.
 async fn handle(svc: &Service, f: Frame) -> Frame {
     let id = f.id;

@@ -54,6 +54,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// stream (and task) of their own.
 pub struct TransportActor {
     queues: HashMap<u64, mpsc::Sender<Bytes>>,
+    /// Forwarded requests waiting for the leader's answer, by forward id.
+    forwards: HashMap<u64, tokio::sync::oneshot::Sender<etch_protocol::etchpb::Frame>>,
+    next_forward: u64,
+    /// The service, for requests forwarded to this member (set once it exists).
+    service: Option<Arc<crate::service::Service>>,
     peers: HashMap<u64, Peer>,
     endpoint: quinn::Endpoint,
     hello: Bytes,
@@ -177,6 +182,8 @@ impl TransportActor {
             ));
         }
         let known: Vec<u64> = peers.iter().map(|p| p.id).collect();
+        let ctx = Context::<TransportActor>::new();
+        let me = ctx.address();
         tokio::spawn(accept_loop(
             endpoint.clone(),
             cluster_id,
@@ -184,17 +191,21 @@ impl TransportActor {
             known,
             store.clone(),
             consensus.clone(),
+            me,
             stop,
         ));
-        TransportActor {
+        let actor = TransportActor {
             queues,
+            forwards: HashMap::new(),
+            next_forward: 1,
+            service: None,
             peers: peers.iter().map(|p| (p.id, p.clone())).collect(),
             endpoint,
             hello,
             store,
             consensus,
-        }
-        .start()
+        };
+        ctx.run(actor)
     }
 }
 
@@ -444,6 +455,7 @@ async fn receive_snapshot(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     cluster_id: u64,
@@ -451,6 +463,7 @@ async fn accept_loop(
     known: Vec<u64>,
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
+    transport: Addr<TransportActor>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -461,7 +474,12 @@ async fn accept_loop(
             }
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let (consensus, known, store) = (consensus.clone(), known.clone(), store.clone());
+        let (consensus, known, store, transport) = (
+            consensus.clone(),
+            known.clone(),
+            store.clone(),
+            transport.clone(),
+        );
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -482,6 +500,7 @@ async fn accept_loop(
                     known.clone(),
                     store.clone(),
                     consensus.clone(),
+                    transport.clone(),
                 ));
             }
         });
@@ -489,6 +508,7 @@ async fn accept_loop(
 }
 
 /// Reads one peer stream: a Hello, then raft messages for this member, or one snapshot.
+#[allow(clippy::too_many_arguments)]
 async fn read_stream(
     recv: quinn::RecvStream,
     conn: quinn::Connection,
@@ -497,6 +517,7 @@ async fn read_stream(
     known: Vec<u64>,
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
+    transport: Addr<TransportActor>,
 ) {
     let remote = conn.remote_address();
     let reject = |why: String| {
@@ -545,6 +566,17 @@ async fn read_stream(
         };
         let raft = match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
             Some(Body::Raft(raft)) => raft,
+            Some(Body::ForwardRequest(f)) => {
+                transport.do_send(Forwarded {
+                    from: hello.member_id,
+                    frame: f,
+                });
+                continue;
+            }
+            Some(Body::ForwardResponse(f)) => {
+                transport.do_send(ForwardAnswered(f));
+                continue;
+            }
             Some(Body::SnapshotBegin(raft)) => {
                 let msg = match Message::parse_from_bytes(&raft) {
                     Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot && m.to == member_id => m,
@@ -571,5 +603,95 @@ async fn read_stream(
         }
         // Raft tolerates loss: if consensus is saturated, drop rather than block the stream.
         let _ = consensus.try_send(Step(msg));
+    }
+}
+
+/// Sent by `run` once the service exists: requests forwarded to this member are served by it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetService(pub Arc<crate::service::Service>);
+
+impl Handler<SetService> for TransportActor {
+    type Result = ();
+    fn handle(&mut self, m: SetService, _: &mut Context<Self>) {
+        self.service = Some(m.0);
+    }
+}
+
+/// Sent by the service on a follower: forward `frame` (a lease keep-alive or time-to-live) to
+/// the leader `to`. Replies with a receiver for the leader's answer (dropped if it never comes;
+/// the caller bounds the wait).
+#[derive(Message)]
+#[rtype(result = "Option<tokio::sync::oneshot::Receiver<etch_protocol::etchpb::Frame>>")]
+pub struct Forward {
+    /// The leader.
+    pub to: u64,
+    /// The request (its id is replaced).
+    pub frame: etch_protocol::etchpb::Frame,
+}
+
+impl Handler<Forward> for TransportActor {
+    type Result = Option<tokio::sync::oneshot::Receiver<etch_protocol::etchpb::Frame>>;
+    fn handle(&mut self, mut m: Forward, _: &mut Context<Self>) -> Self::Result {
+        let q = self.queues.get(&m.to)?;
+        let id = self.next_forward;
+        self.next_forward += 1;
+        m.frame.id = id;
+        let f = frame::encode_payload_of(&PeerFrame {
+            body: Some(Body::ForwardRequest(m.frame)),
+        });
+        q.try_send(f).ok()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Forgotten senders of answers that never came are dropped with the map entry when
+        // the caller gives up; bound the map so a silent leader cannot grow it without end.
+        if self.forwards.len() > 100_000 {
+            self.forwards.clear();
+        }
+        self.forwards.insert(id, tx);
+        Some(rx)
+    }
+}
+
+/// A request forwarded to this member by `from`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Forwarded {
+    from: u64,
+    frame: etch_protocol::etchpb::Frame,
+}
+
+impl Handler<Forwarded> for TransportActor {
+    type Result = ();
+    fn handle(&mut self, m: Forwarded, ctx: &mut Context<Self>) {
+        let Some(service) = self.service.clone() else {
+            return;
+        };
+        let Some(q) = self.queues.get(&m.from).cloned() else {
+            return;
+        };
+        ctx.spawn(
+            async move {
+                let resp = crate::api::native::handle_forwarded(&service, m.frame).await;
+                let f = frame::encode_payload_of(&PeerFrame {
+                    body: Some(Body::ForwardResponse(resp)),
+                });
+                let _ = q.send(f).await;
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// The leader's answer to a forwarded request.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ForwardAnswered(etch_protocol::etchpb::Frame);
+
+impl Handler<ForwardAnswered> for TransportActor {
+    type Result = ();
+    fn handle(&mut self, m: ForwardAnswered, _: &mut Context<Self>) {
+        if let Some(tx) = self.forwards.remove(&m.0.id) {
+            let _ = tx.send(m.0);
+        }
     }
 }
