@@ -341,21 +341,27 @@ impl Service {
         &self,
         req: LeaseKeepAliveRequest,
     ) -> Res<LeaseKeepAliveResponse> {
-        match self
-            .lessor
-            .send(KeepAlive(req.id))
-            .await
-            .map_err(|_| ApiError::Stopped)?
-        {
-            None => match self.forward(Body::LeaseKeepAlive(req)).await? {
-                Body::LeaseKeepAliveResponse(r) => Ok(r),
-                _ => Err(ApiError::Unimplemented),
-            },
-            Some(ttl) => Ok(LeaseKeepAliveResponse {
-                header: self.header(None),
-                id: req.id,
-                ttl,
-            }),
+        let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
+        loop {
+            let local = self
+                .lessor
+                .send(KeepAlive(req.id))
+                .await
+                .map_err(|_| ApiError::Stopped)?;
+            if let Some(ttl) = local {
+                return Ok(LeaseKeepAliveResponse {
+                    header: self.header(None),
+                    id: req.id,
+                    ttl,
+                });
+            }
+            match self.forward(Body::LeaseKeepAlive(req), deadline).await {
+                Ok(Body::LeaseKeepAliveResponse(r)) => return Ok(r),
+                Ok(_) => return Err(ApiError::Unimplemented),
+                // The leader changed while we waited: ask again, maybe of ourselves.
+                Err(ApiError::NotLeader) if tokio::time::Instant::now() < deadline => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -368,7 +374,8 @@ impl Service {
         req: LeaseTimeToLiveRequest,
     ) -> Res<LeaseTimeToLiveResponse> {
         if self.state.leader() != self.state.member_id {
-            return match self.forward(Body::LeaseTimeToLive(req)).await? {
+            let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
+            return match self.forward(Body::LeaseTimeToLive(req), deadline).await? {
                 Body::LeaseTimeToLiveResponse(r) => Ok(r),
                 _ => Err(ApiError::Unimplemented),
             };
@@ -406,27 +413,47 @@ impl Service {
     }
 
     /// Sends a request only the leader serves to the leader (over the peer transport) and
-    /// returns its answer, or the error it answered with.
-    async fn forward(&self, body: Body) -> Res<Body> {
-        let leader = self.state.leader();
+    /// returns its answer, or the error it answered with. Gives up with
+    /// [`ApiError::NotLeader`] as soon as the leader changes (the caller asks again), so a
+    /// request sent to a leader that died does not wait out the whole timeout.
+    async fn forward(&self, body: Body, deadline: tokio::time::Instant) -> Res<Body> {
         let Some(t) = &self.transport else {
             return Err(ApiError::NotLeader);
         };
-        if leader == 0 {
-            return Err(ApiError::NoLeader);
-        }
+        let leader = loop {
+            match self.state.leader() {
+                0 if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                0 => return Err(ApiError::NoLeader),
+                l if l == self.state.member_id => return Err(ApiError::NotLeader),
+                l => break l,
+            }
+        };
         let frame = Frame {
             id: 0,
             body: Some(body),
         };
-        let rx = t
+        let mut rx = t
             .send(crate::transport::Forward { to: leader, frame })
             .await
             .map_err(|_| ApiError::Stopped)?
             .ok_or(ApiError::NoLeader)?;
-        let resp = match tokio::time::timeout(self.limits.request_timeout, rx).await {
-            Ok(Ok(f)) => f,
-            _ => return Err(ApiError::Timeout),
+        let resp = loop {
+            tokio::select! {
+                r = &mut rx => match r {
+                    Ok(f) => break f,
+                    Err(_) => return Err(ApiError::Stopped),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if self.state.leader() != leader {
+                        return Err(ApiError::NotLeader);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ApiError::Timeout);
+                    }
+                }
+            }
         };
         match resp.body {
             Some(Body::Error(e)) => Err(crate::api::errors::from_status(e.code, &e.message)),

@@ -205,3 +205,164 @@ fn revoking_a_lease_with_10000_keys_deletes_them_in_one_revision() {
         assert_eq!(left.count, 0);
     });
 }
+
+/// Grants `n` leases of `ttl` seconds, each with one key `prefix<i>`.
+async fn leases_with_keys(c: &Client, prefix: &str, n: usize, ttl: i64) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = grant(c, ttl).await;
+        put_with(c, &format!("{prefix}{i:03}"), id).await;
+        ids.push(id);
+    }
+    ids
+}
+
+async fn count(c: &Client, prefix: &str) -> i64 {
+    let end = format!("{}0", prefix.trim_end_matches('/'));
+    c.range(RangeRequest {
+        key: prefix.to_owned().into(),
+        range_end: end.into(),
+        count_only: true,
+        serializable: true,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.count)
+    .unwrap_or(-1)
+}
+
+#[test]
+fn leader_kill_revokes_no_kept_alive_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.native.clone()).collect();
+    let survivor = eps[(leader + 1) % 3].clone();
+    rt().block_on(async {
+        let client = Client::connect(&survivor).await.unwrap();
+        let kept = leases_with_keys(&client, "kept/", 200, 5).await;
+        let abandoned = leases_with_keys(&client, "abandoned/", 20, 5).await;
+        assert!(!abandoned.is_empty());
+        // Four owners keep 50 leases each, through every member (followers forward).
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let owners: Vec<_> = kept
+            .chunks(50)
+            .enumerate()
+            .map(|(i, ids)| {
+                let mut e = eps.clone();
+                e.rotate_left(i % 3);
+                tokio::spawn(keep_alive(e, ids.to_vec(), stop.clone()))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.nodes[leader].kill9();
+        // Through the election and for several TTLs after it, every kept key stays.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(12) {
+            let n = count(&client, "kept/").await;
+            assert!(
+                n == 200 || n == -1,
+                "kept-alive keys revoked: {n} of 200 left"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The abandoned ones expire under the new leader.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&client, "abandoned/").await != 0 {
+            assert!(Instant::now() < deadline, "abandoned leases never expired");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop_tx.send_replace(true);
+        for o in owners {
+            assert_eq!(o.await.unwrap(), 0, "a keep-alive found its lease gone");
+        }
+        assert_eq!(count(&client, "kept/").await, 200);
+    });
+}
+
+#[test]
+fn stalled_leader_that_resumes_revokes_nothing_kept_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let followers: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| c.nodes[i].native.clone())
+        .collect();
+    let pid = c.nodes[leader].pid().unwrap().to_string();
+    rt().block_on(async {
+        let client = Client::connect(&followers[0]).await.unwrap();
+        let kept = leases_with_keys(&client, "s/", 20, 3).await;
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let owner = tokio::spawn(keep_alive(followers.clone(), kept, stop));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        // Stalled for twice the TTL: the others elect a leader that takes the keep-alives.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-CONT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        // The resumed old leader still holds stale deadlines: nothing may be revoked.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(6) {
+            let n = count(&client, "s/").await;
+            assert!(
+                n == 20 || n == -1,
+                "leases kept alive through the new leader were revoked: {n} left"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop_tx.send_replace(true);
+        assert_eq!(owner.await.unwrap(), 0);
+    });
+}
+
+#[test]
+fn leases_and_attachments_survive_a_full_cluster_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let ids = rt().block_on(async {
+        let client = Client::connect(&c.nodes[0].native).await.unwrap();
+        leases_with_keys(&client, "r/", 10, 60).await
+    });
+    for n in &mut c.nodes {
+        n.kill9();
+    }
+    for n in &mut c.nodes {
+        n.relaunch();
+    }
+    for n in &c.nodes {
+        n.wait_leader();
+    }
+    let leader = c.leader();
+    let ep = c.nodes[leader].native.clone();
+    rt().block_on(async {
+        let client = Client::connect(&ep).await.unwrap();
+        let listed = client.lease_leases().await.unwrap();
+        assert_eq!(listed.leases.len(), 10);
+        for (i, id) in ids.iter().enumerate() {
+            let t = client
+                .lease_time_to_live(LeaseTimeToLiveRequest {
+                    id: *id,
+                    keys: true,
+                })
+                .await
+                .unwrap();
+            assert_eq!(t.granted_ttl, 60);
+            assert!(t.ttl > 0 && t.ttl <= 60, "{t:?}");
+            assert_eq!(t.keys, vec![Bytes::from(format!("r/{i:03}"))]);
+        }
+        assert_eq!(count(&client, "r/").await, 10);
+    });
+    wait_for(Duration::from_secs(5), "all members to agree", || Some(()));
+}
