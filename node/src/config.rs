@@ -129,6 +129,13 @@ pub struct Flags {
         default_value_t = 128
     )]
     pub watch_stream_buffer_responses: usize,
+    /// How often the leader checkpoints remaining lease TTLs through consensus (humantime).
+    #[arg(
+        long,
+        env = "ETCH_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m"
+    )]
+    pub experimental_lease_checkpoint_interval: String,
     /// WAL segment size in bytes (testing knob; minimum 64 KiB). Default: 64 MiB.
     #[arg(long, hide = true, env = "ETCH_EXPERIMENTAL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub experimental_wal_segment_bytes: u64,
@@ -185,6 +192,8 @@ pub struct Config {
     pub watch: crate::watch::WatchLimits,
     /// Smallest lease TTL, seconds: 1.5 x the election timeout, rounded up (etcd `minTTL`).
     pub min_lease_ttl: i64,
+    /// Interval of lease TTL checkpoints. Default 5 min.
+    pub lease_checkpoint_interval: Duration,
     /// How long a client request waits for its result before "request timed out"
     /// (etcd: 5 s + 2 x election timeout).
     pub request_timeout: Duration,
@@ -457,6 +466,16 @@ impl Config {
             max_response_bytes: f.max_request_bytes as usize,
             progress_notify_interval,
         };
+        let cp = &f.experimental_lease_checkpoint_interval;
+        let lease_checkpoint_interval =
+            parse_duration(cp).map_err(|e| bad("experimental-lease-checkpoint-interval", cp, e))?;
+        if lease_checkpoint_interval.is_zero() {
+            return Err(bad(
+                "experimental-lease-checkpoint-interval",
+                cp,
+                "must be > 0",
+            ));
+        }
         if f.snapshot_count == 0 {
             return Err(bad("snapshot-count", "0", "must be > 0"));
         }
@@ -479,6 +498,7 @@ impl Config {
             wal_segment_bytes: f.experimental_wal_segment_bytes,
             watch,
             min_lease_ttl: (election_timeout.as_millis() as i64 * 3 / 2 + 999) / 1000,
+            lease_checkpoint_interval,
             request_timeout: Duration::from_secs(5) + election_timeout * 2,
         })
     }

@@ -190,9 +190,9 @@ impl Lessor {
         self.revoking.remove(&id);
     }
 
-    /// Remaining TTLs worth checkpointing (leases with more than the checkpoint interval left).
-    pub fn checkpoints(&self, now: u64) -> Vec<(i64, i64)> {
-        let interval = CHECKPOINT_INTERVAL.as_millis() as u64;
+    /// Remaining TTLs worth checkpointing (leases with more than `interval` left).
+    pub fn checkpoints(&self, now: u64, interval: Duration) -> Vec<(i64, i64)> {
+        let interval = interval.as_millis() as u64;
         self.leases
             .iter()
             .filter_map(|(id, l)| {
@@ -217,6 +217,7 @@ pub struct LeaseActor {
     epoch: Instant,
     term: u64,
     last_checkpoint: u64,
+    checkpoint_interval: Duration,
 }
 
 impl LeaseActor {
@@ -225,6 +226,7 @@ impl LeaseActor {
         records: &[LeaseRecord],
         service: Arc<Service>,
         state: Arc<NodeState>,
+        checkpoint_interval: Duration,
     ) -> LeaseActor {
         LeaseActor {
             lessor: Lessor::new(records),
@@ -233,6 +235,7 @@ impl LeaseActor {
             epoch: Instant::now(),
             term: 0,
             last_checkpoint: 0,
+            checkpoint_interval,
         }
     }
 
@@ -240,8 +243,10 @@ impl LeaseActor {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        let now = self.now();
+    /// Follows the node's leadership: promote on becoming leader (or on a new term as leader),
+    /// demote on losing it. Called before every answer, not only on ticks, so a new leader
+    /// never answers from a lessor that has not been promoted yet.
+    fn sync_role(&mut self, now: u64) {
         let leader = self.state.leader() == self.state.member_id;
         let term = self.state.term();
         if leader && (!self.lessor.is_primary() || term != self.term) {
@@ -255,6 +260,11 @@ impl LeaseActor {
             self.lessor.demote();
         }
         self.term = term;
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.sync_role(now);
         let per_tick =
             (MAX_REVOKES_PER_SECOND as u128 * LEASE_TICK.as_millis() / 1000).max(1) as usize;
         for id in self.lessor.expired(now, per_tick) {
@@ -268,12 +278,12 @@ impl LeaseActor {
             }));
         }
         if self.lessor.is_primary()
-            && now - self.last_checkpoint >= CHECKPOINT_INTERVAL.as_millis() as u64
+            && now - self.last_checkpoint >= self.checkpoint_interval.as_millis() as u64
         {
             self.last_checkpoint = now;
             let checkpoints: Vec<LeaseCheckpoint> = self
                 .lessor
-                .checkpoints(now)
+                .checkpoints(now, self.checkpoint_interval)
                 .into_iter()
                 .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
                 .collect();
@@ -281,9 +291,15 @@ impl LeaseActor {
                 let svc = self.service.clone();
                 ctx.spawn(
                     async move {
-                        let _ = svc
+                        let n = checkpoints.len();
+                        if let Err(e) = svc
                             .lease_checkpoint(LeaseCheckpointRequest { checkpoints })
-                            .await;
+                            .await
+                        {
+                            tracing::debug!(leases = n, error = %e, "lease checkpoint not applied");
+                        } else {
+                            tracing::debug!(leases = n, "lease TTLs checkpointed");
+                        }
                     }
                     .into_actor(self),
                 );
@@ -321,6 +337,7 @@ impl Handler<LeaseApplied> for LeaseActor {
             LeaseApplied::Granted(id, ttl) => self.lessor.granted(id, ttl, 0, now),
             LeaseApplied::Revoked(id) => self.lessor.revoked(id),
             LeaseApplied::Checkpointed(cps) => {
+                tracing::trace!(?cps, "lease checkpoints applied");
                 for (id, r) in cps {
                     self.lessor.checkpointed(id, r);
                 }
@@ -338,10 +355,11 @@ pub struct KeepAlive(pub i64);
 impl Handler<KeepAlive> for LeaseActor {
     type Result = Option<i64>;
     fn handle(&mut self, m: KeepAlive, _: &mut Context<Self>) -> Option<i64> {
+        let now = self.now();
+        self.sync_role(now);
         if !self.lessor.is_primary() {
             return None;
         }
-        let now = self.now();
         Some(self.lessor.keep_alive(m.0, now).unwrap_or(0))
     }
 }
@@ -355,6 +373,7 @@ impl Handler<TimeToLive> for LeaseActor {
     type Result = Option<(i64, i64)>;
     fn handle(&mut self, m: TimeToLive, _: &mut Context<Self>) -> Option<(i64, i64)> {
         let now = self.now();
+        self.sync_role(now);
         self.lessor.time_to_live(m.0, now)
     }
 }

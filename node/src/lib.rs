@@ -211,6 +211,7 @@ pub async fn run(
         &store.leases()?,
         service.clone(),
         state.clone(),
+        config.lease_checkpoint_interval,
     ));
 
     let tracker = TaskTracker::new();

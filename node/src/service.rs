@@ -359,7 +359,9 @@ impl Service {
                 Ok(Body::LeaseKeepAliveResponse(r)) => return Ok(r),
                 Ok(_) => return Err(ApiError::Unimplemented),
                 // The leader changed while we waited: ask again, maybe of ourselves.
-                Err(ApiError::NotLeader) if tokio::time::Instant::now() < deadline => continue,
+                Err(ApiError::NotLeader) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 Err(e) => return Err(e),
             }
         }

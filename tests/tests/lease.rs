@@ -364,5 +364,65 @@ fn leases_and_attachments_survive_a_full_cluster_restart() {
         }
         assert_eq!(count(&client, "r/").await, 10);
     });
-    wait_for(Duration::from_secs(5), "all members to agree", || Some(()));
+}
+
+#[test]
+fn checkpointed_remaining_ttl_survives_a_leader_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(
+        dir.path(),
+        3,
+        &["--experimental-lease-checkpoint-interval", "500ms"],
+    );
+    let leader = c.leader();
+    let survivor = c.nodes[(leader + 1) % 3].native.clone();
+    let id = rt().block_on(async {
+        let client = Client::connect(&survivor).await.unwrap();
+        let id = grant(&client, 60).await;
+        // Let several checkpoints pass without keep-alives.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        id
+    });
+    c.nodes[leader].kill9();
+    c.leader();
+    rt().block_on(async {
+        let client = Client::connect(&survivor).await.unwrap();
+        let t = loop {
+            if let Ok(t) = client
+                .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+                .await
+            {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(t.granted_ttl, 60);
+        // Without checkpoints the new leader would start over at 60 s.
+        assert!(
+            t.ttl <= 57,
+            "remaining TTL reset by the leader change: {t:?}"
+        );
+        assert!(t.ttl > 40, "{t:?}");
+    });
+}
+
+#[test]
+fn bench_lease_keepalive_through_a_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let follower = c.nodes[(c.leader() + 1) % 3].native.clone();
+    let out = etch_tests::bench(
+        &follower,
+        &[
+            "--clients",
+            "10",
+            "--json",
+            "lease-keepalive",
+            "--total",
+            "3000",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["ok"], 3000);
 }

@@ -48,12 +48,21 @@ enum Cmd {
     Put(PutArgs),
     /// Benchmark range.
     Range(RangeArgs),
+    /// Lease keep-alives: each client grants a lease, then renews it `--total` times in all.
+    LeaseKeepalive(LeaseArgs),
     /// Watch creation and delivery: many streams x watchers over many keys, puts as fast as
     /// possible; reports creation time and delivery throughput.
     Watch(WatchArgs),
     /// Watch event latency: many streams x watchers on one key, puts at a rate; reports the
     /// latency from put to delivery over every (watcher, event).
     WatchLatency(WatchArgs),
+}
+
+#[derive(Args)]
+struct LeaseArgs {
+    /// Total number of keep-alive requests.
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
 }
 
 #[derive(Args)]
@@ -164,6 +173,7 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     let (total, rate) = match &cli.cmd {
         Cmd::Put(a) => (a.total, a.rate),
         Cmd::Range(a) => (a.total, a.rate),
+        Cmd::LeaseKeepalive(a) => (a.total, 0),
         Cmd::Watch(_) | Cmd::WatchLatency(_) => return Err("not a request benchmark".into()),
     };
     let ack_log = match &cli.cmd {
@@ -203,6 +213,13 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                 key_space: a.key_space_size.max(1),
             },
             Cmd::Watch(_) | Cmd::WatchLatency(_) => return Err("not a request benchmark".into()),
+            Cmd::LeaseKeepalive(_) => {
+                let g = client
+                    .lease_grant(etch_tools::pb::LeaseGrantRequest { ttl: 60, id: 0 })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Op::KeepAlive(g.id)
+            }
             Cmd::Range(a) => Op::Range(RangeRequest {
                 key: Bytes::copy_from_slice(a.key.as_bytes()),
                 range_end: a
@@ -249,6 +266,19 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                         (r, Some(key))
                     }
                     Op::Range(r) => (client.range(r.clone()).await.map(|_| ()), None),
+                    Op::KeepAlive(id) => (
+                        client
+                            .lease_keep_alive(etch_tools::pb::LeaseKeepAliveRequest { id: *id })
+                            .await
+                            .and_then(|r| {
+                                if r.ttl > 0 {
+                                    Ok(())
+                                } else {
+                                    Err(etch_tools::ClientError::Protocol("lease expired".into()))
+                                }
+                            }),
+                        None,
+                    ),
                 };
                 let us = t.elapsed().as_micros() as u64;
                 {
@@ -319,6 +349,7 @@ enum Op {
         key_space: u64,
     },
     Range(RangeRequest),
+    KeepAlive(i64),
 }
 
 /// etcd benchmark's text report.
