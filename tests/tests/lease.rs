@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use etch_tests::{Cluster, Node, rt, wait_for};
+use etch_tests::{Cluster, Node, rt};
 use etch_tools::Client;
 use etch_tools::pb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
