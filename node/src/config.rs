@@ -162,6 +162,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Native protocol listen addresses.
     pub listen_native: Vec<SocketAddr>,
+    /// etcd gRPC API listen addresses (`--listen-client-urls`).
+    pub listen_client: Vec<SocketAddr>,
+    /// The bootstrap membership, for MemberList (ID, name, peer URLs; client URLs for this
+    /// member only: the others' are not known without membership publishing).
+    pub members: Vec<etch_protocol::etcdserverpb::Member>,
     /// This member's ID (etcd's derivation from peer URLs and token).
     pub member_id: u64,
     /// The cluster ID (etcd's derivation from the member IDs).
@@ -340,6 +345,18 @@ impl Config {
             }
             listen_native.push(addr);
         }
+        let mut listen_client = Vec::new();
+        for u in f.listen_client_urls.split(',').filter(|s| !s.is_empty()) {
+            let (scheme, addr) = parse_url(u).map_err(|e| bad("listen-client-urls", u, e))?;
+            if scheme != "http" {
+                return Err(bad(
+                    "listen-client-urls",
+                    u,
+                    "only http:// is served (client TLS is not implemented yet)",
+                ));
+            }
+            listen_client.push(addr);
+        }
         if f.initial_cluster_state != "new" && f.initial_cluster_state != "existing" {
             return Err(bad(
                 "initial-cluster-state",
@@ -446,6 +463,24 @@ impl Config {
         let (_, listen_peer) =
             parse_url(listen_url).map_err(|e| bad("listen-peer-urls", listen_url, e))?;
         let cluster_id = cluster_id(&initial_members);
+        let members = members
+            .iter()
+            .map(|(name, urls)| etch_protocol::etcdserverpb::Member {
+                id: self::member_id(urls, &f.initial_cluster_token),
+                name: name.clone(),
+                peer_ur_ls: urls.clone(),
+                client_ur_ls: if *name == f.name {
+                    f.advertise_client_urls
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                is_learner: false,
+            })
+            .collect();
         let data_dir = f
             .data_dir
             .clone()
@@ -483,6 +518,8 @@ impl Config {
             name: f.name.clone(),
             data_dir,
             listen_native,
+            listen_client,
+            members,
             member_id,
             cluster_id,
             initial_members,

@@ -50,6 +50,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Listeners {
     /// Native protocol listeners.
     pub native: Vec<std::net::TcpListener>,
+    /// etcd gRPC API listeners (client URLs).
+    pub client: Vec<std::net::TcpListener>,
     /// The peer socket (UDP, QUIC); needed when the cluster has other members.
     pub peer: Option<std::net::UdpSocket>,
 }
@@ -228,6 +230,24 @@ pub async fn run(
             stop_native_rx.clone(),
             tracker.clone(),
         ));
+    }
+
+    for l in listeners.client {
+        l.set_nonblocking(true)?;
+        let addr = l.local_addr()?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        tracing::info!(%addr, "serving the etcd gRPC API");
+        let grpc = api::grpc::Grpc::new(service.clone(), config.members.clone());
+        let mut stop = stop_native_rx.clone();
+        let max = config.max_request_bytes;
+        tracker.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = grpc.serve(l, max, shutdown).await {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
     }
 
     let mut fatal = state.fatal();

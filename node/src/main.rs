@@ -33,6 +33,15 @@ fn main() -> ExitCode {
             }
         }
     }
+    for addr in &config.listen_client {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => listeners.client.push(l),
+            Err(e) => {
+                eprintln!("etch: cannot listen on {addr}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     if !config.peers.is_empty() {
         match std::net::UdpSocket::bind(config.listen_peer) {
             Ok(s) => listeners.peer = Some(s),

@@ -53,6 +53,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// `127.0.0.1:port` of the native protocol.
     pub native: String,
+    /// `127.0.0.1:port` of the etcd gRPC API.
+    pub grpc: String,
     log: PathBuf,
     args: Vec<String>,
     runs: usize,
@@ -73,6 +75,7 @@ impl Node {
             child: None,
             data_dir,
             native: String::new(),
+            grpc: String::new(),
             log: PathBuf::new(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             runs: 0,
@@ -194,6 +197,8 @@ impl Node {
             .args([
                 "--listen-native-urls",
                 "tcp://127.0.0.1:0",
+                "--listen-client-urls",
+                "http://127.0.0.1:0",
                 "--log-level",
                 "info",
             ])
@@ -214,12 +219,33 @@ impl Node {
                 );
             }
             let text = read(&log_path);
-            let line = text
-                .lines()
-                .find(|l| l.contains("serving the native protocol"))?;
-            let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-            Some(addr.to_owned())
-        });
+            let addr_of = |what: &str| -> Option<String> {
+                let line = text.lines().find(|l| l.contains(what))?;
+                Some(
+                    line.split("addr=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .to_owned(),
+                )
+            };
+            Some((
+                addr_of("serving the native protocol")?,
+                addr_of("serving the etcd gRPC API")?,
+            ))
+        })
+        .0;
+        self.grpc = read(&self.log)
+            .lines()
+            .find(|l| l.contains("serving the etcd gRPC API"))
+            .and_then(|l| {
+                l.split("addr=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
     }
 
     /// `<data dir>.<run>.log`, beside the data directory: one file per member and run.
@@ -300,6 +326,7 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen-native-urls", "tcp://127.0.0.1:0"])
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
             .args(&self.args)
             .stdin(Stdio::null())
             .output()

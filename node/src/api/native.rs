@@ -27,16 +27,13 @@ use etch_protocol::etcdserverpb::{WatchRequest, WatchResponse};
 use crate::api::errors::status_of;
 use crate::error::ApiError;
 use crate::service::Service;
-use crate::watch::{CancelWatch, CloseConnection, CreateWatch, RequestProgress, StreamSink};
+use crate::watch::{CloseConnection, StreamSink};
 
 /// Requests served at once per connection; more wait (backpressure on the client).
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 
 /// Frames queued for writing per connection.
 const WRITE_QUEUE_FRAMES: usize = 1024;
-
-/// Connection ids, for naming watch streams (connection, stream id).
-static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Accepts connections on `listener` until `shutdown` turns true; each connection and each
 /// request runs on `tracker`, so shutdown can wait for in-flight work.
@@ -165,7 +162,7 @@ async fn connection(
     }
 
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
-    let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let conn_id = crate::api::next_connection_id();
     let mut watch_streams: HashMap<u64, StreamSink> = HashMap::new();
     loop {
         let next = tokio::select! {
@@ -229,51 +226,35 @@ async fn watch_request(
     streams: &mut HashMap<u64, StreamSink>,
     tx: &mpsc::Sender<Bytes>,
 ) {
-    let stream = (conn_id, id);
-    let watch = service.watch();
-    let sent = match req.request_union {
-        Some(RequestUnion::CreateRequest(create)) => {
-            let sink = streams
-                .entry(id)
-                .or_insert_with(|| {
-                    let (stx, mut srx) = mpsc::channel::<WatchResponse>(
-                        service.watch_limits().stream_buffer_responses,
-                    );
-                    let out = tx.clone();
-                    tokio::spawn(async move {
-                        while let Some(r) = srx.recv().await {
-                            let f = Frame {
-                                id,
-                                body: Some(Body::WatchResponse(r)),
-                            };
-                            if out.send(frame::encode_payload(&f)).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    StreamSink::new(stx, service.state_arc())
-                })
-                .clone();
-            watch
-                .send(CreateWatch {
-                    stream,
-                    sink,
-                    req: create,
-                })
-                .await
-        }
-        Some(RequestUnion::CancelRequest(c)) => {
-            watch
-                .send(CancelWatch {
-                    stream,
-                    watch_id: c.watch_id,
-                })
-                .await
-        }
-        Some(RequestUnion::ProgressRequest(_)) => watch.send(RequestProgress(stream)).await,
-        None => Ok(()),
-    };
-    if sent.is_err() {
+    let is_create = matches!(req.request_union, Some(RequestUnion::CreateRequest(_)));
+    if !is_create && !streams.contains_key(&id) {
+        // Cancel or progress on a stream that never had a watch: nothing to do.
+        return;
+    }
+    let sink = streams
+        .entry(id)
+        .or_insert_with(|| {
+            let (stx, mut srx) =
+                mpsc::channel::<WatchResponse>(service.watch_limits().stream_buffer_responses);
+            let out = tx.clone();
+            tokio::spawn(async move {
+                while let Some(r) = srx.recv().await {
+                    let f = Frame {
+                        id,
+                        body: Some(Body::WatchResponse(r)),
+                    };
+                    if out.send(frame::encode_payload(&f)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            StreamSink::new(stx, service.state_arc())
+        })
+        .clone();
+    if crate::api::route_watch_request(service, (conn_id, id), &sink, req)
+        .await
+        .is_err()
+    {
         let (code, msg) = status_of(&ApiError::Stopped);
         let _ = tx
             .send(frame::encode_payload(&error_frame(id, code, msg)))
