@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # whose build scripts need it. Skipped when already present.
 need=()
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+# etcd itself: the compatibility tests compare etcdctl's output against a real etcd 3.4.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # iptables: the cluster tests cut a member off from its peers (needs root, as CI has).
 command -v iptables >/dev/null 2>&1 || need+=(iptables)

@@ -227,7 +227,9 @@ impl<W> RaftCore<W> {
         }
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.node.read_index(ctx.to_be_bytes().to_vec());
+        // The context must be unique in the whole cluster: the leader ignores a ReadIndex whose
+        // context is already pending, so two members counting from 1 would stall each other.
+        self.node.read_index(read_ctx(self.node.raft.id, ctx));
         let waiters = std::mem::take(&mut self.pending_reads);
         self.inflight_read = Some((ctx, waiters, self.ticks));
     }
@@ -259,14 +261,8 @@ impl<W> RaftCore<W> {
         let mut rd = self.node.ready();
         let mut reads = Vec::new();
         for rs in rd.take_read_states() {
-            let ctx = rs
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .ok();
             if let Some((want, _, _)) = &self.inflight_read
-                && Some(*want) == ctx
+                && read_ctx(self.node.raft.id, *want) == rs.request_ctx
                 && let Some((_, waiters, _)) = self.inflight_read.take()
             {
                 reads.extend(waiters.into_iter().map(|w| (w, rs.index)));
@@ -391,6 +387,13 @@ impl<W> RaftCore<W> {
 }
 
 type ReadWaiter = oneshot::Sender<Result<u64, ApiError>>;
+
+/// A ReadIndex context: this member's ID then its request sequence, both big-endian.
+fn read_ctx(member: u64, seq: u64) -> Vec<u8> {
+    let mut v = member.to_be_bytes().to_vec();
+    v.extend_from_slice(&seq.to_be_bytes());
+    v
+}
 
 /// The actor shell.
 pub struct ConsensusActor {

@@ -71,6 +71,9 @@ impl Node {
     /// Starts `etch` with data in `data_dir` and waits until it listens (not for a leader:
     /// cluster members need each other for that).
     pub fn launch(data_dir: PathBuf, extra: &[&str]) -> Node {
+        if let Some(parent) = data_dir.parent() {
+            std::fs::create_dir_all(parent).expect("test dir");
+        }
         let mut n = Node {
             child: None,
             data_dir,
@@ -623,4 +626,80 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the process binds it right after).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Runs Debian's `etcdctl` (v3 API) against `endpoints`, with `stdin` as input.
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut c = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoints, "--command-timeout", "10s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl (Debian etcd-client) must be installed: ./tests/run.sh installs it");
+    let _ = c.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    c.wait_with_output().expect("etcdctl output")
+}
+
+/// A real etcd 3.4 member (Debian etcd-server) on loopback, killed when dropped: the reference
+/// the compatibility tests compare etch with.
+pub struct Etcd {
+    child: Child,
+    /// `127.0.0.1:port` of its client URL.
+    pub endpoint: String,
+}
+
+impl Etcd {
+    /// Starts a single-member etcd with its data in `dir` and waits until it is healthy.
+    pub fn start(dir: &Path) -> Etcd {
+        let (client, peer) = (free_tcp_port(), free_tcp_port());
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default={p}"),
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian etcd-server) must be installed: ./tests/run.sh installs it");
+        let endpoint = format!("127.0.0.1:{client}");
+        wait_for(START_DEADLINE, "etcd to be healthy", || {
+            etcdctl(&endpoint, &["endpoint", "health"], "")
+                .status
+                .success()
+                .then_some(())
+        });
+        Etcd { child, endpoint }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

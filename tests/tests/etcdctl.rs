@@ -1,0 +1,181 @@
+//! Compatibility with Debian's etcdctl 3.4 over the etcd v3 gRPC API: against a 3-member etch
+//! cluster, and output for output against a real etcd 3.4.
+
+use etch_tests::{Cluster, Etcd, Node, etcdctl};
+
+fn out(endpoints: &str, args: &[&str], stdin: &str) -> String {
+    let o = etcdctl(endpoints, args, stdin);
+    let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+    if !o.status.success() {
+        // etcdctl's last stderr line is the error it reports.
+        let err = String::from_utf8_lossy(&o.stderr);
+        s.push_str(&format!("FAILED: {}", err.lines().last().unwrap_or("")));
+    }
+    s
+}
+
+/// Masks what legitimately differs between two clusters: 16-hex-digit IDs (members, leases)
+/// and the numbers after `"revision"`, `"raft_term"`, `"cluster_id"`, `"member_id"`.
+fn mask(s: &str) -> String {
+    let mut out = String::new();
+    for word in s.split_inclusive(|c: char| !c.is_ascii_alphanumeric()) {
+        let w = word.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        let tail = &word[w.len()..];
+        if w.len() >= 12
+            && w.chars().all(|c| c.is_ascii_hexdigit())
+            && w.chars().any(|c| c.is_ascii_digit())
+        {
+            out.push_str("<id>");
+        } else {
+            out.push_str(w);
+        }
+        out.push_str(tail);
+    }
+    out
+}
+
+/// The command list run against both; each entry is (args, stdin).
+fn script() -> Vec<(Vec<&'static str>, &'static str)> {
+    vec![
+        (vec!["put", "a", "1"], ""),
+        (vec!["put", "a", "2", "--prev-kv"], ""),
+        (vec!["put", "b", "3"], ""),
+        (vec!["put", "c/x", "4"], ""),
+        (vec!["put", "c/y", "5"], ""),
+        (vec!["get", "a"], ""),
+        (vec!["get", "a", "--print-value-only"], ""),
+        (vec!["get", "", "--from-key", "--keys-only"], ""),
+        (vec!["get", "c/", "--prefix"], ""),
+        (vec!["get", "a", "c", "--limit", "1"], ""),
+        (
+            vec![
+                "get",
+                "",
+                "--from-key",
+                "--sort-by",
+                "VALUE",
+                "--order",
+                "DESCEND",
+                "--print-value-only",
+            ],
+            "",
+        ),
+        (
+            vec!["get", "c/", "--prefix", "--count-only", "-w", "fields"],
+            "",
+        ),
+        (vec!["get", "a", "--rev", "2", "--print-value-only"], ""),
+        (vec!["get", "a", "--rev", "99"], ""),
+        (vec!["put", "", "x"], ""),
+        (vec!["del", "c/", "--prefix", "--prev-kv"], ""),
+        (vec!["del", "nothing"], ""),
+        (
+            vec!["txn"],
+            "value(\"a\") = \"2\"\n\nput a 10\nget b\n\nput a 20\n\n",
+        ),
+        (
+            vec!["txn"],
+            "value(\"a\") = \"2\"\n\nput a 10\n\nput a 20\n\n",
+        ),
+        (vec!["get", "a", "--print-value-only"], ""),
+        (vec!["compaction", "3"], ""),
+        (vec!["get", "a", "--rev", "2"], ""),
+        (vec!["lease", "grant", "100"], ""),
+        (vec!["lease", "revoke", "1234"], ""),
+        (vec!["put", "x", "y", "--lease", "1234"], ""),
+        (vec!["put", "x", "--ignore-value"], ""),
+    ]
+}
+
+#[test]
+fn etcdctl_output_matches_real_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let etch = Node::start(&dir.path().join("etch"), &[]);
+    for (args, stdin) in script() {
+        let want = mask(&out(&etcd.endpoint, &args, stdin));
+        let got = mask(&out(&etch.grpc, &args, stdin));
+        assert_eq!(got, want, "etcdctl {args:?}");
+    }
+}
+
+#[test]
+fn etcdctl_against_a_three_member_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let all: Vec<String> = c.nodes.iter().map(|n| n.grpc.clone()).collect();
+    let eps = all.join(",");
+    // Through every member, followers included.
+    for (i, ep) in all.iter().enumerate() {
+        assert_eq!(out(ep, &["put", &format!("k{i}"), "v"], ""), "OK\n");
+    }
+    for ep in &all {
+        assert_eq!(
+            out(ep, &["get", "k", "--prefix", "--keys-only"], ""),
+            "k0\n\nk1\n\nk2\n\n"
+        );
+    }
+    let status = out(&eps, &["endpoint", "status", "-w", "json"], "");
+    let v: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    let leaders: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Status"]["leader"].clone())
+        .collect();
+    assert!(leaders.windows(2).all(|w| w[0] == w[1]), "{status}");
+    assert!(out(&eps, &["endpoint", "status", "-w", "table"], "").contains("3.5."));
+    // etcdctl 3.4 prints health results on stderr.
+    let health = etcdctl(&eps, &["endpoint", "health"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&health.stderr)
+            .matches("is healthy")
+            .count(),
+        3
+    );
+    let members = out(&all[0], &["member", "list"], "");
+    assert_eq!(members.lines().count(), 3, "{members}");
+    // A lease through a follower: grant, attach, keep alive once, time to live, revoke.
+    let grant = out(&all[1], &["lease", "grant", "30"], "");
+    let id = grant.split_whitespace().nth(1).unwrap().to_owned();
+    assert_eq!(
+        out(&all[2], &["put", "leased", "v", "--lease", &id], ""),
+        "OK\n"
+    );
+    assert!(
+        out(&all[2], &["lease", "keep-alive", "--once", &id], "")
+            .contains("keepalived with TTL(30)")
+    );
+    assert!(
+        out(&all[1], &["lease", "timetolive", &id, "--keys"], "")
+            .contains("attached keys([leased])")
+    );
+    assert!(out(&all[0], &["lease", "list"], "").contains(&id));
+    assert_eq!(
+        out(&all[2], &["lease", "revoke", &id], ""),
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(out(&all[0], &["get", "leased"], ""), "");
+    // Watch from a past revision with prev-kv, on a follower.
+    let mut w = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &all[1],
+            "watch",
+            "k",
+            "--prefix",
+            "--rev",
+            "2",
+            "--prev-kv",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(w.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "PUT");
+    assert_eq!(lines.next().unwrap().unwrap(), "k0");
+    let _ = w.kill();
+    let _ = w.wait();
+}
