@@ -74,12 +74,22 @@ impl Grpc {
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(ClusterServer::new(self.clone()))
             .add_service(MaintenanceServer::new(self))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(nodelay(listener), shutdown)
             .await
     }
+}
+
+/// Accepted connections with `TCP_NODELAY` (tonic sets it only on listeners it binds itself):
+/// without it, small responses can wait for the peer's delayed ACK.
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio_stream::StreamExt::map(incoming, |s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
 }
 
 type Res<T> = Result<Response<T>, Status>;
