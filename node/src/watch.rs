@@ -105,6 +105,26 @@ impl Watcher {
             && (self.range_end.as_ref() == [0] || key < self.range_end.as_ref())
     }
 
+    /// This watcher's events among `events`: from `next_rev` on, in its range, through its
+    /// filters, with `prev_kv` filled in when asked.
+    fn select(&self, store: &MvccStore, events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| {
+                e.kv.as_ref()
+                    .is_some_and(|kv| kv.mod_revision >= self.next_rev)
+                    && self.wants(e)
+            })
+            .map(|e| {
+                if self.prev_kv {
+                    with_prev(store, e)
+                } else {
+                    e.clone()
+                }
+            })
+            .collect()
+    }
+
     fn wants(&self, ev: &Event) -> bool {
         let is_put = ev.r#type == EventType::Put as i32;
         if (is_put && self.no_put) || (!is_put && self.no_delete) {
@@ -360,21 +380,7 @@ impl<S: Sink> WatchHub<S> {
                     dead.push(*id);
                     continue;
                 }
-                let mine: Vec<Event> = events
-                    .iter()
-                    .filter(|e| {
-                        e.kv.as_ref()
-                            .is_some_and(|kv| kv.mod_revision >= w.next_rev)
-                            && w.wants(e)
-                    })
-                    .map(|e| {
-                        if w.prev_kv {
-                            with_prev(store, e)
-                        } else {
-                            e.clone()
-                        }
-                    })
-                    .collect();
+                let mine = w.select(store, &events);
                 if mine.is_empty() {
                     w.next_rev = w.next_rev.max(current + 1);
                     continue;
@@ -444,17 +450,7 @@ impl<S: Sink> WatchHub<S> {
                     }
                     continue;
                 }
-                let mine: Vec<Event> = events
-                    .iter()
-                    .filter(|e| w.wants(e))
-                    .map(|e| {
-                        if w.prev_kv {
-                            with_prev(store, e)
-                        } else {
-                            e.clone()
-                        }
-                    })
-                    .collect();
+                let mine = w.select(store, &events);
                 let delivered = mine.is_empty()
                     || send_all(
                         &st.sink,
