@@ -185,6 +185,19 @@ impl Node {
         Node::launch(dir.join("outsider"), &args)
     }
 
+    /// Sends `signal` (a name such as `STOP`, `CONT`, `TERM`) to the running process.
+    ///
+    /// # Panics
+    /// When the process is not running or `kill` fails.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("running").to_string();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "kill -{signal} failed");
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -408,6 +421,22 @@ pub fn bench(addr: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run etch-bench")
+}
+
+/// Runs `etch-bench --endpoints addr --json args...`, asserts it ran without errors and returns
+/// its report.
+pub fn bench_ok(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = bench(addr, &all);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "etch-bench {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["errors"], 0, "etch-bench {args:?}: {report}");
+    report
 }
 
 /// A single-threaded tokio runtime for tests that use the client library.
