@@ -3,8 +3,8 @@
 #
 #   tools/scripts/cluster.sh [data-root]      (default ./cluster.etch)
 #
-# Members m0, m1, m2: native protocol on 127.0.0.1:23790-23792, peers (QUIC/UDP) on
-# 127.0.0.1:23800-23802. Then: etchctl --endpoints 127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792 ...
+# Members m0, m1, m2: etcd gRPC API on 127.0.0.1:23770-23772 (etcdctl), native protocol on
+# 127.0.0.1:23790-23792 (etchctl), peers (QUIC/UDP) on 127.0.0.1:23800-23802.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=${1:-cluster.etch}
@@ -16,10 +16,12 @@ trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' INT TERM EXIT
 for i in 0 1 2; do
   ./target/release/etch --name "m$i" --data-dir "$root/m$i" \
     --listen-native-urls "tcp://127.0.0.1:2379$i" \
+    --listen-client-urls "http://127.0.0.1:2377$i" --advertise-client-urls "http://127.0.0.1:2377$i" \
     --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
     --initial-cluster "$initial" --initial-cluster-token etch-local \
     2> "$root/m$i.log" &
   pids+=($!)
 done
-echo "etch cluster: endpoints 127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792 (logs in $root/m*.log)"
+echo "etch cluster: etcdctl --endpoints 127.0.0.1:23770,127.0.0.1:23771,127.0.0.1:23772;" \
+  "etchctl --endpoints 127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792 (logs in $root/m*.log)"
 wait
