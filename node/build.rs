@@ -2,15 +2,24 @@
 //! message types; protox compiles the .proto files, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto/services.proto");
-    println!("cargo:rerun-if-changed=../protocol/proto/rpc.proto");
-    let fds = protox::compile(["proto/services.proto"], ["proto", "../protocol/proto"])?;
+    let services = [
+        "proto/services.proto",
+        "proto/lock.proto",
+        "proto/election.proto",
+    ];
+    for f in services {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    println!("cargo:rerun-if-changed=../protocol/proto");
+    let fds = protox::compile(services, ["proto", "../protocol/proto"])?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
         .build_transport(false)
         .extern_path(".etcdserverpb", "::etch_protocol::etcdserverpb")
         .extern_path(".mvccpb", "::etch_protocol::mvccpb")
+        .extern_path(".v3lockpb", "::etch_protocol::v3lockpb")
+        .extern_path(".v3electionpb", "::etch_protocol::v3electionpb")
         .compile_fds(fds)?;
     Ok(())
 }

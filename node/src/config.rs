@@ -165,7 +165,7 @@ pub struct Config {
     /// etcd gRPC API listen addresses (`--listen-client-urls`).
     pub listen_client: Vec<SocketAddr>,
     /// The bootstrap membership, for MemberList (ID, name, peer URLs; client URLs for this
-    /// member only: the others' are not known without membership publishing).
+    /// member only: the others' come from their peer Hellos, see `NodeState::client_urls`).
     pub members: Vec<etch_protocol::etcdserverpb::Member>,
     /// This member's ID (etcd's derivation from peer URLs and token).
     pub member_id: u64,

@@ -49,6 +49,8 @@ pub struct NodeState {
     commit_index: AtomicU64,
     last_index: AtomicU64,
     fatal: watch::Sender<Option<String>>,
+    /// Other members' advertised client URLs, as their peer Hellos announced them.
+    client_urls: std::sync::RwLock<std::collections::HashMap<u64, Vec<String>>>,
 }
 
 impl NodeState {
@@ -62,6 +64,7 @@ impl NodeState {
             commit_index: AtomicU64::new(0),
             last_index: AtomicU64::new(0),
             fatal: watch::channel(None).0,
+            client_urls: Default::default(),
         }
     }
     /// Current raft term.
@@ -84,6 +87,21 @@ impl NodeState {
     pub fn fail(&self, why: String) {
         tracing::error!(error = %why, "fatal error, stopping");
         self.fatal.send_replace(Some(why));
+    }
+    /// Records member `id`'s advertised client URLs (from its peer Hello).
+    pub fn set_client_urls(&self, id: u64, urls: Vec<String>) {
+        self.client_urls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, urls);
+    }
+    /// Member `id`'s advertised client URLs, if its Hello has been seen.
+    pub fn client_urls(&self, id: u64) -> Option<Vec<String>> {
+        self.client_urls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
     /// Resolves when a fatal error has been recorded.
     pub fn fatal(&self) -> watch::Receiver<Option<String>> {
@@ -351,9 +369,10 @@ impl<W> RaftCore<W> {
         self.node.report_unreachable(id);
     }
 
-    /// Starts handing leadership to the most caught-up voter; returns its ID, or `None` when
-    /// this member is not the leader or has no peer to hand over to.
-    pub fn transfer_leadership(&mut self) -> Option<u64> {
+    /// Starts handing leadership to `to`, or to the most caught-up voter when `to` is `None`;
+    /// returns the chosen member's ID, or `None` when this member is not the leader or the
+    /// target is not another voter.
+    pub fn transfer_leadership(&mut self, to: Option<u64>) -> Option<u64> {
         let r = &self.node.raft;
         if r.state != StateRole::Leader {
             return None;
@@ -362,7 +381,7 @@ impl<W> RaftCore<W> {
         let target = r
             .prs()
             .iter()
-            .filter(|(id, _)| **id != me)
+            .filter(|(id, _)| **id != me && to.is_none_or(|t| t == **id))
             .max_by_key(|(_, pr)| pr.matched)
             .map(|(id, _)| *id)?;
         self.node.transfer_leader(target);
@@ -637,16 +656,16 @@ impl Handler<Unreachable> for ConsensusActor {
 
 /// Sent by `run` on graceful shutdown: hand leadership to the most caught-up follower so the
 /// cluster does not wait an election timeout (etcd `TransferLeadership` on stop). Replies with
-/// the chosen member, if any.
+/// the chosen member, if any. Also etcd's `MoveLeader`, with the target member.
 #[derive(Message)]
 #[rtype(result = "Option<u64>")]
-pub struct TransferLeadership;
+pub struct TransferLeadership(pub Option<u64>);
 
 impl Handler<TransferLeadership> for ConsensusActor {
     type Result = Option<u64>;
 
-    fn handle(&mut self, _: TransferLeadership, ctx: &mut Context<Self>) -> Option<u64> {
-        let target = self.core.transfer_leadership();
+    fn handle(&mut self, m: TransferLeadership, ctx: &mut Context<Self>) -> Option<u64> {
+        let target = self.core.transfer_leadership(m.0);
         self.drive(ctx);
         target
     }

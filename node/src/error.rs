@@ -49,6 +49,12 @@ pub enum ApiError {
     /// The request needs the leader and this member is not it (etcd `ErrGRPCNotLeader`).
     #[error("not leader")]
     NotLeader,
+    /// MoveLeader to a member that is not another voter (etcd `ErrBadLeaderTransferee`).
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
+    /// MoveLeader did not finish within the request timeout (etcd `ErrTimeoutLeaderTransfer`).
+    #[error("leader transfer took too long")]
+    LeaderTransferTimeout,
     /// The request has no body this node understands.
     #[error("unknown request")]
     Unimplemented,

@@ -168,8 +168,13 @@ pub async fn run(
             tracing::info!(%addr, peers = config.peers.len(), "serving peers (QUIC)");
             Some(transport::TransportActor::start(
                 ep,
-                member_id,
-                cluster_id,
+                state.clone(),
+                config
+                    .members
+                    .iter()
+                    .find(|m| m.id == member_id)
+                    .map(|m| m.client_ur_ls.clone())
+                    .unwrap_or_default(),
                 &config.peers,
                 store.clone(),
                 consensus.clone(),
@@ -269,7 +274,7 @@ pub async fn run(
         tracing::warn!("in-flight requests did not finish in time");
     }
     if result.is_ok()
-        && let Ok(Some(target)) = consensus.send(consensus::TransferLeadership).await
+        && let Ok(Some(target)) = consensus.send(consensus::TransferLeadership(None)).await
     {
         tracing::info!(to = %format!("{target:x}"), "transferring leadership before stopping");
         let deadline = tokio::time::Instant::now() + config.election_timeout * 2;

@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
-    TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvResponse,
+    HashResponse, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
 };
 use etch_protocol::etcdserverpb::{
     LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
@@ -478,6 +478,68 @@ impl Service {
                 .map(|l| LeaseStatus { id: l.id })
                 .collect(),
         })
+    }
+
+    /// The hash of this member's MVCC history up to `revision` (0 = current): etcd
+    /// Maintenance.HashKV, answered locally (members are compared by the caller).
+    ///
+    /// # Errors
+    /// Compacted or future revision; store failure.
+    pub fn hash_kv(&self, revision: i64) -> Res<HashKvResponse> {
+        let h = self.store.hash_kv(revision).map_err(Self::store_err)??;
+        Ok(HashKvResponse {
+            header: self.header(None),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.hash_revision,
+        })
+    }
+
+    /// The hash of this member's whole store as it is now (etcd Maintenance.Hash).
+    ///
+    /// # Errors
+    /// Store failure.
+    pub fn hash(&self) -> Res<HashResponse> {
+        let hash = self.store.hash_all().map_err(Self::store_err)?;
+        Ok(HashResponse {
+            header: self.header(None),
+            hash,
+        })
+    }
+
+    /// Hands leadership to member `target` and waits until it leads (etcd
+    /// Maintenance.MoveLeader; must be sent to the leader, as in etcd).
+    ///
+    /// # Errors
+    /// Not the leader; `target` is not another voter; the transfer did not finish within the
+    /// request timeout.
+    pub async fn move_leader(&self, target: u64) -> Res<MoveLeaderResponse> {
+        if self.state.leader() != self.state.member_id {
+            return Err(ApiError::NotLeader);
+        }
+        let started = self
+            .consensus
+            .send(crate::consensus::TransferLeadership(Some(target)))
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        if started != Some(target) {
+            return Err(ApiError::BadLeaderTransferee);
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
+        while self.state.leader() != target {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(MoveLeaderResponse {
+            header: self.header(None),
+        })
+    }
+
+    /// The response header for requests that only report this member's state.
+    pub fn local_header(&self) -> Option<ResponseHeader> {
+        self.header(None)
     }
 
     /// This member's status (etcd Maintenance.Status).

@@ -2,6 +2,7 @@
 //!
 //! - [`mvccpb`] and [`etcdserverpb`]: messages wire-compatible with etcd v3's `.proto` files
 //!   (same packages, field numbers and types), shared by every front end.
+//! - [`v3lockpb`], [`v3electionpb`]: etcd's Lock and Election service messages.
 //! - [`etchpb`]: the native protocol's [`etchpb::Frame`] envelope and the
 //!   [`etchpb::InternalRequest`] carried in raft log entries.
 //! - [`frame`]: the native frame format (`u32` big-endian length, then a protobuf `Frame`) and,
@@ -23,6 +24,22 @@ pub mod mvccpb {
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
+
+/// etcd's `v3lockpb` package: the server-side Lock service's messages.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+
+/// etcd's `v3electionpb` package: the server-side Election service's messages.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of every message above (protobuf reflection, e.g. for the
+/// HTTP JSON gateway's protobuf <-> JSON mapping).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
 /// etch's own messages: the native frame envelope and the raft entry payload.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -108,9 +125,33 @@ impl Code {
     }
 }
 
+/// etcd's prefix rule (`clientv3.GetPrefixRangeEnd`): the range end of all keys starting with
+/// `key`, i.e. the key with its last byte below 0xff incremented and the rest dropped; `"\0"`
+/// (every key) when every byte is 0xff or the key is empty.
+pub fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            let n = end.len();
+            end[n - 1] = last + 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_end_follows_etcd() {
+        assert_eq!(prefix_end(b"a"), b"b");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
+    }
 
     #[test]
     fn codes_round_trip() {

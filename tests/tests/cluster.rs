@@ -556,6 +556,7 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
                     cluster_id,
                     member_id,
                     protocol_version: 1,
+                    client_urls: Vec::new(),
                 })),
             })
         };

@@ -470,31 +470,14 @@ fn unexpected(b: Body) -> ClientError {
     ClientError::Protocol(format!("unexpected response {b:?}"))
 }
 
-/// etcd's prefix rule: the range end of all keys starting with `key` (the key with its last
-/// byte below 0xff incremented and the rest dropped); `"\0"` when every byte is 0xff.
-pub fn prefix_end(key: &[u8]) -> Vec<u8> {
-    let mut end = key.to_vec();
-    while let Some(&last) = end.last() {
-        if last < 0xff {
-            let n = end.len();
-            end[n - 1] = last + 1;
-            return end;
-        }
-        end.pop();
-    }
-    vec![0]
-}
+pub use etch_protocol::prefix_end;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn prefix_end_follows_etcd() {
-        assert_eq!(prefix_end(b"a"), b"b");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
-        assert_eq!(prefix_end(b""), b"\0");
+    fn endpoint_addr_takes_urls_and_host_ports() {
         assert_eq!(endpoint_addr("http://127.0.0.1:2379/"), "127.0.0.1:2379");
         assert_eq!(endpoint_addr("127.0.0.1:2378"), "127.0.0.1:2378");
     }

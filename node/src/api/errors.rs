@@ -42,8 +42,22 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
         ApiError::TooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
         ApiError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
         ApiError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
+        ApiError::BadLeaderTransferee => (
+            Code::FailedPrecondition,
+            "etcdserver: bad leader transferee",
+        ),
+        ApiError::LeaderTransferTimeout => (
+            Code::Unavailable,
+            "etcdserver: request timed out, leader transfer took too long",
+        ),
         ApiError::Unimplemented => (Code::Unimplemented, "etch: unknown request type"),
     }
+}
+
+/// `e` as the gRPC status etcd answers (code and exact message).
+pub fn to_status(e: ApiError) -> tonic::Status {
+    let (code, msg) = status_of(&e);
+    tonic::Status::new(tonic::Code::from(code as i32), msg)
 }
 
 /// The error a forwarded request's answer carried, back from its code and message (the
@@ -153,6 +167,16 @@ mod tests {
                 RequestError::LeaseTtlTooLarge.into(),
                 Code::OutOfRange,
                 "etcdserver: too large lease TTL",
+            ),
+            (
+                ApiError::BadLeaderTransferee,
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            (
+                ApiError::LeaderTransferTimeout,
+                Code::Unavailable,
+                "etcdserver: request timed out, leader transfer took too long",
             ),
         ];
         for (e, code, msg) in cases {

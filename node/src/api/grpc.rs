@@ -1,7 +1,12 @@
 //! The etcd v3 gRPC API (tonic) on the client URLs: `etcdserverpb.KV`, `Watch`, `Lease`,
-//! `Cluster.MemberList` and `Maintenance.Status`, with etcd's service and method names, served
-//! by the same [`Service`] as the native protocol (no second implementation of any semantics).
-//! Errors carry etcd's gRPC codes and exact messages ([`crate::api::errors`]).
+//! `Cluster`, `Maintenance`, `v3lockpb.Lock`, `v3electionpb.Election` and the standard
+//! `grpc.health.v1.Health`, with etcd's service and method names, served by the same
+//! [`Service`] as the native protocol (no second implementation of any semantics). Errors carry
+//! etcd's gRPC codes and exact messages ([`crate::api::errors`]).
+//!
+//! Not built yet, answered `Unimplemented` with a message naming it: membership changes
+//! (MemberAdd/Remove/Update/Promote), Maintenance.Snapshot and raising alarms (etch has no
+//! space quota yet, so no alarm is ever raised; AlarmList answers an empty list).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,8 +18,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use etch_protocol::etcdserverpb::*;
 
-use crate::api::errors::status_of;
-use crate::error::ApiError;
+use etch_protocol::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use etch_protocol::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+
+use crate::api::errors::to_status as status;
+use crate::api::recipes;
 use crate::service::Service;
 use crate::watch::{CloseConnection, StreamSink};
 
@@ -22,8 +33,20 @@ use crate::watch::{CloseConnection, StreamSink};
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod generated {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+
+    /// `v3lockpb.Lock`.
+    pub mod lock {
+        include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    }
+
+    /// `v3electionpb.Election`.
+    pub mod election {
+        include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+    }
 }
 
+use generated::election::election_server::{Election, ElectionServer};
+use generated::lock::lock_server::{Lock, LockServer};
 use generated::{
     cluster_server::{Cluster, ClusterServer},
     kv_server::{Kv, KvServer},
@@ -35,11 +58,6 @@ use generated::{
 /// Headroom above `--max-request-bytes` for the gRPC receive limit (etcd adds the same kind of
 /// margin so that a request at the limit still decodes and gets "request is too large").
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-
-fn status(e: ApiError) -> Status {
-    let (code, msg) = status_of(&e);
-    Status::new(tonic::Code::from(code as i32), msg)
-}
 
 /// The gRPC front end: one value serves every service.
 #[derive(Clone)]
@@ -68,12 +86,27 @@ impl Grpc {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let limit = max_request_bytes + GRPC_OVERHEAD_BYTES;
+        // grpc.health.v1: the empty service name (the whole server) is SERVING while it runs,
+        // as etcd reports it.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let shutdown = async move {
+            shutdown.await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        };
         tonic::transport::Server::builder()
             .add_service(KvServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(WatchServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(ClusterServer::new(self.clone()))
-            .add_service(MaintenanceServer::new(self))
+            .add_service(MaintenanceServer::new(self.clone()))
+            .add_service(LockServer::new(self.clone()).max_decoding_message_size(limit))
+            .add_service(ElectionServer::new(self).max_decoding_message_size(limit))
+            .add_service(health_service)
             .serve_with_incoming_shutdown(nodelay(listener), shutdown)
             .await
     }
@@ -218,19 +251,145 @@ impl Lease for Grpc {
     }
 }
 
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("etch: {what} is not supported yet"))
+}
+
 #[tonic::async_trait]
 impl Cluster for Grpc {
+    async fn member_add(&self, _: Request<MemberAddRequest>) -> Res<MemberAddResponse> {
+        Err(unimplemented("MemberAdd (membership changes)"))
+    }
+    async fn member_remove(&self, _: Request<MemberRemoveRequest>) -> Res<MemberRemoveResponse> {
+        Err(unimplemented("MemberRemove (membership changes)"))
+    }
+    async fn member_update(&self, _: Request<MemberUpdateRequest>) -> Res<MemberUpdateResponse> {
+        Err(unimplemented("MemberUpdate (membership changes)"))
+    }
     async fn member_list(&self, _: Request<MemberListRequest>) -> Res<MemberListResponse> {
+        // Other members' client URLs are what their peer Hellos announced (empty until a
+        // member has connected since this one started).
+        let state = self.svc.state();
+        let members = self
+            .members
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if m.client_ur_ls.is_empty() {
+                    m.client_ur_ls = state.client_urls(m.id).unwrap_or_default();
+                }
+                m
+            })
+            .collect();
         Ok(Response::new(MemberListResponse {
-            header: self.svc.status().header,
-            members: self.members.as_ref().clone(),
+            header: self.svc.local_header(),
+            members,
         }))
+    }
+    async fn member_promote(&self, _: Request<MemberPromoteRequest>) -> Res<MemberPromoteResponse> {
+        Err(unimplemented("MemberPromote (membership changes)"))
     }
 }
 
 #[tonic::async_trait]
 impl Maintenance for Grpc {
+    type SnapshotStream = BoxStream<SnapshotResponse>;
+
+    /// Alarms: etch raises none yet (no space quota), so GET and DEACTIVATE answer an empty
+    /// list; ACTIVATE is refused.
+    async fn alarm(&self, r: Request<AlarmRequest>) -> Res<AlarmResponse> {
+        use alarm_request::AlarmAction;
+        match AlarmAction::try_from(r.into_inner().action) {
+            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => {
+                Ok(Response::new(AlarmResponse {
+                    header: self.svc.local_header(),
+                    alarms: Vec::new(),
+                }))
+            }
+            _ => Err(unimplemented("raising alarms")),
+        }
+    }
     async fn status(&self, _: Request<StatusRequest>) -> Res<StatusResponse> {
         Ok(Response::new(self.svc.status()))
+    }
+    /// fjall compacts its files in the background, so there is nothing to defragment: the
+    /// call succeeds at once (etcd rewrites its bbolt file here).
+    async fn defragment(&self, _: Request<DefragmentRequest>) -> Res<DefragmentResponse> {
+        Ok(Response::new(DefragmentResponse {
+            header: self.svc.local_header(),
+        }))
+    }
+    async fn hash(&self, _: Request<HashRequest>) -> Res<HashResponse> {
+        self.svc.hash().map(Response::new).map_err(status)
+    }
+    async fn hash_kv(&self, r: Request<HashKvRequest>) -> Res<HashKvResponse> {
+        self.svc
+            .hash_kv(r.into_inner().revision)
+            .map(Response::new)
+            .map_err(status)
+    }
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Res<Self::SnapshotStream> {
+        Err(unimplemented("Snapshot (etcdctl snapshot save)"))
+    }
+    async fn move_leader(&self, r: Request<MoveLeaderRequest>) -> Res<MoveLeaderResponse> {
+        self.svc
+            .move_leader(r.into_inner().target_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for Grpc {
+    async fn lock(&self, r: Request<LockRequest>) -> Res<LockResponse> {
+        recipes::lock(&self.svc, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn unlock(&self, r: Request<UnlockRequest>) -> Res<UnlockResponse> {
+        recipes::unlock(&self.svc, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Election for Grpc {
+    type ObserveStream = BoxStream<LeaderResponse>;
+
+    async fn campaign(&self, r: Request<CampaignRequest>) -> Res<CampaignResponse> {
+        recipes::campaign(&self.svc, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn proclaim(&self, r: Request<ProclaimRequest>) -> Res<ProclaimResponse> {
+        recipes::proclaim(&self.svc, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn leader(&self, r: Request<LeaderRequest>) -> Res<LeaderResponse> {
+        recipes::leader(&self.svc, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+    /// A stream of leaders and proclamations; ends when the client goes away.
+    async fn observe(&self, r: Request<LeaderRequest>) -> Res<Self::ObserveStream> {
+        let (tx, rx) = mpsc::channel(16);
+        let (svc, req) = (self.svc.clone(), r.into_inner());
+        tokio::spawn(async move {
+            // Stop following the election as soon as the client is gone, not at the next event.
+            let gone = tx.clone();
+            tokio::select! {
+                _ = gone.closed() => {}
+                _ = recipes::observe(svc, req, tx) => {}
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+    async fn resign(&self, r: Request<ResignRequest>) -> Res<ResignResponse> {
+        recipes::resign(&self.svc, r.into_inner())
+            .await
+            .map(Response::new)
     }
 }

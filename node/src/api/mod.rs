@@ -4,6 +4,7 @@
 pub mod errors;
 pub mod grpc;
 pub mod native;
+pub mod recipes;
 
 use etch_protocol::etcdserverpb::WatchRequest;
 use etch_protocol::etcdserverpb::watch_request::RequestUnion;
@@ -51,5 +52,52 @@ pub(crate) async fn route_watch_request(
         }
         Some(RequestUnion::ProgressRequest(_)) => watch.send(RequestProgress(stream)).await,
         None => Ok(()),
+    }
+}
+
+/// A watch the server opens for itself (the Lock and Election recipes wait on it), on its own
+/// connection id; closed when dropped.
+pub(crate) struct InternalWatch {
+    conn: u64,
+    rx: tokio::sync::mpsc::Receiver<etch_protocol::etcdserverpb::WatchResponse>,
+    watch: actix::Addr<crate::watch::WatchActor>,
+}
+
+impl InternalWatch {
+    /// Opens a watch for `req` (one watcher on a fresh stream).
+    ///
+    /// # Errors
+    /// The watch actor is gone (shutdown).
+    pub(crate) async fn open(
+        service: &Service,
+        req: etch_protocol::etcdserverpb::WatchCreateRequest,
+    ) -> Result<InternalWatch, actix::MailboxError> {
+        let conn = next_connection_id();
+        let (tx, rx) = tokio::sync::mpsc::channel(service.watch_limits().stream_buffer_responses);
+        let sink = StreamSink::new(tx, service.state_arc());
+        let w = InternalWatch {
+            conn,
+            rx,
+            watch: service.watch().clone(),
+        };
+        w.watch
+            .send(CreateWatch {
+                stream: (conn, 0),
+                sink,
+                req,
+            })
+            .await?;
+        Ok(w)
+    }
+
+    /// The next response; `None` once the watch actor dropped the stream.
+    pub(crate) async fn next(&mut self) -> Option<etch_protocol::etcdserverpb::WatchResponse> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for InternalWatch {
+    fn drop(&mut self) {
+        self.watch.do_send(crate::watch::CloseConnection(self.conn));
     }
 }

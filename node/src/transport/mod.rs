@@ -64,6 +64,8 @@ pub struct TransportActor {
     hello: Bytes,
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
+    /// Where peers' announced client URLs are kept (MemberList).
+    state: Arc<crate::consensus::NodeState>,
 }
 
 /// Builds the QUIC endpoint on `socket`. With `tls`, the member presents its certificate as
@@ -151,21 +153,24 @@ pub fn endpoint(
 
 impl TransportActor {
     /// Starts the transport: a sender task per peer in `peers` (member ID -> address) and the
-    /// accept loop on `endpoint`, all stopping when `stop` turns true.
+    /// accept loop on `endpoint`, all stopping when `stop` turns true. This member's identity
+    /// comes from `state`; its Hello announces `client_urls`.
     pub fn start(
         endpoint: quinn::Endpoint,
-        member_id: u64,
-        cluster_id: u64,
+        state: Arc<crate::consensus::NodeState>,
+        client_urls: Vec<String>,
         peers: &[Peer],
         store: Arc<MvccStore>,
         consensus: Addr<ConsensusActor>,
         stop: watch::Receiver<bool>,
     ) -> Addr<TransportActor> {
+        let (member_id, cluster_id) = (state.member_id, state.cluster_id);
         let hello = frame::encode_payload_of(&PeerFrame {
             body: Some(Body::Hello(PeerHello {
                 cluster_id,
                 member_id,
                 protocol_version: PEER_PROTOCOL_VERSION,
+                client_urls,
             })),
         });
         let mut queues = HashMap::new();
@@ -204,8 +209,22 @@ impl TransportActor {
             hello,
             store,
             consensus,
+            state,
         };
         ctx.run(actor)
+    }
+}
+
+/// A peer's Hello announced its client URLs.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PeerClientUrls(u64, Vec<String>);
+
+impl Handler<PeerClientUrls> for TransportActor {
+    type Result = ();
+
+    fn handle(&mut self, m: PeerClientUrls, _: &mut Context<Self>) {
+        self.state.set_client_urls(m.0, m.1);
     }
 }
 
@@ -551,6 +570,7 @@ async fn read_stream(
             hello.member_id
         ));
     }
+    transport.do_send(PeerClientUrls(hello.member_id, hello.client_urls));
     while let Some(next) = r.next().await {
         let b = match next {
             Ok(b) => b,

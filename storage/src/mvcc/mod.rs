@@ -17,6 +17,7 @@
 //! Durability: batches are written to fjall's journal in OS buffers, not fsynced; the raft WAL
 //! is the source of truth. [`MvccStore::persist`] fsyncs before the WAL is released.
 
+mod hash;
 pub mod keys;
 mod read;
 pub mod snapshot;
@@ -38,6 +39,7 @@ use etch_protocol::etchpb::internal_request::Request;
 use etch_protocol::mvccpb::{Event, KeyValue};
 
 use crate::error::{Error, Result};
+pub use hash::KvHash;
 pub use keys::Revision;
 use keys::{IndexValue, index_prefix, kv_key};
 pub use validate::{
