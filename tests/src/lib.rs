@@ -732,3 +732,132 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// A response from [`http`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// The body (de-chunked).
+    pub body: String,
+}
+
+/// One HTTP/1.1 request on a fresh connection to `addr` (`127.0.0.1:port`), body sent as is
+/// (the gateway takes JSON); waits up to 20 s for the whole answer. A tiny client so the
+/// gateway tests speak plain HTTP with nothing in between.
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> HttpResponse {
+    let mut s = HttpStream::open(addr, method, path, body);
+    let mut out = Vec::new();
+    while let Some(chunk) = s.chunk() {
+        out.extend_from_slice(&chunk);
+    }
+    HttpResponse {
+        status: s.status,
+        body: String::from_utf8_lossy(&out).into_owned(),
+    }
+}
+
+/// A streamed HTTP/1.1 answer (the gateway's watch and keep-alive streams), read line by line.
+pub struct HttpStream {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    /// HTTP status code.
+    pub status: u16,
+    chunked: bool,
+    remaining: Option<usize>,
+    pending: Vec<u8>,
+    done: bool,
+}
+
+impl HttpStream {
+    /// Sends the request and reads the status line and headers.
+    pub fn open(addr: &str, method: &str, path: &str, body: &str) -> HttpStream {
+        use std::io::{BufRead, Write};
+        let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        write!(
+            sock,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send request");
+        let mut reader = std::io::BufReader::new(sock);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let (mut chunked, mut remaining) = (false, None);
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("header");
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if l == "transfer-encoding: chunked" {
+                chunked = true;
+            }
+            if let Some(n) = l.strip_prefix("content-length:") {
+                remaining = n.trim().parse().ok();
+            }
+        }
+        HttpStream {
+            reader,
+            status,
+            chunked,
+            remaining,
+            pending: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    fn chunk(&mut self) -> Option<Vec<u8>> {
+        use std::io::BufRead;
+        if self.done {
+            return None;
+        }
+        if self.chunked {
+            let mut size = String::new();
+            self.reader.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut buf = vec![0; n + 2];
+            self.reader.read_exact(&mut buf).ok()?;
+            buf.truncate(n);
+            if n == 0 {
+                self.done = true;
+                return None;
+            }
+            return Some(buf);
+        }
+        let mut buf = Vec::new();
+        match self.remaining {
+            Some(n) => {
+                buf.resize(n, 0);
+                self.reader.read_exact(&mut buf).ok()?;
+            }
+            None => {
+                self.reader.read_to_end(&mut buf).ok()?;
+            }
+        }
+        self.done = true;
+        Some(buf)
+    }
+
+    /// The next newline-terminated line of the body (without the newline); `None` at the end
+    /// or after 20 s without one.
+    pub fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+                let rest = self.pending.split_off(i + 1);
+                let mut line = std::mem::replace(&mut self.pending, rest);
+                line.pop();
+                return Some(String::from_utf8_lossy(&line).into_owned());
+            }
+            let c = self.chunk()?;
+            self.pending.extend_from_slice(&c);
+        }
+    }
+}

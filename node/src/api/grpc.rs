@@ -25,9 +25,8 @@ use etch_protocol::v3electionpb::{
 use etch_protocol::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 
 use crate::api::errors::to_status as status;
-use crate::api::recipes;
+use crate::api::{WatchStream, recipes, serve_keep_alive};
 use crate::service::Service;
-use crate::watch::{CloseConnection, StreamSink};
 
 /// Generated server traits (tonic) for etcd's services.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -75,7 +74,13 @@ impl Grpc {
         }
     }
 
-    /// Serves every service on `listener` until `shutdown` resolves.
+    /// The service behind every method.
+    pub fn service(&self) -> Arc<Service> {
+        self.svc.clone()
+    }
+
+    /// Serves every service on `listener` until `shutdown` resolves; HTTP/1.1 requests on
+    /// the same port go to the JSON gateway, `/health` and `/version` ([`crate::api::http`]).
     ///
     /// # Errors
     /// Transport errors of the server.
@@ -98,7 +103,11 @@ impl Grpc {
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
         };
+        let http = crate::api::http::router(self.clone());
+        let mut routes = tonic::service::Routes::from(http);
         tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(std::mem::take(&mut routes))
             .add_service(KvServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(WatchServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(limit))
@@ -174,25 +183,17 @@ impl Watch for Grpc {
     /// One gRPC Watch call is one watch stream (etcd): its requests go to the watch actor in
     /// order; its responses come from a bounded buffer.
     async fn watch(&self, r: Request<Streaming<WatchRequest>>) -> Res<Self::WatchStream> {
-        let mut inbound = r.into_inner();
-        let conn = crate::api::next_connection_id();
-        let (tx, rx) = mpsc::channel(self.svc.watch_limits().stream_buffer_responses);
-        let sink = StreamSink::new(tx, self.svc.state_arc());
-        let svc = self.svc.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(req)) = inbound.message().await {
-                if crate::api::route_watch_request(&svc, (conn, 0), &sink, req)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            svc.watch().do_send(CloseConnection(conn));
-        });
-        let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), Ok);
-        Ok(Response::new(Box::pin(out)))
+        let inbound = ok_messages(r.into_inner());
+        let out = WatchStream::serve(self.svc.clone(), inbound);
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            out, Ok,
+        ))))
     }
+}
+
+/// The messages of a client stream, ending at its first error.
+fn ok_messages<T: Send + 'static>(s: Streaming<T>) -> Pin<Box<dyn Stream<Item = T> + Send>> {
+    Box::pin(tokio_stream::StreamExt::map_while(s, Result::ok))
 }
 
 #[tonic::async_trait]
@@ -218,19 +219,11 @@ impl Lease for Grpc {
         &self,
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Res<Self::LeaseKeepAliveStream> {
-        let mut inbound = r.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        let svc = self.svc.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(req)) = inbound.message().await {
-                let resp = svc.lease_keep_alive(req).await.map_err(status);
-                let failed = resp.is_err();
-                if tx.send(resp).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let inbound = ok_messages(r.into_inner());
+        Ok(Response::new(Box::pin(serve_keep_alive(
+            self.svc.clone(),
+            inbound,
+        ))))
     }
     async fn lease_time_to_live(
         &self,

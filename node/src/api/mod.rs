@@ -3,11 +3,16 @@
 
 pub mod errors;
 pub mod grpc;
+pub mod http;
 pub mod native;
 pub mod recipes;
 
-use etch_protocol::etcdserverpb::WatchRequest;
+use std::sync::Arc;
+
 use etch_protocol::etcdserverpb::watch_request::RequestUnion;
+use etch_protocol::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, WatchRequest, WatchResponse,
+};
 
 use crate::service::Service;
 use crate::watch::{CancelWatch, CreateWatch, RequestProgress, StreamKey, StreamSink};
@@ -55,49 +60,111 @@ pub(crate) async fn route_watch_request(
     }
 }
 
-/// A watch the server opens for itself (the Lock and Election recipes wait on it), on its own
-/// connection id; closed when dropped.
-pub(crate) struct InternalWatch {
+/// One watch stream (etcd's Watch RPC) with its own connection id: the responses of every
+/// watcher created on it, from a bounded buffer. Its watchers are cancelled when it is dropped
+/// (the client went away). Used by the gRPC and HTTP front ends and by the server itself (the
+/// Lock and Election recipes).
+pub(crate) struct WatchStream {
     conn: u64,
-    rx: tokio::sync::mpsc::Receiver<etch_protocol::etcdserverpb::WatchResponse>,
+    rx: tokio::sync::mpsc::Receiver<WatchResponse>,
+    sink: StreamSink,
     watch: actix::Addr<crate::watch::WatchActor>,
 }
 
-impl InternalWatch {
-    /// Opens a watch for `req` (one watcher on a fresh stream).
+impl WatchStream {
+    /// A new, empty stream.
+    pub(crate) fn new(service: &Service) -> WatchStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(service.watch_limits().stream_buffer_responses);
+        WatchStream {
+            conn: next_connection_id(),
+            rx,
+            sink: StreamSink::new(tx, service.state_arc()),
+            watch: service.watch().clone(),
+        }
+    }
+
+    /// A stream with one watcher for `req` (the server watching for itself).
     ///
     /// # Errors
     /// The watch actor is gone (shutdown).
     pub(crate) async fn open(
         service: &Service,
         req: etch_protocol::etcdserverpb::WatchCreateRequest,
-    ) -> Result<InternalWatch, actix::MailboxError> {
-        let conn = next_connection_id();
-        let (tx, rx) = tokio::sync::mpsc::channel(service.watch_limits().stream_buffer_responses);
-        let sink = StreamSink::new(tx, service.state_arc());
-        let w = InternalWatch {
-            conn,
-            rx,
-            watch: service.watch().clone(),
+    ) -> Result<WatchStream, actix::MailboxError> {
+        let w = WatchStream::new(service);
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(req)),
         };
-        w.watch
-            .send(CreateWatch {
-                stream: (conn, 0),
-                sink,
-                req,
-            })
-            .await?;
+        route_watch_request(service, (w.conn, 0), &w.sink, create).await?;
         Ok(w)
     }
 
+    /// A stream driven by a client: each request of `inbound` goes to the watch actor in
+    /// order (a task of its own). The end of `inbound` does not end the stream: as in etcd,
+    /// events keep coming after the client half-closes.
+    pub(crate) fn serve<S>(service: Arc<Service>, mut inbound: S) -> WatchStream
+    where
+        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
+    {
+        let w = WatchStream::new(&service);
+        let (key, sink) = ((w.conn, 0), w.sink.clone());
+        tokio::spawn(async move {
+            while let Some(req) = futures::StreamExt::next(&mut inbound).await {
+                if route_watch_request(&service, key, &sink, req)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        w
+    }
+
     /// The next response; `None` once the watch actor dropped the stream.
-    pub(crate) async fn next(&mut self) -> Option<etch_protocol::etcdserverpb::WatchResponse> {
+    pub(crate) async fn next(&mut self) -> Option<WatchResponse> {
         self.rx.recv().await
     }
 }
 
-impl Drop for InternalWatch {
+impl futures::Stream for WatchStream {
+    type Item = WatchResponse;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WatchResponse>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for WatchStream {
     fn drop(&mut self) {
         self.watch.do_send(crate::watch::CloseConnection(self.conn));
     }
+}
+
+/// etcd's LeaseKeepAlive stream: one answer per request of `inbound`, in order, ending after
+/// the first error or when `inbound` ends (etcd's server ends the stream on the client's EOF).
+pub(crate) fn serve_keep_alive<S>(
+    service: Arc<Service>,
+    mut inbound: S,
+) -> tokio_stream::wrappers::ReceiverStream<Result<LeaseKeepAliveResponse, tonic::Status>>
+where
+    S: futures::Stream<Item = LeaseKeepAliveRequest> + Send + Unpin + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(req) = futures::StreamExt::next(&mut inbound).await {
+            let resp = service
+                .lease_keep_alive(req)
+                .await
+                .map_err(errors::to_status);
+            let failed = resp.is_err();
+            if tx.send(resp).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

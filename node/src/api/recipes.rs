@@ -37,7 +37,7 @@ use etch_protocol::v3electionpb::{
 };
 use etch_protocol::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 
-use crate::api::InternalWatch;
+use crate::api::WatchStream;
 use crate::api::errors::to_status;
 use crate::service::Service;
 
@@ -261,7 +261,7 @@ pub async fn observe(svc: Arc<Service>, req: LeaderRequest, tx: mpsc::Sender<R<L
         }
         header.revision = header.revision.max(kv.mod_revision);
         // Follow this leader's key until it is deleted: each put is a proclamation.
-        let Ok(mut w) = InternalWatch::open(
+        let Ok(mut w) = WatchStream::open(
             &svc,
             WatchCreateRequest {
                 key: kv.key.clone(),
@@ -297,7 +297,7 @@ pub async fn observe(svc: Arc<Service>, req: LeaderRequest, tx: mpsc::Sender<R<L
 /// The first put under `pfx` from revision `rev` on, with the header's revision set to that
 /// put's (etcd's observe does the same); `None` if the watch ends first.
 async fn first_put(svc: &Service, pfx: &Bytes, rev: i64) -> Option<(ResponseHeader, KeyValue)> {
-    let mut w = InternalWatch::open(
+    let mut w = WatchStream::open(
         svc,
         WatchCreateRequest {
             key: pfx.clone(),
@@ -364,7 +364,7 @@ async fn wait_deletes(svc: &Service, pfx: &Bytes, max_create_rev: i64) -> R<()> 
 
 /// Waits for a delete of `key` at or after revision `rev` (etcd `waitDelete`).
 async fn wait_delete(svc: &Service, key: Bytes, rev: i64) -> R<()> {
-    let mut w = InternalWatch::open(
+    let mut w = WatchStream::open(
         svc,
         WatchCreateRequest {
             key,

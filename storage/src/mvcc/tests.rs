@@ -514,3 +514,34 @@ fn leases_attach_move_detach_and_revoke_in_one_revision() {
         vec![1]
     );
 }
+
+#[test]
+fn hash_kv_is_deterministic_and_bounded_by_revision() {
+    let (mut a, mut b) = (T::new(), T::new());
+    for t in [&mut a, &mut b] {
+        t.put("x", "1");
+        t.put("y", "2");
+        t.put("x", "3");
+    }
+    // Same history -> same hash at every revision; a later write changes only later hashes.
+    let at3 = a.s.hash_kv(3).unwrap().unwrap();
+    assert_eq!(at3, b.s.hash_kv(3).unwrap().unwrap());
+    assert_eq!((at3.hash_revision, at3.compact_revision), (3, 0));
+    b.put("z", "4");
+    assert_eq!(b.s.hash_kv(3).unwrap().unwrap(), at3);
+    assert_ne!(
+        b.s.hash_kv(0).unwrap().unwrap().hash,
+        a.s.hash_kv(0).unwrap().unwrap().hash
+    );
+    assert_eq!(b.s.hash_kv(0).unwrap().unwrap().hash_revision, 5);
+    assert_ne!(a.s.hash_kv(2).unwrap().unwrap().hash, at3.hash);
+    assert_eq!(a.s.hash_kv(9).unwrap(), Err(RequestError::FutureRevision));
+    a.apply(Request::Compaction(CompactionRequest {
+        revision: 3,
+        physical: true,
+    }))
+    .unwrap();
+    assert_eq!(a.s.hash_kv(3).unwrap(), Err(RequestError::Compacted));
+    assert_eq!(a.s.hash_kv(4).unwrap().unwrap().compact_revision, 3);
+    assert_eq!(a.s.hash_all().unwrap(), a.s.hash_all().unwrap());
+}

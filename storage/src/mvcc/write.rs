@@ -370,7 +370,13 @@ impl<'a> WriteTxn<'a> {
         &mut self,
         rr: &RangeRequest,
     ) -> FResult<etch_protocol::etcdserverpb::RangeResponse> {
-        let current = self.base;
+        // After a write in this txn, reads are at the txn's own revision (etcd's
+        // `storeTxnWrite.Range`): the header says so and the overlay holds the writes.
+        let current = if self.events.is_empty() {
+            self.base
+        } else {
+            self.main()
+        };
         match read::range(
             self.store,
             &self.d,
