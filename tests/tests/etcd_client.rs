@@ -1,6 +1,7 @@
 //! The `etcd-client` Rust crate, used as applications use it against etcd, talking to a
 //! 3-member etch cluster through its followers: KV, Txn, errors, Watch (live and from a
-//! compacted revision), lease keep-alive streams, Lock, Election and Maintenance.
+//! compacted revision), lease keep-alive streams, Lock, Election and Maintenance; and the
+//! standard `grpc.health.v1` service.
 
 use std::time::Duration;
 
@@ -280,5 +281,24 @@ fn etcd_client_crate_against_three_members() {
             );
         }
         assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+
+        // The standard gRPC health service says SERVING.
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", followers[0]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
     });
 }
