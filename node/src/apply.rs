@@ -155,7 +155,12 @@ impl Handler<ApplyCommitted> for ApplyActor {
                     )));
                 }
             };
-            if let Some(applied) = self.store.apply(e.index, e.term, req.request.as_ref())? {
+            let commit = Instant::now();
+            let applied = self.store.apply(e.index, e.term, req.request.as_ref())?;
+            metrics::histogram!(crate::metrics::BACKEND_COMMIT)
+                .record(commit.elapsed().as_secs_f64());
+            if let Some(applied) = applied {
+                count_applied(&applied.response);
                 tracing::trace!(index = e.index, revision = applied.revision, "applied");
                 // Publish the revision before answering: a watch created by a client after its
                 // write was acknowledged must start after that write.
@@ -171,6 +176,32 @@ impl Handler<ApplyCommitted> for ApplyActor {
         self.applied_tx.send_replace(last);
         self.publish_revision();
         Ok(last)
+    }
+}
+
+/// Counts an applied write in etcd's `etcd_mvcc_*_total` counters (a Txn also counts the
+/// puts and deletes of its branch, as etcd's store does).
+fn count_applied(r: &Result<etch_storage::mvcc::WriteResponse, etch_storage::mvcc::RequestError>) {
+    use crate::metrics as m;
+    use etch_protocol::etcdserverpb::response_op::Response as Op;
+    use etch_storage::mvcc::WriteResponse as W;
+    fn txn(t: &etch_protocol::etcdserverpb::TxnResponse) {
+        metrics::counter!(m::TXN_TOTAL).increment(1);
+        for op in &t.responses {
+            match &op.response {
+                Some(Op::ResponsePut(_)) => metrics::counter!(m::PUT_TOTAL).increment(1),
+                Some(Op::ResponseDeleteRange(_)) => metrics::counter!(m::DELETE_TOTAL).increment(1),
+                Some(Op::ResponseRange(_)) => metrics::counter!(m::RANGE_TOTAL).increment(1),
+                Some(Op::ResponseTxn(t)) => txn(t),
+                None => {}
+            }
+        }
+    }
+    match r {
+        Ok(W::Put(_)) => metrics::counter!(m::PUT_TOTAL).increment(1),
+        Ok(W::DeleteRange(_)) => metrics::counter!(m::DELETE_TOTAL).increment(1),
+        Ok(W::Txn(t)) => txn(t),
+        _ => {}
     }
 }
 

@@ -44,6 +44,10 @@ pub struct Flags {
         default_value = "http://127.0.0.1:2379"
     )]
     pub listen_client_urls: String,
+    /// Extra URLs serving `/metrics`, `/health`, `/livez` and `/readyz` over plain HTTP (the
+    /// client URLs serve them too), e.g. `http://127.0.0.1:2381`.
+    #[arg(long, env = "ETCH_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
     /// Client URLs advertised to the rest of the cluster.
     #[arg(
         long,
@@ -164,6 +168,8 @@ pub struct Config {
     pub listen_native: Vec<SocketAddr>,
     /// etcd gRPC API listen addresses (`--listen-client-urls`).
     pub listen_client: Vec<SocketAddr>,
+    /// Metrics and health listen addresses (`--listen-metrics-urls`).
+    pub listen_metrics: Vec<SocketAddr>,
     /// The bootstrap membership, for MemberList (ID, name, peer URLs; client URLs for this
     /// member only: the others' come from their peer Hellos, see `NodeState::client_urls`).
     pub members: Vec<etch_protocol::etcdserverpb::Member>,
@@ -345,6 +351,14 @@ impl Config {
             }
             listen_native.push(addr);
         }
+        let mut listen_metrics = Vec::new();
+        for u in f.listen_metrics_urls.split(',').filter(|s| !s.is_empty()) {
+            let (scheme, addr) = parse_url(u).map_err(|e| bad("listen-metrics-urls", u, e))?;
+            if scheme != "http" {
+                return Err(bad("listen-metrics-urls", u, "only http:// is served"));
+            }
+            listen_metrics.push(addr);
+        }
         let mut listen_client = Vec::new();
         for u in f.listen_client_urls.split(',').filter(|s| !s.is_empty()) {
             let (scheme, addr) = parse_url(u).map_err(|e| bad("listen-client-urls", u, e))?;
@@ -519,6 +533,7 @@ impl Config {
             data_dir,
             listen_native,
             listen_client,
+            listen_metrics,
             members,
             member_id,
             cluster_id,

@@ -468,7 +468,11 @@ impl ConsensusActor {
     fn publish(&self) {
         let (term, leader, commit, last) = self.core.status();
         self.state.term.store(term, Ordering::Relaxed);
-        self.state.leader.store(leader, Ordering::Relaxed);
+        let before = self.state.leader.swap(leader, Ordering::Relaxed);
+        if leader != before && leader != INVALID_ID {
+            // etcd counts every change to a (new) known leader.
+            metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+        }
         self.state.commit_index.store(commit, Ordering::Relaxed);
         self.state.last_index.store(last, Ordering::Relaxed);
     }

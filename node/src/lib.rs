@@ -12,6 +12,7 @@ pub mod consensus;
 pub mod error;
 pub mod lease;
 mod logger;
+pub mod metrics;
 pub mod service;
 pub mod transport;
 pub mod wal;
@@ -52,6 +53,8 @@ pub struct Listeners {
     pub native: Vec<std::net::TcpListener>,
     /// etcd gRPC API listeners (client URLs).
     pub client: Vec<std::net::TcpListener>,
+    /// `/metrics` and health listeners (`--listen-metrics-urls`).
+    pub metrics: Vec<std::net::TcpListener>,
     /// The peer socket (UDP, QUIC); needed when the cluster has other members.
     pub peer: Option<std::net::UdpSocket>,
 }
@@ -69,6 +72,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    metrics::install();
     let member_dir = config.data_dir.join("member");
     let (mut wal, recovered) =
         Wal::open_with_segment_bytes(&member_dir.join("wal"), config.wal_segment_bytes)?;
@@ -251,6 +255,29 @@ pub async fn run(
             };
             if let Err(e) = grpc.serve(l, max, shutdown).await {
                 tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+    }
+
+    for l in listeners.metrics {
+        l.set_nonblocking(true)?;
+        let addr = l.local_addr()?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        tracing::info!(%addr, "serving metrics and health");
+        let router = api::http::metrics_router(api::grpc::Grpc::new(
+            service.clone(),
+            config.members.clone(),
+        ));
+        let mut stop = stop_native_rx.clone();
+        tracker.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(l, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "metrics server failed");
             }
         });
     }

@@ -42,6 +42,15 @@ fn main() -> ExitCode {
             }
         }
     }
+    for addr in &config.listen_metrics {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => listeners.metrics.push(l),
+            Err(e) => {
+                eprintln!("etch: cannot listen on {addr}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     if !config.peers.is_empty() {
         match std::net::UdpSocket::bind(config.listen_peer) {
             Ok(s) => listeners.peer = Some(s),

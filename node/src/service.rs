@@ -112,6 +112,11 @@ impl Service {
         }
     }
 
+    /// The MVCC store (read-only uses: metrics, status).
+    pub fn store(&self) -> &MvccStore {
+        &self.store
+    }
+
     /// The node state (ids, term, leader).
     pub fn state(&self) -> &NodeState {
         &self.state
@@ -164,7 +169,28 @@ impl Service {
         }
     }
 
+    /// Proposes through consensus and waits for the applied answer, counted in etcd's
+    /// `proposals_pending` (while waiting) and `proposals_failed_total` (no answer: timeout, no
+    /// leader, shutdown; a request etcd's rules refuse is not a failed proposal).
     async fn propose(&self, request: Request) -> Res<WriteResponse> {
+        use crate::metrics as m;
+        /// Decrements the pending gauge however the wait ends (a dropped call included).
+        struct Pending;
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                metrics::gauge!(m::PROPOSALS_PENDING).decrement(1.0);
+            }
+        }
+        metrics::gauge!(m::PROPOSALS_PENDING).increment(1.0);
+        let _pending = Pending;
+        let r = self.propose_inner(request).await;
+        if matches!(&r, Err(e) if !matches!(e, ApiError::Request(_))) {
+            metrics::counter!(m::PROPOSALS_FAILED).increment(1);
+        }
+        r
+    }
+
+    async fn propose_inner(&self, request: Request) -> Res<WriteResponse> {
         let applied = *self.applied.borrow();
         if self.state.commit_index() > applied + MAX_APPLY_LAG_ENTRIES {
             return Err(ApiError::TooManyRequests);
@@ -218,6 +244,7 @@ impl Service {
         }
         let mut r = self.store.range(&req).map_err(Self::store_err)??;
         r.header = self.header(r.header);
+        metrics::counter!(crate::metrics::RANGE_TOTAL).increment(1);
         Ok(r)
     }
 
@@ -264,6 +291,7 @@ impl Service {
             }
             let mut r = self.store.txn_read(&req).map_err(Self::store_err)??;
             r.header = self.header(r.header);
+            metrics::counter!(crate::metrics::TXN_TOTAL).increment(1);
             return Ok(r);
         }
         match self.propose(Request::Txn(req)).await? {

@@ -229,6 +229,11 @@ impl<S: Sink> WatchHub<S> {
         }
     }
 
+    /// Number of streams with at least one watcher.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
     /// Number of watchers (all streams).
     pub fn watcher_count(&self) -> usize {
         self.streams.values().map(|s| s.watchers.len()).sum()
@@ -584,6 +589,13 @@ impl Actor for WatchActor {
         });
         ctx.run_interval(self.limits.progress_notify_interval, |act, _| {
             act.hub.notify_progress()
+        });
+        // Counts for /metrics, once a second (counting walks every stream).
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            use crate::metrics as m;
+            metrics::gauge!(m::WATCHER_TOTAL).set(act.hub.watcher_count() as f64);
+            metrics::gauge!(m::WATCH_STREAM_TOTAL).set(act.hub.stream_count() as f64);
+            metrics::gauge!(m::WATCH_UNSYNCED).set(act.hub.unsynced_count() as f64);
         });
     }
 }

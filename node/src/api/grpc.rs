@@ -107,6 +107,7 @@ impl Grpc {
         let mut routes = tonic::service::Routes::from(http);
         tonic::transport::Server::builder()
             .accept_http1(true)
+            .layer(crate::api::grpc_metrics::GrpcMetricsLayer)
             .add_routes(std::mem::take(&mut routes))
             .add_service(KvServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(WatchServer::new(self.clone()).max_decoding_message_size(limit))

@@ -1,5 +1,5 @@
-//! HTTP/1.1 on the gRPC port (etcd serves both on its client URLs): etcd's JSON gateway, and
-//! `/health` and `/version`.
+//! HTTP/1.1 on the gRPC port (etcd serves both on its client URLs): etcd's JSON gateway,
+//! `/metrics`, `/health`, `/livez`, `/readyz` and `/version`.
 //!
 //! # JSON gateway
 //! `POST /v3/<service>/<method>` with a JSON request body answers the JSON response, for
@@ -64,15 +64,59 @@ const JSON_OUT: SerializeOptions = SerializeOptions::new()
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
-/// The HTTP routes: the JSON gateway over `grpc`, `/health` and `/version`.
+/// The HTTP routes of the client port: the JSON gateway over `grpc`, and
+/// [`metrics_router`]'s.
 pub fn router(grpc: Grpc) -> Router {
-    let mut r = Router::new()
-        .route("/version", get(version))
-        .route("/health", get(health).with_state(grpc.clone()));
+    let mut r = metrics_router(grpc.clone());
     for p in GATEWAY_PREFIXES {
         r = gateway_routes(r, p, &grpc);
     }
     r.fallback(not_found)
+}
+
+/// The routes of `--listen-metrics-urls` (also on the client port): `/metrics`, `/health`,
+/// `/livez`, `/readyz`, `/version`.
+pub fn metrics_router(grpc: Grpc) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/health", get(health).with_state(grpc.clone()))
+        .route("/readyz", get(readyz).with_state(grpc.clone()))
+        .route("/livez", get(livez))
+        .route("/metrics", get(metrics).with_state(grpc))
+}
+
+/// `GET /metrics`: Prometheus text exposition ([`crate::metrics`]).
+async fn metrics(axum::extract::State(grpc): axum::extract::State<Grpc>) -> Response {
+    let body = crate::metrics::render(&grpc.service());
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// `GET /livez`: the process serves requests (`ok`).
+async fn livez() -> Response {
+    text(StatusCode::OK, "ok\n")
+}
+
+/// `GET /readyz`: `ok` when `/health` would say true, else 503 with the reason.
+async fn readyz(state: axum::extract::State<Grpc>, uri: axum::http::Uri) -> Response {
+    match health_reason(&state.0, &uri).await {
+        None => text(StatusCode::OK, "ok\n"),
+        Some(r) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ok: {r}\n")),
+    }
+}
+
+fn text(code: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// No route: gRPC calls get status `UNIMPLEMENTED` (as tonic answers unknown methods), HTTP
@@ -256,26 +300,7 @@ async fn health(
     axum::extract::State(grpc): axum::extract::State<Grpc>,
     uri: axum::http::Uri,
 ) -> Response {
-    let serializable = uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "serializable=true"));
-    let svc = grpc.service();
-    let reason = if svc.state().leader() == 0 {
-        Some("RAFT NO LEADER".to_owned())
-    } else {
-        let probe = RangeRequest {
-            key: Bytes::from_static(b"health"),
-            keys_only: true,
-            limit: 1,
-            serializable,
-            ..Default::default()
-        };
-        svc.range(probe)
-            .await
-            .err()
-            .map(|e| format!("RANGE ERROR:{}", crate::api::errors::status_of(&e).1))
-    };
-    let (code, body) = match reason {
+    let (code, body) = match health_reason(&grpc, &uri).await {
         None => (
             StatusCode::OK,
             serde_json::json!({"health": "true", "reason": ""}),
@@ -286,6 +311,28 @@ async fn health(
         ),
     };
     raw_json(code, body.to_string())
+}
+
+/// Why this member is not healthy (etcd's reasons), or `None` when it is.
+async fn health_reason(grpc: &Grpc, uri: &axum::http::Uri) -> Option<String> {
+    let serializable = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "serializable=true"));
+    let svc = grpc.service();
+    if svc.state().leader() == 0 {
+        return Some("RAFT NO LEADER".to_owned());
+    }
+    let probe = RangeRequest {
+        key: Bytes::from_static(b"health"),
+        keys_only: true,
+        limit: 1,
+        serializable,
+        ..Default::default()
+    };
+    svc.range(probe)
+        .await
+        .err()
+        .map(|e| format!("RANGE ERROR:{}", crate::api::errors::status_of(&e).1))
 }
 
 fn descriptor(name: &str) -> Result<prost_reflect::MessageDescriptor, Status> {

@@ -3,6 +3,7 @@
 
 pub mod errors;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod http;
 pub mod native;
 pub mod recipes;

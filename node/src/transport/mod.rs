@@ -326,6 +326,9 @@ async fn send_loop(
         };
         tracing::info!(peer = %format!("{id:x}"), %addr, "connected to peer");
         backoff = Duration::from_millis(50);
+        let to = format!("{id:x}");
+        let sent = metrics::counter!(crate::metrics::PEER_SENT_BYTES, "To" => to.clone());
+        let mut sampled = tokio::time::Instant::now();
         loop {
             let b = tokio::select! {
                 _ = stopped(&mut stop) => {
@@ -334,17 +337,36 @@ async fn send_loop(
                 }
                 b = rx.recv() => match b { Some(b) => b, None => return },
             };
+            // Each frame is its payload plus the 4-byte length.
+            sent.increment(b.len() as u64 + 4);
             let mut ok = w.feed(b).await.is_ok();
             while ok && let Ok(b) = rx.try_recv() {
+                sent.increment(b.len() as u64 + 4);
                 ok = w.feed(b).await.is_ok();
             }
+            if sampled.elapsed() >= Duration::from_secs(1) {
+                sampled = tokio::time::Instant::now();
+                sample_connection(&conn, &to);
+            }
             if !ok || SinkExt::<Bytes>::flush(&mut w).await.is_err() {
+                metrics::counter!(crate::metrics::PEER_SENT_FAILURES, "To" => to.clone())
+                    .increment(1);
                 tracing::info!(peer = %format!("{id:x}"), "lost the stream to peer");
                 consensus.do_send(Unreachable(id));
                 break;
             }
         }
     }
+}
+
+/// Records QUIC's view of the connection to peer `to` (hex ID): RTT estimate, packets lost,
+/// congestion window.
+fn sample_connection(conn: &quinn::Connection, to: &str) {
+    use crate::metrics as m;
+    metrics::histogram!(m::PEER_RTT, "To" => to.to_owned()).record(conn.rtt().as_secs_f64());
+    let path = conn.stats().path;
+    metrics::counter!(m::QUIC_LOST_PACKETS, "To" => to.to_owned()).absolute(path.lost_packets);
+    metrics::gauge!(m::QUIC_CWND, "To" => to.to_owned()).set(path.cwnd as f64);
 }
 
 /// Streams a snapshot to one peer on a connection and stream of its own: the MsgSnapshot,
@@ -571,9 +593,16 @@ async fn read_stream(
         ));
     }
     transport.do_send(PeerClientUrls(hello.member_id, hello.client_urls));
+    let received = metrics::counter!(
+        crate::metrics::PEER_RECEIVED_BYTES,
+        "From" => format!("{:x}", hello.member_id)
+    );
     while let Some(next) = r.next().await {
         let b = match next {
-            Ok(b) => b,
+            Ok(b) => {
+                received.increment(b.len() as u64 + 4);
+                b
+            }
             // The length codec reports oversized frames as InvalidData; anything else is the
             // connection going away (a peer stopping or restarting), which is not an offence.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {

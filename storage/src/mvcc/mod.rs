@@ -147,6 +147,7 @@ const META_CURRENT_REV: &str = "current_revision";
 const META_COMPACT_REV: &str = "compact_revision";
 const META_APPLIED: &str = "applied_index";
 const META_IDENTITY: &str = "identity";
+const META_KEY_COUNT: &str = "key_count";
 
 /// One open fjall database with the store's keyspaces.
 pub(crate) struct Db {
@@ -183,6 +184,27 @@ impl Db {
         }
     }
 
+    /// Live keys: the recorded count, or (a store written before the count existed) a scan
+    /// of the key index counting keys whose newest entry is not a tombstone.
+    fn key_count(&self) -> Result<i64> {
+        if let Some(n) = self.read_i64(META_KEY_COUNT)? {
+            return Ok(n);
+        }
+        let (mut n, mut last): (i64, Option<(Vec<u8>, bool)>) = (0, None);
+        for g in self.index.iter() {
+            let (k, v) = g.into_inner()?;
+            let prefix = k[..k.len().saturating_sub(16)].to_vec();
+            let live = IndexValue::decode(&v).is_some_and(|iv| !iv.tombstone);
+            if let Some((p, l)) = &last
+                && *p != prefix
+            {
+                n += i64::from(*l);
+            }
+            last = Some((prefix, live));
+        }
+        Ok(n + last.map_or(0, |(_, l)| i64::from(l)))
+    }
+
     fn applied(&self) -> Result<AppliedIndex> {
         match self.meta.get(META_APPLIED)? {
             None => Ok(AppliedIndex::default()),
@@ -209,6 +231,8 @@ pub struct MvccStore {
     current: AtomicI64,
     compacted: AtomicI64,
     applied: Mutex<AppliedIndex>,
+    /// Live keys (etcd `keys_total`), kept in `meta` with every write.
+    keys: AtomicI64,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -238,12 +262,14 @@ impl MvccStore {
         let current = db.read_i64(META_CURRENT_REV)?.unwrap_or(1);
         let compacted = db.read_i64(META_COMPACT_REV)?.unwrap_or(0);
         let applied = db.applied()?;
+        let keys = db.key_count()?;
         Ok(MvccStore {
             root: root.to_owned(),
             inner: RwLock::new(Arc::new(db)),
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
             applied: Mutex::new(applied),
+            keys: AtomicI64::new(keys),
         })
     }
 
@@ -261,6 +287,11 @@ impl MvccStore {
     /// compacted.
     pub fn compact_revision(&self) -> i64 {
         self.compacted.load(Ordering::Acquire)
+    }
+
+    /// The number of live keys (etcd's `etcd_debugging_mvcc_keys_total`).
+    pub fn key_count(&self) -> i64 {
+        self.keys.load(Ordering::Acquire)
     }
 
     /// The last raft entry applied.

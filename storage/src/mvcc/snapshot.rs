@@ -249,6 +249,7 @@ impl MvccStore {
         let current = new.read_i64(META_CURRENT_REV)?.unwrap_or(1);
         let compacted = new.read_i64(META_COMPACT_REV)?.unwrap_or(0);
         let applied = new.applied()?;
+        let keys = new.key_count()?;
         let old = {
             let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *g, Arc::new(new))
@@ -256,6 +257,7 @@ impl MvccStore {
         self.current.store(current, Ordering::Release);
         self.compacted.store(compacted, Ordering::Release);
         self.set_applied(applied);
+        self.keys.store(keys, Ordering::Release);
         retire(old);
         Ok(applied.index)
     }

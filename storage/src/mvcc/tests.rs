@@ -545,3 +545,23 @@ fn hash_kv_is_deterministic_and_bounded_by_revision() {
     assert_eq!(a.s.hash_kv(4).unwrap().unwrap().compact_revision, 3);
     assert_eq!(a.s.hash_all().unwrap(), a.s.hash_all().unwrap());
 }
+
+#[test]
+fn key_count_follows_puts_deletes_and_reopen() {
+    let mut t = T::new();
+    t.put("a", "1");
+    t.put("b", "1");
+    t.put("a", "2");
+    assert_eq!(t.s.key_count(), 2);
+    t.apply(Request::DeleteRange(DeleteRangeRequest {
+        key: Bytes::from_static(b"a"),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(t.s.key_count(), 1);
+    t.put("a", "3");
+    assert_eq!(t.s.key_count(), 2);
+    let dir = t._dir.path().to_owned();
+    drop(t.s);
+    assert_eq!(MvccStore::open(&dir).unwrap().key_count(), 2);
+}

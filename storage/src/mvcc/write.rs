@@ -18,7 +18,7 @@ use super::keys::{IndexValue, Revision, index_key, kv_key, split_index_key};
 use super::read::{self, Overlay};
 use super::{
     Applied, AppliedIndex, Db, MAX_LEASE_TTL_SECONDS, META_COMPACT_REV, META_CURRENT_REV,
-    MvccStore, RequestError, WriteResponse, encode_lease, lease_key,
+    META_KEY_COUNT, MvccStore, RequestError, WriteResponse, encode_lease, lease_key,
 };
 use crate::error::{Error, Result};
 
@@ -399,12 +399,24 @@ impl<'a> WriteTxn<'a> {
     ) -> Result<Applied> {
         let changed = !self.events.is_empty();
         let new_rev = if changed { self.main() } else { self.base };
+        let keys = self.store.key_count()
+            + self
+                .events
+                .iter()
+                .map(|e| match e.kv.as_ref() {
+                    _ if e.r#type == EventType::Delete as i32 => -1,
+                    Some(kv) if kv.version == 1 => 1,
+                    _ => 0,
+                })
+                .sum::<i64>();
         if changed {
             self.batch.insert(
                 &self.d.meta,
                 META_CURRENT_REV,
                 new_rev.to_be_bytes().to_vec(),
             );
+            self.batch
+                .insert(&self.d.meta, META_KEY_COUNT, keys.to_be_bytes().to_vec());
         }
         if let WriteResponse::Txn(t) = &mut resp {
             t.header = header(new_rev);
@@ -415,6 +427,9 @@ impl<'a> WriteTxn<'a> {
             .current
             .store(new_rev, std::sync::atomic::Ordering::Release);
         self.store.set_applied(applied);
+        self.store
+            .keys
+            .store(keys, std::sync::atomic::Ordering::Release);
         if let Some(rev) = self.compact_to {
             compact(self.store, rev)?;
         }

@@ -1,0 +1,279 @@
+//! A tower layer around the gRPC server that records go-grpc-prometheus's metrics (the ones
+//! etcd exports and its dashboards use): `grpc_server_started_total`, `grpc_server_handled_total`
+//! (by `grpc_code`), `grpc_server_msg_received_total`, `grpc_server_msg_sent_total`,
+//! `grpc_server_handling_seconds` (unary calls), and etcd's
+//! `etcd_network_client_grpc_{sent,received}_bytes_total`.
+//!
+//! It watches the HTTP/2 bodies only: message counts come from gRPC's length-prefixed framing
+//! (5-byte header, then the message), the code from `grpc-status` in the response headers
+//! (trailers-only answers) or trailers; a call whose response body is dropped before its
+//! trailers (client gone) is counted as `Canceled`. Requests that are not gRPC (the HTTP
+//! gateway, `/health`) pass through untouched.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::http::{HeaderMap, Request, Response};
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame};
+
+use crate::metrics as m;
+
+/// The layer: wrap the gRPC server's routes with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner }
+    }
+}
+
+/// The service the layer builds.
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+/// Labels of one call.
+struct Call {
+    kind: &'static str,
+    service: String,
+    method: String,
+    start: Instant,
+}
+
+impl Call {
+    fn from_path(path: &str) -> Call {
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let service = parts.next().unwrap_or_default().to_owned();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let kind = match (service.as_str(), method.as_str()) {
+            ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => {
+                "bidi_stream"
+            }
+            ("etcdserverpb.Maintenance", "Snapshot")
+            | ("v3electionpb.Election", "Observe")
+            | ("grpc.health.v1.Health", "Watch") => "server_stream",
+            _ => "unary",
+        };
+        Call {
+            kind,
+            service,
+            method,
+            start: Instant::now(),
+        }
+    }
+
+    fn labels(&self) -> [(&'static str, String); 3] {
+        [
+            ("grpc_type", self.kind.to_owned()),
+            ("grpc_service", self.service.clone()),
+            ("grpc_method", self.method.clone()),
+        ]
+    }
+
+    fn handled(&self, code: &str) {
+        let mut l = self.labels().to_vec();
+        l.push(("grpc_code", code.to_owned()));
+        metrics::counter!(m::GRPC_HANDLED, &l).increment(1);
+        if self.kind == "unary" {
+            metrics::histogram!(m::GRPC_HANDLING, &self.labels())
+                .record(self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for GrpcMetrics<S>
+where
+    S: tower::Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<tonic::codegen::StdError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let grpc = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            let fut = self.inner.call(req.map(tonic::body::Body::new));
+            return Box::pin(async move { Ok(fut.await?.map(tonic::body::Body::new)) });
+        }
+        let call = Arc::new(Call::from_path(req.uri().path()));
+        metrics::counter!(m::GRPC_STARTED, &call.labels()).increment(1);
+        let req = req.map(|b| tonic::body::Body::new(Counted::new(b, Dir::In, call.clone())));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            let code = grpc_status(resp.headers());
+            Ok(resp.map(|b| {
+                let mut body = Counted::new(b, Dir::Out, call);
+                if let Some(code) = code {
+                    // Trailers-only answer: the call is done.
+                    body.finish(code);
+                }
+                tonic::body::Body::new(body)
+            }))
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    In,
+    Out,
+}
+
+/// A body that counts bytes and gRPC messages, and (responses) the final code.
+struct Counted<B> {
+    inner: Pin<Box<B>>,
+    dir: Dir,
+    call: Arc<Call>,
+    /// Bytes of the current message's 5-byte header seen so far, and its length once known.
+    header: Vec<u8>,
+    remaining: usize,
+    done: bool,
+}
+
+impl<B> Counted<B> {
+    fn new(inner: B, dir: Dir, call: Arc<Call>) -> Counted<B> {
+        Counted {
+            inner: Box::pin(inner),
+            dir,
+            call,
+            header: Vec::with_capacity(5),
+            remaining: 0,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, code: u32) {
+        if self.dir == Dir::Out && !self.done {
+            self.done = true;
+            self.call.handled(code_name(code));
+        }
+    }
+
+    /// Counts the data chunk's bytes and every message that starts in it.
+    fn count(&mut self, mut data: &[u8]) {
+        let bytes = if self.dir == Dir::In {
+            m::GRPC_RECEIVED_BYTES
+        } else {
+            m::GRPC_SENT_BYTES
+        };
+        metrics::counter!(bytes).increment(data.len() as u64);
+        let mut msgs = 0;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let need = 5 - self.header.len();
+            let n = need.min(data.len());
+            self.header.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.header.len() == 5 {
+                let mut h = &self.header[1..];
+                self.remaining = h.get_u32() as usize;
+                self.header.clear();
+                msgs += 1;
+            }
+        }
+        if msgs > 0 {
+            let name = if self.dir == Dir::In {
+                m::GRPC_MSG_RECEIVED
+            } else {
+                m::GRPC_MSG_SENT
+            };
+            metrics::counter!(name, &self.call.labels()).increment(msgs);
+        }
+    }
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let d = d.clone();
+                    self.count(&d);
+                } else if let Some(t) = frame.trailers_ref() {
+                    let code = grpc_status(t).unwrap_or(2);
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(None) => self.finish(0),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away.
+        self.finish(1);
+    }
+}
+
+fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// go-grpc's `codes.Code.String()`, the `grpc_code` label values.
+pub fn code_name(code: u32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
