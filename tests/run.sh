@@ -13,6 +13,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # iptables: the cluster tests cut a member off from its peers (needs root, as CI has).
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# Prometheus: the observability test scrapes a cluster with a real one.
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -135,6 +135,7 @@ impl Handler<ApplyCommitted> for ApplyActor {
     type Result = Result<u64, etch_storage::Error>;
 
     fn handle(&mut self, m: ApplyCommitted, _: &mut Self::Context) -> Self::Result {
+        crate::metrics::dequeued("apply");
         let start = Instant::now();
         let mut last = self.store.applied_index().index;
         for e in &m.entries {

@@ -493,6 +493,7 @@ impl ConsensusActor {
             self.send(out.messages);
             // 2. Committed entries to apply, in order (the apply mailbox is FIFO, one thread).
             if !out.committed.is_empty() {
+                crate::metrics::queued("apply");
                 let fut = self.apply.send(ApplyCommitted {
                     entries: out.committed,
                 });
@@ -516,6 +517,7 @@ impl ConsensusActor {
             }
             self.wal_busy = true;
             let snapshot_index = out.snapshot.as_ref().map(|m| m.index);
+            crate::metrics::queued("wal");
             let fut = self.wal.send(AppendEntries {
                 entries: out.entries,
                 hard_state: out.hard_state,
@@ -608,6 +610,7 @@ impl Handler<Propose> for ConsensusActor {
     type Result = Result<(), ApiError>;
 
     fn handle(&mut self, m: Propose, ctx: &mut Context<Self>) -> Self::Result {
+        crate::metrics::dequeued("consensus");
         let r = self.core.propose(m.data);
         self.drive(ctx);
         r

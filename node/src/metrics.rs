@@ -153,6 +153,10 @@ pub fn install() -> Option<&'static Metrics> {
                 metrics::counter!(c).absolute(0);
             }
             metrics::gauge!(PROPOSALS_PENDING).set(0.0);
+            metrics::gauge!(NATIVE_CONNECTIONS).set(0.0);
+            for actor in ["consensus", "wal", "apply"] {
+                metrics::gauge!(ACTOR_PENDING, "actor" => actor).set(0.0);
+            }
             let process = metrics_process::Collector::default();
             process.describe();
             Some(Metrics { handle, process })
@@ -320,6 +324,17 @@ impl Metrics {
         self.handle.run_upkeep();
         self.handle.render()
     }
+}
+
+/// A message is on its way to `actor` (`consensus`, `wal`, `apply`): counted in
+/// [`ACTOR_PENDING`] until the actor takes it ([`dequeued`]).
+pub fn queued(actor: &'static str) {
+    gauge!(ACTOR_PENDING, "actor" => actor).increment(1.0);
+}
+
+/// `actor` took a message counted by [`queued`].
+pub fn dequeued(actor: &'static str) {
+    gauge!(ACTOR_PENDING, "actor" => actor).decrement(1.0);
 }
 
 /// The recorder's exposition for `svc`, or an empty page when no recorder is installed.

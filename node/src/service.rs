@@ -205,6 +205,7 @@ impl Service {
             return Err(ApiError::TooLarge);
         }
         let rx = self.waiters.register(id);
+        crate::metrics::queued("consensus");
         match self.consensus.send(Propose { data }).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -45,6 +45,7 @@ impl Handler<AppendEntries> for WalActor {
     type Result = Result<u64, etch_storage::Error>;
 
     fn handle(&mut self, m: AppendEntries, _: &mut Self::Context) -> Self::Result {
+        crate::metrics::dequeued("wal");
         let start = std::time::Instant::now();
         if let Some(meta) = &m.snapshot {
             self.wal.append_snapshot(meta)?;

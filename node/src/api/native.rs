@@ -86,6 +86,15 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
     tracker: TaskTracker,
 ) {
+    /// Counts the connection in `etch_native_connections` while it lives.
+    struct Open;
+    impl Drop for Open {
+        fn drop(&mut self) {
+            metrics::gauge!(crate::metrics::NATIVE_CONNECTIONS).decrement(1.0);
+        }
+    }
+    metrics::gauge!(crate::metrics::NATIVE_CONNECTIONS).increment(1.0);
+    let _open = Open;
     let (rd, wr) = stream.into_split();
     let mut reader = FramedRead::new(rd, frame::codec(max_frame_bytes));
     let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);

@@ -328,6 +328,8 @@ async fn send_loop(
         backoff = Duration::from_millis(50);
         let to = format!("{id:x}");
         let sent = metrics::counter!(crate::metrics::PEER_SENT_BYTES, "To" => to.clone());
+        // Registered (at 0) as soon as the peer is known, so rate() has data before a failure.
+        metrics::counter!(crate::metrics::PEER_SENT_FAILURES, "To" => to.clone()).increment(0);
         let mut sampled = tokio::time::Instant::now();
         loop {
             let b = tokio::select! {
