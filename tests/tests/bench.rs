@@ -63,3 +63,91 @@ fn bench_put_100k_with_100_clients_then_count() {
         assert_eq!(r["errors"], 0, "{r}");
     }
 }
+
+/// Every workload, over both protocols against etch and over gRPC against a real etcd 3.4:
+/// the same tool measures both servers. Checks the effects, not only the absence of errors.
+#[test]
+fn every_workload_over_both_protocols_and_against_etcd() {
+    use etch_tests::{Etcd, bench_ok, etcdctl};
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(&dir.path().join("etch"), &[]);
+    let etcd = Etcd::start(dir.path());
+    let targets = [
+        ("native", n.native.clone()),
+        ("grpc", n.grpc.clone()),
+        ("grpc", etcd.endpoint.clone()),
+    ];
+    for (protocol, ep) in &targets {
+        let run = |args: &[&str]| {
+            let mut all = vec!["--protocol", protocol, "--clients", "8", "--conns", "2"];
+            all.extend_from_slice(args);
+            bench_ok(ep, &all)
+        };
+        let put = run(&[
+            "put",
+            "--total",
+            "500",
+            "--sequential-keys",
+            "--key-space-size",
+            "500",
+            "--compact-interval",
+            "50ms",
+            "--compact-index-delta",
+            "100",
+        ]);
+        assert_eq!(
+            (put["ok"].as_u64(), put["protocol"].as_str()),
+            (Some(500), Some(*protocol))
+        );
+        let r = run(&["range", "\u{1}", "\u{7f}", "--total", "50", "--count-only"]);
+        assert_eq!(r["reads"], 50, "{ep}: {r}");
+        let r = run(&[
+            "range",
+            "\u{1}",
+            "\u{7f}",
+            "--total",
+            "50",
+            "--limit",
+            "3",
+            "--consistency",
+            "s",
+        ]);
+        assert_eq!(r["ok"], 50, "{ep}: {r}");
+        let t = run(&[
+            "txn-put",
+            "--total",
+            "100",
+            "--txn-ops",
+            "4",
+            "--key-space-size",
+            "1000",
+        ]);
+        assert_eq!(t["writes"], 100, "{ep}: {t}");
+        let m = run(&["txn-mixed", "--total", "200", "--rw-ratio", "3"]);
+        assert_eq!(
+            m["reads"].as_u64().unwrap() + m["writes"].as_u64().unwrap(),
+            200
+        );
+        assert!(
+            m["reads"].as_u64().unwrap() > m["writes"].as_u64().unwrap(),
+            "{m}"
+        );
+        let k = run(&["lease-keepalive", "--total", "200"]);
+        assert_eq!(k["ok"], 200, "{ep}: {k}");
+        let w = run(&[
+            "watch-latency",
+            "--streams",
+            "2",
+            "--watchers-per-stream",
+            "5",
+            "--put-total",
+            "10",
+        ]);
+        assert_eq!(w["events_delivered"], 100, "{ep}: {w}");
+    }
+    // The compactions reached both servers: history below the compaction point is gone.
+    let etch_gone = n.ctl_err(&["get", "x", "--rev", "2"]);
+    assert!(etch_gone.contains("compacted"), "{etch_gone}");
+    let etcd_gone = etcdctl(&etcd.endpoint, &["get", "x", "--rev", "2"], "");
+    assert!(String::from_utf8_lossy(&etcd_gone.stderr).contains("compacted"));
+}

@@ -1,5 +1,5 @@
 //! etch tools: the native protocol client library used by `etchctl`, `etch-bench` and users'
-//! programs.
+//! programs, and an etcd gRPC client ([`GrpcClient`]) so `etch-bench` can drive etcd too.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), etch_tools::ClientError> {
@@ -9,9 +9,11 @@
 //! ```
 
 pub mod client;
+pub mod grpc;
 pub mod output;
 
 pub use client::{Client, ClientError, WatchStream};
+pub use grpc::GrpcClient;
 
 /// The request and response messages (etcd's `etcdserverpb` and `mvccpb`).
 pub mod pb {

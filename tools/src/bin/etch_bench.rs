@@ -1,9 +1,12 @@
-//! `etch-bench`: the load generator, with the flags of etcd's `tools/benchmark`.
+//! `etch-bench`: the load generator, with the workloads and flags of etcd's `tools/benchmark`
+//! (`put`, `range`, `txn-put`, `txn-mixed`, `watch`, `watch-latency`, `lease-keepalive`).
 //!
 //! `--clients` concurrent clients share `--conns` connections; together they send `--total`
-//! requests as fast as the server answers (or at `--rate` per second). The report gives QPS
-//! and latency (average, standard deviation, percentiles from an HDR histogram), in etcd
-//! benchmark's text form or as JSON (`--json`).
+//! requests as fast as the server answers (or at `--rate` per second). `--protocol native`
+//! (default) speaks etch's native protocol; `--protocol grpc` speaks the etcd v3 gRPC API, so
+//! the same tool measures etch and etcd. The report gives QPS and latency (average, standard
+//! deviation, a response-time histogram and percentiles from an HDR histogram) in etcd
+//! benchmark's text form, or as JSON (`--json`) or CSV (`--csv`) for scripts.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,8 +19,12 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
-use etch_tools::Client;
-use etch_tools::pb::{PutRequest, RangeRequest};
+use etch_tools::grpc::{GrpcWatchStream, KeepAliveStream};
+use etch_tools::pb::{
+    CompactionRequest, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, WatchCreateRequest, WatchResponse, request_op,
+};
+use etch_tools::{Client, ClientError, GrpcClient, WatchStream};
 
 #[derive(Parser)]
 #[command(
@@ -38,8 +45,23 @@ struct Cli {
     /// Print the report as one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Print the report as CSV (a header line and one row) instead of text.
+    #[arg(long, global = true, conflicts_with = "json")]
+    csv: bool,
+    /// Wire protocol: etch's native protocol, or the etcd v3 gRPC API (etch and etcd).
+    #[arg(long, global = true, value_enum, default_value_t = Protocol::Native)]
+    protocol: Protocol,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// The wire protocol.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    /// etch's native protocol (length-prefixed protobuf frames over TCP).
+    Native,
+    /// The etcd v3 gRPC API.
+    Grpc,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +70,10 @@ enum Cmd {
     Put(PutArgs),
     /// Benchmark range.
     Range(RangeArgs),
+    /// Benchmark txn with puts (`--txn-ops` puts of distinct keys per txn).
+    TxnPut(TxnPutArgs),
+    /// Benchmark a read/write mix of txns (`--rw-ratio` reads per write).
+    TxnMixed(TxnMixedArgs),
     /// Lease keep-alives: each client grants a lease, then renews it `--total` times in all.
     LeaseKeepalive(LeaseArgs),
     /// Watch creation and delivery: many streams x watchers over many keys, puts as fast as
@@ -108,9 +134,63 @@ struct PutArgs {
     /// Maximum puts per second (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Compact every this long (humantime, e.g. `10s`; 0 = never), to the latest revision
+    /// minus `--compact-index-delta`.
+    #[arg(long, default_value = "0s")]
+    compact_interval: String,
+    /// How many revisions to keep when compacting.
+    #[arg(long, default_value_t = 1000)]
+    compact_index_delta: i64,
     /// Write each acknowledged key (hex) to this file, one per line (crash tests check them).
     #[arg(long)]
     ack_log: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct TxnPutArgs {
+    /// Total number of txn requests.
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Key size, bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size, bytes.
+    #[arg(long, default_value_t = 8)]
+    val_size: usize,
+    /// Puts per txn.
+    #[arg(long, default_value_t = 1)]
+    txn_ops: usize,
+    /// Maximum possible keys.
+    #[arg(long, default_value_t = 1)]
+    key_space_size: u64,
+    /// Maximum txns per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+#[derive(Args)]
+struct TxnMixedArgs {
+    /// Total number of txn requests.
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Key size, bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size, bytes.
+    #[arg(long, default_value_t = 8)]
+    val_size: usize,
+    /// Reads per write.
+    #[arg(long, default_value_t = 1.0)]
+    rw_ratio: f64,
+    /// Maximum possible keys.
+    #[arg(long, default_value_t = 1000)]
+    key_space_size: u64,
+    /// Reads: linearizable (l) or serializable (s).
+    #[arg(long, default_value = "l")]
+    consistency: String,
+    /// Maximum txns per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 #[derive(Args)]
@@ -125,6 +205,12 @@ struct RangeArgs {
     /// Linearizable (l) or serializable (s).
     #[arg(long, default_value = "l")]
     consistency: String,
+    /// Maximum keys returned per range (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    limit: i64,
+    /// Only count the keys.
+    #[arg(long)]
+    count_only: bool,
     /// Maximum requests per second (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -146,33 +232,282 @@ fn bench_key(n: u64, size: usize) -> Bytes {
     Bytes::from(k)
 }
 
-struct Stats {
-    hist: Histogram<u64>,
-    errors: u64,
-    first_errors: Vec<String>,
+/// One connection, over either protocol.
+#[derive(Clone)]
+enum Conn {
+    Native(Client),
+    Grpc(Box<GrpcClient>),
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// A keep-alive channel: native renewals are requests; gRPC ones go over a stream.
+enum KeepAliver {
+    Native(Client),
+    Grpc(KeepAliveStream),
 }
 
-async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
+/// A watch stream over either protocol.
+enum BenchWatch {
+    Native(WatchStream),
+    Grpc(GrpcWatchStream),
+}
+
+impl Conn {
+    async fn connect(p: Protocol, ep: &str) -> Result<Conn, String> {
+        match p {
+            Protocol::Native => Client::connect(ep).await.map(Conn::Native),
+            Protocol::Grpc => GrpcClient::connect(ep)
+                .await
+                .map(|c| Conn::Grpc(Box::new(c))),
+        }
+        .map_err(|e| format!("{ep}: {e}"))
+    }
+
+    /// Puts; returns the revision it created.
+    async fn put(&self, r: PutRequest) -> Result<i64, ClientError> {
+        let h = match self {
+            Conn::Native(c) => c.put(r).await?.header,
+            Conn::Grpc(c) => c.put(r).await?.header,
+        };
+        Ok(h.map_or(0, |h| h.revision))
+    }
+
+    async fn range(&self, r: RangeRequest) -> Result<(), ClientError> {
+        match self {
+            Conn::Native(c) => c.range(r).await.map(drop),
+            Conn::Grpc(c) => c.range(r).await.map(drop),
+        }
+    }
+
+    async fn txn(&self, r: TxnRequest) -> Result<(), ClientError> {
+        match self {
+            Conn::Native(c) => c.txn(r).await.map(drop),
+            Conn::Grpc(c) => c.txn(r).await.map(drop),
+        }
+    }
+
+    async fn compact(&self, revision: i64) -> Result<(), ClientError> {
+        let r = CompactionRequest {
+            revision,
+            physical: false,
+        };
+        match self {
+            Conn::Native(c) => c.compact(r).await.map(drop),
+            Conn::Grpc(c) => c.compact(r).await.map(drop),
+        }
+    }
+
+    async fn lease_grant(&self, ttl: i64) -> Result<i64, ClientError> {
+        let r = LeaseGrantRequest { ttl, id: 0 };
+        match self {
+            Conn::Native(c) => c.lease_grant(r).await.map(|g| g.id),
+            Conn::Grpc(c) => c.lease_grant(r).await.map(|g| g.id),
+        }
+    }
+
+    async fn keep_aliver(&self) -> Result<KeepAliver, ClientError> {
+        match self {
+            Conn::Native(c) => Ok(KeepAliver::Native(c.clone())),
+            Conn::Grpc(c) => c.keep_alive_stream().await.map(KeepAliver::Grpc),
+        }
+    }
+
+    async fn watch_stream(&self) -> Result<BenchWatch, ClientError> {
+        match self {
+            Conn::Native(c) => c.watch_stream().map(BenchWatch::Native),
+            Conn::Grpc(c) => c.watch_stream().await.map(BenchWatch::Grpc),
+        }
+    }
+}
+
+impl KeepAliver {
+    /// Renews `id`; an expired lease (TTL <= 0) is an error.
+    async fn keep_alive(&mut self, id: i64) -> Result<(), ClientError> {
+        let r = match self {
+            KeepAliver::Native(c) => c.lease_keep_alive(LeaseKeepAliveRequest { id }).await?,
+            KeepAliver::Grpc(s) => s.keep_alive(id).await?,
+        };
+        if r.ttl > 0 {
+            Ok(())
+        } else {
+            Err(ClientError::Protocol("lease expired".into()))
+        }
+    }
+}
+
+impl BenchWatch {
+    async fn create(&self, req: WatchCreateRequest) -> Result<(), ClientError> {
+        match self {
+            BenchWatch::Native(s) => s.create(req).await,
+            BenchWatch::Grpc(s) => s.create(req).await,
+        }
+    }
+
+    async fn next(&mut self) -> Option<WatchResponse> {
+        match self {
+            BenchWatch::Native(s) => s.next().await,
+            BenchWatch::Grpc(s) => s.next().await,
+        }
+    }
+}
+
+async fn connect_all(cli: &Cli) -> Result<Vec<Conn>, String> {
     let endpoints: Vec<&str> = cli.endpoints.split(',').filter(|s| !s.is_empty()).collect();
     if endpoints.is_empty() || cli.conns == 0 || cli.clients == 0 {
         return Err("--endpoints, --conns and --clients must not be empty or 0".into());
     }
     let mut conns = Vec::new();
     for i in 0..cli.conns {
-        let ep = endpoints[i % endpoints.len()];
-        conns.push(
-            Client::connect(ep)
-                .await
-                .map_err(|e| format!("{ep}: {e}"))?,
-        );
+        conns.push(Conn::connect(cli.protocol, endpoints[i % endpoints.len()]).await?);
     }
+    Ok(conns)
+}
+
+struct Stats {
+    hist: Histogram<u64>,
+    errors: u64,
+    first_errors: Vec<String>,
+    reads: u64,
+    writes: u64,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The key of request `i`: sequential over the key space, or random in it.
+fn pick_key(i: u64, sequential: bool, key_space: u64, key_size: usize) -> Bytes {
+    let n = if sequential {
+        i % key_space
+    } else {
+        rand::rng().random_range(0..key_space)
+    };
+    bench_key(n, key_size)
+}
+
+fn put_op(key: Bytes, value: &Bytes) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key,
+            value: value.clone(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// What one client sends.
+enum Op {
+    Put {
+        key_size: usize,
+        value: Bytes,
+        sequential: bool,
+        key_space: u64,
+    },
+    Range(RangeRequest),
+    KeepAlive(i64),
+    TxnPut {
+        key_size: usize,
+        value: Bytes,
+        ops: usize,
+        key_space: u64,
+    },
+    TxnMixed {
+        key_size: usize,
+        value: Bytes,
+        read_share: f64,
+        key_space: u64,
+        serializable: bool,
+    },
+}
+
+/// Runs one request; `Ok(Some(key))` for an acknowledged put, `Ok(None)` otherwise; the bool
+/// says whether it was a read.
+async fn run_op(
+    op: &Op,
+    conn: &Conn,
+    keeper: &mut Option<KeepAliver>,
+    i: u64,
+    last_rev: &AtomicU64,
+) -> (Result<Option<Bytes>, ClientError>, bool) {
+    match op {
+        Op::Put {
+            key_size,
+            value,
+            sequential,
+            key_space,
+        } => {
+            let key = pick_key(i, *sequential, *key_space, *key_size);
+            let r = conn
+                .put(PutRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .await;
+            if let Ok(rev) = &r {
+                last_rev.fetch_max(*rev as u64, Ordering::Relaxed);
+            }
+            (r.map(|_| Some(key)), false)
+        }
+        Op::Range(r) => (conn.range(r.clone()).await.map(|()| None), true),
+        Op::KeepAlive(id) => match keeper {
+            Some(k) => (k.keep_alive(*id).await.map(|()| None), false),
+            None => (Err(ClientError::Closed), false),
+        },
+        Op::TxnPut {
+            key_size,
+            value,
+            ops,
+            key_space,
+        } => {
+            // Distinct keys in one txn (etcd refuses duplicates).
+            let first = rand::rng().random_range(0..*key_space);
+            let success = (0..*ops as u64)
+                .map(|j| put_op(bench_key((first + j) % key_space, *key_size), value))
+                .collect();
+            let r = TxnRequest {
+                compare: vec![],
+                success,
+                failure: vec![],
+            };
+            (conn.txn(r).await.map(|()| None), false)
+        }
+        Op::TxnMixed {
+            key_size,
+            value,
+            read_share,
+            key_space,
+            serializable,
+        } => {
+            let key = pick_key(i, false, *key_space, *key_size);
+            let read = rand::rng().random_bool(read_share.clamp(0.0, 1.0));
+            let op = if read {
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key,
+                        serializable: *serializable,
+                        ..Default::default()
+                    })),
+                }
+            } else {
+                put_op(key, value)
+            };
+            let r = TxnRequest {
+                compare: vec![],
+                success: vec![op],
+                failure: vec![],
+            };
+            (conn.txn(r).await.map(|()| None), read)
+        }
+    }
+}
+
+async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
+    let conns = connect_all(cli).await?;
     let (total, rate) = match &cli.cmd {
         Cmd::Put(a) => (a.total, a.rate),
         Cmd::Range(a) => (a.total, a.rate),
+        Cmd::TxnPut(a) => (a.total, a.rate),
+        Cmd::TxnMixed(a) => (a.total, a.rate),
         Cmd::LeaseKeepalive(a) => (a.total, 0),
         Cmd::Watch(_) | Cmd::WatchLatency(_) => return Err("not a request benchmark".into()),
     };
@@ -186,25 +521,56 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
         _ => None,
     };
     let next = Arc::new(AtomicU64::new(0));
+    let last_rev = Arc::new(AtomicU64::new(0));
     let stats = Arc::new(std::sync::Mutex::new(Stats {
         hist: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
         errors: 0,
         first_errors: Vec::new(),
+        reads: 0,
+        writes: 0,
     }));
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
             .map_err(|e| e.to_string())?,
     );
-    if cli.json {
+    if cli.json || cli.csv {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    // put --compact-interval: compact in the background while the puts run.
+    let compactor = match &cli.cmd {
+        Cmd::Put(a) => {
+            let every =
+                humantime::parse_duration(&a.compact_interval).map_err(|e| e.to_string())?;
+            (!every.is_zero()).then(|| {
+                let (conn, last_rev, delta) =
+                    (conns[0].clone(), last_rev.clone(), a.compact_index_delta);
+                tokio::spawn(async move {
+                    let mut compacted = 0;
+                    loop {
+                        tokio::time::sleep(every).await;
+                        let to = last_rev.load(Ordering::Relaxed) as i64 - delta;
+                        if to > compacted && conn.compact(to).await.is_ok() {
+                            compacted = to;
+                        }
+                    }
+                })
+            })
+        }
+        _ => None,
+    };
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..cli.clients {
-        let client = conns[c % conns.len()].clone();
-        let (next, stats, bar, ack_log) =
-            (next.clone(), stats.clone(), bar.clone(), ack_log.clone());
+        let conn = conns[c % conns.len()].clone();
+        let (next, stats, bar, ack_log, last_rev) = (
+            next.clone(),
+            stats.clone(),
+            bar.clone(),
+            ack_log.clone(),
+            last_rev.clone(),
+        );
+        let mut keeper = None;
         let op: Op = match &cli.cmd {
             Cmd::Put(a) => Op::Put {
                 key_size: a.key_size,
@@ -212,13 +578,24 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                 sequential: a.sequential_keys,
                 key_space: a.key_space_size.max(1),
             },
+            Cmd::TxnPut(a) => Op::TxnPut {
+                key_size: a.key_size,
+                value: Bytes::from(vec![b'v'; a.val_size]),
+                ops: a.txn_ops.max(1),
+                key_space: a.key_space_size.max(a.txn_ops as u64).max(1),
+            },
+            Cmd::TxnMixed(a) => Op::TxnMixed {
+                key_size: a.key_size,
+                value: Bytes::from(vec![b'v'; a.val_size]),
+                read_share: a.rw_ratio / (a.rw_ratio + 1.0),
+                key_space: a.key_space_size.max(1),
+                serializable: a.consistency == "s",
+            },
             Cmd::Watch(_) | Cmd::WatchLatency(_) => return Err("not a request benchmark".into()),
             Cmd::LeaseKeepalive(_) => {
-                let g = client
-                    .lease_grant(etch_tools::pb::LeaseGrantRequest { ttl: 60, id: 0 })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Op::KeepAlive(g.id)
+                let id = conn.lease_grant(60).await.map_err(|e| e.to_string())?;
+                keeper = Some(conn.keep_aliver().await.map_err(|e| e.to_string())?);
+                Op::KeepAlive(id)
             }
             Cmd::Range(a) => Op::Range(RangeRequest {
                 key: Bytes::copy_from_slice(a.key.as_bytes()),
@@ -228,6 +605,8 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                     .map(|e| Bytes::copy_from_slice(e.as_bytes()))
                     .unwrap_or_default(),
                 serializable: a.consistency == "s",
+                limit: a.limit,
+                count_only: a.count_only,
                 ..Default::default()
             }),
         };
@@ -242,50 +621,18 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let t = Instant::now();
-                let (res, acked) = match &op {
-                    Op::Put {
-                        key_size,
-                        value,
-                        sequential,
-                        key_space,
-                    } => {
-                        let n = if *sequential {
-                            i % key_space
-                        } else {
-                            rand::rng().random_range(0..*key_space)
-                        };
-                        let key = bench_key(n, *key_size);
-                        let r = client
-                            .put(PutRequest {
-                                key: key.clone(),
-                                value: value.clone(),
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|_| ());
-                        (r, Some(key))
-                    }
-                    Op::Range(r) => (client.range(r.clone()).await.map(|_| ()), None),
-                    Op::KeepAlive(id) => (
-                        client
-                            .lease_keep_alive(etch_tools::pb::LeaseKeepAliveRequest { id: *id })
-                            .await
-                            .and_then(|r| {
-                                if r.ttl > 0 {
-                                    Ok(())
-                                } else {
-                                    Err(etch_tools::ClientError::Protocol("lease expired".into()))
-                                }
-                            }),
-                        None,
-                    ),
-                };
+                let (res, read) = run_op(&op, &conn, &mut keeper, i, &last_rev).await;
                 let us = t.elapsed().as_micros() as u64;
                 {
                     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                     match &res {
-                        Ok(()) => {
+                        Ok(_) => {
                             let _ = s.hist.record(us.max(1));
+                            if read {
+                                s.reads += 1;
+                            } else {
+                                s.writes += 1;
+                            }
                         }
                         Err(e) => {
                             s.errors += 1;
@@ -295,10 +642,10 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                         }
                     }
                 }
-                if let (Ok(()), Some(log), Some(k)) = (&res, &ack_log, acked) {
+                if let (Ok(Some(k)), Some(log)) = (&res, &ack_log) {
                     use std::io::Write;
                     let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = writeln!(f, "{}", hex(&k));
+                    let _ = writeln!(f, "{}", hex(k));
                 }
                 bar.inc(1);
             }
@@ -306,6 +653,9 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     }
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(c) = compactor {
+        c.abort();
     }
     bar.finish_and_clear();
     if let Some(log) = &ack_log {
@@ -320,11 +670,24 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     let h = &s.hist;
     let ms = |us: f64| us / 1000.0;
     let ok = h.len();
+    // etcd's response-time histogram: 10 equal buckets from the fastest to the slowest.
+    let (lo, hi) = (h.min(), h.max());
+    let step = ((hi - lo) / 10).max(1);
+    let histogram: Vec<serde_json::Value> = (0..10)
+        .map(|b| {
+            let from = lo + b * step;
+            let to = if b == 9 { hi } else { from + step - 1 };
+            serde_json::json!({"le_ms": ms(to as f64), "count": h.count_between(from, to)})
+        })
+        .collect();
     Ok(serde_json::json!({
+        "protocol": if cli.protocol == Protocol::Grpc { "grpc" } else { "native" },
         "total": total,
         "ok": ok,
         "errors": s.errors,
         "first_errors": s.first_errors,
+        "reads": s.reads,
+        "writes": s.writes,
         "seconds": elapsed,
         "qps": ok as f64 / elapsed.max(1e-9),
         "latency_ms": {
@@ -337,19 +700,33 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
             "p90": ms(h.value_at_quantile(0.90) as f64),
             "p99": ms(h.value_at_quantile(0.99) as f64),
             "p99.9": ms(h.value_at_quantile(0.999) as f64),
-        }
+        },
+        "histogram": histogram,
     }))
 }
 
-enum Op {
-    Put {
-        key_size: usize,
-        value: Bytes,
-        sequential: bool,
-        key_space: u64,
-    },
-    Range(RangeRequest),
-    KeepAlive(i64),
+/// The report as CSV: a header and one row.
+fn report_csv(v: &serde_json::Value) -> String {
+    let l = &v["latency_ms"];
+    let cols = [
+        ("protocol", v["protocol"].as_str().unwrap_or("").to_owned()),
+        ("total", v["total"].to_string()),
+        ("ok", v["ok"].to_string()),
+        ("errors", v["errors"].to_string()),
+        ("seconds", v["seconds"].to_string()),
+        ("qps", v["qps"].to_string()),
+        ("avg_ms", l["avg"].to_string()),
+        ("stddev_ms", l["stddev"].to_string()),
+        ("min_ms", l["min"].to_string()),
+        ("max_ms", l["max"].to_string()),
+        ("p50_ms", l["p50"].to_string()),
+        ("p90_ms", l["p90"].to_string()),
+        ("p99_ms", l["p99"].to_string()),
+        ("p99.9_ms", l["p99.9"].to_string()),
+    ];
+    let head: Vec<&str> = cols.iter().map(|(k, _)| *k).collect();
+    let row: Vec<&str> = cols.iter().map(|(_, v)| v.as_str()).collect();
+    format!("{}\n{}\n", head.join(","), row.join(","))
 }
 
 /// etcd benchmark's text report.
@@ -366,6 +743,22 @@ fn report_text(v: &serde_json::Value) -> String {
     s += &format!("  Average:\t{:.4} secs.\n", secs("avg"));
     s += &format!("  Stddev:\t{:.4} secs.\n", secs("stddev"));
     s += &format!("  Requests/sec:\t{:.4}\n", v["qps"].as_f64().unwrap_or(0.0));
+    let buckets = v["histogram"].as_array().cloned().unwrap_or_default();
+    let most = buckets
+        .iter()
+        .filter_map(|b| b["count"].as_u64())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    s += "\nResponse time histogram:\n";
+    for b in &buckets {
+        let n = b["count"].as_u64().unwrap_or(0);
+        s += &format!(
+            "  {:.4} [{n}]\t|{}\n",
+            b["le_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+            "∎".repeat((n * 40 / most) as usize)
+        );
+    }
     s += "\nLatency distribution:\n";
     for (name, key) in [
         ("10%", "p10"),
@@ -388,16 +781,7 @@ fn report_text(v: &serde_json::Value) -> String {
 
 /// Creates the watchers, puts, and measures delivery (see [`Cmd::Watch`], [`Cmd::WatchLatency`]).
 async fn watch_bench(cli: &Cli, a: &WatchArgs, latency: bool) -> Result<serde_json::Value, String> {
-    let endpoints: Vec<&str> = cli.endpoints.split(',').filter(|s| !s.is_empty()).collect();
-    let mut conns = Vec::new();
-    for i in 0..cli.conns.max(1) {
-        let ep = endpoints[i % endpoints.len()];
-        conns.push(
-            Client::connect(ep)
-                .await
-                .map_err(|e| format!("{ep}: {e}"))?,
-        );
-    }
+    let conns = connect_all(cli).await?;
     let keys = if latency {
         1
     } else {
@@ -411,11 +795,11 @@ async fn watch_bench(cli: &Cli, a: &WatchArgs, latency: bool) -> Result<serde_js
     let mut watchers_on_key = vec![0u64; keys];
     for s in 0..a.streams {
         let c = &conns[s % conns.len()];
-        let mut st = c.watch_stream().map_err(|e| e.to_string())?;
+        let mut st = c.watch_stream().await.map_err(|e| e.to_string())?;
         for w in 0..a.watchers_per_stream {
             let k = (s * a.watchers_per_stream + w) % keys;
             watchers_on_key[k] += 1;
-            st.create(etch_tools::pb::WatchCreateRequest {
+            st.create(WatchCreateRequest {
                 key: key(k),
                 ..Default::default()
             })
@@ -542,6 +926,8 @@ fn main() -> ExitCode {
         Ok(v) => {
             if cli.json || v.get("watchers").is_some() {
                 println!("{v}");
+            } else if cli.csv {
+                print!("{}", report_csv(&v));
             } else {
                 print!("{}", report_text(&v));
             }

@@ -1,0 +1,260 @@
+//! An etcd v3 gRPC client (tonic) with the calls etch-bench needs, so the same load generator
+//! drives etch (either protocol) and etcd. Errors are [`ClientError::Status`] with the server's
+//! code and message, as from the native [`crate::Client`].
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use etch_protocol::Code;
+use etch_protocol::etcdserverpb::*;
+
+use crate::ClientError;
+
+/// Generated tonic clients.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
+use generated::{
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient,
+};
+
+fn status(s: tonic::Status) -> ClientError {
+    ClientError::Status {
+        code: Code::from_u32(s.code() as u32),
+        message: s.message().to_owned(),
+    }
+}
+
+/// One HTTP/2 connection to an etcd-API endpoint (`host:port` or `http://host:port`). Cheap
+/// to clone; clones share the connection.
+#[derive(Clone)]
+pub struct GrpcClient {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+    watch: WatchClient<Channel>,
+    maintenance: MaintenanceClient<Channel>,
+}
+
+impl GrpcClient {
+    /// Connects (within 5 s).
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the endpoint is invalid or unreachable.
+    pub async fn connect(endpoint: &str) -> Result<GrpcClient, ClientError> {
+        let url = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let io = |e: &dyn std::fmt::Display| ClientError::Io(std::io::Error::other(e.to_string()));
+        let ch = Channel::from_shared(url)
+            .map_err(|e| io(&e))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| io(&e))?;
+        Ok(GrpcClient {
+            kv: KvClient::new(ch.clone()),
+            lease: LeaseClient::new(ch.clone()),
+            watch: WatchClient::new(ch.clone()),
+            maintenance: MaintenanceClient::new(ch),
+        })
+    }
+
+    /// KV.Put.
+    ///
+    /// # Errors
+    /// The server's status.
+    pub async fn put(&self, r: PutRequest) -> Result<PutResponse, ClientError> {
+        Ok(self.kv.clone().put(r).await.map_err(status)?.into_inner())
+    }
+
+    /// KV.Range.
+    ///
+    /// # Errors
+    /// The server's status.
+    pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse, ClientError> {
+        Ok(self.kv.clone().range(r).await.map_err(status)?.into_inner())
+    }
+
+    /// KV.Txn.
+    ///
+    /// # Errors
+    /// The server's status.
+    pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse, ClientError> {
+        Ok(self.kv.clone().txn(r).await.map_err(status)?.into_inner())
+    }
+
+    /// KV.Compact.
+    ///
+    /// # Errors
+    /// The server's status.
+    pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse, ClientError> {
+        Ok(self
+            .kv
+            .clone()
+            .compact(r)
+            .await
+            .map_err(status)?
+            .into_inner())
+    }
+
+    /// Lease.LeaseGrant.
+    ///
+    /// # Errors
+    /// The server's status.
+    pub async fn lease_grant(
+        &self,
+        r: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, ClientError> {
+        Ok(self
+            .lease
+            .clone()
+            .lease_grant(r)
+            .await
+            .map_err(status)?
+            .into_inner())
+    }
+
+    /// Maintenance.Status.
+    ///
+    /// # Errors
+    /// The server's status.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        Ok(self
+            .maintenance
+            .clone()
+            .status(StatusRequest {})
+            .await
+            .map_err(status)?
+            .into_inner())
+    }
+
+    /// Opens a LeaseKeepAlive stream. The call starts with the first renewal: etcd (grpc-go)
+    /// sends its response headers only after the first message, so waiting for them before
+    /// sending would deadlock.
+    ///
+    /// # Errors
+    /// None yet; the call's errors come with the first renewal.
+    pub async fn keep_alive_stream(&self) -> Result<KeepAliveStream, ClientError> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut lease = self.lease.clone();
+        let call = Box::pin(async move {
+            lease
+                .lease_keep_alive(ReceiverStream::new(rx))
+                .await
+                .map(tonic::Response::into_inner)
+        });
+        Ok(KeepAliveStream {
+            tx,
+            rx: Lazy::Pending(call),
+        })
+    }
+
+    /// Opens a Watch stream (started by the first request, as [`GrpcClient::keep_alive_stream`]).
+    ///
+    /// # Errors
+    /// None yet; the call's errors come with the first response.
+    pub async fn watch_stream(&self) -> Result<GrpcWatchStream, ClientError> {
+        let (tx, rx) = mpsc::channel(64);
+        let mut watch = self.watch.clone();
+        let call = Box::pin(async move {
+            watch
+                .watch(ReceiverStream::new(rx))
+                .await
+                .map(tonic::Response::into_inner)
+        });
+        Ok(GrpcWatchStream {
+            tx,
+            rx: Lazy::Pending(call),
+        })
+    }
+}
+
+type Call<T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<tonic::Streaming<T>, tonic::Status>> + Send>,
+>;
+
+/// A streaming call's responses, once the call has started.
+enum Lazy<T> {
+    Pending(Call<T>),
+    Open(Box<tonic::Streaming<T>>),
+    Failed,
+}
+
+impl<T> Lazy<T> {
+    async fn stream(&mut self) -> Result<&mut tonic::Streaming<T>, ClientError> {
+        if let Lazy::Pending(call) = self {
+            *self = match call.await {
+                Ok(s) => Lazy::Open(Box::new(s)),
+                Err(e) => {
+                    *self = Lazy::Failed;
+                    return Err(status(e));
+                }
+            };
+        }
+        match self {
+            Lazy::Open(s) => Ok(s),
+            _ => Err(ClientError::Closed),
+        }
+    }
+}
+
+/// A LeaseKeepAlive stream: one renewal at a time.
+pub struct KeepAliveStream {
+    tx: mpsc::Sender<LeaseKeepAliveRequest>,
+    rx: Lazy<LeaseKeepAliveResponse>,
+}
+
+impl KeepAliveStream {
+    /// Renews lease `id` and waits for the answer.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] when the stream ended; the server's status.
+    pub async fn keep_alive(&mut self, id: i64) -> Result<LeaseKeepAliveResponse, ClientError> {
+        self.tx
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        self.rx
+            .stream()
+            .await?
+            .message()
+            .await
+            .map_err(status)?
+            .ok_or(ClientError::Closed)
+    }
+}
+
+/// A Watch stream.
+pub struct GrpcWatchStream {
+    tx: mpsc::Sender<WatchRequest>,
+    rx: Lazy<WatchResponse>,
+}
+
+impl GrpcWatchStream {
+    /// Creates a watch; its `created` response arrives on [`GrpcWatchStream::next`].
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn create(&self, req: WatchCreateRequest) -> Result<(), ClientError> {
+        self.tx
+            .send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(req)),
+            })
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// The next response; `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<WatchResponse> {
+        self.rx.stream().await.ok()?.message().await.ok().flatten()
+    }
+}
