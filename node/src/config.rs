@@ -146,6 +146,11 @@ pub struct Flags {
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCH_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Log format on stderr: `text` (human-readable lines) or `json` (one JSON object per line:
+    /// `timestamp`, `level`, `target`, `message` and the event's fields, as etcd's zap logger
+    /// writes `ts`, `level`, `caller`, `msg` and fields).
+    #[arg(long, env = "ETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// etcd's logger choice; accepted and ignored (etch always logs with tracing).
     #[arg(long, hide = true)]
     pub logger: Option<String>,
@@ -600,4 +605,13 @@ mod tests {
         assert!(e.to_string().contains("election-timeout"), "{e}");
         assert!(Config::from_flags(&flags(&["--heartbeat-interval", "soon"])).is_err());
     }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }

@@ -11,11 +11,15 @@ fn main() -> ExitCode {
     let flags = Flags::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},raft=warn", flags.log_level)));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match flags.log_format {
+        etch_node::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        etch_node::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let config = match Config::from_flags(&flags) {
         Ok(c) => c,
         Err(e) => {

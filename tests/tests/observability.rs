@@ -1,0 +1,127 @@
+//! Operators' view of one member and of a cluster: `/metrics`, `/livez`, `/readyz` on
+//! `--listen-metrics-urls`, counters that follow real requests, `/health` turning false when a
+//! member is cut off from its peers (iptables) and true again once healed, and JSON logs.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use etch_tests::{Cluster, Isolation, Node, bin, etcdctl, free_tcp_port, http, wait_for};
+
+/// The value of an unlabelled sample in a Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_listener_counters_and_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_tcp_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let n = Node::start(dir.path(), &["--listen-metrics-urls", &url]);
+    let m = format!("127.0.0.1:{port}");
+    wait_for(Duration::from_secs(20), "a leader", || {
+        let page = http(&m, "GET", "/metrics", "").body;
+        (sample(&page, "etcd_server_has_leader") == Some(1.0)).then_some(())
+    });
+    assert_eq!(http(&m, "GET", "/livez", "").body, "ok\n");
+    assert_eq!(http(&m, "GET", "/readyz", "").body, "ok\n");
+    let before = http(&m, "GET", "/metrics", "").body;
+    let puts = sample(&before, "etcd_mvcc_put_total").unwrap();
+    n.ctl_ok(&["put", "a", "1"]);
+    n.ctl_ok(&["put", "b", "1"]);
+    let e = etcdctl(&n.grpc, &["get", "a", "--rev", "99"], "");
+    assert!(!e.status.success());
+    let after = http(&m, "GET", "/metrics", "").body;
+    assert_eq!(sample(&after, "etcd_mvcc_put_total"), Some(puts + 2.0));
+    assert_eq!(sample(&after, "etcd_debugging_mvcc_keys_total"), Some(2.0));
+    assert!(
+        after.contains(r#"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="OutOfRange"} 1"#),
+        "{after}"
+    );
+    assert!(after.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"}"));
+    assert!(after.contains(&format!(
+        "etcd_server_id{{server_id=\"{}\"}} 1",
+        "8e9e05c52164694d"
+    )));
+    // The client port serves the same page.
+    assert!(
+        http(&n.grpc, "GET", "/metrics", "")
+            .body
+            .contains("etcd_server_has_leader 1")
+    );
+}
+
+#[test]
+fn health_turns_false_when_isolated_and_back_when_healed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let victim = (leader + 1) % 3;
+    let ep = c.nodes[victim].grpc.clone();
+    assert_eq!(http(&ep, "GET", "/health", "").status, 200);
+    let port: u16 = c.peer_urls[victim]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cut = Isolation::udp_port(port);
+    let h = wait_for(
+        Duration::from_secs(30),
+        "/health false on the isolated member",
+        || {
+            let h = http(&ep, "GET", "/health", "");
+            (h.status == 503).then_some(h)
+        },
+    );
+    assert!(h.body.contains(r#""health":"false""#), "{}", h.body);
+    assert_eq!(http(&ep, "GET", "/readyz", "").status, 503);
+    drop(cut);
+    wait_for(
+        Duration::from_secs(30),
+        "/health true after healing",
+        || {
+            let h = http(&ep, "GET", "/health", "");
+            (h.status == 200 && h.body == r#"{"health":"true","reason":""}"#).then_some(())
+        },
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin("etch"))
+        .args(["--data-dir", &dir.path().display().to_string()])
+        .args(["--listen-native-urls", "tcp://127.0.0.1:0"])
+        .args(["--listen-client-urls", "http://127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = 0;
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        seen += 1;
+        if v["message"] == "serving the etcd gRPC API" {
+            assert!(
+                v["addr"].as_str().unwrap().starts_with("127.0.0.1:"),
+                "{line}"
+            );
+            break;
+        }
+    }
+    assert!(seen >= 2);
+    let _ = child.kill();
+    let _ = child.wait();
+}
