@@ -71,7 +71,7 @@ for clients in $clients_list; do
   done
 done
 # etcd's other workloads against etch, for errors (numbers printed by the tool itself).
-for w in "txn-put --total 10000 --key-size 8 --val-size 256" "watch --put-total 1000 --watched-key-total 10 --streams 10 --watch-per-stream 10" \
+for w in "txn-put --total 10000 --key-size 8 --val-size 256" "watch --put-total 1000 --put-rate 1000 --watched-key-total 10 --streams 10 --watch-per-stream 10" \
          "lease-keepalive --total 10000"; do
   if "$ETCD_BENCH" --endpoints "$GRPC_EPS" --conns 10 --clients 100 $w >"$work/w.out" 2>&1; then
     echo "etcd benchmark $w against etch: ok ($(grep -m1 -E 'Requests/sec|Total' "$work/w.out" | tr -s ' \t' ' '))" >&2

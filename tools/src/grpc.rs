@@ -137,16 +137,16 @@ impl GrpcClient {
             .into_inner())
     }
 
-    /// Opens a LeaseKeepAlive stream. The call starts with the first renewal: etcd (grpc-go)
-    /// sends its response headers only after the first message, so waiting for them before
-    /// sending would deadlock.
+    /// Opens a LeaseKeepAlive stream. The call runs in a task of its own and its responses are
+    /// awaited with the first renewal: etcd (grpc-go) sends its response headers only after
+    /// the first message, so waiting for them before sending would deadlock.
     ///
     /// # Errors
     /// None yet; the call's errors come with the first renewal.
     pub async fn keep_alive_stream(&self) -> Result<KeepAliveStream, ClientError> {
         let (tx, rx) = mpsc::channel(16);
         let mut lease = self.lease.clone();
-        let call = Box::pin(async move {
+        let call = tokio::spawn(async move {
             lease
                 .lease_keep_alive(ReceiverStream::new(rx))
                 .await
@@ -165,7 +165,7 @@ impl GrpcClient {
     pub async fn watch_stream(&self) -> Result<GrpcWatchStream, ClientError> {
         let (tx, rx) = mpsc::channel(64);
         let mut watch = self.watch.clone();
-        let call = Box::pin(async move {
+        let call = tokio::spawn(async move {
             watch
                 .watch(ReceiverStream::new(rx))
                 .await
@@ -178,9 +178,7 @@ impl GrpcClient {
     }
 }
 
-type Call<T> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<tonic::Streaming<T>, tonic::Status>> + Send>,
->;
+type Call<T> = tokio::task::JoinHandle<Result<tonic::Streaming<T>, tonic::Status>>;
 
 /// A streaming call's responses, once the call has started.
 enum Lazy<T> {
@@ -193,10 +191,14 @@ impl<T> Lazy<T> {
     async fn stream(&mut self) -> Result<&mut tonic::Streaming<T>, ClientError> {
         if let Lazy::Pending(call) = self {
             *self = match call.await {
-                Ok(s) => Lazy::Open(Box::new(s)),
-                Err(e) => {
+                Ok(Ok(s)) => Lazy::Open(Box::new(s)),
+                Ok(Err(e)) => {
                     *self = Lazy::Failed;
                     return Err(status(e));
+                }
+                Err(_) => {
+                    *self = Lazy::Failed;
+                    return Err(ClientError::Closed);
                 }
             };
         }
