@@ -252,6 +252,25 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// The addresses of a comma-separated list of `scheme://host:port` URLs (flag `flag`); a URL
+/// with another scheme is refused with `why`.
+fn listen_addrs(
+    flag: &'static str,
+    urls: &str,
+    scheme: &str,
+    why: &str,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for u in urls.split(',').filter(|s| !s.is_empty()) {
+        let (s, addr) = parse_url(u).map_err(|e| bad(flag, u, e))?;
+        if s != scheme {
+            return Err(bad(flag, u, why));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
 fn bad(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         flag,
@@ -348,34 +367,24 @@ impl Config {
                 "must be at least 5 x --heartbeat-interval",
             ));
         }
-        let mut listen_native = Vec::new();
-        for u in f.listen_native_urls.split(',').filter(|s| !s.is_empty()) {
-            let (scheme, addr) = parse_url(u).map_err(|e| bad("listen-native-urls", u, e))?;
-            if scheme != "tcp" {
-                return Err(bad("listen-native-urls", u, "scheme must be tcp"));
-            }
-            listen_native.push(addr);
-        }
-        let mut listen_metrics = Vec::new();
-        for u in f.listen_metrics_urls.split(',').filter(|s| !s.is_empty()) {
-            let (scheme, addr) = parse_url(u).map_err(|e| bad("listen-metrics-urls", u, e))?;
-            if scheme != "http" {
-                return Err(bad("listen-metrics-urls", u, "only http:// is served"));
-            }
-            listen_metrics.push(addr);
-        }
-        let mut listen_client = Vec::new();
-        for u in f.listen_client_urls.split(',').filter(|s| !s.is_empty()) {
-            let (scheme, addr) = parse_url(u).map_err(|e| bad("listen-client-urls", u, e))?;
-            if scheme != "http" {
-                return Err(bad(
-                    "listen-client-urls",
-                    u,
-                    "only http:// is served (client TLS is not implemented yet)",
-                ));
-            }
-            listen_client.push(addr);
-        }
+        let listen_native = listen_addrs(
+            "listen-native-urls",
+            &f.listen_native_urls,
+            "tcp",
+            "scheme must be tcp",
+        )?;
+        let listen_metrics = listen_addrs(
+            "listen-metrics-urls",
+            &f.listen_metrics_urls,
+            "http",
+            "only http:// is served",
+        )?;
+        let listen_client = listen_addrs(
+            "listen-client-urls",
+            &f.listen_client_urls,
+            "http",
+            "only http:// is served (client TLS is not implemented yet)",
+        )?;
         if f.initial_cluster_state != "new" && f.initial_cluster_state != "existing" {
             return Err(bad(
                 "initial-cluster-state",

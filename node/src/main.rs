@@ -28,30 +28,18 @@ fn main() -> ExitCode {
         }
     };
     let mut listeners = Listeners::default();
-    for addr in &config.listen_native {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => listeners.native.push(l),
-            Err(e) => {
-                eprintln!("etch: cannot listen on {addr}: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    for addr in &config.listen_client {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => listeners.client.push(l),
-            Err(e) => {
-                eprintln!("etch: cannot listen on {addr}: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    for addr in &config.listen_metrics {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => listeners.metrics.push(l),
-            Err(e) => {
-                eprintln!("etch: cannot listen on {addr}: {e}");
-                return ExitCode::from(1);
+    for (addrs, into) in [
+        (&config.listen_native, &mut listeners.native),
+        (&config.listen_client, &mut listeners.client),
+        (&config.listen_metrics, &mut listeners.metrics),
+    ] {
+        for addr in addrs {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => into.push(l),
+                Err(e) => {
+                    eprintln!("etch: cannot listen on {addr}: {e}");
+                    return ExitCode::from(1);
+                }
             }
         }
     }

@@ -114,26 +114,40 @@ struct WatchArgs {
     hold: String,
 }
 
+/// How many requests, how fast.
 #[derive(Args)]
-struct PutArgs {
-    /// Total number of put requests.
+struct Requests {
+    /// Total number of requests.
     #[arg(long, default_value_t = 10_000)]
     total: u64,
-    /// Key size of a put request, bytes.
+    /// Maximum requests per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+/// The keys and values written.
+#[derive(Args)]
+struct KeyValues {
+    /// Key size, bytes.
     #[arg(long, default_value_t = 8)]
     key_size: usize,
-    /// Value size of a put request, bytes.
+    /// Value size, bytes.
     #[arg(long, default_value_t = 8)]
     val_size: usize,
-    /// Use sequential keys instead of random ones.
-    #[arg(long)]
-    sequential_keys: bool,
     /// Maximum possible keys.
     #[arg(long, default_value_t = 1)]
     key_space_size: u64,
-    /// Maximum puts per second (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
+}
+
+#[derive(Args)]
+struct PutArgs {
+    #[command(flatten)]
+    req: Requests,
+    #[command(flatten)]
+    kv: KeyValues,
+    /// Use sequential keys instead of random ones.
+    #[arg(long)]
+    sequential_keys: bool,
     /// Compact every this long (humantime, e.g. `10s`; 0 = never), to the latest revision
     /// minus `--compact-index-delta`.
     #[arg(long, default_value = "0s")]
@@ -148,49 +162,27 @@ struct PutArgs {
 
 #[derive(Args)]
 struct TxnPutArgs {
-    /// Total number of txn requests.
-    #[arg(long, default_value_t = 10_000)]
-    total: u64,
-    /// Key size, bytes.
-    #[arg(long, default_value_t = 8)]
-    key_size: usize,
-    /// Value size, bytes.
-    #[arg(long, default_value_t = 8)]
-    val_size: usize,
+    #[command(flatten)]
+    req: Requests,
+    #[command(flatten)]
+    kv: KeyValues,
     /// Puts per txn.
     #[arg(long, default_value_t = 1)]
     txn_ops: usize,
-    /// Maximum possible keys.
-    #[arg(long, default_value_t = 1)]
-    key_space_size: u64,
-    /// Maximum txns per second (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
 }
 
 #[derive(Args)]
 struct TxnMixedArgs {
-    /// Total number of txn requests.
-    #[arg(long, default_value_t = 10_000)]
-    total: u64,
-    /// Key size, bytes.
-    #[arg(long, default_value_t = 8)]
-    key_size: usize,
-    /// Value size, bytes.
-    #[arg(long, default_value_t = 8)]
-    val_size: usize,
+    #[command(flatten)]
+    req: Requests,
+    #[command(flatten)]
+    kv: KeyValues,
     /// Reads per write.
     #[arg(long, default_value_t = 1.0)]
     rw_ratio: f64,
-    /// Maximum possible keys.
-    #[arg(long, default_value_t = 1000)]
-    key_space_size: u64,
     /// Reads: linearizable (l) or serializable (s).
     #[arg(long, default_value = "l")]
     consistency: String,
-    /// Maximum txns per second (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
 }
 
 #[derive(Args)]
@@ -199,9 +191,8 @@ struct RangeArgs {
     key: String,
     /// Range end (exclusive); empty for a single key.
     end: Option<String>,
-    /// Total number of range requests.
-    #[arg(long, default_value_t = 10_000)]
-    total: u64,
+    #[command(flatten)]
+    req: Requests,
     /// Linearizable (l) or serializable (s).
     #[arg(long, default_value = "l")]
     consistency: String,
@@ -211,9 +202,6 @@ struct RangeArgs {
     /// Only count the keys.
     #[arg(long)]
     count_only: bool,
-    /// Maximum requests per second (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
 }
 
 /// etcd benchmark's key: a varint of the key number, zero-padded to `size` bytes.
@@ -504,10 +492,10 @@ async fn run_op(
 async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
     let conns = connect_all(cli).await?;
     let (total, rate) = match &cli.cmd {
-        Cmd::Put(a) => (a.total, a.rate),
-        Cmd::Range(a) => (a.total, a.rate),
-        Cmd::TxnPut(a) => (a.total, a.rate),
-        Cmd::TxnMixed(a) => (a.total, a.rate),
+        Cmd::Put(PutArgs { req, .. })
+        | Cmd::Range(RangeArgs { req, .. })
+        | Cmd::TxnPut(TxnPutArgs { req, .. })
+        | Cmd::TxnMixed(TxnMixedArgs { req, .. }) => (req.total, req.rate),
         Cmd::LeaseKeepalive(a) => (a.total, 0),
         Cmd::Watch(_) | Cmd::WatchLatency(_) => return Err("not a request benchmark".into()),
     };
@@ -573,22 +561,22 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
         let mut keeper = None;
         let op: Op = match &cli.cmd {
             Cmd::Put(a) => Op::Put {
-                key_size: a.key_size,
-                value: Bytes::from(vec![b'v'; a.val_size]),
+                key_size: a.kv.key_size,
+                value: Bytes::from(vec![b'v'; a.kv.val_size]),
                 sequential: a.sequential_keys,
-                key_space: a.key_space_size.max(1),
+                key_space: a.kv.key_space_size.max(1),
             },
             Cmd::TxnPut(a) => Op::TxnPut {
-                key_size: a.key_size,
-                value: Bytes::from(vec![b'v'; a.val_size]),
+                key_size: a.kv.key_size,
+                value: Bytes::from(vec![b'v'; a.kv.val_size]),
                 ops: a.txn_ops.max(1),
-                key_space: a.key_space_size.max(a.txn_ops as u64).max(1),
+                key_space: a.kv.key_space_size.max(a.txn_ops as u64).max(1),
             },
             Cmd::TxnMixed(a) => Op::TxnMixed {
-                key_size: a.key_size,
-                value: Bytes::from(vec![b'v'; a.val_size]),
+                key_size: a.kv.key_size,
+                value: Bytes::from(vec![b'v'; a.kv.val_size]),
                 read_share: a.rw_ratio / (a.rw_ratio + 1.0),
-                key_space: a.key_space_size.max(1),
+                key_space: a.kv.key_space_size.max(1),
                 serializable: a.consistency == "s",
             },
             Cmd::Watch(_) | Cmd::WatchLatency(_) => return Err("not a request benchmark".into()),
