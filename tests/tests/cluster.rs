@@ -429,35 +429,10 @@ fn sigstopped_follower_resumes_and_catches_up() {
     );
 }
 
-/// Writes a CA, and a certificate for 127.0.0.1/localhost signed by it, into `dir`; returns
-/// (ca, cert, key) paths.
-fn make_pki(dir: &std::path::Path, name: &str) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    std::fs::create_dir_all(dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let p = |f: &str| {
-        dir.join(format!("{name}-{f}"))
-            .to_string_lossy()
-            .to_string()
-    };
-    std::fs::write(p("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(p("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(p("key.pem"), key.serialize_pem()).unwrap();
-    (p("ca.pem"), p("cert.pem"), p("key.pem"))
-}
-
 #[test]
 fn mutual_tls_between_peers_refuses_an_untrusted_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_pki(&dir.path().join("pki"), "cluster");
+    let (ca, cert, key) = etch_tests::make_pki(&dir.path().join("pki"), "cluster");
     let c = Cluster::start(
         dir.path(),
         3,
@@ -479,7 +454,8 @@ fn mutual_tls_between_peers_refuses_an_untrusted_certificate() {
         "3\n"
     );
     // A process with a certificate from another CA reaches m0's peer port.
-    let (other_ca, other_cert, other_key) = make_pki(&dir.path().join("pki"), "intruder");
+    let (other_ca, other_cert, other_key) =
+        etch_tests::make_pki(&dir.path().join("pki"), "intruder");
     let _outsider = Node::launch_outsider(
         dir.path(),
         &c.peer_urls[0],

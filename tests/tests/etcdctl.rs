@@ -196,6 +196,25 @@ fn etcdctl_against_a_three_member_cluster() {
         .collect();
     assert_eq!(hs.len(), 3);
     assert!(hs.windows(2).all(|w| w[0] == w[1]), "{hashes}");
+    let table = out(&eps, &["endpoint", "hashkv", "-w", "table"], "");
+    assert!(
+        table.contains("HASH") && table.matches(&hs[0].to_string()).count() == 3,
+        "{table}"
+    );
+    // Health as JSON: every member healthy (etcdctl 3.4 prints it on stdout with -w json).
+    let health = etcdctl(&eps, &["endpoint", "health", "-w", "json"], "");
+    let text = String::from_utf8_lossy(&health.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["health"] == true)
+            .count(),
+        3,
+        "{text}"
+    );
     // Members learn each other's client URLs from their peer Hellos.
     let members = out(&all[0], &["member", "list", "-w", "json"], "");
     let v: serde_json::Value = serde_json::from_str(members.trim()).unwrap();

@@ -31,6 +31,53 @@ fn status(s: tonic::Status) -> ClientError {
     }
 }
 
+/// Client TLS for [`GrpcClient::connect_tls`], from PEM files (etcdctl's `--cacert`, `--cert`,
+/// `--key`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// CA bundle that signs the server's certificate.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (with `key`), for servers with client-certificate auth.
+    pub cert: Option<std::path::PathBuf>,
+    /// Client private key.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether any TLS file is set (then the connection uses TLS).
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    fn config(&self, host: &str) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                ClientError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", p.display()),
+                ))
+            })
+        };
+        let mut c = ClientTlsConfig::new().domain_name(host.to_owned());
+        if let Some(ca) = &self.ca {
+            c = c.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                c = c.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Io(std::io::Error::other(
+                    "--cert and --key go together",
+                )));
+            }
+        }
+        Ok(c)
+    }
+}
+
 /// One HTTP/2 connection to an etcd-API endpoint (`host:port` or `http://host:port`). Cheap
 /// to clone; clones share the connection.
 #[derive(Clone)]
@@ -47,19 +94,41 @@ impl GrpcClient {
     /// # Errors
     /// [`ClientError::Io`] when the endpoint is invalid or unreachable.
     pub async fn connect(endpoint: &str) -> Result<GrpcClient, ClientError> {
-        let url = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
+        GrpcClient::connect_tls(endpoint, &TlsFiles::default()).await
+    }
+
+    /// Connects over TLS when `tls` has files (`https://`), in the clear otherwise.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the endpoint is invalid or unreachable, a TLS file is
+    /// unreadable, or the handshake fails (e.g. a server certificate from an untrusted CA).
+    pub async fn connect_tls(endpoint: &str, tls: &TlsFiles) -> Result<GrpcClient, ClientError> {
+        let hostport = endpoint
+            .split("://")
+            .last()
+            .unwrap_or(endpoint)
+            .trim_end_matches('/');
+        let scheme = if tls.is_set() { "https" } else { "http" };
+        let url = format!("{scheme}://{hostport}");
         let io = |e: &dyn std::fmt::Display| ClientError::Io(std::io::Error::other(e.to_string()));
-        let ch = Channel::from_shared(url)
+        let mut ep = Channel::from_shared(url)
             .map_err(|e| io(&e))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| io(&e))?;
+            .tcp_nodelay(true);
+        if tls.is_set() {
+            let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+            ep = ep.tls_config(tls.config(host)?).map_err(|e| io(&e))?;
+        }
+        let ch = ep.connect().await.map_err(|e| {
+            // tonic's Display hides the cause (e.g. the TLS error): show the chain.
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            io(&msg)
+        })?;
         Ok(GrpcClient {
             kv: KvClient::new(ch.clone()),
             lease: LeaseClient::new(ch.clone()),

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
-use etch_tools::grpc::{GrpcWatchStream, KeepAliveStream};
+use etch_tools::grpc::{GrpcWatchStream, KeepAliveStream, TlsFiles};
 use etch_tools::pb::{
     CompactionRequest, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest,
     RequestOp, TxnRequest, WatchCreateRequest, WatchResponse, request_op,
@@ -51,6 +51,15 @@ struct Cli {
     /// Wire protocol: etch's native protocol, or the etcd v3 gRPC API (etch and etcd).
     #[arg(long, global = true, value_enum, default_value_t = Protocol::Native)]
     protocol: Protocol,
+    /// TLS: CA bundle that signs the server's certificate (gRPC; connects with https).
+    #[arg(long, global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// TLS: client certificate, for servers with client-certificate auth (with --key).
+    #[arg(long, global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// TLS: client private key (with --cert).
+    #[arg(long, global = true)]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -240,10 +249,13 @@ enum BenchWatch {
 }
 
 impl Conn {
-    async fn connect(p: Protocol, ep: &str) -> Result<Conn, String> {
+    async fn connect(p: Protocol, ep: &str, tls: &TlsFiles) -> Result<Conn, String> {
         match p {
+            Protocol::Native if tls.is_set() => {
+                return Err("TLS is only supported with --protocol grpc for now".into());
+            }
             Protocol::Native => Client::connect(ep).await.map(Conn::Native),
-            Protocol::Grpc => GrpcClient::connect(ep)
+            Protocol::Grpc => GrpcClient::connect_tls(ep, tls)
                 .await
                 .map(|c| Conn::Grpc(Box::new(c))),
         }
@@ -343,9 +355,14 @@ async fn connect_all(cli: &Cli) -> Result<Vec<Conn>, String> {
     if endpoints.is_empty() || cli.conns == 0 || cli.clients == 0 {
         return Err("--endpoints, --conns and --clients must not be empty or 0".into());
     }
+    let tls = TlsFiles {
+        ca: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
     let mut conns = Vec::new();
     for i in 0..cli.conns {
-        conns.push(Conn::connect(cli.protocol, endpoints[i % endpoints.len()]).await?);
+        conns.push(Conn::connect(cli.protocol, endpoints[i % endpoints.len()], &tls).await?);
     }
     Ok(conns)
 }
