@@ -158,7 +158,8 @@ impl Handler<ApplyCommitted> for ApplyActor {
             };
             let commit = Instant::now();
             let applied = self.store.apply(e.index, e.term, req.request.as_ref())?;
-            metrics::histogram!(crate::metrics::BACKEND_COMMIT)
+            crate::metrics::hot()
+                .backend_commit
                 .record(commit.elapsed().as_secs_f64());
             if let Some(applied) = applied {
                 count_applied(&applied.response);
@@ -187,20 +188,20 @@ fn count_applied(r: &Result<etch_storage::mvcc::WriteResponse, etch_storage::mvc
     use etch_protocol::etcdserverpb::response_op::Response as Op;
     use etch_storage::mvcc::WriteResponse as W;
     fn txn(t: &etch_protocol::etcdserverpb::TxnResponse) {
-        metrics::counter!(m::TXN_TOTAL).increment(1);
+        m::hot().txn_total.increment(1);
         for op in &t.responses {
             match &op.response {
-                Some(Op::ResponsePut(_)) => metrics::counter!(m::PUT_TOTAL).increment(1),
-                Some(Op::ResponseDeleteRange(_)) => metrics::counter!(m::DELETE_TOTAL).increment(1),
-                Some(Op::ResponseRange(_)) => metrics::counter!(m::RANGE_TOTAL).increment(1),
+                Some(Op::ResponsePut(_)) => m::hot().put_total.increment(1),
+                Some(Op::ResponseDeleteRange(_)) => m::hot().delete_total.increment(1),
+                Some(Op::ResponseRange(_)) => m::hot().range_total.increment(1),
                 Some(Op::ResponseTxn(t)) => txn(t),
                 None => {}
             }
         }
     }
     match r {
-        Ok(W::Put(_)) => metrics::counter!(m::PUT_TOTAL).increment(1),
-        Ok(W::DeleteRange(_)) => metrics::counter!(m::DELETE_TOTAL).increment(1),
+        Ok(W::Put(_)) => m::hot().put_total.increment(1),
+        Ok(W::DeleteRange(_)) => m::hot().delete_total.increment(1),
         Ok(W::Txn(t)) => txn(t),
         _ => {}
     }

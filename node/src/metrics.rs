@@ -137,6 +137,7 @@ pub fn install() -> Option<&'static Metrics> {
                     .ok()?;
             }
             let handle = b.install_recorder().ok()?;
+            // From here on, handles resolve to this recorder.
             describe();
             // Unlabelled counters exist (at 0) from the start, so rate() over them has data
             // before the first event, as with etcd's Prometheus client.
@@ -326,15 +327,64 @@ impl Metrics {
     }
 }
 
+/// Handles of the metrics touched on every request, resolved once (after [`install`]; a
+/// registry lookup per use would cost more than the bookkeeping itself).
+pub struct Hot {
+    /// [`PUT_TOTAL`].
+    pub put_total: metrics::Counter,
+    /// [`DELETE_TOTAL`].
+    pub delete_total: metrics::Counter,
+    /// [`RANGE_TOTAL`].
+    pub range_total: metrics::Counter,
+    /// [`TXN_TOTAL`].
+    pub txn_total: metrics::Counter,
+    /// [`PROPOSALS_PENDING`].
+    pub proposals_pending: metrics::Gauge,
+    /// [`PROPOSALS_FAILED`].
+    pub proposals_failed: metrics::Counter,
+    /// [`BACKEND_COMMIT`].
+    pub backend_commit: metrics::Histogram,
+    /// [`WAL_FSYNC`].
+    pub wal_fsync: metrics::Histogram,
+    /// [`ACTOR_PENDING`] for consensus, wal, apply.
+    actors: [metrics::Gauge; 3],
+}
+
+static HOT: std::sync::LazyLock<Hot> = std::sync::LazyLock::new(|| Hot {
+    put_total: metrics::counter!(PUT_TOTAL),
+    delete_total: metrics::counter!(DELETE_TOTAL),
+    range_total: metrics::counter!(RANGE_TOTAL),
+    txn_total: metrics::counter!(TXN_TOTAL),
+    proposals_pending: gauge!(PROPOSALS_PENDING),
+    proposals_failed: metrics::counter!(PROPOSALS_FAILED),
+    backend_commit: metrics::histogram!(BACKEND_COMMIT),
+    wal_fsync: metrics::histogram!(WAL_FSYNC),
+    actors: ["consensus", "wal", "apply"].map(|a| gauge!(ACTOR_PENDING, "actor" => a)),
+});
+
+/// The per-request metric handles.
+pub fn hot() -> &'static Hot {
+    &HOT
+}
+
+fn actor_gauge(actor: &'static str) -> &'static metrics::Gauge {
+    let i = match actor {
+        "consensus" => 0,
+        "wal" => 1,
+        _ => 2,
+    };
+    &HOT.actors[i]
+}
+
 /// A message is on its way to `actor` (`consensus`, `wal`, `apply`): counted in
 /// [`ACTOR_PENDING`] until the actor takes it ([`dequeued`]).
 pub fn queued(actor: &'static str) {
-    gauge!(ACTOR_PENDING, "actor" => actor).increment(1.0);
+    actor_gauge(actor).increment(1.0);
 }
 
 /// `actor` took a message counted by [`queued`].
 pub fn dequeued(actor: &'static str) {
-    gauge!(ACTOR_PENDING, "actor" => actor).decrement(1.0);
+    actor_gauge(actor).decrement(1.0);
 }
 
 /// The recorder's exposition for `svc`, or an empty page when no recorder is installed.

@@ -178,14 +178,14 @@ impl Service {
         struct Pending;
         impl Drop for Pending {
             fn drop(&mut self) {
-                metrics::gauge!(m::PROPOSALS_PENDING).decrement(1.0);
+                m::hot().proposals_pending.decrement(1.0);
             }
         }
-        metrics::gauge!(m::PROPOSALS_PENDING).increment(1.0);
+        m::hot().proposals_pending.increment(1.0);
         let _pending = Pending;
         let r = self.propose_inner(request).await;
         if matches!(&r, Err(e) if !matches!(e, ApiError::Request(_))) {
-            metrics::counter!(m::PROPOSALS_FAILED).increment(1);
+            m::hot().proposals_failed.increment(1);
         }
         r
     }
@@ -245,7 +245,7 @@ impl Service {
         }
         let mut r = self.store.range(&req).map_err(Self::store_err)??;
         r.header = self.header(r.header);
-        metrics::counter!(crate::metrics::RANGE_TOTAL).increment(1);
+        crate::metrics::hot().range_total.increment(1);
         Ok(r)
     }
 
@@ -292,7 +292,7 @@ impl Service {
             }
             let mut r = self.store.txn_read(&req).map_err(Self::store_err)??;
             r.header = self.header(r.header);
-            metrics::counter!(crate::metrics::TXN_TOTAL).increment(1);
+            crate::metrics::hot().txn_total.increment(1);
             return Ok(r);
         }
         match self.propose(Request::Txn(req)).await? {

@@ -56,7 +56,7 @@ impl Handler<AppendEntries> for WalActor {
             self.wal.release_to(meta.index)?;
         }
         let took = start.elapsed();
-        metrics::histogram!(crate::metrics::WAL_FSYNC).record(took.as_secs_f64());
+        crate::metrics::hot().wal_fsync.record(took.as_secs_f64());
         if took > std::time::Duration::from_secs(1) {
             tracing::warn!(?took, entries = m.entries.len(), "slow WAL fsync");
         }

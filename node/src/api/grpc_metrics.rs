@@ -10,14 +10,16 @@
 //! trailers (client gone) is counted as `Canceled`. Requests that are not gRPC (the HTTP
 //! gateway, `/health`) pass through untouched.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::http::{HeaderMap, Request, Response};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame};
+use metrics::{Counter, Histogram};
 
 use crate::metrics as m;
 
@@ -39,16 +41,37 @@ pub struct GrpcMetrics<S> {
     inner: S,
 }
 
-/// Labels of one call.
-struct Call {
+/// The metric handles of one method, built once (a registry lookup with labels per request
+/// would cost more than the request's own bookkeeping).
+struct Method {
     kind: &'static str,
-    service: String,
-    method: String,
-    start: Instant,
+    labels: [(&'static str, String); 3],
+    started: Counter,
+    msg_received: Counter,
+    msg_sent: Counter,
+    handling: Histogram,
+    /// `grpc_server_handled_total` by code (0..=16).
+    handled: [OnceLock<Counter>; 17],
 }
 
-impl Call {
-    fn from_path(path: &str) -> Call {
+/// Methods seen so far, by path.
+static METHODS: LazyLock<RwLock<HashMap<String, Arc<Method>>>> = LazyLock::new(Default::default);
+
+impl Method {
+    fn of(path: &str) -> Arc<Method> {
+        if let Some(m) = METHODS.read().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return m.clone();
+        }
+        let m = Arc::new(Method::new(path));
+        METHODS
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.to_owned())
+            .or_insert(m)
+            .clone()
+    }
+
+    fn new(path: &str) -> Method {
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
         let service = parts.next().unwrap_or_default().to_owned();
         let method = parts.next().unwrap_or_default().to_owned();
@@ -61,32 +84,53 @@ impl Call {
             | ("grpc.health.v1.Health", "Watch") => "server_stream",
             _ => "unary",
         };
-        Call {
+        let labels = [
+            ("grpc_type", kind.to_owned()),
+            ("grpc_service", service),
+            ("grpc_method", method),
+        ];
+        Method {
             kind,
-            service,
-            method,
-            start: Instant::now(),
-        }
-    }
-
-    fn labels(&self) -> [(&'static str, String); 3] {
-        [
-            ("grpc_type", self.kind.to_owned()),
-            ("grpc_service", self.service.clone()),
-            ("grpc_method", self.method.clone()),
-        ]
-    }
-
-    fn handled(&self, code: &str) {
-        let mut l = self.labels().to_vec();
-        l.push(("grpc_code", code.to_owned()));
-        metrics::counter!(m::GRPC_HANDLED, &l).increment(1);
-        if self.kind == "unary" {
-            metrics::histogram!(m::GRPC_HANDLING, &self.labels())
-                .record(self.start.elapsed().as_secs_f64());
+            started: metrics::counter!(m::GRPC_STARTED, &labels),
+            msg_received: metrics::counter!(m::GRPC_MSG_RECEIVED, &labels),
+            msg_sent: metrics::counter!(m::GRPC_MSG_SENT, &labels),
+            handling: metrics::histogram!(m::GRPC_HANDLING, &labels),
+            labels,
+            handled: Default::default(),
         }
     }
 }
+
+/// One call: its method's handles and when it started.
+struct Call {
+    method: Arc<Method>,
+    start: Instant,
+}
+
+impl Call {
+    fn handled(&self, code: u32) {
+        let m = &self.method;
+        let i = (code as usize).min(16);
+        m.handled[i]
+            .get_or_init(|| {
+                let mut l = m.labels.to_vec();
+                l.push(("grpc_code", code_name(code).to_owned()));
+                metrics::counter!(m::GRPC_HANDLED, &l)
+            })
+            .increment(1);
+        if m.kind == "unary" {
+            m.handling.record(self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// etcd's client byte counters (no labels), built once.
+static BYTES: LazyLock<(Counter, Counter)> = LazyLock::new(|| {
+    (
+        metrics::counter!(m::GRPC_RECEIVED_BYTES),
+        metrics::counter!(m::GRPC_SENT_BYTES),
+    )
+});
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for GrpcMetrics<S>
 where
@@ -114,8 +158,11 @@ where
             let fut = self.inner.call(req.map(tonic::body::Body::new));
             return Box::pin(async move { Ok(fut.await?.map(tonic::body::Body::new)) });
         }
-        let call = Arc::new(Call::from_path(req.uri().path()));
-        metrics::counter!(m::GRPC_STARTED, &call.labels()).increment(1);
+        let call = Arc::new(Call {
+            method: Method::of(req.uri().path()),
+            start: Instant::now(),
+        });
+        call.method.started.increment(1);
         let req = req.map(|b| tonic::body::Body::new(Counted::new(b, Dir::In, call.clone())));
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -165,18 +212,18 @@ impl<B> Counted<B> {
     fn finish(&mut self, code: u32) {
         if self.dir == Dir::Out && !self.done {
             self.done = true;
-            self.call.handled(code_name(code));
+            self.call.handled(code);
         }
     }
 
     /// Counts the data chunk's bytes and every message that starts in it.
     fn count(&mut self, mut data: &[u8]) {
         let bytes = if self.dir == Dir::In {
-            m::GRPC_RECEIVED_BYTES
+            &BYTES.0
         } else {
-            m::GRPC_SENT_BYTES
+            &BYTES.1
         };
-        metrics::counter!(bytes).increment(data.len() as u64);
+        bytes.increment(data.len() as u64);
         let mut msgs = 0;
         while !data.is_empty() {
             if self.remaining > 0 {
@@ -197,12 +244,13 @@ impl<B> Counted<B> {
             }
         }
         if msgs > 0 {
-            let name = if self.dir == Dir::In {
-                m::GRPC_MSG_RECEIVED
+            let m = &self.call.method;
+            let c = if self.dir == Dir::In {
+                &m.msg_received
             } else {
-                m::GRPC_MSG_SENT
+                &m.msg_sent
             };
-            metrics::counter!(name, &self.call.labels()).increment(msgs);
+            c.increment(msgs);
         }
     }
 }

@@ -55,11 +55,11 @@ struct Cli {
     #[arg(long, global = true)]
     cacert: Option<std::path::PathBuf>,
     /// TLS: client certificate, for servers with client-certificate auth (with --key).
-    #[arg(long, global = true)]
-    cert: Option<std::path::PathBuf>,
+    #[arg(long = "cert", id = "tls_cert", global = true)]
+    tls_cert: Option<std::path::PathBuf>,
     /// TLS: client private key (with --cert).
-    #[arg(long, global = true)]
-    key: Option<std::path::PathBuf>,
+    #[arg(long = "key", id = "tls_key", global = true)]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -357,8 +357,8 @@ async fn connect_all(cli: &Cli) -> Result<Vec<Conn>, String> {
     }
     let tls = TlsFiles {
         ca: cli.cacert.clone(),
-        cert: cli.cert.clone(),
-        key: cli.key.clone(),
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
     };
     let mut conns = Vec::new();
     for i in 0..cli.conns {
@@ -952,6 +952,49 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_parse_for_every_workload() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        // A global flag named like a subcommand's argument must not clash (range's `key`).
+        for args in [
+            &[
+                "etch-bench",
+                "--key",
+                "k.pem",
+                "--cert",
+                "c.pem",
+                "range",
+                "k",
+                "--limit",
+                "2",
+            ][..],
+            &[
+                "etch-bench",
+                "--protocol",
+                "grpc",
+                "txn-mixed",
+                "--rw-ratio",
+                "4",
+            ][..],
+            &[
+                "etch-bench",
+                "--csv",
+                "put",
+                "--compact-interval",
+                "1s",
+                "--rate",
+                "10",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            if let Cmd::Range(r) = &cli.cmd {
+                assert_eq!((r.key.as_str(), r.limit), ("k", 2));
+                assert_eq!(cli.tls_key.as_deref(), Some(std::path::Path::new("k.pem")));
+            }
+        }
+    }
 
     #[test]
     fn keys_are_distinct_varints() {
