@@ -161,7 +161,13 @@ impl Service {
             Ok(Err(_)) => return Err(ApiError::Stopped),
             Ok(Ok(r)) => r?,
         };
+        self.wait_applied(index).await
+    }
+
+    /// Waits (up to the request timeout) until this member has applied raft entry `index`.
+    async fn wait_applied(&self, index: u64) -> Res<()> {
         let mut applied = self.applied.clone();
+        let t = self.limits.request_timeout;
         match tokio::time::timeout(t, applied.wait_for(|a| *a >= index)).await {
             Err(_) => Err(ApiError::Timeout),
             Ok(Err(_)) => Err(ApiError::Stopped),
@@ -372,6 +378,9 @@ impl Service {
     ) -> Res<LeaseKeepAliveResponse> {
         let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
         loop {
+            // etcd `waitAppliedIndex`: a lease granted through another member is committed
+            // here but maybe not applied yet; renewing before would answer "not found".
+            self.wait_applied(self.state.commit_index()).await?;
             let local = self
                 .lessor
                 .send(KeepAlive(req.id))
@@ -411,6 +420,8 @@ impl Service {
                 _ => Err(ApiError::Unimplemented),
             };
         }
+        // As for keep-alives: a lease granted through a follower must be applied here first.
+        self.wait_applied(self.state.commit_index()).await?;
         let ttl = self
             .lessor
             .send(TimeToLive(req.id))
