@@ -100,6 +100,22 @@ pub struct Flags {
     /// Maximum operations per Txn branch. Default: 128 (etcd).
     #[arg(long, env = "ETCH_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
+    /// Client TLS certificate (PEM) for `https://` client URLs (gRPC, HTTP gateway).
+    #[arg(long, env = "ETCH_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client TLS key (PEM).
+    #[arg(long, env = "ETCH_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that clients' certificates must be signed by.
+    #[arg(long, env = "ETCH_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `--trusted-ca-file` from every client (refused
+    /// during the handshake otherwise).
+    #[arg(long, env = "ETCH_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Serve `https://` client URLs with a generated self-signed certificate.
+    #[arg(long, env = "ETCH_AUTO_TLS")]
+    pub auto_tls: bool,
     /// Peer TLS certificate (PEM). With `--peer-key-file`, used as the server certificate
     /// and as the client certificate towards other members.
     #[arg(long, env = "ETCH_PEER_CERT_FILE")]
@@ -175,6 +191,8 @@ pub struct Config {
     pub listen_client: Vec<SocketAddr>,
     /// Metrics and health listen addresses (`--listen-metrics-urls`).
     pub listen_metrics: Vec<SocketAddr>,
+    /// TLS on the client URLs (they are then `https://`).
+    pub client_tls: Option<ClientTls>,
     /// The bootstrap membership, for MemberList (ID, name, peer URLs; client URLs for this
     /// member only: the others' come from their peer Hellos, see `NodeState::client_urls`).
     pub members: Vec<etch_protocol::etcdserverpb::Member>,
@@ -225,6 +243,18 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Host part of its peer URL.
     pub host: String,
+}
+
+/// Client TLS on the client URLs (etcd's `--cert-file`, `--key-file`, `--trusted-ca-file`,
+/// `--client-cert-auth`, `--auto-tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// Certificate and key files, PEM; `None` with `--auto-tls` (a generated certificate).
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    /// CA(s) client certificates must chain to.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require and verify client certificates.
+    pub client_cert_auth: bool,
 }
 
 /// Verified peer TLS (etcd's `--peer-*` flags).
@@ -379,12 +409,45 @@ impl Config {
             "http",
             "only http:// is served",
         )?;
-        let listen_client = listen_addrs(
-            "listen-client-urls",
-            &f.listen_client_urls,
-            "http",
-            "only http:// is served (client TLS is not implemented yet)",
-        )?;
+        // One scheme for every client URL: https when client TLS is configured.
+        let has_cert = f.cert_file.is_some() || f.key_file.is_some();
+        let client_tls = match (&f.cert_file, &f.key_file) {
+            (Some(c), Some(k)) => Some(ClientTls {
+                cert_and_key: Some((c.clone(), k.clone())),
+                trusted_ca_file: f.trusted_ca_file.clone(),
+                client_cert_auth: f.client_cert_auth,
+            }),
+            (None, None) if f.auto_tls => Some(ClientTls {
+                cert_and_key: None,
+                trusted_ca_file: f.trusted_ca_file.clone(),
+                client_cert_auth: f.client_cert_auth,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(bad(
+                    "cert-file",
+                    &format!("{:?}", f.cert_file),
+                    "--cert-file and --key-file go together",
+                ));
+            }
+        };
+        if f.client_cert_auth && f.trusted_ca_file.is_none() {
+            return Err(bad("client-cert-auth", "true", "needs --trusted-ca-file"));
+        }
+        let (scheme, why) = if client_tls.is_some() {
+            (
+                "https",
+                "client TLS is configured: client URLs must be https://",
+            )
+        } else if has_cert {
+            ("https", "")
+        } else {
+            (
+                "http",
+                "https:// needs --cert-file and --key-file (or --auto-tls)",
+            )
+        };
+        let listen_client = listen_addrs("listen-client-urls", &f.listen_client_urls, scheme, why)?;
         if f.initial_cluster_state != "new" && f.initial_cluster_state != "existing" {
             return Err(bad(
                 "initial-cluster-state",
@@ -548,6 +611,7 @@ impl Config {
             listen_native,
             listen_client,
             listen_metrics,
+            client_tls,
             members,
             member_id,
             cluster_id,

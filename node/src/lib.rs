@@ -241,6 +241,11 @@ pub async fn run(
         ));
     }
 
+    let client_tls = config
+        .client_tls
+        .as_ref()
+        .map(api::grpc::server_tls)
+        .transpose()?;
     for l in listeners.client {
         l.set_nonblocking(true)?;
         let addr = l.local_addr()?;
@@ -249,11 +254,12 @@ pub async fn run(
         let grpc = api::grpc::Grpc::new(service.clone(), config.members.clone());
         let mut stop = stop_native_rx.clone();
         let max = config.max_request_bytes;
+        let tls = client_tls.clone();
         tracker.spawn(async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = grpc.serve(l, max, shutdown).await {
+            if let Err(e) = grpc.serve(l, max, tls, shutdown).await {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         });

@@ -207,17 +207,18 @@ impl Node {
         self.runs += 1;
         self.log = self.log_path();
         let log = std::fs::File::create(&self.log).expect("log file");
+        // A test may choose its own client URL (https, for client TLS).
+        let client_url: &[&str] = if self.args.iter().any(|a| a == "--listen-client-urls") {
+            &[]
+        } else {
+            &["--listen-client-urls", "http://127.0.0.1:0"]
+        };
         let child = Command::new(bin("etch"))
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args([
-                "--listen-native-urls",
-                "tcp://127.0.0.1:0",
-                "--listen-client-urls",
-                "http://127.0.0.1:0",
-                "--log-level",
-                "info",
-            ])
+            .args(["--listen-native-urls", "tcp://127.0.0.1:0"])
+            .args(client_url)
+            .args(["--log-level", "info"])
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::null())

@@ -81,6 +81,8 @@ impl Grpc {
 
     /// Serves every service on `listener` until `shutdown` resolves; HTTP/1.1 requests on
     /// the same port go to the JSON gateway, `/health` and `/version` ([`crate::api::http`]).
+    /// With `tls`, every connection is TLS (`https://`); with client-certificate auth, a
+    /// client without a certificate signed by the trusted CA is refused in the handshake.
     ///
     /// # Errors
     /// Transport errors of the server.
@@ -88,6 +90,7 @@ impl Grpc {
         self,
         listener: tokio::net::TcpListener,
         max_request_bytes: usize,
+        tls: Option<tonic::transport::ServerTlsConfig>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let limit = max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -105,7 +108,11 @@ impl Grpc {
         };
         let http = crate::api::http::router(self.clone());
         let mut routes = tonic::service::Routes::from(http);
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .accept_http1(true)
             .layer(crate::api::grpc_metrics::GrpcMetricsLayer)
             .add_routes(std::mem::take(&mut routes))
@@ -120,6 +127,42 @@ impl Grpc {
             .serve_with_incoming_shutdown(nodelay(listener), shutdown)
             .await
     }
+}
+
+/// The TLS configuration of the client URLs: the certificate and key files, or a generated
+/// self-signed certificate (`--auto-tls`); the trusted CA for client certificates, required
+/// with `--client-cert-auth`.
+///
+/// # Errors
+/// Unreadable files (named in the error), certificate generation failures.
+pub fn server_tls(
+    t: &crate::config::ClientTls,
+) -> std::io::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+    };
+    let (cert, key) = match &t.cert_and_key {
+        Some((c, k)) => (read(c)?, read(k)?),
+        None => {
+            let ck = rcgen::generate_simple_self_signed(vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+            ])
+            .map_err(std::io::Error::other)?;
+            (
+                ck.cert.pem().into_bytes(),
+                ck.signing_key.serialize_pem().into_bytes(),
+            )
+        }
+    };
+    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = &t.trusted_ca_file {
+        cfg = cfg
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(!t.client_cert_auth);
+    }
+    Ok(cfg)
 }
 
 /// Accepted connections with `TCP_NODELAY` (tonic sets it only on listeners it binds itself):
