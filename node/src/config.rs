@@ -410,7 +410,6 @@ impl Config {
             "only http:// is served",
         )?;
         // One scheme for every client URL: https when client TLS is configured.
-        let has_cert = f.cert_file.is_some() || f.key_file.is_some();
         let client_tls = match (&f.cert_file, &f.key_file) {
             (Some(c), Some(k)) => Some(ClientTls {
                 cert_and_key: Some((c.clone(), k.clone())),
@@ -439,8 +438,6 @@ impl Config {
                 "https",
                 "client TLS is configured: client URLs must be https://",
             )
-        } else if has_cert {
-            ("https", "")
         } else {
             (
                 "http",
