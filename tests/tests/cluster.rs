@@ -29,6 +29,15 @@ fn revision(n: &Node) -> i64 {
         .unwrap()
 }
 
+/// Waits until `lagging` has applied `reference`'s current revision; returns that revision.
+fn caught_up(lagging: &Node, reference: &Node, what: &str) -> i64 {
+    let target = revision(reference);
+    wait_for(Duration::from_secs(60), what, || {
+        (lagging.local_revision() >= target).then_some(())
+    });
+    target
+}
+
 #[test]
 fn three_members_replicate_and_serve_everywhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,12 +147,7 @@ fn leader_killed_under_load_loses_no_acknowledged_write() {
     );
     // The old leader comes back and catches up.
     c.nodes[old].restart();
-    let target = revision(&c.nodes[new]);
-    wait_for(
-        Duration::from_secs(60),
-        "the old leader to catch up",
-        || (c.nodes[old].local_revision() >= target).then_some(()),
-    );
+    let target = caught_up(&c.nodes[old], &c.nodes[new], "the old leader to catch up");
     // Every member holds the same keyspace at the same revision, with every acknowledged key.
     let reference = keyspace(&c.nodes[new], target);
     for n in &c.nodes {
@@ -286,11 +290,10 @@ fn follower_far_behind_catches_up_by_snapshot() {
         },
     );
     c.nodes[lagging].restart();
-    let target = revision(&c.nodes[leader]);
-    wait_for(
-        Duration::from_secs(60),
+    let target = caught_up(
+        &c.nodes[lagging],
+        &c.nodes[leader],
         "the lagging member to catch up",
-        || (c.nodes[lagging].local_revision() >= target).then_some(()),
     );
     assert!(
         c.nodes[leader].log().contains("snapshot sent"),
@@ -417,11 +420,10 @@ fn sigstopped_follower_resumes_and_catches_up() {
         ],
     );
     c.nodes[follower].signal("CONT");
-    let target = revision(&c.nodes[leader]);
-    wait_for(
-        Duration::from_secs(60),
+    let target = caught_up(
+        &c.nodes[follower],
+        &c.nodes[leader],
         "the resumed follower to catch up",
-        || (c.nodes[follower].local_revision() >= target).then_some(()),
     );
     assert_eq!(
         keyspace(&c.nodes[follower], target),

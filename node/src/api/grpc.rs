@@ -25,7 +25,7 @@ use etch_protocol::v3electionpb::{
 use etch_protocol::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 
 use crate::api::errors::to_status as status;
-use crate::api::{WatchStream, recipes, serve_keep_alive};
+use crate::api::{WatchStream, recipes, serve_keep_alive, until_error};
 use crate::service::Service;
 
 /// Generated server traits (tonic) for etcd's services.
@@ -227,17 +227,12 @@ impl Watch for Grpc {
     /// One gRPC Watch call is one watch stream (etcd): its requests go to the watch actor in
     /// order; its responses come from a bounded buffer.
     async fn watch(&self, r: Request<Streaming<WatchRequest>>) -> Res<Self::WatchStream> {
-        let inbound = ok_messages(r.into_inner());
+        let inbound = until_error(r.into_inner());
         let out = WatchStream::serve(self.svc.clone(), inbound);
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             out, Ok,
         ))))
     }
-}
-
-/// The messages of a client stream, ending at its first error.
-fn ok_messages<T: Send + 'static>(s: Streaming<T>) -> Pin<Box<dyn Stream<Item = T> + Send>> {
-    Box::pin(tokio_stream::StreamExt::map_while(s, Result::ok))
 }
 
 #[tonic::async_trait]
@@ -263,7 +258,7 @@ impl Lease for Grpc {
         &self,
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Res<Self::LeaseKeepAliveStream> {
-        let inbound = ok_messages(r.into_inner());
+        let inbound = until_error(r.into_inner());
         Ok(Response::new(Box::pin(serve_keep_alive(
             self.svc.clone(),
             inbound,

@@ -42,7 +42,7 @@ use crate::api::grpc::generated::{
     cluster_server::Cluster, kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance,
 };
 use crate::api::grpc::generated::{election::election_server::Election, lock::lock_server::Lock};
-use crate::api::{WatchStream, serve_keep_alive};
+use crate::api::{WatchStream, serve_keep_alive, until_error};
 use crate::config::ETCD_API_VERSION;
 
 /// etcd's cluster version reported by `/version` (`etcdcluster`).
@@ -217,7 +217,7 @@ fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
             let svc = g.service();
             async move {
                 let inbound = json_requests::<WatchRequest>("etcdserverpb.WatchRequest", body);
-                let out = WatchStream::serve(svc, inbound.map_while_ok());
+                let out = WatchStream::serve(svc, until_error(inbound));
                 stream_response("etcdserverpb.WatchResponse", out.map(Ok))
             }
         }),
@@ -229,7 +229,7 @@ fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
             let svc = g.service();
             async move {
                 let inbound = json_requests("etcdserverpb.LeaseKeepAliveRequest", body);
-                let out = serve_keep_alive(svc, inbound.map_while_ok());
+                let out = serve_keep_alive(svc, until_error(inbound));
                 stream_response("etcdserverpb.LeaseKeepAliveResponse", out)
             }
         }),
@@ -498,17 +498,6 @@ where
             }
         },
     ))
-}
-
-/// Stops a stream of results at its first error.
-trait MapWhileOk<T> {
-    fn map_while_ok(self) -> BoxStream<T>;
-}
-
-impl<T: Send + 'static> MapWhileOk<T> for BoxStream<Result<T, Status>> {
-    fn map_while_ok(self) -> BoxStream<T> {
-        Box::pin(tokio_stream::StreamExt::map_while(self, Result::ok))
-    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,16 @@ pub(crate) async fn route_watch_request(
     }
 }
 
+/// The requests of a client stream (gRPC or HTTP), ending at its first error.
+pub(crate) fn until_error<T, E, S>(s: S) -> std::pin::Pin<Box<dyn futures::Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    E: 'static,
+    S: futures::Stream<Item = Result<T, E>> + Send + 'static,
+{
+    Box::pin(tokio_stream::StreamExt::map_while(s, Result::ok))
+}
+
 /// One watch stream (etcd's Watch RPC) with its own connection id: the responses of every
 /// watcher created on it, from a bounded buffer. Its watchers are cancelled when it is dropped
 /// (the client went away). Used by the gRPC and HTTP front ends and by the server itself (the
