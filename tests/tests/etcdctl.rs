@@ -264,6 +264,39 @@ fn etcdctl_against_a_three_member_cluster() {
     assert_eq!(observer.line(), "p2");
     next.terminate();
     observer.terminate();
+
+    // move-leader: etcdctl finds the leader among the endpoints and hands leadership over.
+    let status = |eps: &str| -> Vec<serde_json::Value> {
+        let s = out(eps, &["endpoint", "status", "-w", "json"], "");
+        serde_json::from_str::<serde_json::Value>(s.trim())
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let before = status(&eps);
+    let leader_id = before[0]["Status"]["leader"].as_u64().unwrap();
+    let target = before
+        .iter()
+        .map(|s| s["Status"]["header"]["member_id"].as_u64().unwrap())
+        .find(|id| *id != leader_id)
+        .unwrap();
+    let moved = out(&eps, &["move-leader", &format!("{target:x}")], "");
+    assert!(
+        moved.contains(&format!(
+            "Leadership transferred from {leader_id:x} to {target:x}"
+        )),
+        "{moved}"
+    );
+    let after = status(&eps);
+    assert!(
+        after
+            .iter()
+            .all(|s| s["Status"]["leader"].as_u64() == Some(target)),
+        "{after:?}"
+    );
+    let bad = out(&eps, &["move-leader", "1234"], "");
+    assert!(bad.contains("etcdserver: bad leader transferee"), "{bad}");
 }
 
 /// A long-running etcdctl (lock, elect, watch) whose stdout lines arrive on a channel.

@@ -125,3 +125,30 @@ fn client_tls_with_client_cert_auth_on_three_members() {
     let o = etcdctl_tls(&eps[2], &tls, &["get", "k1", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "v\n");
 }
+
+/// `--auto-tls`: a generated certificate on an `https://` client URL; clients that skip
+/// verification (etcdctl `--insecure-transport=false --insecure-skip-tls-verify`) talk to it over
+/// TLS, plain ones cannot.
+#[test]
+fn auto_tls_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = etch_tests::Node::start(
+        dir.path(),
+        &["--listen-client-urls", "https://127.0.0.1:0", "--auto-tls"],
+    );
+    let ep = format!("https://{}", n.grpc);
+    let o = etcdctl_tls(
+        &ep,
+        &["--insecure-transport=false", "--insecure-skip-tls-verify"],
+        &["put", "a", "1"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = etcdctl_tls(
+        &ep,
+        &["--insecure-transport=false", "--insecure-skip-tls-verify"],
+        &["get", "a", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "1\n");
+    let o = etcdctl_tls(&format!("http://{}", n.grpc), &[], &["get", "a"]);
+    assert!(!o.status.success(), "plain gRPC served on a TLS port");
+}
