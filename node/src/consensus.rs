@@ -49,6 +49,8 @@ pub struct NodeState {
     commit_index: AtomicU64,
     last_index: AtomicU64,
     fatal: watch::Sender<Option<String>>,
+    /// The leader's member ID on every change (0 = none), for waits on a leader change.
+    leader_changes: watch::Sender<u64>,
     /// Other members' advertised client URLs, as their peer Hellos announced them.
     client_urls: std::sync::RwLock<std::collections::HashMap<u64, Vec<String>>>,
 }
@@ -64,6 +66,7 @@ impl NodeState {
             commit_index: AtomicU64::new(0),
             last_index: AtomicU64::new(0),
             fatal: watch::channel(None).0,
+            leader_changes: watch::channel(INVALID_ID).0,
             client_urls: Default::default(),
         }
     }
@@ -102,6 +105,10 @@ impl NodeState {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
+    }
+    /// The leader's member ID, updated on every change (0 = none).
+    pub fn leader_changes(&self) -> watch::Receiver<u64> {
+        self.leader_changes.subscribe()
     }
     /// Resolves when a fatal error has been recorded.
     pub fn fatal(&self) -> watch::Receiver<Option<String>> {
@@ -469,9 +476,12 @@ impl ConsensusActor {
         let (term, leader, commit, last) = self.core.status();
         self.state.term.store(term, Ordering::Relaxed);
         let before = self.state.leader.swap(leader, Ordering::Relaxed);
-        if leader != before && leader != INVALID_ID {
-            // etcd counts every change to a (new) known leader.
-            metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+        if leader != before {
+            self.state.leader_changes.send_replace(leader);
+            if leader != INVALID_ID {
+                // etcd counts every change to a (new) known leader.
+                metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+            }
         }
         self.state.commit_index.store(commit, Ordering::Relaxed);
         self.state.last_index.store(last, Ordering::Relaxed);

@@ -310,10 +310,9 @@ pub async fn run(
         && let Ok(Some(target)) = consensus.send(consensus::TransferLeadership(None)).await
     {
         tracing::info!(to = %format!("{target:x}"), "transferring leadership before stopping");
-        let deadline = tokio::time::Instant::now() + config.election_timeout * 2;
-        while state.leader() == member_id && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(config.heartbeat_interval).await;
-        }
+        let mut leader = state.leader_changes();
+        let handed_over = leader.wait_for(|l| *l != member_id);
+        let _ = tokio::time::timeout(config.election_timeout * 2, handed_over).await;
     }
     stop_tx.send_replace(true);
     consensus.do_send(StopConsensus);

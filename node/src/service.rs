@@ -565,12 +565,16 @@ impl Service {
         if started != Some(target) {
             return Err(ApiError::BadLeaderTransferee);
         }
-        let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
-        while self.state.leader() != target {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::LeaderTransferTimeout);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut leader = self.state.leader_changes();
+        match tokio::time::timeout(
+            self.limits.request_timeout,
+            leader.wait_for(|l| *l == target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(ApiError::Stopped),
+            Err(_) => return Err(ApiError::LeaderTransferTimeout),
         }
         Ok(MoveLeaderResponse {
             header: self.header(None),
