@@ -379,8 +379,11 @@ impl Service {
         let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
         loop {
             // etcd `waitAppliedIndex`: a lease granted through another member is committed
-            // here but maybe not applied yet; renewing before would answer "not found".
-            self.wait_applied(self.state.commit_index()).await?;
+            // on the leader but maybe not applied yet; renewing before would answer "not
+            // found". (A follower only forwards: nothing to wait for.)
+            if self.state.leader() == self.state.member_id {
+                self.wait_applied(self.state.commit_index()).await?;
+            }
             let local = self
                 .lessor
                 .send(KeepAlive(req.id))
