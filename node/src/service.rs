@@ -528,8 +528,8 @@ impl Service {
     ///
     /// # Errors
     /// Compacted or future revision; store failure.
-    pub fn hash_kv(&self, revision: i64) -> Res<HashKvResponse> {
-        let h = self.store.hash_kv(revision).map_err(Self::store_err)??;
+    pub async fn hash_kv(&self, revision: i64) -> Res<HashKvResponse> {
+        let h = self.blocking(move |s| s.hash_kv(revision)).await??;
         Ok(HashKvResponse {
             header: self.header(None),
             hash: h.hash,
@@ -542,12 +542,24 @@ impl Service {
     ///
     /// # Errors
     /// Store failure.
-    pub fn hash(&self) -> Res<HashResponse> {
-        let hash = self.store.hash_all().map_err(Self::store_err)?;
+    pub async fn hash(&self) -> Res<HashResponse> {
+        let hash = self.blocking(MvccStore::hash_all).await?;
         Ok(HashResponse {
             header: self.header(None),
             hash,
         })
+    }
+
+    /// Runs a whole-store scan on the blocking pool (never on an async worker thread).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&MvccStore) -> etch_storage::Result<T> + Send + 'static,
+    ) -> Res<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| ApiError::Stopped)?
+            .map_err(Self::store_err)
     }
 
     /// Hands leadership to member `target` and waits until it leads (etcd

@@ -352,11 +352,12 @@ impl Maintenance for Grpc {
         }))
     }
     async fn hash(&self, _: Request<HashRequest>) -> Res<HashResponse> {
-        self.svc.hash().map(Response::new).map_err(status)
+        self.svc.hash().await.map(Response::new).map_err(status)
     }
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Res<HashKvResponse> {
         self.svc
             .hash_kv(r.into_inner().revision)
+            .await
             .map(Response::new)
             .map_err(status)
     }
