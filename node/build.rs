@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .extern_path(".etcdserverpb", "::etch_protocol::etcdserverpb")
         .extern_path(".mvccpb", "::etch_protocol::mvccpb")
+        .extern_path(".authpb", "::etch_protocol::authpb")
         .extern_path(".v3lockpb", "::etch_protocol::v3lockpb")
         .extern_path(".v3electionpb", "::etch_protocol::v3electionpb")
         .compile_fds(fds)?;

@@ -6,6 +6,7 @@ use prost::Message as _;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/kv.proto",
+        "proto/auth.proto",
         "proto/rpc.proto",
         "proto/etch.proto",
         "proto/v3lock.proto",

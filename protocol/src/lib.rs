@@ -19,6 +19,12 @@ pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
 }
 
+/// etcd's `authpb` package: users, roles and key permissions.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod authpb {
+    include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+}
+
 /// etcd's `etcdserverpb` package: request and response messages of the v3 API.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod etcdserverpb {

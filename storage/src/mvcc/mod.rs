@@ -17,6 +17,7 @@
 //! Durability: batches are written to fjall's journal in OS buffers, not fsynced; the raft WAL
 //! is the source of truth. [`MvccStore::persist`] fsyncs before the WAL is released.
 
+pub mod auth;
 mod hash;
 pub mod keys;
 mod read;
@@ -85,6 +86,56 @@ pub enum RequestError {
     /// LeaseGrant with a TTL above [`MAX_LEASE_TTL_SECONDS`] (`etcdserver: too large lease TTL`).
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    /// `etcdserver: root user does not exist` (AuthEnable without a `root` user).
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    /// `etcdserver: root user does not have root role`.
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+    /// `etcdserver: user name already exists`.
+    #[error("user name already exists")]
+    UserAlreadyExist,
+    /// `etcdserver: user name is empty`: also a request without identity while auth is on.
+    #[error("user name is empty")]
+    UserEmpty,
+    /// `etcdserver: user name not found`.
+    #[error("user name not found")]
+    UserNotFound,
+    /// `etcdserver: role name already exists`.
+    #[error("role name already exists")]
+    RoleAlreadyExist,
+    /// `etcdserver: role name not found`.
+    #[error("role name not found")]
+    RoleNotFound,
+    /// `etcdserver: role name is empty`.
+    #[error("role name is empty")]
+    RoleEmpty,
+    /// `etcdserver: authentication failed, invalid user ID or password`.
+    #[error("authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// `etcdserver: permission not given` (RoleGrantPermission without a permission).
+    #[error("permission not given")]
+    PermissionNotGiven,
+    /// `etcdserver: permission denied`.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// `etcdserver: role is not granted to the user`.
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    /// `etcdserver: permission is not granted to the role`.
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    /// `etcdserver: authentication is not enabled`.
+    #[error("authentication is not enabled")]
+    AuthNotEnabled,
+    /// `etcdserver: invalid auth management` (deleting root, or its root role, while auth is
+    /// on).
+    #[error("invalid auth management")]
+    InvalidAuthMgmt,
+    /// `etcdserver: revision of auth store is old`: the request was checked before an auth
+    /// change that was applied first; the client retries.
+    #[error("revision of auth store is old")]
+    AuthOldRevision,
 }
 
 /// Largest lease TTL, seconds (etcd `MaxLeaseTTL`).
@@ -120,6 +171,14 @@ pub enum WriteResponse {
     LeaseRevoke(etch_protocol::etcdserverpb::LeaseRevokeResponse),
     /// Response to a LeaseCheckpoint.
     LeaseCheckpoint(etch_protocol::etcdserverpb::LeaseCheckpointResponse),
+    /// Response to an auth change (every Auth service mutation answers just a header);
+    /// `token` is set for Authenticate.
+    Auth {
+        /// Header with the key-value revision.
+        header: Option<etch_protocol::etcdserverpb::ResponseHeader>,
+        /// The simple token assigned (Authenticate only).
+        token: Option<String>,
+    },
 }
 
 /// What applying one raft entry did.
@@ -157,6 +216,7 @@ pub(crate) struct Db {
     pub(crate) meta: Keyspace,
     pub(crate) lease: Keyspace,
     pub(crate) lease_keys: Keyspace,
+    pub(crate) auth: Keyspace,
     /// The directory it lives in.
     pub(crate) dir: PathBuf,
 }
@@ -170,6 +230,7 @@ impl Db {
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
             lease: db.keyspace("lease", KeyspaceCreateOptions::default)?,
             lease_keys: db.keyspace("lease_keys", KeyspaceCreateOptions::default)?,
+            auth: db.keyspace("auth", KeyspaceCreateOptions::default)?,
             db,
             dir: dir.to_owned(),
         })
@@ -233,6 +294,8 @@ pub struct MvccStore {
     applied: Mutex<AppliedIndex>,
     /// Live keys (etcd `keys_total`), kept in `meta` with every write.
     keys: AtomicI64,
+    /// Users, roles, permissions; replaced as a whole by each auth change.
+    auth: RwLock<Arc<auth::AuthState>>,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -263,6 +326,7 @@ impl MvccStore {
         let compacted = db.read_i64(META_COMPACT_REV)?.unwrap_or(0);
         let applied = db.applied()?;
         let keys = db.key_count()?;
+        let auth = auth::AuthState::load(&db.auth)?;
         Ok(MvccStore {
             root: root.to_owned(),
             inner: RwLock::new(Arc::new(db)),
@@ -270,12 +334,22 @@ impl MvccStore {
             compacted: AtomicI64::new(compacted),
             applied: Mutex::new(applied),
             keys: AtomicI64::new(keys),
+            auth: RwLock::new(Arc::new(auth)),
         })
     }
 
     /// The database in use now.
     pub(crate) fn db(&self) -> Arc<Db> {
         self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The auth state as of the last applied entry.
+    pub fn auth(&self) -> Arc<auth::AuthState> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_auth(&self, s: auth::AuthState) {
+        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
     }
 
     /// The latest revision (1 for an empty new store).
@@ -386,18 +460,34 @@ impl MvccStore {
         }
     }
 
-    /// Applies the write carried by raft entry (`index`, `term`). Entries at or below the
-    /// applied index return `None` (already applied before a restart).
+    /// Applies the write carried by raft entry (`index`, `term`), proposed by `who` (`None`:
+    /// by the server itself, never checked). Entries at or below the applied index return
+    /// `None` (already applied before a restart).
+    ///
+    /// With auth enabled, writes are checked here against the auth state at this index, as
+    /// etcd's `authApplierV3` does: the key(s) a Put/DeleteRange/Txn touch, the keys attached
+    /// to a lease a Put names or a LeaseRevoke revokes, root for auth changes.
     ///
     /// # Errors
     /// Fatal store errors only: request-level failures are in [`Applied::response`].
-    pub fn apply(&self, index: u64, term: u64, req: Option<&Request>) -> Result<Option<Applied>> {
+    pub fn apply(
+        &self,
+        index: u64,
+        term: u64,
+        who: Option<&etch_protocol::etchpb::AuthInfo>,
+        req: Option<&Request>,
+    ) -> Result<Option<Applied>> {
         if index <= self.applied_index().index {
             return Ok(None);
         }
         let applied = AppliedIndex { index, term };
         let mut txn = write::WriteTxn::new(self);
+        let allowed = self.authorize(who, req);
         let response = match req {
+            _ if allowed.is_err() => allowed.map(|()| WriteResponse::Auth {
+                header: None,
+                token: None,
+            }),
             // An entry without a request: nothing to change (kept for forward compatibility).
             None => Err(write::Fail::Request(RequestError::EmptyKey)),
             Some(Request::Put(p)) => txn.put(p).map(WriteResponse::Put),
@@ -412,6 +502,20 @@ impl MvccStore {
             Some(Request::LeaseCheckpoint(c)) => {
                 txn.lease_checkpoint(c).map(WriteResponse::LeaseCheckpoint)
             }
+            Some(
+                r @ (Request::AuthEnable(_)
+                | Request::AuthDisable(_)
+                | Request::Authenticate(_)
+                | Request::UserAdd(_)
+                | Request::UserDelete(_)
+                | Request::UserChangePassword(_)
+                | Request::UserGrantRole(_)
+                | Request::UserRevokeRole(_)
+                | Request::RoleAdd(_)
+                | Request::RoleDelete(_)
+                | Request::RoleGrantPermission(_)
+                | Request::RoleRevokePermission(_)),
+            ) => txn.auth(r, who, index),
         };
         let outcome = match response {
             Ok(resp) => txn.commit(applied, resp)?,
@@ -431,6 +535,75 @@ impl MvccStore {
             }
         };
         Ok(Some(outcome))
+    }
+
+    /// The key-level permission check of a client write (auth changes are checked by
+    /// [`auth::apply`]).
+    fn authorize(
+        &self,
+        who: Option<&etch_protocol::etchpb::AuthInfo>,
+        req: Option<&Request>,
+    ) -> std::result::Result<(), write::Fail> {
+        let Some(who) = who else { return Ok(()) };
+        let a = self.auth();
+        if !a.enabled() {
+            return Ok(());
+        }
+        let d = self.db();
+        match req {
+            Some(Request::Put(p)) => {
+                a.check(who, &p.key, &[], true)?;
+                if p.prev_kv {
+                    a.check(who, &p.key, &[], false)?;
+                }
+                if p.lease != 0 {
+                    self.lease_keys_writable(&d, &a, who, p.lease)??;
+                }
+            }
+            Some(Request::DeleteRange(r)) => {
+                a.check(who, &r.key, &r.range_end, true)?;
+                if r.prev_kv {
+                    a.check(who, &r.key, &r.range_end, false)?;
+                }
+            }
+            Some(Request::Txn(t)) => {
+                let mut store_err = None;
+                let r = a.check_txn(who, t, &mut |lease| {
+                    match self.lease_keys_writable(&d, &a, who, lease) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            store_err = Some(e);
+                            Err(RequestError::PermissionDenied)
+                        }
+                    }
+                });
+                if let Some(e) = store_err {
+                    return Err(e.into());
+                }
+                r?;
+            }
+            Some(Request::LeaseRevoke(r)) => self.lease_keys_writable(&d, &a, who, r.id)??,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// May `who` write every key attached to `lease` (etcd `checkLeasePuts`: revoking a lease,
+    /// or attaching a key to it, deletes those keys in the end)?
+    fn lease_keys_writable(
+        &self,
+        d: &Db,
+        a: &auth::AuthState,
+        who: &etch_protocol::etchpb::AuthInfo,
+        lease: i64,
+    ) -> Result<std::result::Result<(), RequestError>> {
+        for g in d.lease_keys.prefix(lease.to_be_bytes()) {
+            let (k, _) = g.into_inner()?;
+            if let Err(e) = a.check(who, &k[8..], &[], true) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Records `applied` for an entry that carries no key-value write (empty entries, config

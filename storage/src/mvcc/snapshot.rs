@@ -5,7 +5,7 @@
 //! [`MvccStore::export`] produces chunks (each at most [`CHUNK_BYTES`] plus one record); a
 //! chunk is a sequence of records:
 //! ```text
-//! keyspace  u8        0 = kv, 1 = key_index, 2 = meta, 3 = lease, 4 = lease_keys
+//! keyspace  u8        0 = kv, 1 = key_index, 2 = meta, 3 = lease, 4 = lease_keys, 5 = auth
 //! key_len   u32 BE    then key_len bytes of key
 //! val_len   u32 BE    then val_len bytes of value
 //! ```
@@ -79,6 +79,7 @@ fn keyspace_of(d: &Db, id: u8) -> Option<&fjall::Keyspace> {
         2 => &d.meta,
         3 => &d.lease,
         4 => &d.lease_keys,
+        5 => &d.auth,
         _ => return None,
     })
 }
@@ -174,6 +175,7 @@ impl MvccStore {
             (2, &d.meta),
             (3, &d.lease),
             (4, &d.lease_keys),
+            (5, &d.auth),
         ] {
             for g in snap.iter(ks) {
                 let (k, v) = g.into_inner()?;
@@ -250,6 +252,7 @@ impl MvccStore {
         let compacted = new.read_i64(META_COMPACT_REV)?.unwrap_or(0);
         let applied = new.applied()?;
         let keys = new.key_count()?;
+        let auth = super::auth::AuthState::load(&new.auth)?;
         let old = {
             let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *g, Arc::new(new))
@@ -258,6 +261,7 @@ impl MvccStore {
         self.compacted.store(compacted, Ordering::Release);
         self.set_applied(applied);
         self.keys.store(keys, Ordering::Release);
+        self.set_auth(auth);
         retire(old);
         Ok(applied.index)
     }
@@ -305,7 +309,7 @@ mod tests {
             value: Bytes::from_static(b"v"),
             ..Default::default()
         };
-        s.apply(index, 1, Some(&Request::Put(p))).unwrap();
+        s.apply(index, 1, None, Some(&Request::Put(p))).unwrap();
     }
 
     #[test]

@@ -26,7 +26,7 @@ impl T {
     fn apply(&mut self, r: Request) -> std::result::Result<WriteResponse, RequestError> {
         self.index += 1;
         self.s
-            .apply(self.index, 1, Some(&r))
+            .apply(self.index, 1, None, Some(&r))
             .unwrap()
             .unwrap()
             .response
@@ -217,7 +217,7 @@ fn put_options_and_errors() {
     assert_eq!(validate_put(&put("", "v")), Err(RequestError::EmptyKey));
     // Replay of an applied index is skipped.
     assert!(
-        t.s.apply(1, 1, Some(&Request::Put(put("z", "z"))))
+        t.s.apply(1, 1, None, Some(&Request::Put(put("z", "z"))))
             .unwrap()
             .is_none()
     );
@@ -564,4 +564,145 @@ fn key_count_follows_puts_deletes_and_reopen() {
     let dir = t._dir.path().to_owned();
     drop(t.s);
     assert_eq!(MvccStore::open(&dir).unwrap().key_count(), 2);
+}
+
+/// Auth changes go through apply, are refused with etcd's errors, are checked at apply for
+/// writes, and survive a reopen.
+#[test]
+fn auth_changes_apply_check_writes_and_persist() {
+    use etch_protocol::authpb::{Permission, permission::Type};
+    use etch_protocol::etchpb::AuthInfo;
+    use etch_protocol::etcdserverpb::*;
+    let mut t = T::new();
+    let as_user = |t: &mut T, who: Option<&AuthInfo>, r: Request| {
+        t.index += 1;
+        t.s.apply(t.index, 1, who, Some(&r)).unwrap().unwrap().response
+    };
+    let root = AuthInfo {
+        username: "root".into(),
+        auth_revision: 0,
+    };
+    assert_eq!(
+        as_user(&mut t, None, Request::AuthEnable(AuthEnableRequest {})).unwrap_err(),
+        RequestError::RootUserNotExist
+    );
+    let add = |name: &str| {
+        Request::UserAdd(AuthUserAddRequest {
+            name: name.into(),
+            hashed_password: "$2b$hash".into(),
+            ..Default::default()
+        })
+    };
+    as_user(&mut t, None, add("root")).unwrap();
+    assert_eq!(
+        as_user(&mut t, None, add("root")).unwrap_err(),
+        RequestError::UserAlreadyExist
+    );
+    assert_eq!(
+        as_user(&mut t, None, Request::AuthEnable(AuthEnableRequest {})).unwrap_err(),
+        RequestError::RootRoleNotExist
+    );
+    let grant = |user: &str, role: &str| {
+        Request::UserGrantRole(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+    };
+    as_user(&mut t, None, grant("root", "root")).unwrap();
+    as_user(&mut t, None, add("u")).unwrap();
+    as_user(
+        &mut t,
+        None,
+        Request::RoleAdd(AuthRoleAddRequest { name: "r".into() }),
+    )
+    .unwrap();
+    as_user(
+        &mut t,
+        None,
+        Request::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+            name: "r".into(),
+            perm: Some(Permission {
+                perm_type: Type::Readwrite as i32,
+                key: Bytes::from_static(b"/a/"),
+                range_end: Bytes::from_static(b"/a0"),
+            }),
+        }),
+    )
+    .unwrap();
+    as_user(&mut t, None, grant("u", "r")).unwrap();
+    as_user(&mut t, None, Request::AuthEnable(AuthEnableRequest {})).unwrap();
+    let rev = t.s.auth().revision();
+    assert!(t.s.auth().enabled());
+    let u = AuthInfo {
+        username: "u".into(),
+        auth_revision: rev,
+    };
+    let root = AuthInfo {
+        auth_revision: rev,
+        ..root
+    };
+    // Writes are checked at apply; the server's own requests (None) are not.
+    as_user(&mut t, Some(&u), Request::Put(put("/a/x", "1"))).unwrap();
+    assert_eq!(
+        as_user(&mut t, Some(&u), Request::Put(put("/b/x", "1"))).unwrap_err(),
+        RequestError::PermissionDenied
+    );
+    assert_eq!(
+        as_user(&mut t, Some(&u), add("v")).unwrap_err(),
+        RequestError::PermissionDenied
+    );
+    assert_eq!(
+        as_user(&mut t, None, add("v")).unwrap_err(),
+        RequestError::UserEmpty
+    );
+    assert_eq!(
+        as_user(
+            &mut t,
+            Some(&root),
+            Request::UserDelete(AuthUserDeleteRequest {
+                name: "root".into()
+            })
+        )
+        .unwrap_err(),
+        RequestError::InvalidAuthMgmt
+    );
+    // An identity checked before an auth change is stale.
+    as_user(
+        &mut t,
+        Some(&root),
+        Request::RoleAdd(AuthRoleAddRequest { name: "r2".into() }),
+    )
+    .unwrap();
+    assert_eq!(
+        as_user(&mut t, Some(&u), Request::Put(put("/a/x", "2"))).unwrap_err(),
+        RequestError::AuthOldRevision
+    );
+    let u = AuthInfo {
+        username: "u".into(),
+        auth_revision: t.s.auth().revision(),
+    };
+    let token = match as_user(
+        &mut t,
+        Some(&u),
+        Request::Authenticate(etch_protocol::etchpb::InternalAuthenticate {
+            name: "u".into(),
+            token: "abc".into(),
+        }),
+    )
+    .unwrap()
+    {
+        WriteResponse::Auth { token, .. } => token,
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(token, Some(format!("abc.{}", t.index)));
+    let rev = t.s.auth().revision();
+    let path = t._dir.path().to_owned();
+    drop(t.s);
+    let s = MvccStore::open(&path).unwrap();
+    let a = s.auth();
+    assert!(a.enabled());
+    assert_eq!(a.revision(), rev);
+    assert_eq!(a.user_names(), vec!["root".to_owned(), "u".to_owned()]);
+    assert_eq!(a.role_names(), vec!["r".to_owned(), "r2".to_owned()]);
+    assert!(a.has_role("u", "r"));
 }

@@ -35,6 +35,8 @@ pub(super) struct WriteTxn<'a> {
     overlay: Overlay,
     events: Vec<Event>,
     compact_to: Option<i64>,
+    /// The auth state this entry makes current (auth changes only).
+    auth_next: Option<super::auth::AuthState>,
 }
 
 /// Request-level failure, or a fatal store error.
@@ -80,6 +82,7 @@ impl<'a> WriteTxn<'a> {
             overlay: Overlay::new(),
             events: Vec::new(),
             compact_to: None,
+            auth_next: None,
         }
     }
 
@@ -162,6 +165,38 @@ impl<'a> WriteTxn<'a> {
         }
         Ok(LeaseCheckpointResponse {
             header: header(self.base),
+        })
+    }
+
+    /// Applies an auth change (see [`super::auth::apply`]), writing the changed records.
+    pub(super) fn auth(
+        &mut self,
+        req: &etch_protocol::etchpb::internal_request::Request,
+        who: Option<&etch_protocol::etchpb::AuthInfo>,
+        index: u64,
+    ) -> FResult<WriteResponse> {
+        use super::auth::{ENABLED_KEY, REVISION_KEY};
+        let cur = self.store.auth();
+        let (change, token) = super::auth::apply(&cur, who, req, index)?;
+        if let Some(c) = change {
+            for (k, v) in c.records {
+                match v {
+                    Some(v) => self.batch.insert(&self.d.auth, k, v),
+                    None => self.batch.remove(&self.d.auth, k),
+                }
+            }
+            self.batch
+                .insert(&self.d.auth, ENABLED_KEY, vec![u8::from(c.state.enabled())]);
+            self.batch.insert(
+                &self.d.auth,
+                REVISION_KEY,
+                c.state.revision().to_be_bytes().to_vec(),
+            );
+            self.auth_next = Some(c.state);
+        }
+        Ok(WriteResponse::Auth {
+            header: header(self.base),
+            token,
         })
     }
 
@@ -430,6 +465,9 @@ impl<'a> WriteTxn<'a> {
         self.store
             .keys
             .store(keys, std::sync::atomic::Ordering::Release);
+        if let Some(a) = self.auth_next {
+            self.store.set_auth(a);
+        }
         if let Some(rev) = self.compact_to {
             compact(self.store, rev)?;
         }
