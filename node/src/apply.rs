@@ -57,17 +57,20 @@ pub struct ApplyActor {
     applied_tx: watch::Sender<u64>,
     revision_tx: watch::Sender<i64>,
     lessor: Addr<crate::lease::LeaseActor>,
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 impl ApplyActor {
     /// An apply actor over `store`, answering `waiters`, publishing the applied index to
-    /// `applied_tx` and the store's revision to `revision_tx` (watch fanout).
+    /// `applied_tx` and the store's revision to `revision_tx` (watch fanout), keeping the
+    /// simple `tokens` in step with applied auth changes.
     pub fn new(
         store: Arc<MvccStore>,
         waiters: Arc<Waiters>,
         applied_tx: watch::Sender<u64>,
         revision_tx: watch::Sender<i64>,
         lessor: Addr<crate::lease::LeaseActor>,
+        tokens: Arc<crate::auth::Tokens>,
     ) -> ApplyActor {
         ApplyActor {
             store,
@@ -75,6 +78,7 @@ impl ApplyActor {
             applied_tx,
             revision_tx,
             lessor,
+            tokens,
         }
     }
 }
@@ -104,6 +108,29 @@ impl ApplyActor {
                         .collect(),
                 ))
             }
+            _ => {}
+        }
+    }
+
+    /// Keeps the simple tokens in step with an applied auth change (etcd's token provider):
+    /// Authenticate assigns one; deleting a user or changing its password drops its tokens;
+    /// disabling auth drops all.
+    fn update_tokens(
+        &self,
+        r: &WriteResult,
+        req: Option<&etch_protocol::etchpb::internal_request::Request>,
+    ) {
+        use etch_protocol::etchpb::internal_request::Request;
+        let Ok(WriteResponse::Auth { token, .. }) = r else {
+            return;
+        };
+        match (req, token) {
+            (Some(Request::Authenticate(a)), Some(t)) => {
+                self.tokens.assign(t.clone(), a.name.clone())
+            }
+            (Some(Request::UserDelete(u)), _) => self.tokens.invalidate_user(&u.name),
+            (Some(Request::UserChangePassword(u)), _) => self.tokens.invalidate_user(&u.name),
+            (Some(Request::AuthDisable(_)), _) => self.tokens.clear(),
             _ => {}
         }
     }
@@ -157,7 +184,9 @@ impl Handler<ApplyCommitted> for ApplyActor {
                 }
             };
             let commit = Instant::now();
-            let applied = self.store.apply(e.index, e.term, req.request.as_ref())?;
+            let applied =
+                self.store
+                    .apply(e.index, e.term, req.auth.as_ref(), req.request.as_ref())?;
             crate::metrics::hot()
                 .backend_commit
                 .record(commit.elapsed().as_secs_f64());
@@ -168,6 +197,7 @@ impl Handler<ApplyCommitted> for ApplyActor {
                 // write was acknowledged must start after that write.
                 self.publish_revision();
                 self.notify_lessor(&applied.response, req.request.as_ref());
+                self.update_tokens(&applied.response, req.request.as_ref());
                 self.waiters.trigger(req.id, applied.response);
             }
         }

@@ -129,6 +129,17 @@ pub struct Flags {
     /// Require a client certificate signed by `--peer-trusted-ca-file` from every peer.
     #[arg(long, env = "ETCH_PEER_CLIENT_CERT_AUTH")]
     pub peer_client_cert_auth: bool,
+    /// TLS 1.2 cipher suites the client URLs accept, comma-separated Go/IANA names (e.g.
+    /// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`); empty = rustls's defaults. TLS 1.3 suites are
+    /// not configurable (as in etcd); peers always speak TLS 1.3 (QUIC).
+    #[arg(long, env = "ETCH_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
+    /// Lowest TLS version on the client URLs: TLS1.2 or TLS1.3.
+    #[arg(long, env = "ETCH_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+    /// Highest TLS version on the client URLs: TLS1.2 or TLS1.3 (empty: the newest).
+    #[arg(long, env = "ETCH_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
     /// Use generated certificates for peers (the default when no peer certificate is given).
     #[arg(long, env = "ETCH_PEER_AUTO_TLS")]
     pub peer_auto_tls: bool,
@@ -159,6 +170,15 @@ pub struct Flags {
     /// WAL segment size in bytes (testing knob; minimum 64 KiB). Default: 64 MiB.
     #[arg(long, hide = true, env = "ETCH_EXPERIMENTAL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub experimental_wal_segment_bytes: u64,
+    /// Auth token type: `simple` (etcd's default; etch does not issue JWTs).
+    #[arg(long, env = "ETCH_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token lives without use (etcd default 300).
+    #[arg(long, env = "ETCH_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes, 4..=31 (etcd default 10).
+    #[arg(long, env = "ETCH_BCRYPT_COST", default_value_t = crate::auth::DEFAULT_BCRYPT_COST)]
+    pub bcrypt_cost: u32,
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCH_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -231,6 +251,10 @@ pub struct Config {
     /// How long a client request waits for its result before "request timed out"
     /// (etcd: 5 s + 2 x election timeout).
     pub request_timeout: Duration,
+    /// Simple-token lifetime without use (`--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost (`--bcrypt-cost`).
+    pub bcrypt_cost: u32,
 }
 
 /// A peer's address: its member ID, the resolved socket address and the host named in its URL
@@ -255,6 +279,12 @@ pub struct ClientTls {
     pub trusted_ca_file: Option<PathBuf>,
     /// Require and verify client certificates.
     pub client_cert_auth: bool,
+    /// TLS 1.2 cipher suites allowed (`--cipher-suites`); empty = rustls's defaults.
+    pub cipher_suites: Vec<String>,
+    /// `--tls-min-version` (`TLS1.2` or `TLS1.3`).
+    pub min_version: String,
+    /// `--tls-max-version` (`TLS1.2`, `TLS1.3`, or empty = newest).
+    pub max_version: String,
 }
 
 /// Verified peer TLS (etcd's `--peer-*` flags).
@@ -410,17 +440,28 @@ impl Config {
             "only http:// is served",
         )?;
         // One scheme for every client URL: https when client TLS is configured.
+        let cipher_suites: Vec<String> = f
+            .cipher_suites
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        crate::api::tls::provider(&cipher_suites)
+            .map_err(|e| bad("cipher-suites", &f.cipher_suites, e))?;
+        crate::api::tls::versions(&f.tls_min_version, &f.tls_max_version, &cipher_suites)
+            .map_err(|e| bad("tls-min-version", &f.tls_min_version, e))?;
+        let tls = |cert_and_key| ClientTls {
+            cert_and_key,
+            trusted_ca_file: f.trusted_ca_file.clone(),
+            client_cert_auth: f.client_cert_auth,
+            cipher_suites: cipher_suites.clone(),
+            min_version: f.tls_min_version.clone(),
+            max_version: f.tls_max_version.clone(),
+        };
         let client_tls = match (&f.cert_file, &f.key_file) {
-            (Some(c), Some(k)) => Some(ClientTls {
-                cert_and_key: Some((c.clone(), k.clone())),
-                trusted_ca_file: f.trusted_ca_file.clone(),
-                client_cert_auth: f.client_cert_auth,
-            }),
-            (None, None) if f.auto_tls => Some(ClientTls {
-                cert_and_key: None,
-                trusted_ca_file: f.trusted_ca_file.clone(),
-                client_cert_auth: f.client_cert_auth,
-            }),
+            (Some(c), Some(k)) => Some(tls(Some((c.clone(), k.clone())))),
+            (None, None) if f.auto_tls => Some(tls(None)),
             (None, None) => None,
             _ => {
                 return Err(bad(
@@ -602,6 +643,23 @@ impl Config {
         if f.snapshot_count == 0 {
             return Err(bad("snapshot-count", "0", "must be > 0"));
         }
+        if f.auth_token != "simple" {
+            return Err(bad(
+                "auth-token",
+                &f.auth_token,
+                "etch issues simple tokens only (JWT is not supported)",
+            ));
+        }
+        if f.auth_token_ttl == 0 {
+            return Err(bad("auth-token-ttl", "0", "must be > 0"));
+        }
+        if !(4..=31).contains(&f.bcrypt_cost) {
+            return Err(bad(
+                "bcrypt-cost",
+                &f.bcrypt_cost.to_string(),
+                "must be between 4 and 31",
+            ));
+        }
         Ok(Config {
             name: f.name.clone(),
             data_dir,
@@ -627,6 +685,8 @@ impl Config {
             min_lease_ttl: (election_timeout.as_millis() as i64 * 3 / 2 + 999) / 1000,
             lease_checkpoint_interval,
             request_timeout: Duration::from_secs(5) + election_timeout * 2,
+            auth_token_ttl: Duration::from_secs(f.auth_token_ttl),
+            bcrypt_cost: f.bcrypt_cost,
         })
     }
 

@@ -58,4 +58,11 @@ pub enum ApiError {
     /// The request has no body this node understands.
     #[error("unknown request")]
     Unimplemented,
+    /// A second Hello on a native connection.
+    #[error("hello repeated")]
+    HelloRepeated,
+    /// The auth token is unknown or expired (etcd `ErrInvalidAuthToken`): the client
+    /// authenticates again.
+    #[error("invalid auth token")]
+    InvalidAuthToken,
 }

@@ -269,7 +269,7 @@ impl LeaseActor {
             (MAX_REVOKES_PER_SECOND as u128 * LEASE_TICK.as_millis() / 1000).max(1) as usize;
         for id in self.lessor.expired(now, per_tick) {
             let svc = self.service.clone();
-            let fut = async move { svc.lease_revoke(LeaseRevokeRequest { id }).await };
+            let fut = async move { svc.lease_revoke(None, LeaseRevokeRequest { id }).await };
             ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
                 if let Err(e) = res {
                     tracing::debug!(id, error = %e, "lease revoke not applied yet");

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod config;
 pub mod consensus;
 pub mod error;
@@ -131,6 +132,7 @@ pub async fn run(
 
     let state = Arc::new(NodeState::new(member_id, cluster_id));
     let waiters = Arc::new(Waiters::default());
+    let tokens = Arc::new(auth::Tokens::new(config.auth_token_ttl));
     let (applied_tx, applied_rx) = chan::channel(applied);
 
     // WAL and apply each get a thread of their own: fsync and fjall writes block.
@@ -143,11 +145,16 @@ pub async fn run(
     let lessor_ctx = Context::<lease::LeaseActor>::new();
     let lessor = lessor_ctx.address();
     let apply_arbiter = Arbiter::new();
-    let (st, w, ls) = (store.clone(), waiters.clone(), lessor.clone());
+    let (st, w, ls, tk) = (
+        store.clone(),
+        waiters.clone(),
+        lessor.clone(),
+        tokens.clone(),
+    );
     let (revision_tx, revision_rx) = chan::channel(store.current_revision());
     let apply_addr = ApplyActor::start_in_arbiter(&apply_arbiter.handle(), move |ctx| {
         ctx.set_mailbox_capacity(1024);
-        ApplyActor::new(st, w, applied_tx, revision_tx, ls)
+        ApplyActor::new(st, w, applied_tx, revision_tx, ls, tk)
     });
     // Watch fanout reads events from the store: a thread of its own too.
     let watch_arbiter = Arbiter::new();
@@ -213,7 +220,9 @@ pub async fn run(
             request_timeout: config.request_timeout,
             watch: config.watch,
             min_lease_ttl: config.min_lease_ttl,
+            bcrypt_cost: config.bcrypt_cost,
         },
+        tokens,
     ));
     if let Some(t) = &transport {
         t.do_send(transport::SetService(service.clone()));
@@ -225,6 +234,17 @@ pub async fn run(
         config.lease_checkpoint_interval,
     ));
 
+    // h2 for gRPC, http/1.1 for the JSON gateway and /metrics on the same port.
+    let client_tls = config
+        .client_tls
+        .as_ref()
+        .map(|t| api::tls::server_config(t, &[b"h2", b"http/1.1"]).map(Arc::new))
+        .transpose()?;
+    let native_tls = config
+        .client_tls
+        .as_ref()
+        .map(|t| api::tls::server_config(t, &[b"etch"]).map(Arc::new))
+        .transpose()?;
     let tracker = TaskTracker::new();
     let (stop_native, stop_native_rx) = chan::channel(false);
     for l in listeners.native {
@@ -236,16 +256,12 @@ pub async fn run(
             l,
             service.clone(),
             config.max_request_bytes + FRAME_OVERHEAD_BYTES,
+            native_tls.clone(),
             stop_native_rx.clone(),
             tracker.clone(),
         ));
     }
 
-    let client_tls = config
-        .client_tls
-        .as_ref()
-        .map(api::grpc::server_tls)
-        .transpose()?;
     for l in listeners.client {
         l.set_nonblocking(true)?;
         let addr = l.local_addr()?;

@@ -21,6 +21,7 @@ use etch_protocol::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
+pub use etch_protocol::etchpb::AuthInfo;
 use etch_protocol::etchpb::frame::Body;
 use etch_protocol::etchpb::internal_request::Request;
 use etch_protocol::etchpb::{Frame, InternalRequest};
@@ -52,6 +53,8 @@ pub struct Limits {
     pub watch: crate::watch::WatchLimits,
     /// Smallest lease TTL granted, seconds (etcd: 1.5 x election timeout, rounded up).
     pub min_lease_ttl: i64,
+    /// bcrypt cost of password hashes (`--bcrypt-cost`, etcd default 10).
+    pub bcrypt_cost: u32,
 }
 
 /// The actors the service talks to.
@@ -79,6 +82,7 @@ pub struct Service {
     state: Arc<NodeState>,
     limits: Limits,
     next_id: AtomicU64,
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 impl Service {
@@ -90,6 +94,7 @@ impl Service {
         applied: watch::Receiver<u64>,
         state: Arc<NodeState>,
         limits: Limits,
+        tokens: Arc<crate::auth::Tokens>,
     ) -> Service {
         // Request ids: the member ID's low 16 bits, then a counter seeded from the clock, so ids
         // stay unique across restarts and members (etcd `idutil.Generator`).
@@ -109,6 +114,7 @@ impl Service {
             state,
             limits,
             next_id: AtomicU64::new(first),
+            tokens,
         }
     }
 
@@ -138,7 +144,51 @@ impl Service {
         &self.watch
     }
 
-    fn header(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {
+    /// The limits in force.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Who a request comes from (etcd `AuthInfoFromCtx`): with auth disabled, nobody needs to
+    /// be anyone; else the user of `token`, or without a token the Common Name of the verified
+    /// TLS client certificate, or no one (`""`: refused by every check). The identity carries
+    /// the auth revision it was established at.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidAuthToken`] for a token this member does not know (unknown, expired,
+    /// issued before a restart).
+    pub fn identify(&self, token: Option<&str>, cert_cn: Option<&str>) -> Res<AuthInfo> {
+        let a = self.store.auth();
+        let username = if !a.enabled() {
+            String::new()
+        } else if let Some(t) = token {
+            self.tokens.user(t).ok_or(ApiError::InvalidAuthToken)?
+        } else {
+            cert_cn.unwrap_or_default().to_owned()
+        };
+        Ok(AuthInfo {
+            username,
+            auth_revision: a.revision(),
+        })
+    }
+
+    /// Read permission on `[key, range_end)`.
+    ///
+    /// # Errors
+    /// etcd's auth errors (`permission denied`, `user name is empty`...).
+    pub fn check_read(&self, who: &AuthInfo, key: &[u8], range_end: &[u8]) -> Res<()> {
+        Ok(self.store.auth().check(who, key, range_end, false)?)
+    }
+
+    /// Administrator (root role) permission.
+    ///
+    /// # Errors
+    /// etcd's auth errors.
+    pub fn check_admin(&self, who: &AuthInfo) -> Res<()> {
+        Ok(self.store.auth().check_admin(who)?)
+    }
+
+    pub(crate) fn header(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {
         Some(ResponseHeader {
             cluster_id: self.state.cluster_id,
             member_id: self.state.member_id,
@@ -149,7 +199,7 @@ impl Service {
 
     /// Waits until this member has applied everything committed when the read arrived
     /// (ReadIndex, then applied index >= read index).
-    async fn linearizable(&self) -> Res<()> {
+    pub(crate) async fn linearizable(&self) -> Res<()> {
         let t = self.limits.request_timeout;
         let rx = self
             .consensus
@@ -178,7 +228,11 @@ impl Service {
     /// Proposes through consensus and waits for the applied answer, counted in etcd's
     /// `proposals_pending` (while waiting) and `proposals_failed_total` (no answer: timeout, no
     /// leader, shutdown; a request etcd's rules refuse is not a failed proposal).
-    async fn propose(&self, request: Request) -> Res<WriteResponse> {
+    pub(crate) async fn propose(
+        &self,
+        who: Option<&AuthInfo>,
+        request: Request,
+    ) -> Res<WriteResponse> {
         use crate::metrics as m;
         /// Decrements the pending gauge however the wait ends (a dropped call included).
         struct Pending;
@@ -189,14 +243,14 @@ impl Service {
         }
         m::hot().proposals_pending.increment(1.0);
         let _pending = Pending;
-        let r = self.propose_inner(request).await;
+        let r = self.propose_inner(who, request).await;
         if matches!(&r, Err(e) if !matches!(e, ApiError::Request(_))) {
             m::hot().proposals_failed.increment(1);
         }
         r
     }
 
-    async fn propose_inner(&self, request: Request) -> Res<WriteResponse> {
+    async fn propose_inner(&self, who: Option<&AuthInfo>, request: Request) -> Res<WriteResponse> {
         let applied = *self.applied.borrow();
         if self.state.commit_index() > applied + MAX_APPLY_LAG_ENTRIES {
             return Err(ApiError::TooManyRequests);
@@ -205,6 +259,7 @@ impl Service {
         let data = InternalRequest {
             id,
             request: Some(request),
+            auth: who.cloned(),
         }
         .encode_to_vec();
         if data.len() > self.limits.max_request_bytes {
@@ -244,8 +299,9 @@ impl Service {
     ///
     /// # Errors
     /// Empty key, compacted or future revision, no leader, timeout.
-    pub async fn range(&self, req: RangeRequest) -> Res<RangeResponse> {
+    pub async fn range(&self, who: &AuthInfo, req: RangeRequest) -> Res<RangeResponse> {
         mvcc::validate_range(&req)?;
+        self.check_read(who, &req.key, &req.range_end)?;
         if !req.serializable {
             self.linearizable().await?;
         }
@@ -259,9 +315,9 @@ impl Service {
     ///
     /// # Errors
     /// etcd's Put errors, no leader, timeout, too large.
-    pub async fn put(&self, req: PutRequest) -> Res<PutResponse> {
+    pub async fn put(&self, who: &AuthInfo, req: PutRequest) -> Res<PutResponse> {
         mvcc::validate_put(&req)?;
-        match self.propose(Request::Put(req)).await? {
+        match self.propose(Some(who), Request::Put(req)).await? {
             WriteResponse::Put(mut r) => {
                 r.header = self.header(r.header);
                 Ok(r)
@@ -274,9 +330,13 @@ impl Service {
     ///
     /// # Errors
     /// Empty key, no leader, timeout, too large.
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Res<DeleteRangeResponse> {
+    pub async fn delete_range(
+        &self,
+        who: &AuthInfo,
+        req: DeleteRangeRequest,
+    ) -> Res<DeleteRangeResponse> {
         mvcc::validate_delete(&req)?;
-        match self.propose(Request::DeleteRange(req)).await? {
+        match self.propose(Some(who), Request::DeleteRange(req)).await? {
             WriteResponse::DeleteRange(mut r) => {
                 r.header = self.header(r.header);
                 Ok(r)
@@ -290,9 +350,11 @@ impl Service {
     ///
     /// # Errors
     /// etcd's Txn errors, no leader, timeout, too large.
-    pub async fn txn(&self, req: TxnRequest) -> Res<TxnResponse> {
+    pub async fn txn(&self, who: &AuthInfo, req: TxnRequest) -> Res<TxnResponse> {
         mvcc::validate_txn(&req, self.limits.max_txn_ops)?;
         if txn_is_read_only(&req) {
+            // Writes are checked at apply; a read-only Txn never reaches apply.
+            self.store.auth().check_txn(who, &req, &mut |_| Ok(()))?;
             if !txn_is_serializable(&req) {
                 self.linearizable().await?;
             }
@@ -301,7 +363,7 @@ impl Service {
             crate::metrics::hot().txn_total.increment(1);
             return Ok(r);
         }
-        match self.propose(Request::Txn(req)).await? {
+        match self.propose(Some(who), Request::Txn(req)).await? {
             WriteResponse::Txn(mut r) => {
                 r.header = self.header(r.header);
                 Ok(r)
@@ -314,8 +376,9 @@ impl Service {
     ///
     /// # Errors
     /// Compacted or future revision, no leader, timeout.
-    pub async fn compact(&self, req: CompactionRequest) -> Res<CompactionResponse> {
-        match self.propose(Request::Compaction(req)).await? {
+    /// Not permission-checked, as in etcd v3.5 (any client may compact).
+    pub async fn compact(&self, who: &AuthInfo, req: CompactionRequest) -> Res<CompactionResponse> {
+        match self.propose(Some(who), Request::Compaction(req)).await? {
             WriteResponse::Compaction(mut r) => {
                 r.header = self.header(r.header);
                 Ok(r)
@@ -329,13 +392,17 @@ impl Service {
     ///
     /// # Errors
     /// Lease exists, TTL too large, no leader, timeout.
-    pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> Res<LeaseGrantResponse> {
+    pub async fn lease_grant(
+        &self,
+        who: &AuthInfo,
+        mut req: LeaseGrantRequest,
+    ) -> Res<LeaseGrantResponse> {
         if req.id == 0 {
             // Unique across members and restarts, positive: the request id generator.
             req.id = (self.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
         }
         req.ttl = req.ttl.max(self.limits.min_lease_ttl);
-        match self.propose(Request::LeaseGrant(req)).await? {
+        match self.propose(Some(who), Request::LeaseGrant(req)).await? {
             WriteResponse::LeaseGrant(mut r) => {
                 r.header = self.header(r.header);
                 Ok(r)
@@ -344,12 +411,18 @@ impl Service {
         }
     }
 
-    /// LeaseRevoke through consensus: every attached key is deleted in one revision.
+    /// LeaseRevoke through consensus: every attached key is deleted in one revision. With
+    /// auth, `who` must be allowed to write every attached key (checked at apply). `None` is
+    /// the lessor revoking an expired lease (never checked).
     ///
     /// # Errors
-    /// Lease not found, no leader, timeout.
-    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Res<LeaseRevokeResponse> {
-        match self.propose(Request::LeaseRevoke(req)).await? {
+    /// Lease not found, permission denied, no leader, timeout.
+    pub async fn lease_revoke(
+        &self,
+        who: Option<&AuthInfo>,
+        req: LeaseRevokeRequest,
+    ) -> Res<LeaseRevokeResponse> {
+        match self.propose(who, Request::LeaseRevoke(req)).await? {
             WriteResponse::LeaseRevoke(mut r) => {
                 r.header = self.header(r.header);
                 Ok(r)
@@ -363,7 +436,7 @@ impl Service {
     /// # Errors
     /// No leader, timeout.
     pub async fn lease_checkpoint(&self, req: LeaseCheckpointRequest) -> Res<()> {
-        self.propose(Request::LeaseCheckpoint(req))
+        self.propose(None, Request::LeaseCheckpoint(req))
             .await
             .map(|_| ())
     }
@@ -528,7 +601,8 @@ impl Service {
     ///
     /// # Errors
     /// Compacted or future revision; store failure.
-    pub async fn hash_kv(&self, revision: i64) -> Res<HashKvResponse> {
+    pub async fn hash_kv(&self, who: &AuthInfo, revision: i64) -> Res<HashKvResponse> {
+        self.check_admin(who)?;
         let h = self.blocking(move |s| s.hash_kv(revision)).await??;
         Ok(HashKvResponse {
             header: self.header(None),
@@ -542,7 +616,8 @@ impl Service {
     ///
     /// # Errors
     /// Store failure.
-    pub async fn hash(&self) -> Res<HashResponse> {
+    pub async fn hash(&self, who: &AuthInfo) -> Res<HashResponse> {
+        self.check_admin(who)?;
         let hash = self.blocking(MvccStore::hash_all).await?;
         Ok(HashResponse {
             header: self.header(None),
@@ -568,7 +643,8 @@ impl Service {
     /// # Errors
     /// Not the leader; `target` is not another voter; the transfer did not finish within the
     /// request timeout.
-    pub async fn move_leader(&self, target: u64) -> Res<MoveLeaderResponse> {
+    pub async fn move_leader(&self, who: &AuthInfo, target: u64) -> Res<MoveLeaderResponse> {
+        self.check_admin(who)?;
         if self.state.leader() != self.state.member_id {
             return Err(ApiError::NotLeader);
         }

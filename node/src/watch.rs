@@ -725,7 +725,7 @@ mod tests {
         }
         fn apply(&mut self, r: Request) {
             self.index += 1;
-            self.store.apply(self.index, 1, Some(&r)).unwrap();
+            self.store.apply(self.index, 1, None, Some(&r)).unwrap();
         }
         fn put(&mut self, k: &str, v: &str) {
             self.apply(Request::Put(PutRequest {

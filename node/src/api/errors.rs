@@ -34,6 +34,49 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
             ),
             R::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
             R::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            R::RootUserNotExist => (
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            R::RootRoleNotExist => (
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            R::UserAlreadyExist => (
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
+            R::UserEmpty => (Code::InvalidArgument, "etcdserver: user name is empty"),
+            R::UserNotFound => (Code::FailedPrecondition, "etcdserver: user name not found"),
+            R::RoleAlreadyExist => (
+                Code::FailedPrecondition,
+                "etcdserver: role name already exists",
+            ),
+            R::RoleNotFound => (Code::FailedPrecondition, "etcdserver: role name not found"),
+            R::RoleEmpty => (Code::InvalidArgument, "etcdserver: role name is empty"),
+            R::AuthFailed => (
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            R::PermissionNotGiven => (Code::InvalidArgument, "etcdserver: permission not given"),
+            R::PermissionDenied => (Code::PermissionDenied, "etcdserver: permission denied"),
+            R::RoleNotGranted => (
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            R::PermissionNotGranted => (
+                Code::FailedPrecondition,
+                "etcdserver: permission is not granted to the role",
+            ),
+            R::AuthNotEnabled => (
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            R::InvalidAuthMgmt => (Code::InvalidArgument, "etcdserver: invalid auth management"),
+            R::AuthOldRevision => (
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
             _ => (Code::Unknown, "etcdserver: unknown request error"),
         },
         ApiError::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
@@ -51,6 +94,8 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
             "etcdserver: request timed out, leader transfer took too long",
         ),
         ApiError::Unimplemented => (Code::Unimplemented, "etch: unknown request type"),
+        ApiError::HelloRepeated => (Code::FailedPrecondition, "etch: Hello already received"),
+        ApiError::InvalidAuthToken => (Code::Unauthenticated, "etcdserver: invalid auth token"),
     }
 }
 
@@ -179,7 +224,34 @@ mod tests {
                 "etcdserver: request timed out, leader transfer took too long",
             ),
         ];
-        for (e, code, msg) in cases {
+        let auth: &[(ApiError, Code, &str)] = &[
+            (
+                RequestError::PermissionDenied.into(),
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                RequestError::UserEmpty.into(),
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                ApiError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                RequestError::AuthFailed.into(),
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                RequestError::RootUserNotExist.into(),
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+        ];
+        for (e, code, msg) in cases.iter().chain(auth) {
             assert_eq!(status_of(e), (*code, *msg), "{e:?}");
         }
     }

@@ -47,6 +47,7 @@ pub mod generated {
 use generated::election::election_server::{Election, ElectionServer};
 use generated::lock::lock_server::{Lock, LockServer};
 use generated::{
+    auth_server::{Auth, AuthServer},
     cluster_server::{Cluster, ClusterServer},
     kv_server::{Kv, KvServer},
     lease_server::{Lease, LeaseServer},
@@ -90,7 +91,7 @@ impl Grpc {
         self,
         listener: tokio::net::TcpListener,
         max_request_bytes: usize,
-        tls: Option<tonic::transport::ServerTlsConfig>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let limit = max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -108,11 +109,7 @@ impl Grpc {
         };
         let http = crate::api::http::router(self.clone());
         let mut routes = tonic::service::Routes::from(http);
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls)?;
-        }
-        builder
+        let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .layer(crate::api::grpc_metrics::GrpcMetricsLayer)
             .add_routes(std::mem::take(&mut routes))
@@ -121,48 +118,24 @@ impl Grpc {
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(ClusterServer::new(self.clone()))
             .add_service(MaintenanceServer::new(self.clone()))
+            .add_service(AuthServer::new(self.clone()))
             .add_service(LockServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(ElectionServer::new(self).max_decoding_message_size(limit))
-            .add_service(health_service)
-            .serve_with_incoming_shutdown(nodelay(listener), shutdown)
-            .await
-    }
-}
-
-/// The TLS configuration of the client URLs: the certificate and key files, or a generated
-/// self-signed certificate (`--auto-tls`); the trusted CA for client certificates, required
-/// with `--client-cert-auth`.
-///
-/// # Errors
-/// Unreadable files (named in the error), certificate generation failures.
-pub fn server_tls(
-    t: &crate::config::ClientTls,
-) -> std::io::Result<tonic::transport::ServerTlsConfig> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-    };
-    let (cert, key) = match &t.cert_and_key {
-        Some((c, k)) => (read(c)?, read(k)?),
-        None => {
-            let ck = rcgen::generate_simple_self_signed(vec![
-                "localhost".to_owned(),
-                "127.0.0.1".to_owned(),
-            ])
-            .map_err(std::io::Error::other)?;
-            (
-                ck.cert.pem().into_bytes(),
-                ck.signing_key.serialize_pem().into_bytes(),
-            )
+            .add_service(health_service);
+        match tls {
+            Some(cfg) => {
+                let incoming = ReceiverStream::new(crate::api::tls::accept(listener, cfg));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(nodelay(listener), shutdown)
+                    .await
+            }
         }
-    };
-    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-    if let Some(ca) = &t.trusted_ca_file {
-        cfg = cfg
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(!t.client_cert_auth);
     }
-    Ok(cfg)
 }
 
 /// Accepted connections with `TCP_NODELAY` (tonic sets it only on listeners it binds itself):
@@ -181,42 +154,52 @@ fn nodelay(
 type Res<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// The metadata keys a token may come in: etcd clients send `token`; the HTTP gateway maps
+/// the `Authorization` header to `authorization`.
+const TOKEN_METADATA: [&str; 2] = ["token", "authorization"];
+
+impl Grpc {
+    /// Who sends `r` ([`Service::identify`]): its token, else its verified TLS client
+    /// certificate's Common Name.
+    pub(crate) fn who<T>(&self, r: &Request<T>) -> Result<crate::service::AuthInfo, Status> {
+        let token = TOKEN_METADATA
+            .iter()
+            .find_map(|k| r.metadata().get(*k))
+            .and_then(|v| v.to_str().ok());
+        let cn = r
+            .extensions()
+            .get::<crate::api::tls::PeerIdentity>()
+            .and_then(|p| p.common_name.clone());
+        self.svc.identify(token, cn.as_deref()).map_err(status)
+    }
+}
+
+/// Serves a unary call: identify the caller, then call the service with it.
+macro_rules! as_caller {
+    ($self:ident, $r:ident, |$who:ident, $req:ident| $call:expr) => {{
+        let $who = $self.who(&$r)?;
+        let $req = $r.into_inner();
+        let $who = &$who;
+        $call.await.map(Response::new).map_err(status)
+    }};
+}
+
 #[tonic::async_trait]
 impl Kv for Grpc {
     async fn range(&self, r: Request<RangeRequest>) -> Res<RangeResponse> {
-        self.svc
-            .range(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |who, req| self.svc.range(who, req))
     }
     async fn put(&self, r: Request<PutRequest>) -> Res<PutResponse> {
-        self.svc
-            .put(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |who, req| self.svc.put(who, req))
     }
     async fn delete_range(&self, r: Request<DeleteRangeRequest>) -> Res<DeleteRangeResponse> {
-        self.svc
-            .delete_range(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |who, req| self.svc.delete_range(who, req))
     }
     async fn txn(&self, r: Request<TxnRequest>) -> Res<TxnResponse> {
-        self.svc
-            .txn(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |who, req| self.svc.txn(who, req))
     }
     async fn compact(&self, r: Request<CompactionRequest>) -> Res<CompactionResponse> {
-        self.svc
-            .compact(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |who, req| self.svc.compact(who, req))
     }
 }
 
@@ -225,10 +208,12 @@ impl Watch for Grpc {
     type WatchStream = BoxStream<WatchResponse>;
 
     /// One gRPC Watch call is one watch stream (etcd): its requests go to the watch actor in
-    /// order; its responses come from a bounded buffer.
+    /// order; its responses come from a bounded buffer. Permissions are checked per watch
+    /// created, as the identity at the stream's start.
     async fn watch(&self, r: Request<Streaming<WatchRequest>>) -> Res<Self::WatchStream> {
+        let who = self.who(&r)?;
         let inbound = until_error(r.into_inner());
-        let out = WatchStream::serve(self.svc.clone(), inbound);
+        let out = WatchStream::serve(self.svc.clone(), who, inbound);
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             out, Ok,
         ))))
@@ -240,24 +225,17 @@ impl Lease for Grpc {
     type LeaseKeepAliveStream = BoxStream<LeaseKeepAliveResponse>;
 
     async fn lease_grant(&self, r: Request<LeaseGrantRequest>) -> Res<LeaseGrantResponse> {
-        self.svc
-            .lease_grant(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |who, req| self.svc.lease_grant(who, req))
     }
     async fn lease_revoke(&self, r: Request<LeaseRevokeRequest>) -> Res<LeaseRevokeResponse> {
-        self.svc
-            .lease_revoke(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |who, req| self.svc.lease_revoke(Some(who), req))
     }
     /// etcd's keep-alive stream: one response per request, in order.
     async fn lease_keep_alive(
         &self,
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Res<Self::LeaseKeepAliveStream> {
+        self.who(&r)?;
         let inbound = until_error(r.into_inner());
         Ok(Response::new(Box::pin(serve_keep_alive(
             self.svc.clone(),
@@ -268,18 +246,10 @@ impl Lease for Grpc {
         &self,
         r: Request<LeaseTimeToLiveRequest>,
     ) -> Res<LeaseTimeToLiveResponse> {
-        self.svc
-            .lease_time_to_live(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |_who, req| self.svc.lease_time_to_live(req))
     }
-    async fn lease_leases(&self, _: Request<LeaseLeasesRequest>) -> Res<LeaseLeasesResponse> {
-        self.svc
-            .lease_leases()
-            .await
-            .map(Response::new)
-            .map_err(status)
+    async fn lease_leases(&self, r: Request<LeaseLeasesRequest>) -> Res<LeaseLeasesResponse> {
+        as_caller!(self, r, |_who, _req| self.svc.lease_leases())
     }
 }
 
@@ -345,43 +315,119 @@ impl Maintenance for Grpc {
         Ok(Response::new(self.svc.status()))
     }
     /// fjall compacts its files in the background, so there is nothing to defragment: the
-    /// call succeeds at once (etcd rewrites its bbolt file here).
-    async fn defragment(&self, _: Request<DefragmentRequest>) -> Res<DefragmentResponse> {
+    /// call succeeds at once (etcd rewrites its bbolt file here). Root only, as in etcd.
+    async fn defragment(&self, r: Request<DefragmentRequest>) -> Res<DefragmentResponse> {
+        let who = self.who(&r)?;
+        self.svc.check_admin(&who).map_err(status)?;
         Ok(Response::new(DefragmentResponse {
             header: self.svc.local_header(),
         }))
     }
-    async fn hash(&self, _: Request<HashRequest>) -> Res<HashResponse> {
-        self.svc.hash().await.map(Response::new).map_err(status)
+    async fn hash(&self, r: Request<HashRequest>) -> Res<HashResponse> {
+        as_caller!(self, r, |who, _req| self.svc.hash(who))
     }
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Res<HashKvResponse> {
-        self.svc
-            .hash_kv(r.into_inner().revision)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        as_caller!(self, r, |who, req| self.svc.hash_kv(who, req.revision))
     }
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Res<Self::SnapshotStream> {
         Err(unimplemented("Snapshot (etcdctl snapshot save)"))
     }
     async fn move_leader(&self, r: Request<MoveLeaderRequest>) -> Res<MoveLeaderResponse> {
+        as_caller!(self, r, |who, req| self.svc.move_leader(who, req.target_id))
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for Grpc {
+    async fn auth_enable(&self, r: Request<AuthEnableRequest>) -> Res<AuthEnableResponse> {
+        as_caller!(self, r, |who, _req| self.svc.auth_enable(who))
+    }
+    async fn auth_disable(&self, r: Request<AuthDisableRequest>) -> Res<AuthDisableResponse> {
+        as_caller!(self, r, |who, _req| self.svc.auth_disable(who))
+    }
+    async fn auth_status(&self, _: Request<AuthStatusRequest>) -> Res<AuthStatusResponse> {
         self.svc
-            .move_leader(r.into_inner().target_id)
+            .auth_status()
             .await
             .map(Response::new)
             .map_err(status)
+    }
+    async fn authenticate(&self, r: Request<AuthenticateRequest>) -> Res<AuthenticateResponse> {
+        self.svc
+            .authenticate(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+    async fn user_add(&self, r: Request<AuthUserAddRequest>) -> Res<AuthUserAddResponse> {
+        as_caller!(self, r, |who, req| self.svc.user_add(who, req))
+    }
+    async fn user_get(&self, r: Request<AuthUserGetRequest>) -> Res<AuthUserGetResponse> {
+        as_caller!(self, r, |who, req| self.svc.user_get(who, req))
+    }
+    async fn user_list(&self, r: Request<AuthUserListRequest>) -> Res<AuthUserListResponse> {
+        as_caller!(self, r, |who, _req| self.svc.user_list(who))
+    }
+    async fn user_delete(&self, r: Request<AuthUserDeleteRequest>) -> Res<AuthUserDeleteResponse> {
+        as_caller!(self, r, |who, req| self.svc.user_delete(who, req))
+    }
+    async fn user_change_password(
+        &self,
+        r: Request<AuthUserChangePasswordRequest>,
+    ) -> Res<AuthUserChangePasswordResponse> {
+        as_caller!(self, r, |who, req| self.svc.user_change_password(who, req))
+    }
+    async fn user_grant_role(
+        &self,
+        r: Request<AuthUserGrantRoleRequest>,
+    ) -> Res<AuthUserGrantRoleResponse> {
+        as_caller!(self, r, |who, req| self.svc.user_grant_role(who, req))
+    }
+    async fn user_revoke_role(
+        &self,
+        r: Request<AuthUserRevokeRoleRequest>,
+    ) -> Res<AuthUserRevokeRoleResponse> {
+        as_caller!(self, r, |who, req| self.svc.user_revoke_role(who, req))
+    }
+    async fn role_add(&self, r: Request<AuthRoleAddRequest>) -> Res<AuthRoleAddResponse> {
+        as_caller!(self, r, |who, req| self.svc.role_add(who, req))
+    }
+    async fn role_get(&self, r: Request<AuthRoleGetRequest>) -> Res<AuthRoleGetResponse> {
+        as_caller!(self, r, |who, req| self.svc.role_get(who, req))
+    }
+    async fn role_list(&self, r: Request<AuthRoleListRequest>) -> Res<AuthRoleListResponse> {
+        as_caller!(self, r, |who, _req| self.svc.role_list(who))
+    }
+    async fn role_delete(&self, r: Request<AuthRoleDeleteRequest>) -> Res<AuthRoleDeleteResponse> {
+        as_caller!(self, r, |who, req| self.svc.role_delete(who, req))
+    }
+    async fn role_grant_permission(
+        &self,
+        r: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Res<AuthRoleGrantPermissionResponse> {
+        as_caller!(self, r, |who, req| self.svc.role_grant_permission(who, req))
+    }
+    async fn role_revoke_permission(
+        &self,
+        r: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Res<AuthRoleRevokePermissionResponse> {
+        as_caller!(self, r, |who, req| self
+            .svc
+            .role_revoke_permission(who, req))
     }
 }
 
 #[tonic::async_trait]
 impl Lock for Grpc {
     async fn lock(&self, r: Request<LockRequest>) -> Res<LockResponse> {
-        recipes::lock(&self.svc, r.into_inner())
+        let who = self.who(&r)?;
+        recipes::lock(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn unlock(&self, r: Request<UnlockRequest>) -> Res<UnlockResponse> {
-        recipes::unlock(&self.svc, r.into_inner())
+        let who = self.who(&r)?;
+        recipes::unlock(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
     }
@@ -392,22 +438,26 @@ impl Election for Grpc {
     type ObserveStream = BoxStream<LeaderResponse>;
 
     async fn campaign(&self, r: Request<CampaignRequest>) -> Res<CampaignResponse> {
-        recipes::campaign(&self.svc, r.into_inner())
+        let who = self.who(&r)?;
+        recipes::campaign(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn proclaim(&self, r: Request<ProclaimRequest>) -> Res<ProclaimResponse> {
-        recipes::proclaim(&self.svc, r.into_inner())
+        let who = self.who(&r)?;
+        recipes::proclaim(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
     }
     async fn leader(&self, r: Request<LeaderRequest>) -> Res<LeaderResponse> {
-        recipes::leader(&self.svc, r.into_inner())
+        let who = self.who(&r)?;
+        recipes::leader(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
     }
     /// A stream of leaders and proclamations; ends when the client goes away.
     async fn observe(&self, r: Request<LeaderRequest>) -> Res<Self::ObserveStream> {
+        let who = self.who(&r)?;
         let (tx, rx) = mpsc::channel(16);
         let (svc, req) = (self.svc.clone(), r.into_inner());
         tokio::spawn(async move {
@@ -415,13 +465,14 @@ impl Election for Grpc {
             let gone = tx.clone();
             tokio::select! {
                 _ = gone.closed() => {}
-                _ = recipes::observe(svc, req, tx) => {}
+                _ = recipes::observe(svc, who, req, tx) => {}
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
     async fn resign(&self, r: Request<ResignRequest>) -> Res<ResignResponse> {
-        recipes::resign(&self.svc, r.into_inner())
+        let who = self.who(&r)?;
+        recipes::resign(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
     }

@@ -25,9 +25,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::LazyLock;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use futures::{Stream, StreamExt};
@@ -38,10 +39,12 @@ use tonic::{Code, Status};
 use etch_protocol::etcdserverpb::{RangeRequest, WatchRequest};
 
 use crate::api::grpc::Grpc;
+use crate::api::grpc::generated::auth_server::Auth;
 use crate::api::grpc::generated::{
     cluster_server::Cluster, kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance,
 };
 use crate::api::grpc::generated::{election::election_server::Election, lock::lock_server::Lock};
+use crate::api::tls::PeerIdentity;
 use crate::api::{WatchStream, serve_keep_alive, until_error};
 use crate::config::ETCD_API_VERSION;
 
@@ -140,20 +143,41 @@ async fn not_found(req: axum::extract::Request) -> Response {
     r
 }
 
+/// The TLS client's identity, when the connection has one.
+type Peer = Option<Extension<PeerIdentity>>;
+
+/// The gRPC request the gateway hands to the service: the JSON body's message, the token of
+/// the `Authorization` header (grpc-gateway maps it to `authorization` metadata, which etcd
+/// accepts as the token) and the TLS client's identity.
+fn grpc_request<T>(headers: &HeaderMap, peer: Peer, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        r.metadata_mut().insert("authorization", v);
+    }
+    if let Some(Extension(p)) = peer {
+        r.extensions_mut().insert(p);
+    }
+    r
+}
+
 /// Adds one unary method: `path` answers `call(grpc, request)`.
 macro_rules! unary {
     ($r:ident, $grpc:ident, $path:expr, $req:literal => $resp:literal, $call:expr) => {{
         let g = $grpc.clone();
         $r = $r.route(
             &$path,
-            post(move |body: Bytes| {
+            post(move |headers: HeaderMap, peer: Peer, body: Bytes| {
                 let g = g.clone();
                 async move {
                     match decode_json(concat!("etcdserverpb.", $req), &body) {
                         Err(e) => error_response(e),
                         Ok(req) => {
                             let call: fn(Grpc, _) -> BoxFuture<Result<_, Status>> = $call;
-                            match call(g, req).await {
+                            match call(g, grpc_request(&headers, peer, req)).await {
                                 Ok(resp) => json_response(concat!("etcdserverpb.", $resp), &resp),
                                 Err(e) => error_response(e),
                             }
@@ -166,12 +190,9 @@ macro_rules! unary {
 }
 
 fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
-    use tonic::Request as Rq;
     macro_rules! call {
         ($trait:ident :: $m:ident) => {
-            |g: Grpc, req| {
-                Box::pin(async move { $trait::$m(&g, Rq::new(req)).await.map(|r| r.into_inner()) })
-            }
+            |g: Grpc, rq| Box::pin(async move { $trait::$m(&g, rq).await.map(|r| r.into_inner()) })
         };
     }
     // KV.
@@ -207,17 +228,39 @@ fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
     unary!(r, grpc, format!("{p}/maintenance/defragment"), "DefragmentRequest" => "DefragmentResponse", call!(Maintenance::defragment));
     unary!(r, grpc, format!("{p}/maintenance/hash"), "HashKVRequest" => "HashKVResponse", call!(Maintenance::hash_kv));
     unary!(r, grpc, format!("{p}/maintenance/transfer-leadership"), "MoveLeaderRequest" => "MoveLeaderResponse", call!(Maintenance::move_leader));
+    // Auth.
+    unary!(r, grpc, format!("{p}/auth/enable"), "AuthEnableRequest" => "AuthEnableResponse", call!(Auth::auth_enable));
+    unary!(r, grpc, format!("{p}/auth/disable"), "AuthDisableRequest" => "AuthDisableResponse", call!(Auth::auth_disable));
+    unary!(r, grpc, format!("{p}/auth/status"), "AuthStatusRequest" => "AuthStatusResponse", call!(Auth::auth_status));
+    unary!(r, grpc, format!("{p}/auth/authenticate"), "AuthenticateRequest" => "AuthenticateResponse", call!(Auth::authenticate));
+    unary!(r, grpc, format!("{p}/auth/user/add"), "AuthUserAddRequest" => "AuthUserAddResponse", call!(Auth::user_add));
+    unary!(r, grpc, format!("{p}/auth/user/get"), "AuthUserGetRequest" => "AuthUserGetResponse", call!(Auth::user_get));
+    unary!(r, grpc, format!("{p}/auth/user/list"), "AuthUserListRequest" => "AuthUserListResponse", call!(Auth::user_list));
+    unary!(r, grpc, format!("{p}/auth/user/delete"), "AuthUserDeleteRequest" => "AuthUserDeleteResponse", call!(Auth::user_delete));
+    unary!(r, grpc, format!("{p}/auth/user/changepw"), "AuthUserChangePasswordRequest" => "AuthUserChangePasswordResponse", call!(Auth::user_change_password));
+    unary!(r, grpc, format!("{p}/auth/user/grant"), "AuthUserGrantRoleRequest" => "AuthUserGrantRoleResponse", call!(Auth::user_grant_role));
+    unary!(r, grpc, format!("{p}/auth/user/revoke"), "AuthUserRevokeRoleRequest" => "AuthUserRevokeRoleResponse", call!(Auth::user_revoke_role));
+    unary!(r, grpc, format!("{p}/auth/role/add"), "AuthRoleAddRequest" => "AuthRoleAddResponse", call!(Auth::role_add));
+    unary!(r, grpc, format!("{p}/auth/role/get"), "AuthRoleGetRequest" => "AuthRoleGetResponse", call!(Auth::role_get));
+    unary!(r, grpc, format!("{p}/auth/role/list"), "AuthRoleListRequest" => "AuthRoleListResponse", call!(Auth::role_list));
+    unary!(r, grpc, format!("{p}/auth/role/delete"), "AuthRoleDeleteRequest" => "AuthRoleDeleteResponse", call!(Auth::role_delete));
+    unary!(r, grpc, format!("{p}/auth/role/grant"), "AuthRoleGrantPermissionRequest" => "AuthRoleGrantPermissionResponse", call!(Auth::role_grant_permission));
+    unary!(r, grpc, format!("{p}/auth/role/revoke"), "AuthRoleRevokePermissionRequest" => "AuthRoleRevokePermissionResponse", call!(Auth::role_revoke_permission));
     // Lock and Election: their messages live in their own packages.
     r = lock_election_routes(r, p, grpc);
     // Streams.
     let g = grpc.clone();
     r = r.route(
         &format!("{p}/watch"),
-        post(move |body: Body| {
-            let svc = g.service();
+        post(move |headers: HeaderMap, peer: Peer, body: Body| {
+            let (svc, who) = (g.service(), g.who(&grpc_request(&headers, peer, ())));
             async move {
+                let who = match who {
+                    Ok(w) => w,
+                    Err(e) => return error_response(e),
+                };
                 let inbound = json_requests::<WatchRequest>("etcdserverpb.WatchRequest", body);
-                let out = WatchStream::serve(svc, until_error(inbound));
+                let out = WatchStream::serve(svc, who, until_error(inbound));
                 stream_response("etcdserverpb.WatchResponse", out.map(Ok))
             }
         }),
@@ -225,9 +268,12 @@ fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
     let g = grpc.clone();
     r = r.route(
         &format!("{p}/lease/keepalive"),
-        post(move |body: Body| {
-            let svc = g.service();
+        post(move |headers: HeaderMap, peer: Peer, body: Body| {
+            let (svc, who) = (g.service(), g.who(&grpc_request(&headers, peer, ())));
             async move {
+                if let Err(e) = who {
+                    return error_response(e);
+                }
                 let inbound = json_requests("etcdserverpb.LeaseKeepAliveRequest", body);
                 let out = serve_keep_alive(svc, until_error(inbound));
                 stream_response("etcdserverpb.LeaseKeepAliveResponse", out)
@@ -237,14 +283,14 @@ fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
     let g = grpc.clone();
     r.route(
         &format!("{p}/election/observe"),
-        post(move |body: Bytes| {
+        post(move |headers: HeaderMap, peer: Peer, body: Bytes| {
             let g = g.clone();
             async move {
                 let req = match decode_json("v3electionpb.LeaderRequest", &body) {
                     Ok(req) => req,
                     Err(e) => return error_response(e),
                 };
-                match Election::observe(&g, tonic::Request::new(req)).await {
+                match Election::observe(&g, grpc_request(&headers, peer, req)).await {
                     Ok(s) => stream_response("v3electionpb.LeaderResponse", s.into_inner()),
                     Err(e) => error_response(e),
                 }
@@ -260,15 +306,17 @@ fn lock_election_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
             let g = grpc.clone();
             r = r.route(
                 &format!("{p}{}", $path),
-                post(move |body: Bytes| {
+                post(move |headers: HeaderMap, peer: Peer, body: Bytes| {
                     let g = g.clone();
                     async move {
                         match decode_json($req, &body) {
                             Err(e) => error_response(e),
-                            Ok(req) => match $trait::$m(&g, tonic::Request::new(req)).await {
-                                Ok(resp) => json_response($resp, resp.get_ref()),
-                                Err(e) => error_response(e),
-                            },
+                            Ok(req) => {
+                                match $trait::$m(&g, grpc_request(&headers, peer, req)).await {
+                                    Ok(resp) => json_response($resp, resp.get_ref()),
+                                    Err(e) => error_response(e),
+                                }
+                            }
                         }
                     }
                 }),
@@ -329,9 +377,19 @@ async fn health_reason(grpc: &Grpc, uri: &axum::http::Uri) -> Option<String> {
         serializable,
         ..Default::default()
     };
-    svc.range(probe)
+    // With auth enabled the anonymous probe is refused: that still proves the member serves
+    // (etcd v3.5 counts "user name is empty" and "permission denied" as healthy too).
+    let refused = |e: &crate::error::ApiError| {
+        use etch_storage::mvcc::RequestError as R;
+        matches!(
+            e,
+            crate::error::ApiError::Request(R::UserEmpty | R::PermissionDenied)
+        )
+    };
+    svc.range(&crate::service::AuthInfo::default(), probe)
         .await
         .err()
+        .filter(|e| !refused(e))
         .map(|e| format!("RANGE ERROR:{}", crate::api::errors::status_of(&e).1))
 }
 

@@ -7,6 +7,7 @@ pub mod grpc_metrics;
 pub mod http;
 pub mod native;
 pub mod recipes;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -15,8 +16,8 @@ use etch_protocol::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, WatchRequest, WatchResponse,
 };
 
-use crate::service::Service;
-use crate::watch::{CancelWatch, CreateWatch, RequestProgress, StreamKey, StreamSink};
+use crate::service::{AuthInfo, Service};
+use crate::watch::{CancelWatch, CreateWatch, RequestProgress, Sink, StreamKey, StreamSink};
 
 /// Connection ids, for naming watch streams (connection, stream id), shared by all front ends.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -28,11 +29,14 @@ pub(crate) fn next_connection_id() -> u64 {
 
 /// Routes one WatchRequest of `stream` to the watch actor (create, cancel or progress), in
 /// order: the caller awaits each before reading the next, so a cancel never overtakes its create.
+/// A create `who` may not read is answered, as etcd does, with a response that is created and
+/// canceled at once (watch ID -1, cancel reason `etcdserver: permission denied`).
 ///
 /// # Errors
 /// The watch actor is gone (shutdown).
 pub(crate) async fn route_watch_request(
     service: &Service,
+    who: &AuthInfo,
     stream: StreamKey,
     sink: &StreamSink,
     req: WatchRequest,
@@ -40,6 +44,18 @@ pub(crate) async fn route_watch_request(
     let watch = service.watch();
     match req.request_union {
         Some(RequestUnion::CreateRequest(create)) => {
+            if let Err(e) = service.check_read(who, &create.key, &create.range_end) {
+                let (_, reason) = errors::status_of(&e);
+                sink.try_send(WatchResponse {
+                    header: service.local_header(),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason.to_owned(),
+                    ..Default::default()
+                });
+                return Ok(());
+            }
             watch
                 .send(CreateWatch {
                     stream,
@@ -94,26 +110,28 @@ impl WatchStream {
         }
     }
 
-    /// A stream with one watcher for `req` (the server watching for itself).
+    /// A stream with one watcher for `req`, created as `who` (the server watching on a
+    /// client's behalf).
     ///
     /// # Errors
     /// The watch actor is gone (shutdown).
     pub(crate) async fn open(
         service: &Service,
+        who: &AuthInfo,
         req: etch_protocol::etcdserverpb::WatchCreateRequest,
     ) -> Result<WatchStream, actix::MailboxError> {
         let w = WatchStream::new(service);
         let create = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(req)),
         };
-        route_watch_request(service, (w.conn, 0), &w.sink, create).await?;
+        route_watch_request(service, who, (w.conn, 0), &w.sink, create).await?;
         Ok(w)
     }
 
     /// A stream driven by a client: each request of `inbound` goes to the watch actor in
     /// order (a task of its own). The end of `inbound` does not end the stream: as in etcd,
     /// events keep coming after the client half-closes.
-    pub(crate) fn serve<S>(service: Arc<Service>, mut inbound: S) -> WatchStream
+    pub(crate) fn serve<S>(service: Arc<Service>, who: AuthInfo, mut inbound: S) -> WatchStream
     where
         S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
     {
@@ -121,7 +139,7 @@ impl WatchStream {
         let (key, sink) = ((w.conn, 0), w.sink.clone());
         tokio::spawn(async move {
             while let Some(req) = futures::StreamExt::next(&mut inbound).await {
-                if route_watch_request(&service, key, &sink, req)
+                if route_watch_request(&service, &who, key, &sink, req)
                     .await
                     .is_err()
                 {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::task::TaskTracker;
@@ -26,8 +26,35 @@ use etch_protocol::etcdserverpb::{WatchRequest, WatchResponse};
 
 use crate::api::errors::status_of;
 use crate::error::ApiError;
-use crate::service::Service;
+use crate::service::{AuthInfo, Service};
 use crate::watch::{CloseConnection, StreamSink};
+
+/// Who a connection speaks for: the token of its last successful Authenticate, else the
+/// Common Name of its verified TLS client certificate (etcd's order).
+#[derive(Debug, Default)]
+pub(crate) struct ConnIdentity {
+    token: std::sync::Mutex<Option<String>>,
+    cert_cn: Option<String>,
+}
+
+impl ConnIdentity {
+    /// An identity from the TLS client certificate's Common Name, if any.
+    pub(crate) fn new(cert_cn: Option<String>) -> ConnIdentity {
+        ConnIdentity {
+            token: std::sync::Mutex::default(),
+            cert_cn,
+        }
+    }
+
+    fn who(&self, svc: &Service) -> Result<AuthInfo, ApiError> {
+        let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        svc.identify(token.as_deref(), self.cert_cn.as_deref())
+    }
+
+    fn set_token(&self, t: String) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+    }
+}
 
 /// Requests served at once per connection; more wait (backpressure on the client).
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
@@ -36,15 +63,35 @@ pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 const WRITE_QUEUE_FRAMES: usize = 1024;
 
 /// Accepts connections on `listener` until `shutdown` turns true; each connection and each
-/// request runs on `tracker`, so shutdown can wait for in-flight work.
+/// request runs on `tracker`, so shutdown can wait for in-flight work. With `tls`, every
+/// connection is TLS first (the client URLs' configuration, ALPN `etch`); a verified client
+/// certificate's Common Name is the connection's user until it authenticates.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<Service>,
     max_frame_bytes: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: watch::Receiver<bool>,
     tracker: TaskTracker,
 ) {
     let mut stop = shutdown.clone();
+    if let Some(cfg) = tls {
+        let mut incoming = crate::api::tls::accept(listener, cfg);
+        loop {
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                c = incoming.recv() => match c {
+                    Some(Ok(conn)) => {
+                        let id = ConnIdentity::new(conn.identity().common_name.clone());
+                        let t = tracker.clone();
+                        tracker.spawn(connection(conn, id, service.clone(), max_frame_bytes, shutdown.clone(), t));
+                    }
+                    Some(Err(_)) => {}
+                    None => return,
+                }
+            }
+        }
+    }
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return,
@@ -53,7 +100,7 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     tracing::debug!(%peer, "native connection");
                     let t = tracker.clone();
-                    tracker.spawn(connection(stream, service.clone(), max_frame_bytes, shutdown.clone(), t));
+                    tracker.spawn(connection(stream, ConnIdentity::default(), service.clone(), max_frame_bytes, shutdown.clone(), t));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -79,13 +126,16 @@ fn error_frame(id: u64, code: Code, message: impl Into<String>) -> Frame {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
+    identity: ConnIdentity,
     service: Arc<Service>,
     max_frame_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
     tracker: TaskTracker,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     /// Counts the connection in `etch_native_connections` while it lives.
     struct Open;
     impl Drop for Open {
@@ -95,7 +145,7 @@ async fn connection(
     }
     metrics::gauge!(crate::metrics::NATIVE_CONNECTIONS).increment(1.0);
     let _open = Open;
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, frame::codec(max_frame_bytes));
     let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);
     let writer = tokio::spawn(async move {
@@ -170,6 +220,7 @@ async fn connection(
         }
     }
 
+    let identity = Arc::new(identity);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let conn_id = crate::api::next_connection_id();
     let mut watch_streams: HashMap<u64, StreamSink> = HashMap::new();
@@ -203,15 +254,16 @@ async fn connection(
         };
         if let Some(Body::Watch(req)) = f.body {
             // Watch requests are handled in order, here: a cancel must not overtake its create.
-            watch_request(&service, conn_id, f.id, req, &mut watch_streams, &tx).await;
+            let who = identity.who(&service);
+            watch_request(&service, who, conn_id, f.id, req, &mut watch_streams, &tx).await;
             continue;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (svc, tx) = (service.clone(), tx.clone());
+        let (svc, tx, identity) = (service.clone(), tx.clone(), identity.clone());
         tracker.spawn(async move {
-            let resp = handle(&svc, f).await;
+            let resp = handle(&svc, &identity, f).await;
             let _ = tx.send(frame::encode_payload(&resp)).await;
             drop(permit);
         });
@@ -229,6 +281,7 @@ async fn connection(
 /// its responses go through a bounded channel (the stream's buffer) to this connection.
 async fn watch_request(
     service: &Arc<Service>,
+    who: Result<AuthInfo, ApiError>,
     conn_id: u64,
     id: u64,
     req: WatchRequest,
@@ -260,7 +313,17 @@ async fn watch_request(
             StreamSink::new(stx, service.state_arc())
         })
         .clone();
-    if crate::api::route_watch_request(service, (conn_id, id), &sink, req)
+    let who = match who {
+        Ok(w) => w,
+        Err(e) => {
+            let (code, msg) = status_of(&e);
+            let _ = tx
+                .send(frame::encode_payload(&error_frame(id, code, msg)))
+                .await;
+            return;
+        }
+    };
+    if crate::api::route_watch_request(service, &who, (conn_id, id), &sink, req)
         .await
         .is_err()
     {
@@ -275,7 +338,9 @@ async fn watch_request(
 /// time-to-live), never anything that could be forwarded again.
 pub(crate) async fn handle_forwarded(svc: &Service, f: Frame) -> Frame {
     match f.body {
-        Some(Body::LeaseKeepAlive(_)) | Some(Body::LeaseTimeToLive(_)) => handle(svc, f).await,
+        Some(Body::LeaseKeepAlive(_)) | Some(Body::LeaseTimeToLive(_)) => {
+            handle(svc, &ConnIdentity::default(), f).await
+        }
         _ => {
             let (code, msg) = status_of(&ApiError::Unimplemented);
             error_frame(f.id, code, msg)
@@ -283,31 +348,12 @@ pub(crate) async fn handle_forwarded(svc: &Service, f: Frame) -> Frame {
     }
 }
 
-/// Serves one request frame.
-async fn handle(svc: &Service, f: Frame) -> Frame {
+/// Serves one request frame for the connection's `identity`.
+async fn handle(svc: &Service, identity: &ConnIdentity, f: Frame) -> Frame {
     let id = f.id;
-    let result: Result<Body, ApiError> = match f.body {
-        Some(Body::Range(r)) => svc.range(r).await.map(Body::RangeResponse),
-        Some(Body::Put(r)) => svc.put(r).await.map(Body::PutResponse),
-        Some(Body::DeleteRange(r)) => svc.delete_range(r).await.map(Body::DeleteRangeResponse),
-        Some(Body::Txn(r)) => svc.txn(r).await.map(Body::TxnResponse),
-        Some(Body::Compact(r)) => svc.compact(r).await.map(Body::CompactResponse),
-        Some(Body::Status(_)) => Ok(Body::StatusResponse(svc.status())),
-        Some(Body::LeaseGrant(r)) => svc.lease_grant(r).await.map(Body::LeaseGrantResponse),
-        Some(Body::LeaseRevoke(r)) => svc.lease_revoke(r).await.map(Body::LeaseRevokeResponse),
-        Some(Body::LeaseKeepAlive(r)) => svc
-            .lease_keep_alive(r)
-            .await
-            .map(Body::LeaseKeepAliveResponse),
-        Some(Body::LeaseTimeToLive(r)) => svc
-            .lease_time_to_live(r)
-            .await
-            .map(Body::LeaseTimeToLiveResponse),
-        Some(Body::LeaseLeases(_)) => svc.lease_leases().await.map(Body::LeaseLeasesResponse),
-        Some(Body::Hello(_)) => {
-            return error_frame(id, Code::FailedPrecondition, "etch: Hello already received");
-        }
-        _ => Err(ApiError::Unimplemented),
+    let result = match identity.who(svc) {
+        Ok(who) => serve_request(svc, identity, &who, f.body).await,
+        Err(e) => Err(e),
     };
     match result {
         Ok(body) => Frame {
@@ -319,4 +365,64 @@ async fn handle(svc: &Service, f: Frame) -> Frame {
             error_frame(id, code, msg)
         }
     }
+}
+
+async fn serve_request(
+    svc: &Service,
+    identity: &ConnIdentity,
+    who: &AuthInfo,
+    body: Option<Body>,
+) -> Result<Body, ApiError> {
+    Ok(match body {
+        Some(Body::Range(r)) => Body::RangeResponse(svc.range(who, r).await?),
+        Some(Body::Put(r)) => Body::PutResponse(svc.put(who, r).await?),
+        Some(Body::DeleteRange(r)) => Body::DeleteRangeResponse(svc.delete_range(who, r).await?),
+        Some(Body::Txn(r)) => Body::TxnResponse(svc.txn(who, r).await?),
+        Some(Body::Compact(r)) => Body::CompactResponse(svc.compact(who, r).await?),
+        Some(Body::Status(_)) => Body::StatusResponse(svc.status()),
+        Some(Body::LeaseGrant(r)) => Body::LeaseGrantResponse(svc.lease_grant(who, r).await?),
+        Some(Body::LeaseRevoke(r)) => {
+            Body::LeaseRevokeResponse(svc.lease_revoke(Some(who), r).await?)
+        }
+        Some(Body::LeaseKeepAlive(r)) => {
+            Body::LeaseKeepAliveResponse(svc.lease_keep_alive(r).await?)
+        }
+        Some(Body::LeaseTimeToLive(r)) => {
+            Body::LeaseTimeToLiveResponse(svc.lease_time_to_live(r).await?)
+        }
+        Some(Body::LeaseLeases(_)) => Body::LeaseLeasesResponse(svc.lease_leases().await?),
+        Some(Body::AuthEnable(_)) => Body::AuthEnableResponse(svc.auth_enable(who).await?),
+        Some(Body::AuthDisable(_)) => Body::AuthDisableResponse(svc.auth_disable(who).await?),
+        Some(Body::AuthStatus(_)) => Body::AuthStatusResponse(svc.auth_status().await?),
+        Some(Body::Authenticate(r)) => {
+            let resp = svc.authenticate(r).await?;
+            identity.set_token(resp.token.clone());
+            Body::AuthenticateResponse(resp)
+        }
+        Some(Body::UserAdd(r)) => Body::UserAddResponse(svc.user_add(who, r).await?),
+        Some(Body::UserGet(r)) => Body::UserGetResponse(svc.user_get(who, r).await?),
+        Some(Body::UserList(_)) => Body::UserListResponse(svc.user_list(who).await?),
+        Some(Body::UserDelete(r)) => Body::UserDeleteResponse(svc.user_delete(who, r).await?),
+        Some(Body::UserChangePassword(r)) => {
+            Body::UserChangePasswordResponse(svc.user_change_password(who, r).await?)
+        }
+        Some(Body::UserGrantRole(r)) => {
+            Body::UserGrantRoleResponse(svc.user_grant_role(who, r).await?)
+        }
+        Some(Body::UserRevokeRole(r)) => {
+            Body::UserRevokeRoleResponse(svc.user_revoke_role(who, r).await?)
+        }
+        Some(Body::RoleAdd(r)) => Body::RoleAddResponse(svc.role_add(who, r).await?),
+        Some(Body::RoleGet(r)) => Body::RoleGetResponse(svc.role_get(who, r).await?),
+        Some(Body::RoleList(_)) => Body::RoleListResponse(svc.role_list(who).await?),
+        Some(Body::RoleDelete(r)) => Body::RoleDeleteResponse(svc.role_delete(who, r).await?),
+        Some(Body::RoleGrantPermission(r)) => {
+            Body::RoleGrantPermissionResponse(svc.role_grant_permission(who, r).await?)
+        }
+        Some(Body::RoleRevokePermission(r)) => {
+            Body::RoleRevokePermissionResponse(svc.role_revoke_permission(who, r).await?)
+        }
+        Some(Body::Hello(_)) => return Err(ApiError::HelloRepeated),
+        _ => return Err(ApiError::Unimplemented),
+    })
 }

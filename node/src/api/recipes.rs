@@ -39,7 +39,7 @@ use etch_protocol::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockRe
 
 use crate::api::WatchStream;
 use crate::api::errors::to_status;
-use crate::service::Service;
+use crate::service::{AuthInfo, Service};
 
 type R<T> = Result<T, Status>;
 
@@ -61,17 +61,20 @@ const ERR_LOST_WATCHER: &str = "lost watcher waiting for delete";
 /// # Errors
 /// Store and consensus errors (etcd's codes), `mutex: session is expired` when the lease ended
 /// while waiting.
-pub async fn lock(svc: &Arc<Service>, req: LockRequest) -> R<LockResponse> {
-    let lease = session_lease(svc, req.lease).await?;
+pub async fn lock(svc: &Arc<Service>, who: &AuthInfo, req: LockRequest) -> R<LockResponse> {
+    let lease = session_lease(svc, who, req.lease).await?;
     let pfx = with_slash(&req.name);
     let my_key = member_key(&pfx, lease);
     let get_owner = range_op(first_created(&pfx));
     let resp = svc
-        .txn(TxnRequest {
-            compare: vec![create_revision_is(&my_key, 0)],
-            success: vec![put_op(&my_key, Bytes::new(), lease), get_owner.clone()],
-            failure: vec![range_op(key_only(&my_key)), get_owner],
-        })
+        .txn(
+            who,
+            TxnRequest {
+                compare: vec![create_revision_is(&my_key, 0)],
+                success: vec![put_op(&my_key, Bytes::new(), lease), get_owner.clone()],
+                failure: vec![range_op(key_only(&my_key)), get_owner],
+            },
+        )
         .await
         .map_err(to_status)?;
     let my_rev = if resp.succeeded {
@@ -86,12 +89,12 @@ pub async fn lock(svc: &Arc<Service>, req: LockRequest) -> R<LockResponse> {
             key: my_key,
         });
     }
-    let guard = DeleteOnDrop::new(svc, my_key.clone());
-    if let Err(e) = wait_deletes(svc, &pfx, my_rev - 1).await {
+    let guard = DeleteOnDrop::new(svc, who, my_key.clone());
+    if let Err(e) = wait_deletes(svc, who, &pfx, my_rev - 1).await {
         drop(guard);
         return Err(e);
     }
-    let mine = svc.range(key_only(&my_key)).await.map_err(to_status)?;
+    let mine = svc.range(who, key_only(&my_key)).await.map_err(to_status)?;
     if mine.kvs.is_empty() {
         guard.disarm();
         return Err(Status::unknown(ERR_SESSION_EXPIRED));
@@ -107,12 +110,15 @@ pub async fn lock(svc: &Arc<Service>, req: LockRequest) -> R<LockResponse> {
 ///
 /// # Errors
 /// Store and consensus errors.
-pub async fn unlock(svc: &Service, req: UnlockRequest) -> R<UnlockResponse> {
+pub async fn unlock(svc: &Service, who: &AuthInfo, req: UnlockRequest) -> R<UnlockResponse> {
     let resp = svc
-        .delete_range(DeleteRangeRequest {
-            key: req.key,
-            ..Default::default()
-        })
+        .delete_range(
+            who,
+            DeleteRangeRequest {
+                key: req.key,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(to_status)?;
     Ok(UnlockResponse {
@@ -126,16 +132,23 @@ pub async fn unlock(svc: &Service, req: UnlockRequest) -> R<UnlockResponse> {
 ///
 /// # Errors
 /// Store and consensus errors; `election: not leader` if the candidacy vanished.
-pub async fn campaign(svc: &Arc<Service>, req: CampaignRequest) -> R<CampaignResponse> {
-    let lease = session_lease(svc, req.lease).await?;
+pub async fn campaign(
+    svc: &Arc<Service>,
+    who: &AuthInfo,
+    req: CampaignRequest,
+) -> R<CampaignResponse> {
+    let lease = session_lease(svc, who, req.lease).await?;
     let pfx = with_slash(&req.name);
     let key = member_key(&pfx, lease);
     let resp = svc
-        .txn(TxnRequest {
-            compare: vec![create_revision_is(&key, 0)],
-            success: vec![put_op(&key, req.value.clone(), lease)],
-            failure: vec![range_op(key_only(&key))],
-        })
+        .txn(
+            who,
+            TxnRequest {
+                compare: vec![create_revision_is(&key, 0)],
+                success: vec![put_op(&key, req.value.clone(), lease)],
+                failure: vec![range_op(key_only(&key))],
+            },
+        )
         .await
         .map_err(to_status)?;
     let mut leader = LeaderKey {
@@ -144,18 +157,18 @@ pub async fn campaign(svc: &Arc<Service>, req: CampaignRequest) -> R<CampaignRes
         rev: header_revision(&resp.header),
         lease,
     };
-    let guard = DeleteOnDrop::new(svc, key.clone());
+    let guard = DeleteOnDrop::new(svc, who, key.clone());
     if !resp.succeeded {
         let kv = first_kv(&resp, 0).cloned().unwrap_or_default();
         leader.rev = kv.create_revision;
         if kv.value != req.value
-            && let Err(e) = proclaim_value(svc, &leader, req.value.clone()).await
+            && let Err(e) = proclaim_value(svc, who, &leader, req.value.clone()).await
         {
             drop(guard);
             return Err(e);
         }
     }
-    if let Err(e) = wait_deletes(svc, &pfx, leader.rev - 1).await {
+    if let Err(e) = wait_deletes(svc, who, &pfx, leader.rev - 1).await {
         drop(guard);
         return Err(e);
     }
@@ -171,11 +184,11 @@ pub async fn campaign(svc: &Arc<Service>, req: CampaignRequest) -> R<CampaignRes
 /// # Errors
 /// `"leader" field must be provided`; `election: not leader` when `leader` no longer holds
 /// the election; store and consensus errors.
-pub async fn proclaim(svc: &Service, req: ProclaimRequest) -> R<ProclaimResponse> {
+pub async fn proclaim(svc: &Service, who: &AuthInfo, req: ProclaimRequest) -> R<ProclaimResponse> {
     let leader = req
         .leader
         .ok_or_else(|| Status::unknown(ERR_MISSING_LEADER_KEY))?;
-    let header = proclaim_value(svc, &leader, req.value).await?;
+    let header = proclaim_value(svc, who, &leader, req.value).await?;
     Ok(ProclaimResponse { header })
 }
 
@@ -183,9 +196,9 @@ pub async fn proclaim(svc: &Service, req: ProclaimRequest) -> R<ProclaimResponse
 ///
 /// # Errors
 /// `election: no leader` when nobody campaigns; store and consensus errors.
-pub async fn leader(svc: &Service, req: LeaderRequest) -> R<LeaderResponse> {
+pub async fn leader(svc: &Service, who: &AuthInfo, req: LeaderRequest) -> R<LeaderResponse> {
     let resp = svc
-        .range(first_created(&with_slash(&req.name)))
+        .range(who, first_created(&with_slash(&req.name)))
         .await
         .map_err(to_status)?;
     let kv = resp
@@ -204,21 +217,24 @@ pub async fn leader(svc: &Service, req: LeaderRequest) -> R<LeaderResponse> {
 ///
 /// # Errors
 /// `"leader" field must be provided`; store and consensus errors.
-pub async fn resign(svc: &Service, req: ResignRequest) -> R<ResignResponse> {
+pub async fn resign(svc: &Service, who: &AuthInfo, req: ResignRequest) -> R<ResignResponse> {
     let leader = req
         .leader
         .ok_or_else(|| Status::unknown(ERR_MISSING_LEADER_KEY))?;
     let resp = svc
-        .txn(TxnRequest {
-            compare: vec![create_revision_is(&leader.key, leader.rev)],
-            success: vec![RequestOp {
-                request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
-                    key: leader.key,
-                    ..Default::default()
-                })),
-            }],
-            failure: vec![],
-        })
+        .txn(
+            who,
+            TxnRequest {
+                compare: vec![create_revision_is(&leader.key, leader.rev)],
+                success: vec![RequestOp {
+                    request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                        key: leader.key,
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![],
+            },
+        )
         .await
         .map_err(to_status)?;
     Ok(ResignResponse {
@@ -228,10 +244,16 @@ pub async fn resign(svc: &Service, req: ResignRequest) -> R<ResignResponse> {
 
 /// Observe: every leader and every value a leader proclaims, in order, into `tx` until the
 /// receiver is dropped or the store fails (etcd `Election.Observe`).
-pub async fn observe(svc: Arc<Service>, req: LeaderRequest, tx: mpsc::Sender<R<LeaderResponse>>) {
+pub async fn observe(
+    svc: Arc<Service>,
+    who: AuthInfo,
+    req: LeaderRequest,
+    tx: mpsc::Sender<R<LeaderResponse>>,
+) {
+    let who = &who;
     let pfx = with_slash(&req.name);
     loop {
-        let resp = match svc.range(first_created(&pfx)).await {
+        let resp = match svc.range(who, first_created(&pfx)).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.send(Err(to_status(e))).await;
@@ -242,7 +264,7 @@ pub async fn observe(svc: Arc<Service>, req: LeaderRequest, tx: mpsc::Sender<R<L
             Some(kv) => (resp.header.unwrap_or_default(), kv),
             None => {
                 // Wait for the first candidate's put.
-                let Some((h, kv)) = first_put(&svc, &pfx, header_revision(&resp.header)).await
+                let Some((h, kv)) = first_put(&svc, who, &pfx, header_revision(&resp.header)).await
                 else {
                     return;
                 };
@@ -263,6 +285,7 @@ pub async fn observe(svc: Arc<Service>, req: LeaderRequest, tx: mpsc::Sender<R<L
         // Follow this leader's key until it is deleted: each put is a proclamation.
         let Ok(mut w) = WatchStream::open(
             &svc,
+            who,
             WatchCreateRequest {
                 key: kv.key.clone(),
                 start_revision: header.revision + 1,
@@ -296,9 +319,15 @@ pub async fn observe(svc: Arc<Service>, req: LeaderRequest, tx: mpsc::Sender<R<L
 
 /// The first put under `pfx` from revision `rev` on, with the header's revision set to that
 /// put's (etcd's observe does the same); `None` if the watch ends first.
-async fn first_put(svc: &Service, pfx: &Bytes, rev: i64) -> Option<(ResponseHeader, KeyValue)> {
+async fn first_put(
+    svc: &Service,
+    who: &AuthInfo,
+    pfx: &Bytes,
+    rev: i64,
+) -> Option<(ResponseHeader, KeyValue)> {
     let mut w = WatchStream::open(
         svc,
+        who,
         WatchCreateRequest {
             key: pfx.clone(),
             range_end: Bytes::from(prefix_end(pfx)),
@@ -326,15 +355,19 @@ async fn first_put(svc: &Service, pfx: &Bytes, rev: i64) -> Option<(ResponseHead
 
 async fn proclaim_value(
     svc: &Service,
+    who: &AuthInfo,
     leader: &LeaderKey,
     value: Bytes,
 ) -> R<Option<ResponseHeader>> {
     let resp = svc
-        .txn(TxnRequest {
-            compare: vec![create_revision_is(&leader.key, leader.rev)],
-            success: vec![put_op(&leader.key, value, leader.lease)],
-            failure: vec![],
-        })
+        .txn(
+            who,
+            TxnRequest {
+                compare: vec![create_revision_is(&leader.key, leader.rev)],
+                success: vec![put_op(&leader.key, value, leader.lease)],
+                failure: vec![],
+            },
+        )
         .await
         .map_err(to_status)?;
     if !resp.succeeded {
@@ -345,27 +378,31 @@ async fn proclaim_value(
 
 /// Waits until no key under `pfx` has a create revision <= `max_create_rev` (etcd
 /// `waitDeletes`): watches the newest such key for its deletion, then looks again.
-async fn wait_deletes(svc: &Service, pfx: &Bytes, max_create_rev: i64) -> R<()> {
+async fn wait_deletes(svc: &Service, who: &AuthInfo, pfx: &Bytes, max_create_rev: i64) -> R<()> {
     loop {
         let resp = svc
-            .range(RangeRequest {
-                max_create_revision: max_create_rev,
-                sort_order: SortOrder::Descend as i32,
-                ..first_created(pfx)
-            })
+            .range(
+                who,
+                RangeRequest {
+                    max_create_revision: max_create_rev,
+                    sort_order: SortOrder::Descend as i32,
+                    ..first_created(pfx)
+                },
+            )
             .await
             .map_err(to_status)?;
         let Some(kv) = resp.kvs.into_iter().next() else {
             return Ok(());
         };
-        wait_delete(svc, kv.key, header_revision(&resp.header)).await?;
+        wait_delete(svc, who, kv.key, header_revision(&resp.header)).await?;
     }
 }
 
 /// Waits for a delete of `key` at or after revision `rev` (etcd `waitDelete`).
-async fn wait_delete(svc: &Service, key: Bytes, rev: i64) -> R<()> {
+async fn wait_delete(svc: &Service, who: &AuthInfo, key: Bytes, rev: i64) -> R<()> {
     let mut w = WatchStream::open(
         svc,
+        who,
         WatchCreateRequest {
             key,
             start_revision: rev,
@@ -391,15 +428,18 @@ async fn wait_delete(svc: &Service, key: Bytes, rev: i64) -> R<()> {
 
 /// The request's lease, or a fresh [`DEFAULT_SESSION_TTL_SECONDS`] lease for 0 (etcd
 /// `concurrency.NewSession`).
-async fn session_lease(svc: &Service, lease: i64) -> R<i64> {
+async fn session_lease(svc: &Service, who: &AuthInfo, lease: i64) -> R<i64> {
     if lease != 0 {
         return Ok(lease);
     }
     let g = svc
-        .lease_grant(LeaseGrantRequest {
-            ttl: DEFAULT_SESSION_TTL_SECONDS,
-            id: 0,
-        })
+        .lease_grant(
+            who,
+            LeaseGrantRequest {
+                ttl: DEFAULT_SESSION_TTL_SECONDS,
+                id: 0,
+            },
+        )
         .await
         .map_err(to_status)?;
     Ok(g.id)
@@ -409,13 +449,15 @@ async fn session_lease(svc: &Service, lease: i64) -> R<i64> {
 /// leaves no key behind to block the others.
 struct DeleteOnDrop {
     svc: Arc<Service>,
+    who: AuthInfo,
     key: Option<Bytes>,
 }
 
 impl DeleteOnDrop {
-    fn new(svc: &Arc<Service>, key: Bytes) -> DeleteOnDrop {
+    fn new(svc: &Arc<Service>, who: &AuthInfo, key: Bytes) -> DeleteOnDrop {
         DeleteOnDrop {
             svc: svc.clone(),
+            who: who.clone(),
             key: Some(key),
         }
     }
@@ -428,13 +470,13 @@ impl DeleteOnDrop {
 impl Drop for DeleteOnDrop {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let svc = self.svc.clone();
+            let (svc, who) = (self.svc.clone(), self.who.clone());
             tokio::spawn(async move {
                 let req = DeleteRangeRequest {
                     key,
                     ..Default::default()
                 };
-                if let Err(e) = svc.delete_range(req).await {
+                if let Err(e) = svc.delete_range(&who, req).await {
                     tracing::warn!(error = %e, "cannot delete an abandoned lock/election key");
                 }
             });

@@ -12,7 +12,7 @@
 //! be reached, messages are dropped (raft retransmits) and the peer is reported unreachable to
 //! raft-rs, which then probes it gently. Connections are re-established with backoff.
 
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;

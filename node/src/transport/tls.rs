@@ -19,7 +19,7 @@ pub const PEER_ALPN: &[u8] = b"etch-peer/1";
 ///
 /// # Errors
 /// Unreadable files, no certificate, no key.
-pub(super) fn load_identity(
+pub(crate) fn load_identity(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> std::io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
@@ -42,7 +42,7 @@ pub(super) fn load_identity(
 ///
 /// # Errors
 /// Unreadable file, no usable certificate.
-pub(super) fn load_roots(ca: &std::path::Path) -> std::io::Result<rustls::RootCertStore> {
+pub(crate) fn load_roots(ca: &std::path::Path) -> std::io::Result<rustls::RootCertStore> {
     use rustls::pki_types::pem::PemObject;
     let bad = |e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", ca.display()));
     let mut roots = rustls::RootCertStore::empty();

@@ -19,8 +19,8 @@ use prost::Message;
 
 use etch_protocol::authpb::permission::Type as PermType;
 use etch_protocol::authpb::{Role, User};
-use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etcdserverpb::TxnRequest;
+use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etchpb::AuthInfo;
 use etch_protocol::etchpb::internal_request::Request;
 
@@ -138,13 +138,16 @@ impl AuthState {
             if k.as_ref() == ENABLED_KEY {
                 s.enabled = v.first() == Some(&1);
             } else if k.as_ref() == REVISION_KEY {
-                s.revision = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| bad("revision"))?);
+                s.revision =
+                    u64::from_be_bytes(v.as_ref().try_into().map_err(|_| bad("revision"))?);
             } else if let Some(name) = k.strip_prefix(USER_PREFIX) {
                 let u = User::decode(v.as_ref()).map_err(|_| bad("user"))?;
-                s.users.insert(String::from_utf8_lossy(name).into_owned(), u);
+                s.users
+                    .insert(String::from_utf8_lossy(name).into_owned(), u);
             } else if let Some(name) = k.strip_prefix(ROLE_PREFIX) {
                 let r = Role::decode(v.as_ref()).map_err(|_| bad("role"))?;
-                s.roles.insert(String::from_utf8_lossy(name).into_owned(), r);
+                s.roles
+                    .insert(String::from_utf8_lossy(name).into_owned(), r);
             }
         }
         Ok(s)
@@ -327,7 +330,6 @@ impl AuthState {
         s.revision += 1;
         s
     }
-
 }
 
 /// An auth change applied: the new state and the records to write (`None` = delete).
@@ -437,7 +439,10 @@ pub(super) fn apply(
             records.push((user_key(&r.name), None));
         }
         Request::UserChangePassword(r) => {
-            let u = next.users.get_mut(&r.name).ok_or(RequestError::UserNotFound)?;
+            let u = next
+                .users
+                .get_mut(&r.name)
+                .ok_or(RequestError::UserNotFound)?;
             u.password = r.hashed_password.as_bytes().to_vec().into();
             put_user(&mut records, &r.name, u);
         }
@@ -445,7 +450,10 @@ pub(super) fn apply(
             if r.role != ROOT && !cur.roles.contains_key(&r.role) {
                 return Err(RequestError::RoleNotFound);
             }
-            let u = next.users.get_mut(&r.user).ok_or(RequestError::UserNotFound)?;
+            let u = next
+                .users
+                .get_mut(&r.user)
+                .ok_or(RequestError::UserNotFound)?;
             if u.roles.contains(&r.role) {
                 return Ok((None, None));
             }
@@ -457,7 +465,10 @@ pub(super) fn apply(
             if cur.enabled && r.name == ROOT && r.role == ROOT {
                 return Err(RequestError::InvalidAuthMgmt);
             }
-            let u = next.users.get_mut(&r.name).ok_or(RequestError::UserNotFound)?;
+            let u = next
+                .users
+                .get_mut(&r.name)
+                .ok_or(RequestError::UserNotFound)?;
             let before = u.roles.len();
             u.roles.retain(|x| *x != r.role);
             if u.roles.len() == before {
@@ -497,7 +508,10 @@ pub(super) fn apply(
         }
         Request::RoleGrantPermission(r) => {
             let perm = r.perm.clone().ok_or(RequestError::PermissionNotGiven)?;
-            let role = next.roles.get_mut(&r.name).ok_or(RequestError::RoleNotFound)?;
+            let role = next
+                .roles
+                .get_mut(&r.name)
+                .ok_or(RequestError::RoleNotFound)?;
             match role
                 .key_permission
                 .iter_mut()
@@ -513,7 +527,10 @@ pub(super) fn apply(
             put_role(&mut records, &r.name, role);
         }
         Request::RoleRevokePermission(r) => {
-            let role = next.roles.get_mut(&r.role).ok_or(RequestError::RoleNotFound)?;
+            let role = next
+                .roles
+                .get_mut(&r.role)
+                .ok_or(RequestError::RoleNotFound)?;
             let before = role.key_permission.len();
             role.key_permission
                 .retain(|p| !(p.key == r.key && p.range_end == r.range_end));

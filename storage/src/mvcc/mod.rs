@@ -568,13 +568,13 @@ impl MvccStore {
             }
             Some(Request::Txn(t)) => {
                 let mut store_err = None;
-                let r = a.check_txn(who, t, &mut |lease| {
-                    match self.lease_keys_writable(&d, &a, who, lease) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            store_err = Some(e);
-                            Err(RequestError::PermissionDenied)
-                        }
+                let r = a.check_txn(who, t, &mut |lease| match self
+                    .lease_keys_writable(&d, &a, who, lease)
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        store_err = Some(e);
+                        Err(RequestError::PermissionDenied)
                     }
                 });
                 if let Some(e) = store_err {

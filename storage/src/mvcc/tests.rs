@@ -571,12 +571,15 @@ fn key_count_follows_puts_deletes_and_reopen() {
 #[test]
 fn auth_changes_apply_check_writes_and_persist() {
     use etch_protocol::authpb::{Permission, permission::Type};
-    use etch_protocol::etchpb::AuthInfo;
     use etch_protocol::etcdserverpb::*;
+    use etch_protocol::etchpb::AuthInfo;
     let mut t = T::new();
     let as_user = |t: &mut T, who: Option<&AuthInfo>, r: Request| {
         t.index += 1;
-        t.s.apply(t.index, 1, who, Some(&r)).unwrap().unwrap().response
+        t.s.apply(t.index, 1, who, Some(&r))
+            .unwrap()
+            .unwrap()
+            .response
     };
     let root = AuthInfo {
         username: "root".into(),

@@ -1,0 +1,415 @@
+//! TLS on the client listeners (gRPC/HTTP port and native port), with rustls: etcd's
+//! `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, `--auto-tls`,
+//! `--cipher-suites`, `--tls-min-version`, `--tls-max-version`.
+//!
+//! Certificates are reloaded when their files change (rotation without restart): every
+//! handshake compares the files' modification time, size and inode with those loaded, and
+//! reloads on a change (etcd reads its certificate files on each handshake too). A change that
+//! does not load (a half-written file, a key that does not match) keeps the previous
+//! certificate and is logged; connections already open keep the certificate they started with.
+//! The trusted CA file is read once, at start.
+//!
+//! Handshakes run in their own tasks, so a slow or silent client never holds up the accept
+//! loop; a failed handshake (plain TCP, an untrusted client certificate) closes that connection
+//! and is logged at debug.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::ClientTls;
+
+/// A client's handshake must finish within this, or the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is at the other end of a TLS connection: its address, and the Common Name of its
+/// verified client certificate (the user name with auth enabled, as in etcd). Inserted into
+/// every gRPC/HTTP request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// The client's address.
+    pub remote_addr: Option<std::net::SocketAddr>,
+    /// Common Name of the verified client certificate, if one was presented.
+    pub common_name: Option<String>,
+}
+
+/// Files' identity: (modification time, size, inode) of the certificate and the key.
+type Stamp = Vec<(Option<std::time::SystemTime>, u64, u64)>;
+
+fn stamp(files: &[&Path]) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    files
+        .iter()
+        .map(|f| match std::fs::metadata(f) {
+            Ok(m) => (m.modified().ok(), m.len(), m.ino()),
+            Err(_) => (None, 0, 0),
+        })
+        .collect()
+}
+
+/// A certificate and key loaded from PEM files, reloaded when the files change.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    files: Option<(PathBuf, PathBuf)>,
+    provider: Arc<CryptoProvider>,
+    current: Mutex<(Stamp, Arc<CertifiedKey>)>,
+}
+
+impl ReloadingCert {
+    /// Loads `cert` and `key` (PEM).
+    ///
+    /// # Errors
+    /// Unreadable files (named in the error), no certificate, a key rustls cannot use.
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> std::io::Result<ReloadingCert> {
+        let st = stamp(&[cert, key]);
+        let ck = load_certified(cert, key, &provider)?;
+        Ok(ReloadingCert {
+            files: Some((cert.to_owned(), key.to_owned())),
+            provider,
+            current: Mutex::new((st, Arc::new(ck))),
+        })
+    }
+
+    /// A fixed, generated self-signed certificate for `localhost` and 127.0.0.1 (auto TLS).
+    ///
+    /// # Errors
+    /// Certificate generation failures.
+    pub fn self_signed(provider: Arc<CryptoProvider>) -> std::io::Result<ReloadingCert> {
+        let (cert, key) = crate::transport::tls::self_signed(vec!["127.0.0.1".to_owned()])
+            .map_err(std::io::Error::other)?;
+        let signer = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(std::io::Error::other)?;
+        Ok(ReloadingCert {
+            files: None,
+            provider,
+            current: Mutex::new((Vec::new(), Arc::new(CertifiedKey::new(vec![cert], signer)))),
+        })
+    }
+
+    /// The certificate to present now, reloading it first if its files changed.
+    pub fn get(&self) -> Arc<CertifiedKey> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cert, key)) = &self.files {
+            let now = stamp(&[cert, key]);
+            if now != cur.0 {
+                // Try once per change: a file that does not load is not retried until it
+                // changes again.
+                cur.0 = now;
+                match load_certified(cert, key, &self.provider) {
+                    Ok(ck) => {
+                        tracing::info!(cert = %cert.display(), "certificate reloaded");
+                        cur.1 = Arc::new(ck);
+                    }
+                    Err(e) => tracing::warn!(
+                        cert = %cert.display(),
+                        error = %e,
+                        "certificate files changed but do not load; keeping the previous one"
+                    ),
+                }
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+fn load_certified(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> std::io::Result<CertifiedKey> {
+    let (chain, key_der) = crate::transport::tls::load_identity(cert, key)?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", key.display())))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match()
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", cert.display())))?;
+    Ok(ck)
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The ring provider limited to etcd's `--cipher-suites` (Go/IANA names such as
+/// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`). The list applies to TLS 1.2, as in etcd (Go does
+/// not let TLS 1.3 suites be chosen): TLS 1.3 suites stay. Empty = rustls's defaults.
+///
+/// # Errors
+/// A name rustls does not implement (CBC and RSA key-exchange suites, for instance).
+pub fn provider(cipher_suites: &[String]) -> Result<CryptoProvider, String> {
+    let mut p = rustls::crypto::ring::default_provider();
+    if cipher_suites.is_empty() {
+        return Ok(p);
+    }
+    let all = rustls::crypto::ring::ALL_CIPHER_SUITES;
+    let mut chosen: Vec<_> = all
+        .iter()
+        .filter(|s| s.version() == &rustls::version::TLS13)
+        .copied()
+        .collect();
+    for name in cipher_suites {
+        // Go's short aliases name the same suites as the IANA names.
+        let want = match name.as_str() {
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => {
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+            }
+            n => n,
+        };
+        let Some(s) = all
+            .iter()
+            .find(|s| s.version() == &rustls::version::TLS12 && s.suite().as_str() == Some(want))
+        else {
+            let known: Vec<&str> = all
+                .iter()
+                .filter(|s| s.version() == &rustls::version::TLS12)
+                .filter_map(|s| s.suite().as_str())
+                .collect();
+            return Err(format!(
+                "cipher suite {name} is not supported; supported: {}",
+                known.join(",")
+            ));
+        };
+        chosen.push(*s);
+    }
+    p.cipher_suites = chosen;
+    Ok(p)
+}
+
+/// TLS versions from etcd's `--tls-min-version` / `--tls-max-version` (`TLS1.2`, `TLS1.3`;
+/// empty max = the newest).
+///
+/// # Errors
+/// Other names (TLS 1.0 and 1.1 are not offered by rustls), min above max, or a cipher suite
+/// list with TLS 1.3 only (etcd: "cipher suites cannot be configured when only TLS1.3 is
+/// enabled").
+pub fn versions(
+    min: &str,
+    max: &str,
+    cipher_suites: &[String],
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
+    let rank = |v: &str, what: &str| match v {
+        "TLS1.2" => Ok(2),
+        "TLS1.3" => Ok(3),
+        "" if what == "max" => Ok(3),
+        other => Err(format!(
+            "unsupported TLS version {other:?} for --tls-{what}-version (TLS1.2 or TLS1.3)"
+        )),
+    };
+    let (lo, hi) = (rank(min, "min")?, rank(max, "max")?);
+    if lo > hi {
+        return Err("--tls-min-version is above --tls-max-version".into());
+    }
+    if lo == 3 && !cipher_suites.is_empty() {
+        return Err("cipher suites cannot be configured when only TLS1.3 is enabled".into());
+    }
+    let mut v = Vec::new();
+    if hi >= 3 {
+        v.push(&rustls::version::TLS13);
+    }
+    if lo <= 2 {
+        v.push(&rustls::version::TLS12);
+    }
+    Ok(v)
+}
+
+/// The rustls server configuration of the client URLs: the (reloading) certificate, client
+/// certificates verified against `--trusted-ca-file` (required with `--client-cert-auth`,
+/// else optional), ALPN `alpn`.
+///
+/// # Errors
+/// Unreadable or unusable files, bad cipher suites or versions.
+pub fn server_config(t: &ClientTls, alpn: &[&[u8]]) -> std::io::Result<rustls::ServerConfig> {
+    let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let provider = Arc::new(provider(&t.cipher_suites).map_err(|e| other(&e))?);
+    let versions =
+        versions(&t.min_version, &t.max_version, &t.cipher_suites).map_err(|e| other(&e))?;
+    let cert = match &t.cert_and_key {
+        Some((c, k)) => ReloadingCert::load(c, k, provider.clone())?,
+        None => ReloadingCert::self_signed(provider.clone())?,
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| other(&e))?;
+    let builder = match &t.trusted_ca_file {
+        Some(ca) => {
+            let roots = Arc::new(crate::transport::tls::load_roots(ca)?);
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider);
+            let v = if t.client_cert_auth {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(v.build().map_err(|e| other(&e))?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(cert));
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// A TLS connection with the identity of its client, for tonic (`Connected`) and the native
+/// protocol.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    identity: PeerIdentity,
+}
+
+impl TlsConn {
+    /// The client's identity.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerIdentity;
+    fn connect_info(&self) -> PeerIdentity {
+        self.identity.clone()
+    }
+}
+
+/// Accepts TCP connections on `listener` and completes TLS handshakes concurrently; the
+/// receiver yields finished connections (`TCP_NODELAY` set). Ends when the listener fails
+/// for good or the receiver is dropped.
+pub fn accept(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio::sync::mpsc::Receiver<std::io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                _ = tx.closed() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let common_name = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| crate::auth::common_name(c.as_ref()));
+                        let conn = TlsConn {
+                            inner: tls,
+                            identity: PeerIdentity {
+                                remote_addr: Some(addr),
+                                common_name,
+                            },
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cipher_suites_and_versions_follow_etcds_flags() {
+        let p = provider(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into()]).expect("known");
+        let names: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
+        assert!(names.contains(&rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256));
+        assert!(names.contains(&rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+        assert!(!names.contains(&rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384));
+        let err = provider(&["TLS_RSA_WITH_AES_128_CBC_SHA".into()]).expect_err("CBC");
+        assert!(err.contains("not supported"), "{err}");
+        assert_eq!(versions("TLS1.2", "", &[]).expect("ok").len(), 2);
+        assert_eq!(versions("TLS1.3", "", &[]).expect("ok").len(), 1);
+        assert!(versions("TLS1.1", "", &[]).is_err());
+        assert!(versions("TLS1.3", "TLS1.2", &[]).is_err());
+        assert!(versions("TLS1.3", "", &["x".into()]).is_err());
+    }
+}
