@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use etch_protocol::etcdserverpb::watch_request::RequestUnion;
+use etch_protocol::etcdserverpb::*;
 use etch_protocol::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
@@ -73,6 +74,29 @@ pub struct Client {
     endpoint: String,
 }
 
+/// How to connect: TLS, the user to authenticate as, the dial timeout.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// TLS files; TLS is used when any is set or the endpoint's scheme is `https://` or
+    /// `tls://`.
+    pub tls: crate::TlsFiles,
+    /// `(name, password)`: authenticate right after the handshake; every request on the
+    /// connection is then made as this user.
+    pub user: Option<(String, String)>,
+    /// Dial (and handshake) timeout.
+    pub dial_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions {
+            tls: crate::TlsFiles::default(),
+            user: None,
+            dial_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// `host:port`, `tcp://host:port` or `http://host:port` -> `host:port`.
 pub fn endpoint_addr(endpoint: &str) -> &str {
     let e = endpoint.trim();
@@ -94,12 +118,52 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`]; [`ClientError::Timeout`] when the dial takes longer.
     pub async fn connect_timeout(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
+        Self::connect_with(
+            endpoint,
+            &ConnectOptions {
+                dial_timeout: timeout,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects with `opts`: TLS (ALPN `etch`, the server name is the endpoint's host),
+    /// then the Hello handshake, then Authenticate when a user is given.
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; TLS failures as [`ClientError::Io`]; the server's
+    /// `authentication failed` status.
+    pub async fn connect_with(
+        endpoint: &str,
+        opts: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let timeout = opts.dial_timeout;
         let addr = endpoint_addr(endpoint).to_owned();
         let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
             .await
             .map_err(|_| ClientError::Timeout)??;
         stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
+        let tls =
+            opts.tls.is_set() || endpoint.starts_with("https://") || endpoint.starts_with("tls://");
+        type Rd = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+        type Wr = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+        let (rd, wr): (Rd, Wr) = if tls {
+            let cfg = opts.tls.rustls()?;
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| ClientError::Io(std::io::Error::other(format!("{host}: {e}"))))?;
+            let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+            let s = tokio::time::timeout(timeout, conn.connect(name, stream))
+                .await
+                .map_err(|_| ClientError::Timeout)??;
+            let (r, w) = tokio::io::split(s);
+            (Box::new(r), Box::new(w))
+        } else {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        };
         let mut reader = FramedRead::new(rd, frame::codec(MAX_RESPONSE_FRAME_BYTES));
         let mut writer = FramedWrite::new(wr, frame::codec(usize::MAX));
         let hello = Frame {
@@ -181,7 +245,7 @@ impl Client {
             p.lock().unwrap_or_else(|e| e.into_inner()).clear();
             s.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
-        Ok(Client {
+        let c = Client {
             tx,
             pending,
             streams,
@@ -189,7 +253,15 @@ impl Client {
             next_id: Arc::new(AtomicU64::new(1)),
             hello,
             endpoint: endpoint.to_owned(),
-        })
+        };
+        if let Some((name, password)) = &opts.user {
+            c.authenticate(AuthenticateRequest {
+                name: name.clone(),
+                password: password.clone(),
+            })
+            .await?;
+        }
+        Ok(c)
     }
 
     /// The endpoint this client connected to.
@@ -246,6 +318,20 @@ impl Client {
             }),
             Some(b) => Ok(b),
             None => Err(ClientError::Protocol("empty response".into())),
+        }
+    }
+
+    /// Authenticate: on success the connection speaks as this user from now on.
+    ///
+    /// # Errors
+    /// `authentication failed, invalid user ID or password`, `authentication is not enabled`.
+    pub async fn authenticate(
+        &self,
+        r: AuthenticateRequest,
+    ) -> Result<AuthenticateResponse, ClientError> {
+        match self.call(Body::Authenticate(r)).await? {
+            Body::AuthenticateResponse(x) => Ok(x),
+            o => Err(unexpected(o)),
         }
     }
 
@@ -481,4 +567,60 @@ mod tests {
         assert_eq!(endpoint_addr("http://127.0.0.1:2379/"), "127.0.0.1:2379");
         assert_eq!(endpoint_addr("127.0.0.1:2378"), "127.0.0.1:2378");
     }
+}
+
+/// Typed calls of the Auth service (etcd `etcdserverpb.Auth`): each sends its request frame
+/// and expects the matching response frame.
+macro_rules! auth_calls {
+    ($($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty = $body:ident => $rbody:ident;)*) => {
+        impl Client {
+            $(
+                $(#[$doc])*
+                ///
+                /// # Errors
+                /// See [`Client::call`]; etcd's auth errors (e.g. `etcdserver: permission denied`).
+                pub async fn $name(&self, r: $req) -> Result<$resp, ClientError> {
+                    match self.call(Body::$body(r)).await? {
+                        Body::$rbody(x) => Ok(x),
+                        o => Err(unexpected(o)),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+auth_calls! {
+    /// AuthEnable (needs a `root` user with the `root` role).
+    auth_enable(AuthEnableRequest) -> AuthEnableResponse = AuthEnable => AuthEnableResponse;
+    /// AuthDisable (root).
+    auth_disable(AuthDisableRequest) -> AuthDisableResponse = AuthDisable => AuthDisableResponse;
+    /// AuthStatus.
+    auth_status(AuthStatusRequest) -> AuthStatusResponse = AuthStatus => AuthStatusResponse;
+    /// UserAdd.
+    user_add(AuthUserAddRequest) -> AuthUserAddResponse = UserAdd => UserAddResponse;
+    /// UserGet.
+    user_get(AuthUserGetRequest) -> AuthUserGetResponse = UserGet => UserGetResponse;
+    /// UserList.
+    user_list(AuthUserListRequest) -> AuthUserListResponse = UserList => UserListResponse;
+    /// UserDelete.
+    user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse = UserDelete => UserDeleteResponse;
+    /// UserChangePassword.
+    user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse = UserChangePassword => UserChangePasswordResponse;
+    /// UserGrantRole.
+    user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse = UserGrantRole => UserGrantRoleResponse;
+    /// UserRevokeRole.
+    user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse = UserRevokeRole => UserRevokeRoleResponse;
+    /// RoleAdd.
+    role_add(AuthRoleAddRequest) -> AuthRoleAddResponse = RoleAdd => RoleAddResponse;
+    /// RoleGet.
+    role_get(AuthRoleGetRequest) -> AuthRoleGetResponse = RoleGet => RoleGetResponse;
+    /// RoleList.
+    role_list(AuthRoleListRequest) -> AuthRoleListResponse = RoleList => RoleListResponse;
+    /// RoleDelete.
+    role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse = RoleDelete => RoleDeleteResponse;
+    /// RoleGrantPermission.
+    role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse = RoleGrantPermission => RoleGrantPermissionResponse;
+    /// RoleRevokePermission.
+    role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse = RoleRevokePermission => RoleRevokePermissionResponse;
 }

@@ -20,8 +20,8 @@ mod generated {
 }
 
 use generated::{
-    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
-    watch_client::WatchClient,
+    auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 
 fn status(s: tonic::Status) -> ClientError {
@@ -31,61 +31,32 @@ fn status(s: tonic::Status) -> ClientError {
     }
 }
 
-/// Client TLS for [`GrpcClient::connect_tls`], from PEM files (etcdctl's `--cacert`, `--cert`,
-/// `--key`).
-#[derive(Debug, Clone, Default)]
-pub struct TlsFiles {
-    /// CA bundle that signs the server's certificate.
-    pub ca: Option<std::path::PathBuf>,
-    /// Client certificate (with `key`), for servers with client-certificate auth.
-    pub cert: Option<std::path::PathBuf>,
-    /// Client private key.
-    pub key: Option<std::path::PathBuf>,
-}
-
-impl TlsFiles {
-    /// Whether any TLS file is set (then the connection uses TLS).
-    pub fn is_set(&self) -> bool {
-        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
-    }
-
-    fn config(&self, host: &str) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
-        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| {
-                ClientError::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("{}: {e}", p.display()),
-                ))
-            })
-        };
-        let mut c = ClientTlsConfig::new().domain_name(host.to_owned());
-        if let Some(ca) = &self.ca {
-            c = c.ca_certificate(Certificate::from_pem(read(ca)?));
-        }
-        match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                c = c.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(ClientError::Io(std::io::Error::other(
-                    "--cert and --key go together",
-                )));
-            }
-        }
-        Ok(c)
-    }
-}
+pub use crate::tls::TlsFiles;
 
 /// One HTTP/2 connection to an etcd-API endpoint (`host:port` or `http://host:port`). Cheap
 /// to clone; clones share the connection.
 #[derive(Clone)]
 pub struct GrpcClient {
-    kv: KvClient<Channel>,
-    lease: LeaseClient<Channel>,
-    watch: WatchClient<Channel>,
-    maintenance: MaintenanceClient<Channel>,
+    kv: KvClient<Ch>,
+    lease: LeaseClient<Ch>,
+    watch: WatchClient<Ch>,
+    maintenance: MaintenanceClient<Ch>,
+}
+
+/// A channel whose calls carry the auth token (metadata `token`, as etcd's clients send it).
+type Ch = tonic::service::interceptor::InterceptedService<Channel, Token>;
+
+/// Adds the token, when there is one, to every call.
+#[derive(Clone)]
+struct Token(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            r.metadata_mut().insert("token", t.clone());
+        }
+        Ok(r)
+    }
 }
 
 impl GrpcClient {
@@ -103,6 +74,19 @@ impl GrpcClient {
     /// [`ClientError::Io`] when the endpoint is invalid or unreachable, a TLS file is
     /// unreadable, or the handshake fails (e.g. a server certificate from an untrusted CA).
     pub async fn connect_tls(endpoint: &str, tls: &TlsFiles) -> Result<GrpcClient, ClientError> {
+        GrpcClient::connect_as(endpoint, tls, None).await
+    }
+
+    /// [`GrpcClient::connect_tls`], then Auth.Authenticate as `user` (name, password) when
+    /// given: every call then carries the token.
+    ///
+    /// # Errors
+    /// As [`GrpcClient::connect_tls`]; the server's authentication errors.
+    pub async fn connect_as(
+        endpoint: &str,
+        tls: &TlsFiles,
+        user: Option<(&str, &str)>,
+    ) -> Result<GrpcClient, ClientError> {
         let hostport = endpoint
             .split("://")
             .last()
@@ -117,7 +101,7 @@ impl GrpcClient {
             .tcp_nodelay(true);
         if tls.is_set() {
             let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-            ep = ep.tls_config(tls.config(host)?).map_err(|e| io(&e))?;
+            ep = ep.tls_config(tls.tonic(host)?).map_err(|e| io(&e))?;
         }
         let ch = ep.connect().await.map_err(|e| {
             // tonic's Display hides the cause (e.g. the TLS error): show the chain.
@@ -129,11 +113,23 @@ impl GrpcClient {
             }
             io(&msg)
         })?;
+        let mut token = Token(None);
+        if let Some((name, password)) = user {
+            let r = AuthClient::new(ch.clone())
+                .authenticate(AuthenticateRequest {
+                    name: name.to_owned(),
+                    password: password.to_owned(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            token.0 = Some(r.token.parse().map_err(|e| io(&e))?);
+        }
         Ok(GrpcClient {
-            kv: KvClient::new(ch.clone()),
-            lease: LeaseClient::new(ch.clone()),
-            watch: WatchClient::new(ch.clone()),
-            maintenance: MaintenanceClient::new(ch),
+            kv: KvClient::with_interceptor(ch.clone(), token.clone()),
+            lease: LeaseClient::with_interceptor(ch.clone(), token.clone()),
+            watch: WatchClient::with_interceptor(ch.clone(), token.clone()),
+            maintenance: MaintenanceClient::with_interceptor(ch, token),
         })
     }
 

@@ -8,12 +8,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod authcmd;
 pub mod client;
 pub mod grpc;
 pub mod output;
+pub mod tls;
 
-pub use client::{Client, ClientError, WatchStream};
+pub use client::{Client, ClientError, ConnectOptions, WatchStream};
 pub use grpc::GrpcClient;
+pub use tls::TlsFiles;
 
 /// The request and response messages (etcd's `etcdserverpb` and `mvccpb`).
 pub mod pb {

@@ -60,6 +60,9 @@ struct Cli {
     /// TLS: client private key (with --cert).
     #[arg(long = "key", id = "tls_key", global = true)]
     tls_key: Option<std::path::PathBuf>,
+    /// Authenticate as `name:password` (auth enabled on the server).
+    #[arg(long, global = true)]
+    user: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -249,13 +252,22 @@ enum BenchWatch {
 }
 
 impl Conn {
-    async fn connect(p: Protocol, ep: &str, tls: &TlsFiles) -> Result<Conn, String> {
+    async fn connect(
+        p: Protocol,
+        ep: &str,
+        tls: &TlsFiles,
+        user: Option<(&str, &str)>,
+    ) -> Result<Conn, String> {
         match p {
-            Protocol::Native if tls.is_set() => {
-                return Err("TLS is only supported with --protocol grpc for now".into());
+            Protocol::Native => {
+                let opts = etch_tools::ConnectOptions {
+                    tls: tls.clone(),
+                    user: user.map(|(n, p)| (n.to_owned(), p.to_owned())),
+                    ..Default::default()
+                };
+                Client::connect_with(ep, &opts).await.map(Conn::Native)
             }
-            Protocol::Native => Client::connect(ep).await.map(Conn::Native),
-            Protocol::Grpc => GrpcClient::connect_tls(ep, tls)
+            Protocol::Grpc => GrpcClient::connect_as(ep, tls, user)
                 .await
                 .map(|c| Conn::Grpc(Box::new(c))),
         }
@@ -359,10 +371,16 @@ async fn connect_all(cli: &Cli) -> Result<Vec<Conn>, String> {
         ca: cli.cacert.clone(),
         cert: cli.tls_cert.clone(),
         key: cli.tls_key.clone(),
+        insecure_skip_verify: false,
+    };
+    let user = match cli.user.as_deref() {
+        None => None,
+        Some(u) => Some(u.split_once(':').ok_or("--user must be name:password")?),
     };
     let mut conns = Vec::new();
     for i in 0..cli.conns {
-        conns.push(Conn::connect(cli.protocol, endpoints[i % endpoints.len()], &tls).await?);
+        let ep = endpoints[i % endpoints.len()];
+        conns.push(Conn::connect(cli.protocol, ep, &tls, user).await?);
     }
     Ok(conns)
 }

@@ -47,6 +47,29 @@ struct Cli {
     /// Timeout of one command (humantime).
     #[arg(long, global = true, default_value = "5s")]
     command_timeout: String,
+    /// TLS: CA bundle that signs the server's certificate.
+    #[arg(long, id = "tls_cacert", global = true, env = "ETCHCTL_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// TLS: client certificate (with --key).
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "ETCHCTL_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// TLS: client private key (with --cert).
+    #[arg(long = "key", id = "tls_key", global = true, env = "ETCHCTL_KEY")]
+    key: Option<std::path::PathBuf>,
+    /// TLS: accept any server certificate (encrypted but not authenticated).
+    #[arg(long, global = true)]
+    insecure_skip_tls_verify: bool,
+    /// Authenticate as `name:password` (or `name` with --password).
+    #[arg(long = "user", id = "auth_user", global = true, env = "ETCHCTL_USER")]
+    user: Option<String>,
+    /// Password for --user.
+    #[arg(
+        long = "password",
+        id = "auth_password",
+        global = true,
+        env = "ETCHCTL_PASSWORD"
+    )]
+    password: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -85,6 +108,43 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EndpointCmd,
     },
+    /// Enable or disable authentication.
+    Auth {
+        #[command(subcommand)]
+        cmd: etch_tools::authcmd::AuthCmd,
+    },
+    /// User related commands.
+    User {
+        #[command(subcommand)]
+        cmd: etch_tools::authcmd::UserCmd,
+    },
+    /// Role related commands.
+    Role {
+        #[command(subcommand)]
+        cmd: etch_tools::authcmd::RoleCmd,
+    },
+}
+
+/// How to connect, from the global flags.
+fn connect_options(cli: &Cli, dial: Duration) -> Result<etch_tools::ConnectOptions, String> {
+    let user = match (&cli.user, &cli.password) {
+        (None, _) => None,
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (Some(u), None) => match u.split_once(':') {
+            Some((n, p)) => Some((n.to_owned(), p.to_owned())),
+            None => return Err("--user needs name:password (or --password)".into()),
+        },
+    };
+    Ok(etch_tools::ConnectOptions {
+        tls: etch_tools::TlsFiles {
+            ca: cli.cacert.clone(),
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+            insecure_skip_verify: cli.insecure_skip_tls_verify,
+        },
+        user,
+        dial_timeout: dial,
+    })
 }
 
 #[derive(Subcommand)]
@@ -522,10 +582,13 @@ fn read_txn(interactive: bool) -> Result<TxnRequest, String> {
     })
 }
 
-async fn connect_any(endpoints: &str, dial: Duration) -> Result<Client, ClientError> {
+async fn connect_any(
+    endpoints: &str,
+    opts: &etch_tools::ConnectOptions,
+) -> Result<Client, ClientError> {
     let mut last = ClientError::Closed;
     for ep in endpoints.split(',').filter(|s| !s.is_empty()) {
-        match Client::connect_timeout(ep, dial).await {
+        match Client::connect_with(ep, opts).await {
             Ok(c) => return Ok(c),
             Err(e) => last = e,
         }
@@ -539,10 +602,10 @@ fn json_line(v: serde_json::Value) -> String {
 
 /// Streams events to stdout as etcdctl does: the event type, then (with --prev-kv) the previous
 /// key and value, then the key and value.
-async fn watch(cli: &Cli, a: &WatchArgs, dial: Duration) -> Result<(), String> {
+async fn watch(cli: &Cli, a: &WatchArgs, opts: &etch_tools::ConnectOptions) -> Result<(), String> {
     use std::io::Write as _;
     let (key, range_end) = range_of(&a.key, &a.range_end, a.prefix, false);
-    let c = connect_any(&cli.endpoints, dial)
+    let c = connect_any(&cli.endpoints, opts)
         .await
         .map_err(|e| e.to_string())?;
     let mut stream = c.watch_stream().map_err(|e| e.to_string())?;
@@ -593,16 +656,17 @@ async fn run(cli: Cli) -> Result<String, String> {
     let dial = humantime::parse_duration(&cli.dial_timeout).map_err(|e| e.to_string())?;
     let timeout = humantime::parse_duration(&cli.command_timeout).map_err(|e| e.to_string())?;
     let fmt = cli.write_out;
+    let opts = connect_options(&cli, dial)?;
     if let Cmd::Watch(a) = &cli.cmd {
         // Runs until interrupted: no command timeout.
-        watch(&cli, a, dial).await?;
+        watch(&cli, a, &opts).await?;
         return Ok(String::new());
     }
     if let Cmd::Lease {
         cmd: cmd @ LeaseCmd::KeepAlive { once: false, .. },
     } = &cli.cmd
     {
-        let c = connect_any(&cli.endpoints, dial)
+        let c = connect_any(&cli.endpoints, &opts)
             .await
             .map_err(|e| e.to_string())?;
         let mut out = String::new();
@@ -617,7 +681,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             } => {
                 let mut rows = Vec::new();
                 for ep in cli.endpoints.split(',').filter(|s| !s.is_empty()) {
-                    let c = Client::connect_timeout(ep, dial)
+                    let c = Client::connect_with(ep, &opts)
                         .await
                         .map_err(|e| format!("{ep}: {e}"))?;
                     rows.push((ep.to_owned(), c.status().await.map_err(|e| e.to_string())?));
@@ -639,7 +703,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             }
             Cmd::Txn { interactive } => {
                 let req = read_txn(*interactive)?;
-                let c = connect_any(&cli.endpoints, dial)
+                let c = connect_any(&cli.endpoints, &opts)
                     .await
                     .map_err(|e| e.to_string())?;
                 let r = c.txn(req).await.map_err(|e| e.to_string())?;
@@ -651,7 +715,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             }
             _ => {}
         }
-        let c = connect_any(&cli.endpoints, dial)
+        let c = connect_any(&cli.endpoints, &opts)
             .await
             .map_err(|e| e.to_string())?;
         match &cli.cmd {
@@ -714,6 +778,9 @@ async fn run(cli: Cli) -> Result<String, String> {
                 }
             }
             Cmd::Lease { cmd } => lease(&c, cmd, fmt, &mut out).await?,
+            Cmd::Auth { cmd } => etch_tools::authcmd::auth(&c, cmd, &mut out).await?,
+            Cmd::User { cmd } => etch_tools::authcmd::user(&c, cmd, &mut out).await?,
+            Cmd::Role { cmd } => etch_tools::authcmd::role(&c, cmd, &mut out).await?,
             Cmd::Txn { .. } | Cmd::Endpoint { .. } | Cmd::Watch(_) => {}
         }
         Ok::<(), String>(())
