@@ -58,6 +58,32 @@ pub struct Node {
     log: PathBuf,
     args: Vec<String>,
     runs: usize,
+    /// etchctl's TLS flags for this member's native port (from its client TLS flags).
+    pub ctl_tls: Vec<String>,
+}
+
+/// etchctl flags that reach a member started with `args`: with `--cert-file`/`--key-file`/
+/// `--trusted-ca-file` (test PKIs sign server and client certificates with one CA), the same
+/// files; with `--auto-tls`, `--insecure-skip-tls-verify`.
+fn ctl_tls_for(args: &[String]) -> Vec<String> {
+    let val = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    match (
+        val("--cert-file"),
+        val("--key-file"),
+        val("--trusted-ca-file"),
+    ) {
+        (Some(c), Some(k), Some(ca)) => {
+            vec!["--cacert".into(), ca, "--cert".into(), c, "--key".into(), k]
+        }
+        (Some(_), Some(_), None) => vec!["--insecure-skip-tls-verify".into()],
+        _ if args.iter().any(|a| a == "--auto-tls") => vec!["--insecure-skip-tls-verify".into()],
+        _ => Vec::new(),
+    }
 }
 
 impl Node {
@@ -82,7 +108,9 @@ impl Node {
             log: PathBuf::new(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             runs: 0,
+            ctl_tls: Vec::new(),
         };
+        n.ctl_tls = ctl_tls_for(&n.args);
         n.spawn_listening();
         n
     }
@@ -94,9 +122,8 @@ impl Node {
 
     /// Waits until this member knows a leader and serves writes.
     pub fn wait_leader(&self) {
-        let addr = self.native.clone();
         wait_for(START_DEADLINE, "etch to know a leader", || {
-            let o = etchctl_at(&addr, &["endpoint", "status", "-w", "json"]);
+            let o = self.etchctl(&["endpoint", "status", "-w", "json"]);
             let text = String::from_utf8_lossy(&o.stdout).to_string();
             (o.status.success() && !text.contains("\"leader\":0")).then_some(())
         });
@@ -218,7 +245,11 @@ impl Node {
             .arg(&self.data_dir)
             .args(["--listen-native-urls", "tcp://127.0.0.1:0"])
             .args(client_url)
-            .args(["--log-level", "info"])
+            .args(
+                ["--log-level", "info"]
+                    .iter()
+                    .filter(|_| !self.args.iter().any(|a| a == "--log-level")),
+            )
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::null())
@@ -282,7 +313,9 @@ impl Node {
 
     /// Runs `etchctl --endpoints <this node> args...`.
     pub fn etchctl(&self, args: &[&str]) -> Output {
-        etchctl_at(&self.native, args)
+        let mut all: Vec<&str> = self.ctl_tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etchctl_at(&self.native, &all)
     }
 
     /// Runs `etchctl` and returns stdout, asserting success.
@@ -747,7 +780,18 @@ pub struct HttpResponse {
 /// (the gateway takes JSON); waits up to 20 s for the whole answer. A tiny client so the
 /// gateway tests speak plain HTTP with nothing in between.
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> HttpResponse {
-    let mut s = HttpStream::open(addr, method, path, body);
+    http_with(addr, method, path, &[], body)
+}
+
+/// [`http`] with extra headers (e.g. `Authorization`).
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    let mut s = HttpStream::open_with(addr, method, path, headers, body);
     let mut out = Vec::new();
     while let Some(chunk) = s.chunk() {
         out.extend_from_slice(&chunk);
@@ -772,12 +816,27 @@ pub struct HttpStream {
 impl HttpStream {
     /// Sends the request and reads the status line and headers.
     pub fn open(addr: &str, method: &str, path: &str, body: &str) -> HttpStream {
+        HttpStream::open_with(addr, method, path, &[], body)
+    }
+
+    /// [`HttpStream::open`] with extra headers (`name`, `value`).
+    pub fn open_with(
+        addr: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> HttpStream {
         use std::io::{BufRead, Write};
         let mut sock = std::net::TcpStream::connect(addr).expect("connect");
         sock.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         write!(
             sock,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .expect("send request");
@@ -866,6 +925,16 @@ impl HttpStream {
 /// Writes a CA, and a certificate for 127.0.0.1/localhost signed by it, into `dir`; returns
 /// (ca, cert, key) paths.
 pub fn make_pki(dir: &std::path::Path, name: &str) -> (String, String, String) {
+    make_pki_with_clients(dir, name, &[])
+}
+
+/// [`make_pki`], plus one client certificate per entry of `clients`, with that Common Name
+/// (the etcd user name it stands for), written as `{name}-{cn}-cert.pem` / `-key.pem`.
+pub fn make_pki_with_clients(
+    dir: &std::path::Path,
+    name: &str,
+    clients: &[&str],
+) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     std::fs::create_dir_all(dir).unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -882,6 +951,16 @@ pub fn make_pki(dir: &std::path::Path, name: &str) -> (String, String, String) {
             .to_string_lossy()
             .to_string()
     };
+    for cn in clients {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn.to_string());
+        let k = KeyPair::generate().unwrap();
+        let c = params.signed_by(&k, &issuer).unwrap();
+        std::fs::write(p(&format!("{cn}-cert.pem")), c.pem()).unwrap();
+        std::fs::write(p(&format!("{cn}-key.pem")), k.serialize_pem()).unwrap();
+    }
     std::fs::write(p("ca.pem"), ca_cert.pem()).unwrap();
     std::fs::write(p("cert.pem"), cert.pem()).unwrap();
     std::fs::write(p("key.pem"), key.serialize_pem()).unwrap();

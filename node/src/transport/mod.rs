@@ -81,13 +81,14 @@ pub fn endpoint(
 ) -> std::io::Result<quinn::Endpoint> {
     let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (chain, key) = match tls {
-        Some(t) => tls::load_identity(&t.cert_file, &t.key_file)?,
-        None => {
-            let (cert, key) = self_signed(Vec::new()).map_err(|e| other(&e))?;
-            (vec![cert], key)
+    // With peer certificate files, the certificate is reloaded when they change (rotation
+    // without restart), for both directions; a generated one never changes.
+    let cert = Arc::new(match tls {
+        Some(t) => {
+            crate::api::tls::ReloadingCert::load(&t.cert_file, &t.key_file, provider.clone())?
         }
-    };
+        None => crate::api::tls::ReloadingCert::self_signed(provider.clone())?,
+    });
     let roots = match tls.and_then(|t| t.trusted_ca_file.as_ref()) {
         Some(ca) => Some(Arc::new(tls::load_roots(ca)?)),
         None => None,
@@ -107,9 +108,7 @@ pub fn endpoint(
         }
         _ => server.with_no_client_auth(),
     };
-    let mut server = server
-        .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|e| other(&e))?;
+    let mut server = server.with_cert_resolver(cert.clone());
     server.alpn_protocols = vec![PEER_ALPN.to_vec()];
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -121,9 +120,7 @@ pub fn endpoint(
             .with_custom_certificate_verifier(Arc::new(tls::AutoTlsVerifier::new())),
     };
     let mut client = if tls.is_some() {
-        client
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| other(&e))?
+        client.with_client_cert_resolver(cert)
     } else {
         client.with_no_client_auth()
     };
