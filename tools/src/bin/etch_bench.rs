@@ -51,7 +51,7 @@ struct Cli {
     /// Wire protocol: etch's native protocol, or the etcd v3 gRPC API (etch and etcd).
     #[arg(long, global = true, value_enum, default_value_t = Protocol::Native)]
     protocol: Protocol,
-    /// TLS: CA bundle that signs the server's certificate (gRPC; connects with https).
+    /// TLS: CA bundle that signs the server's certificate (either protocol; connects with TLS).
     #[arg(long, global = true)]
     cacert: Option<std::path::PathBuf>,
     /// TLS: client certificate, for servers with client-certificate auth (with --key).
