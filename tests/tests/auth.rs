@@ -570,3 +570,34 @@ fn gateway_auth_routes_answer_etcds_json() {
     let h = http(&n.grpc, "GET", "/health", "");
     assert_eq!(h.status, 200, "{}", h.body);
 }
+
+/// The `etcd-client` Rust crate (as applications use it) authenticates and gets etcd's
+/// errors: its token goes in `token` metadata on every call.
+#[test]
+fn etcd_client_crate_authenticates() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(dir.path(), &[]);
+    n.ctl_ok(&["user", "add", "root:rootpw"]);
+    n.ctl_ok(&["user", "add", "dave:davepw"]);
+    n.ctl_ok(&["role", "add", "rd"]);
+    n.ctl_ok(&["role", "grant-permission", "rd", "readwrite", "/d/", "--prefix"]);
+    n.ctl_ok(&["user", "grant-role", "dave", "rd"]);
+    n.ctl_ok(&["auth", "enable"]);
+    etch_tests::rt().block_on(async {
+        let opts = etcd_client::ConnectOptions::new().with_user("dave", "davepw");
+        let mut c = etcd_client::Client::connect([n.grpc.as_str()], Some(opts))
+            .await
+            .expect("dave connects");
+        c.put("/d/1", "x", None).await.expect("dave writes /d/");
+        let r = c.get("/d/1", None).await.expect("dave reads /d/");
+        assert_eq!(r.kvs()[0].value(), b"x");
+        let err = c.put("/e/1", "x", None).await.expect_err("dave may not write /e/");
+        assert!(err.to_string().contains(DENIED), "{err}");
+        let bad = etcd_client::ConnectOptions::new().with_user("dave", "nope");
+        let err = etcd_client::Client::connect([n.grpc.as_str()], Some(bad))
+            .await
+            .err()
+            .expect("wrong password refused");
+        assert!(err.to_string().contains("authentication failed"), "{err}");
+    });
+}
