@@ -580,7 +580,14 @@ fn etcd_client_crate_authenticates() {
     n.ctl_ok(&["user", "add", "root:rootpw"]);
     n.ctl_ok(&["user", "add", "dave:davepw"]);
     n.ctl_ok(&["role", "add", "rd"]);
-    n.ctl_ok(&["role", "grant-permission", "rd", "readwrite", "/d/", "--prefix"]);
+    n.ctl_ok(&[
+        "role",
+        "grant-permission",
+        "rd",
+        "readwrite",
+        "/d/",
+        "--prefix",
+    ]);
     n.ctl_ok(&["user", "grant-role", "dave", "rd"]);
     n.ctl_ok(&["auth", "enable"]);
     etch_tests::rt().block_on(async {
@@ -591,7 +598,10 @@ fn etcd_client_crate_authenticates() {
         c.put("/d/1", "x", None).await.expect("dave writes /d/");
         let r = c.get("/d/1", None).await.expect("dave reads /d/");
         assert_eq!(r.kvs()[0].value(), b"x");
-        let err = c.put("/e/1", "x", None).await.expect_err("dave may not write /e/");
+        let err = c
+            .put("/e/1", "x", None)
+            .await
+            .expect_err("dave may not write /e/");
         assert!(err.to_string().contains(DENIED), "{err}");
         let bad = etcd_client::ConnectOptions::new().with_user("dave", "nope");
         let err = etcd_client::Client::connect([n.grpc.as_str()], Some(bad))

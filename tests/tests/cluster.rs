@@ -591,8 +591,8 @@ fn peer_certificate_rotates_when_its_files_change() {
         let log = nodes[1].log();
         (log.contains("connected to peer") && log.contains(&format!("peer={m0_id}"))).then_some(())
     });
-    // m0's connection to the restarted m1 is replaced once QUIC's idle timeout (5 s) ends
-    // the old one: until then m1 may not hear from m0, so writes through m1 can wait.
+    // m1 connected to m0 only once m0's certificate was good again: m0's own connection to
+    // m1 is then replaced, and writes through m1 go through once m1 hears from the leader.
     for n in &nodes {
         wait_for(
             Duration::from_secs(30),
@@ -605,6 +605,35 @@ fn peer_certificate_rotates_when_its_files_change() {
             },
         );
     }
+}
+
+/// A member restarted with kill -9 dials its peers at once; they take that as the sign their
+/// own connections to it are stale and replace them right away, instead of writing into the
+/// dead connection until QUIC's idle timeout (5 s) ends it.
+#[test]
+fn peers_replace_their_connection_to_a_restarted_member_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    c.nodes[follower].ctl_ok(&["put", "before", "1"]);
+    c.nodes[follower].relaunch();
+    wait_for(
+        Duration::from_secs(30),
+        "the leader to replace its connection",
+        || {
+            c.nodes[leader]
+                .log()
+                .contains("peer reconnected to us: replacing the connection to it")
+                .then_some(())
+        },
+    );
+    c.nodes[follower].wait_leader();
+    c.nodes[follower].ctl_ok(&["put", "after", "1"]);
+    assert_eq!(
+        c.nodes[follower].ctl_ok(&["get", "after", "--print-value-only"]),
+        "1\n"
+    );
 }
 
 #[test]

@@ -66,7 +66,16 @@ pub struct TransportActor {
     consensus: Addr<ConsensusActor>,
     /// Where peers' announced client URLs are kept (MemberList).
     state: Arc<crate::consensus::NodeState>,
+    /// When each peer last opened a stream to this member (its Hello), for its sender task.
+    hellos: HashMap<u64, watch::Sender<Option<tokio::time::Instant>>>,
 }
+
+/// A peer that opens a stream to this member more than this long after this member's own
+/// connection to it was made has restarted (or lost its link): that connection is stale too
+/// and is replaced at once, instead of after QUIC's idle timeout. Streams opened within it are
+/// the two sides connecting at about the same time, which must not make them redial each
+/// other forever.
+const REDIAL_AFTER_PEER_HELLO: Duration = Duration::from_secs(1);
 
 /// Builds the QUIC endpoint on `socket`. With `tls`, the member presents its certificate as
 /// server and client, verifies peers against the trusted CA when one is given, and requires
@@ -171,13 +180,17 @@ impl TransportActor {
             })),
         });
         let mut queues = HashMap::new();
+        let mut hellos = HashMap::new();
         for p in peers {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
             queues.insert(p.id, tx);
+            let (hello_tx, hello_rx) = watch::channel(None);
+            hellos.insert(p.id, hello_tx);
             tokio::spawn(send_loop(
                 endpoint.clone(),
                 p.clone(),
                 rx,
+                hello_rx,
                 hello.clone(),
                 consensus.clone(),
                 stop.clone(),
@@ -207,12 +220,13 @@ impl TransportActor {
             store,
             consensus,
             state,
+            hellos,
         };
         ctx.run(actor)
     }
 }
 
-/// A peer's Hello announced its client URLs.
+/// A peer opened a stream to this member; its Hello announced its client URLs.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct PeerClientUrls(u64, Vec<String>);
@@ -221,6 +235,9 @@ impl Handler<PeerClientUrls> for TransportActor {
     type Result = ();
 
     fn handle(&mut self, m: PeerClientUrls, _: &mut Context<Self>) {
+        if let Some(h) = self.hellos.get(&m.0) {
+            h.send_replace(Some(tokio::time::Instant::now()));
+        }
         self.state.set_client_urls(m.0, m.1);
     }
 }
@@ -284,6 +301,7 @@ async fn send_loop(
     endpoint: quinn::Endpoint,
     peer: Peer,
     mut rx: mpsc::Receiver<Bytes>,
+    mut peer_hello: watch::Receiver<Option<tokio::time::Instant>>,
     hello: Bytes,
     consensus: Addr<ConsensusActor>,
     mut stop: watch::Receiver<bool>,
@@ -322,6 +340,8 @@ async fn send_loop(
             }
         };
         tracing::info!(peer = %format!("{id:x}"), %addr, "connected to peer");
+        let connected_at = tokio::time::Instant::now();
+        peer_hello.mark_unchanged();
         backoff = Duration::from_millis(50);
         let to = format!("{id:x}");
         let sent = metrics::counter!(crate::metrics::PEER_SENT_BYTES, "To" => to.clone());
@@ -333,6 +353,15 @@ async fn send_loop(
                 _ = stopped(&mut stop) => {
                     conn.close(0u32.into(), b"shutdown");
                     return;
+                }
+                Ok(()) = peer_hello.changed() => {
+                    let at = *peer_hello.borrow_and_update();
+                    if at.is_some_and(|t| t > connected_at + REDIAL_AFTER_PEER_HELLO) {
+                        tracing::info!(peer = %format!("{id:x}"), "peer reconnected to us: replacing the connection to it");
+                        conn.close(0u32.into(), b"peer restarted");
+                        break;
+                    }
+                    continue;
                 }
                 b = rx.recv() => match b { Some(b) => b, None => return },
             };
