@@ -80,6 +80,121 @@ impl Tokens {
     }
 }
 
+/// JWT tokens (etcd `--auth-token jwt,...`): `{"username", "revision", "exp"}` signed with the
+/// member's private key. Self-contained: any member with the public key verifies them, nothing
+/// goes through consensus. The auth revision in the token makes requests made with a token
+/// issued before an auth change fail with `revision of auth store is old` (clients then
+/// authenticate again, as etcd's do).
+pub struct Jwt {
+    alg: jsonwebtoken::Algorithm,
+    enc: jsonwebtoken::EncodingKey,
+    dec: jsonwebtoken::DecodingKey,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("Jwt")
+            .field("alg", &self.alg)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Claims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+impl Jwt {
+    /// Loads the keys of a [`crate::config::AuthToken::Jwt`].
+    ///
+    /// # Errors
+    /// Unreadable key files, keys that do not fit the algorithm, an algorithm etch does not
+    /// sign with (HMAC, `none`), or a simple-token configuration.
+    pub fn load(t: &crate::config::AuthToken) -> Result<Jwt, String> {
+        use jsonwebtoken::{Algorithm as A, DecodingKey, EncodingKey};
+        let crate::config::AuthToken::Jwt {
+            pub_key,
+            priv_key,
+            sign_method,
+            ttl,
+        } = t
+        else {
+            return Err("not a jwt configuration".into());
+        };
+        let alg: A = sign_method
+            .parse()
+            .map_err(|_| format!("unknown sign-method {sign_method:?}"))?;
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let (pubk, privk) = (read(pub_key)?, read(priv_key)?);
+        let bad = |what: &std::path::Path, e: jsonwebtoken::errors::Error| {
+            format!("{}: {e}", what.display())
+        };
+        let (enc, dec) = match alg {
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => (
+                EncodingKey::from_rsa_pem(&privk).map_err(|e| bad(priv_key, e))?,
+                DecodingKey::from_rsa_pem(&pubk).map_err(|e| bad(pub_key, e))?,
+            ),
+            A::ES256 | A::ES384 => (
+                EncodingKey::from_ec_pem(&privk).map_err(|e| bad(priv_key, e))?,
+                DecodingKey::from_ec_pem(&pubk).map_err(|e| bad(pub_key, e))?,
+            ),
+            A::EdDSA => (
+                EncodingKey::from_ed_pem(&privk).map_err(|e| bad(priv_key, e))?,
+                DecodingKey::from_ed_pem(&pubk).map_err(|e| bad(pub_key, e))?,
+            ),
+            other => return Err(format!("sign-method {other:?} is not supported")),
+        };
+        let jwt = Jwt {
+            alg,
+            enc,
+            dec,
+            ttl: *ttl,
+        };
+        // The pair must match: a token signed now verifies.
+        let probe = jwt
+            .sign("probe", 0)
+            .map_err(|e| format!("cannot sign: {e}"))?;
+        jwt.verify(&probe)
+            .ok_or("the public key does not verify the private key's signatures")?;
+        Ok(jwt)
+    }
+
+    /// A token for `username` at auth `revision`, expiring after the TTL.
+    ///
+    /// # Errors
+    /// Signing failures.
+    pub fn sign(
+        &self,
+        username: &str,
+        revision: u64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            + self.ttl;
+        let claims = Claims {
+            username: username.to_owned(),
+            revision,
+            exp: exp.as_secs(),
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(self.alg), &claims, &self.enc)
+    }
+
+    /// The (user, auth revision) a valid, unexpired token names; `None` otherwise.
+    pub fn verify(&self, token: &str) -> Option<(String, u64)> {
+        let mut v = jsonwebtoken::Validation::new(self.alg);
+        v.leeway = 0;
+        let d = jsonwebtoken::decode::<Claims>(token, &self.dec, &v).ok()?;
+        Some((d.claims.username, d.claims.revision))
+    }
+}
+
 /// A random token prefix: 16 ASCII letters (etcd's simple token prefix shape).
 pub fn token_prefix() -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -245,6 +360,10 @@ mod api {
         /// `authentication is not enabled`, `authentication failed, invalid user ID or
         /// password` (unknown user, wrong password, no-password user).
         pub async fn authenticate(&self, req: AuthenticateRequest) -> Res<AuthenticateResponse> {
+            if self.jwt().is_some() {
+                // Checked against the state every member agrees on, then signed here.
+                self.linearizable().await?;
+            }
             for _ in 0..AUTHENTICATE_ATTEMPTS {
                 let a = self.store().auth();
                 if !a.enabled() {
@@ -262,6 +381,17 @@ mod api {
                 if !ok {
                     tracing::info!(user = %req.name, "authentication failed: wrong password");
                     return Err(RequestError::AuthFailed.into());
+                }
+                if let Some(jwt) = self.jwt() {
+                    let token = jwt.sign(&req.name, a.revision()).map_err(|e| {
+                        tracing::error!(error = %e, "cannot sign a token");
+                        ApiError::Stopped
+                    })?;
+                    tracing::debug!(user = %req.name, "authenticated (jwt)");
+                    return Ok(AuthenticateResponse {
+                        header: self.local_header(),
+                        token,
+                    });
                 }
                 let who = AuthInfo {
                     username: req.name.clone(),

@@ -170,7 +170,9 @@ pub struct Flags {
     /// WAL segment size in bytes (testing knob; minimum 64 KiB). Default: 64 MiB.
     #[arg(long, hide = true, env = "ETCH_EXPERIMENTAL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub experimental_wal_segment_bytes: u64,
-    /// Auth token type: `simple` (etcd's default; etch does not issue JWTs).
+    /// Auth token type: `simple` (etcd's default), or
+    /// `jwt,pub-key=<PEM>,priv-key=<PEM>,sign-method=<ES256|RS256|...>[,ttl=5m]` (etcd's JWT
+    /// tokens: signed, self-contained, valid on every member holding the same keys).
     #[arg(long, env = "ETCH_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     /// Seconds a simple token lives without use (etcd default 300).
@@ -255,6 +257,65 @@ pub struct Config {
     pub auth_token_ttl: Duration,
     /// bcrypt cost (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
+    /// Token type (`--auth-token`).
+    pub auth_token: AuthToken,
+}
+
+/// The auth token type (etcd's `--auth-token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthToken {
+    /// Simple tokens: random, assigned through consensus, kept in memory
+    /// (`--auth-token-ttl`).
+    Simple,
+    /// JWT: signed with `priv_key`, verified with `pub_key` (PEM files), algorithm
+    /// `sign_method` (etcd's names: RS256/384/512, PS256/384/512, ES256/384, EdDSA), valid
+    /// for `ttl` (etcd default 5 min).
+    Jwt {
+        /// Public key, PEM.
+        pub_key: PathBuf,
+        /// Private key, PEM.
+        priv_key: PathBuf,
+        /// Signing algorithm name.
+        sign_method: String,
+        /// Token lifetime.
+        ttl: Duration,
+    },
+}
+
+impl AuthToken {
+    /// Parses etcd's `--auth-token` value.
+    ///
+    /// # Errors
+    /// Unknown token types or options, a missing key or method, a bad TTL.
+    pub fn parse(s: &str) -> Result<AuthToken, String> {
+        let mut parts = s.split(',');
+        match parts.next().unwrap_or_default() {
+            "simple" if parts.next().is_none() => Ok(AuthToken::Simple),
+            "jwt" => {
+                let (mut pub_key, mut priv_key, mut method) = (None, None, None);
+                let mut ttl = Duration::from_secs(300);
+                for opt in parts {
+                    let (k, v) = opt
+                        .split_once('=')
+                        .ok_or_else(|| format!("option {opt:?} is not key=value"))?;
+                    match k {
+                        "pub-key" => pub_key = Some(PathBuf::from(v)),
+                        "priv-key" => priv_key = Some(PathBuf::from(v)),
+                        "sign-method" => method = Some(v.to_owned()),
+                        "ttl" => ttl = parse_duration(v)?,
+                        other => return Err(format!("unknown jwt option {other:?}")),
+                    }
+                }
+                Ok(AuthToken::Jwt {
+                    pub_key: pub_key.ok_or("jwt needs pub-key=<file>")?,
+                    priv_key: priv_key.ok_or("jwt needs priv-key=<file>")?,
+                    sign_method: method.ok_or("jwt needs sign-method=<algorithm>")?,
+                    ttl,
+                })
+            }
+            other => Err(format!("unknown token type {other:?} (simple or jwt,...)")),
+        }
+    }
 }
 
 /// A peer's address: its member ID, the resolved socket address and the host named in its URL
@@ -643,12 +704,10 @@ impl Config {
         if f.snapshot_count == 0 {
             return Err(bad("snapshot-count", "0", "must be > 0"));
         }
-        if f.auth_token != "simple" {
-            return Err(bad(
-                "auth-token",
-                &f.auth_token,
-                "etch issues simple tokens only (JWT is not supported)",
-            ));
+        let auth_token =
+            AuthToken::parse(&f.auth_token).map_err(|e| bad("auth-token", &f.auth_token, e))?;
+        if let AuthToken::Jwt { .. } = &auth_token {
+            crate::auth::Jwt::load(&auth_token).map_err(|e| bad("auth-token", &f.auth_token, e))?;
         }
         if f.auth_token_ttl == 0 {
             return Err(bad("auth-token-ttl", "0", "must be > 0"));
@@ -687,6 +746,7 @@ impl Config {
             request_timeout: Duration::from_secs(5) + election_timeout * 2,
             auth_token_ttl: Duration::from_secs(f.auth_token_ttl),
             bcrypt_cost: f.bcrypt_cost,
+            auth_token,
         })
     }
 

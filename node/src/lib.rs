@@ -223,6 +223,13 @@ pub async fn run(
             bcrypt_cost: config.bcrypt_cost,
         },
         tokens,
+        match &config.auth_token {
+            config::AuthToken::Jwt { .. } => Some(Arc::new(
+                auth::Jwt::load(&config.auth_token)
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))?,
+            )),
+            config::AuthToken::Simple => None,
+        },
     ));
     if let Some(t) = &transport {
         t.do_send(transport::SetService(service.clone()));

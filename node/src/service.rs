@@ -83,6 +83,7 @@ pub struct Service {
     limits: Limits,
     next_id: AtomicU64,
     tokens: Arc<crate::auth::Tokens>,
+    jwt: Option<Arc<crate::auth::Jwt>>,
 }
 
 impl Service {
@@ -95,6 +96,7 @@ impl Service {
         state: Arc<NodeState>,
         limits: Limits,
         tokens: Arc<crate::auth::Tokens>,
+        jwt: Option<Arc<crate::auth::Jwt>>,
     ) -> Service {
         // Request ids: the member ID's low 16 bits, then a counter seeded from the clock, so ids
         // stay unique across restarts and members (etcd `idutil.Generator`).
@@ -115,6 +117,7 @@ impl Service {
             limits,
             next_id: AtomicU64::new(first),
             tokens,
+            jwt,
         }
     }
 
@@ -144,6 +147,11 @@ impl Service {
         &self.watch
     }
 
+    /// The JWT keys, when tokens are JWTs (`--auth-token jwt,...`).
+    pub(crate) fn jwt(&self) -> Option<&crate::auth::Jwt> {
+        self.jwt.as_deref()
+    }
+
     /// The limits in force.
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
@@ -159,16 +167,24 @@ impl Service {
     /// issued before a restart).
     pub fn identify(&self, token: Option<&str>, cert_cn: Option<&str>) -> Res<AuthInfo> {
         let a = self.store.auth();
-        let username = if !a.enabled() {
-            String::new()
-        } else if let Some(t) = token {
-            self.tokens.user(t).ok_or(ApiError::InvalidAuthToken)?
-        } else {
-            cert_cn.unwrap_or_default().to_owned()
+        if !a.enabled() {
+            return Ok(AuthInfo {
+                username: String::new(),
+                auth_revision: a.revision(),
+            });
+        }
+        let (username, auth_revision) = match (token, &self.jwt) {
+            // A JWT carries the revision it was issued at: after an auth change it is stale.
+            (Some(t), Some(jwt)) => jwt.verify(t).ok_or(ApiError::InvalidAuthToken)?,
+            (Some(t), None) => (
+                self.tokens.user(t).ok_or(ApiError::InvalidAuthToken)?,
+                a.revision(),
+            ),
+            (None, _) => (cert_cn.unwrap_or_default().to_owned(), a.revision()),
         };
         Ok(AuthInfo {
             username,
-            auth_revision: a.revision(),
+            auth_revision,
         })
     }
 
