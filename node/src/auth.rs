@@ -80,6 +80,16 @@ impl Tokens {
     }
 }
 
+/// How tokens are issued and checked: the simple tokens this member knows (always kept: apply
+/// records them), and the JWT keys when `--auth-token jwt,...` is set (then tokens are JWTs).
+#[derive(Debug, Clone)]
+pub struct TokenProvider {
+    /// Simple tokens, assigned at apply.
+    pub simple: std::sync::Arc<Tokens>,
+    /// JWT keys.
+    pub jwt: Option<std::sync::Arc<Jwt>>,
+}
+
 /// JWT tokens (etcd `--auth-token jwt,...`): `{"username", "revision", "exp"}` signed with the
 /// member's private key. Self-contained: any member with the public key verifies them, nothing
 /// goes through consensus. The auth revision in the token makes requests made with a token

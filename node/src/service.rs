@@ -95,8 +95,7 @@ impl Service {
         applied: watch::Receiver<u64>,
         state: Arc<NodeState>,
         limits: Limits,
-        tokens: Arc<crate::auth::Tokens>,
-        jwt: Option<Arc<crate::auth::Jwt>>,
+        tokens: crate::auth::TokenProvider,
     ) -> Service {
         // Request ids: the member ID's low 16 bits, then a counter seeded from the clock, so ids
         // stay unique across restarts and members (etcd `idutil.Generator`).
@@ -116,8 +115,8 @@ impl Service {
             state,
             limits,
             next_id: AtomicU64::new(first),
-            tokens,
-            jwt,
+            tokens: tokens.simple,
+            jwt: tokens.jwt,
         }
     }
 
