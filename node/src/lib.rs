@@ -222,13 +222,15 @@ pub async fn run(
             min_lease_ttl: config.min_lease_ttl,
             bcrypt_cost: config.bcrypt_cost,
         },
-        tokens,
-        match &config.auth_token {
-            config::AuthToken::Jwt { .. } => Some(Arc::new(
-                auth::Jwt::load(&config.auth_token)
-                    .map_err(|e| Error::Io(std::io::Error::other(e)))?,
-            )),
-            config::AuthToken::Simple => None,
+        auth::TokenProvider {
+            simple: tokens,
+            jwt: match &config.auth_token {
+                config::AuthToken::Jwt { .. } => Some(Arc::new(
+                    auth::Jwt::load(&config.auth_token)
+                        .map_err(|e| Error::Io(std::io::Error::other(e)))?,
+                )),
+                config::AuthToken::Simple => None,
+            },
         },
     ));
     if let Some(t) = &transport {
