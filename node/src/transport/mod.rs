@@ -77,6 +77,9 @@ pub struct TransportActor {
 /// other forever.
 const REDIAL_AFTER_PEER_HELLO: Duration = Duration::from_secs(1);
 
+/// Refused handshakes from one address are logged at warn at most this often.
+const REJECTION_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// Builds the QUIC endpoint on `socket`. With `tls`, the member presents its certificate as
 /// server and client, verifies peers against the trusted CA when one is given, and requires
 /// client certificates with `client_cert_auth` (etcd's `--peer-*` flags). Without, it uses an
@@ -535,6 +538,10 @@ async fn accept_loop(
     transport: Addr<TransportActor>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // A refused peer redials about once a second: warn once a minute per address, the rest at
+    // debug.
+    let warned: Arc<std::sync::Mutex<HashMap<std::net::SocketAddr, tokio::time::Instant>>> =
+        Arc::default();
     loop {
         let incoming = tokio::select! {
             _ = stopped(&mut stop) => {
@@ -543,11 +550,12 @@ async fn accept_loop(
             }
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let (consensus, known, store, transport) = (
+        let (consensus, known, store, transport, warned) = (
             consensus.clone(),
             known.clone(),
             store.clone(),
             transport.clone(),
+            warned.clone(),
         );
         tokio::spawn(async move {
             let remote = incoming.remote_address();
@@ -556,7 +564,21 @@ async fn accept_loop(
                 Err(e) => {
                     // A peer without a valid certificate ends here (mutual TLS), as does a
                     // handshake cut short by a restart.
-                    tracing::warn!(%remote, error = %e, "rejected peer connection: TLS handshake failed");
+                    let now = tokio::time::Instant::now();
+                    let first = {
+                        let mut w = warned.lock().unwrap_or_else(|p| p.into_inner());
+                        w.retain(|_, at| now.duration_since(*at) < REJECTION_WARN_EVERY);
+                        let first = !w.contains_key(&remote);
+                        if first {
+                            w.insert(remote, now);
+                        }
+                        first
+                    };
+                    if first {
+                        tracing::warn!(%remote, error = %e, "rejected peer connection: TLS handshake failed");
+                    } else {
+                        tracing::debug!(%remote, error = %e, "rejected peer connection: TLS handshake failed");
+                    }
                     return;
                 }
             };
