@@ -349,13 +349,15 @@ mod api {
             Ok(AuthDisableResponse { header })
         }
 
-        /// AuthStatus: whether auth is enabled and the auth revision (answered to anyone).
+        /// AuthStatus: whether auth is enabled and the auth revision (root once auth is
+        /// enabled, as etcd v3.5's `needAdminPermission`).
         ///
         /// # Errors
-        /// No leader, timeout.
-        pub async fn auth_status(&self) -> Res<AuthStatusResponse> {
+        /// Permission errors, no leader, timeout.
+        pub async fn auth_status(&self, who: &AuthInfo) -> Res<AuthStatusResponse> {
             self.linearizable().await?;
             let a = self.store().auth();
+            a.check_admin(who)?;
             Ok(AuthStatusResponse {
                 header: self.local_header(),
                 enabled: a.enabled(),

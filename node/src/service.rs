@@ -195,6 +195,24 @@ impl Service {
         Ok(self.store.auth().check(who, key, range_end, false)?)
     }
 
+    /// Read permission on every key attached to lease `id` (etcd v3.5 `checkLeaseTimeToLive`,
+    /// before LeaseTimeToLive answers which keys a lease holds). Root passes.
+    ///
+    /// # Errors
+    /// etcd's auth errors; a store failure.
+    pub fn check_lease_keys_readable(&self, who: &AuthInfo, id: i64) -> Res<()> {
+        let a = self.store.auth();
+        if !a.enabled() || a.check_admin(who).is_ok() {
+            return Ok(());
+        }
+        if let Some((_, keys)) = self.store.lease(id, true).map_err(Self::store_err)? {
+            for k in keys {
+                a.check(who, &k, &[], false)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Administrator (root role) permission.
     ///
     /// # Errors

@@ -123,6 +123,13 @@ fn matrix(admin: &Cli, probe: &Cli) {
     // A compare on a key alice may not read.
     let peek = "value(\"/b/x\") = \"1\"\n\nget /a/x\n\n\n";
     probe.refused(ALICE, &["txn"], peek, DENIED);
+    // The lease's time-to-live names its keys: reading /b/leased's name is refused too.
+    probe.refused(
+        ALICE,
+        &["lease", "timetolive", &lease, "--keys"],
+        "",
+        DENIED,
+    );
     // Revoking the lease would delete /b/leased.
     probe.refused(ALICE, &["lease", "revoke", &lease], "", DENIED);
     // Administration needs root.
@@ -550,9 +557,33 @@ fn gateway_auth_routes_answer_etcds_json() {
         post("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#).status,
         200
     );
+    // (false is a default: the gateway's JSON leaves it out, as etcd's does)
+    let r = post("/v3/auth/status", "{}");
+    assert!(r.status == 200 && !r.body.contains("enabled"), "{}", r.body);
     let r = post("/v3/auth/enable", "{}");
     assert_eq!(r.status, 200, "{}", r.body);
+    // Once enabled, AuthStatus needs root (etcd v3.5).
     let r = post("/v3/auth/status", "{}");
+    assert!(
+        r.body.contains("etcdserver: user name is empty"),
+        "{}",
+        r.body
+    );
+    let auth = post(
+        "/v3/auth/authenticate",
+        r#"{"name":"root","password":"pw"}"#,
+    );
+    let token = serde_json::from_str::<serde_json::Value>(&auth.body).unwrap()["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let r = http_with(
+        &n.grpc,
+        "POST",
+        "/v3/auth/status",
+        &[("Authorization", &token)],
+        "{}",
+    );
     assert!(r.body.contains(r#""enabled":true"#), "{}", r.body);
     let r = post("/v3/kv/range", r#"{"key":"YQ=="}"#);
     assert_eq!(r.status, 400, "{}", r.body);

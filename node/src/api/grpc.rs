@@ -246,7 +246,16 @@ impl Lease for Grpc {
         &self,
         r: Request<LeaseTimeToLiveRequest>,
     ) -> Res<LeaseTimeToLiveResponse> {
-        as_caller!(self, r, |_who, req| self.svc.lease_time_to_live(req))
+        let who = self.who(&r)?;
+        let req = r.into_inner();
+        self.svc
+            .check_lease_keys_readable(&who, req.id)
+            .map_err(status)?;
+        self.svc
+            .lease_time_to_live(req)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
     async fn lease_leases(&self, r: Request<LeaseLeasesRequest>) -> Res<LeaseLeasesResponse> {
         as_caller!(self, r, |_who, _req| self.svc.lease_leases())
@@ -345,12 +354,8 @@ impl Auth for Grpc {
     async fn auth_disable(&self, r: Request<AuthDisableRequest>) -> Res<AuthDisableResponse> {
         as_caller!(self, r, |who, _req| self.svc.auth_disable(who))
     }
-    async fn auth_status(&self, _: Request<AuthStatusRequest>) -> Res<AuthStatusResponse> {
-        self.svc
-            .auth_status()
-            .await
-            .map(Response::new)
-            .map_err(status)
+    async fn auth_status(&self, r: Request<AuthStatusRequest>) -> Res<AuthStatusResponse> {
+        as_caller!(self, r, |who, _req| self.svc.auth_status(who))
     }
     async fn authenticate(&self, r: Request<AuthenticateRequest>) -> Res<AuthenticateResponse> {
         self.svc

@@ -336,13 +336,26 @@ async fn watch_request(
 
 /// Serves a request a follower forwarded here: only what needs the leader (lease keep-alive and
 /// time-to-live), never anything that could be forwarded again.
+/// The member that forwarded it checked the client's permissions already.
 pub(crate) async fn handle_forwarded(svc: &Service, f: Frame) -> Frame {
-    match f.body {
-        Some(Body::LeaseKeepAlive(_)) | Some(Body::LeaseTimeToLive(_)) => {
-            handle(svc, &ConnIdentity::default(), f).await
-        }
-        _ => {
-            let (code, msg) = status_of(&ApiError::Unimplemented);
+    let result = match f.body {
+        Some(Body::LeaseKeepAlive(r)) => svc
+            .lease_keep_alive(r)
+            .await
+            .map(Body::LeaseKeepAliveResponse),
+        Some(Body::LeaseTimeToLive(r)) => svc
+            .lease_time_to_live(r)
+            .await
+            .map(Body::LeaseTimeToLiveResponse),
+        _ => Err(ApiError::Unimplemented),
+    };
+    match result {
+        Ok(body) => Frame {
+            id: f.id,
+            body: Some(body),
+        },
+        Err(e) => {
+            let (code, msg) = status_of(&e);
             error_frame(f.id, code, msg)
         }
     }
@@ -388,12 +401,13 @@ async fn serve_request(
             Body::LeaseKeepAliveResponse(svc.lease_keep_alive(r).await?)
         }
         Some(Body::LeaseTimeToLive(r)) => {
+            svc.check_lease_keys_readable(who, r.id)?;
             Body::LeaseTimeToLiveResponse(svc.lease_time_to_live(r).await?)
         }
         Some(Body::LeaseLeases(_)) => Body::LeaseLeasesResponse(svc.lease_leases().await?),
         Some(Body::AuthEnable(_)) => Body::AuthEnableResponse(svc.auth_enable(who).await?),
         Some(Body::AuthDisable(_)) => Body::AuthDisableResponse(svc.auth_disable(who).await?),
-        Some(Body::AuthStatus(_)) => Body::AuthStatusResponse(svc.auth_status().await?),
+        Some(Body::AuthStatus(_)) => Body::AuthStatusResponse(svc.auth_status(who).await?),
         Some(Body::Authenticate(r)) => {
             let resp = svc.authenticate(r).await?;
             identity.set_token(resp.token.clone());
