@@ -7,7 +7,8 @@
 //! reloads on a change (etcd reads its certificate files on each handshake too). A change that
 //! does not load (a half-written file, a key that does not match) keeps the previous
 //! certificate and is logged; connections already open keep the certificate they started with.
-//! The trusted CA file is read once, at start.
+//! The trusted CA file (`--trusted-ca-file`) is reloaded the same way, at the next client
+//! handshake after it changes.
 //!
 //! Handshakes run in their own tasks, so a slow or silent client never holds up the accept
 //! loop; a failed handshake (plain TCP, an untrusted client certificate) closes that connection
@@ -159,6 +160,129 @@ impl rustls::client::ResolvesClientCert for ReloadingCert {
     }
 }
 
+/// Verifies client certificates against `--trusted-ca-file`, re-reading the file when it
+/// changes (a CA bundle that does not load keeps the previous one, logged). Sends no CA hints
+/// (clients with one certificate, as etcdctl, do not need them).
+#[derive(Debug)]
+pub struct ReloadingClientVerifier {
+    ca: PathBuf,
+    mandatory: bool,
+    provider: Arc<CryptoProvider>,
+    current: Mutex<(Stamp, Arc<dyn rustls::server::danger::ClientCertVerifier>)>,
+}
+
+impl ReloadingClientVerifier {
+    /// Loads `ca`; `mandatory` refuses clients without a certificate (`--client-cert-auth`).
+    ///
+    /// # Errors
+    /// An unreadable or empty CA file.
+    pub fn load(
+        ca: &Path,
+        mandatory: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> std::io::Result<ReloadingClientVerifier> {
+        let st = stamp(&[ca]);
+        let v = Self::build(ca, mandatory, &provider)?;
+        Ok(ReloadingClientVerifier {
+            ca: ca.to_owned(),
+            mandatory,
+            provider,
+            current: Mutex::new((st, v)),
+        })
+    }
+
+    fn build(
+        ca: &Path,
+        mandatory: bool,
+        provider: &Arc<CryptoProvider>,
+    ) -> std::io::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+        let roots = Arc::new(crate::transport::tls::load_roots(ca)?);
+        let v =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+        let v = if mandatory {
+            v
+        } else {
+            v.allow_unauthenticated()
+        };
+        v.build()
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", ca.display())))
+    }
+
+    fn get(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let now = stamp(&[&self.ca]);
+        if now != cur.0 {
+            cur.0 = now;
+            match Self::build(&self.ca, self.mandatory, &self.provider) {
+                Ok(v) => {
+                    tracing::info!(ca = %self.ca.display(), "trusted CA reloaded");
+                    cur.1 = v;
+                }
+                Err(e) => tracing::warn!(
+                    ca = %self.ca.display(),
+                    error = %e,
+                    "trusted CA file changed but does not load; keeping the previous one"
+                ),
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ReloadingClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// The ring provider limited to etcd's `--cipher-suites` (Go/IANA names such as
 /// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`). The list applies to TLS 1.2, as in etcd (Go does
 /// not let TLS 1.3 suites be chosen): TLS 1.3 suites stay. Empty = rustls's defaults.
@@ -261,16 +385,11 @@ pub fn server_config(t: &ClientTls, alpn: &[&[u8]]) -> std::io::Result<rustls::S
         .with_protocol_versions(&versions)
         .map_err(|e| other(&e))?;
     let builder = match &t.trusted_ca_file {
-        Some(ca) => {
-            let roots = Arc::new(crate::transport::tls::load_roots(ca)?);
-            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider);
-            let v = if t.client_cert_auth {
-                v
-            } else {
-                v.allow_unauthenticated()
-            };
-            builder.with_client_cert_verifier(v.build().map_err(|e| other(&e))?)
-        }
+        Some(ca) => builder.with_client_cert_verifier(Arc::new(ReloadingClientVerifier::load(
+            ca,
+            t.client_cert_auth,
+            provider,
+        )?)),
         None => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(cert));
