@@ -922,6 +922,23 @@ impl HttpStream {
     }
 }
 
+/// Flags for client TLS as etcd takes them: an `https://` client URL serving `cert`/`key`, client
+/// certificates required and checked against `ca` (`--client-cert-auth`). The native port
+/// speaks the same TLS.
+pub fn client_tls_args<'a>(ca: &'a str, cert: &'a str, key: &'a str) -> Vec<&'a str> {
+    vec![
+        "--listen-client-urls",
+        "https://127.0.0.1:0",
+        "--cert-file",
+        cert,
+        "--key-file",
+        key,
+        "--trusted-ca-file",
+        ca,
+        "--client-cert-auth",
+    ]
+}
+
 /// Writes a CA, and a certificate for 127.0.0.1/localhost signed by it, into `dir`; returns
 /// (ca, cert, key) paths.
 pub fn make_pki(dir: &std::path::Path, name: &str) -> (String, String, String) {

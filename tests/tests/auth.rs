@@ -15,6 +15,22 @@ struct Cli {
 }
 
 impl Cli {
+    /// etcdctl 3.4 against a member's gRPC address.
+    fn etcdctl(endpoint: &str) -> Cli {
+        Cli {
+            etcdctl: true,
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
+    /// etchctl against a member's native address.
+    fn native(endpoint: &str) -> Cli {
+        Cli {
+            etcdctl: false,
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
     /// Runs `args` as `user` (`name:password`), `stdin` as input; bounded by `timeout` so a
     /// watch that is not canceled fails the test instead of hanging it.
     fn run(&self, user: Option<&str>, args: &[&str], stdin: &str) -> Output {
@@ -196,10 +212,7 @@ fn matrix(admin: &Cli, probe: &Cli) {
 fn permission_matrix_through_etcdctl_on_three_members() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
-    let cli = |i: usize| Cli {
-        etcdctl: true,
-        endpoint: c.nodes[i].grpc.clone(),
-    };
+    let cli = |i: usize| Cli::etcdctl(&c.nodes[i].grpc);
     matrix(&cli(0), &cli(1));
 }
 
@@ -207,10 +220,7 @@ fn permission_matrix_through_etcdctl_on_three_members() {
 fn permission_matrix_through_the_native_protocol_on_three_members() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
-    let cli = |i: usize| Cli {
-        etcdctl: false,
-        endpoint: c.nodes[i].native.clone(),
-    };
+    let cli = |i: usize| Cli::native(&c.nodes[i].native);
     matrix(&cli(0), &cli(2));
 }
 
@@ -221,10 +231,7 @@ fn permission_matrix_through_the_native_protocol_on_three_members() {
 fn tokens_are_cluster_wide_and_auth_changes_apply_to_existing_identities() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
-    let admin = Cli {
-        etcdctl: false,
-        endpoint: c.nodes[0].native.clone(),
-    };
+    let admin = Cli::native(&c.nodes[0].native);
     admin.ok(None, &["user", "add", "root:rootpw"]);
     admin.ok(None, &["user", "add", "bob:bobpw"]);
     admin.ok(None, &["role", "add", "rb"]);
@@ -316,11 +323,7 @@ fn tokens_are_cluster_wide_and_auth_changes_apply_to_existing_identities() {
     );
     let r = put(2, &token);
     assert_eq!(r.status, 401, "{}", r.body);
-    Cli {
-        etcdctl: true,
-        endpoint: c.nodes[1].grpc.clone(),
-    }
-    .refused(
+    Cli::etcdctl(&c.nodes[1].grpc).refused(
         Some("bob:bobpw"),
         &["get", "/b/x"],
         "",
@@ -345,20 +348,7 @@ fn client_certificate_common_name_is_the_user() {
     };
     let (carol_cert, carol_key) = client("carol");
     let (root_cert, root_key) = client("root");
-    let n = Node::start(
-        dir.path(),
-        &[
-            "--listen-client-urls",
-            "https://127.0.0.1:0",
-            "--cert-file",
-            &cert,
-            "--key-file",
-            &key,
-            "--trusted-ca-file",
-            &ca,
-            "--client-cert-auth",
-        ],
-    );
+    let n = Node::start(dir.path(), &etch_tests::client_tls_args(&ca, &cert, &key));
     let ctl = |cert: &str, key: &str, args: &[&str]| {
         Command::new(bin("etchctl"))
             .args([
@@ -659,10 +649,7 @@ fn jwt_tokens_are_verified_by_every_member() {
         priv_key.display()
     );
     let c = Cluster::start(&dir.path().join("etch"), 3, &["--auth-token", &flag]);
-    let admin = Cli {
-        etcdctl: false,
-        endpoint: c.nodes[0].native.clone(),
-    };
+    let admin = Cli::native(&c.nodes[0].native);
     admin.ok(None, &["user", "add", "root:rootpw"]);
     admin.ok(None, &["auth", "enable"]);
     let auth = http(
@@ -709,11 +696,7 @@ fn jwt_tokens_are_verified_by_every_member() {
     );
     // etcdctl authenticates again per command: fine on every member.
     for n in &c.nodes {
-        Cli {
-            etcdctl: true,
-            endpoint: n.grpc.clone(),
-        }
-        .ok(ROOT, &["put", "jwt", "ok"]);
+        Cli::etcdctl(&n.grpc).ok(ROOT, &["put", "jwt", "ok"]);
     }
     // A JWT configuration whose keys do not load stops the start (exit 2).
     let out = Command::new(bin("etch"))

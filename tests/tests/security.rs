@@ -37,17 +37,7 @@ fn client_tls_with_client_cert_auth_on_three_members() {
     let c = Cluster::start(
         &dir.path().join("etch"),
         3,
-        &[
-            "--listen-client-urls",
-            "https://127.0.0.1:0",
-            "--cert-file",
-            &cert,
-            "--key-file",
-            &key,
-            "--trusted-ca-file",
-            &ca,
-            "--client-cert-auth",
-        ],
+        &etch_tests::client_tls_args(&ca, &cert, &key),
     );
     let eps: Vec<String> = c
         .nodes
@@ -162,20 +152,7 @@ fn native_port_speaks_tls_with_client_cert_auth() {
     let pki = dir.path().join("pki");
     let (ca, cert, key) = make_pki(&pki, "cluster");
     let (_, other_cert, other_key) = make_pki(&pki, "intruder");
-    let n = etch_tests::Node::start(
-        dir.path(),
-        &[
-            "--listen-client-urls",
-            "https://127.0.0.1:0",
-            "--cert-file",
-            &cert,
-            "--key-file",
-            &key,
-            "--trusted-ca-file",
-            &ca,
-            "--client-cert-auth",
-        ],
-    );
+    let n = etch_tests::Node::start(dir.path(), &etch_tests::client_tls_args(&ca, &cert, &key));
     n.ctl_ok(&["put", "k", "v"]);
     let plain = etch_tests::etchctl_at(&n.native, &["--command-timeout", "5s", "get", "k"]);
     assert!(!plain.status.success(), "plain frames served on a TLS port");
@@ -439,17 +416,7 @@ fn trusted_ca_bundle_reloads_when_its_file_changes() {
     let bundle_s = bundle.to_string_lossy().to_string();
     let n = etch_tests::Node::start(
         dir.path(),
-        &[
-            "--listen-client-urls",
-            "https://127.0.0.1:0",
-            "--cert-file",
-            &cert_a,
-            "--key-file",
-            &key_a,
-            "--trusted-ca-file",
-            &bundle_s,
-            "--client-cert-auth",
-        ],
+        &etch_tests::client_tls_args(&bundle_s, &cert_a, &key_a),
     );
     // The server's certificate is from CA A; client certificates from A or B.
     let as_client = |cert: &str, key: &str| {
