@@ -84,6 +84,17 @@ impl Cli {
     }
 }
 
+/// Authenticates through the HTTP gateway of the member at `addr`; returns the token.
+fn gateway_token(addr: &str, name: &str, password: &str) -> String {
+    let body = serde_json::json!({"name": name, "password": password}).to_string();
+    let auth = http(addr, "POST", "/v3/auth/authenticate", &body);
+    assert_eq!(auth.status, 200, "{}", auth.body);
+    serde_json::from_str::<serde_json::Value>(&auth.body).unwrap()["token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
 const ROOT: Option<&str> = Some("root:rootpw");
 const ALICE: Option<&str> = Some("alice:alicepw");
 const DENIED: &str = "etcdserver: permission denied";
@@ -249,17 +260,7 @@ fn tokens_are_cluster_wide_and_auth_changes_apply_to_existing_identities() {
     admin.ok(None, &["user", "grant-role", "bob", "rb"]);
     admin.ok(None, &["auth", "enable"]);
 
-    let auth = http(
-        &c.nodes[0].grpc,
-        "POST",
-        "/v3/auth/authenticate",
-        r#"{"name":"bob","password":"bobpw"}"#,
-    );
-    assert_eq!(auth.status, 200, "{}", auth.body);
-    let token = serde_json::from_str::<serde_json::Value>(&auth.body).unwrap()["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = gateway_token(&c.nodes[0].grpc, "bob", "bobpw");
     let put = |member: usize, token: &str| {
         http_with(
             &c.nodes[member].grpc,
@@ -559,14 +560,7 @@ fn gateway_auth_routes_answer_etcds_json() {
         "{}",
         r.body
     );
-    let auth = post(
-        "/v3/auth/authenticate",
-        r#"{"name":"root","password":"pw"}"#,
-    );
-    let token = serde_json::from_str::<serde_json::Value>(&auth.body).unwrap()["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = gateway_token(&n.grpc, "root", "pw");
     let r = http_with(
         &n.grpc,
         "POST",
@@ -652,17 +646,7 @@ fn jwt_tokens_are_verified_by_every_member() {
     let admin = Cli::native(&c.nodes[0].native);
     admin.ok(None, &["user", "add", "root:rootpw"]);
     admin.ok(None, &["auth", "enable"]);
-    let auth = http(
-        &c.nodes[0].grpc,
-        "POST",
-        "/v3/auth/authenticate",
-        r#"{"name":"root","password":"rootpw"}"#,
-    );
-    assert_eq!(auth.status, 200, "{}", auth.body);
-    let token = serde_json::from_str::<serde_json::Value>(&auth.body).unwrap()["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = gateway_token(&c.nodes[0].grpc, "root", "rootpw");
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     let put = |member: usize, token: &str| {
         http_with(
