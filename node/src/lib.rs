@@ -76,7 +76,7 @@ pub async fn run(
     metrics::install();
     let member_dir = config.data_dir.join("member");
     let (mut wal, recovered) =
-        Wal::open_with_segment_bytes(&member_dir.join("wal"), config.wal_segment_bytes)?;
+        Wal::open_with_segment_bytes(&config.wal_dir, config.wal_segment_bytes)?;
     if recovered.truncated_bytes > 0 {
         tracing::warn!(
             bytes = recovered.truncated_bytes,
@@ -134,6 +134,7 @@ pub async fn run(
     let waiters = Arc::new(Waiters::default());
     let tokens = Arc::new(auth::Tokens::new(config.auth_token_ttl));
     let (applied_tx, applied_rx) = chan::channel(applied);
+    announce_ready(state.clone(), applied_rx.clone());
 
     // WAL and apply each get a thread of their own: fsync and fjall writes block.
     let wal_arbiter = Arbiter::new();
@@ -349,6 +350,33 @@ pub async fn run(
     watch_arbiter.stop();
     tracing::info!("stopped");
     result
+}
+
+/// Logs etcd's readiness lines once this member knows a leader and has applied the log up to
+/// the commit index it saw then: tools that start etcd wait for them (etcd 3.4's e2e launcher
+/// for "enabled capabilities for version" and "published", etcd 3.5's for "ready to serve
+/// client requests").
+fn announce_ready(state: Arc<NodeState>, mut applied: chan::Receiver<u64>) {
+    tokio::spawn(async move {
+        let mut leader = state.leader_changes();
+        if leader.wait_for(|l| *l != 0).await.is_err() {
+            return;
+        }
+        let commit = state.commit_index();
+        if applied.wait_for(|a| *a >= commit).await.is_err() {
+            return;
+        }
+        tracing::info!(
+            cluster_version = config::CLUSTER_VERSION,
+            "enabled capabilities for version {}",
+            config::CLUSTER_VERSION
+        );
+        tracing::info!(
+            member_id = %format!("{:x}", state.member_id),
+            "published local member to cluster through raft"
+        );
+        tracing::info!("ready to serve client requests");
+    });
 }
 
 /// Stops the consensus actor (shutdown).

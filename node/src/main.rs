@@ -8,7 +8,21 @@ use tracing_subscriber::EnvFilter;
 use etch_node::{Config, Flags, Listeners};
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    // etcd's environment variables and YAML configuration file become flags first.
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (args, warnings) =
+        match etch_node::config::sources::effective_args(std::env::args_os().collect(), &env) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("etch: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let flags = Flags::parse_from(args);
+    if flags.version {
+        print!("{}", etch_node::config::version_text());
+        return ExitCode::SUCCESS;
+    }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},raft=warn", flags.log_level)));
     let builder = tracing_subscriber::fmt()
@@ -19,6 +33,9 @@ fn main() -> ExitCode {
         etch_node::config::LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+    for w in warnings {
+        tracing::warn!("{w}");
     }
     let config = match Config::from_flags(&flags) {
         Ok(c) => c,

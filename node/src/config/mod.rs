@@ -16,33 +16,49 @@ use sha1::{Digest, Sha1};
 /// (`Status.version`): clients such as kube-apiserver gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.17";
 
+/// The cluster version etch reports (`Status`, `/version`'s `etcdcluster`): major.minor of
+/// [`ETCD_API_VERSION`].
+pub const CLUSTER_VERSION: &str = "3.5";
+
+/// etcd's default client URL (`--listen-client-urls`).
+pub const DEFAULT_CLIENT_URL: &str = "http://127.0.0.1:2379";
+
+/// The native listener when neither `--listen-native-urls` nor `--listen-client-urls` is
+/// given: a bare `etch` serves both protocols; a member started with etcd's flags serves the
+/// native protocol only where told to.
+pub const DEFAULT_NATIVE_URL: &str = "tcp://127.0.0.1:2378";
+
+/// etcd's default backend quota (`DefaultQuotaBytes`): 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+pub mod sources;
+
 /// Raw command-line flags, before validation.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "etch",
-    version,
+    disable_version_flag = true,
     about = "etch: a distributed, strongly consistent key-value store"
 )]
 pub struct Flags {
+    /// Print etcd's version lines (the etcd API level etch implements), then etch's, and exit.
+    #[arg(long)]
+    pub version: bool,
     /// Human-readable name of this member.
     #[arg(long, env = "ETCH_NAME", default_value = "default")]
     pub name: String,
     /// Path to the data directory. Default: `<name>.etch`.
     #[arg(long, env = "ETCH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Comma-separated URLs to serve the native protocol on (`tcp://host:port`).
-    #[arg(
-        long,
-        env = "ETCH_LISTEN_NATIVE_URLS",
-        default_value = "tcp://127.0.0.1:2378"
-    )]
-    pub listen_native_urls: String,
-    /// Comma-separated URLs to serve the etcd gRPC API on (served from the gRPC issue on).
-    #[arg(
-        long,
-        env = "ETCH_LISTEN_CLIENT_URLS",
-        default_value = "http://127.0.0.1:2379"
-    )]
+    /// Comma-separated URLs to serve etch's native protocol on (`tcp://host:port`). Default:
+    /// `tcp://127.0.0.1:2378` when `--listen-client-urls` is left at its default, none
+    /// otherwise (so members started with etcd's flags alone never collide on it).
+    #[arg(long, env = "ETCH_LISTEN_NATIVE_URLS")]
+    pub listen_native_urls: Option<String>,
+    /// Comma-separated URLs to serve the etcd gRPC API, the HTTP JSON gateway, `/metrics` and
+    /// the health endpoints on (`http://host:port`, `https://` with client TLS, or
+    /// `unix://path`).
+    #[arg(long, env = "ETCH_LISTEN_CLIENT_URLS", default_value = DEFAULT_CLIENT_URL)]
     pub listen_client_urls: String,
     /// Extra URLs serving `/metrics`, `/health`, `/livez` and `/readyz` over plain HTTP (the
     /// client URLs serve them too), e.g. `http://127.0.0.1:2381`.
@@ -91,8 +107,9 @@ pub struct Flags {
     /// Applied entries between log compactions (raft log release).
     #[arg(long, env = "ETCH_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
-    /// Backend size limit in bytes (alarm issue; recorded now). Default: 2 GiB.
-    #[arg(long, env = "ETCH_QUOTA_BACKEND_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    /// Backend size quota in bytes: past it, the NOSPACE alarm is raised and writes are refused
+    /// until compaction and `alarm disarm` (etcd). 0 = the default: 2 GiB.
+    #[arg(long, env = "ETCH_QUOTA_BACKEND_BYTES", default_value_t = DEFAULT_QUOTA_BACKEND_BYTES)]
     pub quota_backend_bytes: u64,
     /// Maximum client request size in bytes. Default: 1.5 MiB (etcd).
     #[arg(long, env = "ETCH_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
@@ -111,10 +128,10 @@ pub struct Flags {
     pub trusted_ca_file: Option<PathBuf>,
     /// Require a client certificate signed by `--trusted-ca-file` from every client (refused
     /// during the handshake otherwise).
-    #[arg(long, env = "ETCH_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "ETCH_CLIENT_CERT_AUTH", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub client_cert_auth: bool,
     /// Serve `https://` client URLs with a generated self-signed certificate.
-    #[arg(long, env = "ETCH_AUTO_TLS")]
+    #[arg(long, env = "ETCH_AUTO_TLS", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub auto_tls: bool,
     /// Peer TLS certificate (PEM). With `--peer-key-file`, used as the server certificate
     /// and as the client certificate towards other members.
@@ -127,7 +144,7 @@ pub struct Flags {
     #[arg(long, env = "ETCH_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// Require a client certificate signed by `--peer-trusted-ca-file` from every peer.
-    #[arg(long, env = "ETCH_PEER_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "ETCH_PEER_CLIENT_CERT_AUTH", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub peer_client_cert_auth: bool,
     /// TLS 1.2 cipher suites the client URLs accept, comma-separated Go/IANA names (e.g.
     /// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`); empty = rustls's defaults. TLS 1.3 suites are
@@ -141,7 +158,7 @@ pub struct Flags {
     #[arg(long, env = "ETCH_TLS_MAX_VERSION", default_value = "")]
     pub tls_max_version: String,
     /// Use generated certificates for peers (the default when no peer certificate is given).
-    #[arg(long, env = "ETCH_PEER_AUTO_TLS")]
+    #[arg(long, env = "ETCH_PEER_AUTO_TLS", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub peer_auto_tls: bool,
     /// Interval of watch progress notifications (humantime). Default: 10m (etcd).
     #[arg(
@@ -195,9 +212,62 @@ pub struct Flags {
     /// etcd's log outputs; accepted and ignored (etch logs to stderr).
     #[arg(long, hide = true)]
     pub log_outputs: Option<String>,
-    /// etcd's v2 switch; accepted and ignored.
-    #[arg(long, hide = true)]
+    /// etcd's v2 API switch (`--enable-v2`, `--enable-v2=true`): etch serves no v2 API (etcd
+    /// deprecated it in 3.4 and removed it in 3.6); accepted and ignored with a warning.
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_v2: Option<String>,
+    /// etcd's YAML configuration file (etcd's keys: `name`, `data-dir`, `listen-client-urls`,
+    /// `client-transport-security.cert-file`, ...). When given, other flags and environment
+    /// variables are ignored, as in etcd. Read before the other flags (see [`sources`]).
+    #[arg(long, env = "ETCH_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Directory of the WAL. Default: `<data-dir>/member/wal`.
+    #[arg(long, env = "ETCH_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Restart this member as a one-member cluster from its own data (etcd's disaster
+    /// recovery step: the other members are dropped from the configuration).
+    #[arg(long, env = "ETCH_FORCE_NEW_CLUSTER", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    pub force_new_cluster: bool,
+    /// Refuse membership changes that would leave fewer started members than a quorum
+    /// (etcd's default: true).
+    #[arg(long, env = "ETCH_STRICT_RECONFIG_CHECK", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true")]
+    pub strict_reconfig_check: bool,
+    /// Maximum concurrent HTTP/2 streams per client connection on the client URLs. Default:
+    /// unlimited (etcd: math.MaxUint32).
+    #[arg(long, env = "ETCH_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+    /// Certificate revocation list (PEM) checked against client certificates.
+    #[arg(long, env = "ETCH_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+    /// Certificate revocation list (PEM) checked against peer certificates.
+    #[arg(long, env = "ETCH_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+    /// Accept peer certificates only with this Common Name (needs `--peer-client-cert-auth`).
+    #[arg(long, env = "ETCH_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Accept peer certificates only valid for this host name (a DNS SAN or IP SAN; needs
+    /// `--peer-client-cert-auth`).
+    #[arg(long, env = "ETCH_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
+    /// Automatic compaction: `periodic` (keep `--auto-compaction-retention` of history, a
+    /// duration; a bare number is hours) or `revision` (keep that many revisions).
+    #[arg(long, env = "ETCH_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Retention of automatic compaction; `0` disables it (etcd's default).
+    #[arg(long, env = "ETCH_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Before serving, compare this member's KV hash with its peers' at the same revision;
+    /// refuse to start on a mismatch (etcd: "found data inconsistency with peers").
+    #[arg(long, env = "ETCH_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    pub experimental_initial_corrupt_check: bool,
+    /// Interval of the leader's periodic corruption check (HashKV of every member at one
+    /// revision; a mismatch raises the CORRUPT alarm); `0s` disables it (etcd's default).
+    #[arg(
+        long,
+        env = "ETCH_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s"
+    )]
+    pub experimental_corrupt_check_time: String,
 }
 
 /// Validated configuration. Build with [`Config::from_flags`].
@@ -259,6 +329,62 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// Token type (`--auth-token`).
     pub auth_token: AuthToken,
+    /// WAL directory (`--wal-dir`). Default: `<data_dir>/member/wal`.
+    pub wal_dir: PathBuf,
+    /// `--force-new-cluster`: start as a one-member cluster from this member's data.
+    pub force_new_cluster: bool,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
+    /// HTTP/2 streams per client connection (`--max-concurrent-streams`).
+    pub max_concurrent_streams: u32,
+    /// Automatic compaction (`--auto-compaction-mode`/`--auto-compaction-retention`); `None`
+    /// when the retention is 0.
+    pub auto_compaction: Option<AutoCompaction>,
+    /// `--experimental-initial-corrupt-check`.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`; `None` = no periodic check.
+    pub corrupt_check_interval: Option<Duration>,
+}
+
+/// What automatic compaction keeps (etcd's `--auto-compaction-mode` and
+/// `--auto-compaction-retention`; etcd v3.5 `server/etcdserver/api/v3compactor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much history: every `retention / 10` (or every hour once the retention is
+    /// past an hour), compact to the revision that was current `retention` ago.
+    Periodic(Duration),
+    /// Keep this many revisions: every 5 minutes, compact to `current - retention`.
+    Revision(i64),
+}
+
+impl AutoCompaction {
+    /// Parses etcd's mode and retention; `Ok(None)` when the retention is zero (disabled).
+    ///
+    /// # Errors
+    /// An unknown mode, or a retention that is not a duration (periodic: a bare number is
+    /// hours, as in etcd) or not a revision count (revision).
+    pub fn parse(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, String> {
+        let retention = retention.trim();
+        match mode {
+            "periodic" => {
+                let d = match retention.parse::<u64>() {
+                    Ok(hours) => Duration::from_secs(hours * 3600),
+                    Err(_) => humantime::parse_duration(retention).map_err(|e| e.to_string())?,
+                };
+                Ok((!d.is_zero()).then_some(AutoCompaction::Periodic(d)))
+            }
+            "revision" => {
+                let r: i64 = retention
+                    .parse()
+                    .map_err(|_| format!("{retention:?} is not a number of revisions"))?;
+                if r < 0 {
+                    return Err("must be >= 0".into());
+                }
+                Ok((r > 0).then_some(AutoCompaction::Revision(r)))
+            }
+            other => Err(format!("unknown mode {other:?} (periodic or revision)")),
+        }
+    }
 }
 
 /// The auth token type (etcd's `--auth-token`).
@@ -346,6 +472,8 @@ pub struct ClientTls {
     pub min_version: String,
     /// `--tls-max-version` (`TLS1.2`, `TLS1.3`, or empty = newest).
     pub max_version: String,
+    /// Revoked client certificates (`--client-crl-file`, PEM CRLs).
+    pub crl_file: Option<PathBuf>,
 }
 
 /// Verified peer TLS (etcd's `--peer-*` flags).
@@ -359,6 +487,12 @@ pub struct PeerTls {
     pub trusted_ca_file: Option<PathBuf>,
     /// Require and verify client certificates from peers.
     pub client_cert_auth: bool,
+    /// Revoked peer certificates (`--peer-crl-file`, PEM CRLs).
+    pub crl_file: Option<PathBuf>,
+    /// Only peers whose certificate has this Common Name (`--peer-cert-allowed-cn`).
+    pub allowed_cn: Option<String>,
+    /// Only peers whose certificate is valid for this host (`--peer-cert-allowed-hostname`).
+    pub allowed_hostname: Option<String>,
 }
 
 /// A flag that failed validation; `etch` prints it and exits with code 2.
@@ -454,6 +588,22 @@ pub fn cluster_id(member_ids: &[u64]) -> u64 {
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
+/// What `etch --version` prints: etcd's lines first (tools parse `etcd Version: X.Y.Z`), then
+/// etch's own version.
+pub fn version_text() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!(
+        "etcd Version: {ETCD_API_VERSION}\nGit SHA: etch-{v}\nGo Version: (etch is written in Rust)\n\
+         Go OS/Arch: {}/{arch}\netch Version: {v}\n",
+        std::env::consts::OS,
+        v = env!("CARGO_PKG_VERSION"),
+    )
+}
+
 impl Config {
     /// Validates `flags` into a config.
     ///
@@ -488,9 +638,14 @@ impl Config {
                 "must be at least 5 x --heartbeat-interval",
             ));
         }
+        let native_urls = match &f.listen_native_urls {
+            Some(urls) => urls.as_str(),
+            None if f.listen_client_urls == DEFAULT_CLIENT_URL => DEFAULT_NATIVE_URL,
+            None => "",
+        };
         let listen_native = listen_addrs(
             "listen-native-urls",
-            &f.listen_native_urls,
+            native_urls,
             "tcp",
             "scheme must be tcp",
         )?;
@@ -519,6 +674,7 @@ impl Config {
             cipher_suites: cipher_suites.clone(),
             min_version: f.tls_min_version.clone(),
             max_version: f.tls_max_version.clone(),
+            crl_file: f.client_crl_file.clone(),
         };
         let client_tls = match (&f.cert_file, &f.key_file) {
             (Some(c), Some(k)) => Some(tls(Some((c.clone(), k.clone())))),
@@ -625,6 +781,9 @@ impl Config {
                 key_file: k.clone(),
                 trusted_ca_file: f.peer_trusted_ca_file.clone(),
                 client_cert_auth: f.peer_client_cert_auth,
+                crl_file: f.peer_crl_file.clone(),
+                allowed_cn: f.peer_cert_allowed_cn.clone(),
+                allowed_hostname: f.peer_cert_allowed_hostname.clone(),
             }),
             (None, None) => None,
             (Some(c), None) => {
@@ -642,6 +801,25 @@ impl Config {
                 ));
             }
         };
+        for (given, flag) in [
+            (f.peer_crl_file.is_some(), "peer-crl-file"),
+            (f.peer_cert_allowed_cn.is_some(), "peer-cert-allowed-cn"),
+            (
+                f.peer_cert_allowed_hostname.is_some(),
+                "peer-cert-allowed-hostname",
+            ),
+        ] {
+            if given && !f.peer_client_cert_auth {
+                return Err(bad(
+                    flag,
+                    "",
+                    "needs --peer-client-cert-auth (verified peer certificates)",
+                ));
+            }
+        }
+        if f.client_crl_file.is_some() && !f.client_cert_auth {
+            return Err(bad("client-crl-file", "", "needs --client-cert-auth"));
+        }
         if f.peer_client_cert_auth && (peer_tls.is_none() || f.peer_trusted_ca_file.is_none()) {
             return Err(bad(
                 "peer-client-cert-auth",
@@ -650,8 +828,23 @@ impl Config {
             ));
         }
         let listen_url = f.listen_peer_urls.split(',').next().unwrap_or_default();
-        let (_, listen_peer) =
-            parse_url(listen_url).map_err(|e| bad("listen-peer-urls", listen_url, e))?;
+        // Peers speak QUIC over UDP: a unix socket can only name a member that has no peers
+        // (etcd's e2e boots one member on `unix://` peer URLs).
+        let listen_peer = if listen_url.starts_with("unix://") || listen_url.starts_with("unixs://")
+        {
+            if !peers.is_empty() {
+                return Err(bad(
+                    "listen-peer-urls",
+                    listen_url,
+                    "unix:// peer URLs are served only by a one-member cluster (peers use QUIC over UDP)",
+                ));
+            }
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            parse_url(listen_url)
+                .map_err(|e| bad("listen-peer-urls", listen_url, e))?
+                .1
+        };
         let cluster_id = cluster_id(&initial_members);
         let members = members
             .iter()
@@ -719,7 +912,25 @@ impl Config {
                 "must be between 4 and 31",
             ));
         }
+        let auto_compaction =
+            AutoCompaction::parse(&f.auto_compaction_mode, &f.auto_compaction_retention)
+                .map_err(|e| bad("auto-compaction-retention", &f.auto_compaction_retention, e))?;
+        let cc = &f.experimental_corrupt_check_time;
+        let corrupt_check_interval =
+            parse_duration(cc).map_err(|e| bad("experimental-corrupt-check-time", cc, e))?;
+        let wal_dir = f
+            .wal_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("member").join("wal"));
         Ok(Config {
+            wal_dir,
+            force_new_cluster: f.force_new_cluster,
+            strict_reconfig_check: f.strict_reconfig_check,
+            max_concurrent_streams: f.max_concurrent_streams,
+            auto_compaction,
+            initial_corrupt_check: f.experimental_initial_corrupt_check,
+            corrupt_check_interval: (!corrupt_check_interval.is_zero())
+                .then_some(corrupt_check_interval),
             name: f.name.clone(),
             data_dir,
             listen_native,
@@ -736,7 +947,11 @@ impl Config {
             heartbeat_interval,
             election_timeout,
             snapshot_count: f.snapshot_count,
-            quota_backend_bytes: f.quota_backend_bytes,
+            quota_backend_bytes: if f.quota_backend_bytes == 0 {
+                DEFAULT_QUOTA_BACKEND_BYTES
+            } else {
+                f.quota_backend_bytes
+            },
             max_request_bytes: f.max_request_bytes as usize,
             max_txn_ops: f.max_txn_ops as usize,
             wal_segment_bytes: f.experimental_wal_segment_bytes,
