@@ -32,3 +32,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The black-box tests start the real binaries: build them first.
 cargo build --workspace --bins
 cargo test --workspace
+# etcd's own end-to-end suite with etch as `etcd` (the quick areas; docs/compatibility.md has
+# the rest and how to run them).
+./tests/etcd-e2e.sh -b target/debug/etch

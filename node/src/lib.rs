@@ -8,6 +8,7 @@
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod compactor;
 pub mod config;
 pub mod consensus;
 pub mod error;
@@ -222,6 +223,7 @@ pub async fn run(
             watch: config.watch,
             min_lease_ttl: config.min_lease_ttl,
             bcrypt_cost: config.bcrypt_cost,
+            quota_backend_bytes: config.quota_backend_bytes,
         },
         auth::TokenProvider {
             simple: tokens,
@@ -237,6 +239,9 @@ pub async fn run(
     if let Some(t) = &transport {
         t.do_send(transport::SetService(service.clone()));
     }
+    let compactor = config
+        .auto_compaction
+        .map(|mode| compactor::spawn(service.clone(), mode));
     lessor_ctx.run(lease::LeaseActor::new(
         &store.leases()?,
         service.clone(),
@@ -277,7 +282,12 @@ pub async fn run(
         let addr = l.local_addr()?;
         let l = tokio::net::TcpListener::from_std(l)?;
         tracing::info!(%addr, "serving the etcd gRPC API");
-        let grpc = api::grpc::Grpc::new(service.clone(), config.members.clone());
+        let grpc = api::grpc::Grpc::new(
+            service.clone(),
+            config.members.clone(),
+            config.election_timeout,
+        )
+        .with_max_concurrent_streams(config.max_concurrent_streams);
         let mut stop = stop_native_rx.clone();
         let max = config.max_request_bytes;
         let tls = client_tls.clone();
@@ -299,6 +309,7 @@ pub async fn run(
         let router = api::http::metrics_router(api::grpc::Grpc::new(
             service.clone(),
             config.members.clone(),
+            config.election_timeout,
         ));
         let mut stop = stop_native_rx.clone();
         tracker.spawn(async move {
@@ -339,6 +350,9 @@ pub async fn run(
         let mut leader = state.leader_changes();
         let handed_over = leader.wait_for(|l| *l != member_id);
         let _ = tokio::time::timeout(config.election_timeout * 2, handed_over).await;
+    }
+    if let Some(c) = compactor {
+        c.abort();
     }
     stop_tx.send_replace(true);
     consensus.do_send(StopConsensus);

@@ -109,9 +109,6 @@ pub const GRPC_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The backend quota etch reports, bytes (etcd's default 2 GiB; etch does not enforce it yet).
-pub const QUOTA_BYTES: f64 = 2.0 * 1024.0 * 1024.0 * 1024.0;
-
 /// The installed recorder.
 pub struct Metrics {
     handle: PrometheusHandle,
@@ -314,12 +311,12 @@ impl Metrics {
         gauge!(PROPOSALS_COMMITTED).set(commit as f64);
         gauge!(PROPOSALS_APPLIED).set(applied as f64);
         gauge!(APPLY_LAG).set(commit.saturating_sub(applied) as f64);
-        gauge!(QUOTA_BACKEND_BYTES).set(QUOTA_BYTES);
+        gauge!(QUOTA_BACKEND_BYTES).set(svc.quota_backend_bytes() as f64);
         gauge!(SERVER_ID, "server_id" => format!("{:x}", state.member_id)).set(1.0);
         gauge!(SERVER_VERSION, "server_version" => crate::config::ETCD_API_VERSION).set(1.0);
         let size = store.db_size_bytes() as f64;
         gauge!(DB_SIZE).set(size);
-        gauge!(DB_SIZE_IN_USE).set(size);
+        gauge!(DB_SIZE_IN_USE).set(store.quota_size_bytes() as f64);
         gauge!(KEYS_TOTAL).set(store.key_count() as f64);
         self.process.collect();
         self.handle.run_upkeep();

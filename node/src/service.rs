@@ -12,9 +12,8 @@ use tokio::sync::watch;
 
 use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvResponse,
-    HashResponse, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use etch_protocol::etcdserverpb::{
     LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
@@ -28,11 +27,12 @@ use etch_protocol::etchpb::{Frame, InternalRequest};
 use etch_storage::mvcc::{self, MvccStore, WriteResponse};
 
 use crate::apply::Waiters;
-use crate::config::ETCD_API_VERSION;
 use crate::consensus::{ConsensusActor, NodeState, Propose, ReadIndex};
 use crate::error::ApiError;
 use crate::lease::{KeepAlive, LeaseActor, TimeToLive};
 use crate::watch::WatchActor;
+
+mod maintenance;
 
 type Res<T> = Result<T, ApiError>;
 
@@ -55,6 +55,10 @@ pub struct Limits {
     pub min_lease_ttl: i64,
     /// bcrypt cost of password hashes (`--bcrypt-cost`, etcd default 10).
     pub bcrypt_cost: u32,
+    /// Backend space quota, bytes (`--quota-backend-bytes`; etcd's default 2 GiB): a Put, a
+    /// Txn that puts or a LeaseGrant that would take this member's store past it raises the
+    /// NOSPACE alarm and is refused (etcd `quotaKVServer`).
+    pub quota_backend_bytes: u64,
 }
 
 /// The actors the service talks to.
@@ -133,6 +137,11 @@ impl Service {
     /// The node state, shared (watch sinks fill response headers from it).
     pub fn state_arc(&self) -> Arc<NodeState> {
         self.state.clone()
+    }
+
+    /// The backend quota, bytes (`--quota-backend-bytes`).
+    pub fn quota_backend_bytes(&self) -> u64 {
+        self.limits.quota_backend_bytes
     }
 
     /// Watch limits (stream buffer size and the rest).
@@ -347,8 +356,9 @@ impl Service {
     /// Put through consensus.
     ///
     /// # Errors
-    /// etcd's Put errors, no leader, timeout, too large.
+    /// etcd's Put errors, no leader, timeout, too large; no space (quota or NOSPACE alarm).
     pub async fn put(&self, who: &AuthInfo, req: PutRequest) -> Res<PutResponse> {
+        self.check_quota(maintenance::cost_put(&req)).await?;
         mvcc::validate_put(&req)?;
         match self.propose(Some(who), Request::Put(req)).await? {
             WriteResponse::Put(mut r) => {
@@ -382,8 +392,12 @@ impl Service {
     /// unless every range in it is serializable), as etcd does.
     ///
     /// # Errors
-    /// etcd's Txn errors, no leader, timeout, too large.
+    /// etcd's Txn errors, no leader, timeout, too large; no space for a Txn that puts.
     pub async fn txn(&self, who: &AuthInfo, req: TxnRequest) -> Res<TxnResponse> {
+        let cost = maintenance::cost_txn(&req);
+        if cost > 0 {
+            self.check_quota(cost).await?;
+        }
         mvcc::validate_txn(&req, self.limits.max_txn_ops)?;
         if txn_is_read_only(&req) {
             // Writes are checked at apply; a read-only Txn never reaches apply.
@@ -424,12 +438,13 @@ impl Service {
     /// raised to it (etcd).
     ///
     /// # Errors
-    /// Lease exists, TTL too large, no leader, timeout.
+    /// Lease exists, TTL too large, no leader, timeout, no space.
     pub async fn lease_grant(
         &self,
         who: &AuthInfo,
         mut req: LeaseGrantRequest,
     ) -> Res<LeaseGrantResponse> {
+        self.check_quota(maintenance::LEASE_OVERHEAD_BYTES).await?;
         if req.id == 0 {
             // Unique across members and restarts, positive: the request id generator.
             req.id = (self.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
@@ -629,35 +644,6 @@ impl Service {
         })
     }
 
-    /// The hash of this member's MVCC history up to `revision` (0 = current): etcd
-    /// Maintenance.HashKV, answered locally (members are compared by the caller).
-    ///
-    /// # Errors
-    /// Compacted or future revision; store failure.
-    pub async fn hash_kv(&self, who: &AuthInfo, revision: i64) -> Res<HashKvResponse> {
-        self.check_admin(who)?;
-        let h = self.blocking(move |s| s.hash_kv(revision)).await??;
-        Ok(HashKvResponse {
-            header: self.header(None),
-            hash: h.hash,
-            compact_revision: h.compact_revision,
-            hash_revision: h.hash_revision,
-        })
-    }
-
-    /// The hash of this member's whole store as it is now (etcd Maintenance.Hash).
-    ///
-    /// # Errors
-    /// Store failure.
-    pub async fn hash(&self, who: &AuthInfo) -> Res<HashResponse> {
-        self.check_admin(who)?;
-        let hash = self.blocking(MvccStore::hash_all).await?;
-        Ok(HashResponse {
-            header: self.header(None),
-            hash,
-        })
-    }
-
     /// Runs a whole-store scan on the blocking pool (never on an async worker thread).
     async fn blocking<T: Send + 'static>(
         &self,
@@ -668,63 +654,6 @@ impl Service {
             .await
             .map_err(|_| ApiError::Stopped)?
             .map_err(Self::store_err)
-    }
-
-    /// Hands leadership to member `target` and waits until it leads (etcd
-    /// Maintenance.MoveLeader; must be sent to the leader, as in etcd).
-    ///
-    /// # Errors
-    /// Not the leader; `target` is not another voter; the transfer did not finish within the
-    /// request timeout.
-    pub async fn move_leader(&self, who: &AuthInfo, target: u64) -> Res<MoveLeaderResponse> {
-        self.check_admin(who)?;
-        if self.state.leader() != self.state.member_id {
-            return Err(ApiError::NotLeader);
-        }
-        let started = self
-            .consensus
-            .send(crate::consensus::TransferLeadership(Some(target)))
-            .await
-            .map_err(|_| ApiError::Stopped)?;
-        if started != Some(target) {
-            return Err(ApiError::BadLeaderTransferee);
-        }
-        let mut leader = self.state.leader_changes();
-        match tokio::time::timeout(
-            self.limits.request_timeout,
-            leader.wait_for(|l| *l == target),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return Err(ApiError::Stopped),
-            Err(_) => return Err(ApiError::LeaderTransferTimeout),
-        }
-        Ok(MoveLeaderResponse {
-            header: self.header(None),
-        })
-    }
-
-    /// The response header for requests that only report this member's state.
-    pub fn local_header(&self) -> Option<ResponseHeader> {
-        self.header(None)
-    }
-
-    /// This member's status (etcd Maintenance.Status).
-    pub fn status(&self) -> StatusResponse {
-        let size = self.store.db_size_bytes() as i64;
-        StatusResponse {
-            header: self.header(None),
-            version: ETCD_API_VERSION.to_owned(),
-            db_size: size,
-            leader: self.state.leader(),
-            raft_index: self.state.last_index(),
-            raft_term: self.state.term(),
-            raft_applied_index: self.store.applied_index().index,
-            errors: Vec::new(),
-            db_size_in_use: size,
-            is_learner: false,
-        }
     }
 }
 

@@ -77,6 +77,11 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
                 Code::InvalidArgument,
                 "etcdserver: revision of auth store is old",
             ),
+            R::NoSpace => (
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            R::Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
             _ => (Code::Unknown, "etcdserver: unknown request error"),
         },
         ApiError::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
@@ -222,6 +227,16 @@ mod tests {
                 ApiError::LeaderTransferTimeout,
                 Code::Unavailable,
                 "etcdserver: request timed out, leader transfer took too long",
+            ),
+            (
+                RequestError::NoSpace.into(),
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                RequestError::Corrupt.into(),
+                Code::DataLoss,
+                "etcdserver: corrupt cluster",
             ),
         ];
         let auth: &[(ApiError, Code, &str)] = &[

@@ -5,11 +5,11 @@
 //! etcd's gRPC codes and exact messages ([`crate::api::errors`]).
 //!
 //! Not built yet, answered `Unimplemented` with a message naming it: membership changes
-//! (MemberAdd/Remove/Update/Promote), Maintenance.Snapshot and raising alarms (etch has no
-//! space quota yet, so no alarm is ever raised; AlarmList answers an empty list).
+//! (MemberAdd/Remove/Update/Promote) and Maintenance.Snapshot.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -25,7 +25,9 @@ use etch_protocol::v3electionpb::{
 use etch_protocol::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 
 use crate::api::errors::to_status as status;
+use crate::api::h2fix::H2Fix;
 use crate::api::{WatchStream, recipes, serve_keep_alive, until_error};
+use crate::error::ApiError;
 use crate::service::Service;
 
 /// Generated server traits (tonic) for etcd's services.
@@ -64,15 +66,80 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub struct Grpc {
     svc: Arc<Service>,
     members: Arc<Vec<Member>>,
+    election_timeout: Duration,
+    max_concurrent_streams: u32,
 }
 
 impl Grpc {
     /// A front end over `svc`; `members` answers MemberList (the bootstrap membership).
-    pub fn new(svc: Arc<Service>, members: Vec<Member>) -> Grpc {
+    /// Streams opened with etcd's `hasleader` metadata end with "etcdserver: no leader" after
+    /// 3 `election_timeout`s without a leader.
+    pub fn new(svc: Arc<Service>, members: Vec<Member>, election_timeout: Duration) -> Grpc {
         Grpc {
             svc,
             members: Arc::new(members),
+            election_timeout,
+            max_concurrent_streams: u32::MAX,
         }
+    }
+
+    /// Limits each client connection to `n` concurrent HTTP/2 streams
+    /// (`--max-concurrent-streams`; default unlimited, as etcd's `math.MaxUint32`).
+    pub fn with_max_concurrent_streams(mut self, n: u32) -> Grpc {
+        self.max_concurrent_streams = n;
+        self
+    }
+
+    /// `stream`, ended with "etcdserver: no leader" once this member has had no leader for
+    /// [`NO_LEADER_CHECKS`] checks an election timeout apart, when the client asked for it
+    /// with the metadata `hasleader: true` (clientv3 `WithRequireLeader`, used by
+    /// kube-apiserver's watches; etcd v3.5 `v3rpc/interceptor.go` `monitorLeader`), so the
+    /// client moves to a member that has one. Without the metadata, `stream` as it is.
+    ///
+    /// # Errors
+    /// "etcdserver: no leader" at once when the metadata is set and there is no leader now.
+    fn require_leader<T: Send + 'static, M>(
+        &self,
+        r: &Request<M>,
+        stream: BoxStream<T>,
+    ) -> Result<BoxStream<T>, Status> {
+        let wanted = r
+            .metadata()
+            .get("hasleader")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "true");
+        if !wanted {
+            return Ok(stream);
+        }
+        let state = self.svc.state_arc();
+        if state.leader() == 0 {
+            return Err(status(ApiError::NoLeader));
+        }
+        let interval = self.election_timeout;
+        let lost: Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(async move {
+            let mut misses = 0;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                misses = if state.leader() == 0 { misses + 1 } else { 0 };
+                if misses >= NO_LEADER_CHECKS {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(futures::stream::unfold(
+            Some((stream, lost)),
+            |st| async move {
+                let (mut stream, mut lost) = st?;
+                tokio::select! {
+                    item = tokio_stream::StreamExt::next(&mut stream) => {
+                        item.map(|i| (i, Some((stream, lost))))
+                    }
+                    _ = &mut lost => Some((Err(status(ApiError::NoLeader)), None)),
+                }
+            },
+        )))
     }
 
     /// The service behind every method.
@@ -84,6 +151,7 @@ impl Grpc {
     /// the same port go to the JSON gateway, `/health` and `/version` ([`crate::api::http`]).
     /// With `tls`, every connection is TLS (`https://`); with client-certificate auth, a
     /// client without a certificate signed by the trusted CA is refused in the handshake.
+    /// Every connection goes through [`H2Fix`] (etcd 3.4 clients send a URL as `:authority`).
     ///
     /// # Errors
     /// Transport errors of the server.
@@ -107,9 +175,11 @@ impl Grpc {
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
         };
+        crate::api::grpc_metrics::register_methods();
         let http = crate::api::http::router(self.clone());
         let mut routes = tonic::service::Routes::from(http);
         let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(self.max_concurrent_streams))
             .accept_http1(true)
             .layer(crate::api::grpc_metrics::GrpcMetricsLayer)
             .add_routes(std::mem::take(&mut routes))
@@ -124,7 +194,8 @@ impl Grpc {
             .add_service(health_service);
         match tls {
             Some(cfg) => {
-                let incoming = ReceiverStream::new(crate::api::tls::accept(listener, cfg));
+                let accepted = ReceiverStream::new(crate::api::tls::accept(listener, cfg));
+                let incoming = tokio_stream::StreamExt::map(accepted, |c| c.map(H2Fix::new));
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await
@@ -139,16 +210,26 @@ impl Grpc {
 }
 
 /// Accepted connections with `TCP_NODELAY` (tonic sets it only on listeners it binds itself):
-/// without it, small responses can wait for the peer's delayed ACK.
+/// without it, small responses can wait for the peer's delayed ACK. Each is wrapped in
+/// [`H2Fix`], as TLS connections are, so etcd 3.4 clients' URL `:authority` reaches h2 repaired.
 fn nodelay(
     listener: tokio::net::TcpListener,
-) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl Stream<Item = std::io::Result<H2Fix<tokio::net::TcpStream>>> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio_stream::StreamExt::map(incoming, |s| {
         let s = s?;
         s.set_nodelay(true)?;
-        Ok(s)
+        Ok(H2Fix::new(s))
     })
+}
+
+/// Checks without a leader before a `hasleader` stream ends (etcd `maxNoLeaderCnt`).
+pub const NO_LEADER_CHECKS: u32 = 3;
+
+/// A streaming request's metadata (as an empty request) and its message stream.
+fn split_streaming<T>(r: Request<Streaming<T>>) -> (Request<()>, Streaming<T>) {
+    let (meta, ext, inbound) = r.into_parts();
+    (Request::from_parts(meta, ext, ()), inbound)
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -212,11 +293,10 @@ impl Watch for Grpc {
     /// created, as the identity at the stream's start.
     async fn watch(&self, r: Request<Streaming<WatchRequest>>) -> Res<Self::WatchStream> {
         let who = self.who(&r)?;
-        let inbound = until_error(r.into_inner());
-        let out = WatchStream::serve(self.svc.clone(), who, inbound);
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
-            out, Ok,
-        ))))
+        let (meta, inbound) = split_streaming(r);
+        let out = WatchStream::serve(self.svc.clone(), who, until_error(inbound));
+        let out = self.require_leader(&meta, Box::pin(tokio_stream::StreamExt::map(out, Ok)))?;
+        Ok(Response::new(out))
     }
 }
 
@@ -236,11 +316,9 @@ impl Lease for Grpc {
         r: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Res<Self::LeaseKeepAliveStream> {
         self.who(&r)?;
-        let inbound = until_error(r.into_inner());
-        Ok(Response::new(Box::pin(serve_keep_alive(
-            self.svc.clone(),
-            inbound,
-        ))))
+        let (meta, inbound) = split_streaming(r);
+        let out = Box::pin(serve_keep_alive(self.svc.clone(), until_error(inbound)));
+        Ok(Response::new(self.require_leader(&meta, out)?))
     }
     async fn lease_time_to_live(
         &self,
@@ -306,31 +384,17 @@ impl Cluster for Grpc {
 impl Maintenance for Grpc {
     type SnapshotStream = BoxStream<SnapshotResponse>;
 
-    /// Alarms: etch raises none yet (no space quota), so GET and DEACTIVATE answer an empty
-    /// list; ACTIVATE is refused.
+    /// Alarms (GET, ACTIVATE, DEACTIVATE), through consensus as in etcd v3.5.
     async fn alarm(&self, r: Request<AlarmRequest>) -> Res<AlarmResponse> {
-        use alarm_request::AlarmAction;
-        match AlarmAction::try_from(r.into_inner().action) {
-            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => {
-                Ok(Response::new(AlarmResponse {
-                    header: self.svc.local_header(),
-                    alarms: Vec::new(),
-                }))
-            }
-            _ => Err(unimplemented("raising alarms")),
-        }
+        as_caller!(self, r, |who, req| self.svc.alarm(who, req))
     }
     async fn status(&self, _: Request<StatusRequest>) -> Res<StatusResponse> {
         Ok(Response::new(self.svc.status()))
     }
-    /// fjall compacts its files in the background, so there is nothing to defragment: the
-    /// call succeeds at once (etcd rewrites its bbolt file here). Root only, as in etcd.
+    /// Flushes and major-compacts this member's store so the space compaction freed is
+    /// returned (etcd rewrites its bbolt file here). Root only, as in etcd; no header, as etcd.
     async fn defragment(&self, r: Request<DefragmentRequest>) -> Res<DefragmentResponse> {
-        let who = self.who(&r)?;
-        self.svc.check_admin(&who).map_err(status)?;
-        Ok(Response::new(DefragmentResponse {
-            header: self.svc.local_header(),
-        }))
+        as_caller!(self, r, |who, _req| self.svc.defragment(who))
     }
     async fn hash(&self, r: Request<HashRequest>) -> Res<HashResponse> {
         as_caller!(self, r, |who, _req| self.svc.hash(who))

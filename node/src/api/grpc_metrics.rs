@@ -101,6 +101,49 @@ impl Method {
     }
 }
 
+/// Registers every method of etch's gRPC services at zero, as go-grpc-prometheus's
+/// `InitializeMetrics` does for etcd: `grpc_server_started_total`, the message counters and
+/// `grpc_server_handled_total` for each of the 17 codes exist from the start, so dashboards
+/// and `rate()` see a series before the first call. Idempotent.
+pub fn register_methods() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let Ok(pool) = prost_reflect::DescriptorPool::decode(etch_protocol::FILE_DESCRIPTOR_SET)
+        else {
+            return;
+        };
+        let mut paths: Vec<String> = pool
+            .services()
+            .flat_map(|s| {
+                let name = s.full_name().to_owned();
+                s.methods()
+                    .map(move |m| format!("/{name}/{}", m.name()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        paths.push("/grpc.health.v1.Health/Check".into());
+        paths.push("/grpc.health.v1.Health/Watch".into());
+        for path in paths {
+            let method = Method::of(&path);
+            for code in 0..17u32 {
+                method.handled_counter(code);
+            }
+        }
+    });
+}
+
+impl Method {
+    /// `grpc_server_handled_total` of this method for `code`, registered on first use.
+    fn handled_counter(&self, code: u32) -> &Counter {
+        let i = (code as usize).min(16);
+        self.handled[i].get_or_init(|| {
+            let mut l = self.labels.to_vec();
+            l.push(("grpc_code", code_name(code).to_owned()));
+            metrics::counter!(m::GRPC_HANDLED, &l)
+        })
+    }
+}
+
 /// One call: its method's handles and when it started.
 struct Call {
     method: Arc<Method>,
@@ -110,14 +153,7 @@ struct Call {
 impl Call {
     fn handled(&self, code: u32) {
         let m = &self.method;
-        let i = (code as usize).min(16);
-        m.handled[i]
-            .get_or_init(|| {
-                let mut l = m.labels.to_vec();
-                l.push(("grpc_code", code_name(code).to_owned()));
-                metrics::counter!(m::GRPC_HANDLED, &l)
-            })
-            .increment(1);
+        m.handled_counter(code).increment(1);
         if m.kind == "unary" {
             m.handling.record(self.start.elapsed().as_secs_f64());
         }

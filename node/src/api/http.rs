@@ -367,6 +367,16 @@ async fn health_reason(grpc: &Grpc, uri: &axum::http::Uri) -> Option<String> {
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "serializable=true"));
     let svc = grpc.service();
+    // etcd v3.5 looks at alarms first; `?exclude=NOSPACE` ignores that alarm.
+    let excluded: Vec<&str> = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| kv.strip_prefix("exclude="))
+        .collect();
+    if let Some(reason) = svc.alarm_health(&excluded) {
+        return Some(reason);
+    }
     if svc.state().leader() == 0 {
         return Some("RAFT NO LEADER".to_owned());
     }

@@ -4,6 +4,7 @@
 pub mod errors;
 pub mod grpc;
 pub mod grpc_metrics;
+pub mod h2fix;
 pub mod http;
 pub mod native;
 pub mod recipes;

@@ -166,54 +166,129 @@ impl rustls::client::ResolvesClientCert for ReloadingCert {
 #[derive(Debug)]
 pub struct ReloadingClientVerifier {
     ca: PathBuf,
+    crl: Option<PathBuf>,
     mandatory: bool,
     provider: Arc<CryptoProvider>,
-    current: Mutex<(Stamp, Arc<dyn rustls::server::danger::ClientCertVerifier>)>,
+    current: Mutex<(Stamp, Arc<Verifier>)>,
+}
+
+/// The webpki verifier of one CA bundle, and the bundle's certificates.
+#[derive(Debug)]
+struct Verifier {
+    webpki: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    anchors: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl Verifier {
+    /// webpki's verdict; except that a client certificate that is itself one of the trusted
+    /// CA certificates (a self-signed CA used as a client certificate, as etcd's e2e fixture
+    /// `CommonName-root.crt`) is accepted within its validity period, as Go's verifier (and so
+    /// etcd) accepts it. Holding its key already lets the holder issue any client certificate
+    /// the CA trusts, so accepting it grants nothing more; the handshake still proves the key.
+    fn verify(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        match self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let is_anchor = self
+                    .anchors
+                    .iter()
+                    .any(|a| a.as_ref() == end_entity.as_ref());
+                let now = now.as_secs() as i64;
+                let in_validity = x509_parser::parse_x509_certificate(end_entity.as_ref())
+                    .is_ok_and(|(_, c)| {
+                        c.validity().not_before.timestamp() <= now
+                            && now <= c.validity().not_after.timestamp()
+                    });
+                if is_anchor && in_validity {
+                    Ok(rustls::server::danger::ClientCertVerified::assertion())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
 }
 
 impl ReloadingClientVerifier {
-    /// Loads `ca`; `mandatory` refuses clients without a certificate (`--client-cert-auth`).
+    /// Loads `ca` and the revocation lists in `crl` (`--client-crl-file`; reloaded the same
+    /// way); `mandatory` refuses clients without a certificate (`--client-cert-auth`).
     ///
     /// # Errors
-    /// An unreadable or empty CA file.
+    /// An unreadable or empty CA or CRL file.
     pub fn load(
         ca: &Path,
+        crl: Option<&Path>,
         mandatory: bool,
         provider: Arc<CryptoProvider>,
     ) -> std::io::Result<ReloadingClientVerifier> {
-        let st = stamp(&[ca]);
-        let v = Self::build(ca, mandatory, &provider)?;
+        let st = stamp(&Self::files(ca, crl));
+        let v = Self::build(ca, crl, mandatory, &provider)?;
         Ok(ReloadingClientVerifier {
             ca: ca.to_owned(),
+            crl: crl.map(Path::to_owned),
             mandatory,
             provider,
             current: Mutex::new((st, v)),
         })
     }
 
+    fn files<'a>(ca: &'a Path, crl: Option<&'a Path>) -> Vec<&'a Path> {
+        std::iter::once(ca).chain(crl).collect()
+    }
+
     fn build(
         ca: &Path,
+        crl: Option<&Path>,
         mandatory: bool,
         provider: &Arc<CryptoProvider>,
-    ) -> std::io::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    ) -> std::io::Result<Arc<Verifier>> {
+        use rustls::pki_types::pem::PemObject;
         let roots = Arc::new(crate::transport::tls::load_roots(ca)?);
+        let anchors = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", ca.display())))?
+            .filter_map(Result::ok)
+            .collect();
+        let crls = match crl {
+            Some(f) => crate::transport::tls::load_crls(f)?,
+            None => Vec::new(),
+        };
+        // Go checks the leaf's serial against the CRL; a CRL of another issuer says nothing
+        // about it.
         let v =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
         let v = if mandatory {
             v
         } else {
             v.allow_unauthenticated()
         };
-        v.build()
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", ca.display())))
+        let webpki = v
+            .build()
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", ca.display())))?;
+        Ok(Arc::new(Verifier { webpki, anchors }))
     }
 
-    fn get(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+    fn get(&self) -> Arc<Verifier> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let now = stamp(&[&self.ca]);
+        let now = stamp(&Self::files(&self.ca, self.crl.as_deref()));
         if now != cur.0 {
             cur.0 = now;
-            match Self::build(&self.ca, self.mandatory, &self.provider) {
+            match Self::build(
+                &self.ca,
+                self.crl.as_deref(),
+                self.mandatory,
+                &self.provider,
+            ) {
                 Ok(v) => {
                     tracing::info!(ca = %self.ca.display(), "trusted CA reloaded");
                     cur.1 = v;
@@ -244,8 +319,7 @@ impl rustls::server::danger::ClientCertVerifier for ReloadingClientVerifier {
         intermediates: &[rustls::pki_types::CertificateDer<'_>],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        self.get()
-            .verify_client_cert(end_entity, intermediates, now)
+        self.get().verify(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -387,6 +461,7 @@ pub fn server_config(t: &ClientTls, alpn: &[&[u8]]) -> std::io::Result<rustls::S
     let builder = match &t.trusted_ca_file {
         Some(ca) => builder.with_client_cert_verifier(Arc::new(ReloadingClientVerifier::load(
             ca,
+            t.crl_file.as_deref(),
             t.client_cert_auth,
             provider,
         )?)),

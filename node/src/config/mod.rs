@@ -224,8 +224,8 @@ pub struct Flags {
     /// Directory of the WAL. Default: `<data-dir>/member/wal`.
     #[arg(long, env = "ETCH_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
-    /// Restart this member as a one-member cluster from its own data (etcd's disaster
-    /// recovery step: the other members are dropped from the configuration).
+    /// etcd's disaster-recovery restart as a one-member cluster. `false` is accepted; `true` is
+    /// refused (exit 2): etch cannot change membership yet.
     #[arg(long, env = "ETCH_FORCE_NEW_CLUSTER", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub force_new_cluster: bool,
     /// Refuse membership changes that would leave fewer started members than a quorum
@@ -256,12 +256,12 @@ pub struct Flags {
     /// Retention of automatic compaction; `0` disables it (etcd's default).
     #[arg(long, env = "ETCH_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
-    /// Before serving, compare this member's KV hash with its peers' at the same revision;
-    /// refuse to start on a mismatch (etcd: "found data inconsistency with peers").
+    /// etcd's check of this member's KV hash against its peers' before serving. Accepted and
+    /// ignored with a warning: etch does not run it (compare with `etcdctl endpoint hashkv`).
     #[arg(long, env = "ETCH_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub experimental_initial_corrupt_check: bool,
-    /// Interval of the leader's periodic corruption check (HashKV of every member at one
-    /// revision; a mismatch raises the CORRUPT alarm); `0s` disables it (etcd's default).
+    /// etcd's periodic cross-member hash check interval. Accepted and ignored with a warning
+    /// when not `0s`: etch does not run it.
     #[arg(
         long,
         env = "ETCH_EXPERIMENTAL_CORRUPT_CHECK_TIME",
@@ -331,8 +331,6 @@ pub struct Config {
     pub auth_token: AuthToken,
     /// WAL directory (`--wal-dir`). Default: `<data_dir>/member/wal`.
     pub wal_dir: PathBuf,
-    /// `--force-new-cluster`: start as a one-member cluster from this member's data.
-    pub force_new_cluster: bool,
     /// `--strict-reconfig-check`.
     pub strict_reconfig_check: bool,
     /// HTTP/2 streams per client connection (`--max-concurrent-streams`).
@@ -340,10 +338,6 @@ pub struct Config {
     /// Automatic compaction (`--auto-compaction-mode`/`--auto-compaction-retention`); `None`
     /// when the retention is 0.
     pub auto_compaction: Option<AutoCompaction>,
-    /// `--experimental-initial-corrupt-check`.
-    pub initial_corrupt_check: bool,
-    /// `--experimental-corrupt-check-time`; `None` = no periodic check.
-    pub corrupt_check_interval: Option<Duration>,
 }
 
 /// What automatic compaction keeps (etcd's `--auto-compaction-mode` and
@@ -918,19 +912,32 @@ impl Config {
         let cc = &f.experimental_corrupt_check_time;
         let corrupt_check_interval =
             parse_duration(cc).map_err(|e| bad("experimental-corrupt-check-time", cc, e))?;
+        if f.force_new_cluster {
+            return Err(bad(
+                "force-new-cluster",
+                "true",
+                "not supported by etch yet (membership changes are not implemented): restart the \
+                 surviving members with the same --initial-cluster instead",
+            ));
+        }
+        if f.experimental_initial_corrupt_check || !corrupt_check_interval.is_zero() {
+            // Documented in docs/compatibility.md: WAL records and snapshots carry CRCs, and
+            // `etcdctl endpoint hashkv` compares members, but etch does not run etcd's
+            // automatic cross-member hash checks.
+            tracing::warn!(
+                "--experimental-initial-corrupt-check and --experimental-corrupt-check-time are \
+                 accepted and ignored by etch: compare members with `etcdctl endpoint hashkv`"
+            );
+        }
         let wal_dir = f
             .wal_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("member").join("wal"));
         Ok(Config {
             wal_dir,
-            force_new_cluster: f.force_new_cluster,
             strict_reconfig_check: f.strict_reconfig_check,
             max_concurrent_streams: f.max_concurrent_streams,
             auto_compaction,
-            initial_corrupt_check: f.experimental_initial_corrupt_check,
-            corrupt_check_interval: (!corrupt_check_interval.is_zero())
-                .then_some(corrupt_check_interval),
             name: f.name.clone(),
             data_dir,
             listen_native,

@@ -108,24 +108,48 @@ pub fn endpoint(
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| other(&e))?;
-    let server = match (&roots, tls.is_some_and(|t| t.client_cert_auth)) {
-        (Some(roots), true) => {
+    let crls = match tls.and_then(|t| t.crl_file.as_ref()) {
+        Some(f) => tls::load_crls(f)?,
+        None => Vec::new(),
+    };
+    let server = match (&roots, tls.filter(|t| t.client_cert_auth)) {
+        (Some(roots), Some(t)) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 roots.clone(),
                 provider.clone(),
             )
+            .with_crls(crls.clone())
+            // Go checks the leaf's serial against the CRL; a CRL of another issuer says
+            // nothing about it.
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
             .build()
             .map_err(|e| other(&e))?;
-            server.with_client_cert_verifier(verifier)
+            server.with_client_cert_verifier(Arc::new(tls::AllowedPeers {
+                inner: verifier,
+                allowed_cn: t.allowed_cn.clone(),
+                allowed_hostname: t.allowed_hostname.clone(),
+            }))
         }
         _ => server.with_no_client_auth(),
     };
     let mut server = server.with_cert_resolver(cert.clone());
     server.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    let client = rustls::ClientConfig::builder_with_provider(provider)
+    let client = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| other(&e))?;
     let client = match &roots {
+        Some(roots) if !crls.is_empty() => client.with_webpki_verifier(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| other(&e))?,
+        ),
         Some(roots) => client.with_root_certificates(roots.clone()),
         None => client
             .dangerous()
@@ -317,7 +341,13 @@ async fn send_loop(
                 .connect(addr, &peer.host)
                 .map_err(|e| e.to_string())?
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| match tls::remote_tls_error(&e) {
+                    Some(text) => {
+                        tracing::warn!(peer = %format!("{id:x}"), %addr, "{text}");
+                        text
+                    }
+                    None => e.to_string(),
+                })?;
             let send = conn.open_uni().await.map_err(|e| e.to_string())?;
             let mut w = FramedWrite::new(send, frame::codec(MAX_PEER_FRAME_BYTES));
             w.send(hello.clone()).await.map_err(|e| e.to_string())?;

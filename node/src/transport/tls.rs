@@ -38,6 +38,125 @@ pub(crate) fn load_identity(
     Ok((chain, key_der))
 }
 
+/// Reads certificate revocation lists (PEM, `-----BEGIN X509 CRL-----` blocks), for
+/// `--client-crl-file` and `--peer-crl-file`.
+///
+/// # Errors
+/// Unreadable file, no CRL in it.
+pub(crate) fn load_crls(
+    path: &std::path::Path,
+) -> std::io::Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", path.display()));
+    let crls = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| bad(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if crls.is_empty() {
+        return Err(bad(&"no certificate revocation list in file"));
+    }
+    Ok(crls)
+}
+
+/// A client-certificate verifier that, after `inner` accepted the chain, also requires the
+/// certificate's Common Name to be `allowed_cn` and/or the certificate to be valid for
+/// `allowed_hostname` (a DNS or IP subject alternative name), as etcd's
+/// `--peer-cert-allowed-cn` and `--peer-cert-allowed-hostname` do. A refused peer gets a
+/// `bad_certificate` alert (Go prints "remote error: tls: bad certificate").
+#[derive(Debug)]
+pub(crate) struct AllowedPeers {
+    /// The CA (and CRL) verifier.
+    pub(crate) inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// Required Common Name.
+    pub(crate) allowed_cn: Option<String>,
+    /// Required host name.
+    pub(crate) allowed_hostname: Option<String>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AllowedPeers {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let refuse = |why: String| {
+            tracing::warn!(reason = %why, "client certificate authentication failed");
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
+        };
+        if let Some(cn) = &self.allowed_cn {
+            let got = crate::auth::common_name(end_entity.as_ref());
+            if got.as_deref() != Some(cn.as_str()) {
+                return refuse(format!("peer certificate CN {got:?} is not {cn:?}"));
+            }
+        }
+        if let Some(host) = &self.allowed_hostname {
+            let name = ServerName::try_from(host.as_str())
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            if rustls::client::verify_server_name(&parsed, &name).is_err() {
+                return refuse(format!("peer certificate is not valid for {host:?}"));
+            }
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// etcd's (Go's) text for a TLS alert a peer sent while refusing our handshake, so operators
+/// (and etcd's tests) see the words they know; `None` for other connection errors.
+pub(crate) fn remote_tls_error(e: &quinn::ConnectionError) -> Option<String> {
+    let code = match e {
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        _ => return None,
+    };
+    // QUIC carries TLS alerts as transport error 0x100 + alert (RFC 9001 section 4.8).
+    let alert = code.checked_sub(0x100).filter(|a| *a < 0x100)?;
+    let text = match alert {
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "revoked certificate",
+        45 => "expired certificate",
+        46 => "unknown certificate",
+        48 => "unknown certificate authority",
+        49 => "access denied",
+        116 => "certificate required",
+        other => return Some(format!("remote error: tls: alert({other})")),
+    };
+    Some(format!("remote error: tls: {text}"))
+}
+
 /// Reads trusted CA certificates (PEM).
 ///
 /// # Errors

@@ -7,7 +7,8 @@
 //! Layout (fjall keyspaces in one database, encodings in [`keys`]):
 //! - `kv`: revision -> `mvccpb.KeyValue`;
 //! - `key_index`: user key ++ revision -> (tombstone, create_revision, version, lease);
-//! - `meta`: current revision, compacted revision, applied index and term.
+//! - `meta`: current revision, compacted revision, applied index and term, active alarms
+//!   (see Alarms below).
 //!
 //! Writes come only through [`MvccStore::apply`], from one thread (the apply actor): each raft
 //! entry is applied in ONE fjall batch that also records the entry's index and term, so replay
@@ -16,7 +17,18 @@
 //!
 //! Durability: batches are written to fjall's journal in OS buffers, not fsynced; the raft WAL
 //! is the source of truth. [`MvccStore::persist`] fsyncs before the WAL is released.
+//!
+//! # Alarms
+//! etcd's alarms (NOSPACE, CORRUPT) are replicated state kept here: see the `alarm` module
+//! doc for what an active alarm refuses and how alarms are stored. [`MvccStore::alarms`] reads
+//! them.
+//!
+//! # Size
+//! [`MvccStore::db_size_bytes`] counts every fjall file (journal included);
+//! [`MvccStore::quota_size_bytes`] counts the data only, for etcd's space quota.
+//! [`MvccStore::defragment`] rewrites the data files so space freed by compaction is returned.
 
+mod alarm;
 pub mod auth;
 mod hash;
 pub mod keys;
@@ -28,6 +40,8 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use alarm::AlarmSet;
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -136,6 +150,13 @@ pub enum RequestError {
     /// change that was applied first; the client retries.
     #[error("revision of auth store is old")]
     AuthOldRevision,
+    /// A Put, a Txn that puts, or a LeaseGrant while the NOSPACE alarm is active, or refused
+    /// by the space quota before proposing (`etcdserver: mvcc: database space exceeded`).
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// A write while the CORRUPT alarm is active (`etcdserver: corrupt cluster`).
+    #[error("corrupt cluster")]
+    Corrupt,
 }
 
 /// Largest lease TTL, seconds (etcd `MaxLeaseTTL`).
@@ -171,6 +192,8 @@ pub enum WriteResponse {
     LeaseRevoke(etch_protocol::etcdserverpb::LeaseRevokeResponse),
     /// Response to a LeaseCheckpoint.
     LeaseCheckpoint(etch_protocol::etcdserverpb::LeaseCheckpointResponse),
+    /// Response to a Maintenance.Alarm request (GET, ACTIVATE or DEACTIVATE).
+    Alarm(etch_protocol::etcdserverpb::AlarmResponse),
     /// Response to an auth change (every Auth service mutation answers just a header);
     /// `token` is set for Authenticate.
     Auth {
@@ -219,6 +242,20 @@ pub(crate) struct Db {
     pub(crate) auth: Keyspace,
     /// The directory it lives in.
     pub(crate) dir: PathBuf,
+}
+
+impl Db {
+    /// Every keyspace of the store.
+    fn keyspaces(&self) -> [&Keyspace; 6] {
+        [
+            &self.kv,
+            &self.index,
+            &self.meta,
+            &self.lease,
+            &self.lease_keys,
+            &self.auth,
+        ]
+    }
 }
 
 impl Db {
@@ -296,6 +333,8 @@ pub struct MvccStore {
     keys: AtomicI64,
     /// Users, roles, permissions; replaced as a whole by each auth change.
     auth: RwLock<Arc<auth::AuthState>>,
+    /// Active alarms, as persisted in `meta`; replaced as a whole by each alarm change.
+    alarm_state: RwLock<AlarmSet>,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -327,6 +366,7 @@ impl MvccStore {
         let applied = db.applied()?;
         let keys = db.key_count()?;
         let auth = auth::AuthState::load(&db.auth)?;
+        let alarms = alarm::load(&db.meta)?;
         Ok(MvccStore {
             root: root.to_owned(),
             inner: RwLock::new(Arc::new(db)),
@@ -335,6 +375,7 @@ impl MvccStore {
             applied: Mutex::new(applied),
             keys: AtomicI64::new(keys),
             auth: RwLock::new(Arc::new(auth)),
+            alarm_state: RwLock::new(alarms),
         })
     }
 
@@ -373,9 +414,39 @@ impl MvccStore {
         *self.applied.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bytes the store occupies on disk (all fjall files, journal included).
+    /// Bytes the store occupies on disk (all fjall files, journal included): etcd's `db_size`.
     pub fn db_size_bytes(&self) -> u64 {
         self.db().db.disk_space().unwrap_or(0)
+    }
+
+    /// Bytes of data the store holds: the SST files of every keyspace plus the memtables
+    /// (active and sealed) not flushed yet. This is the size etcd's space quota compares
+    /// (`--quota-backend-bytes`) and what Status reports as `db_size_in_use`.
+    ///
+    /// fjall's journal is left out on purpose: its files are preallocated (64 MiB each), so
+    /// counting them would exceed any small quota on an empty store, and what they hold is
+    /// already counted in the memtables. Like etcd's bbolt file, this size does not shrink
+    /// when compaction deletes history (deletions are written as tombstones) until fjall
+    /// compacts its tables, which [`MvccStore::defragment`] forces.
+    pub fn quota_size_bytes(&self) -> u64 {
+        let d = self.db();
+        d.keyspaces().iter().map(|k| k.disk_space()).sum::<u64>() + d.db.write_buffer_size()
+    }
+
+    /// Returns the space compaction freed (etcd Maintenance.Defragment): for every keyspace,
+    /// flushes its memtable to a table and waits, then major-compacts its tables into one
+    /// level, dropping overwritten entries and tombstones. Blocking, and long on a big store:
+    /// call it off async threads. Safe while apply writes (fjall serialises them).
+    ///
+    /// # Errors
+    /// [`Error::Fjall`].
+    pub fn defragment(&self) -> Result<()> {
+        let d = self.db();
+        for ks in d.keyspaces() {
+            ks.rotate_memtable_and_wait()?;
+            ks.major_compact()?;
+        }
+        Ok(())
     }
 
     /// The (member ID, cluster ID) recorded when this member was bootstrapped, if any.
@@ -468,6 +539,10 @@ impl MvccStore {
     /// etcd's `authApplierV3` does: the key(s) a Put/DeleteRange/Txn touch, the keys attached
     /// to a lease a Put names or a LeaseRevoke revokes, root for auth changes.
     ///
+    /// Before that, an active alarm refuses what etcd's alarm appliers refuse (NOSPACE:
+    /// [`RequestError::NoSpace`] for puts and lease grants; CORRUPT: [`RequestError::Corrupt`]
+    /// for every key-value and lease write). An `AlarmRequest` changes the alarms.
+    ///
     /// # Errors
     /// Fatal store errors only: request-level failures are in [`Applied::response`].
     pub fn apply(
@@ -482,7 +557,9 @@ impl MvccStore {
         }
         let applied = AppliedIndex { index, term };
         let mut txn = write::WriteTxn::new(self);
-        let allowed = self.authorize(who, req);
+        let allowed = alarm::gate(&self.alarm_set(), req)
+            .map_err(write::Fail::Request)
+            .and_then(|()| self.authorize(who, req));
         let response = match req {
             _ if allowed.is_err() => allowed.map(|()| WriteResponse::Auth {
                 header: None,
@@ -502,6 +579,7 @@ impl MvccStore {
             Some(Request::LeaseCheckpoint(c)) => {
                 txn.lease_checkpoint(c).map(WriteResponse::LeaseCheckpoint)
             }
+            Some(Request::Alarm(a)) => Ok(txn.alarm(a)),
             Some(
                 r @ (Request::AuthEnable(_)
                 | Request::AuthDisable(_)

@@ -253,6 +253,7 @@ impl MvccStore {
         let applied = new.applied()?;
         let keys = new.key_count()?;
         let auth = super::auth::AuthState::load(&new.auth)?;
+        let alarms = super::alarm::load(&new.meta)?;
         let old = {
             let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *g, Arc::new(new))
@@ -262,6 +263,7 @@ impl MvccStore {
         self.set_applied(applied);
         self.keys.store(keys, Ordering::Release);
         self.set_auth(auth);
+        self.set_alarms(alarms);
         retire(old);
         Ok(applied.index)
     }

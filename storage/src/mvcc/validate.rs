@@ -79,7 +79,9 @@ fn check_txn(r: &TxnRequest, max: usize) -> Res {
     }
     for op in r.success.iter().chain(&r.failure) {
         match &op.request {
-            None => {}
+            // etcd `checkRequestOp`: an empty op (a request the client could not encode, e.g.
+            // gateway JSON with misspelled fields) is refused, not skipped.
+            None => return Err(RequestError::KeyNotFound),
             Some(Op::RequestRange(x)) => validate_range(x)?,
             Some(Op::RequestPut(x)) => validate_put(x)?,
             Some(Op::RequestDeleteRange(x)) => validate_delete(x)?,

@@ -37,6 +37,8 @@ pub(super) struct WriteTxn<'a> {
     compact_to: Option<i64>,
     /// The auth state this entry makes current (auth changes only).
     auth_next: Option<super::auth::AuthState>,
+    /// The alarms this entry makes current (alarm changes only).
+    alarms_next: Option<super::alarm::AlarmSet>,
 }
 
 /// Request-level failure, or a fatal store error.
@@ -83,6 +85,7 @@ impl<'a> WriteTxn<'a> {
             events: Vec::new(),
             compact_to: None,
             auth_next: None,
+            alarms_next: None,
         }
     }
 
@@ -198,6 +201,25 @@ impl<'a> WriteTxn<'a> {
             header: header(self.base),
             token,
         })
+    }
+
+    /// Applies a Maintenance.Alarm request (see [`super::alarm::apply`]).
+    pub(super) fn alarm(&mut self, r: &etch_protocol::etcdserverpb::AlarmRequest) -> WriteResponse {
+        let change = super::alarm::apply(&self.store.alarm_set(), r);
+        if let Some((key, insert, next)) = change.write {
+            let alarm = etch_protocol::etcdserverpb::AlarmType::try_from(r.alarm)
+                .map_or_else(|_| r.alarm.to_string(), |a| a.as_str_name().to_owned());
+            let from = format!("{:x}", r.member_id);
+            if insert {
+                tracing::warn!(%alarm, %from, "alarm raised");
+                self.batch.insert(&self.d.meta, key, Vec::<u8>::new());
+            } else {
+                tracing::warn!(%alarm, %from, "alarm disarmed");
+                self.batch.remove(&self.d.meta, key);
+            }
+            self.alarms_next = Some(next);
+        }
+        WriteResponse::Alarm(super::alarm::response(change.alarms, self.base))
     }
 
     pub(super) fn compact(&mut self, c: &CompactionRequest) -> Res<CompactionResponse> {
@@ -467,6 +489,9 @@ impl<'a> WriteTxn<'a> {
             .store(keys, std::sync::atomic::Ordering::Release);
         if let Some(a) = self.auth_next {
             self.store.set_auth(a);
+        }
+        if let Some(a) = self.alarms_next {
+            self.store.set_alarms(a);
         }
         if let Some(rev) = self.compact_to {
             compact(self.store, rev)?;
