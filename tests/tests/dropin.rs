@@ -233,6 +233,10 @@ fn watches_requiring_a_leader_end_when_the_member_is_cut_off() {
             .unwrap();
         let mut s1 = strict.watch("k", None).await.unwrap();
         let mut s2 = plain.watch("k", None).await.unwrap();
+        for s in [&mut s1, &mut s2] {
+            let created = tokio::time::timeout(T, s.message()).await.unwrap().unwrap();
+            assert!(created.is_some_and(|r| r.created()));
+        }
         let cut = Isolation::udp_port(port);
         let ended = tokio::time::timeout(T, async {
             loop {
