@@ -75,6 +75,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     metrics::install();
+    // TLS files are read before any actor starts: a bad file stops the member cleanly.
+    // h2 for gRPC, http/1.1 for the JSON gateway and /metrics on the same port.
+    let client_tls = config
+        .client_tls
+        .as_ref()
+        .map(|t| api::tls::server_config(t, &[b"h2", b"http/1.1"]).map(Arc::new))
+        .transpose()?;
+    let native_tls = config
+        .client_tls
+        .as_ref()
+        .map(|t| api::tls::server_config(t, &[b"etch"]).map(Arc::new))
+        .transpose()?;
     let member_dir = config.data_dir.join("member");
     let (mut wal, recovered) =
         Wal::open_with_segment_bytes(&config.wal_dir, config.wal_segment_bytes)?;
@@ -249,17 +261,6 @@ pub async fn run(
         config.lease_checkpoint_interval,
     ));
 
-    // h2 for gRPC, http/1.1 for the JSON gateway and /metrics on the same port.
-    let client_tls = config
-        .client_tls
-        .as_ref()
-        .map(|t| api::tls::server_config(t, &[b"h2", b"http/1.1"]).map(Arc::new))
-        .transpose()?;
-    let native_tls = config
-        .client_tls
-        .as_ref()
-        .map(|t| api::tls::server_config(t, &[b"etch"]).map(Arc::new))
-        .transpose()?;
     let tracker = TaskTracker::new();
     let (stop_native, stop_native_rx) = chan::channel(false);
     for l in listeners.native {

@@ -38,7 +38,7 @@ pub(crate) fn load_identity(
     Ok((chain, key_der))
 }
 
-/// Reads certificate revocation lists (PEM, `-----BEGIN X509 CRL-----` blocks), for
+/// Reads certificate revocation lists (PEM `-----BEGIN X509 CRL-----` blocks, or one DER CRL), for
 /// `--client-crl-file` and `--peer-crl-file`.
 ///
 /// # Errors
@@ -52,10 +52,17 @@ pub(crate) fn load_crls(
         .map_err(|e| bad(&e))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(&e))?;
-    if crls.is_empty() {
-        return Err(bad(&"no certificate revocation list in file"));
+    if !crls.is_empty() {
+        return Ok(crls);
     }
-    Ok(crls)
+    // Not PEM: one DER-encoded CRL (Go's x509.ParseCRL takes both; etcd's fixtures are DER).
+    let der = std::fs::read(path).map_err(|e| bad(&e))?;
+    if der.first() != Some(&0x30) {
+        return Err(bad(&"no certificate revocation list in file (PEM or DER)"));
+    }
+    Ok(vec![rustls::pki_types::CertificateRevocationListDer::from(
+        der,
+    )])
 }
 
 /// A client-certificate verifier that, after `inner` accepted the chain, also requires the
