@@ -343,7 +343,7 @@ async fn send_loop(
                 .await
                 .map_err(|e| match tls::remote_tls_error(&e) {
                     Some(text) => {
-                        tracing::warn!(peer = %format!("{id:x}"), %addr, "{text}");
+                        tracing::warn!(to = %format!("{id:x}"), %addr, "{text}");
                         text
                     }
                     None => e.to_string(),
