@@ -108,8 +108,7 @@ impl Method {
 pub fn register_methods() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let Ok(pool) = prost_reflect::DescriptorPool::decode(etch_protocol::FILE_DESCRIPTOR_SET)
-        else {
+        let Some(pool) = crate::api::http::POOL.as_ref() else {
             return;
         };
         let mut paths: Vec<String> = pool

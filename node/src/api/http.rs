@@ -55,7 +55,8 @@ pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 /// `/v3alpha` for older clients).
 pub const GATEWAY_PREFIXES: [&str; 3] = ["/v3", "/v3beta", "/v3alpha"];
 
-static POOL: LazyLock<Option<DescriptorPool>> =
+/// The descriptors of etch's protocol files (gateway JSON mapping, gRPC metric registration).
+pub(crate) static POOL: LazyLock<Option<DescriptorPool>> =
     LazyLock::new(|| DescriptorPool::decode(etch_protocol::FILE_DESCRIPTOR_SET).ok());
 
 /// The JSON form etcd's gateway writes.

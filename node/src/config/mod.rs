@@ -331,8 +331,6 @@ pub struct Config {
     pub auth_token: AuthToken,
     /// WAL directory (`--wal-dir`). Default: `<data_dir>/member/wal`.
     pub wal_dir: PathBuf,
-    /// `--strict-reconfig-check`.
-    pub strict_reconfig_check: bool,
     /// HTTP/2 streams per client connection (`--max-concurrent-streams`).
     pub max_concurrent_streams: u32,
     /// Automatic compaction (`--auto-compaction-mode`/`--auto-compaction-retention`); `None`
@@ -935,7 +933,6 @@ impl Config {
             .unwrap_or_else(|| data_dir.join("member").join("wal"));
         Ok(Config {
             wal_dir,
-            strict_reconfig_check: f.strict_reconfig_check,
             max_concurrent_streams: f.max_concurrent_streams,
             auto_compaction,
             name: f.name.clone(),

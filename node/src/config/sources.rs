@@ -180,19 +180,18 @@ pub fn effective_args(
             &mut warnings,
         );
         out.extend(from_file.into_iter().skip(1));
-        if args.len() > 3 {
+        // Any flag but the file itself (and --help/--version) was given in vain.
+        let ignored = flag_names(&args)
+            .iter()
+            .any(|n| !matches!(n.as_str(), "config-file" | "help" | "version"));
+        if ignored {
             warnings.push(format!(
                 "--config-file {file}: the other command-line flags are ignored, as in etcd"
             ));
         }
         return Ok((out, warnings));
     }
-    let given: BTreeSet<String> = args
-        .iter()
-        .skip(1)
-        .filter_map(|a| a.to_str()?.strip_prefix("--"))
-        .map(|a| a.split('=').next().unwrap_or(a).to_owned())
-        .collect();
+    let given = flag_names(&args);
     let mut out = args;
     for name in known_flags() {
         let suffix = name.to_uppercase().replace('-', "_");
@@ -210,6 +209,15 @@ pub fn effective_args(
         }
     }
     Ok((out, warnings))
+}
+
+/// The long names of the flags in `args` (`--name` or `--name=value`).
+fn flag_names(args: &[OsString]) -> BTreeSet<String> {
+    args.iter()
+        .skip(1)
+        .filter_map(|a| a.to_str()?.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).to_owned())
+        .collect()
 }
 
 /// Long names of every flag clap knows.
