@@ -38,6 +38,9 @@ pub mod sources;
 #[command(
     name = "etch",
     disable_version_flag = true,
+    // Go's flag package lets a flag repeat, the last value winning (etcd's e2e suite passes
+    // `--client-cert-auth` twice).
+    args_override_self = true,
     about = "etch: a distributed, strongly consistent key-value store"
 )]
 pub struct Flags {
@@ -996,6 +999,19 @@ mod tests {
         let c = Config::from_flags(&flags(&[])).unwrap();
         assert_eq!(c.member_id, id);
         assert_eq!(c.data_dir, PathBuf::from("default.etch"));
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value_as_in_go() {
+        let f = flags(&[
+            "--client-cert-auth",
+            "--client-cert-auth",
+            "--name",
+            "a",
+            "--name=b",
+        ]);
+        assert!(f.client_cert_auth);
+        assert_eq!(f.name, "b");
     }
 
     #[test]
