@@ -375,6 +375,8 @@ async fn send_loop(
         tracing::info!(peer = %format!("{id:x}"), %addr, "connected to peer");
         let connected_at = tokio::time::Instant::now();
         peer_hello.mark_unchanged();
+        // Kept for a connection the peer then refuses (see below).
+        let refused_backoff = backoff;
         backoff = Duration::from_millis(50);
         let to = format!("{id:x}");
         let sent = metrics::counter!(crate::metrics::PEER_SENT_BYTES, "To" => to.clone());
@@ -412,8 +414,22 @@ async fn send_loop(
             if !ok || SinkExt::<Bytes>::flush(&mut w).await.is_err() {
                 metrics::counter!(crate::metrics::PEER_SENT_FAILURES, "To" => to.clone())
                     .increment(1);
-                tracing::info!(peer = %format!("{id:x}"), "lost the stream to peer");
                 consensus.do_send(Unreachable(id));
+                match conn.close_reason().as_ref().and_then(tls::remote_tls_error) {
+                    // TLS 1.3: the dialer finishes its handshake before the peer has checked
+                    // its certificate, so a refusal arrives as the connection's close. It is a
+                    // failed connect: back off as for one, instead of redialing at once.
+                    Some(text) => {
+                        tracing::warn!(to = %format!("{id:x}"), %addr, "{text}");
+                        while rx.try_recv().is_ok() {}
+                        tokio::select! {
+                            _ = stopped(&mut stop) => return,
+                            _ = tokio::time::sleep(refused_backoff) => {}
+                        }
+                        backoff = (refused_backoff * 2).min(MAX_BACKOFF);
+                    }
+                    None => tracing::info!(peer = %format!("{id:x}"), "lost the stream to peer"),
+                }
                 break;
             }
         }
