@@ -161,6 +161,20 @@ fn members_configured_by_etcd_flags_variables_and_config_file_form_a_cluster() {
     for name in ["m0", "m1", "m2"] {
         assert!(list.contains(&format!(", {name}, ")), "{list}");
     }
+    // MoveLeader to the member that already leads is a successful no-op (etcd v3.5).
+    let o = etcdctl(&endpoints, &["endpoint", "status", "-w", "json"], "");
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let leader = status[0]["Status"]["leader"].as_u64().unwrap();
+    let leader_ep = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader))
+        .and_then(|s| s["Endpoint"].as_str())
+        .unwrap()
+        .to_owned();
+    let o = etcdctl(&leader_ep, &["move-leader", &format!("{leader:x}")], "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // --wal-dir moved m0's WAL; the native protocol is not served without being asked for.
     assert!(
         std::fs::read_dir(d.join("m0.wal")).unwrap().any(|e| e
