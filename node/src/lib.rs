@@ -11,6 +11,7 @@ pub mod auth;
 pub mod compactor;
 pub mod config;
 pub mod consensus;
+pub mod corrupt;
 pub mod error;
 pub mod lease;
 mod logger;
@@ -55,6 +56,8 @@ pub struct Listeners {
     pub native: Vec<std::net::TcpListener>,
     /// etcd gRPC API listeners (client URLs).
     pub client: Vec<std::net::TcpListener>,
+    /// etcd gRPC API listeners on unix sockets (`unix://` client URLs).
+    pub client_unix: Vec<std::os::unix::net::UnixListener>,
     /// `/metrics` and health listeners (`--listen-metrics-urls`).
     pub metrics: Vec<std::net::TcpListener>,
     /// The peer socket (UDP, QUIC); needed when the cluster has other members.
@@ -254,6 +257,22 @@ pub async fn run(
     let compactor = config
         .auto_compaction
         .map(|mode| compactor::spawn(service.clone(), mode));
+    let peer_ids: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
+    if let (true, Some(t)) = (config.initial_corrupt_check, &transport) {
+        corrupt::initial_check(&service, t, &peer_ids, config.request_timeout)
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    }
+    let corrupt_checker = match (config.corrupt_check_interval, &transport) {
+        (Some(every), Some(t)) => Some(corrupt::spawn_periodic(
+            service.clone(),
+            t.clone(),
+            peer_ids,
+            every,
+            config.request_timeout,
+        )),
+        _ => None,
+    };
     lessor_ctx.run(lease::LeaseActor::new(
         &store.leases()?,
         service.clone(),
@@ -278,11 +297,21 @@ pub async fn run(
         ));
     }
 
+    let mut client_listeners = Vec::new();
     for l in listeners.client {
         l.set_nonblocking(true)?;
-        let addr = l.local_addr()?;
-        let l = tokio::net::TcpListener::from_std(l)?;
-        tracing::info!(%addr, "serving the etcd gRPC API");
+        client_listeners.push(api::listener::Listener::Tcp(
+            tokio::net::TcpListener::from_std(l)?,
+        ));
+    }
+    for l in listeners.client_unix {
+        l.set_nonblocking(true)?;
+        client_listeners.push(api::listener::Listener::Unix(
+            tokio::net::UnixListener::from_std(l)?,
+        ));
+    }
+    for l in client_listeners {
+        tracing::info!(addr = %l.describe(), "serving the etcd gRPC API");
         let grpc = api::grpc::Grpc::new(
             service.clone(),
             config.members.clone(),
@@ -351,6 +380,9 @@ pub async fn run(
         let mut leader = state.leader_changes();
         let handed_over = leader.wait_for(|l| *l != member_id);
         let _ = tokio::time::timeout(config.election_timeout * 2, handed_over).await;
+    }
+    if let Some(c) = corrupt_checker {
+        c.abort();
     }
     if let Some(c) = compactor {
         c.abort();

@@ -60,6 +60,17 @@ fn main() -> ExitCode {
             }
         }
     }
+    for path in &config.listen_client_unix {
+        // etcd removes a socket file left by an earlier run before listening.
+        let _ = std::fs::remove_file(path);
+        match std::os::unix::net::UnixListener::bind(path) {
+            Ok(l) => listeners.client_unix.push(l),
+            Err(e) => {
+                eprintln!("etch: cannot listen on unix socket {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
     if !config.peers.is_empty() {
         match std::net::UdpSocket::bind(config.listen_peer) {
             Ok(s) => listeners.peer = Some(s),
@@ -79,7 +90,12 @@ fn main() -> ExitCode {
             // Without a runtime there is nothing to run; the error is printed by the panic.
             .expect("cannot build the tokio runtime")
     });
+    let sockets = config.listen_client_unix.clone();
     let result = system.block_on(etch_node::run(config, listeners, shutdown_signal()));
+    // etcd removes its unix socket files when it stops.
+    for path in sockets {
+        let _ = std::fs::remove_file(path);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

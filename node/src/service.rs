@@ -40,6 +40,10 @@ type Res<T> = Result<T, ApiError>;
 /// (etcd `maxGapBetweenApplyAndCommitIndex`); past it, clients get "too many requests".
 pub const MAX_APPLY_LAG_ENTRIES: u64 = 5000;
 
+/// The longest a physical compaction waits for this member's background deletion (etcd waits
+/// as long as the client does; clients give up well before).
+pub const PHYSICAL_COMPACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Limits the service enforces, from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -419,14 +423,24 @@ impl Service {
         }
     }
 
-    /// Compaction through consensus (always physical: it is done when this returns).
+    /// Compaction through consensus. Apply records the compaction point (reads below it fail
+    /// from then on) and the store deletes the history in the background; with `physical`
+    /// (etcdctl `compact --physical`) the answer waits until this member's deletion is written,
+    /// at most [`PHYSICAL_COMPACTION_WAIT`].
     ///
     /// # Errors
-    /// Compacted or future revision, no leader, timeout.
+    /// Compacted or future revision, no leader, timeout; a physical compaction whose deletion
+    /// failed or outlasted the wait.
     /// Not permission-checked, as in etcd v3.5 (any client may compact).
     pub async fn compact(&self, who: &AuthInfo, req: CompactionRequest) -> Res<CompactionResponse> {
+        let (rev, physical) = (req.revision, req.physical);
         match self.propose(Some(who), Request::Compaction(req)).await? {
             WriteResponse::Compaction(mut r) => {
+                if physical {
+                    // etcd answers a physical compaction once this member deleted the history.
+                    self.blocking(move |s| s.wait_purged(rev, PHYSICAL_COMPACTION_WAIT))
+                        .await?;
+                }
                 r.header = self.header(r.header);
                 Ok(r)
             }

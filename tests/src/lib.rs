@@ -367,27 +367,31 @@ impl Node {
         self.spawn_listening();
     }
 
-    /// Starts `etch` on the same data dir and expects it to fail; returns (status, stderr+log).
+    /// Starts `etch` on the same data dir and expects it to exit within the start deadline
+    /// (killed and a panic if it does not); returns (status, stderr+log).
     pub fn start_expecting_failure(&mut self) -> (ExitStatus, String) {
         self.kill9();
         self.runs += 1;
         let log = self.log_path();
-        let out = Command::new(bin("etch"))
+        let child = Command::new(bin("etch"))
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen-native-urls", "tcp://127.0.0.1:0"])
             .args(["--listen-client-urls", "http://127.0.0.1:0"])
             .args(&self.args)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
             .expect("spawn etch");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let _ = std::fs::write(log, &text);
-        (out.status, text)
+        // Held by the node, so a start that never fails is killed when the test panics.
+        self.log = log.clone();
+        let child = self.child.insert(child);
+        let status = wait_for(START_DEADLINE, "etch to exit", || {
+            child.try_wait().ok().flatten()
+        });
+        self.child = None;
+        (status, read(&log))
     }
 }
 

@@ -314,3 +314,56 @@ fn periodic_auto_compaction_compacts_old_revisions() {
     });
     assert!(n.log().contains("automatic compaction finished"));
 }
+
+/// `unix://` client URLs, as etcd serves them: `unix://localhost:<port>` is a socket file of
+/// that name in the working directory; etcdctl reaches the member through it.
+#[test]
+fn a_unix_client_url_serves_etcdctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let name = format!("localhost:{}", free_tcp_port());
+    let url = format!("unix://{name}");
+    let m = Member::spawn(
+        d,
+        "m0",
+        &[
+            format!("--data-dir={}", d.join("m0.etcd").display()),
+            format!("--listen-client-urls={url}"),
+            format!("--advertise-client-urls={url}"),
+        ],
+        &[],
+    );
+    let ctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .current_dir(d)
+            .args(["--endpoints", &url, "--command-timeout", "5s"])
+            .args(args)
+            .output()
+            .expect("etcdctl")
+    };
+    wait_for(T, "the member to serve on its unix socket", || {
+        ctl(&["put", "via", "unix"]).status.success().then_some(())
+    });
+    let o = ctl(&["get", "via", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "unix", "{o:?}");
+    assert!(
+        std::fs::symlink_metadata(d.join(&name)).is_ok(),
+        "{}",
+        m.log()
+    );
+    // A graceful stop removes the socket file, as etcd does.
+    let pid = m.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(T, "the socket file to go", || {
+        std::fs::symlink_metadata(d.join(&name))
+            .is_err()
+            .then_some(())
+    });
+}

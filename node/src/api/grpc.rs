@@ -157,7 +157,7 @@ impl Grpc {
     /// Transport errors of the server.
     pub async fn serve(
         self,
-        listener: tokio::net::TcpListener,
+        listener: crate::api::listener::Listener,
         max_request_bytes: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: impl std::future::Future<Output = ()>,
@@ -209,17 +209,16 @@ impl Grpc {
     }
 }
 
-/// Accepted connections with `TCP_NODELAY` (tonic sets it only on listeners it binds itself):
-/// without it, small responses can wait for the peer's delayed ACK. Each is wrapped in
-/// [`H2Fix`], as TLS connections are, so etcd 3.4 clients' URL `:authority` reaches h2 repaired.
+/// Accepted connections (`TCP_NODELAY` set on TCP: tonic sets it only on listeners it binds
+/// itself, and without it small responses can wait for the peer's delayed ACK). Each is
+/// wrapped in [`H2Fix`], as TLS connections are, so etcd 3.4 clients' URL `:authority` reaches
+/// h2 repaired.
 fn nodelay(
-    listener: tokio::net::TcpListener,
-) -> impl Stream<Item = std::io::Result<H2Fix<tokio::net::TcpStream>>> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio_stream::StreamExt::map(incoming, |s| {
-        let s = s?;
-        s.set_nodelay(true)?;
-        Ok(H2Fix::new(s))
+    listener: crate::api::listener::Listener,
+) -> impl Stream<Item = std::io::Result<H2Fix<crate::api::listener::Stream>>> {
+    futures::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(s, _)| H2Fix::new(s));
+        Some((next, l))
     })
 }
 

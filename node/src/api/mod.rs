@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod grpc_metrics;
 pub mod h2fix;
 pub mod http;
+pub mod listener;
 pub mod native;
 pub mod recipes;
 pub mod tls;

@@ -76,7 +76,8 @@ pub async fn serve(
 ) {
     let mut stop = shutdown.clone();
     if let Some(cfg) = tls {
-        let mut incoming = crate::api::tls::accept(listener, cfg);
+        let mut incoming =
+            crate::api::tls::accept(crate::api::listener::Listener::Tcp(listener), cfg);
         loop {
             tokio::select! {
                 _ = stopped(&mut stop) => return,

@@ -21,7 +21,6 @@ use std::time::Duration;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ClientTls;
 
@@ -476,7 +475,7 @@ pub fn server_config(t: &ClientTls, alpn: &[&[u8]]) -> std::io::Result<rustls::S
 /// protocol.
 #[derive(Debug)]
 pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    inner: tokio_rustls::server::TlsStream<crate::api::listener::Stream>,
     identity: PeerIdentity,
 }
 
@@ -536,11 +535,11 @@ impl tonic::transport::server::Connected for TlsConn {
     }
 }
 
-/// Accepts TCP connections on `listener` and completes TLS handshakes concurrently; the
-/// receiver yields finished connections (`TCP_NODELAY` set). Ends when the listener fails
-/// for good or the receiver is dropped.
+/// Accepts connections on `listener` (TCP or a unix socket) and completes TLS handshakes
+/// concurrently; the receiver yields finished connections (`TCP_NODELAY` set on TCP). Ends
+/// when the receiver is dropped.
 pub fn accept(
-    listener: TcpListener,
+    listener: crate::api::listener::Listener,
     config: Arc<rustls::ServerConfig>,
 ) -> tokio::sync::mpsc::Receiver<std::io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -558,7 +557,6 @@ pub fn accept(
                     }
                 },
             };
-            let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -572,14 +570,14 @@ pub fn accept(
                         let conn = TlsConn {
                             inner: tls,
                             identity: PeerIdentity {
-                                remote_addr: Some(addr),
+                                remote_addr: addr,
                                 common_name,
                             },
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    Ok(Err(e)) => tracing::debug!(?addr, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(?addr, "TLS handshake timed out"),
                 }
             });
         }

@@ -259,12 +259,12 @@ pub struct Flags {
     /// Retention of automatic compaction; `0` disables it (etcd's default).
     #[arg(long, env = "ETCH_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
-    /// etcd's check of this member's KV hash against its peers' before serving. Accepted and
-    /// ignored with a warning: etch does not run it (compare with `etcdctl endpoint hashkv`).
+    /// Compare this member's KV hash with its peers' before serving clients; refuse to start
+    /// when they differ (etcd's initial corruption check, `node/src/corrupt.rs`).
     #[arg(long, env = "ETCH_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub experimental_initial_corrupt_check: bool,
-    /// etcd's periodic cross-member hash check interval. Accepted and ignored with a warning
-    /// when not `0s`: etch does not run it.
+    /// Interval of the leader's check of every member's KV hash (raises the CORRUPT alarm on a
+    /// mismatch); `0s` disables it (etcd's default).
     #[arg(
         long,
         env = "ETCH_EXPERIMENTAL_CORRUPT_CHECK_TIME",
@@ -284,6 +284,9 @@ pub struct Config {
     pub listen_native: Vec<SocketAddr>,
     /// etcd gRPC API listen addresses (`--listen-client-urls`).
     pub listen_client: Vec<SocketAddr>,
+    /// Unix socket paths to serve the etcd gRPC API on (`unix://` or, with client TLS,
+    /// `unixs://` client URLs; see [`crate::api::listener`]).
+    pub listen_client_unix: Vec<std::path::PathBuf>,
     /// Metrics and health listen addresses (`--listen-metrics-urls`).
     pub listen_metrics: Vec<SocketAddr>,
     /// TLS on the client URLs (they are then `https://`).
@@ -339,6 +342,11 @@ pub struct Config {
     /// Automatic compaction (`--auto-compaction-mode`/`--auto-compaction-retention`); `None`
     /// when the retention is 0.
     pub auto_compaction: Option<AutoCompaction>,
+    /// Compare KV hashes with the peers before serving (`--experimental-initial-corrupt-check`).
+    pub initial_corrupt_check: bool,
+    /// Interval of the leader's periodic KV hash comparison (`--experimental-corrupt-check-time`);
+    /// `None` when disabled.
+    pub corrupt_check_interval: Option<Duration>,
 }
 
 /// What automatic compaction keeps (etcd's `--auto-compaction-mode` and
@@ -558,6 +566,16 @@ pub fn parse_url(url: &str) -> Result<(String, SocketAddr), String> {
     Ok((scheme.to_owned(), addr))
 }
 
+/// The socket path a `unix://` or `unixs://` URL names, or `None` for another scheme. As in
+/// etcd (`transport.NewListener` listens on the URL's host): `unix://localhost:2379` is the
+/// file `localhost:2379` in the working directory, `unix:///run/etch.sock` an absolute path.
+pub fn unix_socket_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("unixs://"))?;
+    Some(std::path::PathBuf::from(rest))
+}
+
 /// etcd's member ID: the first 8 bytes (big-endian) of SHA-1(sorted peer URLs joined ++ token)
 /// (etcd `membership.NewMember`).
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
@@ -697,7 +715,26 @@ impl Config {
                 "https:// needs --cert-file and --key-file (or --auto-tls)",
             )
         };
-        let listen_client = listen_addrs("listen-client-urls", &f.listen_client_urls, scheme, why)?;
+        let (unix_urls, tcp_urls): (Vec<&str>, Vec<&str>) = f
+            .listen_client_urls
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .partition(|u| u.starts_with("unix://") || u.starts_with("unixs://"));
+        let listen_client = listen_addrs("listen-client-urls", &tcp_urls.join(","), scheme, why)?;
+        let mut listen_client_unix = Vec::new();
+        for u in unix_urls {
+            if u.starts_with("unixs://") != client_tls.is_some() {
+                return Err(bad(
+                    "listen-client-urls",
+                    u,
+                    "unixs:// when client TLS is configured, unix:// otherwise",
+                ));
+            }
+            match unix_socket_path(u) {
+                Some(p) if !p.as_os_str().is_empty() => listen_client_unix.push(p),
+                _ => return Err(bad("listen-client-urls", u, "no socket path")),
+            }
+        }
         if f.initial_cluster_state != "new" && f.initial_cluster_state != "existing" {
             return Err(bad(
                 "initial-cluster-state",
@@ -921,15 +958,6 @@ impl Config {
                  surviving members with the same --initial-cluster instead",
             ));
         }
-        if f.experimental_initial_corrupt_check || !corrupt_check_interval.is_zero() {
-            // Documented in docs/compatibility.md: WAL records and snapshots carry CRCs, and
-            // `etcdctl endpoint hashkv` compares members, but etch does not run etcd's
-            // automatic cross-member hash checks.
-            tracing::warn!(
-                "--experimental-initial-corrupt-check and --experimental-corrupt-check-time are \
-                 accepted and ignored by etch: compare members with `etcdctl endpoint hashkv`"
-            );
-        }
         let wal_dir = f
             .wal_dir
             .clone()
@@ -938,10 +966,14 @@ impl Config {
             wal_dir,
             max_concurrent_streams: f.max_concurrent_streams,
             auto_compaction,
+            initial_corrupt_check: f.experimental_initial_corrupt_check,
+            corrupt_check_interval: (!corrupt_check_interval.is_zero())
+                .then_some(corrupt_check_interval),
             name: f.name.clone(),
             data_dir,
             listen_native,
             listen_client,
+            listen_client_unix,
             listen_metrics,
             client_tls,
             members,
@@ -982,6 +1014,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_urls_name_the_socket_as_etcd_does() {
+        assert_eq!(
+            unix_socket_path("unix://localhost:2379"),
+            Some("localhost:2379".into())
+        );
+        assert_eq!(
+            unix_socket_path("unixs:///run/etch.sock"),
+            Some("/run/etch.sock".into())
+        );
+        assert_eq!(unix_socket_path("http://127.0.0.1:2379"), None);
+    }
 
     fn flags(args: &[&str]) -> Flags {
         let mut v = vec!["etch"];

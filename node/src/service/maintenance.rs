@@ -158,6 +158,15 @@ impl Service {
     /// Compacted or future revision; store failure.
     pub async fn hash_kv(&self, who: &AuthInfo, revision: i64) -> Res<HashKvResponse> {
         self.check_admin(who)?;
+        self.peer_hash_kv(revision).await
+    }
+
+    /// HashKV for a peer's corruption check (etcd serves it on the peer URL's
+    /// `/members/hashkv`, without client auth: peers are authenticated by the transport).
+    ///
+    /// # Errors
+    /// Compacted or future revision; store failure.
+    pub async fn peer_hash_kv(&self, revision: i64) -> Res<HashKvResponse> {
         let h = self.blocking(move |s| s.hash_kv(revision)).await??;
         Ok(HashKvResponse {
             header: self.header(None),

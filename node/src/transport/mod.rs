@@ -27,7 +27,9 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
+use etch_protocol::etchpb::{
+    PeerAnswer, PeerFrame, PeerHello, PeerRequest, peer_answer, peer_frame::Body, peer_request,
+};
 use etch_protocol::frame;
 
 use etch_storage::mvcc::MvccStore;
@@ -57,6 +59,9 @@ pub struct TransportActor {
     /// Forwarded requests waiting for the leader's answer, by forward id.
     forwards: HashMap<u64, tokio::sync::oneshot::Sender<etch_protocol::etchpb::Frame>>,
     next_forward: u64,
+    /// This member's own questions to peers waiting for their answers, by question id.
+    asks: HashMap<u64, tokio::sync::oneshot::Sender<PeerAnswer>>,
+    next_ask: u64,
     /// The service, for requests forwarded to this member (set once it exists).
     service: Option<Arc<crate::service::Service>>,
     peers: HashMap<u64, Peer>,
@@ -240,6 +245,8 @@ impl TransportActor {
             queues,
             forwards: HashMap::new(),
             next_forward: 1,
+            asks: HashMap::new(),
+            next_ask: 1,
             service: None,
             peers: peers.iter().map(|p| (p.id, p.clone())).collect(),
             endpoint,
@@ -722,6 +729,17 @@ async fn read_stream(
                 transport.do_send(ForwardAnswered(f));
                 continue;
             }
+            Some(Body::Request(q)) => {
+                transport.do_send(Asked {
+                    from: hello.member_id,
+                    request: q,
+                });
+                continue;
+            }
+            Some(Body::Answer(a)) => {
+                transport.do_send(Answered(a));
+                continue;
+            }
             Some(Body::SnapshotBegin(raft)) => {
                 let msg = match Message::parse_from_bytes(&raft) {
                     Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot && m.to == member_id => m,
@@ -836,6 +854,104 @@ impl Handler<ForwardAnswered> for TransportActor {
     type Result = ();
     fn handle(&mut self, m: ForwardAnswered, _: &mut Context<Self>) {
         if let Some(tx) = self.forwards.remove(&m.0.id) {
+            let _ = tx.send(m.0);
+        }
+    }
+}
+
+/// Sent by this member's own checks (the corruption check): ask peer `to` a question. Replies
+/// with a receiver for the answer (dropped if it never comes; the caller bounds the wait), or
+/// `None` for an unknown peer or a full queue.
+#[derive(Message)]
+#[rtype(result = "Option<tokio::sync::oneshot::Receiver<PeerAnswer>>")]
+pub struct Ask {
+    /// The peer.
+    pub to: u64,
+    /// The question.
+    pub body: peer_request::Body,
+}
+
+impl Handler<Ask> for TransportActor {
+    type Result = Option<tokio::sync::oneshot::Receiver<PeerAnswer>>;
+    fn handle(&mut self, m: Ask, _: &mut Context<Self>) -> Self::Result {
+        let q = self.queues.get(&m.to)?;
+        let id = self.next_ask;
+        self.next_ask += 1;
+        let f = frame::encode_payload_of(&PeerFrame {
+            body: Some(Body::Request(PeerRequest {
+                id,
+                body: Some(m.body),
+            })),
+        });
+        q.try_send(f).ok()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Answers that never came leave their senders behind; callers ask rarely (one check
+        // per interval), so a bound only guards against a peer that never answers.
+        if self.asks.len() > 10_000 {
+            self.asks.clear();
+        }
+        self.asks.insert(id, tx);
+        Some(rx)
+    }
+}
+
+/// A peer's question to this member.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Asked {
+    from: u64,
+    request: PeerRequest,
+}
+
+impl Handler<Asked> for TransportActor {
+    type Result = ();
+    fn handle(&mut self, m: Asked, ctx: &mut Context<Self>) {
+        let Some(q) = self.queues.get(&m.from).cloned() else {
+            return;
+        };
+        let service = self.service.clone();
+        ctx.spawn(
+            async move {
+                let body = match (m.request.body, service) {
+                    (Some(peer_request::Body::HashKv(r)), Some(svc)) => {
+                        match svc.peer_hash_kv(r.revision).await {
+                            Ok(h) => peer_answer::Body::HashKv(h),
+                            Err(e) => answer_error(&e),
+                        }
+                    }
+                    (None, _) => answer_error(&crate::error::ApiError::Unimplemented),
+                    (_, None) => answer_error(&crate::error::ApiError::Stopped),
+                };
+                let f = frame::encode_payload_of(&PeerFrame {
+                    body: Some(Body::Answer(PeerAnswer {
+                        id: m.request.id,
+                        body: Some(body),
+                    })),
+                });
+                let _ = q.send(f).await;
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+fn answer_error(e: &crate::error::ApiError) -> peer_answer::Body {
+    let (code, message) = crate::api::errors::status_of(e);
+    peer_answer::Body::Error(etch_protocol::etchpb::Error {
+        code: code as u32,
+        message: message.to_owned(),
+    })
+}
+
+/// A peer's answer to this member's question.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Answered(PeerAnswer);
+
+impl Handler<Answered> for TransportActor {
+    type Result = ();
+    fn handle(&mut self, m: Answered, _: &mut Context<Self>) {
+        if let Some(tx) = self.asks.remove(&m.0.id) {
             let _ = tx.send(m.0);
         }
     }

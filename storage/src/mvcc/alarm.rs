@@ -443,6 +443,8 @@ mod tests {
             physical: true,
         }))
         .unwrap();
+        t.s.wait_purged(t.s.current_revision(), std::time::Duration::from_secs(30))
+            .unwrap();
         t.s.defragment().unwrap();
         let after = t.s.quota_size_bytes();
         assert!(after < 64 * 1024, "{full} -> {after}");

@@ -7,14 +7,19 @@
 
 use fjall::Readable;
 
+use super::keys::{IndexValue, kv_key, split_index_key};
 use super::{META_COMPACT_REV, META_CURRENT_REV, MvccStore, RequestError, Revision};
 use crate::error::{Error, Result};
 
 /// The answer to `HashKV`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvHash {
-    /// CRC-32 (IEEE) of every `kv` entry (revision key, then encoded `KeyValue`) with main
-    /// revision <= `hash_revision`, in revision order.
+    /// CRC-32 (IEEE) of the history compaction keeps up to `hash_revision`: first, when the
+    /// store was compacted, each key's newest revision at or below `compact_revision` unless
+    /// it is a tombstone (key order); then every `kv` entry (revision key, then encoded
+    /// `KeyValue`) above `compact_revision` and at or below `hash_revision` (revision order).
+    /// Revisions the background compaction has yet to delete are not hashed, so the value
+    /// never depends on its progress.
     pub hash: u32,
     /// The compaction point when the hash was taken (0 = never compacted).
     pub compact_revision: i64,
@@ -49,13 +54,51 @@ impl MvccStore {
         if revision > 0 && rev <= compacted {
             return Ok(Err(RequestError::Compacted));
         }
-        let hi = Revision::new(rev.saturating_add(1), 0).to_bytes();
         let mut h = crc32fast::Hasher::new();
         h.update(b"key");
-        for g in snap.range(&d.kv, ..hi.as_slice()) {
-            let (k, v) = g.into_inner()?;
-            h.update(&k);
-            h.update(&v);
+        if compacted > 0 {
+            // The history compaction keeps at the point, whether or not the background
+            // deletion of the rest is done: each key's newest revision at or below it,
+            // unless a tombstone, in key order.
+            let mut newest: Option<(Vec<u8>, Revision, bool)> = None;
+            let mut kept = |n: Option<(Vec<u8>, Revision, bool)>| -> Result<()> {
+                if let Some((_, r, false)) = n {
+                    let k = kv_key(r, false);
+                    let v = snap.get(&d.kv, &k)?.ok_or_else(|| {
+                        Error::CorruptStore(format!("revision {r:?} indexed but not stored"))
+                    })?;
+                    h.update(&k);
+                    h.update(&v);
+                }
+                Ok(())
+            };
+            for g in snap.iter(&d.index) {
+                let (k, v) = g.into_inner()?;
+                let (prefix, r) = split_index_key(&k)
+                    .ok_or_else(|| Error::CorruptStore("short index key".into()))?;
+                if r.main > compacted {
+                    continue;
+                }
+                let iv = IndexValue::decode(&v)
+                    .ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
+                if newest
+                    .as_ref()
+                    .is_some_and(|(p, _, _)| p.as_slice() != prefix)
+                {
+                    kept(newest.take())?;
+                }
+                newest = Some((prefix.to_vec(), r, iv.tombstone));
+            }
+            kept(newest)?;
+        }
+        let lo = Revision::new(compacted.saturating_add(1), 0).to_bytes();
+        let hi = Revision::new(rev.saturating_add(1), 0).to_bytes();
+        if lo < hi {
+            for g in snap.range(&d.kv, lo.as_slice()..hi.as_slice()) {
+                let (k, v) = g.into_inner()?;
+                h.update(&k);
+                h.update(&v);
+            }
         }
         Ok(Ok(KvHash {
             hash: h.finalize(),

@@ -30,6 +30,7 @@
 
 mod alarm;
 pub mod auth;
+mod compaction;
 mod hash;
 pub mod keys;
 mod read;
@@ -335,6 +336,8 @@ pub struct MvccStore {
     auth: RwLock<Arc<auth::AuthState>>,
     /// Active alarms, as persisted in `meta`; replaced as a whole by each alarm change.
     alarm_state: RwLock<AlarmSet>,
+    /// Deletes compacted history in the background.
+    purger: compaction::Purger,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -367,15 +370,22 @@ impl MvccStore {
         let keys = db.key_count()?;
         let auth = auth::AuthState::load(&db.auth)?;
         let alarms = alarm::load(&db.meta)?;
+        let (_, purged) = compaction::points(&db)?;
+        let purger = compaction::Purger::start(purged)?;
+        let db = Arc::new(db);
+        if compacted > purged {
+            purger.schedule(db.clone(), compacted);
+        }
         Ok(MvccStore {
             root: root.to_owned(),
-            inner: RwLock::new(Arc::new(db)),
+            inner: RwLock::new(db),
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
             applied: Mutex::new(applied),
             keys: AtomicI64::new(keys),
             auth: RwLock::new(Arc::new(auth)),
             alarm_state: RwLock::new(alarms),
+            purger,
         })
     }
 
@@ -402,6 +412,15 @@ impl MvccStore {
     /// compacted.
     pub fn compact_revision(&self) -> i64 {
         self.compacted.load(Ordering::Acquire)
+    }
+
+    /// Blocks until the history below compaction point `rev` is deleted (etcd's physical
+    /// compaction), at most `timeout`. Returns at once for a point already deleted.
+    ///
+    /// # Errors
+    /// [`Error::CorruptStore`] if the deletion failed or is still running after `timeout`.
+    pub fn wait_purged(&self, rev: i64, timeout: std::time::Duration) -> Result<()> {
+        self.purger.wait(rev, timeout)
     }
 
     /// The number of live keys (etcd's `etcd_debugging_mvcc_keys_total`).

@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 
 use fjall::{PersistMode, Readable};
 
-use super::{Db, META_APPLIED, META_COMPACT_REV, META_CURRENT_REV, META_IDENTITY, MvccStore};
+use super::{Db, META_APPLIED, META_CURRENT_REV, META_IDENTITY, MvccStore};
 use crate::error::{Error, Result};
 
 /// Target size of one exported chunk: 1 MiB.
@@ -249,15 +249,20 @@ impl MvccStore {
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io(&self.root, e))?;
         let current = new.read_i64(META_CURRENT_REV)?.unwrap_or(1);
-        let compacted = new.read_i64(META_COMPACT_REV)?.unwrap_or(0);
+        let (compacted, purged) = super::compaction::points(&new)?;
         let applied = new.applied()?;
         let keys = new.key_count()?;
         let auth = super::auth::AuthState::load(&new.auth)?;
         let alarms = super::alarm::load(&new.meta)?;
+        let new = Arc::new(new);
         let old = {
             let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *g, Arc::new(new))
+            std::mem::replace(&mut *g, new.clone())
         };
+        self.purger.reset(purged);
+        if compacted > purged {
+            self.purger.schedule(new, compacted);
+        }
         self.current.store(current, Ordering::Release);
         self.compacted.store(compacted, Ordering::Release);
         self.set_applied(applied);

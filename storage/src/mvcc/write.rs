@@ -14,7 +14,7 @@ use etch_protocol::etcdserverpb::{
 };
 use etch_protocol::mvccpb::{Event, KeyValue, event::EventType};
 
-use super::keys::{IndexValue, Revision, index_key, kv_key, split_index_key};
+use super::keys::{IndexValue, Revision, index_key, kv_key};
 use super::read::{self, Overlay};
 use super::{
     Applied, AppliedIndex, Db, MAX_LEASE_TTL_SECONDS, META_COMPACT_REV, META_CURRENT_REV,
@@ -448,7 +448,8 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Writes the batch: the changes, the new current revision (if anything changed), the
-    /// applied index; then runs a requested compaction.
+    /// applied index, a requested compaction point; then schedules that compaction's deletion
+    /// ([`super::compaction`]).
     pub(super) fn commit(
         mut self,
         applied: AppliedIndex,
@@ -478,6 +479,11 @@ impl<'a> WriteTxn<'a> {
         if let WriteResponse::Txn(t) = &mut resp {
             t.header = header(new_rev);
         }
+        if let Some(rev) = self.compact_to {
+            // Only the point, with the applied index; the history goes in the background.
+            self.batch
+                .insert(&self.d.meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
+        }
         MvccStore::put_applied(&self.d, &mut self.batch, applied);
         self.batch.commit()?;
         self.store
@@ -494,7 +500,10 @@ impl<'a> WriteTxn<'a> {
             self.store.set_alarms(a);
         }
         if let Some(rev) = self.compact_to {
-            compact(self.store, rev)?;
+            self.store
+                .compacted
+                .store(rev, std::sync::atomic::Ordering::Release);
+            self.store.purger.schedule(self.d.clone(), rev);
         }
         Ok(Applied {
             response: Ok(resp),
@@ -502,55 +511,4 @@ impl<'a> WriteTxn<'a> {
             revision: new_rev,
         })
     }
-}
-
-/// Physically compacts to `rev`: for every key, drops each revision below `rev` except the
-/// newest at or below it, and that one too when it is a tombstone (etcd `scheduleCompaction`).
-/// Records the compacted revision first, so reads below it fail from now on.
-fn compact(store: &MvccStore, rev: i64) -> Result<()> {
-    let d = store.db();
-    let mut b = d.db.batch();
-    b.insert(&d.meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
-    b.commit()?;
-    store
-        .compacted
-        .store(rev, std::sync::atomic::Ordering::Release);
-    let mut batch = d.db.batch();
-    let mut pending = 0usize;
-    // (prefix, revision, tombstone) of the newest entry <= rev in the current group.
-    let mut group: Option<(Vec<u8>, Revision, bool)> = None;
-    for g in d.index.iter() {
-        let (k, v) = g.into_inner()?;
-        let (prefix, r) =
-            split_index_key(&k).ok_or_else(|| Error::CorruptStore("short index key".into()))?;
-        let iv =
-            IndexValue::decode(&v).ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
-        if r.main > rev {
-            continue;
-        }
-        if let Some((p, prev_rev, prev_tomb)) = &group
-            && p.as_slice() == prefix
-        {
-            // An older entry of the same key, superseded by `r` at or below `rev`.
-            batch.remove(&d.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
-            batch.remove(&d.kv, kv_key(*prev_rev, *prev_tomb));
-            pending += 1;
-        } else if let Some((p, prev_rev, true)) = group.take() {
-            // The previous key ended on a tombstone at or below `rev`: nothing to keep.
-            batch.remove(&d.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
-            batch.remove(&d.kv, kv_key(prev_rev, true));
-            pending += 1;
-        }
-        group = Some((prefix.to_vec(), r, iv.tombstone));
-        if pending >= 10_000 {
-            std::mem::replace(&mut batch, d.db.batch()).commit()?;
-            pending = 0;
-        }
-    }
-    if let Some((p, prev_rev, true)) = group {
-        batch.remove(&d.index, [p.as_slice(), &prev_rev.to_bytes()].concat());
-        batch.remove(&d.kv, kv_key(prev_rev, true));
-    }
-    batch.commit()?;
-    Ok(())
 }
