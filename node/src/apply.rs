@@ -7,18 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use prost::Message as _;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::Entry;
 use tokio::sync::{oneshot, watch};
 
-use etch_protocol::etchpb::InternalRequest;
-use etch_storage::mvcc::{MvccStore, RequestError, WriteResponse};
+use etch_storage::mvcc::MvccStore;
+
+use crate::core::apply::{ApplyCore, EntryApplied, TokenChange};
 
 /// Apply slower than this for one batch is logged at warn (etcd: 100 ms).
 const SLOW_APPLY: Duration = Duration::from_millis(100);
 
-/// What a proposer receives once its entry is applied.
-pub type WriteResult = Result<WriteResponse, RequestError>;
+pub use crate::core::apply::WriteResult;
 
 /// Clients waiting for their proposals to be applied, by request id (etcd `wait.Wait`).
 #[derive(Default)]
@@ -52,6 +51,7 @@ impl Waiters {
 
 /// The actor.
 pub struct ApplyActor {
+    core: ApplyCore,
     store: Arc<MvccStore>,
     waiters: Arc<Waiters>,
     applied_tx: watch::Sender<u64>,
@@ -73,6 +73,7 @@ impl ApplyActor {
         tokens: Arc<crate::auth::Tokens>,
     ) -> ApplyActor {
         ApplyActor {
+            core: ApplyCore::new(store.clone()),
             store,
             waiters,
             applied_tx,
@@ -84,55 +85,19 @@ impl ApplyActor {
 }
 
 impl ApplyActor {
-    /// Tells the lessor about lease changes (every member tracks leases; only the leader
-    /// tracks their deadlines).
-    fn notify_lessor(
-        &self,
-        r: &WriteResult,
-        req: Option<&etch_protocol::etchpb::internal_request::Request>,
-    ) {
-        use crate::lease::LeaseApplied;
-        use etch_protocol::etchpb::internal_request::Request;
-        match (r, req) {
-            (Ok(WriteResponse::LeaseGrant(g)), _) => {
-                self.lessor.do_send(LeaseApplied::Granted(g.id, g.ttl))
-            }
-            (Ok(WriteResponse::LeaseRevoke(_)), Some(Request::LeaseRevoke(rv))) => {
-                self.lessor.do_send(LeaseApplied::Revoked(rv.id))
-            }
-            (Ok(WriteResponse::LeaseCheckpoint(_)), Some(Request::LeaseCheckpoint(c))) => {
-                self.lessor.do_send(LeaseApplied::Checkpointed(
-                    c.checkpoints
-                        .iter()
-                        .map(|cp| (cp.id, cp.remaining_ttl))
-                        .collect(),
-                ))
-            }
-            _ => {}
+    /// Carries out what applying one entry changed beyond the store: the lessor and the simple
+    /// tokens learn their changes, the proposer gets its answer.
+    fn deliver(&self, a: EntryApplied) {
+        if let Some(change) = a.lease {
+            self.lessor.do_send(crate::lease::LeaseApplied(change));
         }
-    }
-
-    /// Keeps the simple tokens in step with an applied auth change (etcd's token provider):
-    /// Authenticate assigns one; deleting a user or changing its password drops its tokens;
-    /// disabling auth drops all.
-    fn update_tokens(
-        &self,
-        r: &WriteResult,
-        req: Option<&etch_protocol::etchpb::internal_request::Request>,
-    ) {
-        use etch_protocol::etchpb::internal_request::Request;
-        let Ok(WriteResponse::Auth { token, .. }) = r else {
-            return;
-        };
-        match (req, token) {
-            (Some(Request::Authenticate(a)), Some(t)) => {
-                self.tokens.assign(t.clone(), a.name.clone())
-            }
-            (Some(Request::UserDelete(u)), _) => self.tokens.invalidate_user(&u.name),
-            (Some(Request::UserChangePassword(u)), _) => self.tokens.invalidate_user(&u.name),
-            (Some(Request::AuthDisable(_)), _) => self.tokens.clear(),
-            _ => {}
+        match a.token {
+            Some(TokenChange::Assign { token, user }) => self.tokens.assign(token, user),
+            Some(TokenChange::InvalidateUser(u)) => self.tokens.invalidate_user(&u),
+            Some(TokenChange::Clear) => self.tokens.clear(),
+            None => {}
         }
+        self.waiters.trigger(a.request_id, a.result);
     }
 
     fn publish_revision(&self) {
@@ -167,38 +132,18 @@ impl Handler<ApplyCommitted> for ApplyActor {
         let mut last = self.store.applied_index().index;
         for e in &m.entries {
             last = e.index;
-            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
-                // Leader no-ops and configuration changes carry no key-value write.
-                self.store.mark_applied(e.index, e.term)?;
-                continue;
-            }
-            let req = match InternalRequest::decode(&e.data[..]) {
-                Ok(r) => r,
-                Err(err) => {
-                    // The entry passed the WAL's CRC, so it was written like this: a bug or
-                    // an incompatible version. Never guess: stop.
-                    return Err(etch_storage::Error::CorruptStore(format!(
-                        "raft entry {} does not decode: {err}",
-                        e.index
-                    )));
-                }
-            };
             let commit = Instant::now();
-            let applied =
-                self.store
-                    .apply(e.index, e.term, req.auth.as_ref(), req.request.as_ref())?;
-            crate::metrics::hot()
-                .backend_commit
-                .record(commit.elapsed().as_secs_f64());
+            let applied = self.core.apply(e)?;
             if let Some(applied) = applied {
-                count_applied(&applied.response);
+                crate::metrics::hot()
+                    .backend_commit
+                    .record(commit.elapsed().as_secs_f64());
+                count_applied(&applied.result);
                 tracing::trace!(index = e.index, revision = applied.revision, "applied");
                 // Publish the revision before answering: a watch created by a client after its
                 // write was acknowledged must start after that write.
                 self.publish_revision();
-                self.notify_lessor(&applied.response, req.request.as_ref());
-                self.update_tokens(&applied.response, req.request.as_ref());
-                self.waiters.trigger(req.id, applied.response);
+                self.deliver(applied);
             }
         }
         let took = start.elapsed();

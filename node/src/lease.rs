@@ -320,23 +320,17 @@ impl Actor for LeaseActor {
 /// Sent by apply for every lease change it applied (all members).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub enum LeaseApplied {
-    /// A lease was granted with a TTL, seconds.
-    Granted(i64, i64),
-    /// A lease was revoked.
-    Revoked(i64),
-    /// Remaining TTLs were checkpointed: (id, seconds).
-    Checkpointed(Vec<(i64, i64)>),
-}
+pub struct LeaseApplied(pub crate::core::apply::LeaseChange);
 
 impl Handler<LeaseApplied> for LeaseActor {
     type Result = ();
     fn handle(&mut self, m: LeaseApplied, _: &mut Context<Self>) {
         let now = self.now();
-        match m {
-            LeaseApplied::Granted(id, ttl) => self.lessor.granted(id, ttl, 0, now),
-            LeaseApplied::Revoked(id) => self.lessor.revoked(id),
-            LeaseApplied::Checkpointed(cps) => {
+        use crate::core::apply::LeaseChange;
+        match m.0 {
+            LeaseChange::Granted(id, ttl) => self.lessor.granted(id, ttl, 0, now),
+            LeaseChange::Revoked(id) => self.lessor.revoked(id),
+            LeaseChange::Checkpointed(cps) => {
                 tracing::trace!(?cps, "lease checkpoints applied");
                 for (id, r) in cps {
                     self.lessor.checkpointed(id, r);

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod compactor;
 pub mod config;
 pub mod consensus;
+pub mod core;
 pub mod corrupt;
 pub mod error;
 pub mod lease;

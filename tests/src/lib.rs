@@ -5,6 +5,8 @@
 //! never race for ports. Every wait is a condition polled until a deadline. Nodes are killed
 //! when dropped.
 
+pub mod sim;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

@@ -1,0 +1,218 @@
+//! Applying committed raft entries to the MVCC store, with no actor around it: each entry is
+//! decoded and applied in one store batch together with its applied index (etcd's consistent
+//! index: replay after a crash skips what is already applied), and what the rest of the node
+//! must learn from it is returned instead of sent: the proposer's answer by request id, the
+//! lease and token changes, the new revision. `crate::apply::ApplyActor` carries these out;
+//! the cluster simulator checks them.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType};
+
+use etch_protocol::etchpb::InternalRequest;
+use etch_protocol::etchpb::internal_request::Request;
+use etch_storage::mvcc::{MvccStore, RequestError, WriteResponse};
+
+/// What a proposer receives once its entry is applied.
+pub type WriteResult = Result<WriteResponse, RequestError>;
+
+/// A lease change every member's lessor must learn (only the leader tracks deadlines).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseChange {
+    /// Lease `id` granted with a TTL of `ttl` seconds.
+    Granted(i64, i64),
+    /// Lease `id` revoked (its keys are deleted).
+    Revoked(i64),
+    /// Remaining TTLs (seconds) checkpointed, by lease id.
+    Checkpointed(Vec<(i64, i64)>),
+}
+
+/// A change to the simple auth tokens that follows an applied auth request (etcd's token
+/// provider).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenChange {
+    /// Authenticate succeeded: `token` now names `user`.
+    Assign {
+        /// The token.
+        token: String,
+        /// The user name.
+        user: String,
+    },
+    /// The user was deleted or changed its password: its tokens are void.
+    InvalidateUser(String),
+    /// Auth was disabled: every token is void.
+    Clear,
+}
+
+/// The outcome of one applied entry that carried a request.
+#[derive(Debug)]
+pub struct EntryApplied {
+    /// Raft index of the entry.
+    pub index: u64,
+    /// The proposer's request id (its waiter).
+    pub request_id: u64,
+    /// The answer for the proposer.
+    pub result: WriteResult,
+    /// The store's revision after the entry.
+    pub revision: i64,
+    /// The lease change it made, if any.
+    pub lease: Option<LeaseChange>,
+    /// The token change it made, if any.
+    pub token: Option<TokenChange>,
+}
+
+/// Applies committed entries to one store.
+#[derive(Debug, Clone)]
+pub struct ApplyCore {
+    store: Arc<MvccStore>,
+}
+
+impl ApplyCore {
+    /// A core over `store`.
+    pub fn new(store: Arc<MvccStore>) -> ApplyCore {
+        ApplyCore { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<MvccStore> {
+        &self.store
+    }
+
+    /// Applies one committed entry. Leader no-ops and configuration changes only advance the
+    /// applied index (`None`); an entry at or below the applied index is skipped by the store
+    /// (`None`). The store's `RequestError`s (a failed compare, a missing lease...) are the
+    /// proposer's answer, not errors of the apply.
+    ///
+    /// # Errors
+    /// Store failures, and an entry that does not decode: it passed the WAL's CRC, so it was
+    /// written like this (a bug or an incompatible version); never guess, stop.
+    pub fn apply(&self, e: &Entry) -> Result<Option<EntryApplied>, etch_storage::Error> {
+        if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+            self.store.mark_applied(e.index, e.term)?;
+            return Ok(None);
+        }
+        let req = InternalRequest::decode(&e.data[..]).map_err(|err| {
+            etch_storage::Error::CorruptStore(format!(
+                "raft entry {} does not decode: {err}",
+                e.index
+            ))
+        })?;
+        let Some(applied) =
+            self.store
+                .apply(e.index, e.term, req.auth.as_ref(), req.request.as_ref())?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(EntryApplied {
+            index: e.index,
+            request_id: req.id,
+            lease: lease_change(&applied.response, req.request.as_ref()),
+            token: token_change(&applied.response, req.request.as_ref()),
+            result: applied.response,
+            revision: applied.revision,
+        }))
+    }
+}
+
+/// The lease change an applied request made.
+fn lease_change(r: &WriteResult, req: Option<&Request>) -> Option<LeaseChange> {
+    match (r, req) {
+        (Ok(WriteResponse::LeaseGrant(g)), _) => Some(LeaseChange::Granted(g.id, g.ttl)),
+        (Ok(WriteResponse::LeaseRevoke(_)), Some(Request::LeaseRevoke(rv))) => {
+            Some(LeaseChange::Revoked(rv.id))
+        }
+        (Ok(WriteResponse::LeaseCheckpoint(_)), Some(Request::LeaseCheckpoint(c))) => {
+            Some(LeaseChange::Checkpointed(
+                c.checkpoints
+                    .iter()
+                    .map(|cp| (cp.id, cp.remaining_ttl))
+                    .collect(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The token change an applied auth request made: Authenticate assigns one; deleting a user or
+/// changing its password voids its tokens; disabling auth voids all.
+fn token_change(r: &WriteResult, req: Option<&Request>) -> Option<TokenChange> {
+    let Ok(WriteResponse::Auth { token, .. }) = r else {
+        return None;
+    };
+    match (req, token) {
+        (Some(Request::Authenticate(a)), Some(t)) => Some(TokenChange::Assign {
+            token: t.clone(),
+            user: a.name.clone(),
+        }),
+        (Some(Request::UserDelete(u)), _) => Some(TokenChange::InvalidateUser(u.name.clone())),
+        (Some(Request::UserChangePassword(u)), _) => {
+            Some(TokenChange::InvalidateUser(u.name.clone()))
+        }
+        (Some(Request::AuthDisable(_)), _) => Some(TokenChange::Clear),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etch_protocol::etcdserverpb::{LeaseGrantRequest, PutRequest};
+
+    fn entry(index: u64, id: u64, r: Request) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            data: InternalRequest {
+                id,
+                request: Some(r),
+                auth: None,
+            }
+            .encode_to_vec()
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn entries_apply_once_and_report_their_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = ApplyCore::new(Arc::new(MvccStore::open(dir.path()).unwrap()));
+        // A leader's empty entry only advances the applied index.
+        let noop = Entry {
+            index: 1,
+            term: 1,
+            ..Default::default()
+        };
+        assert!(core.apply(&noop).unwrap().is_none());
+        let put = entry(
+            2,
+            77,
+            Request::Put(PutRequest {
+                key: b"k".to_vec().into(),
+                value: b"v".to_vec().into(),
+                ..Default::default()
+            }),
+        );
+        let a = core.apply(&put).unwrap().unwrap();
+        assert_eq!((a.index, a.request_id, a.revision), (2, 77, 2));
+        assert!(a.result.is_ok() && a.lease.is_none() && a.token.is_none());
+        // Replay of an applied entry is skipped.
+        assert!(core.apply(&put).unwrap().is_none());
+        assert_eq!(core.store().current_revision(), 2);
+        let grant = entry(
+            3,
+            78,
+            Request::LeaseGrant(LeaseGrantRequest { id: 5, ttl: 10 }),
+        );
+        let a = core.apply(&grant).unwrap().unwrap();
+        assert_eq!(a.lease, Some(LeaseChange::Granted(5, 10)));
+        // Garbage that passed the WAL stops the member.
+        let bad = Entry {
+            index: 4,
+            data: vec![0xff, 0xff, 0xff].into(),
+            ..Default::default()
+        };
+        assert!(core.apply(&bad).is_err());
+    }
+}

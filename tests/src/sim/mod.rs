@@ -1,0 +1,964 @@
+//! A deterministic cluster simulator: one seed drives N members built from the node's own
+//! cores ([`etch_node::core::raft::RaftCore`] over raft-rs, [`etch_node::core::apply::ApplyCore`]
+//! over a real [`etch_storage::mvcc::MvccStore`]) plus clients, on one thread, over a
+//! simulated network and disk:
+//!
+//! - **network**: every raft message is delayed (1 ms to `max_delay_ms`), some are dropped or
+//!   duplicated, delays reorder them; partitions cut a random minority (or the leader) off and
+//!   heal later;
+//! - **disk**: a member's WAL writes become durable only when their simulated fsync completes;
+//!   a crash loses what was not yet durable, except a torn prefix of the write in progress
+//!   (the records that reached the disk before the power went), as a real WAL may keep;
+//! - **crashes**: one member, or every member at once (a power loss), stops and restarts later
+//!   from its durable WAL and its store, as `etch` does;
+//! - **clocks**: each member's tick length differs (and changes at each restart), which also
+//!   randomizes election timeouts (the cores run with fixed timeouts: raft-rs draws its own
+//!   from the thread RNG, which a seed cannot replay).
+//!
+//! The shell here handles `Ready`s in the order `etch_node::consensus::ConsensusActor` does:
+//! messages first, committed entries to apply, then entries and hard state to the WAL, and
+//! `persisted_messages` plus `on_persisted` only after the fsync.
+//!
+//! After every run it checks ([`check`]): the clients' history of puts and linearizable gets
+//! is linearizable (each key a register with unique values; the checker is cross-checked
+//! against stateright's `LinearizabilityTester`), so no
+//! acknowledged write is lost and no read is stale; all members' stores hash equally at every
+//! applied index; at most one leader per term. Lease, watch and snapshot paths are not
+//! simulated yet.
+//!
+//! `cargo test -p etch-tests --test sim` runs a bounded number of seeds; `ETCH_SIM_SEED=<n>`
+//! replays one exactly, printing its trace; `cargo run --release -p etch-tests --bin etch-sim
+//! -- --seeds 100000` is the soak run. [`Bugs`] plants known bugs to prove the checks catch
+//! them.
+
+pub mod check;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+
+use prost::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Message};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use etch_node::core::apply::ApplyCore;
+use etch_node::core::raft::RaftCore;
+use etch_protocol::etcdserverpb::{PutRequest, RangeRequest};
+use etch_protocol::etchpb::InternalRequest;
+use etch_protocol::etchpb::internal_request::Request;
+use etch_storage::mvcc::MvccStore;
+use etch_storage::raftlog::RaftLog;
+use etch_storage::wal::Recovered;
+
+use check::{History, Op, Ret};
+
+/// Bugs the simulator can plant, to show its checks find them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bugs {
+    /// Tell raft an append is durable (and send the acknowledgements) before its fsync.
+    pub ack_before_fsync: bool,
+    /// Serve a linearizable read as soon as its ReadIndex is known, before the member has
+    /// applied up to it.
+    pub read_before_apply: bool,
+}
+
+/// One simulation's shape.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Members (3 or 5).
+    pub members: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Simulated time with faults, ms.
+    pub duration_ms: u64,
+    /// Longest network delay, ms.
+    pub max_delay_ms: u64,
+    /// Probability that a message is dropped.
+    pub drop: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Longest fsync, ms.
+    pub max_fsync_ms: u64,
+    /// Longest wait before a batch of committed entries is applied, ms (apply runs on its own
+    /// thread in a node, behind raft).
+    pub max_apply_ms: u64,
+    /// Mean time between faults (partition, crash, power loss), ms; 0 for none.
+    pub fault_every_ms: u64,
+    /// Planted bugs.
+    pub bugs: Bugs,
+    /// Print the whole trace to stderr at the end (`ETCH_SIM_SEED` replays).
+    pub print_trace: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            members: 3,
+            clients: 4,
+            duration_ms: 20_000,
+            max_delay_ms: 20,
+            drop: 0.02,
+            duplicate: 0.02,
+            max_fsync_ms: 10,
+            max_apply_ms: 10,
+            fault_every_ms: 1_500,
+            bugs: Bugs::default(),
+            print_trace: false,
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Client operations acknowledged.
+    pub acknowledged: usize,
+    /// Client operations whose outcome is unknown (timed out, member crashed).
+    pub indeterminate: usize,
+    /// Crashes (a power loss counts once per member).
+    pub crashes: usize,
+    /// Partitions.
+    pub partitions: usize,
+    /// Highest applied index reached.
+    pub applied: u64,
+    /// Leader elections seen (distinct terms with a leader).
+    pub terms: usize,
+    /// Reads served before apply reached their ReadIndex (only with the planted bug).
+    pub early_reads: usize,
+    /// Events in the trace.
+    pub events: usize,
+    /// A digest of the whole trace: equal for two runs of one seed.
+    pub trace_digest: u64,
+}
+
+/// A failed run: the seed, what broke, and the trace of events.
+#[derive(Debug)]
+pub struct Failure {
+    /// The seed that reproduces it (`ETCH_SIM_SEED`).
+    pub seed: u64,
+    /// What broke.
+    pub why: String,
+    /// Every event of the run, in order.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "simulation seed {} failed: {}", self.seed, self.why)?;
+        writeln!(f, "replay it with ETCH_SIM_SEED={}", self.seed)?;
+        let skip = self.trace.len().saturating_sub(400);
+        if skip > 0 {
+            writeln!(f, "... {skip} earlier events")?;
+        }
+        for l in &self.trace[skip..] {
+            writeln!(f, "{l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seed. A panic inside the cores (raft-rs asserts its invariants) is a failure too.
+///
+/// # Errors
+/// The [`Failure`] with its trace.
+pub fn run(seed: u64, cfg: &Config) -> Result<Stats, Failure> {
+    let dir = tempfile::tempdir().map_err(|e| Failure {
+        seed,
+        why: format!("tempdir: {e}"),
+        trace: Vec::new(),
+    })?;
+    let trace = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t2 = trace.clone();
+    let path = dir.path().to_owned();
+    let cfg2 = cfg.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let mut sim = Sim::new(seed, cfg2, &path);
+        let r = sim.run();
+        *t2.lock().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut sim.trace);
+        r
+    }));
+    let trace = std::mem::take(&mut *trace.lock().unwrap_or_else(|p| p.into_inner()));
+    match outcome {
+        Ok(Ok(stats)) => Ok(stats),
+        Ok(Err(why)) => Err(Failure { seed, why, trace }),
+        Err(p) => {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            Err(Failure {
+                seed,
+                why: format!("panic: {why}"),
+                trace,
+            })
+        }
+    }
+}
+
+/// A linearizable read waiting in a member.
+#[derive(Debug, Clone)]
+struct ReadReq {
+    client: usize,
+    op: u64,
+    key: String,
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick(u64, u64),
+    Deliver(Message),
+    WalDone(u64, u64),
+    Apply(u64, u64),
+    ClientNext(usize),
+    ClientTimeout(usize, u64),
+    Request(u64, usize, u64, Op),
+    Response(usize, u64, Result<Ret, String>),
+    Fault,
+    Restart(u64),
+    Heal,
+}
+
+struct Pending {
+    number: u64,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    persisted: Vec<Message>,
+    /// Already reported to raft (the planted bug).
+    acked: bool,
+}
+
+#[derive(Default)]
+struct Disk {
+    hard_state: HardState,
+    entries: Vec<Entry>,
+    pending: std::collections::VecDeque<Pending>,
+}
+
+impl Disk {
+    fn write(&mut self, entries: &[Entry], hs: Option<&HardState>) {
+        if let Some(first) = entries.first() {
+            let keep = (first.index.saturating_sub(1)) as usize;
+            self.entries.truncate(keep.min(self.entries.len()));
+            self.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+    }
+}
+
+struct Member {
+    id: u64,
+    up: bool,
+    incarnation: u64,
+    tick_ms: u64,
+    core: Option<RaftCore<ReadReq>>,
+    apply: Option<ApplyCore>,
+    disk: Disk,
+    wal_busy: bool,
+    /// Proposals made here, by request id: (client, op).
+    waiters: BTreeMap<u64, (usize, u64)>,
+    /// Reads whose ReadIndex is known, waiting for apply.
+    reads: Vec<(ReadReq, u64)>,
+    /// Committed entries handed to apply, oldest first.
+    to_apply: std::collections::VecDeque<Vec<Entry>>,
+    store_dir: std::path::PathBuf,
+}
+
+struct Client {
+    member: u64,
+    /// The op in flight: (op id, deadline passed?).
+    busy: Option<u64>,
+}
+
+struct Sim {
+    cfg: Config,
+    rng: StdRng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: BTreeMap<usize, Event>,
+    next_event: usize,
+    members: BTreeMap<u64, Member>,
+    clients: Vec<Client>,
+    history: History,
+    next_request: u64,
+    next_value: u64,
+    isolated: BTreeSet<u64>,
+    leaders: BTreeMap<u64, u64>,
+    hashes: BTreeMap<u64, (u64, u32)>,
+    stats: Stats,
+    trace: Vec<String>,
+    faults_on: bool,
+    logger: slog::Logger,
+}
+
+/// Keys the clients use: few, so that reads often follow writes of the same key.
+const KEYS: [&str; 3] = ["a", "b", "c"];
+const ELECTION_TICKS: usize = 10;
+const CLIENT_TIMEOUT_MS: u64 = 3_000;
+
+impl Sim {
+    fn new(seed: u64, cfg: Config, dir: &std::path::Path) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut members = BTreeMap::new();
+        for id in 1..=cfg.members {
+            members.insert(
+                id,
+                Member {
+                    id,
+                    up: false,
+                    incarnation: 0,
+                    tick_ms: rng.random_range(80..=130),
+                    core: None,
+                    apply: None,
+                    disk: Disk::default(),
+                    wal_busy: false,
+                    waiters: BTreeMap::new(),
+                    reads: Vec::new(),
+                    to_apply: std::collections::VecDeque::new(),
+                    store_dir: dir.join(format!("m{id}")),
+                },
+            );
+        }
+        let clients = (0..cfg.clients)
+            .map(|_| Client {
+                member: rng.random_range(1..=cfg.members),
+                busy: None,
+            })
+            .collect();
+        Sim {
+            history: History::new(&KEYS),
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            members,
+            clients,
+            next_request: 1,
+            next_value: 1,
+            isolated: BTreeSet::new(),
+            leaders: BTreeMap::new(),
+            hashes: BTreeMap::new(),
+            stats: Stats::default(),
+            trace: Vec::new(),
+            faults_on: true,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+        }
+    }
+
+    fn log(&mut self, what: String) {
+        self.trace.push(format!("{:>7}ms {what}", self.now));
+    }
+
+    fn at(&mut self, delay: u64, e: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.seq += 1;
+        self.events.insert(id, e);
+        self.queue.push(Reverse((self.now + delay, self.seq, id)));
+    }
+
+    fn run(&mut self) -> Result<Stats, String> {
+        let ids: Vec<u64> = self.members.keys().copied().collect();
+        for id in ids {
+            self.start(id);
+        }
+        for c in 0..self.clients.len() {
+            let d = self.rng.random_range(0..500);
+            self.at(d, Event::ClientNext(c));
+        }
+        if self.cfg.fault_every_ms > 0 {
+            let d = self.rng.random_range(0..self.cfg.fault_every_ms * 2);
+            self.at(d, Event::Fault);
+        }
+        let end = self.cfg.duration_ms;
+        self.loop_until(end)?;
+        // Quiesce: heal, restart everyone, then let clients finish and read every key.
+        self.faults_on = false;
+        self.log("faults stop: heal and restart every member".into());
+        self.isolated.clear();
+        let down: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| !m.up)
+            .map(|m| m.id)
+            .collect();
+        for id in down {
+            self.start(id);
+        }
+        self.loop_until(end + 8_000)?;
+        self.final_reads()?;
+        self.check_end()
+    }
+
+    fn loop_until(&mut self, end: u64) -> Result<(), String> {
+        while let Some(Reverse((t, _, id))) = self.queue.peek().copied() {
+            if t > end {
+                break;
+            }
+            self.queue.pop();
+            self.now = t;
+            let Some(e) = self.events.remove(&id) else {
+                continue;
+            };
+            self.handle(e)?;
+        }
+        self.now = self.now.max(end);
+        Ok(())
+    }
+
+    fn handle(&mut self, e: Event) -> Result<(), String> {
+        match e {
+            Event::Tick(id, inc) => {
+                let Some(m) = self.members.get_mut(&id) else {
+                    return Ok(());
+                };
+                if !m.up || m.incarnation != inc {
+                    return Ok(());
+                }
+                if let Some(c) = m.core.as_mut() {
+                    c.tick();
+                }
+                let d = m.tick_ms;
+                self.at(d, Event::Tick(id, inc));
+                self.drive(id)?;
+            }
+            Event::Deliver(msg) => {
+                let to = msg.to;
+                if self.cut(msg.from, to) {
+                    return Ok(());
+                }
+                let Some(m) = self.members.get_mut(&to) else {
+                    return Ok(());
+                };
+                if !m.up {
+                    return Ok(());
+                }
+                if let Some(c) = m.core.as_mut() {
+                    c.step(msg);
+                }
+                self.drive(to)?;
+            }
+            Event::WalDone(id, inc) => self.wal_done(id, inc)?,
+            Event::Apply(id, inc) => {
+                let m = self.members.get_mut(&id).expect("member");
+                if !m.up || m.incarnation != inc {
+                    return Ok(());
+                }
+                let Some(batch) = m.to_apply.pop_front() else {
+                    return Ok(());
+                };
+                let mut responses = Vec::new();
+                self.apply(id, &batch, &mut responses)?;
+                self.serve_reads(id, self.cfg.bugs.read_before_apply, &mut responses);
+                self.respond(responses);
+                self.drive(id)?;
+            }
+            Event::ClientNext(c) => self.client_next(c),
+            Event::ClientTimeout(c, op) => {
+                if self.clients[c].busy == Some(op) {
+                    self.log(format!("client {c} op {op} timed out"));
+                    self.history.indeterminate(c);
+                    self.stats.indeterminate += 1;
+                    self.clients[c].busy = None;
+                    self.clients[c].member = self.rng.random_range(1..=self.cfg.members);
+                    self.at(1, Event::ClientNext(c));
+                }
+            }
+            Event::Request(member, c, op, what) => self.request(member, c, op, what)?,
+            Event::Response(c, op, ret) => {
+                if self.clients[c].busy != Some(op) {
+                    return Ok(());
+                }
+                self.clients[c].busy = None;
+                match ret {
+                    Ok(r) => {
+                        self.log(format!("client {c} op {op} -> {r:?}"));
+                        self.history.complete(c, r);
+                        self.stats.acknowledged += 1;
+                    }
+                    Err(e) => {
+                        self.log(format!("client {c} op {op} failed: {e}"));
+                        self.history.indeterminate(c);
+                        self.stats.indeterminate += 1;
+                        self.clients[c].member = self.rng.random_range(1..=self.cfg.members);
+                    }
+                }
+                let d = self.rng.random_range(0..30);
+                self.at(d, Event::ClientNext(c));
+            }
+            Event::Fault => self.fault(),
+            Event::Restart(id) => {
+                if self.faults_on && !self.members[&id].up {
+                    self.start(id);
+                }
+            }
+            Event::Heal => {
+                if !self.isolated.is_empty() {
+                    self.log(format!("heal partition of {:?}", self.isolated));
+                    self.isolated.clear();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the network between `a` and `b` is cut now.
+    fn cut(&self, a: u64, b: u64) -> bool {
+        self.isolated.contains(&a) != self.isolated.contains(&b)
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            if self.faults_on && self.rng.random_bool(self.cfg.drop) {
+                continue;
+            }
+            let copies = if self.faults_on && self.rng.random_bool(self.cfg.duplicate) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let d = self.rng.random_range(1..=self.cfg.max_delay_ms);
+                self.at(d, Event::Deliver(m.clone()));
+            }
+        }
+    }
+
+    /// Starts (or restarts) member `id` from its durable WAL and its store.
+    fn start(&mut self, id: u64) {
+        let voters: Vec<u64> = self.members.keys().copied().collect();
+        let tick_ms = self.rng.random_range(80..=130);
+        let logger = self.logger.clone();
+        let m = self.members.get_mut(&id).expect("member");
+        let store = Arc::new(MvccStore::open(&m.store_dir).expect("open store"));
+        let applied = store.applied_index().index;
+        let rec = Recovered {
+            snapshot: None,
+            hard_state: Some(m.disk.hard_state.clone()),
+            entries: m.disk.entries.clone(),
+            truncated_bytes: 0,
+        };
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
+        let log = RaftLog::from_recovered(&rec, cs);
+        let core = RaftCore::new_fixed_timeout(id, log, applied, ELECTION_TICKS, &logger)
+            .expect("raft core");
+        m.core = Some(core);
+        m.apply = Some(ApplyCore::new(store));
+        m.up = true;
+        m.incarnation += 1;
+        m.tick_ms = tick_ms;
+        m.wal_busy = false;
+        let (inc, last) = (m.incarnation, m.disk.entries.len());
+        self.log(format!(
+            "m{id} starts (incarnation {inc}, {last} entries durable, applied {applied}, tick {tick_ms} ms)"
+        ));
+        let phase = self.rng.random_range(1..=tick_ms);
+        self.at(phase, Event::Tick(id, inc));
+    }
+
+    /// Stops member `id` as a power loss would: un-fsynced writes are lost, except a torn
+    /// prefix of the first.
+    fn crash(&mut self, id: u64) {
+        let torn = self.rng.random_range(0..=3usize);
+        let m = self.members.get_mut(&id).expect("member");
+        if !m.up {
+            return;
+        }
+        m.up = false;
+        m.core = None;
+        m.apply = None;
+        m.waiters.clear();
+        m.reads.clear();
+        m.to_apply.clear();
+        m.wal_busy = false;
+        let mut kept = 0;
+        if let Some(p) = m.disk.pending.pop_front() {
+            kept = torn.min(p.entries.len());
+            m.disk.write(&p.entries[..kept], None);
+        }
+        let lost = m.disk.pending.len();
+        m.disk.pending.clear();
+        self.stats.crashes += 1;
+        self.log(format!(
+            "m{id} crashes ({kept} entries of the write in flight survive, {lost} later writes lost)"
+        ));
+    }
+
+    fn fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let n = self.cfg.members;
+        let leader = self.current_leader();
+        match self.rng.random_range(0..10) {
+            0..=2 => {
+                // Isolate a minority: often the leader.
+                let size = self.rng.random_range(1..=(n - 1) / 2);
+                let mut set = BTreeSet::new();
+                if let Some(l) = leader.filter(|_| self.rng.random_bool(0.5)) {
+                    set.insert(l);
+                }
+                while (set.len() as u64) < size {
+                    set.insert(self.rng.random_range(1..=n));
+                }
+                self.log(format!("partition: {set:?} cut off"));
+                self.isolated = set;
+                self.stats.partitions += 1;
+                let d = self.rng.random_range(300..3_000);
+                self.at(d, Event::Heal);
+            }
+            3..=5 => {
+                let id = match leader.filter(|_| self.rng.random_bool(0.5)) {
+                    Some(l) => l,
+                    None => self.rng.random_range(1..=n),
+                };
+                self.crash(id);
+                let d = self.rng.random_range(100..2_000);
+                self.at(d, Event::Restart(id));
+            }
+            6..=7 => {
+                self.log("power loss: every member crashes".into());
+                for id in 1..=n {
+                    self.crash(id);
+                    let d = self.rng.random_range(50..1_000);
+                    self.at(d, Event::Restart(id));
+                }
+            }
+            _ => {
+                // A slow disk on one member (the next fsyncs are delayed by the queue).
+                let id = self.rng.random_range(1..=n);
+                self.log(format!("m{id} member pauses (clock jump)"));
+                if let Some(m) = self.members.get_mut(&id) {
+                    m.tick_ms = 400;
+                }
+            }
+        }
+        let d = self
+            .rng
+            .random_range(self.cfg.fault_every_ms / 2..self.cfg.fault_every_ms * 3 / 2);
+        self.at(d, Event::Fault);
+    }
+
+    fn current_leader(&self) -> Option<u64> {
+        self.members
+            .values()
+            .filter(|m| m.up)
+            .filter_map(|m| m.core.as_ref())
+            .map(|c| c.status())
+            .max_by_key(|s| s.0)
+            .map(|s| s.1)
+            .filter(|l| *l != 0)
+    }
+
+    /// Processes Readies until one needs the disk (as the consensus actor does).
+    fn drive(&mut self, id: u64) -> Result<(), String> {
+        loop {
+            let bug = self.cfg.bugs;
+            let m = self.members.get_mut(&id).expect("member");
+            if !m.up || m.wal_busy {
+                break;
+            }
+            let core = m.core.as_mut().expect("core");
+            let Some(out) = core.ready() else { break };
+            let (term, leader, _, _) = core.status();
+            if leader == id {
+                match self.leaders.get(&term) {
+                    Some(l) if *l != id => {
+                        return Err(format!("two leaders in term {term}: m{l} and m{id}"));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.leaders.insert(term, id);
+                        self.stats.terms += 1;
+                        self.log(format!("m{id} leads term {term}"));
+                    }
+                }
+            }
+            let m = self.members.get_mut(&id).expect("member");
+            let mut responses = Vec::new();
+            for r in out.failed_reads {
+                responses.push((r.client, r.op, Err("no leader".to_string())));
+            }
+            for (r, index) in out.reads {
+                m.reads.push((r, index));
+            }
+            // 1. Messages first.
+            self.send(out.messages);
+            // 2. Committed entries to apply (in order, a little later).
+            if !out.committed.is_empty() {
+                let m = self.members.get_mut(&id).expect("member");
+                m.to_apply.push_back(out.committed);
+                let inc = m.incarnation;
+                let d = self.slow(self.cfg.max_apply_ms);
+                self.at(d, Event::Apply(id, inc));
+            }
+            self.serve_reads(id, bug.read_before_apply, &mut responses);
+            self.respond(responses);
+            // 3. The disk.
+            let m = self.members.get_mut(&id).expect("member");
+            if out.entries.is_empty() && out.hard_state.is_none() {
+                if out.number != 0 {
+                    m.core.as_mut().expect("core").on_persisted(out.number);
+                }
+                self.send(out.persisted_messages);
+                continue;
+            }
+            let inc = m.incarnation;
+            let acked = bug.ack_before_fsync;
+            m.disk.pending.push_back(Pending {
+                number: out.number,
+                entries: out.entries,
+                hard_state: out.hard_state,
+                persisted: if acked {
+                    Vec::new()
+                } else {
+                    out.persisted_messages.clone()
+                },
+                acked,
+            });
+            if acked {
+                m.core.as_mut().expect("core").on_persisted(out.number);
+                self.send(out.persisted_messages);
+            } else {
+                m.wal_busy = true;
+            }
+            let d = self.slow(self.cfg.max_fsync_ms).max(1);
+            self.at(d, Event::WalDone(id, inc));
+        }
+        Ok(())
+    }
+
+    /// A disk or apply latency: up to `max` ms, and one time in ten a stall of up to 30 times
+    /// that (a busy disk, a long fjall flush) while faults run.
+    fn slow(&mut self, max: u64) -> u64 {
+        if self.faults_on && self.rng.random_bool(0.1) {
+            self.rng.random_range(max..=max * 30)
+        } else {
+            self.rng.random_range(0..=max)
+        }
+    }
+
+    fn respond(&mut self, responses: Vec<(usize, u64, Result<Ret, String>)>) {
+        for (c, op, r) in responses {
+            let d = self.rng.random_range(1..=self.cfg.max_delay_ms);
+            self.at(d, Event::Response(c, op, r));
+        }
+    }
+
+    fn wal_done(&mut self, id: u64, inc: u64) -> Result<(), String> {
+        let m = self.members.get_mut(&id).expect("member");
+        if !m.up || m.incarnation != inc {
+            return Ok(());
+        }
+        let Some(p) = m.disk.pending.pop_front() else {
+            return Ok(());
+        };
+        m.disk.write(&p.entries, p.hard_state.as_ref());
+        if !p.acked {
+            m.wal_busy = false;
+            m.core.as_mut().expect("core").on_persisted(p.number);
+            self.send(p.persisted);
+        }
+        self.drive(id)
+    }
+
+    fn apply(
+        &mut self,
+        id: u64,
+        entries: &[Entry],
+        responses: &mut Vec<(usize, u64, Result<Ret, String>)>,
+    ) -> Result<(), String> {
+        let m = self.members.get_mut(&id).expect("member");
+        let apply = m.apply.clone().expect("apply");
+        let before = apply.store().applied_index().index;
+        let mut last = before;
+        for e in entries {
+            last = e.index;
+            let out = apply
+                .apply(e)
+                .map_err(|err| format!("m{id} apply {}: {err}", e.index))?;
+            if let Some(a) = out
+                && let Some((c, op)) = m.waiters.remove(&a.request_id)
+            {
+                responses.push((
+                    c,
+                    op,
+                    a.result.map(|_| Ret::Written).map_err(|e| e.to_string()),
+                ));
+            }
+        }
+        m.core.as_mut().expect("core").on_applied(last);
+        let store = apply.store();
+        let now = store.applied_index().index;
+        if now > before {
+            let hash = store.hash_all().map_err(|e| format!("m{id} hash: {e}"))?;
+            self.stats.applied = self.stats.applied.max(now);
+            match self.hashes.get(&now) {
+                Some((other, h)) if *h != hash => {
+                    return Err(format!(
+                        "stores differ at applied index {now}: m{other} {h:08x}, m{id} {hash:08x}"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.hashes.insert(now, (id, hash));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_reads(
+        &mut self,
+        id: u64,
+        early: bool,
+        responses: &mut Vec<(usize, u64, Result<Ret, String>)>,
+    ) {
+        let m = self.members.get_mut(&id).expect("member");
+        let Some(apply) = m.apply.clone() else { return };
+        let applied = apply.store().applied_index().index;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut m.reads)
+            .into_iter()
+            .partition(|(_, index)| early || applied >= *index);
+        m.reads = waiting;
+        for (r, index) in ready {
+            if applied < index {
+                self.stats.early_reads += 1;
+            }
+            let got = apply.store().range(&RangeRequest {
+                key: r.key.clone().into_bytes().into(),
+                ..Default::default()
+            });
+            let ret = match got {
+                Ok(Ok(resp)) => Ok(Ret::Read(resp.kvs.first().map(|kv| {
+                    String::from_utf8_lossy(&kv.value)
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                }))),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            responses.push((r.client, r.op, ret));
+        }
+    }
+
+    fn client_next(&mut self, c: usize) {
+        if self.clients[c].busy.is_some() {
+            return;
+        }
+        if !self.faults_on && self.now > self.cfg.duration_ms + 6_000 {
+            return;
+        }
+        let key = KEYS[self.rng.random_range(0..KEYS.len())].to_string();
+        let op = if self.rng.random_bool(0.5) {
+            let v = self.next_value;
+            self.next_value += 1;
+            Op::Write(key, v)
+        } else {
+            Op::Read(key)
+        };
+        self.issue(c, op);
+    }
+
+    fn issue(&mut self, c: usize, op: Op) {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.history.invoke(c, op.clone());
+        self.clients[c].busy = Some(id);
+        let member = self.clients[c].member;
+        self.log(format!("client {c} op {id}: {op:?} at m{member}"));
+        let d = self.rng.random_range(1..=self.cfg.max_delay_ms);
+        self.at(d, Event::Request(member, c, id, op));
+        self.at(CLIENT_TIMEOUT_MS, Event::ClientTimeout(c, id));
+    }
+
+    fn request(&mut self, member: u64, c: usize, op: u64, what: Op) -> Result<(), String> {
+        let m = self.members.get_mut(&member).expect("member");
+        if !m.up {
+            return Ok(());
+        }
+        let core = m.core.as_mut().expect("core");
+        match what {
+            Op::Write(key, v) => {
+                let req = InternalRequest {
+                    id: op,
+                    request: Some(Request::Put(PutRequest {
+                        key: key.into_bytes().into(),
+                        value: v.to_string().into_bytes().into(),
+                        ..Default::default()
+                    })),
+                    auth: None,
+                };
+                match core.propose(req.encode_to_vec()) {
+                    Ok(()) => {
+                        m.waiters.insert(op, (c, op));
+                    }
+                    Err(e) => {
+                        let d = self.rng.random_range(1..=self.cfg.max_delay_ms);
+                        self.at(d, Event::Response(c, op, Err(e.to_string())));
+                    }
+                }
+            }
+            Op::Read(key) => core.read(ReadReq { client: c, op, key }),
+        }
+        self.drive(member)
+    }
+
+    /// After the faults: each client reads every key until it gets an answer, so a lost
+    /// acknowledged write shows up as a stale read.
+    fn final_reads(&mut self) -> Result<(), String> {
+        for round in 0..KEYS.len() {
+            for c in 0..self.clients.len() {
+                let key = KEYS[(c + round) % KEYS.len()].to_string();
+                for attempt in 0..20 {
+                    if self.clients[c].busy.is_none() {
+                        self.issue(c, Op::Read(key.clone()));
+                    }
+                    let end = self.now + CLIENT_TIMEOUT_MS + 100;
+                    let op = self.clients[c].busy;
+                    while self.clients[c].busy == op && self.now < end {
+                        let Some(Reverse((t, _, id))) = self.queue.pop() else {
+                            break;
+                        };
+                        self.now = t;
+                        if let Some(e) = self.events.remove(&id) {
+                            self.handle(e)?;
+                        }
+                    }
+                    if self.history.last_acknowledged(c) {
+                        break;
+                    }
+                    if attempt == 19 {
+                        return Err(format!("client {c} cannot read {key} after the faults"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_end(&mut self) -> Result<Stats, String> {
+        self.history.check()?;
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.trace.hash(&mut h);
+        self.stats.events = self.trace.len();
+        self.stats.trace_digest = h.finish();
+        if self.cfg.print_trace {
+            for l in &self.trace {
+                eprintln!("{l}");
+            }
+        }
+        Ok(self.stats.clone())
+    }
+}
