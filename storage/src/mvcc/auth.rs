@@ -25,6 +25,7 @@ use etch_protocol::etchpb::AuthInfo;
 use etch_protocol::etchpb::internal_request::Request;
 
 use super::RequestError;
+use super::keys::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
 
 /// The role (and the user) with every permission (etcd `rootRole`, `rootUser`).
@@ -412,6 +413,10 @@ pub(super) fn apply(
             if r.name.is_empty() {
                 return Err(RequestError::UserEmpty);
             }
+            // The name is part of a fjall key (`user/<name>`).
+            if r.name.len() > MAX_KEY_BYTES {
+                return Err(RequestError::KeyTooLarge);
+            }
             if cur.users.contains_key(&r.name) {
                 return Err(RequestError::UserAlreadyExist);
             }
@@ -479,6 +484,10 @@ pub(super) fn apply(
         Request::RoleAdd(r) => {
             if r.name.is_empty() {
                 return Err(RequestError::RoleEmpty);
+            }
+            // The name is part of a fjall key (`role/<name>`).
+            if r.name.len() > MAX_KEY_BYTES {
+                return Err(RequestError::KeyTooLarge);
             }
             if cur.roles.contains_key(&r.name) {
                 return Err(RequestError::RoleAlreadyExist);

@@ -14,6 +14,10 @@
 //! deletion got ignores what lies below the compaction point except the kept revisions: reads
 //! (they refuse revisions below it) and [`MvccStore::hash_kv`] (it hashes exactly the kept
 //! entries), so two members that applied the same log hash alike whatever their progress.
+//! That holds between deletion batches, where each key has lost only its oldest entries;
+//! within one, a reader could see a key's old revision, then miss its tombstone and find that
+//! revision's value gone. So reads and apply read through a fjall snapshot ([`super::View`]):
+//! a batch is in it whole or not at all.
 //!
 //! `CompactionRequest.physical = true` (etcdctl `compact --physical`) is answered once the
 //! deletion is written: callers wait with [`MvccStore::wait_purged`].
@@ -66,6 +70,9 @@ impl Purger {
                 while let Ok((db, rev)) = rx.recv() {
                     let started = std::time::Instant::now();
                     let outcome = purge(&db, rev);
+                    // Released before waiters wake: one that then drops the store closes the
+                    // database (and fjall's lock on its directory), so it can be opened again.
+                    drop(db);
                     let (lock, cv) = &*p;
                     let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
                     match outcome {
@@ -196,4 +203,64 @@ pub(super) fn points(d: &Db) -> Result<(i64, i64)> {
         d.read_i64(META_COMPACT_REV)?.unwrap_or(0),
         d.read_i64(META_PURGED_REV)?.unwrap_or(0),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{MvccStore, View, read};
+    use bytes::Bytes;
+    use etch_protocol::etcdserverpb::{DeleteRangeRequest, PutRequest};
+    use etch_protocol::etchpb::internal_request::Request;
+
+    /// Reads go through a snapshot (`View`): one taken before a deletion batch still reads
+    /// the deleted revisions and their values, so a read racing the background deletion never
+    /// sees a key's old revision without its tombstone, nor an indexed revision without its
+    /// value. (Reading the keyspaces directly did: "missing kv" under load.)
+    #[test]
+    fn a_view_taken_before_a_deletion_reads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = MvccStore::open(dir.path()).unwrap();
+        let put = |k: &'static [u8], v: &'static [u8]| {
+            Request::Put(PutRequest {
+                key: Bytes::from_static(k),
+                value: Bytes::from_static(v),
+                ..Default::default()
+            })
+        };
+        let del = Request::DeleteRange(DeleteRangeRequest {
+            key: Bytes::from_static(b"b"),
+            ..Default::default()
+        });
+        for (i, r) in [put(b"a", b"1"), put(b"a", b"2"), put(b"b", b"1"), del]
+            .iter()
+            .enumerate()
+        {
+            s.apply(i as u64 + 1, 1, None, Some(r)).unwrap().unwrap();
+        }
+        let d = s.db();
+        let before = d.db.snapshot();
+        // Deletes a@2, b@4 and b's tombstone @5, values included.
+        assert_eq!(purge(&d, 5).unwrap(), 3);
+        let live_at = |snap: &fjall::Snapshot, rev: i64| -> Vec<(Bytes, Bytes)> {
+            let v = View { d: &d, snap };
+            let (hits, _) = read::collect(&s, &v, b"\0", b"\0", rev, None, usize::MAX).unwrap();
+            hits.iter()
+                .map(|h| (h.key.clone(), h.full_kv(&s, &v).unwrap().value))
+                .collect()
+        };
+        let kv =
+            |k: &'static [u8], v: &'static [u8]| (Bytes::from_static(k), Bytes::from_static(v));
+        // The old view still holds b@4 and its value, and its tombstone.
+        assert_eq!(live_at(&before, 4), [kv(b"a", b"2"), kv(b"b", b"1")]);
+        assert_eq!(live_at(&before, 5), [kv(b"a", b"2")]);
+        // A new view has neither.
+        let after = d.db.snapshot();
+        assert_eq!(live_at(&after, 5), [kv(b"a", b"2")]);
+        assert!(
+            d.kv.get(kv_key(Revision::new(4, 0), false))
+                .unwrap()
+                .is_none()
+        );
+    }
 }

@@ -53,6 +53,16 @@ impl Revision {
     }
 }
 
+/// Longest key fjall stores: 65,535 bytes (it asserts this, and a non-empty key, on every
+/// insert).
+pub(crate) const FJALL_MAX_KEY_BYTES: usize = u16::MAX as usize;
+
+/// Longest user key the store takes: 32,758 bytes. Its index key (`escape(key) ++ 00 00 ++
+/// revision`, up to `2 * len + 18` bytes when every byte is `00`) must fit in a fjall key;
+/// longer keys are refused with [`super::RequestError::KeyTooLarge`]. etcd has no key limit
+/// of its own beyond the request size (`--max-request-bytes`, 1.5 MiB by default).
+pub const MAX_KEY_BYTES: usize = (FJALL_MAX_KEY_BYTES - 18) / 2;
+
 /// Suffix byte of a tombstone's `kv` key.
 pub(crate) const TOMBSTONE_SUFFIX: u8 = b't';
 
@@ -183,5 +193,81 @@ mod tests {
         };
         assert_eq!(IndexValue::decode(&v.encode()), Some(v));
         assert_eq!(IndexValue::decode(&[1, 2]), None);
+    }
+
+    /// Fuzz tests of the decoders of stored keys and values (a damaged store or a snapshot
+    /// from the leader can hold any bytes). Long run:
+    /// `PROPTEST_CASES=1000000 cargo test --release -p etch-storage --lib keys::tests::fuzz`.
+    mod fuzz {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn config() -> proptest::test_runner::Config {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2048);
+            proptest::test_runner::Config::with_cases(cases)
+        }
+
+        /// Bytes rich in the escape bytes `00` and `FF`.
+        fn key() -> impl Strategy<Value = Vec<u8>> {
+            vec(
+                prop_oneof![Just(0u8), Just(0xFF), Just(b'a'), any::<u8>()],
+                0..12,
+            )
+        }
+
+        fn rev() -> impl Strategy<Value = Revision> {
+            (any::<i64>(), any::<i64>()).prop_map(|(m, s)| Revision::new(m, s))
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Any bytes: the decoders answer or refuse, and what they accept is canonical.
+            #[test]
+            fn arbitrary_bytes(b in vec(prop_oneof![Just(0u8), Just(0xFF), any::<u8>()], 0..40)) {
+                if let Some(r) = Revision::from_bytes(&b) {
+                    prop_assert_eq!(&r.to_bytes()[..], &b[..16]);
+                }
+                if let Some((prefix, r)) = split_index_key(&b) {
+                    prop_assert_eq!([prefix, &r.to_bytes()[..]].concat(), b.clone());
+                }
+                if let Some(k) = unescape(&b) {
+                    prop_assert_eq!(index_prefix(&k), b.clone());
+                }
+                match IndexValue::decode(&b) {
+                    Some(v) => {
+                        prop_assert_eq!(b.len(), 25);
+                        prop_assert_eq!(IndexValue::decode(&v.encode()), Some(v));
+                    }
+                    None => prop_assert_ne!(b.len(), 25),
+                }
+            }
+
+            /// Index keys split and unescape back to their key and revision.
+            #[test]
+            fn index_keys_round_trip(k in key(), r in rev()) {
+                let ik = index_key(&k, r);
+                let (prefix, back) = split_index_key(&ik).expect("an index key splits");
+                prop_assert_eq!(back, r);
+                prop_assert_eq!(unescape(prefix), Some(k.clone()));
+                let want = index_prefix(&k);
+                prop_assert_eq!(prefix, want.as_slice());
+            }
+
+            /// Escaping keeps key order and groups a key's revisions: index keys sort by
+            /// (key, revision), so ranges over user keys are ranges over index keys.
+            #[test]
+            fn index_keys_sort_by_key_then_revision(a in key(), b in key(), ra in rev(), rb in rev()) {
+                let (ia, ib) = (index_key(&a, ra), index_key(&b, rb));
+                // Big-endian two's complement: byte order is the order of the bits as u64.
+                let by_bytes = |r: Revision| (r.main as u64, r.sub as u64);
+                let want = (a.as_slice(), by_bytes(ra)).cmp(&(b.as_slice(), by_bytes(rb)));
+                prop_assert_eq!(ia.cmp(&ib), want);
+            }
+        }
     }
 }

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use alarm::AlarmSet;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use prost::Message;
 
 use etch_protocol::etcdserverpb::{
@@ -56,8 +56,8 @@ use etch_protocol::mvccpb::{Event, KeyValue};
 
 use crate::error::{Error, Result};
 pub use hash::KvHash;
-pub use keys::Revision;
 use keys::{IndexValue, index_prefix, kv_key};
+pub use keys::{MAX_KEY_BYTES, Revision};
 pub use validate::{
     DEFAULT_MAX_TXN_OPS, validate_delete, validate_put, validate_range, validate_txn,
 };
@@ -158,6 +158,11 @@ pub enum RequestError {
     /// A write while the CORRUPT alarm is active (`etcdserver: corrupt cluster`).
     #[error("corrupt cluster")]
     Corrupt,
+    /// A Put (or a user or role name) longer than [`MAX_KEY_BYTES`], which the store cannot
+    /// index; answered as etcd answers an oversized request (`etcdserver: request is too
+    /// large`).
+    #[error("request is too large")]
+    KeyTooLarge,
 }
 
 /// Largest lease TTL, seconds (etcd `MaxLeaseTTL`).
@@ -317,6 +322,17 @@ impl Db {
             ))),
         }
     }
+}
+
+/// One consistent read of a database: every read of one request, or of one applied entry,
+/// goes through the same fjall snapshot, so a batch written meanwhile (above all the
+/// background deletion of compacted history, [`compaction`]) is seen whole or not at all.
+/// Reading the keyspaces directly sees such a batch half-applied: a key's old revision read
+/// before it, its tombstone missed after it, and that old revision's value already gone
+/// ("missing kv").
+pub(crate) struct View<'a> {
+    pub(crate) d: &'a Db,
+    pub(crate) snap: &'a fjall::Snapshot,
 }
 
 /// The store. Cheap to share behind an `Arc`: reads take `&self`.
@@ -516,14 +532,13 @@ impl MvccStore {
         &self,
         req: &RangeRequest,
     ) -> Result<std::result::Result<RangeResponse, RequestError>> {
-        read::range(
-            self,
-            &self.db(),
-            req,
-            None,
-            self.current_revision(),
-            self.compact_revision(),
-        )
+        // Order matters: the current revision before the snapshot (so the snapshot holds
+        // it), the compaction point after it (a deletion scheduled later is not in it).
+        let current = self.current_revision();
+        let d = self.db();
+        let snap = d.db.snapshot();
+        let view = View { d: &d, snap: &snap };
+        read::range(self, &view, req, None, current, self.compact_revision())
     }
 
     /// Serves a Txn that only reads (no Put/DeleteRange in any branch) at the current revision,
@@ -759,15 +774,26 @@ impl MvccStore {
     }
 
     /// The newest index entry of `key` at or below `rev` (tombstones included).
-    fn latest(&self, d: &Db, key: &[u8], rev: i64) -> Result<Option<(Revision, IndexValue)>> {
+    fn latest(&self, v: &View, key: &[u8], rev: i64) -> Result<Option<(Revision, IndexValue)>> {
         let lo = index_prefix(key);
+        // A key whose index key would not fit in a fjall key was never stored (and fjall
+        // panics on such a bound): a client may send one, in a Range or a Txn compare.
+        if lo.len() + 16 > keys::FJALL_MAX_KEY_BYTES {
+            return Ok(None);
+        }
         let mut hi = lo.clone();
         hi.extend_from_slice(&Revision::new(rev, i64::MAX).to_bytes());
-        let Some(g) = d.index.range(lo.as_slice()..=hi.as_slice()).next_back() else {
+        let Some(g) = v
+            .snap
+            .range(&v.d.index, lo.as_slice()..=hi.as_slice())
+            .next_back()
+        else {
             return Ok(None);
         };
         let (k, v) = g.into_inner()?;
-        let rev = Revision::from_bytes(&k[k.len() - 16..])
+        // Checked, not sliced: an index key shorter than a revision (a damaged store or
+        // snapshot) is corruption, not a panic.
+        let (_, rev) = keys::split_index_key(&k)
             .ok_or_else(|| Error::CorruptStore("short index key".into()))?;
         let iv =
             IndexValue::decode(&v).ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
@@ -815,11 +841,12 @@ impl MvccStore {
     }
 
     /// The stored KeyValue of a live (non-tombstone) revision.
-    fn kv_at(&self, d: &Db, rev: Revision) -> Result<KeyValue> {
-        let v =
-            d.kv.get(kv_key(rev, false))?
-                .ok_or_else(|| Error::CorruptStore(format!("missing kv at {rev:?}")))?;
-        decode_kv(&v)
+    fn kv_at(&self, v: &View, rev: Revision) -> Result<KeyValue> {
+        let value = v
+            .snap
+            .get(&v.d.kv, kv_key(rev, false))?
+            .ok_or_else(|| Error::CorruptStore(format!("missing kv at {rev:?}")))?;
+        decode_kv(&value)
     }
 }
 

@@ -5,14 +5,17 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use fjall::Readable;
 
 use etch_protocol::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etch_protocol::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etch_protocol::etcdserverpb::{Compare, RangeRequest, RangeResponse, ResponseHeader};
 use etch_protocol::mvccpb::KeyValue;
 
-use super::keys::{IndexValue, Revision, index_prefix, split_index_key, unescape};
-use super::{Db, MvccStore, RequestError};
+use super::keys::{
+    FJALL_MAX_KEY_BYTES, IndexValue, Revision, index_prefix, split_index_key, unescape,
+};
+use super::{MvccStore, RequestError, View};
 use crate::error::{Error, Result};
 
 /// A write txn's changes not yet committed: key -> its new state (`None` = deleted).
@@ -58,10 +61,10 @@ impl Hit {
         }
     }
 
-    pub(super) fn full_kv(&self, store: &MvccStore, d: &Db) -> Result<KeyValue> {
+    pub(super) fn full_kv(&self, store: &MvccStore, v: &View) -> Result<KeyValue> {
         match &self.pending {
             Some(kv) => Ok(kv.clone()),
-            None => store.kv_at(d, self.rev),
+            None => store.kv_at(v, self.rev),
         }
     }
 }
@@ -71,7 +74,7 @@ impl Hit {
 /// At most `keep` hits are returned when there is no overlay (the count is always complete).
 pub(super) fn collect(
     store: &MvccStore,
-    d: &Db,
+    v: &View,
     key: &[u8],
     range_end: &[u8],
     rev: i64,
@@ -88,7 +91,7 @@ pub(super) fn collect(
                 None => (Vec::new(), 0),
             });
         }
-        return Ok(match store.latest(d, key, rev)? {
+        return Ok(match store.latest(v, key, rev)? {
             Some((r, iv)) if !iv.tombstone => (
                 vec![Hit {
                     key: Bytes::copy_from_slice(key),
@@ -105,11 +108,22 @@ pub(super) fn collect(
     if !all_after && range_end <= key {
         return Ok((Vec::new(), 0));
     }
-    let lo = index_prefix(key);
-    let hi = if all_after {
-        Bound::Unbounded
+    let (lo, lo_exact) = scan_bound(key);
+    let (hi, hi_exact) = if all_after {
+        (Bound::Unbounded, true)
     } else {
-        Bound::Excluded(index_prefix(range_end))
+        match scan_bound(range_end) {
+            (b, true) => (Bound::Excluded(b), true),
+            (b, false) => (Bound::Included(b), false),
+        }
+    };
+    // With a cut bound the scan is wider than `[key, range_end)`: check each key found.
+    let in_range = |prefix: &[u8]| -> Result<bool> {
+        if lo_exact && hi_exact {
+            return Ok(true);
+        }
+        let k = unescape(prefix).ok_or_else(|| Error::CorruptStore("bad index key".into()))?;
+        Ok(k.as_slice() >= key && (all_after || k.as_slice() < range_end))
     };
     let keep = if overlay.is_some() { usize::MAX } else { keep };
     let mut hits = Vec::new();
@@ -119,6 +133,7 @@ pub(super) fn collect(
     let flush = |g: Group, hits: &mut Vec<Hit>, count: &mut usize| -> Result<()> {
         if let Some((prefix, Some((r, iv)))) = g
             && !iv.tombstone
+            && in_range(&prefix)?
         {
             *count += 1;
             if hits.len() < keep {
@@ -134,8 +149,11 @@ pub(super) fn collect(
         }
         Ok(())
     };
-    for g in d.index.range::<Vec<u8>, _>((Bound::Included(lo), hi)) {
-        let (k, v) = g.into_inner()?;
+    for g in v
+        .snap
+        .range::<Vec<u8>, _>(&v.d.index, (Bound::Included(lo), hi))
+    {
+        let (k, value) = g.into_inner()?;
         let (prefix, r) =
             split_index_key(&k).ok_or_else(|| Error::CorruptStore("short index key".into()))?;
         let same = group.as_ref().is_some_and(|(p, _)| p.as_slice() == prefix);
@@ -144,7 +162,7 @@ pub(super) fn collect(
             group = Some((prefix.to_vec(), None));
         }
         if r.main <= rev {
-            let iv = IndexValue::decode(&v)
+            let iv = IndexValue::decode(&value)
                 .ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
             if let Some((_, latest)) = group.as_mut() {
                 *latest = Some((r, iv));
@@ -178,10 +196,21 @@ pub(super) fn collect(
     Ok((hits, count))
 }
 
+/// The index-scan bound of user key `key`: `escape(key) ++ 00 00`, cut to the longest fjall
+/// key when longer (fjall panics on a longer bound; a client may send any key in a Range,
+/// DeleteRange or compare, though no key that long is stored). `false` when cut: the cut
+/// bound sorts at or before the exact one and, as an upper bound, must become inclusive.
+fn scan_bound(key: &[u8]) -> (Vec<u8>, bool) {
+    let mut b = index_prefix(key);
+    let exact = b.len() <= FJALL_MAX_KEY_BYTES;
+    b.truncate(FJALL_MAX_KEY_BYTES);
+    (b, exact)
+}
+
 /// Range with etcd v3.5's semantics (`applierV3backend.Range`).
 pub(super) fn range(
     store: &MvccStore,
-    d: &Db,
+    v: &View,
     req: &RangeRequest,
     overlay: Option<&Overlay>,
     current: i64,
@@ -218,7 +247,7 @@ pub(super) fn range(
             .unwrap_or(usize::MAX)
             .saturating_add(1)
     };
-    let (mut hits, count) = collect(store, d, &req.key, &req.range_end, rev, overlay, keep)?;
+    let (mut hits, count) = collect(store, v, &req.key, &req.range_end, rev, overlay, keep)?;
     if req.count_only {
         hits.clear();
     }
@@ -234,7 +263,7 @@ pub(super) fn range(
     let values_needed = !req.keys_only;
     if order != SortOrder::None && target == SortTarget::Value {
         for h in &hits {
-            kvs.push(h.full_kv(store, d)?);
+            kvs.push(h.full_kv(store, v)?);
         }
     } else {
         kvs.extend(hits.iter().map(Hit::meta_kv));
@@ -261,7 +290,7 @@ pub(super) fn range(
         let by_key: BTreeMap<&Bytes, &Hit> = hits.iter().map(|h| (&h.key, h)).collect();
         for kv in &mut kvs {
             if let Some(h) = by_key.get(&kv.key) {
-                kv.value = h.full_kv(store, d)?.value;
+                kv.value = h.full_kv(store, v)?.value;
             }
         }
     } else if !values_needed {
@@ -284,7 +313,7 @@ pub(super) fn range(
 /// missing key compares as an empty KeyValue, except that a VALUE compare on it is false.
 pub(super) fn compare(
     store: &MvccStore,
-    d: &Db,
+    v: &View,
     c: &Compare,
     rev: i64,
     overlay: &Overlay,
@@ -293,7 +322,7 @@ pub(super) fn compare(
     let need_value = target == CompareTarget::Value;
     let (hits, _) = collect(
         store,
-        d,
+        v,
         &c.key,
         &c.range_end,
         rev,
@@ -308,7 +337,7 @@ pub(super) fn compare(
     }
     for h in &hits {
         let kv = if need_value {
-            h.full_kv(store, d)?
+            h.full_kv(store, v)?
         } else {
             h.meta_kv()
         };

@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 
 use fjall::{PersistMode, Readable};
 
+use super::keys::FJALL_MAX_KEY_BYTES;
 use super::{Db, META_APPLIED, META_CURRENT_REV, META_IDENTITY, MvccStore};
 use crate::error::{Error, Result};
 
@@ -120,6 +121,10 @@ impl Ingest {
         while let Ok(ks) = take(1) {
             let ks = ks[0];
             let klen = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad("length"))?) as usize;
+            // fjall panics on an empty or over-long key: refuse them as malformed.
+            if klen == 0 || klen > FJALL_MAX_KEY_BYTES {
+                return Err(bad("key length"));
+            }
             let k = take(klen)?.to_vec();
             let vlen = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad("length"))?) as usize;
             let v = take(vlen)?.to_vec();

@@ -9,6 +9,7 @@ use etch_protocol::etcdserverpb::{
 };
 
 use super::RequestError;
+use super::keys::MAX_KEY_BYTES;
 
 /// etcd's default `--max-txn-ops`: compares, success ops and failure ops per Txn, each.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
@@ -26,13 +27,18 @@ pub fn validate_range(r: &RangeRequest) -> Res {
     Ok(())
 }
 
-/// A Put needs a key; `ignore_value` excludes a value and `ignore_lease` a lease.
+/// A Put needs a key of at most [`MAX_KEY_BYTES`]; `ignore_value` excludes a value and
+/// `ignore_lease` a lease.
 ///
 /// # Errors
-/// [`RequestError::EmptyKey`], [`RequestError::ValueProvided`], [`RequestError::LeaseProvided`].
+/// [`RequestError::EmptyKey`], [`RequestError::KeyTooLarge`], [`RequestError::ValueProvided`],
+/// [`RequestError::LeaseProvided`].
 pub fn validate_put(r: &PutRequest) -> Res {
     if r.key.is_empty() {
         return Err(RequestError::EmptyKey);
+    }
+    if r.key.len() > MAX_KEY_BYTES {
+        return Err(RequestError::KeyTooLarge);
     }
     if r.ignore_value && !r.value.is_empty() {
         return Err(RequestError::ValueProvided);

@@ -14,11 +14,11 @@ use etch_protocol::etcdserverpb::{
 };
 use etch_protocol::mvccpb::{Event, KeyValue, event::EventType};
 
-use super::keys::{IndexValue, Revision, index_key, kv_key};
+use super::keys::{IndexValue, MAX_KEY_BYTES, Revision, index_key, kv_key};
 use super::read::{self, Overlay};
 use super::{
     Applied, AppliedIndex, Db, MAX_LEASE_TTL_SECONDS, META_COMPACT_REV, META_CURRENT_REV,
-    META_KEY_COUNT, MvccStore, RequestError, WriteResponse, encode_lease, lease_key,
+    META_KEY_COUNT, MvccStore, RequestError, View, WriteResponse, encode_lease, lease_key,
 };
 use crate::error::{Error, Result};
 
@@ -27,6 +27,8 @@ type Res<T> = std::result::Result<T, RequestError>;
 pub(super) struct WriteTxn<'a> {
     store: &'a MvccStore,
     d: Arc<Db>,
+    /// What this entry reads: the database as of the previous entry (see [`View`]).
+    snap: fjall::Snapshot,
     batch: fjall::OwnedWriteBatch,
     /// Revision before this write.
     base: i64,
@@ -78,6 +80,7 @@ impl<'a> WriteTxn<'a> {
         WriteTxn {
             store,
             batch: d.db.batch(),
+            snap: d.db.snapshot(),
             d,
             base: store.current_revision(),
             sub: 0,
@@ -91,6 +94,13 @@ impl<'a> WriteTxn<'a> {
 
     fn main(&self) -> i64 {
         self.base + 1
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            d: &self.d,
+            snap: &self.snap,
+        }
     }
 
     /// Revision a read in this txn sees: the base, plus this txn's changes (overlay).
@@ -241,8 +251,8 @@ impl<'a> WriteTxn<'a> {
         if let Some(state) = self.overlay.get(key) {
             return Ok(state.clone());
         }
-        match self.store.latest(&self.d, key, self.read_rev())? {
-            Some((rev, iv)) if !iv.tombstone => Ok(Some(self.store.kv_at(&self.d, rev)?)),
+        match self.store.latest(&self.view(), key, self.read_rev())? {
+            Some((rev, iv)) if !iv.tombstone => Ok(Some(self.store.kv_at(&self.view(), rev)?)),
             _ => Ok(None),
         }
     }
@@ -253,13 +263,18 @@ impl<'a> WriteTxn<'a> {
                 .as_ref()
                 .map(|kv| (kv.create_revision, kv.version, kv.lease)));
         }
-        match self.store.latest(&self.d, key, self.read_rev())? {
+        match self.store.latest(&self.view(), key, self.read_rev())? {
             Some((_, iv)) if !iv.tombstone => Ok(Some((iv.create_revision, iv.version, iv.lease))),
             _ => Ok(None),
         }
     }
 
     fn put_inner(&mut self, p: &PutRequest) -> FResult<PutResponse> {
+        // Checked before proposing too; here because the log is the contract: a longer key
+        // would make fjall panic on every member applying this entry.
+        if p.key.len() > MAX_KEY_BYTES {
+            return Err(RequestError::KeyTooLarge.into());
+        }
         let need_prev = p.prev_kv || p.ignore_value || p.ignore_lease;
         let prev = if need_prev {
             self.lookup(&p.key)?
@@ -339,7 +354,7 @@ impl<'a> WriteTxn<'a> {
     fn delete_inner(&mut self, d: &DeleteRangeRequest) -> FResult<DeleteRangeResponse> {
         let (hits, _) = read::collect(
             self.store,
-            &self.d,
+            &self.view(),
             &d.key,
             &d.range_end,
             self.read_rev(),
@@ -349,7 +364,7 @@ impl<'a> WriteTxn<'a> {
         let mut prev_kvs = Vec::new();
         for h in &hits {
             if d.prev_kv {
-                prev_kvs.push(h.full_kv(self.store, &self.d)?);
+                prev_kvs.push(h.full_kv(self.store, &self.view())?);
             }
             if h.iv.lease != 0 {
                 self.batch
@@ -395,7 +410,7 @@ impl<'a> WriteTxn<'a> {
     fn txn_inner(&mut self, r: &TxnRequest) -> FResult<TxnResponse> {
         let mut ok = true;
         for c in &r.compare {
-            if !read::compare(self.store, &self.d, c, self.read_rev(), &self.overlay)? {
+            if !read::compare(self.store, &self.view(), c, self.read_rev(), &self.overlay)? {
                 ok = false;
                 break;
             }
@@ -434,11 +449,17 @@ impl<'a> WriteTxn<'a> {
         } else {
             self.main()
         };
+        // etcd's `checkRange` checks a revision against the one the txn started from, and a
+        // read at a past revision does not see this txn's writes (they are at `base + 1`).
+        if rr.revision > self.base {
+            return Err(RequestError::FutureRevision.into());
+        }
+        let overlay = (rr.revision <= 0).then_some(&self.overlay);
         match read::range(
             self.store,
-            &self.d,
+            &self.view(),
             rr,
-            Some(&self.overlay),
+            overlay,
             current,
             self.store.compact_revision(),
         )? {

@@ -147,9 +147,12 @@ impl Wal {
         let mut rec = Recovered::default();
         let mut prev_crc: Option<u32> = None;
         let mut end = (0u64, 0u32);
+        // The crc the last segment's seed carries, and whether it has a valid seed.
+        let (mut last_seed, mut seeded) = (0u32, true);
         let last = names.len() - 1;
         for (i, name) in names.iter().enumerate() {
             let path = dir.join(name.file_name());
+            last_seed = prev_crc.unwrap_or(0);
             let seg = read_segment(&path, prev_crc, i == last, |ty, payload, offset| {
                 apply_record(&mut rec, ty, payload).map_err(|reason| Error::Corrupt {
                     file: path.clone(),
@@ -160,6 +163,7 @@ impl Wal {
             prev_crc = Some(seg.last_crc);
             rec.truncated_bytes += seg.truncated_bytes;
             end = (seg.end_offset, seg.last_crc);
+            seeded = seg.seeded;
         }
         let last_name = names[last];
         let path = dir.join(last_name.file_name());
@@ -167,7 +171,14 @@ impl Wal {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        if rec.truncated_bytes > 0 {
+        if !seeded {
+            // A crash while the segment was created (zero-filled, empty, or a torn seed with
+            // nothing after it): records appended without a seed would make the next open
+            // fail, so write it now, continuing the previous segment's chain.
+            segment::zero_tail(&file, &path, 0)?;
+            end = segment::write_seed(&file, &path, last_seed)?;
+            tracing::warn!(file = %path.display(), "WAL: last segment re-seeded");
+        } else if rec.truncated_bytes > 0 {
             segment::zero_tail(&file, &path, end.0)?;
             tracing::warn!(file = %path.display(), offset = end.0, bytes = rec.truncated_bytes,
                 "WAL: torn tail truncated");

@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 /// Bytes before a record's payload: length (4), crc (4), type (1).
 pub const RECORD_HEADER_BYTES: usize = 9;
 
+/// Bytes of a seed record: header and the previous segment's crc (u32).
+const SEED_RECORD_BYTES: usize = RECORD_HEADER_BYTES + 4;
+
 /// A WAL record's type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -83,7 +86,6 @@ pub(super) fn create(
     prev_crc: u32,
     size: u64,
 ) -> Result<(File, u64, u32)> {
-    use std::os::unix::fs::FileExt;
     let path = dir.join(name.file_name());
     let file = OpenOptions::new()
         .read(true)
@@ -92,12 +94,20 @@ pub(super) fn create(
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
     file.set_len(size).map_err(|e| Error::io(&path, e))?;
+    let (offset, crc) = write_seed(&file, &path, prev_crc)?;
+    Ok((file, offset, crc))
+}
+
+/// Writes the seed record carrying `prev_crc` at offset 0 and syncs. Returns the write offset
+/// after it and its crc.
+pub(super) fn write_seed(file: &File, path: &Path, prev_crc: u32) -> Result<(u64, u32)> {
+    use std::os::unix::fs::FileExt;
     let mut buf = Vec::new();
     let crc = encode_record(&mut buf, 0, RecordType::Seed, &prev_crc.to_le_bytes());
     file.write_all_at(&buf, 0)
         .and_then(|_| file.sync_all())
-        .map_err(|e| Error::io(&path, e))?;
-    Ok((file, buf.len() as u64, crc))
+        .map_err(|e| Error::io(path, e))?;
+    Ok((buf.len() as u64, crc))
 }
 
 /// Zeroes `[from, end of file)` and syncs: removes a torn tail so the next append starts clean.
@@ -119,11 +129,16 @@ pub(super) struct SegmentEnd {
     pub(super) end_offset: u64,
     pub(super) last_crc: u32,
     pub(super) truncated_bytes: u64,
+    /// Whether the segment starts with a valid seed record. Only the last segment may lack
+    /// one: a crash while [`create`] ran left it zero-filled, empty or with a torn seed and
+    /// nothing after it; the caller writes the seed again before appending.
+    pub(super) seeded: bool,
 }
 
 /// Reads and checks every record of one segment, calling `on_record(type, payload, offset)`.
 /// `prev_crc`: the previous segment's last crc, `None` for the oldest segment.
-/// `is_last`: a bad record is a torn tail (stop and report) instead of corruption.
+/// `is_last`: a bad record is a torn tail (stop and report) instead of corruption; a bad or
+/// missing seed with nothing written after it is a torn creation (reported as not seeded).
 pub(super) fn read_segment(
     path: &Path,
     prev_crc: Option<u32>,
@@ -206,23 +221,39 @@ pub(super) fn read_segment(
             off = end;
             continue 'records;
         };
+        let tail = |from: usize| {
+            data[from.min(data.len())..]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |p| p + 1) as u64
+        };
         return match problem {
             None => Ok(SegmentEnd {
                 end_offset: off as u64,
                 last_crc: crc,
                 truncated_bytes: 0,
+                seeded: !first,
             }),
             Some(reason) if is_last && !first => {
-                let tail = data[off..]
-                    .iter()
-                    .rposition(|&b| b != 0)
-                    .map_or(0, |p| p + 1);
                 tracing::warn!(file = %path.display(), offset = off, %reason,
                     "WAL: torn tail in last segment");
                 Ok(SegmentEnd {
                     end_offset: off as u64,
                     last_crc: crc,
-                    truncated_bytes: tail as u64,
+                    truncated_bytes: tail(off),
+                    seeded: true,
+                })
+            }
+            // Nothing was ever written after the seed: the crash interrupted the segment's
+            // creation, so no acknowledged record is lost by starting it again.
+            Some(reason) if is_last && tail(SEED_RECORD_BYTES) == 0 => {
+                tracing::warn!(file = %path.display(), %reason,
+                    "WAL: torn seed record in the last segment");
+                Ok(SegmentEnd {
+                    end_offset: 0,
+                    last_crc: 0,
+                    truncated_bytes: tail(0),
+                    seeded: false,
                 })
             }
             Some(reason) => bad(off, reason),

@@ -79,6 +79,45 @@ fn torn_tail_in_last_segment_is_truncated() {
     assert_eq!(rec.truncated_bytes, 0);
 }
 
+/// A crash while a segment is cut can leave the new (last) segment zero-filled or empty: it is
+/// seeded again at open, so the records appended next are read back after another restart
+/// (they used to be written without a seed, and that open failed with "segment does not
+/// start with a seed record").
+#[test]
+fn a_last_segment_torn_while_created_is_seeded_again() {
+    for torn in [&[][..], &[0u8; 64 * 1024][..], &[5, 0, 0, 0, 0x3c][..]] {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut w, _) = Wal::open(d.path()).unwrap();
+            w.append(&[entry(1, 1, b"first")], None).unwrap();
+            w.cut().unwrap();
+        }
+        let paths = segment_paths(d.path());
+        fs::write(&paths[1], torn).unwrap();
+        let (mut w, rec) = Wal::open(d.path()).unwrap();
+        assert_eq!(rec.entries.len(), 1);
+        w.append(&[entry(2, 1, b"second")], None).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let (_, rec) = Wal::open(d.path()).unwrap();
+        assert_eq!(rec.entries.len(), 2, "torn segment {torn:?}");
+        assert_eq!(&rec.entries[1].data[..], b"second");
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+    // A damaged seed with records after it is corruption, not a torn creation.
+    let d = tempfile::tempdir().unwrap();
+    {
+        let (mut w, _) = Wal::open(d.path()).unwrap();
+        w.append(&[entry(1, 1, b"first")], None).unwrap();
+        w.sync().unwrap();
+    }
+    overwrite_at(&segment_paths(d.path())[0], 9, b"!").unwrap();
+    assert!(matches!(
+        Wal::open(d.path()),
+        Err(Error::Corrupt { offset: 0, .. })
+    ));
+}
+
 #[test]
 fn corruption_in_an_older_segment_is_fatal_and_named() {
     let d = tempfile::tempdir().unwrap();
