@@ -5,22 +5,17 @@
 //! own thread), with [`service`] turning client requests into proposals and reads and
 //! [`api`] serving the wire protocols. [`run`] wires them together.
 
+pub mod actors;
 pub mod api;
-pub mod apply;
-pub mod auth;
-pub mod compactor;
 pub mod config;
-pub mod consensus;
 pub mod core;
-pub mod corrupt;
 pub mod error;
-pub mod lease;
+pub mod listener;
 mod logger;
 pub mod metrics;
 pub mod service;
-pub mod transport;
-pub mod wal;
-pub mod watch;
+pub mod state;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,10 +33,13 @@ use etch_storage::wal::Wal;
 pub use config::{Config, Flags};
 pub use error::{Error, Result};
 
-use crate::apply::{ApplyActor, Waiters};
-use crate::consensus::{ConsensusActor, NodeState, RaftCore};
+use crate::actors::apply::{ApplyActor, Waiters};
+use crate::actors::consensus::{ConsensusActor, RaftCore};
+use crate::actors::wal::WalActor;
+use crate::actors::{consensus, lease, proposer, transport, watch};
 use crate::service::{Limits, Service};
-use crate::wal::WalActor;
+use crate::service::{auth, compactor, corrupt};
+use crate::state::NodeState;
 
 /// Extra bytes a native frame may carry beyond `--max-request-bytes` (envelope, headers), so an
 /// oversized request gets etcd's "request is too large" instead of a dropped connection.
@@ -84,12 +82,12 @@ pub async fn run(
     let client_tls = config
         .client_tls
         .as_ref()
-        .map(|t| api::tls::server_config(t, &[b"h2", b"http/1.1"]).map(Arc::new))
+        .map(|t| tls::client::server_config(t, &[b"h2", b"http/1.1"]).map(Arc::new))
         .transpose()?;
     let native_tls = config
         .client_tls
         .as_ref()
-        .map(|t| api::tls::server_config(t, &[b"etch"]).map(Arc::new))
+        .map(|t| tls::client::server_config(t, &[b"etch"]).map(Arc::new))
         .transpose()?;
     let member_dir = config.data_dir.join("member");
     let (mut wal, recovered) =
@@ -221,6 +219,14 @@ pub async fn run(
         config.snapshot_count,
     ));
 
+    let proposer = proposer::Proposer::new(
+        consensus.clone(),
+        waiters,
+        applied_rx.clone(),
+        state.clone(),
+        config.max_request_bytes,
+        config.request_timeout,
+    );
     let service = Arc::new(Service::new(
         store.clone(),
         service::Actors {
@@ -229,7 +235,7 @@ pub async fn run(
             lessor,
             transport: transport.clone(),
         },
-        waiters,
+        proposer.clone(),
         applied_rx,
         state.clone(),
         Limits {
@@ -253,7 +259,9 @@ pub async fn run(
         },
     ));
     if let Some(t) = &transport {
-        t.do_send(transport::SetService(service.clone()));
+        t.do_send(transport::SetPeerServer(Arc::new(service::PeerRequests(
+            service.clone(),
+        ))));
     }
     let compactor = config
         .auto_compaction
@@ -276,7 +284,7 @@ pub async fn run(
     };
     lessor_ctx.run(lease::LeaseActor::new(
         &store.leases()?,
-        service.clone(),
+        proposer,
         state.clone(),
         config.lease_checkpoint_interval,
     ));
@@ -301,13 +309,13 @@ pub async fn run(
     let mut client_listeners = Vec::new();
     for l in listeners.client {
         l.set_nonblocking(true)?;
-        client_listeners.push(api::listener::Listener::Tcp(
-            tokio::net::TcpListener::from_std(l)?,
-        ));
+        client_listeners.push(listener::Listener::Tcp(tokio::net::TcpListener::from_std(
+            l,
+        )?));
     }
     for l in listeners.client_unix {
         l.set_nonblocking(true)?;
-        client_listeners.push(api::listener::Listener::Unix(
+        client_listeners.push(listener::Listener::Unix(
             tokio::net::UnixListener::from_std(l)?,
         ));
     }

@@ -44,6 +44,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // JWT keys are read here, before anything starts, so a key that does not load is a bad
+    // flag (exit 2) as in etcd; the config room itself reads no key files.
+    if let etch_node::config::AuthToken::Jwt { .. } = &config.auth_token
+        && let Err(reason) = etch_node::service::auth::Jwt::load(&config.auth_token)
+    {
+        let e = etch_node::config::ConfigError {
+            flag: "auth-token",
+            value: flags.auth_token.clone(),
+            reason,
+        };
+        eprintln!("etch: {e}");
+        return ExitCode::from(2);
+    }
     let mut listeners = Listeners::default();
     for (addrs, into) in [
         (&config.listen_native, &mut listeners.native),

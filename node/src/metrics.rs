@@ -12,8 +12,6 @@ use std::sync::OnceLock;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::service::Service;
-
 /// `etcd_server_has_leader`: 1 if a leader exists, 0 if not.
 pub const HAS_LEADER: &str = "etcd_server_has_leader";
 /// `etcd_server_is_leader`: 1 if this member is the leader.
@@ -299,25 +297,42 @@ fn describe() {
     );
 }
 
+/// What the scrape-time gauges show, taken from the node when `/metrics` is scraped.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// This member's ID.
+    pub member_id: u64,
+    /// The leader's ID (0 = none).
+    pub leader: u64,
+    /// Raft commit index.
+    pub commit_index: u64,
+    /// Raft index the store has applied.
+    pub applied_index: u64,
+    /// `--quota-backend-bytes`, bytes.
+    pub quota_backend_bytes: u64,
+    /// All store files, bytes.
+    pub db_size_bytes: u64,
+    /// Store size counted against the quota, bytes.
+    pub db_size_in_use_bytes: u64,
+    /// Live keys.
+    pub keys: i64,
+}
+
 impl Metrics {
-    /// The Prometheus text exposition, after filling the scrape-time gauges from `svc`.
-    pub fn render(&self, svc: &Service) -> String {
-        let state = svc.state();
-        let leader = state.leader();
-        gauge!(HAS_LEADER).set(f64::from(u8::from(leader != 0)));
-        gauge!(IS_LEADER).set(f64::from(u8::from(leader == state.member_id)));
-        let store = svc.store();
-        let (commit, applied) = (state.commit_index(), store.applied_index().index);
+    /// The Prometheus text exposition, after filling the scrape-time gauges from `s`.
+    pub fn render(&self, s: &Snapshot) -> String {
+        gauge!(HAS_LEADER).set(f64::from(u8::from(s.leader != 0)));
+        gauge!(IS_LEADER).set(f64::from(u8::from(s.leader == s.member_id)));
+        let (commit, applied) = (s.commit_index, s.applied_index);
         gauge!(PROPOSALS_COMMITTED).set(commit as f64);
         gauge!(PROPOSALS_APPLIED).set(applied as f64);
         gauge!(APPLY_LAG).set(commit.saturating_sub(applied) as f64);
-        gauge!(QUOTA_BACKEND_BYTES).set(svc.quota_backend_bytes() as f64);
-        gauge!(SERVER_ID, "server_id" => format!("{:x}", state.member_id)).set(1.0);
+        gauge!(QUOTA_BACKEND_BYTES).set(s.quota_backend_bytes as f64);
+        gauge!(SERVER_ID, "server_id" => format!("{:x}", s.member_id)).set(1.0);
         gauge!(SERVER_VERSION, "server_version" => crate::config::ETCD_API_VERSION).set(1.0);
-        let size = store.db_size_bytes() as f64;
-        gauge!(DB_SIZE).set(size);
-        gauge!(DB_SIZE_IN_USE).set(store.quota_size_bytes() as f64);
-        gauge!(KEYS_TOTAL).set(store.key_count() as f64);
+        gauge!(DB_SIZE).set(s.db_size_bytes as f64);
+        gauge!(DB_SIZE_IN_USE).set(s.db_size_in_use_bytes as f64);
+        gauge!(KEYS_TOTAL).set(s.keys as f64);
         self.process.collect();
         self.handle.run_upkeep();
         self.handle.render()
@@ -384,7 +399,8 @@ pub fn dequeued(actor: &'static str) {
     actor_gauge(actor).decrement(1.0);
 }
 
-/// The recorder's exposition for `svc`, or an empty page when no recorder is installed.
-pub fn render(svc: &Service) -> String {
-    install().map(|m| m.render(svc)).unwrap_or_default()
+/// The recorder's exposition with the gauges of `s`, or an empty page when no recorder is
+/// installed.
+pub fn render(s: &Snapshot) -> String {
+    install().map(|m| m.render(s)).unwrap_or_default()
 }

@@ -56,8 +56,8 @@ pub struct ApplyActor {
     waiters: Arc<Waiters>,
     applied_tx: watch::Sender<u64>,
     revision_tx: watch::Sender<i64>,
-    lessor: Addr<crate::lease::LeaseActor>,
-    tokens: Arc<crate::auth::Tokens>,
+    lessor: Addr<crate::actors::lease::LeaseActor>,
+    tokens: Arc<crate::state::Tokens>,
 }
 
 impl ApplyActor {
@@ -69,8 +69,8 @@ impl ApplyActor {
         waiters: Arc<Waiters>,
         applied_tx: watch::Sender<u64>,
         revision_tx: watch::Sender<i64>,
-        lessor: Addr<crate::lease::LeaseActor>,
-        tokens: Arc<crate::auth::Tokens>,
+        lessor: Addr<crate::actors::lease::LeaseActor>,
+        tokens: Arc<crate::state::Tokens>,
     ) -> ApplyActor {
         ApplyActor {
             core: ApplyCore::new(store.clone()),
@@ -89,7 +89,8 @@ impl ApplyActor {
     /// tokens learn their changes, the proposer gets its answer.
     fn deliver(&self, a: EntryApplied) {
         if let Some(change) = a.lease {
-            self.lessor.do_send(crate::lease::LeaseApplied(change));
+            self.lessor
+                .do_send(crate::actors::lease::LeaseApplied(change));
         }
         match a.token {
             Some(TokenChange::Assign { token, user }) => self.tokens.assign(token, user),

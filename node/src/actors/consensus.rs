@@ -17,104 +17,25 @@
 //! gather in raft's unstable log and go out together in the next Ready (group commit).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
 use raft::INVALID_ID;
 use raft::eraftpb::Message;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 pub use crate::core::raft::{RaftCore, ReadyOut};
+use crate::state::NodeState;
 
-use crate::apply::{ApplyActor, ApplyCommitted, PersistStore};
+use crate::actors::apply::{ApplyActor, ApplyCommitted, PersistStore};
+use crate::actors::transport::{SendMessages, TransportActor};
+use crate::actors::wal::{AppendEntries, ReleaseLog, WalActor};
 use crate::error::ApiError;
-use crate::transport::{SendMessages, TransportActor};
-use crate::wal::{AppendEntries, ReleaseLog, WalActor};
 
 /// Entries kept in the raft log behind a release point, so a slightly lagging follower still
 /// catches up from the log instead of a snapshot (etcd `SnapshotCatchUpEntries`).
 pub const CATCH_UP_ENTRIES: u64 = 5_000;
-
-/// Node-wide facts that consensus keeps current and every front end reads (response headers,
-/// status, health).
-#[derive(Debug)]
-pub struct NodeState {
-    /// This member's ID.
-    pub member_id: u64,
-    /// The cluster's ID.
-    pub cluster_id: u64,
-    term: AtomicU64,
-    leader: AtomicU64,
-    commit_index: AtomicU64,
-    last_index: AtomicU64,
-    fatal: watch::Sender<Option<String>>,
-    /// The leader's member ID on every change (0 = none), for waits on a leader change.
-    leader_changes: watch::Sender<u64>,
-    /// Other members' advertised client URLs, as their peer Hellos announced them.
-    client_urls: std::sync::RwLock<std::collections::HashMap<u64, Vec<String>>>,
-}
-
-impl NodeState {
-    /// State for a member that has not started raft yet.
-    pub fn new(member_id: u64, cluster_id: u64) -> NodeState {
-        NodeState {
-            member_id,
-            cluster_id,
-            term: AtomicU64::new(0),
-            leader: AtomicU64::new(INVALID_ID),
-            commit_index: AtomicU64::new(0),
-            last_index: AtomicU64::new(0),
-            fatal: watch::channel(None).0,
-            leader_changes: watch::channel(INVALID_ID).0,
-            client_urls: Default::default(),
-        }
-    }
-    /// Current raft term.
-    pub fn term(&self) -> u64 {
-        self.term.load(Ordering::Relaxed)
-    }
-    /// Current leader's member ID; 0 when there is none.
-    pub fn leader(&self) -> u64 {
-        self.leader.load(Ordering::Relaxed)
-    }
-    /// Raft commit index.
-    pub fn commit_index(&self) -> u64 {
-        self.commit_index.load(Ordering::Relaxed)
-    }
-    /// Index of the last entry in this member's raft log.
-    pub fn last_index(&self) -> u64 {
-        self.last_index.load(Ordering::Relaxed)
-    }
-    /// Records a fatal error; `run` returns it and the process exits non-zero.
-    pub fn fail(&self, why: String) {
-        tracing::error!(error = %why, "fatal error, stopping");
-        self.fatal.send_replace(Some(why));
-    }
-    /// Records member `id`'s advertised client URLs (from its peer Hello).
-    pub fn set_client_urls(&self, id: u64, urls: Vec<String>) {
-        self.client_urls
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, urls);
-    }
-    /// Member `id`'s advertised client URLs, if its Hello has been seen.
-    pub fn client_urls(&self, id: u64) -> Option<Vec<String>> {
-        self.client_urls
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
-    }
-    /// The leader's member ID, updated on every change (0 = none).
-    pub fn leader_changes(&self) -> watch::Receiver<u64> {
-        self.leader_changes.subscribe()
-    }
-    /// Resolves when a fatal error has been recorded.
-    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
-        self.fatal.subscribe()
-    }
-}
 
 type ReadWaiter = oneshot::Sender<Result<u64, ApiError>>;
 
@@ -414,7 +335,9 @@ impl Handler<InstallSnapshot> for ConsensusActor {
             self.drive(ctx);
             return;
         }
-        let fut = self.apply.send(crate::apply::InstallStore(m.ingest));
+        let fut = self
+            .apply
+            .send(crate::actors::apply::InstallStore(m.ingest));
         let msg = m.msg;
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(Ok(applied)) => {

@@ -23,8 +23,9 @@ use actix::prelude::*;
 use etch_protocol::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use etch_storage::mvcc::LeaseRecord;
 
-use crate::consensus::NodeState;
-use crate::service::Service;
+use crate::actors::proposer::Proposer;
+use crate::state::NodeState;
+use etch_protocol::etchpb::internal_request::Request;
 
 /// Revoke proposals per second at most (etcd `leaseRevokeRate`).
 pub const MAX_REVOKES_PER_SECOND: usize = 1000;
@@ -212,7 +213,7 @@ impl Lessor {
 /// The actor: the lessor plus leadership tracking and revoke proposals.
 pub struct LeaseActor {
     lessor: Lessor,
-    service: Arc<Service>,
+    proposer: Proposer,
     state: Arc<NodeState>,
     epoch: Instant,
     term: u64,
@@ -221,16 +222,17 @@ pub struct LeaseActor {
 }
 
 impl LeaseActor {
-    /// A lease actor over `records`, proposing through `service`.
+    /// A lease actor over `records`, proposing revocations and checkpoints through
+    /// `proposer`.
     pub fn new(
         records: &[LeaseRecord],
-        service: Arc<Service>,
+        proposer: Proposer,
         state: Arc<NodeState>,
         checkpoint_interval: Duration,
     ) -> LeaseActor {
         LeaseActor {
             lessor: Lessor::new(records),
-            service,
+            proposer,
             state,
             epoch: Instant::now(),
             term: 0,
@@ -268,8 +270,11 @@ impl LeaseActor {
         let per_tick =
             (MAX_REVOKES_PER_SECOND as u128 * LEASE_TICK.as_millis() / 1000).max(1) as usize;
         for id in self.lessor.expired(now, per_tick) {
-            let svc = self.service.clone();
-            let fut = async move { svc.lease_revoke(None, LeaseRevokeRequest { id }).await };
+            let p = self.proposer.clone();
+            let fut = async move {
+                p.propose(None, Request::LeaseRevoke(LeaseRevokeRequest { id }))
+                    .await
+            };
             ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
                 if let Err(e) = res {
                     tracing::debug!(id, error = %e, "lease revoke not applied yet");
@@ -288,12 +293,15 @@ impl LeaseActor {
                 .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
                 .collect();
             if !checkpoints.is_empty() {
-                let svc = self.service.clone();
+                let p = self.proposer.clone();
                 ctx.spawn(
                     async move {
                         let n = checkpoints.len();
-                        if let Err(e) = svc
-                            .lease_checkpoint(LeaseCheckpointRequest { checkpoints })
+                        if let Err(e) = p
+                            .propose(
+                                None,
+                                Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }),
+                            )
                             .await
                         {
                             tracing::debug!(leases = n, error = %e, "lease checkpoint not applied");

@@ -157,7 +157,7 @@ impl Grpc {
     /// Transport errors of the server.
     pub async fn serve(
         self,
-        listener: crate::api::listener::Listener,
+        listener: crate::listener::Listener,
         max_request_bytes: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: impl std::future::Future<Output = ()>,
@@ -194,7 +194,7 @@ impl Grpc {
             .add_service(health_service);
         match tls {
             Some(cfg) => {
-                let accepted = ReceiverStream::new(crate::api::tls::accept(listener, cfg));
+                let accepted = ReceiverStream::new(crate::tls::client::accept(listener, cfg));
                 let incoming = tokio_stream::StreamExt::map(accepted, |c| c.map(H2Fix::new));
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown)
@@ -214,8 +214,8 @@ impl Grpc {
 /// wrapped in [`H2Fix`], as TLS connections are, so etcd 3.4 clients' URL `:authority` reaches
 /// h2 repaired.
 fn nodelay(
-    listener: crate::api::listener::Listener,
-) -> impl Stream<Item = std::io::Result<H2Fix<crate::api::listener::Stream>>> {
+    listener: crate::listener::Listener,
+) -> impl Stream<Item = std::io::Result<H2Fix<crate::listener::Stream>>> {
     futures::stream::unfold(listener, |l| async move {
         let next = l.accept().await.map(|(s, _)| H2Fix::new(s));
         Some((next, l))
@@ -248,7 +248,7 @@ impl Grpc {
             .and_then(|v| v.to_str().ok());
         let cn = r
             .extensions()
-            .get::<crate::api::tls::PeerIdentity>()
+            .get::<crate::tls::client::PeerIdentity>()
             .and_then(|p| p.common_name.clone());
         self.svc.identify(token, cn.as_deref()).map_err(status)
     }

@@ -44,9 +44,9 @@ use crate::api::grpc::generated::{
     cluster_server::Cluster, kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance,
 };
 use crate::api::grpc::generated::{election::election_server::Election, lock::lock_server::Lock};
-use crate::api::tls::PeerIdentity;
 use crate::api::{WatchStream, serve_keep_alive, until_error};
 use crate::config::ETCD_API_VERSION;
+use crate::tls::client::PeerIdentity;
 
 /// etcd's cluster version reported by `/version` (`etcdcluster`).
 pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
@@ -91,7 +91,7 @@ pub fn metrics_router(grpc: Grpc) -> Router {
 
 /// `GET /metrics`: Prometheus text exposition ([`crate::metrics`]).
 async fn metrics(axum::extract::State(grpc): axum::extract::State<Grpc>) -> Response {
-    let body = crate::metrics::render(&grpc.service());
+    let body = crate::metrics::render(&grpc.service().metrics_snapshot());
     let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -6,10 +6,8 @@ pub mod grpc;
 pub mod grpc_metrics;
 pub mod h2fix;
 pub mod http;
-pub mod listener;
 pub mod native;
 pub mod recipes;
-pub mod tls;
 
 use std::sync::Arc;
 
@@ -18,8 +16,10 @@ use etch_protocol::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, WatchRequest, WatchResponse,
 };
 
+use crate::actors::watch::{
+    CancelWatch, CreateWatch, RequestProgress, Sink, StreamKey, StreamSink,
+};
 use crate::service::{AuthInfo, Service};
-use crate::watch::{CancelWatch, CreateWatch, RequestProgress, Sink, StreamKey, StreamSink};
 
 /// Connection ids, for naming watch streams (connection, stream id), shared by all front ends.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -97,7 +97,7 @@ pub(crate) struct WatchStream {
     conn: u64,
     rx: tokio::sync::mpsc::Receiver<WatchResponse>,
     sink: StreamSink,
-    watch: actix::Addr<crate::watch::WatchActor>,
+    watch: actix::Addr<crate::actors::watch::WatchActor>,
 }
 
 impl WatchStream {
@@ -171,7 +171,8 @@ impl futures::Stream for WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
-        self.watch.do_send(crate::watch::CloseConnection(self.conn));
+        self.watch
+            .do_send(crate::actors::watch::CloseConnection(self.conn));
     }
 }
 

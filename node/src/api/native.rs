@@ -24,10 +24,10 @@ use std::collections::HashMap;
 use etch_protocol::etcdserverpb::watch_request::RequestUnion;
 use etch_protocol::etcdserverpb::{WatchRequest, WatchResponse};
 
+use crate::actors::watch::{CloseConnection, StreamSink};
 use crate::api::errors::status_of;
 use crate::error::ApiError;
 use crate::service::{AuthInfo, Service};
-use crate::watch::{CloseConnection, StreamSink};
 
 /// Who a connection speaks for: the token of its last successful Authenticate, else the
 /// Common Name of its verified TLS client certificate (etcd's order).
@@ -77,7 +77,7 @@ pub async fn serve(
     let mut stop = shutdown.clone();
     if let Some(cfg) = tls {
         let mut incoming =
-            crate::api::tls::accept(crate::api::listener::Listener::Tcp(listener), cfg);
+            crate::tls::client::accept(crate::listener::Listener::Tcp(listener), cfg);
         loop {
             tokio::select! {
                 _ = stopped(&mut stop) => return,
@@ -332,33 +332,6 @@ async fn watch_request(
         let _ = tx
             .send(frame::encode_payload(&error_frame(id, code, msg)))
             .await;
-    }
-}
-
-/// Serves a request a follower forwarded here: only what needs the leader (lease keep-alive and
-/// time-to-live), never anything that could be forwarded again.
-/// The member that forwarded it checked the client's permissions already.
-pub(crate) async fn handle_forwarded(svc: &Service, f: Frame) -> Frame {
-    let result = match f.body {
-        Some(Body::LeaseKeepAlive(r)) => svc
-            .lease_keep_alive(r)
-            .await
-            .map(Body::LeaseKeepAliveResponse),
-        Some(Body::LeaseTimeToLive(r)) => svc
-            .lease_time_to_live(r)
-            .await
-            .map(Body::LeaseTimeToLiveResponse),
-        _ => Err(ApiError::Unimplemented),
-    };
-    match result {
-        Ok(body) => Frame {
-            id: f.id,
-            body: Some(body),
-        },
-        Err(e) => {
-            let (code, msg) = status_of(&e);
-            error_frame(f.id, code, msg)
-        }
     }
 }
 

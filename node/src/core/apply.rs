@@ -2,7 +2,7 @@
 //! decoded and applied in one store batch together with its applied index (etcd's consistent
 //! index: replay after a crash skips what is already applied), and what the rest of the node
 //! must learn from it is returned instead of sent: the proposer's answer by request id, the
-//! lease and token changes, the new revision. `crate::apply::ApplyActor` carries these out;
+//! lease and token changes, the new revision. `crate::actors::apply::ApplyActor` carries these out;
 //! the cluster simulator checks them.
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! plus the pending linearizable reads (ReadIndex). No actix, tokio or clock types: time
 //! arrives as [`RaftCore::tick`] calls, IO is what [`RaftCore::ready`] returns for the caller
 //! to carry out, and completions come back through [`RaftCore::on_persisted`] and
-//! [`RaftCore::on_applied`]. `crate::consensus::ConsensusActor` drives it in a node; the
+//! [`RaftCore::on_applied`]. `crate::actors::consensus::ConsensusActor` drives it in a node; the
 //! cluster simulator (`tests/src/sim/`) drives several over a simulated network and disk.
 //!
 //! The caller must follow raft-rs's documented Ready order (etcd `raft.go`, Raft thesis

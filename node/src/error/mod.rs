@@ -66,3 +66,6 @@ pub enum ApiError {
     #[error("invalid auth token")]
     InvalidAuthToken,
 }
+
+mod table;
+pub use table::{from_status, status_of};

@@ -34,6 +34,8 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
             ),
             R::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
             R::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            // A key the store cannot index: etcd's answer to an oversized request.
+            R::KeyTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
             R::RootUserNotExist => (
                 Code::FailedPrecondition,
                 "etcdserver: root user does not exist",
@@ -102,12 +104,6 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
         ApiError::HelloRepeated => (Code::FailedPrecondition, "etch: Hello already received"),
         ApiError::InvalidAuthToken => (Code::Unauthenticated, "etcdserver: invalid auth token"),
     }
-}
-
-/// `e` as the gRPC status etcd answers (code and exact message).
-pub fn to_status(e: ApiError) -> tonic::Status {
-    let (code, msg) = status_of(&e);
-    tonic::Status::new(tonic::Code::from(code as i32), msg)
 }
 
 /// The error a forwarded request's answer carried, back from its code and message (the

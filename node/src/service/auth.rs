@@ -11,74 +11,16 @@
 //!
 //! Secrets (passwords, tokens, hashes) are never logged: log lines name the user only.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng as _;
 
-/// bcrypt cost etcd uses by default (`--bcrypt-cost`).
-pub const DEFAULT_BCRYPT_COST: u32 = 10;
+pub use crate::config::DEFAULT_BCRYPT_COST;
 
 /// Simple-token lifetime without use, etcd's default `--auth-token-ttl` (300 s).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
 
-/// The simple tokens this member knows: token -> (user, last use).
-#[derive(Debug)]
-pub struct Tokens {
-    ttl: Duration,
-    map: Mutex<HashMap<String, (String, Instant)>>,
-}
-
-impl Tokens {
-    /// An empty store; tokens unused for `ttl` expire.
-    pub fn new(ttl: Duration) -> Tokens {
-        Tokens {
-            ttl,
-            map: Mutex::default(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records `token` for `user` (at apply of an Authenticate).
-    pub fn assign(&self, token: String, user: String) {
-        let now = Instant::now();
-        let mut m = self.lock();
-        // Expired tokens go when new ones come, so the map stays bounded by live tokens.
-        m.retain(|_, (_, used)| now.duration_since(*used) < self.ttl);
-        m.insert(token, (user, now));
-    }
-
-    /// The user `token` was issued to, extending its life; `None` when unknown or expired.
-    pub fn user(&self, token: &str) -> Option<String> {
-        let now = Instant::now();
-        let mut m = self.lock();
-        match m.get_mut(token) {
-            Some((user, used)) if now.duration_since(*used) < self.ttl => {
-                *used = now;
-                Some(user.clone())
-            }
-            Some(_) => {
-                m.remove(token);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Drops every token of `user` (deleted, or its password changed).
-    pub fn invalidate_user(&self, user: &str) {
-        self.lock().retain(|_, (u, _)| u != user);
-    }
-
-    /// Drops every token (auth disabled).
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
-}
+pub use crate::state::Tokens;
 
 /// How tokens are issued and checked: the simple tokens this member knows (always kept: apply
 /// records them), and the JWT keys when `--auth-token jwt,...` is set (then tokens are JWTs).
@@ -231,16 +173,7 @@ pub fn verify_password(password: &str, hash: &[u8]) -> bool {
     !hash.is_empty() && bcrypt::verify(password, hash).unwrap_or(false)
 }
 
-/// The Common Name of a DER certificate's subject (the user name a client certificate
-/// carries), or `None` when it has none.
-pub fn common_name(cert_der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned)
-}
+pub use crate::tls::common_name;
 
 #[cfg(test)]
 mod tests {

@@ -207,7 +207,7 @@ impl Service {
         }
         let started = self
             .consensus
-            .send(crate::consensus::TransferLeadership(Some(target)))
+            .send(crate::actors::consensus::TransferLeadership(Some(target)))
             .await
             .map_err(|_| ApiError::Stopped)?;
         if started != Some(target) {

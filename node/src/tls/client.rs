@@ -84,7 +84,7 @@ impl ReloadingCert {
     /// # Errors
     /// Certificate generation failures.
     pub fn self_signed(provider: Arc<CryptoProvider>) -> std::io::Result<ReloadingCert> {
-        let (cert, key) = crate::transport::tls::self_signed(vec!["127.0.0.1".to_owned()])
+        let (cert, key) = crate::tls::peer::self_signed(vec!["127.0.0.1".to_owned()])
             .map_err(std::io::Error::other)?;
         let signer = provider
             .key_provider
@@ -128,7 +128,7 @@ fn load_certified(
     key: &Path,
     provider: &CryptoProvider,
 ) -> std::io::Result<CertifiedKey> {
-    let (chain, key_der) = crate::transport::tls::load_identity(cert, key)?;
+    let (chain, key_der) = crate::tls::peer::load_identity(cert, key)?;
     let signer = provider
         .key_provider
         .load_private_key(key_der)
@@ -250,13 +250,13 @@ impl ReloadingClientVerifier {
         provider: &Arc<CryptoProvider>,
     ) -> std::io::Result<Arc<Verifier>> {
         use rustls::pki_types::pem::PemObject;
-        let roots = Arc::new(crate::transport::tls::load_roots(ca)?);
+        let roots = Arc::new(crate::tls::peer::load_roots(ca)?);
         let anchors = rustls::pki_types::CertificateDer::pem_file_iter(ca)
             .map_err(|e| std::io::Error::other(format!("{}: {e}", ca.display())))?
             .filter_map(Result::ok)
             .collect();
         let crls = match crl {
-            Some(f) => crate::transport::tls::load_crls(f)?,
+            Some(f) => crate::tls::peer::load_crls(f)?,
             None => Vec::new(),
         };
         // Go checks the leaf's serial against the CRL; a CRL of another issuer says nothing
@@ -356,88 +356,7 @@ impl rustls::server::danger::ClientCertVerifier for ReloadingClientVerifier {
     }
 }
 
-/// The ring provider limited to etcd's `--cipher-suites` (Go/IANA names such as
-/// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`). The list applies to TLS 1.2, as in etcd (Go does
-/// not let TLS 1.3 suites be chosen): TLS 1.3 suites stay. Empty = rustls's defaults.
-///
-/// # Errors
-/// A name rustls does not implement (CBC and RSA key-exchange suites, for instance).
-pub fn provider(cipher_suites: &[String]) -> Result<CryptoProvider, String> {
-    let mut p = rustls::crypto::ring::default_provider();
-    if cipher_suites.is_empty() {
-        return Ok(p);
-    }
-    let all = rustls::crypto::ring::ALL_CIPHER_SUITES;
-    let mut chosen: Vec<_> = all
-        .iter()
-        .filter(|s| s.version() == &rustls::version::TLS13)
-        .copied()
-        .collect();
-    for name in cipher_suites {
-        // Go's short aliases name the same suites as the IANA names.
-        let want = match name.as_str() {
-            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => {
-                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
-            }
-            n => n,
-        };
-        let Some(s) = all
-            .iter()
-            .find(|s| s.version() == &rustls::version::TLS12 && s.suite().as_str() == Some(want))
-        else {
-            let known: Vec<&str> = all
-                .iter()
-                .filter(|s| s.version() == &rustls::version::TLS12)
-                .filter_map(|s| s.suite().as_str())
-                .collect();
-            return Err(format!(
-                "cipher suite {name} is not supported; supported: {}",
-                known.join(",")
-            ));
-        };
-        chosen.push(*s);
-    }
-    p.cipher_suites = chosen;
-    Ok(p)
-}
-
-/// TLS versions from etcd's `--tls-min-version` / `--tls-max-version` (`TLS1.2`, `TLS1.3`;
-/// empty max = the newest).
-///
-/// # Errors
-/// Other names (TLS 1.0 and 1.1 are not offered by rustls), min above max, or a cipher suite
-/// list with TLS 1.3 only (etcd: "cipher suites cannot be configured when only TLS1.3 is
-/// enabled").
-pub fn versions(
-    min: &str,
-    max: &str,
-    cipher_suites: &[String],
-) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
-    let rank = |v: &str, what: &str| match v {
-        "TLS1.2" => Ok(2),
-        "TLS1.3" => Ok(3),
-        "" if what == "max" => Ok(3),
-        other => Err(format!(
-            "unsupported TLS version {other:?} for --tls-{what}-version (TLS1.2 or TLS1.3)"
-        )),
-    };
-    let (lo, hi) = (rank(min, "min")?, rank(max, "max")?);
-    if lo > hi {
-        return Err("--tls-min-version is above --tls-max-version".into());
-    }
-    if lo == 3 && !cipher_suites.is_empty() {
-        return Err("cipher suites cannot be configured when only TLS1.3 is enabled".into());
-    }
-    let mut v = Vec::new();
-    if hi >= 3 {
-        v.push(&rustls::version::TLS13);
-    }
-    if lo <= 2 {
-        v.push(&rustls::version::TLS12);
-    }
-    Ok(v)
-}
+pub use crate::config::tls::{provider, versions};
 
 /// The rustls server configuration of the client URLs: the (reloading) certificate, client
 /// certificates verified against `--trusted-ca-file` (required with `--client-cert-auth`,
@@ -475,7 +394,7 @@ pub fn server_config(t: &ClientTls, alpn: &[&[u8]]) -> std::io::Result<rustls::S
 /// protocol.
 #[derive(Debug)]
 pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<crate::api::listener::Stream>,
+    inner: tokio_rustls::server::TlsStream<crate::listener::Stream>,
     identity: PeerIdentity,
 }
 
@@ -539,7 +458,7 @@ impl tonic::transport::server::Connected for TlsConn {
 /// concurrently; the receiver yields finished connections (`TCP_NODELAY` set on TCP). Ends
 /// when the receiver is dropped.
 pub fn accept(
-    listener: crate::api::listener::Listener,
+    listener: crate::listener::Listener,
     config: Arc<rustls::ServerConfig>,
 ) -> tokio::sync::mpsc::Receiver<std::io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -566,7 +485,7 @@ pub fn accept(
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first())
-                            .and_then(|c| crate::auth::common_name(c.as_ref()));
+                            .and_then(|c| crate::tls::common_name(c.as_ref()));
                         let conn = TlsConn {
                             inner: tls,
                             identity: PeerIdentity {

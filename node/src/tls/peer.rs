@@ -101,7 +101,7 @@ impl rustls::server::danger::ClientCertVerifier for AllowedPeers {
             ))
         };
         if let Some(cn) = &self.allowed_cn {
-            let got = crate::auth::common_name(end_entity.as_ref());
+            let got = crate::tls::common_name(end_entity.as_ref());
             if got.as_deref() != Some(cn.as_str()) {
                 return refuse(format!("peer certificate CN {got:?} is not {cn:?}"));
             }

@@ -12,8 +12,6 @@
 //! be reached, messages are dropped (raft retransmits) and the peer is reported unreachable to
 //! raft-rs, which then probes it gently. Connections are re-established with backoff.
 
-pub(crate) mod tls;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +32,20 @@ use etch_protocol::frame;
 
 use etch_storage::mvcc::MvccStore;
 
+use crate::actors::consensus::{ConsensusActor, Step, Unreachable};
 use crate::config::{Peer, PeerTls};
-use crate::consensus::{ConsensusActor, InstallSnapshot, SnapshotSent, Step, Unreachable};
 
-pub use tls::{PEER_ALPN, self_signed};
+pub use crate::tls::peer::{PEER_ALPN, self_signed};
+use requests::{Answered, Asked};
+pub use requests::{Ask, PeerServer, SetPeerServer, answer_error};
+use snapshot::{receive_snapshot, send_snapshot};
+
+mod endpoint;
+mod requests;
+mod snapshot;
+
+use crate::tls::peer as tls;
+pub use endpoint::endpoint;
 
 /// Peer protocol version spoken by this build.
 pub const PEER_PROTOCOL_VERSION: u32 = 1;
@@ -56,21 +64,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// stream (and task) of their own.
 pub struct TransportActor {
     queues: HashMap<u64, mpsc::Sender<Bytes>>,
-    /// Forwarded requests waiting for the leader's answer, by forward id.
-    forwards: HashMap<u64, tokio::sync::oneshot::Sender<etch_protocol::etchpb::Frame>>,
-    next_forward: u64,
     /// This member's own questions to peers waiting for their answers, by question id.
     asks: HashMap<u64, tokio::sync::oneshot::Sender<PeerAnswer>>,
     next_ask: u64,
-    /// The service, for requests forwarded to this member (set once it exists).
-    service: Option<Arc<crate::service::Service>>,
+    /// What serves peers' requests (set once the services exist).
+    server: Option<Arc<dyn PeerServer>>,
     peers: HashMap<u64, Peer>,
     endpoint: quinn::Endpoint,
     hello: Bytes,
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
     /// Where peers' announced client URLs are kept (MemberList).
-    state: Arc<crate::consensus::NodeState>,
+    state: Arc<crate::state::NodeState>,
     /// When each peer last opened a stream to this member (its Hello), for its sender task.
     hellos: HashMap<u64, watch::Sender<Option<tokio::time::Instant>>>,
 }
@@ -85,117 +90,13 @@ const REDIAL_AFTER_PEER_HELLO: Duration = Duration::from_secs(1);
 /// Refused handshakes from one address are logged at warn at most this often.
 const REJECTION_WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Builds the QUIC endpoint on `socket`. With `tls`, the member presents its certificate as
-/// server and client, verifies peers against the trusted CA when one is given, and requires
-/// client certificates with `client_cert_auth` (etcd's `--peer-*` flags). Without, it uses an
-/// auto-generated certificate and accepts peers' (etcd `--peer-auto-tls`).
-///
-/// # Errors
-/// Unreadable or invalid certificate files, socket errors.
-pub fn endpoint(
-    socket: std::net::UdpSocket,
-    tls: Option<&PeerTls>,
-) -> std::io::Result<quinn::Endpoint> {
-    let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // With peer certificate files, the certificate is reloaded when they change (rotation
-    // without restart), for both directions; a generated one never changes.
-    let cert = Arc::new(match tls {
-        Some(t) => {
-            crate::api::tls::ReloadingCert::load(&t.cert_file, &t.key_file, provider.clone())?
-        }
-        None => crate::api::tls::ReloadingCert::self_signed(provider.clone())?,
-    });
-    let roots = match tls.and_then(|t| t.trusted_ca_file.as_ref()) {
-        Some(ca) => Some(Arc::new(tls::load_roots(ca)?)),
-        None => None,
-    };
-    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| other(&e))?;
-    let crls = match tls.and_then(|t| t.crl_file.as_ref()) {
-        Some(f) => tls::load_crls(f)?,
-        None => Vec::new(),
-    };
-    let server = match (&roots, tls.filter(|t| t.client_cert_auth)) {
-        (Some(roots), Some(t)) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                roots.clone(),
-                provider.clone(),
-            )
-            .with_crls(crls.clone())
-            // Go checks the leaf's serial against the CRL; a CRL of another issuer says
-            // nothing about it.
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| other(&e))?;
-            server.with_client_cert_verifier(Arc::new(tls::AllowedPeers {
-                inner: verifier,
-                allowed_cn: t.allowed_cn.clone(),
-                allowed_hostname: t.allowed_hostname.clone(),
-            }))
-        }
-        _ => server.with_no_client_auth(),
-    };
-    let mut server = server.with_cert_resolver(cert.clone());
-    server.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    let client = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| other(&e))?;
-    let client = match &roots {
-        Some(roots) if !crls.is_empty() => client.with_webpki_verifier(
-            rustls::client::WebPkiServerVerifier::builder_with_provider(
-                roots.clone(),
-                provider.clone(),
-            )
-            .with_crls(crls)
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| other(&e))?,
-        ),
-        Some(roots) => client.with_root_certificates(roots.clone()),
-        None => client
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(tls::AutoTlsVerifier::new())),
-    };
-    let mut client = if tls.is_some() {
-        client.with_client_cert_resolver(cert)
-    } else {
-        client.with_no_client_auth()
-    };
-    client.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .keep_alive_interval(Some(Duration::from_millis(500)))
-        .max_idle_timeout(Some(quinn::VarInt::from_u32(5_000).into()));
-    let transport = Arc::new(transport);
-    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| other(&e))?,
-    ));
-    server_cfg.transport_config(transport.clone());
-    let mut client_cfg = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| other(&e))?,
-    ));
-    client_cfg.transport_config(transport);
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_cfg),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    ep.set_default_client_config(client_cfg);
-    Ok(ep)
-}
-
 impl TransportActor {
     /// Starts the transport: a sender task per peer in `peers` (member ID -> address) and the
     /// accept loop on `endpoint`, all stopping when `stop` turns true. This member's identity
     /// comes from `state`; its Hello announces `client_urls`.
     pub fn start(
         endpoint: quinn::Endpoint,
-        state: Arc<crate::consensus::NodeState>,
+        state: Arc<crate::state::NodeState>,
         client_urls: Vec<String>,
         peers: &[Peer],
         store: Arc<MvccStore>,
@@ -243,11 +144,9 @@ impl TransportActor {
         ));
         let actor = TransportActor {
             queues,
-            forwards: HashMap::new(),
-            next_forward: 1,
             asks: HashMap::new(),
             next_ask: 1,
-            service: None,
+            server: None,
             peers: peers.iter().map(|p| (p.id, p.clone())).collect(),
             endpoint,
             hello,
@@ -453,133 +352,6 @@ fn sample_connection(conn: &quinn::Connection, to: &str) {
     metrics::gauge!(m::QUIC_CWND, "To" => to.to_owned()).set(path.cwnd as f64);
 }
 
-/// Streams a snapshot to one peer on a connection and stream of its own: the MsgSnapshot,
-/// then the store exported from a consistent fjall snapshot (on a blocking thread), then the
-/// end marker. Reports the outcome to raft-rs.
-async fn send_snapshot(
-    endpoint: quinn::Endpoint,
-    peer: Peer,
-    hello: Bytes,
-    msg: Message,
-    store: Arc<MvccStore>,
-    consensus: Addr<ConsensusActor>,
-) {
-    let to = msg.to;
-    let index = msg.get_snapshot().get_metadata().index;
-    let result = async {
-        let raft = msg.write_to_bytes().map_err(|e| e.to_string())?;
-        let conn = endpoint
-            .connect(peer.addr, &peer.host)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        let send = conn.open_uni().await.map_err(|e| e.to_string())?;
-        let mut w = FramedWrite::new(send, frame::codec(MAX_PEER_FRAME_BYTES));
-        w.send(hello).await.map_err(|e| e.to_string())?;
-        let begin = PeerFrame {
-            body: Some(Body::SnapshotBegin(raft.into())),
-        };
-        w.send(frame::encode_payload_of(&begin))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
-        let export = tokio::task::spawn_blocking(move || {
-            store.export(|chunk| tx.blocking_send(chunk).is_ok())
-        });
-        let mut bytes = 0usize;
-        while let Some(chunk) = rx.recv().await {
-            bytes += chunk.len();
-            let f = PeerFrame {
-                body: Some(Body::SnapshotChunk(chunk.into())),
-            };
-            w.send(frame::encode_payload_of(&f))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        export
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let end = PeerFrame {
-            body: Some(Body::SnapshotEnd(true)),
-        };
-        w.send(frame::encode_payload_of(&end))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut send = w.into_inner();
-        send.finish().map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(60), send.stopped())
-            .await
-            .map_err(|_| "peer did not acknowledge the snapshot".to_owned())?
-            .map_err(|e| e.to_string())?;
-        Ok::<usize, String>(bytes)
-    }
-    .await;
-    match &result {
-        Ok(bytes) => tracing::info!(to = %format!("{to:x}"), index, bytes, "snapshot sent"),
-        Err(e) => {
-            tracing::warn!(to = %format!("{to:x}"), index, error = %e, "snapshot send failed")
-        }
-    }
-    consensus.do_send(SnapshotSent {
-        to,
-        ok: result.is_ok(),
-    });
-}
-
-/// Receives a snapshot stream into a fresh database, then hands it to consensus.
-async fn receive_snapshot(
-    r: &mut FramedRead<quinn::RecvStream, tokio_util::codec::LengthDelimitedCodec>,
-    msg: Message,
-    store: Arc<MvccStore>,
-    consensus: &Addr<ConsensusActor>,
-) -> Result<(), String> {
-    let s = store.clone();
-    let mut ingest = tokio::task::spawn_blocking(move || s.begin_ingest())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    loop {
-        let b = match r.next().await {
-            Some(Ok(b)) => b,
-            Some(Err(e)) => {
-                ingest.abandon();
-                return Err(format!("snapshot stream: {e}"));
-            }
-            None => {
-                ingest.abandon();
-                return Err("snapshot stream ended early".into());
-            }
-        };
-        match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
-            Some(Body::SnapshotChunk(chunk)) => {
-                let (back, res) = tokio::task::spawn_blocking(move || {
-                    let res = ingest.write_chunk(&chunk);
-                    (ingest, res)
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-                ingest = back;
-                if let Err(e) = res {
-                    ingest.abandon();
-                    return Err(e.to_string());
-                }
-            }
-            Some(Body::SnapshotEnd(_)) => {
-                consensus
-                    .send(InstallSnapshot { msg, ingest })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(());
-            }
-            _ => {
-                ingest.abandon();
-                return Err("unexpected frame in a snapshot stream".into());
-            }
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     endpoint: quinn::Endpoint,
@@ -718,17 +490,6 @@ async fn read_stream(
         };
         let raft = match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
             Some(Body::Raft(raft)) => raft,
-            Some(Body::ForwardRequest(f)) => {
-                transport.do_send(Forwarded {
-                    from: hello.member_id,
-                    frame: f,
-                });
-                continue;
-            }
-            Some(Body::ForwardResponse(f)) => {
-                transport.do_send(ForwardAnswered(f));
-                continue;
-            }
             Some(Body::Request(q)) => {
                 transport.do_send(Asked {
                     from: hello.member_id,
@@ -766,193 +527,5 @@ async fn read_stream(
         }
         // Raft tolerates loss: if consensus is saturated, drop rather than block the stream.
         let _ = consensus.try_send(Step(msg));
-    }
-}
-
-/// Sent by `run` once the service exists: requests forwarded to this member are served by it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetService(pub Arc<crate::service::Service>);
-
-impl Handler<SetService> for TransportActor {
-    type Result = ();
-    fn handle(&mut self, m: SetService, _: &mut Context<Self>) {
-        self.service = Some(m.0);
-    }
-}
-
-/// Sent by the service on a follower: forward `frame` (a lease keep-alive or time-to-live) to
-/// the leader `to`. Replies with a receiver for the leader's answer (dropped if it never comes;
-/// the caller bounds the wait).
-#[derive(Message)]
-#[rtype(result = "Option<tokio::sync::oneshot::Receiver<etch_protocol::etchpb::Frame>>")]
-pub struct Forward {
-    /// The leader.
-    pub to: u64,
-    /// The request (its id is replaced).
-    pub frame: etch_protocol::etchpb::Frame,
-}
-
-impl Handler<Forward> for TransportActor {
-    type Result = Option<tokio::sync::oneshot::Receiver<etch_protocol::etchpb::Frame>>;
-    fn handle(&mut self, mut m: Forward, _: &mut Context<Self>) -> Self::Result {
-        let q = self.queues.get(&m.to)?;
-        let id = self.next_forward;
-        self.next_forward += 1;
-        m.frame.id = id;
-        let f = frame::encode_payload_of(&PeerFrame {
-            body: Some(Body::ForwardRequest(m.frame)),
-        });
-        q.try_send(f).ok()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // Forgotten senders of answers that never came are dropped with the map entry when
-        // the caller gives up; bound the map so a silent leader cannot grow it without end.
-        if self.forwards.len() > 100_000 {
-            self.forwards.clear();
-        }
-        self.forwards.insert(id, tx);
-        Some(rx)
-    }
-}
-
-/// A request forwarded to this member by `from`.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Forwarded {
-    from: u64,
-    frame: etch_protocol::etchpb::Frame,
-}
-
-impl Handler<Forwarded> for TransportActor {
-    type Result = ();
-    fn handle(&mut self, m: Forwarded, ctx: &mut Context<Self>) {
-        let Some(service) = self.service.clone() else {
-            return;
-        };
-        let Some(q) = self.queues.get(&m.from).cloned() else {
-            return;
-        };
-        ctx.spawn(
-            async move {
-                let resp = crate::api::native::handle_forwarded(&service, m.frame).await;
-                let f = frame::encode_payload_of(&PeerFrame {
-                    body: Some(Body::ForwardResponse(resp)),
-                });
-                let _ = q.send(f).await;
-            }
-            .into_actor(self),
-        );
-    }
-}
-
-/// The leader's answer to a forwarded request.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ForwardAnswered(etch_protocol::etchpb::Frame);
-
-impl Handler<ForwardAnswered> for TransportActor {
-    type Result = ();
-    fn handle(&mut self, m: ForwardAnswered, _: &mut Context<Self>) {
-        if let Some(tx) = self.forwards.remove(&m.0.id) {
-            let _ = tx.send(m.0);
-        }
-    }
-}
-
-/// Sent by this member's own checks (the corruption check): ask peer `to` a question. Replies
-/// with a receiver for the answer (dropped if it never comes; the caller bounds the wait), or
-/// `None` for an unknown peer or a full queue.
-#[derive(Message)]
-#[rtype(result = "Option<tokio::sync::oneshot::Receiver<PeerAnswer>>")]
-pub struct Ask {
-    /// The peer.
-    pub to: u64,
-    /// The question.
-    pub body: peer_request::Body,
-}
-
-impl Handler<Ask> for TransportActor {
-    type Result = Option<tokio::sync::oneshot::Receiver<PeerAnswer>>;
-    fn handle(&mut self, m: Ask, _: &mut Context<Self>) -> Self::Result {
-        let q = self.queues.get(&m.to)?;
-        let id = self.next_ask;
-        self.next_ask += 1;
-        let f = frame::encode_payload_of(&PeerFrame {
-            body: Some(Body::Request(PeerRequest {
-                id,
-                body: Some(m.body),
-            })),
-        });
-        q.try_send(f).ok()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // Answers that never came leave their senders behind; callers ask rarely (one check
-        // per interval), so a bound only guards against a peer that never answers.
-        if self.asks.len() > 10_000 {
-            self.asks.clear();
-        }
-        self.asks.insert(id, tx);
-        Some(rx)
-    }
-}
-
-/// A peer's question to this member.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Asked {
-    from: u64,
-    request: PeerRequest,
-}
-
-impl Handler<Asked> for TransportActor {
-    type Result = ();
-    fn handle(&mut self, m: Asked, ctx: &mut Context<Self>) {
-        let Some(q) = self.queues.get(&m.from).cloned() else {
-            return;
-        };
-        let service = self.service.clone();
-        ctx.spawn(
-            async move {
-                let body = match (m.request.body, service) {
-                    (Some(peer_request::Body::HashKv(r)), Some(svc)) => {
-                        match svc.peer_hash_kv(r.revision).await {
-                            Ok(h) => peer_answer::Body::HashKv(h),
-                            Err(e) => answer_error(&e),
-                        }
-                    }
-                    (None, _) => answer_error(&crate::error::ApiError::Unimplemented),
-                    (_, None) => answer_error(&crate::error::ApiError::Stopped),
-                };
-                let f = frame::encode_payload_of(&PeerFrame {
-                    body: Some(Body::Answer(PeerAnswer {
-                        id: m.request.id,
-                        body: Some(body),
-                    })),
-                });
-                let _ = q.send(f).await;
-            }
-            .into_actor(self),
-        );
-    }
-}
-
-fn answer_error(e: &crate::error::ApiError) -> peer_answer::Body {
-    let (code, message) = crate::api::errors::status_of(e);
-    peer_answer::Body::Error(etch_protocol::etchpb::Error {
-        code: code as u32,
-        message: message.to_owned(),
-    })
-}
-
-/// A peer's answer to this member's question.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Answered(PeerAnswer);
-
-impl Handler<Answered> for TransportActor {
-    type Result = ();
-    fn handle(&mut self, m: Answered, _: &mut Context<Self>) {
-        if let Some(tx) = self.asks.remove(&m.0.id) {
-            let _ = tx.send(m.0);
-        }
     }
 }

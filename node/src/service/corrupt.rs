@@ -14,7 +14,7 @@
 //!   follower ahead of it, compacted further, or with another hash at the same compaction
 //!   point.
 //!
-//! Peers answer over the peer transport ([`crate::transport::Ask`]) where etcd uses the peer
+//! Peers answer over the peer transport ([`crate::actors::transport::Ask`]) where etcd uses the peer
 //! URL's `/members/hashkv`. The decisions are pure functions, unit-tested below.
 
 use std::sync::Arc;
@@ -24,8 +24,8 @@ use actix::Addr;
 use etch_protocol::etcdserverpb::{AlarmRequest, AlarmType, HashKvRequest, alarm_request};
 use etch_protocol::etchpb::{AuthInfo, peer_answer, peer_request};
 
+use crate::actors::transport::{Ask, TransportActor};
 use crate::service::Service;
-use crate::transport::{Ask, TransportActor};
 
 /// A member's hash as HashKV answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +173,7 @@ async fn peer_hashes(
                 }),
             ),
             Some(peer_answer::Body::Error(e)) => (id, Err(e.message)),
-            None => (id, Err("empty answer".to_owned())),
+            Some(_) | None => (id, Err("unexpected answer".to_owned())),
         }
     };
     futures::future::join_all(peers.iter().map(|&id| ask(id))).await

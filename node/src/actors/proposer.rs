@@ -1,0 +1,143 @@
+//! The handle through which the services and the lessor propose requests: it encodes an
+//! `InternalRequest` with a request id unique across members and restarts, hands it to
+//! consensus, and waits (bounded by the request timeout) until apply answers that id. Holding
+//! a `Proposer` instead of the services keeps the lessor below them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::Addr;
+use prost::Message as _;
+use tokio::sync::watch;
+
+use etch_protocol::etchpb::InternalRequest;
+use etch_protocol::etchpb::internal_request::Request;
+use etch_storage::mvcc::WriteResponse;
+
+use crate::actors::apply::Waiters;
+use crate::actors::consensus::{ConsensusActor, Propose};
+use crate::error::ApiError;
+use crate::state::NodeState;
+
+/// Largest gap between commit index and applied index at which new proposals are still taken
+/// (etcd `maxGapBetweenApplyAndCommitIndex`); past it, clients get "too many requests".
+pub const MAX_APPLY_LAG_ENTRIES: u64 = 5000;
+
+/// Proposes through consensus and waits for the applied answer. Cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    consensus: Addr<ConsensusActor>,
+    waiters: Arc<Waiters>,
+    applied: watch::Receiver<u64>,
+    state: Arc<NodeState>,
+    next_id: Arc<AtomicU64>,
+    max_request_bytes: usize,
+    request_timeout: Duration,
+}
+
+impl Proposer {
+    /// A proposer through `consensus`, answered by apply through `waiters`; `applied` is the
+    /// applied index apply publishes. Requests over `max_request_bytes` encoded are refused;
+    /// answers are awaited at most `request_timeout`.
+    pub fn new(
+        consensus: Addr<ConsensusActor>,
+        waiters: Arc<Waiters>,
+        applied: watch::Receiver<u64>,
+        state: Arc<NodeState>,
+        max_request_bytes: usize,
+        request_timeout: Duration,
+    ) -> Proposer {
+        // Request ids: the member ID's low 16 bits, then a counter seeded from the clock, so ids
+        // stay unique across restarts and members (etcd `idutil.Generator`).
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let first = ((state.member_id & 0xFFFF) << 48) | ((millis & 0xFF_FFFF_FFFF) << 8);
+        Proposer {
+            consensus,
+            waiters,
+            applied,
+            state,
+            next_id: Arc::new(AtomicU64::new(first)),
+            max_request_bytes,
+            request_timeout,
+        }
+    }
+
+    /// A fresh id from the request id sequence (also used for server-chosen lease IDs).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Proposes `request` on behalf of `who` (`None`: the server itself, never
+    /// permission-checked) and waits until it is applied.
+    ///
+    /// # Errors
+    /// The request's own error at apply; [`ApiError::TooManyRequests`] when apply lags,
+    /// [`ApiError::TooLarge`], no leader, [`ApiError::Timeout`], [`ApiError::Stopped`].
+    pub async fn propose(
+        &self,
+        who: Option<&etch_protocol::etchpb::AuthInfo>,
+        request: Request,
+    ) -> Result<WriteResponse, ApiError> {
+        use crate::metrics as m;
+        /// Decrements the pending gauge however the wait ends (a dropped call included).
+        struct Pending;
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                m::hot().proposals_pending.decrement(1.0);
+            }
+        }
+        m::hot().proposals_pending.increment(1.0);
+        let _pending = Pending;
+        let r = self.propose_inner(who, request).await;
+        if matches!(&r, Err(e) if !matches!(e, ApiError::Request(_))) {
+            m::hot().proposals_failed.increment(1);
+        }
+        r
+    }
+
+    async fn propose_inner(
+        &self,
+        who: Option<&etch_protocol::etchpb::AuthInfo>,
+        request: Request,
+    ) -> Result<WriteResponse, ApiError> {
+        let applied = *self.applied.borrow();
+        if self.state.commit_index() > applied + MAX_APPLY_LAG_ENTRIES {
+            return Err(ApiError::TooManyRequests);
+        }
+        let id = self.next_id();
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+            auth: who.cloned(),
+        }
+        .encode_to_vec();
+        if data.len() > self.max_request_bytes {
+            return Err(ApiError::TooLarge);
+        }
+        let rx = self.waiters.register(id);
+        crate::metrics::queued("consensus");
+        match self.consensus.send(Propose { data }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.waiters.cancel(id);
+                return Err(e);
+            }
+            Err(_) => {
+                self.waiters.cancel(id);
+                return Err(ApiError::Stopped);
+            }
+        }
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(r)) => Ok(r?),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => {
+                self.waiters.cancel(id);
+                Err(ApiError::Timeout)
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Node-wide state every room reads: [`NodeState`] (member and cluster IDs, term, leader,
+//! commit index; written by consensus) and the simple auth [`Tokens`] (written by apply when
+//! an Authenticate is applied, read by the services). Imports nothing above it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use raft::INVALID_ID;
+use tokio::sync::watch;
+
+/// Node-wide facts that consensus keeps current and every front end reads (response headers,
+/// status, health).
+#[derive(Debug)]
+pub struct NodeState {
+    /// This member's ID.
+    pub member_id: u64,
+    /// The cluster's ID.
+    pub cluster_id: u64,
+    pub(crate) term: AtomicU64,
+    pub(crate) leader: AtomicU64,
+    pub(crate) commit_index: AtomicU64,
+    pub(crate) last_index: AtomicU64,
+    fatal: watch::Sender<Option<String>>,
+    /// The leader's member ID on every change (0 = none), for waits on a leader change.
+    pub(crate) leader_changes: watch::Sender<u64>,
+    /// Other members' advertised client URLs, as their peer Hellos announced them.
+    client_urls: std::sync::RwLock<std::collections::HashMap<u64, Vec<String>>>,
+}
+
+impl NodeState {
+    /// State for a member that has not started raft yet.
+    pub fn new(member_id: u64, cluster_id: u64) -> NodeState {
+        NodeState {
+            member_id,
+            cluster_id,
+            term: AtomicU64::new(0),
+            leader: AtomicU64::new(INVALID_ID),
+            commit_index: AtomicU64::new(0),
+            last_index: AtomicU64::new(0),
+            fatal: watch::channel(None).0,
+            leader_changes: watch::channel(INVALID_ID).0,
+            client_urls: Default::default(),
+        }
+    }
+    /// Current raft term.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
+    }
+    /// Current leader's member ID; 0 when there is none.
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Relaxed)
+    }
+    /// Raft commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.commit_index.load(Ordering::Relaxed)
+    }
+    /// Index of the last entry in this member's raft log.
+    pub fn last_index(&self) -> u64 {
+        self.last_index.load(Ordering::Relaxed)
+    }
+    /// Records a fatal error; `run` returns it and the process exits non-zero.
+    pub fn fail(&self, why: String) {
+        tracing::error!(error = %why, "fatal error, stopping");
+        self.fatal.send_replace(Some(why));
+    }
+    /// Records member `id`'s advertised client URLs (from its peer Hello).
+    pub fn set_client_urls(&self, id: u64, urls: Vec<String>) {
+        self.client_urls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, urls);
+    }
+    /// Member `id`'s advertised client URLs, if its Hello has been seen.
+    pub fn client_urls(&self, id: u64) -> Option<Vec<String>> {
+        self.client_urls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+    /// The leader's member ID, updated on every change (0 = none).
+    pub fn leader_changes(&self) -> watch::Receiver<u64> {
+        self.leader_changes.subscribe()
+    }
+    /// Resolves when a fatal error has been recorded.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+}
+
+/// The simple tokens this member knows: token -> (user, last use).
+#[derive(Debug)]
+pub struct Tokens {
+    ttl: Duration,
+    map: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl Tokens {
+    /// An empty store; tokens unused for `ttl` expire.
+    pub fn new(ttl: Duration) -> Tokens {
+        Tokens {
+            ttl,
+            map: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `token` for `user` (at apply of an Authenticate).
+    pub fn assign(&self, token: String, user: String) {
+        let now = Instant::now();
+        let mut m = self.lock();
+        // Expired tokens go when new ones come, so the map stays bounded by live tokens.
+        m.retain(|_, (_, used)| now.duration_since(*used) < self.ttl);
+        m.insert(token, (user, now));
+    }
+
+    /// The user `token` was issued to, extending its life; `None` when unknown or expired.
+    pub fn user(&self, token: &str) -> Option<String> {
+        let now = Instant::now();
+        let mut m = self.lock();
+        match m.get_mut(token) {
+            Some((user, used)) if now.duration_since(*used) < self.ttl => {
+                *used = now;
+                Some(user.clone())
+            }
+            Some(_) => {
+                m.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Drops every token of `user` (deleted, or its password changed).
+    pub fn invalidate_user(&self, user: &str) {
+        self.lock().retain(|_, (u, _)| u != user);
+    }
+
+    /// Drops every token (auth disabled).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
