@@ -677,7 +677,7 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
     rt.block_on(async {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         // etch's own endpoint: auto TLS, accepts the member's generated certificate.
-        let ep = etch_node::transport::endpoint(sock, None).unwrap();
+        let ep = etch_node::actors::transport::endpoint(sock, None).unwrap();
         let hello = |cluster_id| {
             etch_protocol::frame::encode_payload_of(&PeerFrame {
                 body: Some(Body::Hello(PeerHello {

@@ -15,7 +15,7 @@
 //!   randomizes election timeouts (the cores run with fixed timeouts: raft-rs draws its own
 //!   from the thread RNG, which a seed cannot replay).
 //!
-//! The shell here handles `Ready`s in the order `etch_node::consensus::ConsensusActor` does:
+//! The shell here handles `Ready`s in the order `etch_node::actors::consensus::ConsensusActor` does:
 //! messages first, committed entries to apply, then entries and hard state to the WAL, and
 //! `persisted_messages` plus `on_persisted` only after the fsync.
 //!
