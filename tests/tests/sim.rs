@@ -37,6 +37,7 @@ fn seeds_pass_every_check() {
                     eprintln!("seed {seed}: {s:?}");
                 }
                 total.early_reads += s.early_reads;
+                total.watch_events += s.watch_events;
             }
             Err(f) => panic!("{f}"),
         }
@@ -69,7 +70,7 @@ fn seeds_to_catch(bugs: Bugs) -> u64 {
         bugs,
         ..Config::default()
     };
-    for seed in 1..=30 {
+    for seed in 1..=60 {
         if let Err(f) = sim::run(seed, &cfg) {
             eprintln!(
                 "caught at seed {seed}: {}",
@@ -78,7 +79,7 @@ fn seeds_to_catch(bugs: Bugs) -> u64 {
             return seed;
         }
     }
-    panic!("the planted bug {bugs:?} survived 30 seeds");
+    panic!("the planted bug {bugs:?} survived 60 seeds");
 }
 
 #[test]
@@ -93,6 +94,14 @@ fn acknowledging_before_the_fsync_is_caught() {
 fn serving_a_read_before_apply_reaches_its_index_is_caught() {
     seeds_to_catch(Bugs {
         read_before_apply: true,
+        ..Bugs::default()
+    });
+}
+
+#[test]
+fn a_watch_resumed_one_revision_early_is_caught() {
+    seeds_to_catch(Bugs {
+        watch_resume_repeats: true,
         ..Bugs::default()
     });
 }

@@ -19,12 +19,17 @@
 //! messages first, committed entries to apply, then entries and hard state to the WAL, and
 //! `persisted_messages` plus `on_persisted` only after the fsync.
 //!
+//! Watch clients attach to a member's [`etch_node::core::watch::WatchHub`] through small
+//! bounded sinks they drain at random speeds (so watchers fall behind and catch up), and resume
+//! on another member from the next revision when theirs crashes.
+//!
 //! After every run it checks ([`check`]): the clients' history of puts and linearizable gets
 //! is linearizable (each key a register with unique values; the checker is cross-checked
 //! against stateright's `LinearizabilityTester`), so no
 //! acknowledged write is lost and no read is stale; all members' stores hash equally at every
-//! applied index; at most one leader per term. Lease, watch and snapshot paths are not
-//! simulated yet.
+//! applied index; at most one leader per term; every watcher received exactly the history of
+//! its keys from its start revision, in order, once, across resumes. Leases, compaction and
+//! snapshots are not simulated yet.
 //!
 //! `cargo test -p etch-tests --test sim` runs a bounded number of seeds; `ETCH_SIM_SEED=<n>`
 //! replays one exactly, printing its trace; `cargo run --release -p etch-tests --bin etch-sim
@@ -42,9 +47,14 @@ use raft::eraftpb::{ConfState, Entry, HardState, Message};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
 use etch_node::core::apply::ApplyCore;
 use etch_node::core::raft::RaftCore;
-use etch_protocol::etcdserverpb::{PutRequest, RangeRequest};
+use etch_node::core::watch::{Sink, WatchHub, WatchLimits};
+use etch_protocol::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchResponse};
 use etch_protocol::etchpb::InternalRequest;
 use etch_protocol::etchpb::internal_request::Request;
 use etch_storage::mvcc::MvccStore;
@@ -61,6 +71,8 @@ pub struct Bugs {
     /// Serve a linearizable read as soon as its ReadIndex is known, before the member has
     /// applied up to it.
     pub read_before_apply: bool,
+    /// Let a watcher's first response after a resume repeat the revision it already had.
+    pub watch_resume_repeats: bool,
 }
 
 /// One simulation's shape.
@@ -70,6 +82,8 @@ pub struct Config {
     pub members: u64,
     /// Concurrent clients.
     pub clients: usize,
+    /// Watch clients (each on one member at a time, resuming elsewhere when it crashes).
+    pub watchers: usize,
     /// Simulated time with faults, ms.
     pub duration_ms: u64,
     /// Longest network delay, ms.
@@ -96,6 +110,7 @@ impl Default for Config {
         Config {
             members: 3,
             clients: 4,
+            watchers: 3,
             duration_ms: 20_000,
             max_delay_ms: 20,
             drop: 0.02,
@@ -126,6 +141,8 @@ pub struct Stats {
     pub terms: usize,
     /// Reads served before apply reached their ReadIndex (only with the planted bug).
     pub early_reads: usize,
+    /// Watch events received, all watchers.
+    pub watch_events: usize,
     /// Events in the trace.
     pub events: usize,
     /// A digest of the whole trace: equal for two runs of one seed.
@@ -216,6 +233,8 @@ enum Event {
     Request(u64, usize, u64, Op),
     Response(usize, u64, Result<Ret, String>),
     Fault,
+    WatchDrain(usize),
+    WatchResume(usize),
     Restart(u64),
     Heal,
 }
@@ -264,6 +283,8 @@ struct Member {
     reads: Vec<(ReadReq, u64)>,
     /// Committed entries handed to apply, oldest first.
     to_apply: std::collections::VecDeque<Vec<Entry>>,
+    /// Watch fanout of this incarnation (streams die with the member).
+    hub: Option<WatchHub<SimSink>>,
     store_dir: std::path::PathBuf,
 }
 
@@ -271,6 +292,42 @@ struct Client {
     member: u64,
     /// The op in flight: (op id, deadline passed?).
     busy: Option<u64>,
+}
+
+/// A watch stream's receiving end: a bounded inbox the client drains at its own pace.
+#[derive(Clone)]
+struct SimSink {
+    inbox: Rc<RefCell<VecDeque<WatchResponse>>>,
+    room: usize,
+}
+
+impl Sink for SimSink {
+    fn try_send(&self, r: WatchResponse) -> bool {
+        let mut q = self.inbox.borrow_mut();
+        if q.len() >= self.room {
+            return false;
+        }
+        q.push_back(r);
+        true
+    }
+    fn capacity(&self) -> usize {
+        self.room.saturating_sub(self.inbox.borrow().len())
+    }
+}
+
+/// A watch client: all keys or one key, from `start`; resumes from the revision after the last
+/// it received when its member goes away.
+struct Watcher {
+    key: Option<String>,
+    start: i64,
+    next_rev: i64,
+    /// (member, stream) it is attached to.
+    at: Option<(u64, u64, (u64, u64))>,
+    inbox: Rc<RefCell<VecDeque<WatchResponse>>>,
+    /// (revision, key, value) of every event received, in order.
+    got: Vec<(i64, String, Vec<u8>)>,
+    /// Whether its first response was seen (the `created` one) on this attachment.
+    resumed: bool,
 }
 
 struct Sim {
@@ -283,6 +340,8 @@ struct Sim {
     next_event: usize,
     members: BTreeMap<u64, Member>,
     clients: Vec<Client>,
+    watchers: Vec<Watcher>,
+    next_stream: u64,
     history: History,
     next_request: u64,
     next_value: u64,
@@ -319,6 +378,7 @@ impl Sim {
                     waiters: BTreeMap::new(),
                     reads: Vec::new(),
                     to_apply: std::collections::VecDeque::new(),
+                    hub: None,
                     store_dir: dir.join(format!("m{id}")),
                 },
             );
@@ -340,6 +400,8 @@ impl Sim {
             next_event: 0,
             members,
             clients,
+            watchers: Vec::new(),
+            next_stream: 1,
             next_request: 1,
             next_value: 1,
             isolated: BTreeSet::new(),
@@ -372,6 +434,21 @@ impl Sim {
         for c in 0..self.clients.len() {
             let d = self.rng.random_range(0..500);
             self.at(d, Event::ClientNext(c));
+        }
+        for w in 0..self.cfg.watchers {
+            let key = (w % 2 == 1).then(|| KEYS[self.rng.random_range(0..KEYS.len())].to_string());
+            let start = self.rng.random_range(1..=3);
+            self.watchers.push(Watcher {
+                key,
+                start,
+                next_rev: start,
+                at: None,
+                inbox: Rc::new(RefCell::new(VecDeque::new())),
+                got: Vec::new(),
+                resumed: false,
+            });
+            let d = self.rng.random_range(0..2_000);
+            self.at(d, Event::WatchResume(w));
         }
         if self.cfg.fault_every_ms > 0 {
             let d = self.rng.random_range(0..self.cfg.fault_every_ms * 2);
@@ -494,6 +571,8 @@ impl Sim {
                 self.at(d, Event::ClientNext(c));
             }
             Event::Fault => self.fault(),
+            Event::WatchDrain(w) => self.watch_drain(w)?,
+            Event::WatchResume(w) => self.watch_resume(w),
             Event::Restart(id) => {
                 if self.faults_on && !self.members[&id].up {
                     self.start(id);
@@ -553,6 +632,10 @@ impl Sim {
         let core = RaftCore::new_fixed_timeout(id, log, applied, ELECTION_TICKS, &logger)
             .expect("raft core");
         m.core = Some(core);
+        m.hub = Some(WatchHub::new(
+            store.current_revision(),
+            WatchLimits::default(),
+        ));
         m.apply = Some(ApplyCore::new(store));
         m.up = true;
         m.incarnation += 1;
@@ -577,6 +660,7 @@ impl Sim {
         m.up = false;
         m.core = None;
         m.apply = None;
+        m.hub = None;
         m.waiters.clear();
         m.reads.clear();
         m.to_apply.clear();
@@ -589,6 +673,13 @@ impl Sim {
         let lost = m.disk.pending.len();
         m.disk.pending.clear();
         self.stats.crashes += 1;
+        for w in 0..self.watchers.len() {
+            if self.watchers[w].at.is_some_and(|(m, _, _)| m == id) {
+                self.watchers[w].at = None;
+                let d = self.rng.random_range(50..500);
+                self.at(d, Event::WatchResume(w));
+            }
+        }
         self.log(format!(
             "m{id} crashes ({kept} entries of the write in flight survive, {lost} later writes lost)"
         ));
@@ -799,6 +890,11 @@ impl Sim {
         }
         m.core.as_mut().expect("core").on_applied(last);
         let store = apply.store();
+        if let Some(hub) = m.hub.as_mut() {
+            hub.advance(store, store.current_revision())
+                .and_then(|_| hub.catch_up(store).map(|_| ()))
+                .map_err(|e| format!("m{id} watch: {e}"))?;
+        }
         let now = store.applied_index().index;
         if now > before {
             let hash = store.hash_all().map_err(|e| format!("m{id} hash: {e}"))?;
@@ -947,8 +1043,164 @@ impl Sim {
         Ok(())
     }
 
+    /// Attaches watcher `w` to a running member, from the revision after the last it received.
+    fn watch_resume(&mut self, w: usize) {
+        if self.watchers[w].at.is_some() {
+            return;
+        }
+        let up: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| m.up)
+            .map(|m| m.id)
+            .collect();
+        if up.is_empty() {
+            let d = self.rng.random_range(50..500);
+            self.at(d, Event::WatchResume(w));
+            return;
+        }
+        let member = up[self.rng.random_range(0..up.len())];
+        let stream = (w as u64 + 1, self.next_stream);
+        self.next_stream += 1;
+        let room = self.rng.random_range(1..=4);
+        let wt = &mut self.watchers[w];
+        wt.inbox.borrow_mut().clear();
+        let (key, range_end) = match &wt.key {
+            Some(k) => (k.clone().into_bytes(), Vec::new()),
+            None => (b"\0".to_vec(), b"\0".to_vec()),
+        };
+        let start_revision = if self.cfg.bugs.watch_resume_repeats && !wt.got.is_empty() {
+            wt.next_rev - 1
+        } else {
+            wt.next_rev
+        };
+        let req = WatchCreateRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            start_revision,
+            ..Default::default()
+        };
+        let sink = SimSink {
+            inbox: wt.inbox.clone(),
+            room,
+        };
+        wt.at = Some((member, self.members[&member].incarnation, stream));
+        wt.resumed = true;
+        let m = self.members.get_mut(&member).expect("member");
+        let store = m.apply.as_ref().expect("apply").store().clone();
+        if let Some(hub) = m.hub.as_mut() {
+            hub.create(stream, sink, &req, store.compact_revision());
+        }
+        self.log(format!(
+            "watcher {w} attaches to m{member} from revision {start_revision}"
+        ));
+        let d = self.rng.random_range(1..30);
+        self.at(d, Event::WatchDrain(w));
+    }
+
+    /// Watcher `w` reads what its stream holds, then its member catches it up (as the watch
+    /// actor does every 20 ms).
+    fn watch_drain(&mut self, w: usize) -> Result<(), String> {
+        let Some((member, inc, _)) = self.watchers[w].at else {
+            return Ok(());
+        };
+        if !self.members[&member].up || self.members[&member].incarnation != inc {
+            return Ok(());
+        }
+        let take = self.rng.random_range(1..=4);
+        for _ in 0..take {
+            let Some(r) = self.watchers[w].inbox.borrow_mut().pop_front() else {
+                break;
+            };
+            if r.canceled {
+                return Err(format!("watcher {w} canceled: {}", r.cancel_reason));
+            }
+            let wt = &mut self.watchers[w];
+            for ev in &r.events {
+                let Some(kv) = ev.kv.as_ref() else { continue };
+                let rev = kv.mod_revision;
+                if rev < wt.next_rev {
+                    return Err(format!(
+                        "watcher {w} got revision {rev} again (expected {} or later) from m{member}",
+                        wt.next_rev
+                    ));
+                }
+                wt.got.push((
+                    rev,
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    kv.value.to_vec(),
+                ));
+                wt.next_rev = rev + 1;
+                self.stats.watch_events += 1;
+            }
+        }
+        let m = self.members.get_mut(&member).expect("member");
+        let store = m.apply.as_ref().expect("apply").store().clone();
+        if let Some(hub) = m.hub.as_mut() {
+            hub.catch_up(&store)
+                .map_err(|e| format!("m{member} watch: {e}"))?;
+        }
+        let d = self.rng.random_range(1..30);
+        self.at(d, Event::WatchDrain(w));
+        Ok(())
+    }
+
+    /// Each watcher received exactly a prefix of the history of its keys from its start: every
+    /// change, in order, once.
+    fn check_watches(&self) -> Result<(), String> {
+        let Some(m) = self
+            .members
+            .values()
+            .filter(|m| m.up)
+            .max_by_key(|m| m.apply.as_ref().map_or(0, |a| a.store().current_revision()))
+        else {
+            return Ok(());
+        };
+        let store = m.apply.as_ref().expect("apply").store();
+        let all = store
+            .events(1, store.current_revision())
+            .map_err(|e| format!("history: {e}"))?;
+        for (i, w) in self.watchers.iter().enumerate() {
+            let want: Vec<(i64, String, Vec<u8>)> = all
+                .iter()
+                .filter_map(|ev| ev.kv.as_ref())
+                .filter(|kv| kv.mod_revision >= w.start)
+                .filter(|kv| {
+                    w.key
+                        .as_ref()
+                        .is_none_or(|k| kv.key.as_ref() == k.as_bytes())
+                })
+                .map(|kv| {
+                    (
+                        kv.mod_revision,
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        kv.value.to_vec(),
+                    )
+                })
+                .collect();
+            let n = w.got.len();
+            if n > want.len() || w.got[..] != want[..n] {
+                let at = w
+                    .got
+                    .iter()
+                    .zip(&want)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(n.min(want.len()));
+                return Err(format!(
+                    "watcher {i} ({:?} from {}) differs from the history at its event {at}: got {:?}, history {:?}",
+                    w.key,
+                    w.start,
+                    w.got.get(at),
+                    want.get(at)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_end(&mut self) -> Result<Stats, String> {
         self.history.check()?;
+        self.check_watches()?;
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.trace.hash(&mut h);
