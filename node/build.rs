@@ -2,16 +2,14 @@
 //! message types; protox compiles the .proto files, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The service definitions live with the messages, in the protocol crate's proto/services/.
     let services = [
-        "proto/services.proto",
-        "proto/lock.proto",
-        "proto/election.proto",
+        "services/services.proto",
+        "services/lock.proto",
+        "services/election.proto",
     ];
-    for f in services {
-        println!("cargo:rerun-if-changed={f}");
-    }
     println!("cargo:rerun-if-changed=../protocol/proto");
-    let fds = protox::compile(services, ["proto", "../protocol/proto"])?;
+    let fds = protox::compile(services, ["../protocol/proto"])?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)

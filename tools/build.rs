@@ -2,9 +2,8 @@
 //! reusing the protocol crate's message types; protox compiles the .proto files.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=../node/proto/services.proto");
     println!("cargo:rerun-if-changed=../protocol/proto");
-    let fds = protox::compile(["services.proto"], ["../node/proto", "../protocol/proto"])?;
+    let fds = protox::compile(["services/services.proto"], ["../protocol/proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(false)
