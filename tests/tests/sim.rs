@@ -38,6 +38,8 @@ fn seeds_pass_every_check() {
                 }
                 total.early_reads += s.early_reads;
                 total.watch_events += s.watch_events;
+                total.lease_keepalives += s.lease_keepalives;
+                total.lease_revokes += s.lease_revokes;
             }
             Err(f) => panic!("{f}"),
         }
@@ -102,6 +104,14 @@ fn serving_a_read_before_apply_reaches_its_index_is_caught() {
 fn a_watch_resumed_one_revision_early_is_caught() {
     seeds_to_catch(Bugs {
         watch_resume_repeats: true,
+        ..Bugs::default()
+    });
+}
+
+#[test]
+fn a_lessor_whose_clock_runs_ahead_is_caught() {
+    seeds_to_catch(Bugs {
+        lessor_clock_ahead_ms: 700,
         ..Bugs::default()
     });
 }

@@ -3,5 +3,6 @@
 //! The actors are shells that carry out what a core returns.
 
 pub mod apply;
+pub mod lease;
 pub mod raft;
 pub mod watch;

@@ -28,8 +28,10 @@
 //! against stateright's `LinearizabilityTester`), so no
 //! acknowledged write is lost and no read is stale; all members' stores hash equally at every
 //! applied index; at most one leader per term; every watcher received exactly the history of
-//! its keys from its start revision, in order, once, across resumes. Leases, compaction and
-//! snapshots are not simulated yet.
+//! its keys from its start revision, in order, once, across resumes; no lease revoke that
+//! commits was decided before the lease's TTL had passed since a leader granted or refreshed it
+//! (each member runs the node's `Lessor` core; lease clients keep leases alive through the
+//! leader, [`leases`]). Compaction and raft snapshots are not simulated yet.
 //!
 //! `cargo test -p etch-tests --test sim` runs a bounded number of seeds; `ETCH_SIM_SEED=<n>`
 //! replays one exactly, printing its trace; `cargo run --release -p etch-tests --bin etch-sim
@@ -37,6 +39,7 @@
 //! them.
 
 pub mod check;
+mod leases;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -73,6 +76,8 @@ pub struct Bugs {
     pub read_before_apply: bool,
     /// Let a watcher's first response after a resume repeat the revision it already had.
     pub watch_resume_repeats: bool,
+    /// Run every lessor's expiry clock this many ms ahead (a leader whose clock jumps).
+    pub lessor_clock_ahead_ms: u64,
 }
 
 /// One simulation's shape.
@@ -84,6 +89,8 @@ pub struct Config {
     pub clients: usize,
     /// Watch clients (each on one member at a time, resuming elsewhere when it crashes).
     pub watchers: usize,
+    /// Lease clients (each grants a lease and keeps it alive through the leader).
+    pub lease_clients: usize,
     /// Simulated time with faults, ms.
     pub duration_ms: u64,
     /// Longest network delay, ms.
@@ -111,6 +118,7 @@ impl Default for Config {
             members: 3,
             clients: 4,
             watchers: 3,
+            lease_clients: 2,
             duration_ms: 20_000,
             max_delay_ms: 20,
             drop: 0.02,
@@ -143,6 +151,10 @@ pub struct Stats {
     pub early_reads: usize,
     /// Watch events received, all watchers.
     pub watch_events: usize,
+    /// Lease keep-alives the leader's lessor answered.
+    pub lease_keepalives: usize,
+    /// Expired leases the leaders revoked.
+    pub lease_revokes: usize,
     /// Events in the trace.
     pub events: usize,
     /// A digest of the whole trace: equal for two runs of one seed.
@@ -234,6 +246,8 @@ enum Event {
     Response(usize, u64, Result<Ret, String>),
     Fault,
     WatchDrain(usize),
+    LeaseNext(usize),
+    LeaseTick(u64, u64),
     WatchResume(usize),
     Restart(u64),
     Heal,
@@ -285,6 +299,8 @@ struct Member {
     to_apply: std::collections::VecDeque<Vec<Entry>>,
     /// Watch fanout of this incarnation (streams die with the member).
     hub: Option<WatchHub<SimSink>>,
+    /// The lessor of this incarnation.
+    lessor: Option<etch_node::core::lease::Lessor>,
     store_dir: std::path::PathBuf,
 }
 
@@ -342,6 +358,13 @@ struct Sim {
     clients: Vec<Client>,
     watchers: Vec<Watcher>,
     next_stream: u64,
+    lease_clients: Vec<leases::LeaseClient>,
+    /// Per lease: when a leader last granted or refreshed it (ms) and its TTL (s).
+    lease_refreshed: BTreeMap<i64, (u64, i64)>,
+    /// Revokes proposed by lessors, by request id.
+    revoke_decisions: BTreeMap<u64, leases::RevokeDecision>,
+    /// The first committed revoke that came too early.
+    lease_violation: Option<String>,
     history: History,
     next_request: u64,
     next_value: u64,
@@ -379,6 +402,7 @@ impl Sim {
                     reads: Vec::new(),
                     to_apply: std::collections::VecDeque::new(),
                     hub: None,
+                    lessor: None,
                     store_dir: dir.join(format!("m{id}")),
                 },
             );
@@ -402,6 +426,10 @@ impl Sim {
             clients,
             watchers: Vec::new(),
             next_stream: 1,
+            lease_clients: Vec::new(),
+            lease_refreshed: BTreeMap::new(),
+            revoke_decisions: BTreeMap::new(),
+            lease_violation: None,
             next_request: 1,
             next_value: 1,
             isolated: BTreeSet::new(),
@@ -450,6 +478,7 @@ impl Sim {
             let d = self.rng.random_range(0..2_000);
             self.at(d, Event::WatchResume(w));
         }
+        self.lease_start();
         if self.cfg.fault_every_ms > 0 {
             let d = self.rng.random_range(0..self.cfg.fault_every_ms * 2);
             self.at(d, Event::Fault);
@@ -573,6 +602,8 @@ impl Sim {
             Event::Fault => self.fault(),
             Event::WatchDrain(w) => self.watch_drain(w)?,
             Event::WatchResume(w) => self.watch_resume(w),
+            Event::LeaseNext(l) => self.lease_next(l)?,
+            Event::LeaseTick(id, inc) => self.lease_tick(id, inc)?,
             Event::Restart(id) => {
                 if self.faults_on && !self.members[&id].up {
                     self.start(id);
@@ -636,6 +667,7 @@ impl Sim {
             store.current_revision(),
             WatchLimits::default(),
         ));
+        m.lessor = Some(Sim::lessor_for(&store));
         m.apply = Some(ApplyCore::new(store));
         m.up = true;
         m.incarnation += 1;
@@ -647,6 +679,8 @@ impl Sim {
         ));
         let phase = self.rng.random_range(1..=tick_ms);
         self.at(phase, Event::Tick(id, inc));
+        let phase = self.rng.random_range(1..=100);
+        self.at(phase, Event::LeaseTick(id, inc));
     }
 
     /// Stops member `id` as a power loss would: un-fsynced writes are lost, except a torn
@@ -661,6 +695,7 @@ impl Sim {
         m.core = None;
         m.apply = None;
         m.hub = None;
+        m.lessor = None;
         m.waiters.clear();
         m.reads.clear();
         m.to_apply.clear();
@@ -873,11 +908,17 @@ impl Sim {
         let apply = m.apply.clone().expect("apply");
         let before = apply.store().applied_index().index;
         let mut last = before;
+        let mut lease_changes = Vec::new();
         for e in entries {
             last = e.index;
             let out = apply
                 .apply(e)
                 .map_err(|err| format!("m{id} apply {}: {err}", e.index))?;
+            if let Some(a) = &out
+                && let Some(change) = &a.lease
+            {
+                lease_changes.push((change.clone(), a.request_id));
+            }
             if let Some(a) = out
                 && let Some((c, op)) = m.waiters.remove(&a.request_id)
             {
@@ -889,6 +930,10 @@ impl Sim {
             }
         }
         m.core.as_mut().expect("core").on_applied(last);
+        for (change, req) in lease_changes {
+            self.lease_applied(id, change, req);
+        }
+        let m = self.members.get_mut(&id).expect("member");
         let store = apply.store();
         if let Some(hub) = m.hub.as_mut() {
             hub.advance(store, store.current_revision())
@@ -1199,6 +1244,9 @@ impl Sim {
     }
 
     fn check_end(&mut self) -> Result<Stats, String> {
+        if let Some(v) = &self.lease_violation {
+            return Err(v.clone());
+        }
         self.history.check()?;
         self.check_watches()?;
         use std::hash::{Hash, Hasher};
