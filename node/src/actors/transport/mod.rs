@@ -519,13 +519,50 @@ async fn read_stream(
             Ok(m) => m,
             Err(e) => return reject(format!("raft message does not decode: {e}")),
         };
-        if msg.to != member_id || msg.from != hello.member_id {
-            return reject(format!(
-                "message from {:x} to {:x} on the stream of {:x}",
-                msg.from, msg.to, hello.member_id
-            ));
+        if let Err(why) = check_sender(&msg, hello.member_id, member_id) {
+            return reject(why);
         }
         // Raft tolerates loss: if consensus is saturated, drop rather than block the stream.
         let _ = consensus.try_send(Step(msg));
+    }
+}
+
+/// Whether `msg`, read on the stream peer `stream_of` opened to this member `me`, may be
+/// stepped: it must be addressed to this member and come from that peer, except a
+/// `MsgTransferLeader`, which a follower forwards to its leader with the transferee as sender
+/// (raft-rs `RawNode::transfer_leader` sets `from`, and `send` keeps a sender already set).
+///
+/// # Errors
+/// Why the message does not belong on this stream.
+fn check_sender(msg: &Message, stream_of: u64, me: u64) -> Result<(), String> {
+    let forwarded = msg.get_msg_type() == MessageType::MsgTransferLeader;
+    if msg.to != me || (msg.from != stream_of && !forwarded) {
+        return Err(format!(
+            "message from {:x} to {:x} on the stream of {:x}",
+            msg.from, msg.to, stream_of
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_leader_transfer_keeps_its_sender() {
+        let msg = |t: MessageType, from: u64, to: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(t);
+            m.from = from;
+            m.to = to;
+            m
+        };
+        // Member 3 forwards member 1's transfer request to the leader 2.
+        assert!(check_sender(&msg(MessageType::MsgTransferLeader, 1, 2), 3, 2).is_ok());
+        // Anything else must come from the stream's own member, to this member.
+        assert!(check_sender(&msg(MessageType::MsgAppend, 1, 2), 3, 2).is_err());
+        assert!(check_sender(&msg(MessageType::MsgAppend, 3, 2), 3, 2).is_ok());
+        assert!(check_sender(&msg(MessageType::MsgTransferLeader, 1, 4), 3, 2).is_err());
     }
 }
