@@ -115,3 +115,21 @@ fn a_lessor_whose_clock_runs_ahead_is_caught() {
         ..Bugs::default()
     });
 }
+
+/// Five members: minorities of two can be cut off or crash.
+#[test]
+fn five_member_seeds_pass_every_check() {
+    let cfg = Config {
+        members: 5,
+        ..Config::default()
+    };
+    let n: u64 = std::env::var("ETCH_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    for seed in 1..=n {
+        if let Err(f) = sim::run(seed, &cfg) {
+            panic!("{f}");
+        }
+    }
+}
