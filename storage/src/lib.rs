@@ -8,6 +8,7 @@
 //! Nothing here spawns threads of its own or needs an async runtime; the node wraps these types
 //! in actors.
 
+pub mod auth;
 pub mod error;
 pub mod mvcc;
 pub mod raftlog;

@@ -29,7 +29,7 @@
 //! [`MvccStore::defragment`] rewrites the data files so space freed by compaction is returned.
 
 mod alarm;
-pub mod auth;
+pub use crate::auth;
 mod compaction;
 mod hash;
 pub mod keys;

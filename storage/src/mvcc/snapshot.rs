@@ -257,7 +257,7 @@ impl MvccStore {
         let (compacted, purged) = super::compaction::points(&new)?;
         let applied = new.applied()?;
         let keys = new.key_count()?;
-        let auth = super::auth::AuthState::load(&new.auth)?;
+        let auth = crate::auth::AuthState::load(&new.auth)?;
         let alarms = super::alarm::load(&new.meta)?;
         let new = Arc::new(new);
         let old = {

@@ -38,7 +38,7 @@ pub(super) struct WriteTxn<'a> {
     events: Vec<Event>,
     compact_to: Option<i64>,
     /// The auth state this entry makes current (auth changes only).
-    auth_next: Option<super::auth::AuthState>,
+    auth_next: Option<crate::auth::AuthState>,
     /// The alarms this entry makes current (alarm changes only).
     alarms_next: Option<super::alarm::AlarmSet>,
 }
@@ -181,16 +181,16 @@ impl<'a> WriteTxn<'a> {
         })
     }
 
-    /// Applies an auth change (see [`super::auth::apply`]), writing the changed records.
+    /// Applies an auth change (see [`crate::auth::apply`]), writing the changed records.
     pub(super) fn auth(
         &mut self,
         req: &etch_protocol::etchpb::internal_request::Request,
         who: Option<&etch_protocol::etchpb::AuthInfo>,
         index: u64,
     ) -> FResult<WriteResponse> {
-        use super::auth::{ENABLED_KEY, REVISION_KEY};
+        use crate::auth::{ENABLED_KEY, REVISION_KEY};
         let cur = self.store.auth();
-        let (change, token) = super::auth::apply(&cur, who, req, index)?;
+        let (change, token) = crate::auth::apply(&cur, who, req, index)?;
         if let Some(c) = change {
             for (k, v) in c.records {
                 match v {

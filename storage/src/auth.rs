@@ -1,7 +1,9 @@
-//! Auth state: users, roles, key permissions, the enabled flag and the auth revision, with
+//! The auth state machine, a room of its own in storage (the MVCC store keeps and applies it;
+//! it needs nothing of the key-value data): users, roles, key permissions, the enabled flag and
+//! the auth revision, with
 //! etcd v3.5's rules (`server/auth/store.go`). Kept in the `auth` keyspace, changed only by
 //! applying raft entries (so every member holds the same state at the same index), read by
-//! the API layer through [`MvccStore::auth`](super::MvccStore::auth) as an immutable
+//! the API layer through [`MvccStore::auth`](crate::mvcc::MvccStore::auth) as an immutable
 //! [`AuthState`] snapshot.
 //!
 //! Layout of the `auth` keyspace: `enabled` -> 1 byte (0/1); `revision` -> u64 BE;
@@ -24,9 +26,9 @@ use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etchpb::AuthInfo;
 use etch_protocol::etchpb::internal_request::Request;
 
-use super::RequestError;
-use super::keys::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
+use crate::mvcc::MAX_KEY_BYTES;
+use crate::mvcc::RequestError;
 
 /// The role (and the user) with every permission (etcd `rootRole`, `rootUser`).
 pub const ROOT: &str = "root";
