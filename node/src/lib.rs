@@ -17,6 +17,7 @@ pub mod service;
 pub mod state;
 pub mod tls;
 
+use etch_protocol::ids::MemberId;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +104,7 @@ pub async fn run(
     let (member_id, cluster_id) = match store.identity()? {
         Some((m, c)) => {
             if (m, c) != (config.member_id, config.cluster_id) {
-                tracing::warn!(member_id = %format!("{m:x}"), "data dir has an identity: bootstrap flags ignored");
+                tracing::warn!(member_id = %MemberId(m), "data dir has an identity: bootstrap flags ignored");
             }
             (m, c)
         }
@@ -129,8 +130,8 @@ pub async fn run(
     let log = RaftLog::from_recovered(&recovered, cs);
     let applied = store.applied_index().index;
     tracing::info!(
-        member_id = %format!("{member_id:x}"),
-        cluster_id = %format!("{cluster_id:x}"),
+        member_id = %MemberId(member_id),
+        cluster_id = %MemberId(cluster_id),
         data_dir = %config.data_dir.display(),
         applied_index = applied,
         last_index = log.last_index(),
@@ -385,7 +386,7 @@ pub async fn run(
     if result.is_ok()
         && let Ok(Some(target)) = consensus.send(consensus::TransferLeadership(None)).await
     {
-        tracing::info!(to = %format!("{target:x}"), "transferring leadership before stopping");
+        tracing::info!(to = %MemberId(target), "transferring leadership before stopping");
         let mut leader = state.leader_changes();
         let handed_over = leader.wait_for(|l| *l != member_id);
         let _ = tokio::time::timeout(config.election_timeout * 2, handed_over).await;
@@ -428,7 +429,7 @@ fn announce_ready(state: Arc<NodeState>, mut applied: chan::Receiver<u64>) {
             config::CLUSTER_VERSION
         );
         tracing::info!(
-            member_id = %format!("{:x}", state.member_id),
+            member_id = %state.member_id,
             "published local member to cluster through raft"
         );
         tracing::info!("ready to serve client requests");

@@ -1,6 +1,7 @@
 //! Bridges raft-rs's `slog` output into `tracing`, so the whole node logs through one
 //! subscriber (raft's messages appear under the `raft` target).
 
+use etch_protocol::ids::MemberId;
 use slog::{Drain, KV, Level, OwnedKVList, Record};
 
 struct TracingDrain;
@@ -39,6 +40,6 @@ impl Drain for TracingDrain {
 pub(crate) fn raft_logger(member_id: u64) -> slog::Logger {
     slog::Logger::root(
         TracingDrain.fuse(),
-        slog::o!("member" => format!("{member_id:x}")),
+        slog::o!("member" => MemberId(member_id).to_string()),
     )
 }

@@ -328,7 +328,8 @@ impl Metrics {
         gauge!(PROPOSALS_APPLIED).set(applied as f64);
         gauge!(APPLY_LAG).set(commit.saturating_sub(applied) as f64);
         gauge!(QUOTA_BACKEND_BYTES).set(s.quota_backend_bytes as f64);
-        gauge!(SERVER_ID, "server_id" => format!("{:x}", s.member_id)).set(1.0);
+        gauge!(SERVER_ID, "server_id" => etch_protocol::ids::MemberId(s.member_id).to_string())
+            .set(1.0);
         gauge!(SERVER_VERSION, "server_version" => crate::config::ETCD_API_VERSION).set(1.0);
         gauge!(DB_SIZE).set(s.db_size_bytes as f64);
         gauge!(DB_SIZE_IN_USE).set(s.db_size_in_use_bytes as f64);

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use etch_protocol::ids::{ClusterId, MemberId};
 use raft::INVALID_ID;
 use tokio::sync::watch;
 
@@ -15,9 +16,9 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct NodeState {
     /// This member's ID.
-    pub member_id: u64,
+    pub member_id: MemberId,
     /// The cluster's ID.
-    pub cluster_id: u64,
+    pub cluster_id: ClusterId,
     pub(crate) term: AtomicU64,
     pub(crate) leader: AtomicU64,
     pub(crate) commit_index: AtomicU64,
@@ -33,8 +34,8 @@ impl NodeState {
     /// State for a member that has not started raft yet.
     pub fn new(member_id: u64, cluster_id: u64) -> NodeState {
         NodeState {
-            member_id,
-            cluster_id,
+            member_id: MemberId(member_id),
+            cluster_id: ClusterId(cluster_id),
             term: AtomicU64::new(0),
             leader: AtomicU64::new(INVALID_ID),
             commit_index: AtomicU64::new(0),
@@ -48,9 +49,13 @@ impl NodeState {
     pub fn term(&self) -> u64 {
         self.term.load(Ordering::Relaxed)
     }
-    /// Current leader's member ID; 0 when there is none.
-    pub fn leader(&self) -> u64 {
-        self.leader.load(Ordering::Relaxed)
+    /// Current leader's member ID; `MemberId(0)` when there is none.
+    pub fn leader(&self) -> MemberId {
+        MemberId(self.leader.load(Ordering::Relaxed))
+    }
+    /// Whether this member leads now.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.member_id
     }
     /// Raft commit index.
     pub fn commit_index(&self) -> u64 {

@@ -12,6 +12,7 @@
 //! The protocol is specified in `protocol/README.md`.
 
 pub mod frame;
+pub mod ids;
 
 /// etcd's `mvccpb` package: `KeyValue` and `Event`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

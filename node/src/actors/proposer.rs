@@ -54,7 +54,7 @@ impl Proposer {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let first = ((state.member_id & 0xFFFF) << 48) | ((millis & 0xFF_FFFF_FFFF) << 8);
+        let first = ((state.member_id.0 & 0xFFFF) << 48) | ((millis & 0xFF_FFFF_FFFF) << 8);
         Proposer {
             consensus,
             waiters,

@@ -31,8 +31,8 @@ impl StreamSink {
 impl Sink for StreamSink {
     fn try_send(&self, mut r: WatchResponse) -> bool {
         if let Some(h) = &mut r.header {
-            h.cluster_id = self.state.cluster_id;
-            h.member_id = self.state.member_id;
+            h.cluster_id = self.state.cluster_id.0;
+            h.member_id = self.state.member_id.0;
             h.raft_term = self.state.term();
         }
         self.tx.try_send(r).is_ok()

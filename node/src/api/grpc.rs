@@ -112,7 +112,7 @@ impl Grpc {
             return Ok(stream);
         }
         let state = self.svc.state_arc();
-        if state.leader() == 0 {
+        if state.leader().0 == 0 {
             return Err(status(ApiError::NoLeader));
         }
         let interval = self.election_timeout;
@@ -122,7 +122,7 @@ impl Grpc {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                misses = if state.leader() == 0 { misses + 1 } else { 0 };
+                misses = if state.leader().0 == 0 { misses + 1 } else { 0 };
                 if misses >= NO_LEADER_CHECKS {
                     return;
                 }

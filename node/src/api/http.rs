@@ -378,7 +378,7 @@ async fn health_reason(grpc: &Grpc, uri: &axum::http::Uri) -> Option<String> {
     if let Some(reason) = svc.alarm_health(&excluded) {
         return Some(reason);
     }
-    if svc.state().leader() == 0 {
+    if svc.state().leader().0 == 0 {
         return Some("RAFT NO LEADER".to_owned());
     }
     let probe = RangeRequest {

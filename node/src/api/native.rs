@@ -187,8 +187,8 @@ async fn connection<S>(
                     id: 0,
                     body: Some(Body::HelloResponse(HelloResponse {
                         protocol_version: PROTOCOL_VERSION,
-                        cluster_id: st.cluster_id,
-                        member_id: st.member_id,
+                        cluster_id: st.cluster_id.0,
+                        member_id: st.member_id.0,
                         server_version: env!("CARGO_PKG_VERSION").to_owned(),
                     })),
                 },

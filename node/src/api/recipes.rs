@@ -492,7 +492,7 @@ fn with_slash(name: &[u8]) -> Bytes {
 
 fn member_key(pfx: &[u8], lease: i64) -> Bytes {
     let mut k = pfx.to_vec();
-    k.extend_from_slice(format!("{lease:x}").as_bytes());
+    k.extend_from_slice(etch_protocol::ids::LeaseId(lease).to_string().as_bytes());
     Bytes::from(k)
 }
 

@@ -26,6 +26,7 @@ use etch_protocol::etchpb::{AuthInfo, peer_answer, peer_request};
 
 use crate::actors::transport::{Ask, TransportActor};
 use crate::service::Service;
+use etch_protocol::ids::MemberId;
 
 /// A member's hash as HashKV answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub type PeerHash = (u64, Result<Hash, String>);
 pub fn initial_mismatches(local: &Hash, peers: &[PeerHash]) -> Vec<u64> {
     let mut bad = Vec::new();
     for (id, answer) in peers {
-        let peer = format!("{id:x}");
+        let peer = MemberId(*id).to_string();
         match answer {
             Ok(p) if p.hash == local.hash => {}
             Ok(p) if p.compact_revision == local.compact_revision => {
@@ -98,7 +99,7 @@ pub fn periodic_mismatch(before: &Hash, after: &Hash, peers: &[PeerHash]) -> Opt
     }
     for (id, answer) in peers {
         let Ok(p) = answer else { continue };
-        let peer = format!("{id:x}");
+        let peer = MemberId(*id).to_string();
         if p.revision > after.revision {
             tracing::warn!(
                 remote_peer_id = %peer,
@@ -136,7 +137,7 @@ pub fn periodic_mismatch(before: &Hash, after: &Hash, peers: &[PeerHash]) -> Opt
 async fn local_hash(svc: &Service) -> Result<Hash, String> {
     let r = svc.peer_hash_kv(0).await.map_err(|e| e.to_string())?;
     Ok(Hash {
-        member: svc.state().member_id,
+        member: svc.state().member_id.0,
         hash: r.hash,
         hash_revision: r.hash_revision,
         revision: r.header.map_or(r.hash_revision, |h| h.revision),
@@ -191,13 +192,13 @@ pub async fn initial_check(
     timeout: Duration,
 ) -> Result<(), String> {
     let me = svc.state().member_id;
-    tracing::info!(local_member_id = %format!("{me:x}"), ?timeout, "starting initial corruption check");
+    tracing::info!(local_member_id = %me, ?timeout, "starting initial corruption check");
     let local = local_hash(svc).await?;
     let answers = peer_hashes(transport, peers, local.hash_revision, timeout).await;
     if !initial_mismatches(&local, &answers).is_empty() {
-        return Err(format!("{me:x} found data inconsistency with peers"));
+        return Err(format!("{me} found data inconsistency with peers"));
     }
-    tracing::info!(local_member_id = %format!("{me:x}"), "initial corruption checking passed; no corruption");
+    tracing::info!(local_member_id = %me, "initial corruption checking passed; no corruption");
     Ok(())
 }
 
@@ -212,7 +213,7 @@ pub fn spawn_periodic(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let me = svc.state().member_id;
-        tracing::info!(local_member_id = %format!("{me:x}"), ?interval, "enabled corruption checking");
+        tracing::info!(local_member_id = %me, ?interval, "enabled corruption checking");
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -241,7 +242,7 @@ pub fn spawn_periodic(
             };
             match svc.alarm(&AuthInfo::default(), req).await {
                 Ok(_) => tracing::error!(
-                    member_id = %format!("{member:x}"),
+                    member_id = %MemberId(member),
                     "raised the CORRUPT alarm: member data differs from the leader's"
                 ),
                 Err(e) => tracing::warn!(error = %e, "cannot raise the CORRUPT alarm"),

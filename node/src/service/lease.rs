@@ -158,12 +158,12 @@ impl Service {
             return Err(ApiError::NotLeader);
         };
         let leader = loop {
-            match self.state.leader() {
+            match self.state.leader().0 {
                 0 if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 0 => return Err(ApiError::NoLeader),
-                l if l == self.state.member_id => return Err(ApiError::NotLeader),
+                l if l == self.state.member_id.0 => return Err(ApiError::NotLeader),
                 l => break l,
             }
         };
@@ -179,7 +179,7 @@ impl Service {
                     Err(_) => return Err(ApiError::Stopped),
                 },
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                    if self.state.leader() != leader {
+                    if self.state.leader().0 != leader {
                         return Err(ApiError::NotLeader);
                     }
                     if tokio::time::Instant::now() >= deadline {

@@ -75,7 +75,7 @@ impl Service {
             .store
             .alarms(AlarmType::Nospace)
             .iter()
-            .any(|m| m.member_id == me);
+            .any(|m| m.member_id == me.0);
         if !raised {
             tracing::warn!(
                 size,
@@ -85,7 +85,7 @@ impl Service {
             );
             let req = AlarmRequest {
                 action: AlarmAction::Activate as i32,
-                member_id: me,
+                member_id: me.0,
                 alarm: AlarmType::Nospace as i32,
             };
             if let Err(e) = self.propose(None, Request::Alarm(req)).await {
@@ -202,7 +202,7 @@ impl Service {
         if self.state.leader() != self.state.member_id {
             return Err(ApiError::NotLeader);
         }
-        if target == self.state.member_id {
+        if target == self.state.member_id.0 {
             return Ok(MoveLeaderResponse { header: None });
         }
         let started = self
@@ -241,7 +241,7 @@ impl Service {
             header: self.header(None),
             version: ETCD_API_VERSION.to_owned(),
             db_size: self.store.db_size_bytes() as i64,
-            leader: self.state.leader(),
+            leader: self.state.leader().0,
             raft_index: self.state.last_index(),
             raft_term: self.state.term(),
             raft_applied_index: self.store.applied_index().index,

@@ -146,8 +146,8 @@ impl Service {
     pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
         let state = self.state();
         crate::metrics::Snapshot {
-            member_id: state.member_id,
-            leader: state.leader(),
+            member_id: state.member_id.0,
+            leader: state.leader().0,
             commit_index: state.commit_index(),
             applied_index: self.store.applied_index().index,
             quota_backend_bytes: self.quota_backend_bytes(),
@@ -245,8 +245,8 @@ impl Service {
 
     pub(crate) fn header(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {
         Some(ResponseHeader {
-            cluster_id: self.state.cluster_id,
-            member_id: self.state.member_id,
+            cluster_id: self.state.cluster_id.0,
+            member_id: self.state.member_id.0,
             revision: h.map_or_else(|| self.store.current_revision(), |h| h.revision),
             raft_term: self.state.term(),
         })

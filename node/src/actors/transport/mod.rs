@@ -12,6 +12,7 @@
 //! be reached, messages are dropped (raft retransmits) and the peer is reported unreachable to
 //! raft-rs, which then probes it gently. Connections are re-established with backoff.
 
+use etch_protocol::ids::MemberId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +104,7 @@ impl TransportActor {
         consensus: Addr<ConsensusActor>,
         stop: watch::Receiver<bool>,
     ) -> Addr<TransportActor> {
-        let (member_id, cluster_id) = (state.member_id, state.cluster_id);
+        let (member_id, cluster_id) = (state.member_id.0, state.cluster_id.0);
         let hello = frame::encode_payload_of(&PeerFrame {
             body: Some(Body::Hello(PeerHello {
                 cluster_id,
@@ -196,7 +197,7 @@ impl Handler<SendMessages> for TransportActor {
         for msg in m.0 {
             let to = msg.to;
             let Some(q) = self.queues.get(&to) else {
-                tracing::debug!(to = %format!("{to:x}"), "message for an unknown member dropped");
+                tracing::debug!(to = %MemberId(to), "message for an unknown member dropped");
                 continue;
             };
             if msg.get_msg_type() == MessageType::MsgSnapshot {
@@ -249,7 +250,7 @@ async fn send_loop(
                 .await
                 .map_err(|e| match tls::remote_tls_error(&e) {
                     Some(text) => {
-                        tracing::warn!(to = %format!("{id:x}"), %addr, "{text}");
+                        tracing::warn!(to = %MemberId(id), %addr, "{text}");
                         text
                     }
                     None => e.to_string(),
@@ -266,7 +267,7 @@ async fn send_loop(
         let (conn, mut w) = match connected {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(peer = %format!("{id:x}"), %addr, error = %e, "peer unreachable");
+                tracing::debug!(peer = %MemberId(id), %addr, error = %e, "peer unreachable");
                 consensus.do_send(Unreachable(id));
                 // Messages queued for an unreachable peer are stale by the time it returns.
                 while rx.try_recv().is_ok() {}
@@ -278,13 +279,13 @@ async fn send_loop(
                 continue;
             }
         };
-        tracing::info!(peer = %format!("{id:x}"), %addr, "connected to peer");
+        tracing::info!(peer = %MemberId(id), %addr, "connected to peer");
         let connected_at = tokio::time::Instant::now();
         peer_hello.mark_unchanged();
         // Kept for a connection the peer then refuses (see below).
         let refused_backoff = backoff;
         backoff = Duration::from_millis(50);
-        let to = format!("{id:x}");
+        let to = MemberId(id).to_string();
         let sent = metrics::counter!(crate::metrics::PEER_SENT_BYTES, "To" => to.clone());
         // Registered (at 0) as soon as the peer is known, so rate() has data before a failure.
         metrics::counter!(crate::metrics::PEER_SENT_FAILURES, "To" => to.clone()).increment(0);
@@ -298,7 +299,7 @@ async fn send_loop(
                 Ok(()) = peer_hello.changed() => {
                     let at = *peer_hello.borrow_and_update();
                     if at.is_some_and(|t| t > connected_at + REDIAL_AFTER_PEER_HELLO) {
-                        tracing::info!(peer = %format!("{id:x}"), "peer reconnected to us: replacing the connection to it");
+                        tracing::info!(peer = %MemberId(id), "peer reconnected to us: replacing the connection to it");
                         conn.close(0u32.into(), b"peer restarted");
                         break;
                     }
@@ -326,7 +327,7 @@ async fn send_loop(
                     // its certificate, so a refusal arrives as the connection's close. It is a
                     // failed connect: back off as for one, instead of redialing at once.
                     Some(text) => {
-                        tracing::warn!(to = %format!("{id:x}"), %addr, "{text}");
+                        tracing::warn!(to = %MemberId(id), %addr, "{text}");
                         while rx.try_recv().is_ok() {}
                         tokio::select! {
                             _ = stopped(&mut stop) => return,
@@ -334,7 +335,7 @@ async fn send_loop(
                         }
                         backoff = (refused_backoff * 2).min(MAX_BACKOFF);
                     }
-                    None => tracing::info!(peer = %format!("{id:x}"), "lost the stream to peer"),
+                    None => tracing::info!(peer = %MemberId(id), "lost the stream to peer"),
                 }
                 break;
             }
@@ -470,7 +471,7 @@ async fn read_stream(
     transport.do_send(PeerClientUrls(hello.member_id, hello.client_urls));
     let received = metrics::counter!(
         crate::metrics::PEER_RECEIVED_BYTES,
-        "From" => format!("{:x}", hello.member_id)
+        "From" => MemberId(hello.member_id).to_string()
     );
     while let Some(next) = r.next().await {
         let b = match next {
@@ -507,7 +508,7 @@ async fn read_stream(
                     _ => return reject("bad snapshot message".into()),
                 };
                 let index = msg.get_snapshot().get_metadata().index;
-                tracing::info!(from = %format!("{:x}", hello.member_id), index, "receiving a snapshot");
+                tracing::info!(from = %MemberId(hello.member_id), index, "receiving a snapshot");
                 if let Err(e) = receive_snapshot(&mut r, msg, store.clone(), &consensus).await {
                     tracing::warn!(error = %e, "snapshot receive failed");
                 }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::actors::consensus::{InstallSnapshot, SnapshotSent};
+use etch_protocol::ids::MemberId;
 
 /// Streams a snapshot to one peer on a connection and stream of its own: the MsgSnapshot,
 /// then the store exported from a consistent fjall snapshot (on a blocking thread), then the
@@ -68,9 +69,9 @@ pub(super) async fn send_snapshot(
     }
     .await;
     match &result {
-        Ok(bytes) => tracing::info!(to = %format!("{to:x}"), index, bytes, "snapshot sent"),
+        Ok(bytes) => tracing::info!(to = %MemberId(to), index, bytes, "snapshot sent"),
         Err(e) => {
-            tracing::warn!(to = %format!("{to:x}"), index, error = %e, "snapshot send failed")
+            tracing::warn!(to = %MemberId(to), index, error = %e, "snapshot send failed")
         }
     }
     consensus.do_send(SnapshotSent {
