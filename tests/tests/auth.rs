@@ -6,7 +6,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use etch_tests::{Cluster, Node, bin, http, http_with, make_pki};
+use etch_tests::{Cluster, Node, bin, http, http_with, make_pki, wait_for};
 
 /// One CLI, etcdctl or etchctl, aimed at one member.
 struct Cli {
@@ -270,9 +270,16 @@ fn tokens_are_cluster_wide_and_auth_changes_apply_to_existing_identities() {
             r#"{"key":"L2IveA==","value":"MQ=="}"#,
         )
     };
-    // Issued by m0, used on m2.
-    let r = put(2, &token);
-    assert_eq!(r.status, 200, "{}", r.body);
+    // Issued by m0, used on m2: every member learns a simple token when it applies the
+    // Authenticate (as in etcd), so m2 may need a moment to catch up.
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "m2 to accept m0's token",
+        || {
+            let r = put(2, &token);
+            (r.status == 200).then_some(())
+        },
+    );
     // An unknown token.
     let r = put(1, "forged.123");
     assert_eq!(r.status, 401, "{}", r.body);
@@ -668,7 +675,7 @@ fn jwt_tokens_are_verified_by_every_member() {
     );
     // An auth change: the token names an older auth revision now.
     admin.ok(ROOT, &["role", "add", "later"]);
-    etch_tests::wait_for(
+    wait_for(
         std::time::Duration::from_secs(10),
         "m1 to apply the change",
         || {
