@@ -40,6 +40,8 @@ fn seeds_pass_every_check() {
                 total.watch_events += s.watch_events;
                 total.lease_keepalives += s.lease_keepalives;
                 total.lease_revokes += s.lease_revokes;
+                total.compactions += s.compactions;
+                total.watch_compacted += s.watch_compacted;
             }
             Err(f) => panic!("{f}"),
         }

@@ -31,7 +31,11 @@
 //! its keys from its start revision, in order, once, across resumes; no lease revoke that
 //! commits was decided before the lease's TTL had passed since a leader granted or refreshed it
 //! (each member runs the node's `Lessor` core; lease clients keep leases alive through the
-//! leader, [`leases`]). Compaction and raft snapshots are not simulated yet.
+//! leader, [`leases`]). A client compacts a few revisions behind now and then: apply records
+//! the point, each member deletes the history in the background at its own pace, so stores
+//! are compared by the hash of the history compaction keeps, and a watcher whose start was
+//! compacted is canceled with `compact_revision` and resumes there (the revisions in between are
+//! a gap it was told about). Raft snapshots (log release) are not simulated yet.
 //!
 //! `cargo test -p etch-tests --test sim` runs a bounded number of seeds; `ETCH_SIM_SEED=<n>`
 //! replays one exactly, printing its trace; `cargo run --release -p etch-tests --bin etch-sim
@@ -91,6 +95,9 @@ pub struct Config {
     pub watchers: usize,
     /// Lease clients (each grants a lease and keeps it alive through the leader).
     pub lease_clients: usize,
+    /// Mean time between compactions (a client compacting a few revisions behind), ms; 0 for
+    /// none.
+    pub compact_every_ms: u64,
     /// Simulated time with faults, ms.
     pub duration_ms: u64,
     /// Longest network delay, ms.
@@ -119,6 +126,7 @@ impl Default for Config {
             clients: 4,
             watchers: 3,
             lease_clients: 2,
+            compact_every_ms: 1_500,
             duration_ms: 20_000,
             max_delay_ms: 20,
             drop: 0.02,
@@ -155,6 +163,10 @@ pub struct Stats {
     pub lease_keepalives: usize,
     /// Expired leases the leaders revoked.
     pub lease_revokes: usize,
+    /// Compactions applied (on the first member to apply each).
+    pub compactions: usize,
+    /// Watches canceled because their start fell below the compaction point.
+    pub watch_compacted: usize,
     /// Events in the trace.
     pub events: usize,
     /// A digest of the whole trace: equal for two runs of one seed.
@@ -247,6 +259,7 @@ enum Event {
     Fault,
     WatchDrain(usize),
     LeaseNext(usize),
+    Compact,
     LeaseTick(u64, u64),
     WatchResume(usize),
     Restart(u64),
@@ -344,6 +357,8 @@ struct Watcher {
     got: Vec<(i64, String, Vec<u8>)>,
     /// Whether its first response was seen (the `created` one) on this attachment.
     resumed: bool,
+    /// Revision ranges `[from, to)` it was told were compacted away before it got them.
+    gaps: Vec<(i64, i64)>,
 }
 
 struct Sim {
@@ -365,6 +380,11 @@ struct Sim {
     revoke_decisions: BTreeMap<u64, leases::RevokeDecision>,
     /// The first committed revoke that came too early.
     lease_violation: Option<String>,
+    /// Every event, by revision, as the first member to apply it stored it: the history
+    /// watchers are checked against (compaction later deletes it from the stores).
+    history_events: BTreeMap<i64, (String, Vec<u8>)>,
+    /// Highest compaction point applied anywhere.
+    compacted: i64,
     history: History,
     next_request: u64,
     next_value: u64,
@@ -430,6 +450,8 @@ impl Sim {
             lease_refreshed: BTreeMap::new(),
             revoke_decisions: BTreeMap::new(),
             lease_violation: None,
+            history_events: BTreeMap::new(),
+            compacted: 0,
             next_request: 1,
             next_value: 1,
             isolated: BTreeSet::new(),
@@ -474,11 +496,16 @@ impl Sim {
                 inbox: Rc::new(RefCell::new(VecDeque::new())),
                 got: Vec::new(),
                 resumed: false,
+                gaps: Vec::new(),
             });
             let d = self.rng.random_range(0..2_000);
             self.at(d, Event::WatchResume(w));
         }
         self.lease_start();
+        if self.cfg.compact_every_ms > 0 {
+            let d = self.rng.random_range(0..self.cfg.compact_every_ms * 2);
+            self.at(d, Event::Compact);
+        }
         if self.cfg.fault_every_ms > 0 {
             let d = self.rng.random_range(0..self.cfg.fault_every_ms * 2);
             self.at(d, Event::Fault);
@@ -603,6 +630,7 @@ impl Sim {
             Event::WatchDrain(w) => self.watch_drain(w)?,
             Event::WatchResume(w) => self.watch_resume(w),
             Event::LeaseNext(l) => self.lease_next(l)?,
+            Event::Compact => self.compact()?,
             Event::LeaseTick(id, inc) => self.lease_tick(id, inc)?,
             Event::Restart(id) => {
                 if self.faults_on && !self.members[&id].up {
@@ -942,7 +970,36 @@ impl Sim {
         }
         let now = store.applied_index().index;
         if now > before {
-            let hash = store.hash_all().map_err(|e| format!("m{id} hash: {e}"))?;
+            // The kept history only: members delete compacted history in the background, each
+            // at its own pace.
+            let kv = store
+                .hash_kv(0)
+                .map_err(|e| format!("m{id} hash: {e}"))?
+                .map_err(|e| format!("m{id} hash: {e}"))?;
+            let hash = kv.hash ^ (kv.compact_revision as u32).rotate_left(16);
+            // Record the history before any later compaction deletes it.
+            let from = self.history_events.keys().next_back().map_or(1, |r| r + 1);
+            let to = store.current_revision();
+            if to >= from && from > store.compact_revision() {
+                for ev in store
+                    .events(from, to)
+                    .map_err(|e| format!("m{id} events: {e}"))?
+                {
+                    if let Some(kv) = ev.kv {
+                        self.history_events.insert(
+                            kv.mod_revision,
+                            (
+                                String::from_utf8_lossy(&kv.key).into_owned(),
+                                kv.value.to_vec(),
+                            ),
+                        );
+                    }
+                }
+            }
+            if store.compact_revision() > self.compacted {
+                self.compacted = store.compact_revision();
+                self.stats.compactions += 1;
+            }
             self.stats.applied = self.stats.applied.max(now);
             match self.hashes.get(&now) {
                 Some((other, h)) if *h != hash => {
@@ -1088,6 +1145,53 @@ impl Sim {
         Ok(())
     }
 
+    /// A client compacts a few revisions behind a running member's current revision (etcd's
+    /// auto-compaction does the same through the leader).
+    fn compact(&mut self) -> Result<(), String> {
+        if !self.faults_on {
+            return Ok(());
+        }
+        let d = self
+            .rng
+            .random_range(self.cfg.compact_every_ms / 2..self.cfg.compact_every_ms * 3 / 2);
+        self.at(d, Event::Compact);
+        let up: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| m.up)
+            .map(|m| m.id)
+            .collect();
+        if up.is_empty() {
+            return Ok(());
+        }
+        let member = up[self.rng.random_range(0..up.len())];
+        let m = self.members.get_mut(&member).expect("member");
+        let current = m.apply.as_ref().expect("apply").store().current_revision();
+        let keep = self.rng.random_range(1..20);
+        if current <= keep + 1 {
+            return Ok(());
+        }
+        let revision = current - keep;
+        let req = self.next_request;
+        self.next_request += 1;
+        let data = InternalRequest {
+            id: req,
+            request: Some(Request::Compaction(
+                etch_protocol::etcdserverpb::CompactionRequest {
+                    revision,
+                    physical: false,
+                },
+            )),
+            auth: None,
+        }
+        .encode_to_vec();
+        let _ = m.core.as_mut().expect("core").propose(data);
+        self.log(format!(
+            "compaction to revision {revision} proposed at m{member}"
+        ));
+        self.drive(member)
+    }
+
     /// Attaches watcher `w` to a running member, from the revision after the last it received.
     fn watch_resume(&mut self, w: usize) {
         if self.watchers[w].at.is_some() {
@@ -1157,6 +1261,18 @@ impl Sim {
             let Some(r) = self.watchers[w].inbox.borrow_mut().pop_front() else {
                 break;
             };
+            if r.canceled && r.compact_revision > 0 {
+                // etcd's answer to a watch whose start was compacted: the client restarts at
+                // the compaction point; the revisions in between are gone for it.
+                let wt = &mut self.watchers[w];
+                wt.gaps.push((wt.next_rev, r.compact_revision));
+                wt.next_rev = r.compact_revision;
+                wt.at = None;
+                self.stats.watch_compacted += 1;
+                let d = self.rng.random_range(1..50);
+                self.at(d, Event::WatchResume(w));
+                return Ok(());
+            }
             if r.canceled {
                 return Err(format!("watcher {w} canceled: {}", r.cancel_reason));
             }
@@ -1193,35 +1309,13 @@ impl Sim {
     /// Each watcher received exactly a prefix of the history of its keys from its start: every
     /// change, in order, once.
     fn check_watches(&self) -> Result<(), String> {
-        let Some(m) = self
-            .members
-            .values()
-            .filter(|m| m.up)
-            .max_by_key(|m| m.apply.as_ref().map_or(0, |a| a.store().current_revision()))
-        else {
-            return Ok(());
-        };
-        let store = m.apply.as_ref().expect("apply").store();
-        let all = store
-            .events(1, store.current_revision())
-            .map_err(|e| format!("history: {e}"))?;
         for (i, w) in self.watchers.iter().enumerate() {
-            let want: Vec<(i64, String, Vec<u8>)> = all
-                .iter()
-                .filter_map(|ev| ev.kv.as_ref())
-                .filter(|kv| kv.mod_revision >= w.start)
-                .filter(|kv| {
-                    w.key
-                        .as_ref()
-                        .is_none_or(|k| kv.key.as_ref() == k.as_bytes())
-                })
-                .map(|kv| {
-                    (
-                        kv.mod_revision,
-                        String::from_utf8_lossy(&kv.key).into_owned(),
-                        kv.value.to_vec(),
-                    )
-                })
+            let want: Vec<(i64, String, Vec<u8>)> = self
+                .history_events
+                .range(w.start..)
+                .filter(|(rev, _)| !w.gaps.iter().any(|(a, b)| (*a..*b).contains(*rev)))
+                .filter(|(_, (k, _))| w.key.as_ref().is_none_or(|wk| wk == k))
+                .map(|(rev, (k, v))| (*rev, k.clone(), v.clone()))
                 .collect();
             let n = w.got.len();
             if n > want.len() || w.got[..] != want[..n] {
