@@ -53,10 +53,6 @@ impl NodeState {
     pub fn leader(&self) -> MemberId {
         MemberId(self.leader.load(Ordering::Relaxed))
     }
-    /// Whether this member leads now.
-    pub fn is_leader(&self) -> bool {
-        self.leader() == self.member_id
-    }
     /// Raft commit index.
     pub fn commit_index(&self) -> u64 {
         self.commit_index.load(Ordering::Relaxed)

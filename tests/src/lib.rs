@@ -495,6 +495,31 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// The flags of member `i` (name `m<i>`) of a cluster whose members listen for peers on
+/// `peer_urls`, then `extra`.
+fn member_args(peer_urls: &[String], i: usize, extra: &[&str]) -> Vec<String> {
+    let initial = peer_urls
+        .iter()
+        .enumerate()
+        .map(|(j, u)| format!("m{j}={u}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut a: Vec<String> = vec![
+        "--name".into(),
+        format!("m{i}"),
+        "--listen-peer-urls".into(),
+        peer_urls[i].clone(),
+        "--initial-advertise-peer-urls".into(),
+        peer_urls[i].clone(),
+        "--initial-cluster".into(),
+        initial,
+        "--initial-cluster-token".into(),
+        "etch-test".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 /// A cluster of `etch` members on loopback.
 pub struct Cluster {
     /// The members, in `--initial-cluster` order (names m0, m1, ...).
@@ -510,34 +535,22 @@ impl Cluster {
         let peer_urls: Vec<String> = (0..size)
             .map(|_| format!("http://127.0.0.1:{}", free_udp_port()))
             .collect();
-        let initial: Vec<String> = peer_urls
-            .iter()
-            .enumerate()
-            .map(|(i, u)| format!("m{i}={u}"))
-            .collect();
-        let initial = initial.join(",");
         let mut nodes = Vec::new();
-        for (i, url) in peer_urls.iter().enumerate() {
-            let name = format!("m{i}");
-            let mut args: Vec<&str> = vec![
-                "--name",
-                &name,
-                "--listen-peer-urls",
-                url,
-                "--initial-advertise-peer-urls",
-                url,
-                "--initial-cluster",
-                &initial,
-                "--initial-cluster-token",
-                "etch-test",
-            ];
-            args.extend_from_slice(extra);
-            nodes.push(Node::launch(dir.join(&name), &args));
+        for i in 0..size {
+            let args = member_args(&peer_urls, i, extra);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(Node::launch(dir.join(format!("m{i}")), &args));
         }
         for n in &nodes {
             n.wait_leader();
         }
         Cluster { nodes, peer_urls }
+    }
+
+    /// The flags member `i` was started with, `extra` in place of the cluster's own extra
+    /// flags (to start it again differently on its data directory).
+    pub fn member_args(&self, i: usize, extra: &[&str]) -> Vec<String> {
+        member_args(&self.peer_urls, i, extra)
     }
 
     /// Comma-separated native endpoints of the running members.

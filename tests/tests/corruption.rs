@@ -42,33 +42,6 @@ fn corrupt_value(data_dir: &Path, key: &[u8]) {
     db.persist(fjall::PersistMode::SyncAll).expect("persist");
 }
 
-fn member_args(c: &Cluster, i: usize, extra: &[&str]) -> Vec<String> {
-    let initial = c
-        .peer_urls
-        .iter()
-        .enumerate()
-        .map(|(j, u)| format!("m{j}={u}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut a: Vec<String> = [
-        "--name",
-        &format!("m{i}"),
-        "--listen-peer-urls",
-        &c.peer_urls[i],
-        "--initial-advertise-peer-urls",
-        &c.peer_urls[i],
-        "--initial-cluster",
-        &initial,
-        "--initial-cluster-token",
-        "etch-test",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
 #[test]
 fn a_member_whose_data_differs_is_refused_at_start_and_alarmed_by_the_leader() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,7 +94,7 @@ fn a_member_whose_data_differs_is_refused_at_start_and_alarmed_by_the_leader() {
     );
 
     // Without it, it starts; the leader's check finds it and raises CORRUPT for it alone.
-    let args = member_args(&c, f, &["--experimental-corrupt-check-time", "1s"]);
+    let args = c.member_args(f, &["--experimental-corrupt-check-time", "1s"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let data_dir = c.nodes[f].data_dir.clone();
     c.nodes[f] = Node::launch(data_dir, &args);

@@ -52,7 +52,6 @@ impl Waiters {
 /// The actor.
 pub struct ApplyActor {
     core: ApplyCore,
-    store: Arc<MvccStore>,
     waiters: Arc<Waiters>,
     applied_tx: watch::Sender<u64>,
     revision_tx: watch::Sender<i64>,
@@ -73,8 +72,7 @@ impl ApplyActor {
         tokens: Arc<crate::state::Tokens>,
     ) -> ApplyActor {
         ApplyActor {
-            core: ApplyCore::new(store.clone()),
-            store,
+            core: ApplyCore::new(store),
             waiters,
             applied_tx,
             revision_tx,
@@ -102,7 +100,7 @@ impl ApplyActor {
     }
 
     fn publish_revision(&self) {
-        let now = self.store.current_revision();
+        let now = self.core.store().current_revision();
         self.revision_tx.send_if_modified(|r| {
             let changed = now != *r;
             *r = now;
@@ -130,7 +128,7 @@ impl Handler<ApplyCommitted> for ApplyActor {
     fn handle(&mut self, m: ApplyCommitted, _: &mut Self::Context) -> Self::Result {
         crate::metrics::dequeued("apply");
         let start = Instant::now();
-        let mut last = self.store.applied_index().index;
+        let mut last = self.core.store().applied_index().index;
         for e in &m.entries {
             last = e.index;
             let commit = Instant::now();
@@ -192,7 +190,7 @@ impl Handler<PersistStore> for ApplyActor {
     type Result = Result<(), etch_storage::Error>;
 
     fn handle(&mut self, _: PersistStore, _: &mut Self::Context) -> Self::Result {
-        self.store.persist()
+        self.core.store().persist()
     }
 }
 
@@ -206,8 +204,9 @@ impl Handler<InstallStore> for ApplyActor {
     type Result = Result<u64, etch_storage::Error>;
 
     fn handle(&mut self, m: InstallStore, _: &mut Self::Context) -> Self::Result {
-        let applied = self.store.install(m.0)?;
-        self.revision_tx.send_replace(self.store.current_revision());
+        let applied = self.core.store().install(m.0)?;
+        self.revision_tx
+            .send_replace(self.core.store().current_revision());
         self.applied_tx.send_if_modified(|a| {
             let grew = applied > *a;
             *a = (*a).max(applied);

@@ -2,7 +2,7 @@
 //! per error) lives with the error type: [`crate::error::status_of`].
 
 use crate::error::ApiError;
-pub use crate::error::{from_status, status_of};
+pub use crate::error::status_of;
 
 /// `e` as the gRPC status etcd answers (code and exact message).
 pub fn to_status(e: ApiError) -> tonic::Status {

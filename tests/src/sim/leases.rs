@@ -160,12 +160,7 @@ impl Sim {
             (None, Some((_, _, _, sent))) if now < sent + 3_000 => Ok(()),
             (None, _) => {
                 // Grant through any running member.
-                let up: Vec<u64> = self
-                    .members
-                    .values()
-                    .filter(|m| m.up)
-                    .map(|m| m.id)
-                    .collect();
+                let up = self.up_members();
                 if up.is_empty() {
                     self.at(100, Event::LeaseNext(l));
                     return Ok(());

@@ -803,6 +803,15 @@ impl Sim {
         self.at(d, Event::Fault);
     }
 
+    /// The members running now, in ID order.
+    fn up_members(&self) -> Vec<u64> {
+        self.members
+            .values()
+            .filter(|m| m.up)
+            .map(|m| m.id)
+            .collect()
+    }
+
     fn current_leader(&self) -> Option<u64> {
         self.members
             .values()
@@ -1155,12 +1164,7 @@ impl Sim {
             .rng
             .random_range(self.cfg.compact_every_ms / 2..self.cfg.compact_every_ms * 3 / 2);
         self.at(d, Event::Compact);
-        let up: Vec<u64> = self
-            .members
-            .values()
-            .filter(|m| m.up)
-            .map(|m| m.id)
-            .collect();
+        let up = self.up_members();
         if up.is_empty() {
             return Ok(());
         }
@@ -1197,12 +1201,7 @@ impl Sim {
         if self.watchers[w].at.is_some() {
             return;
         }
-        let up: Vec<u64> = self
-            .members
-            .values()
-            .filter(|m| m.up)
-            .map(|m| m.id)
-            .collect();
+        let up = self.up_members();
         if up.is_empty() {
             let d = self.rng.random_range(50..500);
             self.at(d, Event::WatchResume(w));

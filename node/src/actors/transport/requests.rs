@@ -4,6 +4,11 @@
 
 use super::*;
 
+/// Requests to peers awaiting an answer at most; past it the oldest bookkeeping is dropped
+/// wholesale (their callers give up on their own deadlines anyway). Forwarded lease
+/// keep-alives go through here, so it is sized for them.
+const MAX_PENDING_ASKS: usize = 100_000;
+
 /// What this member answers to its peers' requests ([`PeerRequest`]): implemented above the
 /// actors (by the services), handed to the transport once they exist.
 pub trait PeerServer: Send + Sync + 'static {
@@ -54,9 +59,8 @@ impl Handler<Ask> for TransportActor {
         });
         q.try_send(f).ok()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // Answers that never came leave their senders behind; callers ask rarely (one check
-        // per interval), so a bound only guards against a peer that never answers.
-        if self.asks.len() > 10_000 {
+        // Answers that never came leave their senders behind: bounded.
+        if self.asks.len() > MAX_PENDING_ASKS {
             self.asks.clear();
         }
         self.asks.insert(id, tx);
