@@ -12,6 +12,7 @@ pub mod core;
 pub mod error;
 pub mod listener;
 mod logger;
+mod startup;
 pub mod metrics;
 pub mod service;
 pub mod state;
@@ -23,12 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use raft::eraftpb::{ConfState, SnapshotMetadata};
 use tokio::sync::watch as chan;
 use tokio_util::task::TaskTracker;
 
 use etch_storage::mvcc::MvccStore;
-use etch_storage::raftlog::RaftLog;
 use etch_storage::wal::Wal;
 
 pub use config::{Config, Flags};
@@ -100,34 +99,27 @@ pub async fn run(
         );
     }
     let store = Arc::new(MvccStore::open(&member_dir)?);
-
-    let (member_id, cluster_id) = match store.identity()? {
-        Some((m, c)) => {
-            if (m, c) != (config.member_id, config.cluster_id) {
-                tracing::warn!(member_id = %MemberId(m), "data dir has an identity: bootstrap flags ignored");
-            }
-            (m, c)
+    // The peer endpoint comes first: a member joining a running cluster asks its peers who
+    // it is before anything else.
+    let endpoint = match listeners.peer {
+        Some(socket) => {
+            let addr = socket.local_addr()?;
+            Some((addr, transport::endpoint(socket, config.peer_tls.as_ref())?))
         }
-        None => {
-            store.set_identity(config.member_id, config.cluster_id)?;
-            (config.member_id, config.cluster_id)
-        }
+        None => None,
     };
     let fresh = recovered.snapshot.is_none()
         && recovered.entries.is_empty()
         && recovered.hard_state.is_none();
-    let cs = ConfState {
-        voters: config.initial_members.clone(),
-        ..Default::default()
-    };
-    if fresh {
-        // Record the initial configuration as the log's origin, so a restart knows its voters.
-        let mut meta = SnapshotMetadata::default();
-        meta.set_conf_state(cs.clone());
-        wal.append_snapshot(&meta)?;
-        wal.sync()?;
+    let boot = startup::identify(&config, &store, fresh, endpoint.as_ref().map(|e| &e.1)).await?;
+    let (member_id, cluster_id) = (boot.member_id, boot.cluster_id);
+    let mut membership = store.membership()?;
+    if etch_storage::members::is_removed(&membership, member_id) {
+        tracing::warn!(error = consensus::REMOVED, "server error");
+        tracing::warn!("data-dir used by this member must be removed");
+        return Ok(());
     }
-    let log = RaftLog::from_recovered(&recovered, cs);
+    let log = startup::raft_log(&config, &store, &mut wal, &recovered, fresh, boot.joining, &mut membership)?;
     let applied = store.applied_index().index;
     tracing::info!(
         member_id = %MemberId(member_id),
@@ -147,10 +139,12 @@ pub async fn run(
     )?;
 
     let state = Arc::new(NodeState::new(member_id, cluster_id));
+    state.set_membership(membership.clone());
     let waiters = Arc::new(Waiters::default());
     let tokens = Arc::new(auth::Tokens::new(config.auth_token_ttl));
     let (applied_tx, applied_rx) = chan::channel(applied);
     announce_ready(state.clone(), applied_rx.clone());
+    let applied_rx_publish = applied_rx.clone();
 
     // WAL and apply each get a thread of their own: fsync and fjall writes block.
     let wal_arbiter = Arbiter::new();
@@ -183,31 +177,28 @@ pub async fn run(
     // Consensus and transport address each other: make consensus's address first.
     let consensus_ctx = Context::<ConsensusActor>::new();
     let consensus = consensus_ctx.address();
-    let transport = match (config.peers.is_empty(), listeners.peer) {
-        (true, _) => None,
-        (false, None) => {
+    let transport = match endpoint {
+        None if boot.peers.is_empty() => None,
+        None => {
             return Err(Error::Io(std::io::Error::other(
                 "a peer socket is needed for a multi-member cluster",
             )));
         }
-        (false, Some(socket)) => {
-            let addr = socket.local_addr()?;
-            let ep = transport::endpoint(socket, config.peer_tls.as_ref())?;
-            tracing::info!(%addr, peers = config.peers.len(), "serving peers (QUIC)");
-            Some(transport::TransportActor::start(
+        Some((addr, ep)) => {
+            tracing::info!(%addr, peers = boot.peers.len(), "serving peers (QUIC)");
+            let t = transport::TransportActor::start(
                 ep,
                 state.clone(),
-                config
-                    .members
-                    .iter()
-                    .find(|m| m.id == member_id)
-                    .map(|m| m.client_ur_ls.clone())
-                    .unwrap_or_default(),
-                &config.peers,
+                boot.client_urls.clone(),
+                &boot.peers,
                 store.clone(),
                 consensus.clone(),
                 stop_rx.clone(),
-            ))
+            );
+            if !membership.members.is_empty() {
+                t.do_send(transport::SetMembers(membership.clone()));
+            }
+            Some(t)
         }
     };
     consensus_ctx.run(ConsensusActor::new(
@@ -247,6 +238,8 @@ pub async fn run(
             min_lease_ttl: config.min_lease_ttl,
             bcrypt_cost: config.bcrypt_cost,
             quota_backend_bytes: config.quota_backend_bytes,
+            strict_reconfig_check: config.strict_reconfig_check,
+            max_learners: config.max_learners,
         },
         auth::TokenProvider {
             simple: tokens,
@@ -267,7 +260,7 @@ pub async fn run(
     let compactor = config
         .auto_compaction
         .map(|mode| compactor::spawn(service.clone(), mode));
-    let peer_ids: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
+    let peer_ids: Vec<u64> = boot.peers.iter().map(|p| p.id).collect();
     if let (true, Some(t)) = (config.initial_corrupt_check, &transport) {
         corrupt::initial_check(&service, t, &peer_ids, config.request_timeout)
             .await
@@ -322,11 +315,7 @@ pub async fn run(
     }
     for l in client_listeners {
         tracing::info!(addr = %l.describe(), "serving the etcd gRPC API");
-        let grpc = api::grpc::Grpc::new(
-            service.clone(),
-            config.members.clone(),
-            config.election_timeout,
-        )
+        let grpc = api::grpc::Grpc::new(service.clone(), config.election_timeout)
         .with_max_concurrent_streams(config.max_concurrent_streams);
         let mut stop = stop_native_rx.clone();
         let max = config.max_request_bytes;
@@ -348,7 +337,6 @@ pub async fn run(
         tracing::info!(%addr, "serving metrics and health");
         let router = api::http::metrics_router(api::grpc::Grpc::new(
             service.clone(),
-            config.members.clone(),
             config.election_timeout,
         ));
         let mut stop = stop_native_rx.clone();
@@ -365,13 +353,28 @@ pub async fn run(
         });
     }
 
+    let publisher = tokio::spawn(publish(
+        service.clone(),
+        state.clone(),
+        applied_rx_publish,
+        config.name.clone(),
+        boot.client_urls.clone(),
+    ));
     let mut fatal = state.fatal();
+    let mut removed = false;
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         r = fatal.wait_for(|f| f.is_some()) => {
-            Err(Error::Fatal(r.map(|v| v.clone().unwrap_or_default()).unwrap_or_default()))
+            let why = r.map(|v| v.clone().unwrap_or_default()).unwrap_or_default();
+            // etcd stops a removed member cleanly (exit 0) and says what to do.
+            removed = why == consensus::REMOVED;
+            if removed {
+                tracing::warn!("data-dir used by this member must be removed");
+            }
+            Err(Error::Fatal(why))
         }
     };
+    publisher.abort();
     tracing::info!("shutting down: no new requests; finishing in-flight ones");
     // Stop accepting client requests, but keep peers connected until in-flight requests are
     // done and leadership is handed over.
@@ -399,14 +402,43 @@ pub async fn run(
     }
     stop_tx.send_replace(true);
     consensus.do_send(StopConsensus);
-    if result.is_ok() {
+    if result.is_ok() || removed {
         store.persist()?;
     }
     wal_arbiter.stop();
     apply_arbiter.stop();
     watch_arbiter.stop();
     tracing::info!("stopped");
+    if removed {
+        return Ok(());
+    }
     result
+}
+
+/// Publishes this member's name and client URLs through raft once it serves (etcd's
+/// `publish`), retrying until the membership has them.
+async fn publish(
+    service: Arc<Service>,
+    state: Arc<NodeState>,
+    mut applied: chan::Receiver<u64>,
+    name: String,
+    client_urls: Vec<String>,
+) {
+    let mut leader = state.leader_changes();
+    loop {
+        if leader.wait_for(|l| *l != 0).await.is_err() {
+            return;
+        }
+        let commit = state.commit_index();
+        if applied.wait_for(|a| *a >= commit).await.is_err() {
+            return;
+        }
+        match service.publish_attributes(&name, &client_urls).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Logs etcd's readiness lines once this member knows a leader and has applied the log up to

@@ -84,16 +84,22 @@ fn main() -> ExitCode {
             }
         }
     }
-    if !config.peers.is_empty() {
-        match std::net::UdpSocket::bind(config.listen_peer) {
-            Ok(s) => listeners.peer = Some(s),
-            Err(e) => {
-                eprintln!(
-                    "etch: cannot listen for peers on {}: {e}",
-                    config.listen_peer
-                );
-                return ExitCode::from(1);
-            }
+    // A one-member cluster listens for peers too (members may be added), but starts without
+    // when the port is taken.
+    match std::net::UdpSocket::bind(config.listen_peer) {
+        Ok(s) => listeners.peer = Some(s),
+        Err(e) if config.peers.is_empty() => {
+            eprintln!(
+                "etch: not listening for peers on {}: {e} (members cannot be added)",
+                config.listen_peer
+            );
+        }
+        Err(e) => {
+            eprintln!(
+                "etch: cannot listen for peers on {}: {e}",
+                config.listen_peer
+            );
+            return ExitCode::from(1);
         }
     }
     let system = actix_rt::System::with_tokio_rt(|| {

@@ -28,6 +28,8 @@ pub struct NodeState {
     pub(crate) leader_changes: watch::Sender<u64>,
     /// Other members' advertised client URLs, as their peer Hellos announced them.
     client_urls: std::sync::RwLock<std::collections::HashMap<u64, Vec<String>>>,
+    /// The applied membership (consensus keeps it current).
+    membership: watch::Sender<etch_storage::members::Membership>,
 }
 
 impl NodeState {
@@ -43,7 +45,28 @@ impl NodeState {
             fatal: watch::channel(None).0,
             leader_changes: watch::channel(INVALID_ID).0,
             client_urls: Default::default(),
+            membership: watch::channel(Default::default()).0,
         }
+    }
+    /// The applied membership.
+    pub fn membership(&self) -> etch_storage::members::Membership {
+        self.membership.borrow().clone()
+    }
+    /// The membership, on every change.
+    pub fn membership_changes(&self) -> watch::Receiver<etch_storage::members::Membership> {
+        self.membership.subscribe()
+    }
+    /// Records the applied membership.
+    pub fn set_membership(&self, m: etch_storage::members::Membership) {
+        self.membership.send_replace(m);
+    }
+    /// Whether this member is a learner now (it serves only serializable reads and status).
+    pub fn is_learner(&self) -> bool {
+        self.membership
+            .borrow()
+            .members
+            .iter()
+            .any(|m| m.id == self.member_id.0 && m.is_learner)
     }
     /// Current raft term.
     pub fn term(&self) -> u64 {

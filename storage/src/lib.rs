@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod members;
 pub mod mvcc;
 pub mod raftlog;
 pub mod wal;

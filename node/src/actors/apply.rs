@@ -10,6 +10,7 @@ use actix::prelude::*;
 use raft::eraftpb::Entry;
 use tokio::sync::{oneshot, watch};
 
+use etch_storage::members::Membership;
 use etch_storage::mvcc::MvccStore;
 
 use crate::core::apply::{ApplyCore, EntryApplied, TokenChange};
@@ -114,26 +115,31 @@ impl Actor for ApplyActor {
 }
 
 /// Sent by consensus with entries that are committed and persisted locally, in log order.
-/// Replies with the last index applied; an `Err` is fatal (the store is broken).
+/// Replies with the last index applied and, when the entries changed it, the membership after
+/// them; an `Err` is fatal (the store is broken).
 #[derive(Message)]
-#[rtype(result = "Result<u64, etch_storage::Error>")]
+#[rtype(result = "Result<(u64, Option<Membership>), etch_storage::Error>")]
 pub struct ApplyCommitted {
     /// Committed entries, in index order.
     pub entries: Vec<Entry>,
 }
 
 impl Handler<ApplyCommitted> for ApplyActor {
-    type Result = Result<u64, etch_storage::Error>;
+    type Result = Result<(u64, Option<Membership>), etch_storage::Error>;
 
     fn handle(&mut self, m: ApplyCommitted, _: &mut Self::Context) -> Self::Result {
         crate::metrics::dequeued("apply");
         let start = Instant::now();
         let mut last = self.core.store().applied_index().index;
+        let mut membership = None;
         for e in &m.entries {
             last = e.index;
             let commit = Instant::now();
             let applied = self.core.apply(e)?;
-            if let Some(applied) = applied {
+            if let Some(mut applied) = applied {
+                if let Some(m) = applied.membership.take() {
+                    membership = Some(m);
+                }
                 crate::metrics::hot()
                     .backend_commit
                     .record(commit.elapsed().as_secs_f64());
@@ -151,7 +157,7 @@ impl Handler<ApplyCommitted> for ApplyActor {
         }
         self.applied_tx.send_replace(last);
         self.publish_revision();
-        Ok(last)
+        Ok((last, membership))
     }
 }
 

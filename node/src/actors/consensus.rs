@@ -39,6 +39,10 @@ pub const CATCH_UP_ENTRIES: u64 = 5_000;
 
 type ReadWaiter = oneshot::Sender<Result<u64, ApiError>>;
 
+/// What a removed member says when it stops, and when it is started again on its data dir
+/// (etcd's message).
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
+
 /// The actor shell.
 pub struct ConsensusActor {
     core: RaftCore<ReadWaiter>,
@@ -50,6 +54,8 @@ pub struct ConsensusActor {
     snapshot_count: u64,
     wal_busy: bool,
     releasing: bool,
+    /// Index of the newest membership applied (apply batches may complete out of order).
+    membership_index: u64,
 }
 
 impl ConsensusActor {
@@ -74,6 +80,7 @@ impl ConsensusActor {
             snapshot_count,
             wal_busy: false,
             releasing: false,
+            membership_index: 0,
         }
     }
 
@@ -105,6 +112,38 @@ impl ConsensusActor {
         self.state.last_index.store(last, Ordering::Relaxed);
     }
 
+    /// An applied entry changed the membership (or replayed a change): raft-rs's
+    /// configuration, the transport's peers and the node state follow it. A member that finds
+    /// itself removed stops (etcd: "the member has been permanently removed from the
+    /// cluster").
+    fn on_membership(&mut self, index: u64, m: etch_storage::members::Membership) {
+        if index < self.membership_index {
+            return;
+        }
+        self.membership_index = index;
+        if self.core.set_conf(&etch_storage::members::conf_state(&m)) {
+            tracing::info!(
+                index,
+                voters = ?etch_storage::members::conf_state(&m).voters,
+                learners = ?etch_storage::members::conf_state(&m).learners,
+                "raft configuration changed"
+            );
+        }
+        if let Some(t) = &self.transport {
+            t.do_send(crate::actors::transport::SetMembers(m.clone()));
+        }
+        let me = self.state.member_id.0;
+        let removed = etch_storage::members::is_removed(&m, me);
+        self.state.set_membership(m);
+        if removed {
+            self.fatal(REMOVED.to_owned());
+            return;
+        }
+        if let Err(e) = self.core.campaign_if_alone() {
+            self.fatal(format!("campaign: {e}"));
+        }
+    }
+
     /// Processes Readies until one needs the WAL (then continues when it reports back).
     fn drive(&mut self, ctx: &mut Context<Self>) {
         while !self.wal_busy {
@@ -126,7 +165,10 @@ impl ConsensusActor {
                     entries: out.committed,
                 });
                 ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-                    Ok(Ok(index)) => {
+                    Ok(Ok((index, membership))) => {
+                        if let Some(m) = membership {
+                            act.on_membership(index, m);
+                        }
                         act.core.on_applied(index);
                         act.maybe_release(ctx, index);
                         act.drive(ctx);
@@ -371,5 +413,81 @@ impl Handler<SnapshotSent> for ConsensusActor {
     fn handle(&mut self, m: SnapshotSent, ctx: &mut Context<Self>) {
         self.core.snapshot_sent(m.to, m.ok);
         self.drive(ctx);
+    }
+}
+
+/// Sent by the cluster service on the leader: check a membership change as etcd's leader does
+/// (see [`crate::core::members::check`]) and propose it. `Ok(true)` means raft took it (the
+/// result arrives through the apply waiters under `request_id`); `Ok(false)`, that another
+/// change is still pending: ask again.
+#[derive(Message)]
+#[rtype(result = "Result<bool, ApiError>")]
+pub struct ProposeMemberChange {
+    /// The change.
+    pub change: crate::core::members::Proposed,
+    /// The proposer's waiter id.
+    pub request_id: u64,
+    /// `--strict-reconfig-check`.
+    pub strict: bool,
+    /// `--experimental-max-learners`.
+    pub max_learners: usize,
+}
+
+impl Handler<ProposeMemberChange> for ConsensusActor {
+    type Result = Result<bool, ApiError>;
+
+    fn handle(&mut self, m: ProposeMemberChange, ctx: &mut Context<Self>) -> Self::Result {
+        use crate::core::members::{LeaderView, Proposed, check};
+        use etch_protocol::etcdserverpb::Member;
+        use prost::Message as _;
+        use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+        if self.state.leader().0 != self.state.member_id.0 {
+            return Err(ApiError::NotLeader);
+        }
+        let membership = self.state.membership();
+        let active = self.core.active_voters();
+        let view = LeaderView {
+            membership: &membership,
+            me: self.state.member_id.0,
+            active_voters: &active,
+            strict: m.strict,
+            max_learners: m.max_learners,
+        };
+        check(&m.change, &view, |id| self.core.learner_ready(id))?;
+        let (change_type, member) = match m.change {
+            Proposed::Add(x) if x.is_learner => (ConfChangeType::AddLearnerNode, x),
+            Proposed::Add(x) => (ConfChangeType::AddNode, x),
+            Proposed::Remove(id) => (
+                ConfChangeType::RemoveNode,
+                Member {
+                    id,
+                    ..Default::default()
+                },
+            ),
+            Proposed::Promote(id) => (
+                ConfChangeType::AddNode,
+                Member {
+                    id,
+                    ..Default::default()
+                },
+            ),
+        };
+        let cc = ConfChangeV2 {
+            changes: vec![ConfChangeSingle {
+                change_type,
+                node_id: member.id,
+                ..Default::default()
+            }]
+            .into(),
+            ..Default::default()
+        };
+        let context = etch_protocol::etchpb::MemberChange {
+            request_id: m.request_id,
+            member: Some(member),
+        }
+        .encode_to_vec();
+        let r = self.core.propose_conf_change(context, cc);
+        self.drive(ctx);
+        r
     }
 }

@@ -140,4 +140,59 @@ impl Proposer {
             }
         }
     }
+
+    /// Proposes a membership change on the leader (checked there as etcd's leader does) and
+    /// waits until it is applied; another change still pending is waited out, within the
+    /// request timeout.
+    ///
+    /// # Errors
+    /// The change's error at apply or at the leader's checks, [`ApiError::NotLeader`],
+    /// [`ApiError::Timeout`], [`ApiError::Stopped`].
+    pub async fn propose_member_change(
+        &self,
+        change: crate::core::members::Proposed,
+        strict: bool,
+        max_learners: usize,
+    ) -> Result<WriteResponse, ApiError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let id = self.next_id();
+        let rx = self.waiters.register(id);
+        loop {
+            let sent = self
+                .consensus
+                .send(crate::actors::consensus::ProposeMemberChange {
+                    change: change.clone(),
+                    request_id: id,
+                    strict,
+                    max_learners,
+                })
+                .await;
+            match sent {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Ok(false)) => {
+                    self.waiters.cancel(id);
+                    return Err(ApiError::Timeout);
+                }
+                Ok(Err(e)) => {
+                    self.waiters.cancel(id);
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.waiters.cancel(id);
+                    return Err(ApiError::Stopped);
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => Ok(r?),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => {
+                self.waiters.cancel(id);
+                Err(ApiError::Timeout)
+            }
+        }
+    }
 }

@@ -4,8 +4,7 @@
 //! [`Service`] as the native protocol (no second implementation of any semantics). Errors carry
 //! etcd's gRPC codes and exact messages ([`crate::api::errors`]).
 //!
-//! Not built yet, answered `Unimplemented` with a message naming it: membership changes
-//! (MemberAdd/Remove/Update/Promote) and Maintenance.Snapshot.
+//! Not built yet, answered `Unimplemented` with a message naming it: Maintenance.Snapshot.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -65,19 +64,16 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 #[derive(Clone)]
 pub struct Grpc {
     svc: Arc<Service>,
-    members: Arc<Vec<Member>>,
     election_timeout: Duration,
     max_concurrent_streams: u32,
 }
 
 impl Grpc {
-    /// A front end over `svc`; `members` answers MemberList (the bootstrap membership).
-    /// Streams opened with etcd's `hasleader` metadata end with "etcdserver: no leader" after
-    /// 3 `election_timeout`s without a leader.
-    pub fn new(svc: Arc<Service>, members: Vec<Member>, election_timeout: Duration) -> Grpc {
+    /// A front end over `svc`. Streams opened with etcd's `hasleader` metadata end with
+    /// "etcdserver: no leader" after 3 `election_timeout`s without a leader.
+    pub fn new(svc: Arc<Service>, election_timeout: Duration) -> Grpc {
         Grpc {
             svc,
-            members: Arc::new(members),
             election_timeout,
             max_concurrent_streams: u32::MAX,
         }
@@ -240,8 +236,20 @@ const TOKEN_METADATA: [&str; 2] = ["token", "authorization"];
 
 impl Grpc {
     /// Who sends `r` ([`Service::identify`]): its token, else its verified TLS client
-    /// certificate's Common Name.
+    /// certificate's Common Name. A learner serves nothing that goes through here (etcd's
+    /// interceptor: only Status and serializable Range reach a learner).
+    ///
+    /// # Errors
+    /// "etcdserver: rpc not supported for learner"; the identity's auth errors.
     pub(crate) fn who<T>(&self, r: &Request<T>) -> Result<crate::service::AuthInfo, Status> {
+        if self.svc.state().is_learner() {
+            return Err(status(ApiError::NotSupportedForLearner));
+        }
+        self.who_any(r)
+    }
+
+    /// [`Grpc::who`] without the learner rule.
+    fn who_any<T>(&self, r: &Request<T>) -> Result<crate::service::AuthInfo, Status> {
         let token = TOKEN_METADATA
             .iter()
             .find_map(|k| r.metadata().get(*k))
@@ -267,6 +275,16 @@ macro_rules! as_caller {
 #[tonic::async_trait]
 impl Kv for Grpc {
     async fn range(&self, r: Request<RangeRequest>) -> Res<RangeResponse> {
+        let serializable = r.get_ref().serializable;
+        if serializable && self.svc.state().is_learner() {
+            let who = self.who_any(&r)?;
+            return self
+                .svc
+                .range(&who, r.into_inner())
+                .await
+                .map(Response::new)
+                .map_err(status);
+        }
         as_caller!(self, r, |who, req| self.svc.range(who, req))
     }
     async fn put(&self, r: Request<PutRequest>) -> Res<PutResponse> {
@@ -345,37 +363,39 @@ fn unimplemented(what: &str) -> Status {
 
 #[tonic::async_trait]
 impl Cluster for Grpc {
-    async fn member_add(&self, _: Request<MemberAddRequest>) -> Res<MemberAddResponse> {
-        Err(unimplemented("MemberAdd (membership changes)"))
+    // Membership changes need an admin when auth is on (etcd
+    // `checkMembershipOperationPermission`).
+    async fn member_add(&self, r: Request<MemberAddRequest>) -> Res<MemberAddResponse> {
+        as_caller!(self, r, |who, req| async {
+            self.svc.check_admin(who)?;
+            self.svc.member_add(req).await
+        })
     }
-    async fn member_remove(&self, _: Request<MemberRemoveRequest>) -> Res<MemberRemoveResponse> {
-        Err(unimplemented("MemberRemove (membership changes)"))
+    async fn member_remove(&self, r: Request<MemberRemoveRequest>) -> Res<MemberRemoveResponse> {
+        as_caller!(self, r, |who, req| async {
+            self.svc.check_admin(who)?;
+            self.svc.member_remove(req).await
+        })
     }
-    async fn member_update(&self, _: Request<MemberUpdateRequest>) -> Res<MemberUpdateResponse> {
-        Err(unimplemented("MemberUpdate (membership changes)"))
+    async fn member_update(&self, r: Request<MemberUpdateRequest>) -> Res<MemberUpdateResponse> {
+        as_caller!(self, r, |who, req| async {
+            self.svc.check_admin(who)?;
+            self.svc.member_update(req).await
+        })
     }
-    async fn member_list(&self, _: Request<MemberListRequest>) -> Res<MemberListResponse> {
-        // Other members' client URLs are what their peer Hellos announced (empty until a
-        // member has connected since this one started).
-        let state = self.svc.state();
-        let members = self
-            .members
-            .iter()
-            .map(|m| {
-                let mut m = m.clone();
-                if m.client_ur_ls.is_empty() {
-                    m.client_ur_ls = state.client_urls(m.id).unwrap_or_default();
-                }
-                m
-            })
-            .collect();
-        Ok(Response::new(MemberListResponse {
-            header: self.svc.local_header(),
-            members,
-        }))
+    async fn member_list(&self, r: Request<MemberListRequest>) -> Res<MemberListResponse> {
+        let _ = self.who(&r)?;
+        self.svc
+            .member_list(r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
-    async fn member_promote(&self, _: Request<MemberPromoteRequest>) -> Res<MemberPromoteResponse> {
-        Err(unimplemented("MemberPromote (membership changes)"))
+    async fn member_promote(&self, r: Request<MemberPromoteRequest>) -> Res<MemberPromoteResponse> {
+        as_caller!(self, r, |who, req| async {
+            self.svc.check_admin(who)?;
+            self.svc.member_promote(req).await
+        })
     }
 }
 

@@ -199,14 +199,17 @@ pub struct Flags {
     /// Directory of the WAL. Default: `<data-dir>/member/wal`.
     #[arg(long, env = "ETCH_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
-    /// etcd's disaster-recovery restart as a one-member cluster. `false` is accepted; `true` is
-    /// refused (exit 2): etch cannot change membership yet.
+    /// etcd's disaster-recovery restart: this member starts as a one-member cluster from its
+    /// own data (every other member is removed through raft), keeping its IDs and data.
     #[arg(long, env = "ETCH_FORCE_NEW_CLUSTER", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub force_new_cluster: bool,
     /// Refuse membership changes that would leave fewer started members than a quorum
     /// (etcd's default: true).
     #[arg(long, env = "ETCH_STRICT_RECONFIG_CHECK", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true")]
     pub strict_reconfig_check: bool,
+    /// Most learners the cluster may have at once (etcd 3.6's flag; 3.5's fixed 1).
+    #[arg(long, env = "ETCH_EXPERIMENTAL_MAX_LEARNERS", default_value_t = 1)]
+    pub experimental_max_learners: usize,
     /// Maximum concurrent HTTP/2 streams per client connection on the client URLs. Default:
     /// unlimited (etcd: math.MaxUint32).
     #[arg(long, env = "ETCH_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]

@@ -140,6 +140,15 @@ pub struct Config {
     /// Interval of the leader's periodic KV hash comparison (`--experimental-corrupt-check-time`);
     /// `None` when disabled.
     pub corrupt_check_interval: Option<Duration>,
+    /// `--initial-cluster-state=existing`: a new data dir joins a running cluster (it asks the
+    /// peers of `--initial-cluster` for the cluster and its own member ID).
+    pub join_existing: bool,
+    /// `--strict-reconfig-check` (default true).
+    pub strict_reconfig_check: bool,
+    /// `--experimental-max-learners` (default 1).
+    pub max_learners: usize,
+    /// `--force-new-cluster`.
+    pub force_new_cluster: bool,
 }
 
 /// What automatic compaction keeps (etcd's `--auto-compaction-mode` and
@@ -250,6 +259,25 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Host part of its peer URL.
     pub host: String,
+}
+
+impl Peer {
+    /// Member `id` reached at the first of its peer URLs `urls`.
+    ///
+    /// # Errors
+    /// The URL has no scheme or port, or does not resolve.
+    pub fn new(id: u64, urls: &[String]) -> Result<Peer, String> {
+        let url = urls.first().ok_or_else(|| "no peer URL".to_owned())?;
+        let (_, addr) = parse_url(url)?;
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, r)| r)
+            .rsplit_once(':')
+            .map_or("localhost", |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_owned();
+        Ok(Peer { id, addr, host })
+    }
 }
 
 /// Client TLS on the client URLs (etcd's `--cert-file`, `--key-file`, `--trusted-ca-file`,

@@ -178,19 +178,9 @@ impl Config {
             if *name == f.name {
                 continue;
             }
-            let (_, addr) = parse_url(&urls[0]).map_err(|e| bad("initial-cluster", &urls[0], e))?;
-            let host = urls[0]
-                .split_once("://")
-                .map_or(urls[0].as_str(), |(_, r)| r)
-                .rsplit_once(':')
-                .map_or("localhost", |(h, _)| h)
-                .trim_matches(|c| c == '[' || c == ']')
-                .to_owned();
-            peers.push(Peer {
-                id: self::member_id(urls, &f.initial_cluster_token),
-                addr,
-                host,
-            });
+            let peer = Peer::new(self::member_id(urls, &f.initial_cluster_token), urls)
+                .map_err(|e| bad("initial-cluster", &urls[0], e))?;
+            peers.push(peer);
         }
         let peer_tls = match (&f.peer_cert_file, &f.peer_key_file) {
             (Some(c), Some(k)) => Some(PeerTls {
@@ -332,19 +322,15 @@ impl Config {
         let cc = &f.experimental_corrupt_check_time;
         let corrupt_check_interval =
             parse_duration(cc).map_err(|e| bad("experimental-corrupt-check-time", cc, e))?;
-        if f.force_new_cluster {
-            return Err(bad(
-                "force-new-cluster",
-                "true",
-                "not supported by etch yet (membership changes are not implemented): restart the \
-                 surviving members with the same --initial-cluster instead",
-            ));
-        }
         let wal_dir = f
             .wal_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("member").join("wal"));
         Ok(Config {
+            join_existing: f.initial_cluster_state == "existing",
+            strict_reconfig_check: f.strict_reconfig_check,
+            max_learners: f.experimental_max_learners,
+            force_new_cluster: f.force_new_cluster,
             wal_dir,
             max_concurrent_streams: f.max_concurrent_streams,
             auto_compaction,

@@ -12,6 +12,8 @@ use raft::eraftpb::{Entry, EntryType};
 
 use etch_protocol::etchpb::InternalRequest;
 use etch_protocol::etchpb::internal_request::Request;
+use etch_protocol::etchpb::MemberChange;
+use etch_storage::members::{self, Change, Membership};
 use etch_storage::mvcc::{MvccStore, RequestError, WriteResponse};
 
 /// What a proposer receives once its entry is applied.
@@ -60,6 +62,10 @@ pub struct EntryApplied {
     pub lease: Option<LeaseChange>,
     /// The token change it made, if any.
     pub token: Option<TokenChange>,
+    /// The membership after the entry, for a membership entry (raft configuration change,
+    /// MemberUpdate, published attributes), even one the store had already applied: raft-rs's
+    /// configuration and the transport follow it.
+    pub membership: Option<Membership>,
 }
 
 /// Applies committed entries to one store.
@@ -88,6 +94,9 @@ impl ApplyCore {
     /// Store failures, and an entry that does not decode: it passed the WAL's CRC, so it was
     /// written like this (a bug or an incompatible version); never guess, stop.
     pub fn apply(&self, e: &Entry) -> Result<Option<EntryApplied>, etch_storage::Error> {
+        if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+            return self.apply_conf_change(e);
+        }
         if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
             self.store.mark_applied(e.index, e.term)?;
             return Ok(None);
@@ -98,19 +107,77 @@ impl ApplyCore {
                 e.index
             ))
         })?;
+        let membership_entry = req.request.as_ref().and_then(members::change_of).is_some();
         let Some(applied) =
             self.store
                 .apply(e.index, e.term, req.auth.as_ref(), req.request.as_ref())?
         else {
             return Ok(None);
         };
+        let membership = match membership_entry {
+            true => Some(self.store.membership()?),
+            false => None,
+        };
         Ok(Some(EntryApplied {
+            membership,
             index: e.index,
             request_id: req.id,
             lease: lease_change(&applied.response, req.request.as_ref()),
             token: token_change(&applied.response, req.request.as_ref()),
             result: applied.response,
             revision: applied.revision,
+        }))
+    }
+}
+
+impl ApplyCore {
+    /// A raft configuration change: its context names the member and the proposer; the
+    /// change type says what happens to it (an `AddNode` of a learner promotes it).
+    fn apply_conf_change(&self, e: &Entry) -> Result<Option<EntryApplied>, etch_storage::Error> {
+        use protobuf::Message as _;
+        use raft::eraftpb::{ConfChangeType, ConfChangeV2};
+        let corrupt = |what: String| {
+            etch_storage::Error::CorruptStore(format!("raft entry {}: {what}", e.index))
+        };
+        let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| corrupt(err.to_string()))?;
+        let ctx = MemberChange::decode(&e.context[..]).map_err(|err| corrupt(err.to_string()))?;
+        let (Some(single), Some(member)) = (cc.changes.first(), ctx.member) else {
+            return Err(corrupt("configuration change without a member".into()));
+        };
+        let id = single.node_id;
+        let current = self.store.membership()?;
+        let change = match single.get_change_type() {
+            ConfChangeType::AddNode
+                if members::get(&current, id).is_some_and(|m| m.is_learner) =>
+            {
+                Change::Promote(id)
+            }
+            ConfChangeType::AddNode => Change::Add(etch_protocol::etcdserverpb::Member {
+                is_learner: false,
+                ..member
+            }),
+            ConfChangeType::AddLearnerNode => Change::Add(etch_protocol::etcdserverpb::Member {
+                is_learner: true,
+                ..member
+            }),
+            ConfChangeType::RemoveNode => Change::Remove(id),
+        };
+        let outcome = self.store.apply_membership(e.index, e.term, &change)?;
+        let membership = match &outcome {
+            Some(Ok(m)) => m.clone(),
+            _ => self.store.membership()?,
+        };
+        Ok(Some(EntryApplied {
+            index: e.index,
+            // Nobody waits for an entry applied before (a replay): 0 names no waiter.
+            request_id: if outcome.is_some() { ctx.request_id } else { 0 },
+            result: outcome
+                .unwrap_or_else(|| Ok(membership.clone()))
+                .map(WriteResponse::Members),
+            revision: self.store.current_revision(),
+            lease: None,
+            token: None,
+            membership: Some(membership),
         }))
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod apply;
 pub mod lease;
+pub mod members;
 pub mod raft;
 pub mod watch;

@@ -10,7 +10,10 @@
 //! at once; [`ReadyOut::entries`] and [`ReadyOut::hard_state`] must be durable before
 //! [`ReadyOut::persisted_messages`] are sent and before [`RaftCore::on_persisted`].
 
-use raft::eraftpb::{ConfState, Entry, HardState, Message, SnapshotMetadata};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message,
+    SnapshotMetadata,
+};
 use raft::{Config as RaftConfig, INVALID_ID, RawNode, StateRole};
 
 use etch_storage::raftlog::RaftLog;
@@ -164,6 +167,96 @@ impl<W> RaftCore<W> {
         self.node
             .propose(Vec::new(), data)
             .map_err(|_| ApiError::NoLeader)
+    }
+
+    /// Proposes a raft configuration change (`cc`, with the encoded `etchpb.MemberChange` as
+    /// `context`); `Ok(false)` when another change is proposed and not yet applied (also on a
+    /// new leader until it has applied its log): raft-rs would silently turn this one into an
+    /// empty entry, so the caller asks again later (etcd's one change at a time).
+    ///
+    /// # Errors
+    /// [`ApiError::NotLeader`] on a follower (membership changes are decided by the leader).
+    pub fn propose_conf_change(
+        &mut self,
+        context: Vec<u8>,
+        cc: ConfChangeV2,
+    ) -> Result<bool, ApiError> {
+        if self.node.raft.state != StateRole::Leader {
+            return Err(ApiError::NotLeader);
+        }
+        if self.node.raft.has_pending_conf() {
+            return Ok(false);
+        }
+        self.node
+            .propose_conf_change(context, cc)
+            .map_err(|_| ApiError::NotLeader)?;
+        Ok(true)
+    }
+
+    /// Moves raft-rs's configuration to `target` (the voters and learners of the applied
+    /// membership), one simple change per member that differs, and records it in the log for
+    /// snapshots and release points. Called after every applied membership entry, and after an
+    /// entry the store had already applied (a replay or an installed snapshot), so raft-rs
+    /// always agrees with the store. Returns whether anything changed.
+    pub fn set_conf(&mut self, target: &ConfState) -> bool {
+        let current = self.node.raft.prs().conf().to_conf_state();
+        let mut changes = Vec::new();
+        for id in &target.voters {
+            if !current.voters.contains(id) {
+                changes.push((ConfChangeType::AddNode, *id));
+            }
+        }
+        for id in &target.learners {
+            if !current.learners.contains(id) {
+                changes.push((ConfChangeType::AddLearnerNode, *id));
+            }
+        }
+        for id in current.voters.iter().chain(&current.learners) {
+            if !target.voters.contains(id) && !target.learners.contains(id) {
+                changes.push((ConfChangeType::RemoveNode, *id));
+            }
+        }
+        let changed = !changes.is_empty();
+        for (change_type, node_id) in changes {
+            let cc = ConfChangeV2 {
+                changes: vec![ConfChangeSingle {
+                    change_type,
+                    node_id,
+                    ..Default::default()
+                }]
+                .into(),
+                ..Default::default()
+            };
+            match self.node.apply_conf_change(&cc) {
+                Ok(cs) => self.log.set_conf_state(cs),
+                Err(e) => tracing::error!(error = %e, node_id, "raft refused a configuration change"),
+            }
+        }
+        changed
+    }
+
+    /// Whether learner `id` has caught up enough to be promoted: its match index is at least
+    /// 90% of the leader's (etcd `isLearnerReady`). Only meaningful on the leader.
+    pub fn learner_ready(&self, id: u64) -> bool {
+        let r = &self.node.raft;
+        let (Some(me), Some(it)) = (r.prs().get(r.id), r.prs().get(id)) else {
+            return false;
+        };
+        it.matched as f64 >= me.matched as f64 * 0.9
+    }
+
+    /// The voters the leader heard from within the last election timeout (raft-rs's
+    /// `recent_active`, kept by CheckQuorum), this member included; empty on a follower.
+    pub fn active_voters(&self) -> Vec<u64> {
+        let r = &self.node.raft;
+        if r.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let voters = r.prs().conf().to_conf_state().voters;
+        voters
+            .into_iter()
+            .filter(|id| *id == r.id || r.prs().get(*id).is_some_and(|p| p.recent_active))
+            .collect()
     }
 
     /// Queues a linearizable read; its index arrives in a later [`ReadyOut::reads`].
@@ -348,6 +441,44 @@ impl<W> RaftCore<W> {
             self.log.last_index(),
         )
     }
+}
+
+/// The first entries of a new cluster's log, the same on every initial member: one
+/// configuration change per member adding it as a voter (index 1.., term 1, in `members`
+/// order), the member itself as context (etcd writes the same bootstrap entries). A member
+/// that joins later replays them and so learns the whole membership history from index 1.
+pub fn bootstrap_entries(members: &[etch_protocol::etcdserverpb::Member]) -> Vec<Entry> {
+    use prost::Message as _;
+    use protobuf::Message as _;
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let cc = ConfChangeV2 {
+                changes: vec![ConfChangeSingle {
+                    change_type: ConfChangeType::AddNode,
+                    node_id: m.id,
+                    ..Default::default()
+                }]
+                .into(),
+                ..Default::default()
+            };
+            let mut e = Entry {
+                index: i as u64 + 1,
+                term: 1,
+                data: cc.write_to_bytes().unwrap_or_default().into(),
+                context: etch_protocol::etchpb::MemberChange {
+                    request_id: 0,
+                    member: Some(m.clone()),
+                }
+                .encode_to_vec()
+                .into(),
+                ..Default::default()
+            };
+            e.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+            e
+        })
+        .collect()
 }
 
 /// A ReadIndex context: this member's ID then its request sequence, both big-endian.

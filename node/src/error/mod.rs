@@ -65,6 +65,27 @@ pub enum ApiError {
     /// authenticates again.
     #[error("invalid auth token")]
     InvalidAuthToken,
+    /// A membership change while another is pending, or one that would leave the cluster
+    /// without a quorum of active members (etcd `ErrUnhealthy`).
+    #[error("unhealthy cluster")]
+    Unhealthy,
+    /// `--strict-reconfig-check`: the change would leave fewer started voters than a quorum
+    /// (etcd `ErrNotEnoughStartedMembers`).
+    #[error("re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    /// MemberPromote of a learner that is behind the leader (etcd `ErrLearnerNotReady`).
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// MemberAdd of a learner past `--experimental-max-learners` (etcd `ErrTooManyLearners`).
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
+    /// A request a learner does not serve (etcd `ErrGRPCNotSupportedForLearner`).
+    #[error("rpc not supported for learner")]
+    NotSupportedForLearner,
+    /// MemberAdd or MemberUpdate with peer URLs that do not parse (etcd
+    /// `ErrGRPCMemberBadURLs`).
+    #[error("given member URLs are invalid")]
+    MemberBadUrls,
 }
 
 mod table;

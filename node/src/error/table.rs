@@ -84,6 +84,22 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
                 "etcdserver: mvcc: database space exceeded",
             ),
             R::Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
+            R::MemberExists => (
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            R::PeerUrlExists => (
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            // etcd answers a removed ID as an unknown one (`togRPCError`).
+            R::MemberNotFound | R::MemberIdRemoved => {
+                (Code::NotFound, "etcdserver: member not found")
+            }
+            R::MemberNotLearner => (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
             _ => (Code::Unknown, "etcdserver: unknown request error"),
         },
         ApiError::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
@@ -103,6 +119,28 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
         ApiError::Unimplemented => (Code::Unimplemented, "etch: unknown request type"),
         ApiError::HelloRepeated => (Code::FailedPrecondition, "etch: Hello already received"),
         ApiError::InvalidAuthToken => (Code::Unauthenticated, "etcdserver: invalid auth token"),
+        ApiError::Unhealthy => (Code::Unavailable, "etcdserver: unhealthy cluster"),
+        // Unknown, not FailedPrecondition: etcd's error map sends this one to the client-side
+        // error value, which gRPC reports as Unknown (etcd 3.4 and 3.5 alike).
+        ApiError::NotEnoughStartedMembers => (
+            Code::Unknown,
+            "etcdserver: re-configuration failed due to not enough started members",
+        ),
+        ApiError::LearnerNotReady => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
+        ApiError::TooManyLearners => (
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster",
+        ),
+        ApiError::NotSupportedForLearner => {
+            (Code::Unavailable, "etcdserver: rpc not supported for learner")
+        }
+        ApiError::MemberBadUrls => (
+            Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid",
+        ),
     }
 }
 
@@ -110,8 +148,18 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
 /// inverse of [`status_of`] for the errors a leader returns to forwarded requests).
 pub fn from_status(code: u32, message: &str) -> ApiError {
     use etch_storage::mvcc::RequestError as R;
-    let all: [ApiError; 6] = [
+    let all: [ApiError; 16] = [
         R::LeaseNotFound.into(),
+        R::MemberExists.into(),
+        R::PeerUrlExists.into(),
+        R::MemberNotFound.into(),
+        R::MemberNotLearner.into(),
+        ApiError::Unhealthy,
+        ApiError::NotEnoughStartedMembers,
+        ApiError::LearnerNotReady,
+        ApiError::TooManyLearners,
+        ApiError::NotSupportedForLearner,
+        ApiError::MemberBadUrls,
         ApiError::NoLeader,
         ApiError::Timeout,
         ApiError::Stopped,

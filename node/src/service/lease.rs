@@ -149,7 +149,7 @@ impl Service {
     /// returns its answer, or the error it answered with. Gives up with
     /// [`ApiError::NotLeader`] as soon as the leader changes (the caller asks again), so a
     /// request sent to a leader that died does not wait out the whole timeout.
-    async fn forward(
+    pub(super) async fn forward(
         &self,
         body: peer_request::Body,
         deadline: tokio::time::Instant,

@@ -252,7 +252,7 @@ impl Service {
                 .map(|m| alarm_text(m.member_id, m.alarm))
                 .collect(),
             db_size_in_use: self.store.quota_size_bytes() as i64,
-            is_learner: false,
+            is_learner: self.state.is_learner(),
         }
     }
 }

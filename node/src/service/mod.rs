@@ -32,6 +32,7 @@ use crate::state::NodeState;
 pub mod auth;
 pub mod compactor;
 pub mod corrupt;
+mod cluster;
 mod kv;
 mod lease;
 mod maintenance;
@@ -66,6 +67,10 @@ pub struct Limits {
     /// Txn that puts or a LeaseGrant that would take this member's store past it raises the
     /// NOSPACE alarm and is refused (etcd `quotaKVServer`).
     pub quota_backend_bytes: u64,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
+    /// `--experimental-max-learners`.
+    pub max_learners: usize,
 }
 
 /// The actors the service talks to.

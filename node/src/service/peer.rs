@@ -7,7 +7,8 @@ use etch_protocol::etchpb::{peer_answer, peer_request};
 use super::Service;
 
 /// The services answering peers' requests: HashKV for the corruption checks, and the lease
-/// requests followers forward to the leader (the follower checked the client's permissions).
+/// and membership requests followers forward to the leader (the follower checked the client's
+/// permissions).
 pub struct PeerRequests(pub Arc<Service>);
 
 impl crate::actors::transport::PeerServer for PeerRequests {
@@ -31,6 +32,26 @@ impl crate::actors::transport::PeerServer for PeerRequests {
                     .lease_time_to_live(r)
                     .await
                     .map(peer_answer::Body::LeaseTimeToLive),
+                peer_request::Body::MemberList(r) => svc
+                    .member_list(r)
+                    .await
+                    .map(peer_answer::Body::MemberList),
+                peer_request::Body::MemberAdd(r) => svc
+                    .member_add(r)
+                    .await
+                    .map(peer_answer::Body::MemberAdd),
+                peer_request::Body::MemberRemove(r) => svc
+                    .member_remove(r)
+                    .await
+                    .map(peer_answer::Body::MemberRemove),
+                peer_request::Body::MemberUpdate(r) => svc
+                    .member_update(r)
+                    .await
+                    .map(peer_answer::Body::MemberUpdate),
+                peer_request::Body::MemberPromote(r) => svc
+                    .member_promote(r)
+                    .await
+                    .map(peer_answer::Body::MemberPromote),
             };
             answer.unwrap_or_else(|e| crate::actors::transport::answer_error(&e))
         })

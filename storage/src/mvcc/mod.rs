@@ -33,6 +33,7 @@ pub use crate::auth;
 mod compaction;
 mod hash;
 pub mod keys;
+mod members;
 mod read;
 pub mod snapshot;
 mod validate;
@@ -163,6 +164,23 @@ pub enum RequestError {
     /// large`).
     #[error("request is too large")]
     KeyTooLarge,
+    /// A membership change names an ID removed from the cluster for good (etcd
+    /// `membership.ErrIDRemoved`).
+    #[error("ID removed")]
+    MemberIdRemoved,
+    /// MemberAdd with an ID already in the cluster (`etcdserver: member ID already exist`).
+    #[error("member ID already exist")]
+    MemberExists,
+    /// MemberAdd or MemberUpdate with a peer URL another member has (`etcdserver: Peer URLs
+    /// already exists`).
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    /// A membership change names no member (`etcdserver: member not found`).
+    #[error("member not found")]
+    MemberNotFound,
+    /// MemberPromote of a voter (`etcdserver: can only promote a learner member`).
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
 }
 
 /// Largest lease TTL, seconds (etcd `MaxLeaseTTL`).
@@ -208,6 +226,8 @@ pub enum WriteResponse {
         /// The simple token assigned (Authenticate only).
         token: Option<String>,
     },
+    /// Response to a membership change: the membership after it.
+    Members(crate::members::Membership),
 }
 
 /// What applying one raft entry did.
@@ -236,6 +256,7 @@ const META_COMPACT_REV: &str = "compact_revision";
 const META_APPLIED: &str = "applied_index";
 const META_IDENTITY: &str = "identity";
 const META_KEY_COUNT: &str = "key_count";
+const META_MEMBERSHIP: &str = "membership";
 
 /// One open fjall database with the store's keyspaces.
 pub(crate) struct Db {
@@ -589,6 +610,16 @@ impl MvccStore {
         if index <= self.applied_index().index {
             return Ok(None);
         }
+        if let Some(change) = req.and_then(crate::members::change_of) {
+            let revision = self.current_revision();
+            return Ok(self
+                .apply_membership(index, term, &change)?
+                .map(|r| Applied {
+                    response: r.map(WriteResponse::Members),
+                    events: Vec::new(),
+                    revision,
+                }));
+        }
         let applied = AppliedIndex { index, term };
         let mut txn = write::WriteTxn::new(self);
         let allowed = alarm::gate(&self.alarm_set(), req)
@@ -628,6 +659,10 @@ impl MvccStore {
                 | Request::RoleGrantPermission(_)
                 | Request::RoleRevokePermission(_)),
             ) => txn.auth(r, who, index),
+            // Handled above.
+            Some(Request::MemberUpdate(_) | Request::MemberAttributes(_)) => {
+                Err(write::Fail::Request(RequestError::MemberNotFound))
+            }
         };
         let outcome = match response {
             Ok(resp) => txn.commit(applied, resp)?,

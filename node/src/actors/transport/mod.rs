@@ -42,6 +42,7 @@ pub use requests::{Ask, PeerServer, SetPeerServer, answer_error};
 use snapshot::{receive_snapshot, send_snapshot};
 
 mod endpoint;
+pub mod join;
 mod requests;
 mod snapshot;
 
@@ -79,7 +80,22 @@ pub struct TransportActor {
     state: Arc<crate::state::NodeState>,
     /// When each peer last opened a stream to this member (its Hello), for its sender task.
     hellos: HashMap<u64, watch::Sender<Option<tokio::time::Instant>>>,
+    /// Who may open streams to this member (shared with the accept loop).
+    members: Arc<std::sync::RwLock<PeerSets>>,
+    stop: watch::Receiver<bool>,
 }
+
+/// The members the accept loop admits, and the removed ones it turns away for good.
+#[derive(Debug, Default)]
+pub struct PeerSets {
+    /// Current members' IDs (this member included).
+    pub known: std::collections::HashSet<u64>,
+    /// Removed members' IDs.
+    pub removed: std::collections::HashSet<u64>,
+}
+
+/// The close reason a removed member's connection gets; the removed member stops on it.
+const REMOVED_REASON: &[u8] = b"removed member";
 
 /// A peer that opens a stream to this member more than this long after this member's own
 /// connection to it was made has restarted (or lost its link): that connection is stale too
@@ -113,50 +129,127 @@ impl TransportActor {
                 client_urls,
             })),
         });
-        let mut queues = HashMap::new();
-        let mut hellos = HashMap::new();
-        for p in peers {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
-            queues.insert(p.id, tx);
-            let (hello_tx, hello_rx) = watch::channel(None);
-            hellos.insert(p.id, hello_tx);
-            tokio::spawn(send_loop(
-                endpoint.clone(),
-                p.clone(),
-                rx,
-                hello_rx,
-                hello.clone(),
-                consensus.clone(),
-                stop.clone(),
-            ));
-        }
-        let known: Vec<u64> = peers.iter().map(|p| p.id).collect();
+        let members = Arc::new(std::sync::RwLock::new(PeerSets {
+            known: peers.iter().map(|p| p.id).chain([member_id]).collect(),
+            removed: Default::default(),
+        }));
         let ctx = Context::<TransportActor>::new();
         let me = ctx.address();
         tokio::spawn(accept_loop(
             endpoint.clone(),
             cluster_id,
             member_id,
-            known,
+            members.clone(),
             store.clone(),
             consensus.clone(),
             me,
-            stop,
+            state.clone(),
+            stop.clone(),
         ));
-        let actor = TransportActor {
-            queues,
+        let mut actor = TransportActor {
+            queues: HashMap::new(),
             asks: HashMap::new(),
             next_ask: 1,
             server: None,
-            peers: peers.iter().map(|p| (p.id, p.clone())).collect(),
+            peers: HashMap::new(),
             endpoint,
             hello,
             store,
             consensus,
             state,
-            hellos,
+            hellos: HashMap::new(),
+            members,
+            stop,
         };
+        for p in peers {
+            actor.add_peer(p.clone());
+        }
         ctx.run(actor)
+    }
+}
+
+impl TransportActor {
+    /// Starts talking to `p`: a queue and a sender task of its own.
+    fn add_peer(&mut self, p: Peer) {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
+        self.queues.insert(p.id, tx);
+        let (hello_tx, hello_rx) = watch::channel(None);
+        self.hellos.insert(p.id, hello_tx);
+        self.peers.insert(p.id, p.clone());
+        tokio::spawn(send_loop(
+            self.endpoint.clone(),
+            p,
+            rx,
+            hello_rx,
+            self.hello.clone(),
+            self.consensus.clone(),
+            self.state.clone(),
+            self.stop.clone(),
+        ));
+    }
+
+    /// Stops talking to member `id` (its sender task ends with its queue).
+    fn drop_peer(&mut self, id: u64) {
+        self.queues.remove(&id);
+        self.hellos.remove(&id);
+        self.peers.remove(&id);
+    }
+}
+
+/// Sent by consensus when an applied entry changed the membership: connect to added members,
+/// reconnect to moved ones, drop removed ones, and admit or refuse their streams accordingly.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetMembers(pub etch_storage::members::Membership);
+
+impl Handler<SetMembers> for TransportActor {
+    type Result = ();
+
+    fn handle(&mut self, m: SetMembers, _: &mut Context<Self>) {
+        let me = self.state.member_id.0;
+        {
+            let mut sets = self.members.write().unwrap_or_else(|p| p.into_inner());
+            sets.known = m.0.members.iter().map(|x| x.id).chain([me]).collect();
+            sets.removed = m.0.removed.iter().copied().collect();
+        }
+        let wanted: HashMap<u64, &etch_protocol::etcdserverpb::Member> = m
+            .0
+            .members
+            .iter()
+            .filter(|x| x.id != me)
+            .map(|x| (x.id, x))
+            .collect();
+        let gone: Vec<u64> = self
+            .peers
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            tracing::info!(peer = %MemberId(id), "member removed: disconnecting");
+            self.drop_peer(id);
+        }
+        for (id, x) in wanted {
+            let peer = match Peer::new(id, &x.peer_ur_ls) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(peer = %MemberId(id), error = %e, "member's peer URL unusable");
+                    continue;
+                }
+            };
+            match self.peers.get(&id) {
+                Some(p) if *p == peer => {}
+                Some(_) => {
+                    tracing::info!(peer = %MemberId(id), addr = %peer.addr, "member's peer URLs changed: reconnecting");
+                    self.drop_peer(id);
+                    self.add_peer(peer);
+                }
+                None => {
+                    tracing::info!(peer = %MemberId(id), addr = %peer.addr, "member added: connecting");
+                    self.add_peer(peer);
+                }
+            }
+        }
     }
 }
 
@@ -238,11 +331,16 @@ async fn send_loop(
     mut peer_hello: watch::Receiver<Option<tokio::time::Instant>>,
     hello: Bytes,
     consensus: Addr<ConsensusActor>,
+    state: Arc<crate::state::NodeState>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (id, addr) = (peer.id, peer.addr);
     let mut backoff = Duration::from_millis(50);
     loop {
+        if rx.is_closed() {
+            // The member was removed, or moved to another address (a new task took over).
+            return;
+        }
         let stream = async {
             let conn = endpoint
                 .connect(addr, &peer.host)
@@ -335,12 +433,24 @@ async fn send_loop(
                         }
                         backoff = (refused_backoff * 2).min(MAX_BACKOFF);
                     }
+                    None if removed_by(&conn) => {
+                        state.fail(crate::actors::consensus::REMOVED.to_owned());
+                        return;
+                    }
                     None => tracing::info!(peer = %MemberId(id), "lost the stream to peer"),
                 }
                 break;
             }
         }
     }
+}
+
+/// Whether the peer closed `conn` because this member was removed from the cluster.
+fn removed_by(conn: &quinn::Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.reason.as_ref() == REMOVED_REASON
+    )
 }
 
 /// Records QUIC's view of the connection to peer `to` (hex ID): RTT estimate, packets lost,
@@ -358,10 +468,11 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     cluster_id: u64,
     member_id: u64,
-    known: Vec<u64>,
+    known: Arc<std::sync::RwLock<PeerSets>>,
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
     transport: Addr<TransportActor>,
+    state: Arc<crate::state::NodeState>,
     mut stop: watch::Receiver<bool>,
 ) {
     // A refused peer redials about once a second: warn once a minute per address, the rest at
@@ -376,12 +487,13 @@ async fn accept_loop(
             }
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let (consensus, known, store, transport, warned) = (
+        let (consensus, known, store, transport, warned, state) = (
             consensus.clone(),
             known.clone(),
             store.clone(),
             transport.clone(),
             warned.clone(),
+            state.clone(),
         );
         tokio::spawn(async move {
             let remote = incoming.remote_address();
@@ -408,6 +520,13 @@ async fn accept_loop(
                     return;
                 }
             };
+            // A member joining the cluster asks for the member list on a bidirectional stream.
+            let (c, st) = (conn.clone(), state.clone());
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = c.accept_bi().await {
+                    tokio::spawn(join::answer(send, recv, st.clone()));
+                }
+            });
             while let Ok(recv) = conn.accept_uni().await {
                 tokio::spawn(read_stream(
                     recv,
@@ -431,7 +550,7 @@ async fn read_stream(
     conn: quinn::Connection,
     cluster_id: u64,
     member_id: u64,
-    known: Vec<u64>,
+    known: Arc<std::sync::RwLock<PeerSets>>,
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
     transport: Addr<TransportActor>,
@@ -462,7 +581,19 @@ async fn read_stream(
             hello.member_id, hello.cluster_id, cluster_id
         ));
     }
-    if !known.contains(&hello.member_id) {
+    let (is_known, is_removed) = {
+        let sets = known.read().unwrap_or_else(|p| p.into_inner());
+        (
+            sets.known.contains(&hello.member_id),
+            sets.removed.contains(&hello.member_id),
+        )
+    };
+    if is_removed {
+        tracing::warn!(%remote, peer = %MemberId(hello.member_id), "rejected stream from a removed member");
+        conn.close(2u32.into(), REMOVED_REASON);
+        return;
+    }
+    if !is_known {
         return reject(format!(
             "member {:x} is not in this cluster",
             hello.member_id
