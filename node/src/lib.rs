@@ -12,9 +12,9 @@ pub mod core;
 pub mod error;
 pub mod listener;
 mod logger;
-mod startup;
 pub mod metrics;
 pub mod service;
+mod startup;
 pub mod state;
 pub mod tls;
 
@@ -119,7 +119,15 @@ pub async fn run(
         tracing::warn!("data-dir used by this member must be removed");
         return Ok(());
     }
-    let log = startup::raft_log(&config, &store, &mut wal, &recovered, fresh, boot.joining, &mut membership)?;
+    let log = startup::raft_log(
+        &config,
+        &store,
+        &mut wal,
+        &recovered,
+        fresh,
+        boot.joining,
+        &mut membership,
+    )?;
     let applied = store.applied_index().index;
     tracing::info!(
         member_id = %MemberId(member_id),
@@ -177,6 +185,7 @@ pub async fn run(
     // Consensus and transport address each other: make consensus's address first.
     let consensus_ctx = Context::<ConsensusActor>::new();
     let consensus = consensus_ctx.address();
+    let mut peer_endpoint = None;
     let transport = match endpoint {
         None if boot.peers.is_empty() => None,
         None => {
@@ -186,6 +195,7 @@ pub async fn run(
         }
         Some((addr, ep)) => {
             tracing::info!(%addr, peers = boot.peers.len(), "serving peers (QUIC)");
+            peer_endpoint = Some(ep.clone());
             let t = transport::TransportActor::start(
                 ep,
                 state.clone(),
@@ -316,7 +326,7 @@ pub async fn run(
     for l in client_listeners {
         tracing::info!(addr = %l.describe(), "serving the etcd gRPC API");
         let grpc = api::grpc::Grpc::new(service.clone(), config.election_timeout)
-        .with_max_concurrent_streams(config.max_concurrent_streams);
+            .with_max_concurrent_streams(config.max_concurrent_streams);
         let mut stop = stop_native_rx.clone();
         let max = config.max_request_bytes;
         let tls = client_tls.clone();
@@ -402,6 +412,12 @@ pub async fn run(
     }
     stop_tx.send_replace(true);
     consensus.do_send(StopConsensus);
+    if let Some(ep) = peer_endpoint {
+        // Let the connections' close frames leave, so peers see this member go at once
+        // instead of after QUIC's idle timeout.
+        ep.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_millis(500), ep.wait_idle()).await;
+    }
     if result.is_ok() || removed {
         store.persist()?;
     }

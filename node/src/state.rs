@@ -30,6 +30,9 @@ pub struct NodeState {
     client_urls: std::sync::RwLock<std::collections::HashMap<u64, Vec<String>>>,
     /// The applied membership (consensus keeps it current).
     membership: watch::Sender<etch_storage::members::Membership>,
+    /// Open inbound peer streams, by member: a member with none is not connected (etcd's
+    /// transport `ActiveSince`).
+    peer_streams: Mutex<HashMap<u64, usize>>,
 }
 
 impl NodeState {
@@ -46,7 +49,26 @@ impl NodeState {
             leader_changes: watch::channel(INVALID_ID).0,
             client_urls: Default::default(),
             membership: watch::channel(Default::default()).0,
+            peer_streams: Mutex::default(),
         }
+    }
+    /// A stream from member `id` opened (`true`) or ended (`false`).
+    pub fn peer_stream(&self, id: u64, open: bool) {
+        let mut m = self.peer_streams.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(id).or_default();
+        if open {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+    }
+    /// Whether member `id` has a stream open to this member now.
+    pub fn peer_connected(&self, id: u64) -> bool {
+        self.peer_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|n| *n > 0)
     }
     /// The applied membership.
     pub fn membership(&self) -> etch_storage::members::Membership {

@@ -357,6 +357,19 @@ impl Node {
         })
     }
 
+    /// Waits (up to `deadline`) for the process to exit on its own; returns its status.
+    ///
+    /// # Panics
+    /// When it is not running, or still runs at the deadline (it is then killed by drop).
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        let status = wait_for(deadline, "etch to exit by itself", || {
+            c.try_wait().ok().flatten()
+        });
+        self.child = None;
+        status
+    }
+
     /// Starts the process again on the same data directory (a new port) and waits for a leader.
     pub fn restart(&mut self) {
         self.kill9();

@@ -445,7 +445,14 @@ impl Handler<ProposeMemberChange> for ConsensusActor {
             return Err(ApiError::NotLeader);
         }
         let membership = self.state.membership();
-        let active = self.core.active_voters();
+        // Heard from by raft recently, and connected now (a member that stopped is noticed at
+        // once, not an election timeout later).
+        let active: Vec<u64> = self
+            .core
+            .active_voters()
+            .into_iter()
+            .filter(|id| *id == self.state.member_id.0 || self.state.peer_connected(*id))
+            .collect();
         let view = LeaderView {
             membership: &membership,
             me: self.state.member_id.0,

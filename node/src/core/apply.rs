@@ -11,8 +11,8 @@ use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType};
 
 use etch_protocol::etchpb::InternalRequest;
-use etch_protocol::etchpb::internal_request::Request;
 use etch_protocol::etchpb::MemberChange;
+use etch_protocol::etchpb::internal_request::Request;
 use etch_storage::members::{self, Change, Membership};
 use etch_storage::mvcc::{MvccStore, RequestError, WriteResponse};
 
@@ -147,9 +147,7 @@ impl ApplyCore {
         let id = single.node_id;
         let current = self.store.membership()?;
         let change = match single.get_change_type() {
-            ConfChangeType::AddNode
-                if members::get(&current, id).is_some_and(|m| m.is_learner) =>
-            {
+            ConfChangeType::AddNode if members::get(&current, id).is_some_and(|m| m.is_learner) => {
                 Change::Promote(id)
             }
             ConfChangeType::AddNode => Change::Add(etch_protocol::etcdserverpb::Member {

@@ -179,7 +179,11 @@ mod tests {
     #[test]
     fn strict_reconfig_rules() {
         let m = Membership {
-            members: vec![member(1, "a", false), member(2, "b", false), member(3, "", false)],
+            members: vec![
+                member(1, "a", false),
+                member(2, "b", false),
+                member(3, "", false),
+            ],
             removed: vec![],
         };
         // 3 voters, 2 started: a fourth voter needs 3 started.
@@ -203,7 +207,11 @@ mod tests {
             Err(ApiError::NotEnoughStartedMembers)
         );
         let started = Membership {
-            members: vec![member(1, "a", false), member(2, "b", false), member(3, "c", false)],
+            members: vec![
+                member(1, "a", false),
+                member(2, "b", false),
+                member(3, "c", false),
+            ],
             removed: vec![],
         };
         assert_eq!(
@@ -216,7 +224,11 @@ mod tests {
         );
         // Promotion needs a caught-up learner.
         assert_eq!(
-            check(&Proposed::Promote(5), &view(&with_learner, &[1, 2, 3]), |_| false),
+            check(
+                &Proposed::Promote(5),
+                &view(&with_learner, &[1, 2, 3]),
+                |_| false
+            ),
             Err(ApiError::LearnerNotReady)
         );
         assert!(check(&Proposed::Promote(1), &view(&m, &[1, 2, 3]), |_| true).is_err());
@@ -231,9 +243,6 @@ mod tests {
     #[test]
     fn member_ids_differ_by_time() {
         let urls = vec!["http://127.0.0.1:2380".to_owned()];
-        assert_ne!(
-            new_member_id(&urls, 1),
-            new_member_id(&urls, 2)
-        );
+        assert_ne!(new_member_id(&urls, 1), new_member_id(&urls, 2));
     }
 }

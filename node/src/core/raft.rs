@@ -229,7 +229,9 @@ impl<W> RaftCore<W> {
             };
             match self.node.apply_conf_change(&cc) {
                 Ok(cs) => self.log.set_conf_state(cs),
-                Err(e) => tracing::error!(error = %e, node_id, "raft refused a configuration change"),
+                Err(e) => {
+                    tracing::error!(error = %e, node_id, "raft refused a configuration change")
+                }
             }
         }
         changed

@@ -134,9 +134,10 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
             Code::FailedPrecondition,
             "etcdserver: too many learner members in cluster",
         ),
-        ApiError::NotSupportedForLearner => {
-            (Code::Unavailable, "etcdserver: rpc not supported for learner")
-        }
+        ApiError::NotSupportedForLearner => (
+            Code::Unavailable,
+            "etcdserver: rpc not supported for learner",
+        ),
         ApiError::MemberBadUrls => (
             Code::InvalidArgument,
             "etcdserver: given member URLs are invalid",

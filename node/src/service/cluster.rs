@@ -176,8 +176,9 @@ impl Service {
         let me = self.state.member_id.0;
         let m = self.state.membership();
         // A joining member learns of itself when it applies its own addition: until then, wait.
-        let current = etch_storage::members::get(&m, me)
-            .ok_or(ApiError::Request(etch_storage::mvcc::RequestError::MemberNotFound))?;
+        let current = etch_storage::members::get(&m, me).ok_or(ApiError::Request(
+            etch_storage::mvcc::RequestError::MemberNotFound,
+        ))?;
         if current.name == name && current.client_ur_ls == client_urls {
             return Ok(());
         }

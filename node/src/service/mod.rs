@@ -30,9 +30,9 @@ use crate::error::ApiError;
 use crate::state::NodeState;
 
 pub mod auth;
+mod cluster;
 pub mod compactor;
 pub mod corrupt;
-mod cluster;
 mod kv;
 mod lease;
 mod maintenance;

@@ -32,14 +32,12 @@ impl crate::actors::transport::PeerServer for PeerRequests {
                     .lease_time_to_live(r)
                     .await
                     .map(peer_answer::Body::LeaseTimeToLive),
-                peer_request::Body::MemberList(r) => svc
-                    .member_list(r)
-                    .await
-                    .map(peer_answer::Body::MemberList),
-                peer_request::Body::MemberAdd(r) => svc
-                    .member_add(r)
-                    .await
-                    .map(peer_answer::Body::MemberAdd),
+                peer_request::Body::MemberList(r) => {
+                    svc.member_list(r).await.map(peer_answer::Body::MemberList)
+                }
+                peer_request::Body::MemberAdd(r) => {
+                    svc.member_add(r).await.map(peer_answer::Body::MemberAdd)
+                }
                 peer_request::Body::MemberRemove(r) => svc
                     .member_remove(r)
                     .await

@@ -81,7 +81,9 @@ pub async fn fetch_members(
                 return Err("failed to get raft cluster member(s) from the given URLs".into());
             }
             Ok(Ok(r)) => return Ok(r),
-            Ok(Err(e)) => tracing::warn!(addr = %p.addr, error = %e, "failed to get cluster response"),
+            Ok(Err(e)) => {
+                tracing::warn!(addr = %p.addr, error = %e, "failed to get cluster response")
+            }
             Err(_) => tracing::warn!(addr = %p.addr, "failed to get cluster response: timed out"),
         }
     }

@@ -212,13 +212,12 @@ impl Handler<SetMembers> for TransportActor {
             sets.known = m.0.members.iter().map(|x| x.id).chain([me]).collect();
             sets.removed = m.0.removed.iter().copied().collect();
         }
-        let wanted: HashMap<u64, &etch_protocol::etcdserverpb::Member> = m
-            .0
-            .members
-            .iter()
-            .filter(|x| x.id != me)
-            .map(|x| (x.id, x))
-            .collect();
+        let wanted: HashMap<u64, &etch_protocol::etcdserverpb::Member> =
+            m.0.members
+                .iter()
+                .filter(|x| x.id != me)
+                .map(|x| (x.id, x))
+                .collect();
         let gone: Vec<u64> = self
             .peers
             .keys()
@@ -537,6 +536,7 @@ async fn accept_loop(
                     store.clone(),
                     consensus.clone(),
                     transport.clone(),
+                    state.clone(),
                 ));
             }
         });
@@ -554,6 +554,7 @@ async fn read_stream(
     store: Arc<MvccStore>,
     consensus: Addr<ConsensusActor>,
     transport: Addr<TransportActor>,
+    state: Arc<crate::state::NodeState>,
 ) {
     let remote = conn.remote_address();
     let reject = |why: String| {
@@ -600,6 +601,18 @@ async fn read_stream(
         ));
     }
     transport.do_send(PeerClientUrls(hello.member_id, hello.client_urls));
+    /// Counts the stream as open while it is read.
+    struct Open(Arc<crate::state::NodeState>, u64);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.peer_stream(self.1, false);
+            if !self.0.peer_connected(self.1) {
+                tracing::info!(peer = %MemberId(self.1), "peer disconnected");
+            }
+        }
+    }
+    state.peer_stream(hello.member_id, true);
+    let _open = Open(state.clone(), hello.member_id);
     let received = metrics::counter!(
         crate::metrics::PEER_RECEIVED_BYTES,
         "From" => MemberId(hello.member_id).to_string()

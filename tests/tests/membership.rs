@@ -1,0 +1,290 @@
+//! Membership changes driven the way an operator drives them: etcdctl's `member add`, `member
+//! remove`, `member update` and `member promote` against real members, new members started with
+//! the `--initial-cluster` that `member add` printed and `--initial-cluster-state existing`.
+
+use std::time::Duration;
+
+use etch_tests::{Cluster, Node, etcdctl, free_udp_port, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs etcdctl against `endpoint`; returns (success, stdout, stderr).
+fn ctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let o = etcdctl(endpoint, args, "");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn ctl_ok(endpoint: &str, args: &[&str]) -> String {
+    let (ok, out, err) = ctl(endpoint, args);
+    assert!(ok, "etcdctl {args:?} failed: {err}");
+    out
+}
+
+fn ctl_err(endpoint: &str, args: &[&str]) -> String {
+    let (ok, out, err) = ctl(endpoint, args);
+    assert!(!ok, "etcdctl {args:?} should fail, printed {out}");
+    err
+}
+
+/// `member list` lines as (hex ID, status, name, is learner).
+fn members(endpoint: &str) -> Vec<(String, String, String, bool)> {
+    ctl_ok(endpoint, &["member", "list"])
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            (
+                f[0].to_owned(),
+                f[1].to_owned(),
+                f[2].to_owned(),
+                f[f.len() - 1] == "true",
+            )
+        })
+        .collect()
+}
+
+/// Adds member `name` through `endpoint` with etcdctl and starts it with what `member add`
+/// printed; returns the new member, its hex ID and its peer URL.
+fn add_and_start(
+    dir: &std::path::Path,
+    endpoint: &str,
+    name: &str,
+    learner: bool,
+) -> (Node, String, String) {
+    let url = format!("http://127.0.0.1:{}", free_udp_port());
+    let peer_urls = format!("--peer-urls={url}");
+    let mut args = vec!["member", "add", name, &peer_urls];
+    if learner {
+        args.push("--learner");
+    }
+    let out = ctl_ok(endpoint, &args);
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("member add printed {out}"))
+        .to_owned();
+    let env = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing in {out}"))
+            .trim_matches('"')
+            .to_owned()
+    };
+    assert_eq!(env("ETCD_NAME"), name);
+    assert_eq!(env("ETCD_INITIAL_CLUSTER_STATE"), "existing");
+    let initial = env("ETCD_INITIAL_CLUSTER");
+    assert!(initial.contains(&format!("{name}={url}")), "{initial}");
+    let node = Node::launch(
+        dir.join(name),
+        &[
+            "--name",
+            name,
+            "--listen-peer-urls",
+            &url,
+            "--initial-advertise-peer-urls",
+            &url,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "existing",
+        ],
+    );
+    (node, id, url)
+}
+
+/// Waits until `endpoint` serves `key` = `value` from its own store.
+fn has_locally(endpoint: &str, key: &str, value: &str) {
+    wait_for(DEADLINE, "the member to have the key", || {
+        let (ok, out, _) = ctl(
+            endpoint,
+            &["get", key, "--consistency=s", "--print-value-only"],
+        );
+        (ok && out.trim() == value).then_some(())
+    });
+}
+
+#[test]
+fn a_member_is_added_replaced_and_the_cluster_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let first = c.nodes[0].grpc.clone();
+    ctl_ok(&first, &["put", "before", "1"]);
+
+    // Grow to four: the new member joins, gets the data, publishes its name.
+    let (mut m3, m3_id, _) = add_and_start(dir.path(), &first, "m3", false);
+    has_locally(&m3.grpc, "before", "1");
+    wait_for(DEADLINE, "the new member to be started", || {
+        members(&first)
+            .iter()
+            .any(|(id, status, name, _)| *id == m3_id && status == "started" && name == "m3")
+            .then_some(())
+    });
+    ctl_ok(&m3.grpc, &["put", "through-new", "2"]);
+    has_locally(&c.nodes[1].grpc, "through-new", "2");
+
+    // Remove m1 through another follower: it stops by itself, cleanly, as etcd's does.
+    let leader = c.leader();
+    let victim = (1..3).find(|i| *i != leader).unwrap();
+    let via = (0..3).find(|i| *i != leader && *i != victim).unwrap();
+    let victim_id = members(&first)
+        .into_iter()
+        .find(|(_, _, name, _)| *name == format!("m{victim}"))
+        .unwrap()
+        .0;
+    let out = ctl_ok(&c.nodes[via].grpc, &["member", "remove", &victim_id]);
+    assert!(
+        out.contains(&victim_id) && out.contains("removed from cluster"),
+        "{out}"
+    );
+    let status = c.nodes[victim].wait_exit(DEADLINE);
+    assert!(
+        status.success(),
+        "a removed member exits 0, as etcd: {status}"
+    );
+    assert!(
+        c.nodes[victim]
+            .log()
+            .contains("the member has been permanently removed from the cluster")
+    );
+    // Started again on its data dir, it stops again.
+    let (status, log) = c.nodes[victim].start_expecting_failure();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("data-dir used by this member must be removed"),
+        "{log}"
+    );
+    assert_eq!(members(&first).len(), 3);
+
+    // Removing it twice, or an unknown member: etcd's "member not found".
+    let err = ctl_err(&first, &["member", "remove", &victim_id]);
+    assert!(err.contains("etcdserver: member not found"), "{err}");
+
+    // Every remaining member restarts with the right voters and the data.
+    for i in (0..3).filter(|i| *i != victim) {
+        c.nodes[i].relaunch();
+    }
+    m3.relaunch();
+    for i in (0..3).filter(|i| *i != victim) {
+        c.nodes[i].wait_leader();
+    }
+    m3.wait_leader();
+    ctl_ok(&m3.grpc, &["put", "after-restart", "3"]);
+    for i in (0..3).filter(|i| *i != victim) {
+        has_locally(&c.nodes[i].grpc, "after-restart", "3");
+        has_locally(&c.nodes[i].grpc, "before", "1");
+    }
+}
+
+#[test]
+fn a_learner_serves_only_serializable_reads_until_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 1, &[]);
+    let first = c.nodes[0].grpc.clone();
+    ctl_ok(&first, &["put", "k", "v"]);
+    let (learner, id, url) = add_and_start(dir.path(), &first, "l", true);
+    has_locally(&learner.grpc, "k", "v");
+    assert!(members(&first).iter().any(|(i, _, _, l)| *i == id && *l));
+
+    // etcd's learner rules and messages.
+    for args in [
+        &["get", "k"][..],
+        &["put", "x", "1"][..],
+        &["member", "list"][..],
+    ] {
+        let err = ctl_err(&learner.grpc, args);
+        assert!(
+            err.contains("etcdserver: rpc not supported for learner"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = ctl_ok(&learner.grpc, &["endpoint", "status", "-w", "json"]);
+    assert!(out.contains("\"isLearner\":true"), "{out}");
+    let err = ctl_err(
+        &first,
+        &[
+            "member",
+            "add",
+            "l2",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:1",
+        ],
+    );
+    assert!(
+        err.contains("etcdserver: too many learner members in cluster"),
+        "{err}"
+    );
+    let err = ctl_err(
+        &first,
+        &["member", "add", "dup", &format!("--peer-urls={url}")],
+    );
+    assert!(
+        err.contains("etcdserver: Peer URLs already exists"),
+        "{err}"
+    );
+    let voter = members(&first)
+        .into_iter()
+        .find(|(_, _, _, l)| !l)
+        .unwrap()
+        .0;
+    let err = ctl_err(&first, &["member", "promote", &voter]);
+    assert!(
+        err.contains("etcdserver: can only promote a learner member"),
+        "{err}"
+    );
+
+    // Promoted once caught up, it serves everything and counts for quorum.
+    wait_for(DEADLINE, "the learner to be promoted", || {
+        ctl(&first, &["member", "promote", &id]).0.then_some(())
+    });
+    assert!(members(&first).iter().all(|(_, _, _, l)| !l));
+    wait_for(DEADLINE, "the promoted member to take writes", || {
+        ctl(&learner.grpc, &["put", "x", "1"]).0.then_some(())
+    });
+    has_locally(&first, "x", "1");
+}
+
+#[test]
+fn strict_reconfig_check_protects_the_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let down = (0..3).find(|i| *i != leader).unwrap();
+    let up = (0..3).find(|i| *i != leader && *i != down).unwrap();
+    let seen = c.nodes[leader].log().matches("peer disconnected").count();
+    c.nodes[down].terminate();
+    wait_for(DEADLINE, "the leader to see the member go", || {
+        (c.nodes[leader].log().matches("peer disconnected").count() > seen).then_some(())
+    });
+    // Adding a voter while a voter is down could leave no quorum: refused.
+    let ep = c.nodes[up].grpc.clone();
+    let err = ctl_err(
+        &ep,
+        &["member", "add", "x", "--peer-urls=http://127.0.0.1:1"],
+    );
+    assert!(err.contains("etcdserver: unhealthy cluster"), "{err}");
+    // Removing the member that is down is allowed; removing one that is up is not, since the
+    // two left would need both.
+    let ids = members(&ep);
+    let name_of = |i: usize| format!("m{i}");
+    let id_of = |i: usize| ids.iter().find(|m| m.2 == name_of(i)).unwrap().0.clone();
+    let err = ctl_err(&ep, &["member", "remove", &id_of(up)]);
+    assert!(err.contains("etcdserver: unhealthy cluster"), "{err}");
+    ctl_ok(&ep, &["member", "remove", &id_of(down)]);
+    assert_eq!(members(&ep).len(), 2);
+    // MemberUpdate moves a member's peer URL; the others reconnect to it.
+    let new_url = format!("http://127.0.0.1:{}", free_udp_port());
+    let out = ctl_ok(
+        &ep,
+        &[
+            "member",
+            "update",
+            &id_of(up),
+            &format!("--peer-urls={new_url}"),
+        ],
+    );
+    assert!(out.contains("updated in cluster"), "{out}");
+    assert!(ctl_ok(&ep, &["member", "list"]).contains(&new_url));
+}
