@@ -9,6 +9,7 @@
 //! in actors.
 
 pub mod auth;
+pub mod bbolt;
 pub mod error;
 pub mod members;
 pub mod mvcc;

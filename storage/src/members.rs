@@ -127,6 +127,34 @@ pub fn apply(m: &mut Membership, c: &Change) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// etcd's member ID: the first 8 bytes (big-endian) of SHA-1(sorted peer URLs joined ++
+/// `salt`), the salt being the cluster token for a bootstrap member (etcd
+/// `membership.NewMember`).
+pub fn member_id(peer_urls: &[String], salt: &str) -> u64 {
+    use sha1::{Digest, Sha1};
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut h = Sha1::new();
+    h.update(urls.join("").as_bytes());
+    h.update(salt.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// etcd's cluster ID: the first 8 bytes of SHA-1 over the sorted member IDs, each 8 bytes
+/// big-endian (etcd `RaftCluster.genID`).
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    use sha1::{Digest, Sha1};
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let mut h = Sha1::new();
+    for id in ids {
+        h.update(id.to_be_bytes());
+    }
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
 /// The raft configuration of `m`: voters and learners, each in ID order.
 pub fn conf_state(m: &Membership) -> ConfState {
     let (learners, voters): (Vec<&Member>, Vec<&Member>) =

@@ -12,6 +12,7 @@ pub mod authcmd;
 pub mod client;
 pub mod grpc;
 pub mod output;
+pub mod snapshot;
 pub mod tls;
 
 pub use client::{Client, ClientError, ConnectOptions, WatchStream};

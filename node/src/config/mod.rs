@@ -9,8 +9,6 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sha1::{Digest, Sha1};
-
 /// The version of the etcd API etch implements, reported where etcd reports its version
 /// (`Status.version`): clients such as kube-apiserver gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.17";
@@ -397,30 +395,7 @@ pub fn unix_socket_path(url: &str) -> Option<std::path::PathBuf> {
     Some(std::path::PathBuf::from(rest))
 }
 
-/// etcd's member ID: the first 8 bytes (big-endian) of SHA-1(sorted peer URLs joined ++ token)
-/// (etcd `membership.NewMember`).
-pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
-    let mut urls = peer_urls.to_vec();
-    urls.sort();
-    let mut h = Sha1::new();
-    h.update(urls.join("").as_bytes());
-    h.update(token.as_bytes());
-    let d = h.finalize();
-    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
-}
-
-/// etcd's cluster ID: the first 8 bytes of SHA-1 over the sorted member IDs, each 8 bytes
-/// big-endian (etcd `RaftCluster.genID`).
-pub fn cluster_id(member_ids: &[u64]) -> u64 {
-    let mut ids = member_ids.to_vec();
-    ids.sort_unstable();
-    let mut h = Sha1::new();
-    for id in ids {
-        h.update(id.to_be_bytes());
-    }
-    let d = h.finalize();
-    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
-}
+pub use etch_storage::members::{cluster_id, member_id};
 
 /// What `etch --version` prints: etcd's lines first (tools parse `etcd Version: X.Y.Z`), then
 /// etch's own version.

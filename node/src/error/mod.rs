@@ -86,6 +86,9 @@ pub enum ApiError {
     /// `ErrGRPCMemberBadURLs`).
     #[error("given member URLs are invalid")]
     MemberBadUrls,
+    /// A snapshot could not be written or read back (the member's log says why).
+    #[error("snapshot failed")]
+    SnapshotFailed,
 }
 
 mod table;

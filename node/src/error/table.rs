@@ -142,6 +142,10 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
             Code::InvalidArgument,
             "etcdserver: given member URLs are invalid",
         ),
+        ApiError::SnapshotFailed => (
+            Code::Internal,
+            "etch: snapshot failed (the member's log says why)",
+        ),
     }
 }
 

@@ -37,6 +37,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod peer;
+mod snapshot;
 
 pub use peer::PeerRequests;
 

@@ -31,6 +31,10 @@
 mod alarm;
 pub use crate::auth;
 mod compaction;
+mod etcd_restore;
+mod etcd_snapshot;
+pub use etcd_restore::{Buckets, Restored};
+pub use etcd_snapshot::member_json;
 mod hash;
 pub mod keys;
 mod members;
@@ -532,6 +536,11 @@ impl MvccStore {
         v.extend_from_slice(&cluster_id.to_be_bytes());
         self.db().meta.insert(META_IDENTITY, v)?;
         self.persist()
+    }
+
+    /// The directory the store lives in (`<data dir>/member`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.root
     }
 
     /// Makes everything applied so far durable (fjall `PersistMode::SyncAll`).

@@ -85,7 +85,7 @@ fn keyspace_of(d: &Db, id: u8) -> Option<&fjall::Keyspace> {
     })
 }
 
-fn push_record(chunk: &mut Vec<u8>, ks: u8, k: &[u8], v: &[u8]) {
+pub(super) fn push_record(chunk: &mut Vec<u8>, ks: u8, k: &[u8], v: &[u8]) {
     chunk.push(ks);
     chunk.extend_from_slice(&(k.len() as u32).to_be_bytes());
     chunk.extend_from_slice(k);

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 use etch_tools::client::prefix_end;
@@ -123,6 +125,79 @@ enum Cmd {
         #[command(subcommand)]
         cmd: etch_tools::authcmd::RoleCmd,
     },
+    /// Snapshot files (taken with `etcdctl snapshot save` from etch or etcd): status and
+    /// restore into a new data dir. Local: no member is contacted.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Prints the snapshot's hash, revision, total keys and size (etcdutl's status).
+    Status { file: PathBuf },
+    /// Builds a new member data dir from a snapshot (etcdutl's restore flags).
+    Restore {
+        file: PathBuf,
+        /// This member's name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Every member of the new cluster, name=peer-url,...
+        #[arg(long, default_value = "default=http://localhost:2380")]
+        initial_cluster: String,
+        /// The new cluster's token.
+        #[arg(long, default_value = "etcd-cluster")]
+        initial_cluster_token: String,
+        /// This member's peer URLs.
+        #[arg(long, default_value = "http://localhost:2380")]
+        initial_advertise_peer_urls: String,
+        /// The data dir to create (default `<name>.etch`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Restore a file without (or with a wrong) trailing SHA-256.
+        #[arg(long)]
+        skip_hash_check: bool,
+    },
+}
+
+/// Runs a snapshot command.
+fn snapshot(cmd: &SnapshotCmd, fmt: Format) -> Result<String, String> {
+    use etch_tools::snapshot as s;
+    let read = |f: &PathBuf| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()));
+    match cmd {
+        SnapshotCmd::Status { file } => {
+            let bytes = read(file)?;
+            let db = s::verified_db(&bytes, true)?;
+            let st =
+                s::status(db).map_err(|e| format!("snapshot file integrity check failed: {e}"))?;
+            Ok(s::status_text(&st, fmt))
+        }
+        SnapshotCmd::Restore {
+            file,
+            name,
+            initial_cluster,
+            initial_cluster_token,
+            initial_advertise_peer_urls,
+            data_dir,
+            skip_hash_check,
+        } => {
+            let bytes = read(file)?;
+            s::restore(
+                &bytes,
+                *skip_hash_check,
+                &s::RestoreTo {
+                    name: name.clone(),
+                    initial_cluster: initial_cluster.clone(),
+                    token: initial_cluster_token.clone(),
+                    advertise_peer_urls: initial_advertise_peer_urls.clone(),
+                    data_dir: data_dir
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(format!("{name}.etch"))),
+                },
+            )
+        }
+    }
 }
 
 /// How to connect, from the global flags.
@@ -656,6 +731,9 @@ async fn run(cli: Cli) -> Result<String, String> {
     let dial = humantime::parse_duration(&cli.dial_timeout).map_err(|e| e.to_string())?;
     let timeout = humantime::parse_duration(&cli.command_timeout).map_err(|e| e.to_string())?;
     let fmt = cli.write_out;
+    if let Cmd::Snapshot { cmd } = &cli.cmd {
+        return snapshot(cmd, fmt);
+    }
     let opts = connect_options(&cli, dial)?;
     if let Cmd::Watch(a) = &cli.cmd {
         // Runs until interrupted: no command timeout.
@@ -781,7 +859,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             Cmd::Auth { cmd } => etch_tools::authcmd::auth(&c, cmd, &mut out).await?,
             Cmd::User { cmd } => etch_tools::authcmd::user(&c, cmd, &mut out).await?,
             Cmd::Role { cmd } => etch_tools::authcmd::role(&c, cmd, &mut out).await?,
-            Cmd::Txn { .. } | Cmd::Endpoint { .. } | Cmd::Watch(_) => {}
+            Cmd::Txn { .. } | Cmd::Endpoint { .. } | Cmd::Watch(_) | Cmd::Snapshot { .. } => {}
         }
         Ok::<(), String>(())
     };
