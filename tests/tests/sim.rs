@@ -42,12 +42,18 @@ fn seeds_pass_every_check() {
                 total.lease_revokes += s.lease_revokes;
                 total.compactions += s.compactions;
                 total.watch_compacted += s.watch_compacted;
+                total.member_changes += s.member_changes;
+                total.members_removed += s.members_removed;
             }
             Err(f) => panic!("{f}"),
         }
     }
     eprintln!("{total:?} in {:?}", started.elapsed());
     assert_eq!(total.early_reads, 0, "reads are served only once applied");
+    assert!(
+        total.member_changes > 0 && total.members_removed > 0,
+        "membership changes ran: {total:?}"
+    );
     // The runs must have exercised the faults, or passing means nothing.
     assert!(total.acknowledged > 100, "{total:?}");
     assert!(

@@ -7,8 +7,6 @@
 //! published name and client URLs are normal entries any member proposes. Every member
 //! re-checks the change when it applies it (`etch_storage::members`).
 
-use std::time::Duration;
-
 use etch_protocol::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
@@ -216,22 +214,13 @@ impl Service {
         }
     }
 
-    /// Forwards to the leader, asking again (of a new leader, or of this member once it leads)
-    /// when the leader changes, within the request timeout.
+    /// Forwards a membership change to the leader. It is sent once: if the leader changes
+    /// meanwhile, the old leader's answer is still awaited (within the request timeout), since
+    /// asking the new one again could make the change twice. Not sent at all while no other
+    /// member leads: `NotLeader` then, when this member has become the leader.
     async fn forward_retrying(&self, body: peer_request::Body) -> Res<peer_answer::Body> {
         let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
-        loop {
-            match self.forward(body.clone(), deadline).await {
-                Err(ApiError::NotLeader) if tokio::time::Instant::now() < deadline => {
-                    if self.is_leader() {
-                        // This member leads now: the caller's leader path serves it.
-                        return Err(ApiError::NotLeader);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                r => return r,
-            }
-        }
+        self.forward_to_leader(body, deadline, true).await
     }
 }
 

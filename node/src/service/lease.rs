@@ -154,6 +154,18 @@ impl Service {
         body: peer_request::Body,
         deadline: tokio::time::Instant,
     ) -> Res<peer_answer::Body> {
+        self.forward_to_leader(body, deadline, false).await
+    }
+
+    /// [`Service::forward`]; with `patient`, a request that must not be sent twice (a
+    /// membership change) waits for the old leader's answer until the deadline even when the
+    /// leader changes: a leader that removed itself still answers before it stops.
+    pub(super) async fn forward_to_leader(
+        &self,
+        body: peer_request::Body,
+        deadline: tokio::time::Instant,
+        patient: bool,
+    ) -> Res<peer_answer::Body> {
         let Some(t) = &self.transport else {
             return Err(ApiError::NotLeader);
         };
@@ -179,7 +191,7 @@ impl Service {
                     Err(_) => return Err(ApiError::Stopped),
                 },
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                    if self.state.leader().0 != leader {
+                    if !patient && self.state.leader().0 != leader {
                         return Err(ApiError::NotLeader);
                     }
                     if tokio::time::Instant::now() >= deadline {

@@ -44,6 +44,7 @@
 
 pub mod check;
 mod leases;
+mod membership;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -113,6 +114,9 @@ pub struct Config {
     pub max_apply_ms: u64,
     /// Mean time between faults (partition, crash, power loss), ms; 0 for none.
     pub fault_every_ms: u64,
+    /// Mean time between membership steps (add a learner, promote it, remove a voter), ms;
+    /// 0 for none.
+    pub membership_every_ms: u64,
     /// Planted bugs.
     pub bugs: Bugs,
     /// Print the whole trace to stderr at the end (`ETCH_SIM_SEED` replays).
@@ -134,6 +138,7 @@ impl Default for Config {
             max_fsync_ms: 10,
             max_apply_ms: 10,
             fault_every_ms: 1_500,
+            membership_every_ms: 2_500,
             bugs: Bugs::default(),
             print_trace: false,
         }
@@ -167,6 +172,10 @@ pub struct Stats {
     pub compactions: usize,
     /// Watches canceled because their start fell below the compaction point.
     pub watch_compacted: usize,
+    /// Membership changes proposed (add a learner, promote, remove).
+    pub member_changes: usize,
+    /// Members removed (they stop for good).
+    pub members_removed: usize,
     /// Events in the trace.
     pub events: usize,
     /// A digest of the whole trace: equal for two runs of one seed.
@@ -264,6 +273,7 @@ enum Event {
     WatchResume(usize),
     Restart(u64),
     Heal,
+    Reconfigure,
 }
 
 struct Pending {
@@ -315,6 +325,30 @@ struct Member {
     /// The lessor of this incarnation.
     lessor: Option<etch_node::core::lease::Lessor>,
     store_dir: std::path::PathBuf,
+    /// Removed from the cluster: never starts again.
+    removed: bool,
+}
+
+impl Member {
+    fn new(id: u64, store_dir: std::path::PathBuf, tick_ms: u64) -> Member {
+        Member {
+            id,
+            up: false,
+            incarnation: 0,
+            tick_ms,
+            core: None,
+            apply: None,
+            disk: Disk::default(),
+            wal_busy: false,
+            waiters: BTreeMap::new(),
+            reads: Vec::new(),
+            to_apply: std::collections::VecDeque::new(),
+            hub: None,
+            lessor: None,
+            store_dir,
+            removed: false,
+        }
+    }
 }
 
 struct Client {
@@ -395,6 +429,8 @@ struct Sim {
     trace: Vec<String>,
     faults_on: bool,
     logger: slog::Logger,
+    /// Where the members' stores live.
+    dir: std::path::PathBuf,
 }
 
 /// Keys the clients use: few, so that reads often follow writes of the same key.
@@ -406,26 +442,18 @@ impl Sim {
     fn new(seed: u64, cfg: Config, dir: &std::path::Path) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut members = BTreeMap::new();
+        // A new cluster's log starts with the same bootstrap entries on every member.
+        let initial: Vec<_> = (1..=cfg.members).map(Sim::initial_member).collect();
+        let bootstrap = etch_node::core::raft::bootstrap_entries(&initial);
         for id in 1..=cfg.members {
-            members.insert(
-                id,
-                Member {
-                    id,
-                    up: false,
-                    incarnation: 0,
-                    tick_ms: rng.random_range(80..=130),
-                    core: None,
-                    apply: None,
-                    disk: Disk::default(),
-                    wal_busy: false,
-                    waiters: BTreeMap::new(),
-                    reads: Vec::new(),
-                    to_apply: std::collections::VecDeque::new(),
-                    hub: None,
-                    lessor: None,
-                    store_dir: dir.join(format!("m{id}")),
-                },
-            );
+            let mut m = Member::new(id, dir.join(format!("m{id}")), rng.random_range(80..=130));
+            m.disk.entries = bootstrap.clone();
+            m.disk.hard_state = HardState {
+                term: 1,
+                commit: bootstrap.len() as u64,
+                ..Default::default()
+            };
+            members.insert(id, m);
         }
         let clients = (0..cfg.clients)
             .map(|_| Client {
@@ -461,6 +489,7 @@ impl Sim {
             trace: Vec::new(),
             faults_on: true,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
+            dir: dir.to_owned(),
         }
     }
 
@@ -510,6 +539,10 @@ impl Sim {
             let d = self.rng.random_range(0..self.cfg.fault_every_ms * 2);
             self.at(d, Event::Fault);
         }
+        if self.cfg.membership_every_ms > 0 {
+            let d = self.rng.random_range(0..self.cfg.membership_every_ms * 2);
+            self.at(d, Event::Reconfigure);
+        }
         let end = self.cfg.duration_ms;
         self.loop_until(end)?;
         // Quiesce: heal, restart everyone, then let clients finish and read every key.
@@ -519,7 +552,7 @@ impl Sim {
         let down: Vec<u64> = self
             .members
             .values()
-            .filter(|m| !m.up)
+            .filter(|m| !m.up && !m.removed)
             .map(|m| m.id)
             .collect();
         for id in down {
@@ -600,7 +633,7 @@ impl Sim {
                     self.history.indeterminate(c);
                     self.stats.indeterminate += 1;
                     self.clients[c].busy = None;
-                    self.clients[c].member = self.rng.random_range(1..=self.cfg.members);
+                    self.clients[c].member = self.pick_member();
                     self.at(1, Event::ClientNext(c));
                 }
             }
@@ -620,7 +653,7 @@ impl Sim {
                         self.log(format!("client {c} op {op} failed: {e}"));
                         self.history.indeterminate(c);
                         self.stats.indeterminate += 1;
-                        self.clients[c].member = self.rng.random_range(1..=self.cfg.members);
+                        self.clients[c].member = self.pick_member();
                     }
                 }
                 let d = self.rng.random_range(0..30);
@@ -633,10 +666,11 @@ impl Sim {
             Event::Compact => self.compact()?,
             Event::LeaseTick(id, inc) => self.lease_tick(id, inc)?,
             Event::Restart(id) => {
-                if self.faults_on && !self.members[&id].up {
+                if self.faults_on && !self.members[&id].up && !self.members[&id].removed {
                     self.start(id);
                 }
             }
+            Event::Reconfigure => self.reconfigure()?,
             Event::Heal => {
                 if !self.isolated.is_empty() {
                     self.log(format!("heal partition of {:?}", self.isolated));
@@ -671,7 +705,6 @@ impl Sim {
 
     /// Starts (or restarts) member `id` from its durable WAL and its store.
     fn start(&mut self, id: u64) {
-        let voters: Vec<u64> = self.members.keys().copied().collect();
         let tick_ms = self.rng.random_range(80..=130);
         let logger = self.logger.clone();
         let m = self.members.get_mut(&id).expect("member");
@@ -683,11 +716,13 @@ impl Sim {
             entries: m.disk.entries.clone(),
             truncated_bytes: 0,
         };
-        let cs = ConfState {
-            voters,
-            ..Default::default()
-        };
-        let log = RaftLog::from_recovered(&rec, cs);
+        // raft's configuration as of the store's applied index (later entries replay on top),
+        // as `etch` starts.
+        let membership = store.membership().expect("membership");
+        let log = RaftLog::from_recovered(&rec, ConfState::default());
+        if applied > 0 && !membership.members.is_empty() {
+            log.set_conf_state(etch_storage::members::conf_state(&membership));
+        }
         let core = RaftCore::new_fixed_timeout(id, log, applied, ELECTION_TICKS, &logger)
             .expect("raft core");
         m.core = Some(core);
@@ -752,7 +787,13 @@ impl Sim {
         if !self.faults_on {
             return;
         }
-        let n = self.cfg.members;
+        let live: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| !m.removed)
+            .map(|m| m.id)
+            .collect();
+        let n = live.len() as u64;
         let leader = self.current_leader();
         match self.rng.random_range(0..10) {
             0..=2 => {
@@ -763,7 +804,7 @@ impl Sim {
                     set.insert(l);
                 }
                 while (set.len() as u64) < size {
-                    set.insert(self.rng.random_range(1..=n));
+                    set.insert(live[self.rng.random_range(0..live.len())]);
                 }
                 self.log(format!("partition: {set:?} cut off"));
                 self.isolated = set;
@@ -774,7 +815,7 @@ impl Sim {
             3..=5 => {
                 let id = match leader.filter(|_| self.rng.random_bool(0.5)) {
                     Some(l) => l,
-                    None => self.rng.random_range(1..=n),
+                    None => live[self.rng.random_range(0..live.len())],
                 };
                 self.crash(id);
                 let d = self.rng.random_range(100..2_000);
@@ -782,7 +823,7 @@ impl Sim {
             }
             6..=7 => {
                 self.log("power loss: every member crashes".into());
-                for id in 1..=n {
+                for id in live {
                     self.crash(id);
                     let d = self.rng.random_range(50..1_000);
                     self.at(d, Event::Restart(id));
@@ -790,7 +831,7 @@ impl Sim {
             }
             _ => {
                 // A slow disk on one member (the next fsyncs are delayed by the queue).
-                let id = self.rng.random_range(1..=n);
+                let id = live[self.rng.random_range(0..live.len())];
                 self.log(format!("m{id} member pauses (clock jump)"));
                 if let Some(m) = self.members.get_mut(&id) {
                     m.tick_ms = 400;
@@ -801,6 +842,17 @@ impl Sim {
             .rng
             .random_range(self.cfg.fault_every_ms / 2..self.cfg.fault_every_ms * 3 / 2);
         self.at(d, Event::Fault);
+    }
+
+    /// A member a client turns to: any that is not removed.
+    fn pick_member(&mut self) -> u64 {
+        let live: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| !m.removed)
+            .map(|m| m.id)
+            .collect();
+        live[self.rng.random_range(0..live.len())]
     }
 
     /// The members running now, in ID order.
@@ -946,11 +998,15 @@ impl Sim {
         let before = apply.store().applied_index().index;
         let mut last = before;
         let mut lease_changes = Vec::new();
+        let mut membership = None;
         for e in entries {
             last = e.index;
-            let out = apply
+            let mut out = apply
                 .apply(e)
                 .map_err(|err| format!("m{id} apply {}: {err}", e.index))?;
+            if let Some(ms) = out.as_mut().and_then(|a| a.membership.take()) {
+                membership = Some(ms);
+            }
             if let Some(a) = &out
                 && let Some(change) = &a.lease
             {
@@ -970,6 +1026,13 @@ impl Sim {
         for (change, req) in lease_changes {
             self.lease_applied(id, change, req);
         }
+        if let Some(ms) = &membership {
+            self.on_membership(id, ms);
+            if !self.members[&id].up {
+                // It applied its own removal and stopped.
+                return Ok(());
+            }
+        }
         let m = self.members.get_mut(&id).expect("member");
         let store = apply.store();
         if let Some(hub) = m.hub.as_mut() {
@@ -985,7 +1048,12 @@ impl Sim {
                 .hash_kv(0)
                 .map_err(|e| format!("m{id} hash: {e}"))?
                 .map_err(|e| format!("m{id} hash: {e}"))?;
-            let hash = kv.hash ^ (kv.compact_revision as u32).rotate_left(16);
+            let members = store
+                .membership()
+                .map_err(|e| format!("m{id} membership: {e}"))?;
+            let hash = kv.hash
+                ^ (kv.compact_revision as u32).rotate_left(16)
+                ^ crc32fast::hash(&members.encode_to_vec());
             // Record the history before any later compaction deletes it.
             let from = self.history_events.keys().next_back().map_or(1, |r| r + 1);
             let to = store.current_revision();
@@ -1342,6 +1410,7 @@ impl Sim {
         }
         self.history.check()?;
         self.check_watches()?;
+        self.check_memberships()?;
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.trace.hash(&mut h);
