@@ -182,5 +182,90 @@ pub(crate) fn raft_log(
     if store.applied_index().index > log.release_index() && !membership.members.is_empty() {
         log.set_conf_state(members::conf_state(membership));
     }
+    if config.force_new_cluster {
+        let me = config_member(store)?;
+        force_new_cluster(wal, &log, membership, store.applied_index().index, me)?;
+    }
     Ok(log)
+}
+
+fn config_member(store: &MvccStore) -> Result<u64> {
+    Ok(store.identity()?.map_or(0, |(m, _)| m))
+}
+
+/// etcd's `--force-new-cluster`: this member becomes a one-member cluster, keeping its IDs and
+/// data. As etcd does (`raft.go` `restartAsStandaloneNode`), every entry of its log is taken as
+/// committed, and entries removing every other member are appended and committed after them;
+/// applying those leaves it the only voter, and it elects itself.
+fn force_new_cluster(
+    wal: &mut Wal,
+    log: &RaftLog,
+    m: &Membership,
+    applied: u64,
+    me: u64,
+) -> Result<()> {
+    use protobuf::Message as _;
+    use raft::eraftpb::{ConfChangeType, ConfChangeV2, EntryType};
+    // The members as of the end of the log: the applied membership, then the configuration
+    // changes of the entries the store has not applied yet.
+    let mut ids: std::collections::BTreeSet<u64> = m
+        .members
+        .iter()
+        .map(|x| x.id)
+        .chain(log.conf_state().voters)
+        .chain(log.conf_state().learners)
+        .collect();
+    let last = log.last_index();
+    let from = applied.max(log.release_index()) + 1;
+    if from <= last {
+        let ctx = raft::GetEntriesContext::empty(false);
+        for e in raft::Storage::entries(log, from, last + 1, None, ctx)? {
+            if e.get_entry_type() != EntryType::EntryConfChangeV2 {
+                continue;
+            }
+            let Ok(cc) = ConfChangeV2::parse_from_bytes(&e.data) else {
+                continue;
+            };
+            for c in cc.changes.iter() {
+                match c.get_change_type() {
+                    ConfChangeType::RemoveNode => ids.remove(&c.node_id),
+                    _ => ids.insert(c.node_id),
+                };
+            }
+        }
+    }
+    let others: Vec<u64> = ids.into_iter().filter(|id| *id != me).collect();
+    let hs = raft::Storage::initial_state(log)?.hard_state;
+    let term = hs.term.max(1);
+    let entries: Vec<_> = others
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            crate::core::raft::conf_change_entry(
+                last + 1 + i as u64,
+                term,
+                raft::eraftpb::ConfChangeType::RemoveNode,
+                etch_protocol::etcdserverpb::Member {
+                    id: *id,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let hs = HardState {
+        term,
+        vote: me,
+        commit: last + entries.len() as u64,
+        ..Default::default()
+    };
+    wal.append(&entries, Some(&hs))?;
+    wal.sync()?;
+    log.append(&entries);
+    log.set_hard_state(hs);
+    tracing::warn!(
+        removed = ?others.iter().map(|id| etch_protocol::ids::MemberId(*id).to_string()).collect::<Vec<_>>(),
+        commit_index = last + entries.len() as u64,
+        "forcing a new one-member cluster from this member's data"
+    );
+    Ok(())
 }

@@ -184,6 +184,24 @@ fn a_learner_serves_only_serializable_reads_until_promoted() {
     let c = Cluster::start(dir.path(), 1, &[]);
     let first = c.nodes[0].grpc.clone();
     ctl_ok(&first, &["put", "k", "v"]);
+    // A learner that never started is not in sync: not promoted; removed again.
+    let out = ctl_ok(
+        &first,
+        &[
+            "member",
+            "add",
+            "idle",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:9",
+        ],
+    );
+    let idle = out.split_whitespace().nth(1).unwrap().to_owned();
+    let err = ctl_err(&first, &["member", "promote", &idle]);
+    assert!(
+        err.contains("etcdserver: can only promote a learner member which is in sync with leader"),
+        "{err}"
+    );
+    ctl_ok(&first, &["member", "remove", &idle]);
     let (learner, id, url) = add_and_start(dir.path(), &first, "l", true);
     has_locally(&learner.grpc, "k", "v");
     assert!(members(&first).iter().any(|(i, _, _, l)| *i == id && *l));
@@ -380,4 +398,38 @@ fn a_failed_member_is_replaced_under_load() {
             .clone();
         assert!(Node::assert_all_acked_present(&ack, &kvs) > 1000);
     }
+}
+
+/// etcd's disaster recovery: with a majority lost for good, a survivor restarted with
+/// `--force-new-cluster` serves alone with all its data, and grows again by `member add`.
+#[test]
+fn force_new_cluster_recovers_from_a_lost_majority() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let first = c.nodes[0].grpc.clone();
+    ctl_ok(&first, &["put", "kept", "1"]);
+    has_locally(&c.nodes[2].grpc, "kept", "1");
+    c.nodes[0].kill9();
+    c.nodes[1].kill9();
+    // Alone, the survivor has no quorum: it restarts as a new one-member cluster.
+    let args = c.member_args(2, &["--force-new-cluster"]);
+    let data = c.nodes[2].data_dir.clone();
+    c.nodes[2].kill9();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut survivor = Node::launch(data.clone(), &args);
+    survivor.wait_leader();
+    let ep = survivor.grpc.clone();
+    assert_eq!(members(&ep).len(), 1);
+    let (ok_, out, _) = ctl(&ep, &["get", "kept", "--print-value-only"]);
+    assert!(ok_ && out.trim() == "1", "{out}");
+    ctl_ok(&ep, &["put", "after", "2"]);
+    // Restarted without the flag it stays a one-member cluster, and takes a new member.
+    let plain = c.member_args(2, &[]);
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    survivor.kill9();
+    let survivor = Node::launch(data, &plain);
+    survivor.wait_leader();
+    let (new, _, _) = add_and_start(dir.path(), &survivor.grpc, "n1", false);
+    has_locally(&new.grpc, "after", "2");
+    assert_eq!(members(&survivor.grpc).len(), 2);
 }

@@ -166,10 +166,12 @@ impl ConsensusActor {
                 });
                 ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
                     Ok(Ok((index, membership))) => {
+                        // Applied first: raft-rs refuses to campaign while a configuration
+                        // change is not applied.
+                        act.core.on_applied(index);
                         if let Some(m) = membership {
                             act.on_membership(index, m);
                         }
-                        act.core.on_applied(index);
                         act.maybe_release(ctx, index);
                         act.drive(ctx);
                     }

@@ -450,37 +450,46 @@ impl<W> RaftCore<W> {
 /// order), the member itself as context (etcd writes the same bootstrap entries). A member
 /// that joins later replays them and so learns the whole membership history from index 1.
 pub fn bootstrap_entries(members: &[etch_protocol::etcdserverpb::Member]) -> Vec<Entry> {
-    use prost::Message as _;
-    use protobuf::Message as _;
     members
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            let cc = ConfChangeV2 {
-                changes: vec![ConfChangeSingle {
-                    change_type: ConfChangeType::AddNode,
-                    node_id: m.id,
-                    ..Default::default()
-                }]
-                .into(),
-                ..Default::default()
-            };
-            let mut e = Entry {
-                index: i as u64 + 1,
-                term: 1,
-                data: cc.write_to_bytes().unwrap_or_default().into(),
-                context: etch_protocol::etchpb::MemberChange {
-                    request_id: 0,
-                    member: Some(m.clone()),
-                }
-                .encode_to_vec()
-                .into(),
-                ..Default::default()
-            };
-            e.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
-            e
-        })
+        .map(|(i, m)| conf_change_entry(i as u64 + 1, 1, ConfChangeType::AddNode, m.clone()))
         .collect()
+}
+
+/// A raft entry (`index`, `term`) carrying one configuration change of `member` with the
+/// member as context, as the leader proposes them (no waiter).
+pub fn conf_change_entry(
+    index: u64,
+    term: u64,
+    change_type: ConfChangeType,
+    member: etch_protocol::etcdserverpb::Member,
+) -> Entry {
+    use prost::Message as _;
+    use protobuf::Message as _;
+    let cc = ConfChangeV2 {
+        changes: vec![ConfChangeSingle {
+            change_type,
+            node_id: member.id,
+            ..Default::default()
+        }]
+        .into(),
+        ..Default::default()
+    };
+    let mut e = Entry {
+        index,
+        term,
+        data: cc.write_to_bytes().unwrap_or_default().into(),
+        context: etch_protocol::etchpb::MemberChange {
+            request_id: 0,
+            member: Some(member),
+        }
+        .encode_to_vec()
+        .into(),
+        ..Default::default()
+    };
+    e.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+    e
 }
 
 /// A ReadIndex context: this member's ID then its request sequence, both big-endian.

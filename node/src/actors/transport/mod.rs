@@ -633,6 +633,18 @@ async fn read_stream(
                 return;
             }
         };
+        let removed = known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .removed
+            .contains(&hello.member_id);
+        if removed {
+            // Removed while connected: tell it, so it stops (etcd answers a removed member's
+            // messages with "removed member").
+            tracing::info!(peer = %MemberId(hello.member_id), "closing the stream of a removed member");
+            conn.close(2u32.into(), REMOVED_REASON);
+            return;
+        }
         let raft = match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
             Some(Body::Raft(raft)) => raft,
             Some(Body::Request(q)) => {
