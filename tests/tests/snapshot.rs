@@ -133,14 +133,14 @@ fn a_snapshot_under_load_restores_into_a_new_three_member_cluster() {
     ));
     let rev = status["revision"].as_i64().unwrap();
     let (want, _) = kvs(&ep, rev);
-    assert!(want.as_array().unwrap().len() >= 1);
+    assert!(!want.as_array().unwrap().is_empty());
 
     let peers: Vec<String> = (0..3)
         .map(|_| format!("http://127.0.0.1:{}", free_udp_port()))
         .collect();
     let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
-    for i in 0..3 {
-        let out = restore(&file, &dirs[i], &peers, i);
+    for (i, d) in dirs.iter().enumerate() {
+        let out = restore(&file, d, &peers, i);
         assert!(out.contains(&format!("revision {rev}")), "{out}");
     }
     let nodes: Vec<Node> = (0..3)

@@ -97,7 +97,7 @@ impl Service {
     pub async fn member_remove(&self, req: MemberRemoveRequest) -> Res<MemberRemoveResponse> {
         if !self.is_leader() {
             match self
-                .forward_retrying(peer_request::Body::MemberRemove(req.clone()))
+                .forward_retrying(peer_request::Body::MemberRemove(req))
                 .await
             {
                 // This member leads now: it decides below.
@@ -122,7 +122,7 @@ impl Service {
     pub async fn member_promote(&self, req: MemberPromoteRequest) -> Res<MemberPromoteResponse> {
         if !self.is_leader() {
             match self
-                .forward_retrying(peer_request::Body::MemberPromote(req.clone()))
+                .forward_retrying(peer_request::Body::MemberPromote(req))
                 .await
             {
                 // This member leads now: it decides below.

@@ -28,6 +28,12 @@ mod read;
 mod write;
 
 pub use read::{BoltError, read_buckets};
+
+/// One bucket's entries, (key, value), in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A top-level bucket: its name and entries.
+pub type Bucket = (Vec<u8>, Entries);
 pub use write::Writer;
 
 /// Page size of the files written here (bbolt's default on Linux).
@@ -65,7 +71,7 @@ mod tests {
 
     #[test]
     fn written_files_read_back() {
-        let buckets: Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> = vec![
+        let buckets: Vec<Bucket> = vec![
             (b"empty".to_vec(), vec![]),
             (b"key".to_vec(), kv(5000, 40)),
             (b"large".to_vec(), kv(3, 10_000)),

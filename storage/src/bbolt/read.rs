@@ -22,8 +22,7 @@ const MAX_DEPTH: usize = 64;
 /// # Errors
 /// [`BoltError`] naming what is wrong: no valid meta page, a page out of the file, a page of
 /// the wrong type, an element out of its page, a tree too deep.
-#[allow(clippy::type_complexity)]
-pub fn read_buckets(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>, BoltError> {
+pub fn read_buckets(bytes: &[u8]) -> Result<Vec<Bucket>, BoltError> {
     let meta = |page: usize, size: usize| -> Option<(u64, u64, u32)> {
         let at = page * size + PAGE_HEADER;
         let m = bytes.get(at..at + META_BYTES)?;

@@ -28,8 +28,8 @@ pub struct Restored {
     pub compact_revision: i64,
 }
 
-/// `etcd_protocol`'s bucket list, as [`crate::bbolt::read_buckets`] returns it.
-pub type Buckets = [(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)];
+/// An etcd backend file's buckets, as [`crate::bbolt::read_buckets`] returns them.
+pub type Buckets = [crate::bbolt::Bucket];
 
 fn bucket<'a>(b: &'a Buckets, name: &[u8]) -> &'a [(Vec<u8>, Vec<u8>)] {
     b.iter()

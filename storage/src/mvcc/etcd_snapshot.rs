@@ -76,7 +76,11 @@ fn lease_pb(id: i64, ttl: i64, remaining: i64) -> Vec<u8> {
     b
 }
 
-type Bucket = (Vec<u8>, Vec<u8>);
+/// One bucket entry (key, value).
+type Pair = (Vec<u8>, Vec<u8>);
+
+/// Picks and converts one record of a keyspace into a bucket entry.
+type Pick<'a> = &'a dyn Fn(&[u8], &[u8]) -> Option<Pair>;
 
 impl MvccStore {
     /// Writes the store, as of one moment, as an etcd backend file on `out`; returns its size,
@@ -94,7 +98,7 @@ impl MvccStore {
         };
         let io = |e| Error::io("etcd snapshot", e);
         let mut w = Writer::new(out).map_err(io)?;
-        let collect = |ks: &fjall::Keyspace, f: &dyn Fn(&[u8], &[u8]) -> Option<Bucket>| {
+        let collect = |ks: &fjall::Keyspace, f: Pick<'_>| {
             let mut v = Vec::new();
             for g in snap.iter(ks) {
                 let (k, val) = g.into_inner()?;
@@ -142,7 +146,7 @@ impl MvccStore {
             Some((k.to_vec(), lease_pb(id, ttl, rem)))
         })?;
         w.bucket(b"lease", leases.into_iter().map(Ok)).map_err(io)?;
-        let mut members: Vec<Bucket> = membership
+        let mut members: Vec<Pair> = membership
             .members
             .iter()
             .map(|m| {
@@ -155,7 +159,7 @@ impl MvccStore {
         members.sort();
         w.bucket(b"members", members.into_iter().map(Ok))
             .map_err(io)?;
-        let mut removed: Vec<Bucket> = membership
+        let mut removed: Vec<Pair> = membership
             .removed
             .iter()
             .map(|id| (format!("{id:x}").into_bytes(), b"removed".to_vec()))

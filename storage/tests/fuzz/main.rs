@@ -1,6 +1,7 @@
 //! Fuzz tests (proptest, stable Rust) of every decoder in etch-storage that reads bytes from
 //! disk or from a peer, one module each:
 //!
+//! - [`bbolt`]: snapshot files (etcd backend files) read for `etchctl snapshot status|restore`;
 //! - [`wal`]: WAL segments written by the WAL itself, then damaged (flipped bytes, garbage,
 //!   lost sectors, truncation) in a tempdir: a bad record is an error outside the last
 //!   segment, a truncated torn tail inside it, and never used;
@@ -24,6 +25,7 @@
 //! A failure is shrunk and its seed saved in `storage/tests/proptest-regressions/<module>.txt`;
 //! commit that file so the case is replayed first by every later run.
 
+mod bbolt;
 mod raft;
 mod snapshot;
 mod validate;
