@@ -433,3 +433,110 @@ fn force_new_cluster_recovers_from_a_lost_majority() {
     has_locally(&new.grpc, "after", "2");
     assert_eq!(members(&survivor.grpc).len(), 2);
 }
+
+/// Grow 3 -> 5 through learners and shrink back to 3, removing the leader itself, while clients
+/// write: nothing acknowledged is lost and the three left agree.
+#[test]
+fn the_cluster_grows_to_five_and_shrinks_to_three_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let ack = dir.path().join("acked.txt");
+    let (endpoints, ack_arg) = (c.endpoints(), ack.to_string_lossy().to_string());
+    let load = std::thread::spawn(move || {
+        etch_tests::bench(
+            &endpoints,
+            &[
+                "--clients",
+                "10",
+                "--conns",
+                "3",
+                "put",
+                "--total",
+                "15000",
+                "--sequential-keys",
+                "--key-space-size",
+                "15000",
+                "--ack-log",
+                &ack_arg,
+            ],
+        )
+    });
+    let ep = c.nodes[0].grpc.clone();
+    let mut added = Vec::new();
+    for name in ["m3", "m4"] {
+        let (n, id, _) = add_and_start(dir.path(), &ep, name, true);
+        wait_for(DEADLINE, "the learner to catch up and be promoted", || {
+            ctl(&ep, &["member", "promote", &id]).0.then_some(())
+        });
+        added.push(n);
+    }
+    assert_eq!(members(&ep).iter().filter(|m| !m.3).count(), 5);
+    // Remove the leader itself, then another of the first three.
+    let leader = c.leader();
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let id_of = |i: usize| {
+        members(&added[0].grpc)
+            .into_iter()
+            .find(|m| m.2 == format!("m{i}"))
+            .unwrap()
+            .0
+    };
+    let leader_id = id_of(leader);
+    ctl_ok(&added[0].grpc, &["member", "remove", &leader_id]);
+    assert!(c.nodes[leader].wait_exit(DEADLINE).success());
+    let second = others[0];
+    let second_id = id_of(second);
+    ctl_ok(&added[1].grpc, &["member", "remove", &second_id]);
+    assert!(c.nodes[second].wait_exit(DEADLINE).success());
+    let _ = load.join().unwrap();
+    let kept = others[1];
+    let alive = [&c.nodes[kept], &added[0], &added[1]];
+    assert_eq!(members(&alive[1].grpc).len(), 3);
+    let target = alive[1].local_revision();
+    wait_for(DEADLINE, "every member to apply the last write", || {
+        alive
+            .iter()
+            .all(|n| n.local_revision() >= target)
+            .then_some(())
+    });
+    let rev = target.to_string();
+    let eps = alive
+        .iter()
+        .map(|n| n.grpc.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = ctl_ok(&eps, &["endpoint", "hashkv", "--rev", &rev, "-w", "json"]);
+    let hashes: Vec<u64> = serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["HashKV"]["hash"].as_u64().unwrap())
+        .collect();
+    assert!(
+        hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0]),
+        "{out}"
+    );
+    let lists: Vec<String> = alive
+        .iter()
+        .map(|n| ctl_ok(&n.grpc, &["member", "list"]))
+        .collect();
+    assert!(lists.iter().all(|l| *l == lists[0]), "{lists:?}");
+    let kvs = serde_json::from_str::<serde_json::Value>(&ctl_ok(
+        &alive[0].grpc,
+        &[
+            "get",
+            "",
+            "--from-key",
+            "--keys-only",
+            "--consistency=s",
+            "-w",
+            "json",
+            "--rev",
+            &rev,
+        ],
+    ))
+    .unwrap()["kvs"]
+        .clone();
+    assert!(Node::assert_all_acked_present(&ack, &kvs) > 0);
+}

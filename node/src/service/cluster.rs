@@ -34,7 +34,7 @@ impl Service {
             self.linearizable().await?;
         }
         Ok(MemberListResponse {
-            header: self.header(None),
+            header: self.cluster_header(),
             members: self.members_with_urls(self.state.membership()),
         })
     }
@@ -84,7 +84,7 @@ impl Service {
         };
         let m = self.change(Proposed::Add(member.clone())).await?;
         Ok(MemberAddResponse {
-            header: self.header(None),
+            header: self.cluster_header(),
             member: Some(member),
             members: self.members_with_urls(m),
         })
@@ -109,7 +109,7 @@ impl Service {
         }
         let m = self.change(Proposed::Remove(req.id)).await?;
         Ok(MemberRemoveResponse {
-            header: self.header(None),
+            header: self.cluster_header(),
             members: self.members_with_urls(m),
         })
     }
@@ -134,7 +134,7 @@ impl Service {
         }
         let m = self.change(Proposed::Promote(req.id)).await?;
         Ok(MemberPromoteResponse {
-            header: self.header(None),
+            header: self.cluster_header(),
             members: self.members_with_urls(m),
         })
     }
@@ -160,7 +160,7 @@ impl Service {
             return Err(ApiError::Unimplemented);
         };
         Ok(MemberUpdateResponse {
-            header: self.header(None),
+            header: self.cluster_header(),
             members: self.members_with_urls(m),
         })
     }
@@ -192,6 +192,12 @@ impl Service {
             )
             .await?;
         Ok(())
+    }
+
+    /// The header of Cluster responses: no revision, as etcd's (`ClusterServer.header`).
+    fn cluster_header(&self) -> Option<etch_protocol::etcdserverpb::ResponseHeader> {
+        self.header(None)
+            .map(|h| etch_protocol::etcdserverpb::ResponseHeader { revision: 0, ..h })
     }
 
     fn is_leader(&self) -> bool {
@@ -237,12 +243,20 @@ pub(super) fn check_urls(urls: &[String]) -> Res<Vec<String>> {
     for u in urls {
         let u = u.trim();
         let (scheme, rest) = u.split_once("://").ok_or(ApiError::MemberBadUrls)?;
-        let hostport = rest.strip_suffix('/').unwrap_or(rest);
-        let port_ok = hostport
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        // A query is allowed (Go's url.Parse keeps it apart), a path is not, not even "/".
+        let hostport = rest.split_once('?').map_or(rest, |(h, _)| h);
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h, p),
+            _ => return Err(ApiError::MemberBadUrls),
+        };
+        let host_ok = match host.strip_prefix('[') {
+            Some(v6) => v6
+                .strip_suffix(']')
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+            None => !host.is_empty() && !host.contains(':'),
+        };
         let scheme_ok = matches!(scheme, "http" | "https" | "unix" | "unixs");
-        if !scheme_ok || !port_ok || hostport.contains('/') {
+        if !scheme_ok || !host_ok || port.is_empty() || hostport.contains('/') {
             return Err(ApiError::MemberBadUrls);
         }
         out.push(u.to_owned());
@@ -261,7 +275,16 @@ mod tests {
             check_urls(&[" http://b:2380".into(), "https://a:2380".into()]).unwrap(),
             ["http://b:2380", "https://a:2380"]
         );
-        for bad in ["foo", "ftp://a:1", "http://a", "http://a:1/path"] {
+        assert!(check_urls(&["http://[::1]:2380".into(), "http://a:1?q=1".into()]).is_ok());
+        for bad in [
+            "foo",
+            "ftp://a:1",
+            "http://a",
+            "http://a:1/path",
+            "http://a:1/",
+            "http://127.0.0.1:1:2",
+            "http://[zz]:1",
+        ] {
             assert_eq!(
                 check_urls(&[bad.into()]),
                 Err(ApiError::MemberBadUrls),
