@@ -62,12 +62,12 @@ impl Service {
         let peer_urls = check_urls(&req.peer_ur_ls)?;
         if !self.is_leader() {
             match self
-                .forward_retrying(peer_request::Body::MemberAdd(req.clone()))
+                .forward_retrying(peer_request::Body::MemberAdd(req.clone()), |_| false)
                 .await
             {
                 // This member leads now: it decides below.
                 Err(ApiError::NotLeader) if self.is_leader() => {}
-                Ok(peer_answer::Body::MemberAdd(r)) => return Ok(r),
+                Ok(Some(peer_answer::Body::MemberAdd(r))) => return Ok(r),
                 Ok(_) => return Err(ApiError::Unimplemented),
                 Err(e) => return Err(e),
             }
@@ -95,14 +95,23 @@ impl Service {
     /// # Errors
     /// "member not found", the leader's checks, no leader, timeout.
     pub async fn member_remove(&self, req: MemberRemoveRequest) -> Res<MemberRemoveResponse> {
+        let was_removed = etch_storage::members::is_removed(&self.state.membership(), req.id);
         if !self.is_leader() {
             match self
-                .forward_retrying(peer_request::Body::MemberRemove(req))
+                .forward_retrying(peer_request::Body::MemberRemove(req), |m| {
+                    !was_removed && etch_storage::members::is_removed(m, req.id)
+                })
                 .await
             {
                 // This member leads now: it decides below.
                 Err(ApiError::NotLeader) if self.is_leader() => {}
-                Ok(peer_answer::Body::MemberRemove(r)) => return Ok(r),
+                Ok(Some(peer_answer::Body::MemberRemove(r))) => return Ok(r),
+                Ok(None) => {
+                    return Ok(MemberRemoveResponse {
+                        header: self.cluster_header(),
+                        members: self.members_with_urls(self.state.membership()),
+                    });
+                }
                 Ok(_) => return Err(ApiError::Unimplemented),
                 Err(e) => return Err(e),
             }
@@ -120,14 +129,25 @@ impl Service {
     /// "member not found", "can only promote a learner member", "... which is in sync with
     /// leader", not enough started members, no leader, timeout.
     pub async fn member_promote(&self, req: MemberPromoteRequest) -> Res<MemberPromoteResponse> {
+        let was_learner = etch_storage::members::get(&self.state.membership(), req.id)
+            .is_some_and(|x| x.is_learner);
         if !self.is_leader() {
             match self
-                .forward_retrying(peer_request::Body::MemberPromote(req))
+                .forward_retrying(peer_request::Body::MemberPromote(req), |m| {
+                    was_learner
+                        && etch_storage::members::get(m, req.id).is_some_and(|x| !x.is_learner)
+                })
                 .await
             {
                 // This member leads now: it decides below.
                 Err(ApiError::NotLeader) if self.is_leader() => {}
-                Ok(peer_answer::Body::MemberPromote(r)) => return Ok(r),
+                Ok(Some(peer_answer::Body::MemberPromote(r))) => return Ok(r),
+                Ok(None) => {
+                    return Ok(MemberPromoteResponse {
+                        header: self.cluster_header(),
+                        members: self.members_with_urls(self.state.membership()),
+                    });
+                }
                 Ok(_) => return Err(ApiError::Unimplemented),
                 Err(e) => return Err(e),
             }
@@ -222,11 +242,32 @@ impl Service {
 
     /// Forwards a membership change to the leader. It is sent once: if the leader changes
     /// meanwhile, the old leader's answer is still awaited (within the request timeout), since
-    /// asking the new one again could make the change twice. Not sent at all while no other
-    /// member leads: `NotLeader` then, when this member has become the leader.
-    async fn forward_retrying(&self, body: peer_request::Body) -> Res<peer_answer::Body> {
+    /// asking the new one again could make the change twice. When `done` says the applied
+    /// membership already shows the change (a leader that removed itself may stop before its
+    /// answer leaves), that is the answer: `Ok(None)`. Not sent at all while no other member
+    /// leads: `NotLeader` then, when this member has become the leader.
+    async fn forward_retrying(
+        &self,
+        body: peer_request::Body,
+        done: impl Fn(&Membership) -> bool,
+    ) -> Res<Option<peer_answer::Body>> {
         let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
-        self.forward_to_leader(body, deadline, true).await
+        let mut changes = self.state.membership_changes();
+        let forwarded = self.forward_to_leader(body, deadline, true);
+        tokio::pin!(forwarded);
+        loop {
+            tokio::select! {
+                r = &mut forwarded => return r.map(Some),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(ApiError::Stopped);
+                    }
+                    if done(&changes.borrow_and_update()) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     }
 }
 
