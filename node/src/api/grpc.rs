@@ -25,9 +25,10 @@ use etch_protocol::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockRe
 
 use crate::api::errors::to_status as status;
 use crate::api::h2fix::H2Fix;
-use crate::api::{WatchStream, recipes, serve_keep_alive, until_error};
+use crate::api::{WatchStream, serve_keep_alive, until_error};
 use crate::error::ApiError;
 use crate::service::Service;
+use crate::service::{election, lock};
 
 /// Generated server traits (tonic) for etcd's services.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -512,15 +513,17 @@ impl Auth for Grpc {
 impl Lock for Grpc {
     async fn lock(&self, r: Request<LockRequest>) -> Res<LockResponse> {
         let who = self.who(&r)?;
-        recipes::lock(&self.svc, &who, r.into_inner())
+        lock::lock(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
     async fn unlock(&self, r: Request<UnlockRequest>) -> Res<UnlockResponse> {
         let who = self.who(&r)?;
-        recipes::unlock(&self.svc, &who, r.into_inner())
+        lock::unlock(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
 }
 
@@ -530,21 +533,24 @@ impl Election for Grpc {
 
     async fn campaign(&self, r: Request<CampaignRequest>) -> Res<CampaignResponse> {
         let who = self.who(&r)?;
-        recipes::campaign(&self.svc, &who, r.into_inner())
+        election::campaign(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
     async fn proclaim(&self, r: Request<ProclaimRequest>) -> Res<ProclaimResponse> {
         let who = self.who(&r)?;
-        recipes::proclaim(&self.svc, &who, r.into_inner())
+        election::proclaim(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
     async fn leader(&self, r: Request<LeaderRequest>) -> Res<LeaderResponse> {
         let who = self.who(&r)?;
-        recipes::leader(&self.svc, &who, r.into_inner())
+        election::leader(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
     /// A stream of leaders and proclamations; ends when the client goes away.
     async fn observe(&self, r: Request<LeaderRequest>) -> Res<Self::ObserveStream> {
@@ -556,15 +562,19 @@ impl Election for Grpc {
             let gone = tx.clone();
             tokio::select! {
                 _ = gone.closed() => {}
-                _ = recipes::observe(svc, who, req, tx) => {}
+                _ = election::observe(svc, who, req, tx) => {}
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            ReceiverStream::new(rx),
+            |r| r.map_err(status),
+        ))))
     }
     async fn resign(&self, r: Request<ResignRequest>) -> Res<ResignResponse> {
         let who = self.who(&r)?;
-        recipes::resign(&self.svc, &who, r.into_inner())
+        election::resign(&self.svc, &who, r.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
 }

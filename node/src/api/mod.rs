@@ -7,77 +7,13 @@ pub mod grpc_metrics;
 pub mod h2fix;
 pub mod http;
 pub mod native;
-pub mod recipes;
 
 use std::sync::Arc;
 
-use etch_protocol::etcdserverpb::watch_request::RequestUnion;
-use etch_protocol::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, WatchRequest, WatchResponse,
-};
+use etch_protocol::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
 
-use crate::actors::watch::{
-    CancelWatch, CreateWatch, RequestProgress, Sink, StreamKey, StreamSink,
-};
-use crate::service::{AuthInfo, Service};
-
-/// Connection ids, for naming watch streams (connection, stream id), shared by all front ends.
-static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// A fresh connection id.
-pub(crate) fn next_connection_id() -> u64 {
-    NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Routes one WatchRequest of `stream` to the watch actor (create, cancel or progress), in
-/// order: the caller awaits each before reading the next, so a cancel never overtakes its create.
-/// A create `who` may not read is answered, as etcd does, with a response that is created and
-/// canceled at once (watch ID -1, cancel reason `etcdserver: permission denied`).
-///
-/// # Errors
-/// The watch actor is gone (shutdown).
-pub(crate) async fn route_watch_request(
-    service: &Service,
-    who: &AuthInfo,
-    stream: StreamKey,
-    sink: &StreamSink,
-    req: WatchRequest,
-) -> Result<(), actix::MailboxError> {
-    let watch = service.watch();
-    match req.request_union {
-        Some(RequestUnion::CreateRequest(create)) => {
-            if let Err(e) = service.check_read(who, &create.key, &create.range_end) {
-                let (_, reason) = errors::status_of(&e);
-                sink.try_send(WatchResponse {
-                    header: service.local_header(),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: reason.to_owned(),
-                    ..Default::default()
-                });
-                return Ok(());
-            }
-            watch
-                .send(CreateWatch {
-                    stream,
-                    sink: sink.clone(),
-                    req: create,
-                })
-                .await
-        }
-        Some(RequestUnion::CancelRequest(c)) => {
-            watch
-                .send(CancelWatch {
-                    stream,
-                    watch_id: c.watch_id,
-                })
-                .await
-        }
-        Some(RequestUnion::ProgressRequest(_)) => watch.send(RequestProgress(stream)).await,
-        None => Ok(()),
-    }
-}
+use crate::service::Service;
+pub(crate) use crate::service::watch::{WatchStream, next_connection_id};
 
 /// The requests of a client stream (gRPC or HTTP), ending at its first error.
 pub(crate) fn until_error<T, E, S>(s: S) -> std::pin::Pin<Box<dyn futures::Stream<Item = T> + Send>>
@@ -87,93 +23,6 @@ where
     S: futures::Stream<Item = Result<T, E>> + Send + 'static,
 {
     Box::pin(tokio_stream::StreamExt::map_while(s, Result::ok))
-}
-
-/// One watch stream (etcd's Watch RPC) with its own connection id: the responses of every
-/// watcher created on it, from a bounded buffer. Its watchers are cancelled when it is dropped
-/// (the client went away). Used by the gRPC and HTTP front ends and by the server itself (the
-/// Lock and Election recipes).
-pub(crate) struct WatchStream {
-    conn: u64,
-    rx: tokio::sync::mpsc::Receiver<WatchResponse>,
-    sink: StreamSink,
-    watch: actix::Addr<crate::actors::watch::WatchActor>,
-}
-
-impl WatchStream {
-    /// A new, empty stream.
-    pub(crate) fn new(service: &Service) -> WatchStream {
-        let (tx, rx) = tokio::sync::mpsc::channel(service.watch_limits().stream_buffer_responses);
-        WatchStream {
-            conn: next_connection_id(),
-            rx,
-            sink: StreamSink::new(tx, service.state_arc()),
-            watch: service.watch().clone(),
-        }
-    }
-
-    /// A stream with one watcher for `req`, created as `who` (the server watching on a
-    /// client's behalf).
-    ///
-    /// # Errors
-    /// The watch actor is gone (shutdown).
-    pub(crate) async fn open(
-        service: &Service,
-        who: &AuthInfo,
-        req: etch_protocol::etcdserverpb::WatchCreateRequest,
-    ) -> Result<WatchStream, actix::MailboxError> {
-        let w = WatchStream::new(service);
-        let create = WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(req)),
-        };
-        route_watch_request(service, who, (w.conn, 0), &w.sink, create).await?;
-        Ok(w)
-    }
-
-    /// A stream driven by a client: each request of `inbound` goes to the watch actor in
-    /// order (a task of its own). The end of `inbound` does not end the stream: as in etcd,
-    /// events keep coming after the client half-closes.
-    pub(crate) fn serve<S>(service: Arc<Service>, who: AuthInfo, mut inbound: S) -> WatchStream
-    where
-        S: futures::Stream<Item = WatchRequest> + Send + Unpin + 'static,
-    {
-        let w = WatchStream::new(&service);
-        let (key, sink) = ((w.conn, 0), w.sink.clone());
-        tokio::spawn(async move {
-            while let Some(req) = futures::StreamExt::next(&mut inbound).await {
-                if route_watch_request(&service, &who, key, &sink, req)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        w
-    }
-
-    /// The next response; `None` once the watch actor dropped the stream.
-    pub(crate) async fn next(&mut self) -> Option<WatchResponse> {
-        self.rx.recv().await
-    }
-}
-
-impl futures::Stream for WatchStream {
-    type Item = WatchResponse;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<WatchResponse>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for WatchStream {
-    fn drop(&mut self) {
-        self.watch
-            .do_send(crate::actors::watch::CloseConnection(self.conn));
-    }
 }
 
 /// etcd's LeaseKeepAlive stream: one answer per request of `inbound`, in order, ending after

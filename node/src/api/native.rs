@@ -324,7 +324,7 @@ async fn watch_request(
             return;
         }
     };
-    if crate::api::route_watch_request(service, &who, (conn_id, id), &sink, req)
+    if crate::service::watch::route_watch_request(service, &who, (conn_id, id), &sink, req)
         .await
         .is_err()
     {

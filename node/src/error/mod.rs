@@ -86,6 +86,10 @@ pub enum ApiError {
     /// `ErrGRPCMemberBadURLs`).
     #[error("given member URLs are invalid")]
     MemberBadUrls,
+    /// An error etcd returns outside its error table, with gRPC code `Unknown` and this
+    /// message (the lock and election recipes' `election: not leader`, ...).
+    #[error("{0}")]
+    Unknown(&'static str),
     /// A snapshot could not be written or read back (the member's log says why).
     #[error("snapshot failed")]
     SnapshotFailed,

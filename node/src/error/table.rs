@@ -142,6 +142,7 @@ pub fn status_of(e: &ApiError) -> (Code, &'static str) {
             Code::InvalidArgument,
             "etcdserver: given member URLs are invalid",
         ),
+        ApiError::Unknown(m) => (Code::Unknown, m),
         ApiError::SnapshotFailed => (
             Code::Internal,
             "etch: snapshot failed (the member's log says why)",

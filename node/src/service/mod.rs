@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use tokio::sync::watch;
+use tokio::sync::watch as chan;
 
 use etch_protocol::etcdserverpb::request_op::Request as Op;
 use etch_protocol::etcdserverpb::{
@@ -32,12 +32,16 @@ use crate::state::NodeState;
 pub mod auth;
 mod cluster;
 pub mod compactor;
+mod concurrency;
 pub mod corrupt;
+pub mod election;
 mod kv;
 mod lease;
+pub mod lock;
 mod maintenance;
 mod peer;
 mod snapshot;
+pub mod watch;
 
 pub use peer::PeerRequests;
 
@@ -95,7 +99,7 @@ pub struct Service {
     lessor: Addr<LeaseActor>,
     transport: Option<Addr<crate::actors::transport::TransportActor>>,
     proposer: Proposer,
-    applied: watch::Receiver<u64>,
+    applied: chan::Receiver<u64>,
     state: Arc<NodeState>,
     limits: Limits,
     tokens: Arc<crate::service::auth::Tokens>,
@@ -108,7 +112,7 @@ impl Service {
         store: Arc<MvccStore>,
         actors: Actors,
         proposer: Proposer,
-        applied: watch::Receiver<u64>,
+        applied: chan::Receiver<u64>,
         state: Arc<NodeState>,
         limits: Limits,
         tokens: crate::service::auth::TokenProvider,
