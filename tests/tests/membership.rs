@@ -509,3 +509,39 @@ fn the_cluster_grows_to_five_and_shrinks_to_three_under_load() {
     assert_eq!(members(&alive[1].grpc).len(), 3);
     agree_and_keep_every_acknowledged_write(&alive, &ack);
 }
+
+/// A member that joins after the leader released its log (past the bootstrap entries) gets the
+/// leader's snapshot, and with it the membership: it serves, lists the members, takes writes.
+#[test]
+fn a_member_joins_from_a_snapshot_once_the_log_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 1, &["--snapshot-count", "100"]);
+    let first = c.nodes[0].grpc.clone();
+    ctl_ok(&first, &["put", "marker", "before"]);
+    // The leader keeps 5,000 entries behind its release point: write more than that.
+    etch_tests::bench_ok(
+        &c.endpoints(),
+        &[
+            "--clients",
+            "10",
+            "--conns",
+            "2",
+            "put",
+            "--total",
+            "6000",
+            "--key-space-size",
+            "500",
+        ],
+    );
+    wait_for(DEADLINE, "the leader to release its log", || {
+        c.nodes[0].log().contains("raft log released").then_some(())
+    });
+    let (new, _, _) = add_and_start(dir.path(), &first, "m1", false);
+    has_locally(&new.grpc, "marker", "before");
+    assert!(new.log().contains("installed a snapshot from the leader"));
+    wait_for(DEADLINE, "the new member to list both members", || {
+        (ctl(&new.grpc, &["member", "list"]).1.lines().count() == 2).then_some(())
+    });
+    ctl_ok(&new.grpc, &["put", "marker", "after"]);
+    has_locally(&first, "marker", "after");
+}

@@ -201,13 +201,13 @@ impl Handler<PersistStore> for ApplyActor {
 }
 
 /// Sent by consensus to replace the store by a snapshot received from the leader. Replies
-/// with the new store's applied index.
+/// with the new store's applied index and its membership.
 #[derive(Message)]
-#[rtype(result = "Result<u64, etch_storage::Error>")]
+#[rtype(result = "Result<(u64, Membership), etch_storage::Error>")]
 pub struct InstallStore(pub etch_storage::mvcc::snapshot::Ingest);
 
 impl Handler<InstallStore> for ApplyActor {
-    type Result = Result<u64, etch_storage::Error>;
+    type Result = Result<(u64, Membership), etch_storage::Error>;
 
     fn handle(&mut self, m: InstallStore, _: &mut Self::Context) -> Self::Result {
         let applied = self.core.store().install(m.0)?;
@@ -218,6 +218,6 @@ impl Handler<InstallStore> for ApplyActor {
             *a = (*a).max(applied);
             grew
         });
-        Ok(applied)
+        Ok((applied, self.core.store().membership()?))
     }
 }

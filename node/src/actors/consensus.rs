@@ -384,13 +384,18 @@ impl Handler<InstallSnapshot> for ConsensusActor {
             .send(crate::actors::apply::InstallStore(m.ingest));
         let msg = m.msg;
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Ok(applied)) => {
+            Ok(Ok((applied, membership))) => {
                 tracing::info!(
                     index,
                     store_applied = applied,
                     "installed a snapshot from the leader"
                 );
                 act.core.step(msg);
+                // The membership came with the store; raft-rs took its configuration from the
+                // snapshot's metadata, and the transport and node state follow the store's.
+                if !membership.members.is_empty() {
+                    act.on_membership(index, membership);
+                }
                 act.drive(ctx);
             }
             Ok(Err(e)) => act.fatal(format!("installing a snapshot: {e}")),
