@@ -492,6 +492,26 @@ pub fn bench_ok(addr: &str, args: &[&str]) -> serde_json::Value {
     report
 }
 
+/// Writes `total` puts over `key_space` keys through `endpoints` with etch-bench (10 clients
+/// on 2 connections), asserting none fails; returns the report.
+pub fn put_load(endpoints: &str, total: u32, key_space: u32) -> serde_json::Value {
+    let (total, keys) = (total.to_string(), key_space.to_string());
+    bench_ok(
+        endpoints,
+        &[
+            "--clients",
+            "10",
+            "--conns",
+            "2",
+            "put",
+            "--total",
+            &total,
+            "--key-space-size",
+            &keys,
+        ],
+    )
+}
+
 /// A single-threaded tokio runtime for tests that use the client library.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -131,20 +131,7 @@ fn leader_killed_under_load_loses_no_acknowledged_write() {
     // A new leader is elected among the survivors and writes resume.
     let new = c.leader();
     assert_ne!(new, old);
-    etch_tests::bench_ok(
-        &c.endpoints(),
-        &[
-            "--clients",
-            "10",
-            "--conns",
-            "2",
-            "put",
-            "--total",
-            "500",
-            "--key-space-size",
-            "100",
-        ],
-    );
+    etch_tests::put_load(&c.endpoints(), 500, 100);
     // The old leader comes back and catches up.
     c.nodes[old].restart();
     let target = caught_up(&c.nodes[old], &c.nodes[new], "the old leader to catch up");

@@ -519,20 +519,7 @@ fn a_member_joins_from_a_snapshot_once_the_log_is_released() {
     let first = c.nodes[0].grpc.clone();
     ctl_ok(&first, &["put", "marker", "before"]);
     // The leader keeps 5,000 entries behind its release point: write more than that.
-    etch_tests::bench_ok(
-        &c.endpoints(),
-        &[
-            "--clients",
-            "10",
-            "--conns",
-            "2",
-            "put",
-            "--total",
-            "6000",
-            "--key-space-size",
-            "500",
-        ],
-    );
+    etch_tests::put_load(&c.endpoints(), 6000, 500);
     wait_for(DEADLINE, "the leader to release its log", || {
         c.nodes[0].log().contains("raft log released").then_some(())
     });
