@@ -55,9 +55,28 @@ pub(crate) async fn identify(
             tracing::warn!(member_id = %etch_protocol::ids::MemberId(member_id), "data dir has an identity: bootstrap flags ignored");
         }
         let membership = store.membership()?;
-        let peers = match membership.members.is_empty() {
-            true => config.peers.clone(),
-            false => peers_of(&membership, member_id),
+        let peers = match (
+            membership.members.is_empty(),
+            config.join_existing,
+            endpoint,
+        ) {
+            (false, _, _) => peers_of(&membership, member_id),
+            // A joining member restarted before it applied anything: its peers' IDs are in the
+            // cluster's member list, not derivable from the flags.
+            (true, true, Some(ep)) => match join::fetch_members(ep, &config.peers).await {
+                Ok(list) => peers_of(
+                    &Membership {
+                        members: list.members,
+                        removed: Vec::new(),
+                    },
+                    member_id,
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fetch the member list again");
+                    config.peers.clone()
+                }
+            },
+            (true, _, _) => config.peers.clone(),
         };
         return Ok(Boot {
             member_id,
@@ -194,9 +213,10 @@ fn config_member(store: &MvccStore) -> Result<u64> {
 }
 
 /// etcd's `--force-new-cluster`: this member becomes a one-member cluster, keeping its IDs and
-/// data. As etcd does (`raft.go` `restartAsStandaloneNode`), every entry of its log is taken as
-/// committed, and entries removing every other member are appended and committed after them;
-/// applying those leaves it the only voter, and it elects itself.
+/// committed data. As etcd does (`raft.go` `restartAsStandaloneNode`), entries past the commit
+/// index are dropped and entries removing every other member are written and committed after
+/// it; applying those leaves it the only voter, and it elects itself. A learner is refused (it
+/// would be left without any voter).
 fn force_new_cluster(
     wal: &mut Wal,
     log: &RaftLog,
@@ -206,8 +226,18 @@ fn force_new_cluster(
 ) -> Result<()> {
     use protobuf::Message as _;
     use raft::eraftpb::{ConfChangeType, ConfChangeV2, EntryType};
-    // The members as of the end of the log: the applied membership, then the configuration
-    // changes of the entries the store has not applied yet.
+    if m.members.iter().any(|x| x.id == me && x.is_learner) {
+        return Err(fatal(
+            "--force-new-cluster: this member is a learner; restart a voter instead",
+        ));
+    }
+    // As etcd, entries past the commit index (never acknowledged) are dropped: the removals
+    // are written from there on, replacing them.
+    let hs = raft::Storage::initial_state(log)?.hard_state;
+    let cut = hs.commit.max(applied).min(log.last_index());
+    let dropped = log.last_index() - cut;
+    // The members as of the commit index: the applied membership, then the configuration
+    // changes of the committed entries the store has not applied yet.
     let mut ids: std::collections::BTreeSet<u64> = m
         .members
         .iter()
@@ -215,11 +245,10 @@ fn force_new_cluster(
         .chain(log.conf_state().voters)
         .chain(log.conf_state().learners)
         .collect();
-    let last = log.last_index();
     let from = applied.max(log.release_index()) + 1;
-    if from <= last {
+    if from <= cut {
         let ctx = raft::GetEntriesContext::empty(false);
-        for e in raft::Storage::entries(log, from, last + 1, None, ctx)? {
+        for e in raft::Storage::entries(log, from, cut + 1, None, ctx)? {
             if e.get_entry_type() != EntryType::EntryConfChangeV2 {
                 continue;
             }
@@ -235,16 +264,15 @@ fn force_new_cluster(
         }
     }
     let others: Vec<u64> = ids.into_iter().filter(|id| *id != me).collect();
-    let hs = raft::Storage::initial_state(log)?.hard_state;
     let term = hs.term.max(1);
-    let entries: Vec<_> = others
+    let mut entries: Vec<_> = others
         .iter()
         .enumerate()
         .map(|(i, id)| {
             crate::core::raft::conf_change_entry(
-                last + 1 + i as u64,
+                cut + 1 + i as u64,
                 term,
-                raft::eraftpb::ConfChangeType::RemoveNode,
+                ConfChangeType::RemoveNode,
                 etch_protocol::etcdserverpb::Member {
                     id: *id,
                     ..Default::default()
@@ -252,10 +280,21 @@ fn force_new_cluster(
             )
         })
         .collect();
+    if entries.is_empty() && dropped > 0 {
+        // Nothing to remove, but the uncommitted tail must still go: an empty entry replaces it.
+        let mut e = raft::eraftpb::Entry {
+            index: cut + 1,
+            term,
+            ..Default::default()
+        };
+        e.set_entry_type(EntryType::EntryNormal);
+        entries.push(e);
+    }
+    let commit = cut + entries.len() as u64;
     let hs = HardState {
         term,
         vote: me,
-        commit: last + entries.len() as u64,
+        commit,
         ..Default::default()
     };
     wal.append(&entries, Some(&hs))?;
@@ -264,7 +303,8 @@ fn force_new_cluster(
     log.set_hard_state(hs);
     tracing::warn!(
         removed = ?others.iter().map(|id| etch_protocol::ids::MemberId(*id).to_string()).collect::<Vec<_>>(),
-        commit_index = last + entries.len() as u64,
+        uncommitted_entries_dropped = dropped,
+        commit_index = commit,
         "forcing a new one-member cluster from this member's data"
     );
     Ok(())

@@ -136,9 +136,8 @@ pub fn check(
             if started < quorum(n) {
                 return Err(ApiError::NotEnoughStartedMembers);
             }
-            if !all_voters_active() {
-                return Err(ApiError::Unhealthy);
-            }
+            // No health check: etcd 3.5 promotes with a voter down, which is how a failed
+            // member is replaced.
             Ok(())
         }
     }
@@ -232,6 +231,17 @@ mod tests {
             Err(ApiError::LearnerNotReady)
         );
         assert!(check(&Proposed::Promote(1), &view(&m, &[1, 2, 3]), |_| true).is_err());
+        // As etcd 3.5, a caught-up learner is promoted with a voter down (replacing it).
+        let mut started_learner = started.clone();
+        started_learner.members.push(member(5, "e", true));
+        assert_eq!(
+            check(
+                &Proposed::Promote(5),
+                &view(&started_learner, &[1, 2]),
+                |_| true
+            ),
+            Ok(())
+        );
         // Without the strict check only the learner limit and readiness remain.
         let lax = LeaderView {
             strict: false,

@@ -227,13 +227,13 @@ impl<W> RaftCore<W> {
                 .into(),
                 ..Default::default()
             };
-            match self.node.apply_conf_change(&cc) {
-                Ok(cs) => self.log.set_conf_state(cs),
-                Err(e) => {
-                    tracing::error!(error = %e, node_id, "raft refused a configuration change")
-                }
+            if let Err(e) = self.node.apply_conf_change(&cc) {
+                tracing::error!(error = %e, node_id, "raft refused a configuration change");
             }
         }
+        // The log's copy (for snapshots and release points) is always raft-rs's own.
+        self.log
+            .set_conf_state(self.node.raft.prs().conf().to_conf_state());
         changed
     }
 
@@ -330,8 +330,12 @@ impl<W> RaftCore<W> {
             None
         } else {
             let meta = rd.snapshot().get_metadata().clone();
-            // The log restarts at the snapshot; entries in this Ready follow it.
+            // The log restarts at the snapshot; entries in this Ready follow it. raft-rs may
+            // already be past the snapshot's configuration (the store that came with it was
+            // newer, `set_conf`): the log keeps raft-rs's.
             self.log.apply_snapshot(&meta);
+            self.log
+                .set_conf_state(self.node.raft.prs().conf().to_conf_state());
             tracing::info!(
                 index = meta.index,
                 term = meta.term,

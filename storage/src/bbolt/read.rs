@@ -42,7 +42,11 @@ pub fn read_buckets(bytes: &[u8]) -> Result<Vec<Bucket>, BoltError> {
         .flatten()
         .max_by_key(|m| m.0)
         .ok_or_else(|| bad("no valid meta page"))?;
-    let file = File { bytes, page_size };
+    let file = File {
+        bytes,
+        page_size,
+        seen: Default::default(),
+    };
     let mut buckets = Vec::new();
     for (name, value, flags) in file.entries(root)? {
         if flags & BUCKET_FLAG == 0 {
@@ -57,6 +61,9 @@ pub fn read_buckets(bytes: &[u8]) -> Result<Vec<Bucket>, BoltError> {
 struct File<'a> {
     bytes: &'a [u8],
     page_size: usize,
+    /// Pages already walked: each may be reached once (bbolt's `Tx.Check` rule), so a crafted
+    /// file cannot make the walk revisit shared subtrees exponentially.
+    seen: std::cell::RefCell<std::collections::HashSet<u64>>,
 }
 
 type Entry = (Vec<u8>, Vec<u8>, u32);
@@ -89,6 +96,9 @@ impl File<'_> {
         if depth > MAX_DEPTH {
             return Err(bad("tree too deep (a page loop?)"));
         }
+        if !self.seen.borrow_mut().insert(pgid) {
+            return Err(bad(format!("page {pgid} is reached twice")));
+        }
         let page = self.page(pgid)?;
         let flags = u16::from_le_bytes([page[8], page[9]]);
         match flags {
@@ -101,9 +111,6 @@ impl File<'_> {
                         .get(at..at + ELEMENT)
                         .ok_or_else(|| bad(format!("page {pgid}: element out of page")))?;
                     let child = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
-                    if child == pgid {
-                        return Err(bad(format!("page {pgid} points to itself")));
-                    }
                     self.walk(child, depth + 1, out)?;
                 }
                 Ok(())
@@ -119,16 +126,15 @@ impl File<'_> {
             .ok()
             .and_then(|p| p.checked_mul(self.page_size))
             .ok_or_else(out_of_file)?;
-        let head = self
-            .bytes
-            .get(start..start + PAGE_HEADER)
-            .ok_or_else(out_of_file)?;
+        let head_end = start.checked_add(PAGE_HEADER).ok_or_else(out_of_file)?;
+        let head = self.bytes.get(start..head_end).ok_or_else(out_of_file)?;
         let overflow = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
         let len = overflow
             .checked_add(1)
             .and_then(|n| n.checked_mul(self.page_size))
             .ok_or_else(out_of_file)?;
-        self.bytes.get(start..start + len).ok_or_else(out_of_file)
+        let end = start.checked_add(len).ok_or_else(out_of_file)?;
+        self.bytes.get(start..end).ok_or_else(out_of_file)
     }
 }
 

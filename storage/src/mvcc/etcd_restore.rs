@@ -62,7 +62,7 @@ impl MvccStore {
         // The latest state of each key, for the live-key count and lease attachments.
         let mut latest: std::collections::BTreeMap<Vec<u8>, (bool, i64)> = Default::default();
         for (k, v) in bucket(b, b"key") {
-            if !(k.len() == 17 || k.len() == 18) || k[8] != b'_' {
+            if !(k.len() == 17 || (k.len() == 18 && k[17] == b't')) || k[8] != b'_' {
                 return Err(corrupt(format!("key bucket entry of {} bytes", k.len())));
             }
             let tombstone = k.len() == 18;
@@ -122,21 +122,23 @@ impl MvccStore {
                 push_record(&mut chunk, 5, &[prefix, k.as_slice()].concat(), v);
             }
         }
-        if let Some((_, v)) = bucket(b, b"meta")
-            .iter()
-            .find(|(k, _)| k == b"finishedCompactRev")
-            && v.len() >= 8
-        {
-            out.compact_revision = i64::from_be_bytes(v[..8].try_into().unwrap_or_default());
+        // etcd's compaction point: the newer of the finished and the scheduled one.
+        for (k, v) in bucket(b, b"meta") {
+            if (k == b"finishedCompactRev" || k == b"scheduledCompactRev") && v.len() >= 8 {
+                let rev = i64::from_be_bytes(v[..8].try_into().unwrap_or_default());
+                out.compact_revision = out.compact_revision.max(rev);
+            }
+        }
+        if out.compact_revision > 0 {
+            // Only the point: the history below it that the file still holds (a snapshot
+            // taken while its member was still deleting) is deleted by the store's background
+            // purge, which starts from purged revision 0.
             let rev = out.compact_revision.to_be_bytes();
             push_record(&mut chunk, 2, META_COMPACT_REV.as_bytes(), &rev);
-            push_record(
-                &mut chunk,
-                2,
-                super::compaction::META_PURGED_REV.as_bytes(),
-                &rev,
-            );
         }
+        // As etcd: the current revision is never below the compaction point (the newest
+        // revisions may have been deletions that compaction removed).
+        out.revision = out.revision.max(out.compact_revision);
         let current = out.revision.max(1);
         out.revision = current;
         push_record(
@@ -166,4 +168,61 @@ struct LeasePb {
     ttl: i64,
     #[prost(int64, tag = "3")]
     remaining_ttl: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev_key(main: i64, tombstone: bool) -> Vec<u8> {
+        let mut k = main.to_be_bytes().to_vec();
+        k.push(b'_');
+        k.extend_from_slice(&0i64.to_be_bytes());
+        if tombstone {
+            k.push(b't');
+        }
+        k
+    }
+
+    #[test]
+    fn the_revision_is_never_below_the_compaction_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(dir.path()).unwrap();
+        let kv = KeyValue {
+            key: b"a".to_vec().into(),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            value: b"1".to_vec().into(),
+            lease: 0,
+        };
+        // The last writes (revisions 3..5, deletions) were compacted away at 5.
+        let mut compact = 5i64.to_be_bytes().to_vec();
+        compact.push(b'_');
+        compact.extend_from_slice(&0i64.to_be_bytes());
+        let b = vec![
+            (
+                b"key".to_vec(),
+                vec![(rev_key(2, false), kv.encode_to_vec())],
+            ),
+            (
+                b"meta".to_vec(),
+                vec![(b"finishedCompactRev".to_vec(), compact)],
+            ),
+        ];
+        let r = store.restore_etcd(&b).unwrap();
+        assert_eq!((r.revision, r.compact_revision, r.keys), (5, 5, 1));
+        assert_eq!(store.current_revision(), 5);
+        // A key bucket entry that is not a revision is refused, naming it.
+        let bad = vec![(
+            b"key".to_vec(),
+            vec![(
+                rev_key(2, true)[..17].iter().chain(b"x").copied().collect(),
+                vec![],
+            )],
+        )];
+        let other = tempfile::tempdir().unwrap();
+        let s2 = MvccStore::open(other.path()).unwrap();
+        assert!(s2.restore_etcd(&bad).is_err());
+    }
 }

@@ -56,7 +56,14 @@ impl Handler<SetMembers> for TransportActor {
         let me = self.state.member_id.0;
         {
             let mut sets = self.members.write().unwrap_or_else(|p| p.into_inner());
-            sets.known = m.0.members.iter().map(|x| x.id).chain([me]).collect();
+            let mut known: std::collections::HashSet<u64> =
+                m.0.members.iter().map(|x| x.id).chain([me]).collect();
+            if !m.0.members.iter().any(|x| x.id == me) {
+                // Not joined yet (replaying old history): keep admitting today's members.
+                known.extend(sets.known.iter().copied());
+            }
+            known.retain(|id| !m.0.removed.contains(id));
+            sets.known = known;
             sets.removed = m.0.removed.iter().copied().collect();
         }
         let wanted: HashMap<u64, &etch_protocol::etcdserverpb::Member> =
@@ -65,10 +72,19 @@ impl Handler<SetMembers> for TransportActor {
                 .filter(|x| x.id != me)
                 .map(|x| (x.id, x))
                 .collect();
+        // A member still replaying the history before its own addition sees old memberships:
+        // it drops only members removed for good, so it keeps hearing the current leader.
+        let joined = m.0.members.iter().any(|x| x.id == me);
         let gone: Vec<u64> = self
             .peers
             .keys()
-            .filter(|id| !wanted.contains_key(id))
+            .filter(|id| {
+                if joined {
+                    !wanted.contains_key(id)
+                } else {
+                    m.0.removed.contains(id)
+                }
+            })
             .copied()
             .collect();
         for id in gone {
