@@ -95,6 +95,46 @@ fn add_and_start(
     (node, id, url)
 }
 
+/// Puts `total` sequential keys through every member of `c` with etch-bench in the background
+/// (`clients` clients on 3 connections), logging each acknowledged key to `ack`.
+fn acked_load(
+    c: &Cluster,
+    clients: u32,
+    total: u32,
+    ack: &std::path::Path,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let (endpoints, ack) = (c.endpoints(), ack.to_string_lossy().to_string());
+    let (clients, total) = (clients.to_string(), total.to_string());
+    std::thread::spawn(move || {
+        etch_tests::bench(
+            &endpoints,
+            &[
+                "--clients",
+                &clients,
+                "--conns",
+                "3",
+                "put",
+                "--total",
+                &total,
+                "--sequential-keys",
+                "--key-space-size",
+                &total,
+                "--ack-log",
+                &ack,
+            ],
+        )
+    })
+}
+
+/// The hex ID of member `name` in `endpoint`'s member list.
+fn id_named(endpoint: &str, name: &str) -> String {
+    members(endpoint)
+        .into_iter()
+        .find(|m| m.2 == name)
+        .unwrap_or_else(|| panic!("no member {name}"))
+        .0
+}
+
 /// Waits until `endpoint` serves `key` = `value` from its own store.
 fn has_locally(endpoint: &str, key: &str, value: &str) {
     wait_for(DEADLINE, "the member to have the key", || {
@@ -129,11 +169,7 @@ fn a_member_is_added_replaced_and_the_cluster_survives_restarts() {
     let leader = c.leader();
     let victim = (1..3).find(|i| *i != leader).unwrap();
     let via = (0..3).find(|i| *i != leader && *i != victim).unwrap();
-    let victim_id = members(&first)
-        .into_iter()
-        .find(|(_, _, name, _)| *name == format!("m{victim}"))
-        .unwrap()
-        .0;
+    let victim_id = id_named(&first, &format!("m{victim}"));
     let out = ctl_ok(&c.nodes[via].grpc, &["member", "remove", &victim_id]);
     assert!(
         out.contains(&victim_id) && out.contains("removed from cluster"),
@@ -285,9 +321,7 @@ fn strict_reconfig_check_protects_the_quorum() {
     assert!(err.contains("etcdserver: unhealthy cluster"), "{err}");
     // Removing the member that is down is allowed; removing one that is up is not, since the
     // two left would need both.
-    let ids = members(&ep);
-    let name_of = |i: usize| format!("m{i}");
-    let id_of = |i: usize| ids.iter().find(|m| m.2 == name_of(i)).unwrap().0.clone();
+    let id_of = |i: usize| id_named(&ep, &format!("m{i}"));
     let err = ctl_err(&ep, &["member", "remove", &id_of(up)]);
     assert!(err.contains("etcdserver: unhealthy cluster"), "{err}");
     ctl_ok(&ep, &["member", "remove", &id_of(down)]);
@@ -321,34 +355,11 @@ fn a_failed_member_is_replaced_under_load() {
     let failed = (leader + 1) % 3;
     let survivor = (leader + 2) % 3;
     let ack = dir.path().join("acked.txt");
-    let (endpoints, ack_arg) = (c.endpoints(), ack.to_string_lossy().to_string());
-    let load = std::thread::spawn(move || {
-        etch_tests::bench(
-            &endpoints,
-            &[
-                "--clients",
-                "20",
-                "--conns",
-                "3",
-                "put",
-                "--total",
-                "20000",
-                "--sequential-keys",
-                "--key-space-size",
-                "20000",
-                "--ack-log",
-                &ack_arg,
-            ],
-        )
-    });
+    let load = acked_load(&c, 20, 20000, &ack);
     wait_for(DEADLINE, "writes under load", || {
         (c.nodes[survivor].local_count() > 1000).then_some(())
     });
-    let failed_id = members(&c.nodes[leader].grpc)
-        .into_iter()
-        .find(|m| m.2 == format!("m{failed}"))
-        .unwrap()
-        .0;
+    let failed_id = id_named(&c.nodes[leader].grpc, &format!("m{failed}"));
     c.nodes[failed].kill9();
     let ep = c.nodes[survivor].grpc.clone();
     ctl_ok(&ep, &["member", "remove", &failed_id]);
@@ -451,26 +462,7 @@ fn the_cluster_grows_to_five_and_shrinks_to_three_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(dir.path(), 3, &[]);
     let ack = dir.path().join("acked.txt");
-    let (endpoints, ack_arg) = (c.endpoints(), ack.to_string_lossy().to_string());
-    let load = std::thread::spawn(move || {
-        etch_tests::bench(
-            &endpoints,
-            &[
-                "--clients",
-                "10",
-                "--conns",
-                "3",
-                "put",
-                "--total",
-                "15000",
-                "--sequential-keys",
-                "--key-space-size",
-                "15000",
-                "--ack-log",
-                &ack_arg,
-            ],
-        )
-    });
+    let load = acked_load(&c, 10, 15000, &ack);
     let ep = c.nodes[0].grpc.clone();
     let mut added = Vec::new();
     for name in ["m3", "m4"] {
@@ -484,13 +476,7 @@ fn the_cluster_grows_to_five_and_shrinks_to_three_under_load() {
     // Remove the leader itself, then another of the first three.
     let leader = c.leader();
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let id_of = |i: usize| {
-        members(&added[0].grpc)
-            .into_iter()
-            .find(|m| m.2 == format!("m{i}"))
-            .unwrap()
-            .0
-    };
+    let id_of = |i: usize| id_named(&added[0].grpc, &format!("m{i}"));
     let leader_id = id_of(leader);
     ctl_ok(&added[0].grpc, &["member", "remove", &leader_id]);
     assert!(c.nodes[leader].wait_exit(DEADLINE).success());

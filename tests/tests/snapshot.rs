@@ -166,32 +166,18 @@ fn a_snapshot_under_load_restores_into_a_new_three_member_cluster() {
     flipped[at] ^= 0x40;
     let bad = dir.path().join("flipped.db");
     std::fs::write(&bad, &flipped).unwrap();
-    let o = etchctl_at(
-        "127.0.0.1:1",
-        &[
-            "snapshot",
-            "restore",
-            bad.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("x").to_str().unwrap(),
-        ],
-    );
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("expected sha256"));
+    assert!(refused(&bad, &dir.path().join("x")).contains("expected sha256"));
     let cut = dir.path().join("truncated.db");
     std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
-    let o = etchctl_at(
-        "127.0.0.1:1",
-        &[
-            "snapshot",
-            "restore",
-            cut.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("y").to_str().unwrap(),
-        ],
-    );
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("missing hash"));
+    assert!(refused(&cut, &dir.path().join("y")).contains("missing hash"));
+}
+
+/// `etchctl snapshot restore` of `file` into `data_dir`, which must fail; its stderr.
+fn refused(file: &std::path::Path, data_dir: &std::path::Path) -> String {
+    let (f, d) = (file.to_str().unwrap(), data_dir.to_str().unwrap());
+    let o = etchctl_at("127.0.0.1:1", &["snapshot", "restore", f, "--data-dir", d]);
+    assert!(!o.status.success(), "{f} was restored");
+    String::from_utf8_lossy(&o.stderr).to_string()
 }
 
 #[test]

@@ -447,7 +447,7 @@ impl Handler<ProposeMemberChange> for ConsensusActor {
         use crate::core::members::{LeaderView, Proposed, check};
         use etch_protocol::etcdserverpb::Member;
         use prost::Message as _;
-        use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+        use raft::eraftpb::ConfChangeType;
         if self.state.leader().0 != self.state.member_id.0 {
             return Err(ApiError::NotLeader);
         }
@@ -486,15 +486,7 @@ impl Handler<ProposeMemberChange> for ConsensusActor {
                 },
             ),
         };
-        let cc = ConfChangeV2 {
-            changes: vec![ConfChangeSingle {
-                change_type,
-                node_id: member.id,
-                ..Default::default()
-            }]
-            .into(),
-            ..Default::default()
-        };
+        let cc = crate::core::raft::single_change(change_type, member.id);
         let context = etch_protocol::etchpb::MemberChange {
             request_id: m.request_id,
             member: Some(member),

@@ -120,18 +120,33 @@ impl Proposer {
         }
         let rx = self.waiters.register(id);
         crate::metrics::queued("consensus");
-        match self.consensus.send(Propose { data }).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.waiters.cancel(id);
-                return Err(e);
-            }
-            Err(_) => {
-                self.waiters.cancel(id);
-                return Err(ApiError::Stopped);
-            }
+        let sent = self.consensus.send(Propose { data }).await;
+        self.settle(id, sent)?;
+        self.answer(id, rx, tokio::time::Instant::now() + self.request_timeout)
+            .await
+    }
+
+    /// What consensus answered to a proposal with waiter `id`: on any failure the waiter goes.
+    fn settle<T>(
+        &self,
+        id: u64,
+        sent: Result<Result<T, ApiError>, actix::MailboxError>,
+    ) -> Result<T, ApiError> {
+        let r = sent.unwrap_or(Err(ApiError::Stopped));
+        if r.is_err() {
+            self.waiters.cancel(id);
         }
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        r
+    }
+
+    /// Waits (until `deadline`) for apply to answer waiter `id`.
+    async fn answer(
+        &self,
+        id: u64,
+        rx: tokio::sync::oneshot::Receiver<crate::actors::apply::WriteResult>,
+        deadline: tokio::time::Instant,
+    ) -> Result<WriteResponse, ApiError> {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => Ok(r?),
             Ok(Err(_)) => Err(ApiError::Stopped),
             Err(_) => {
@@ -167,32 +182,17 @@ impl Proposer {
                     max_learners,
                 })
                 .await;
-            match sent {
-                Ok(Ok(true)) => break,
-                Ok(Ok(false)) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+            let sent = match sent {
+                Ok(Ok(false)) if tokio::time::Instant::now() >= deadline => {
+                    Ok(Err(ApiError::Timeout))
                 }
-                Ok(Ok(false)) => {
-                    self.waiters.cancel(id);
-                    return Err(ApiError::Timeout);
-                }
-                Ok(Err(e)) => {
-                    self.waiters.cancel(id);
-                    return Err(e);
-                }
-                Err(_) => {
-                    self.waiters.cancel(id);
-                    return Err(ApiError::Stopped);
-                }
+                other => other,
+            };
+            if self.settle(id, sent)? {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(r)) => Ok(r?),
-            Ok(Err(_)) => Err(ApiError::Stopped),
-            Err(_) => {
-                self.waiters.cancel(id);
-                Err(ApiError::Timeout)
-            }
-        }
+        self.answer(id, rx, deadline).await
     }
 }

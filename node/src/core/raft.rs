@@ -218,15 +218,7 @@ impl<W> RaftCore<W> {
         }
         let changed = !changes.is_empty();
         for (change_type, node_id) in changes {
-            let cc = ConfChangeV2 {
-                changes: vec![ConfChangeSingle {
-                    change_type,
-                    node_id,
-                    ..Default::default()
-                }]
-                .into(),
-                ..Default::default()
-            };
+            let cc = single_change(change_type, node_id);
             if let Err(e) = self.node.apply_conf_change(&cc) {
                 tracing::error!(error = %e, node_id, "raft refused a configuration change");
             }
@@ -471,15 +463,7 @@ pub fn conf_change_entry(
 ) -> Entry {
     use prost::Message as _;
     use protobuf::Message as _;
-    let cc = ConfChangeV2 {
-        changes: vec![ConfChangeSingle {
-            change_type,
-            node_id: member.id,
-            ..Default::default()
-        }]
-        .into(),
-        ..Default::default()
-    };
+    let cc = single_change(change_type, member.id);
     let mut e = Entry {
         index,
         term,
@@ -494,6 +478,19 @@ pub fn conf_change_entry(
     };
     e.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
     e
+}
+
+/// A configuration change of one member (etcd's one-at-a-time rule: never a joint change).
+pub fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+    ConfChangeV2 {
+        changes: vec![ConfChangeSingle {
+            change_type,
+            node_id,
+            ..Default::default()
+        }]
+        .into(),
+        ..Default::default()
+    }
 }
 
 /// A ReadIndex context: this member's ID then its request sequence, both big-endian.

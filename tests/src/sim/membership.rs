@@ -10,7 +10,7 @@ use etch_protocol::etcdserverpb::Member;
 use etch_protocol::etchpb::MemberChange;
 use etch_storage::members::{self, Membership};
 use prost::Message as _;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use raft::eraftpb::ConfChangeType;
 use rand::Rng;
 
 use super::{Event, Sim};
@@ -88,15 +88,7 @@ impl Sim {
             (ConfChangeType::AddLearnerNode, m)
         };
         let id = member.id;
-        let cc = ConfChangeV2 {
-            changes: vec![ConfChangeSingle {
-                change_type,
-                node_id: id,
-                ..Default::default()
-            }]
-            .into(),
-            ..Default::default()
-        };
+        let cc = etch_node::core::raft::single_change(change_type, id);
         let context = MemberChange {
             request_id: 0,
             member: Some(member),

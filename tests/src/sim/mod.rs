@@ -550,10 +550,9 @@ impl Sim {
         self.log("faults stop: heal and restart every member".into());
         self.isolated.clear();
         let down: Vec<u64> = self
-            .members
-            .values()
-            .filter(|m| !m.up && !m.removed)
-            .map(|m| m.id)
+            .live_members()
+            .into_iter()
+            .filter(|id| !self.members[id].up)
             .collect();
         for id in down {
             self.start(id);
@@ -787,12 +786,7 @@ impl Sim {
         if !self.faults_on {
             return;
         }
-        let live: Vec<u64> = self
-            .members
-            .values()
-            .filter(|m| !m.removed)
-            .map(|m| m.id)
-            .collect();
+        let live = self.live_members();
         let n = live.len() as u64;
         let leader = self.current_leader();
         match self.rng.random_range(0..10) {
@@ -846,13 +840,17 @@ impl Sim {
 
     /// A member a client turns to: any that is not removed.
     fn pick_member(&mut self) -> u64 {
-        let live: Vec<u64> = self
-            .members
+        let live = self.live_members();
+        live[self.rng.random_range(0..live.len())]
+    }
+
+    /// The members not removed from the cluster (running or not), in ID order.
+    fn live_members(&self) -> Vec<u64> {
+        self.members
             .values()
             .filter(|m| !m.removed)
             .map(|m| m.id)
-            .collect();
-        live[self.rng.random_range(0..live.len())]
+            .collect()
     }
 
     /// The members running now, in ID order.
