@@ -212,13 +212,17 @@ pub async fn run(
         }
     };
     consensus_ctx.run(ConsensusActor::new(
-        core,
+        consensus::ConsensusCore::new(
+            core,
+            member_id,
+            config.snapshot_count,
+            consensus::CATCH_UP_ENTRIES,
+        ),
         wal_addr,
         apply_addr,
         transport.clone(),
         state.clone(),
         config.heartbeat_interval,
-        config.snapshot_count,
     ));
 
     let proposer = proposer::Proposer::new(

@@ -44,6 +44,8 @@ fn seeds_pass_every_check() {
                 total.watch_compacted += s.watch_compacted;
                 total.member_changes += s.member_changes;
                 total.members_removed += s.members_removed;
+                total.log_releases += s.log_releases;
+                total.snapshots_installed += s.snapshots_installed;
             }
             Err(f) => panic!("{f}"),
         }
@@ -53,6 +55,10 @@ fn seeds_pass_every_check() {
     assert!(
         total.member_changes > 0 && total.members_removed > 0,
         "membership changes ran: {total:?}"
+    );
+    assert!(
+        total.log_releases > 0 && total.snapshots_installed > 0,
+        "raft logs were released and members caught up from snapshots: {total:?}"
     );
     // The runs must have exercised the faults, or passing means nothing.
     assert!(total.acknowledged > 100, "{total:?}");

@@ -211,6 +211,10 @@ impl Handler<InstallStore> for ApplyActor {
 
     fn handle(&mut self, m: InstallStore, _: &mut Self::Context) -> Self::Result {
         let applied = self.core.store().install(m.0)?;
+        // The lessor's table was the old store's: it takes the snapshot's leases.
+        self.lessor.do_send(crate::actors::lease::LeaseApplied(
+            crate::core::apply::LeaseChange::Replaced(self.core.store().leases()?),
+        ));
         self.revision_tx
             .send_replace(self.core.store().current_revision());
         self.applied_tx.send_if_modified(|a| {

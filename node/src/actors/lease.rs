@@ -156,6 +156,7 @@ impl Handler<LeaseApplied> for LeaseActor {
                     self.lessor.checkpointed(id, r);
                 }
             }
+            LeaseChange::Replaced(records) => self.lessor.replace(&records, now),
         }
     }
 }

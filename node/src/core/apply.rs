@@ -28,6 +28,8 @@ pub enum LeaseChange {
     Revoked(i64),
     /// Remaining TTLs (seconds) checkpointed, by lease id.
     Checkpointed(Vec<(i64, i64)>),
+    /// The store was replaced by a snapshot from the leader: these are all its leases now.
+    Replaced(Vec<etch_storage::mvcc::LeaseRecord>),
 }
 
 /// A change to the simple auth tokens that follows an applied auth request (etcd's token

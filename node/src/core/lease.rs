@@ -114,6 +114,19 @@ impl Lessor {
         self.revoking.remove(&id);
     }
 
+    /// The store was replaced by a snapshot from the leader: the lease table becomes
+    /// `records`. A primary (a leader cannot receive a snapshot, but a deposed one may still
+    /// believe it leads) gives every lease a full TTL from `now`, as at a promotion.
+    pub fn replace(&mut self, records: &[LeaseRecord], now: u64) {
+        let primary = self.primary;
+        let term = self.term;
+        *self = Lessor::new(records);
+        self.term = term;
+        if primary {
+            self.promote(now);
+        }
+    }
+
     /// A checkpoint was applied.
     pub fn checkpointed(&mut self, id: i64, remaining_s: i64) {
         if let Some(l) = self.leases.get_mut(&id) {

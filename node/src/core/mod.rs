@@ -3,6 +3,7 @@
 //! The actors are shells that carry out what a core returns.
 
 pub mod apply;
+pub mod consensus;
 pub mod lease;
 pub mod members;
 pub mod raft;

@@ -43,7 +43,7 @@ impl Sim {
         let now = self.now;
         let m = self.members.get_mut(&id).expect("member");
         let Some(core) = m.core.as_ref() else { return };
-        let (term, leader, _, _) = core.status();
+        let (term, leader, _, _) = core.raft().status();
         if let Some(lessor) = m.lessor.as_mut()
             && lessor.follow(leader == id, term, now)
         {
@@ -88,6 +88,7 @@ impl Sim {
                     lessor.checkpointed(lease, remaining);
                 }
             }
+            LeaseChange::Replaced(records) => lessor.replace(&records, now),
         }
         // A grant answered to a lease client waiting for it.
         let waiting = self
@@ -194,7 +195,7 @@ impl Sim {
                 };
                 let ready = self.members.get(&leader).is_some_and(|m| {
                     m.up && m.core.as_ref().is_some_and(|c| {
-                        let (_, led, commit, _) = c.status();
+                        let (_, led, commit, _) = c.raft().status();
                         led == leader
                             && m.apply
                                 .as_ref()

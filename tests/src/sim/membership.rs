@@ -6,11 +6,9 @@
 //! its peers know removed. Every member re-derives raft's configuration from the applied
 //! membership (`RaftCore::set_conf`), as the consensus actor does.
 
+use etch_node::core::members::Proposed;
 use etch_protocol::etcdserverpb::Member;
-use etch_protocol::etchpb::MemberChange;
 use etch_storage::members::{self, Membership};
-use prost::Message as _;
-use raft::eraftpb::ConfChangeType;
 use rand::Rng;
 
 use super::{Event, Sim};
@@ -55,67 +53,55 @@ impl Sim {
             .filter(|m| !m.is_learner)
             .map(|m| m.id)
             .collect();
-        let (change_type, member) = if let Some(l) = learner {
-            let ready = lm.core.as_ref().expect("core").learner_ready(l);
+        let (change, what, id) = if let Some(l) = learner {
+            let ready = lm.core.as_ref().expect("core").raft().learner_ready(l);
             if !ready {
                 self.log(format!("learner m{l} not caught up yet"));
                 return Ok(());
             }
-            (
-                ConfChangeType::AddNode,
-                Member {
-                    id: l,
-                    ..Default::default()
-                },
-            )
+            (Proposed::Promote(l), "promote", l)
         } else if voters.len() as u64 > self.cfg.members {
             let gone = if self.rng.random_bool(0.3) {
                 leader
             } else {
                 voters[self.rng.random_range(0..voters.len())]
             };
-            (
-                ConfChangeType::RemoveNode,
-                Member {
-                    id: gone,
-                    ..Default::default()
-                },
-            )
+            (Proposed::Remove(gone), "remove", gone)
         } else {
             let id = self.members.keys().next_back().copied().unwrap_or(0) + 1;
             let mut m = Sim::initial_member(id);
             m.is_learner = true;
-            (ConfChangeType::AddLearnerNode, m)
+            (Proposed::Add(m), "add learner", id)
         };
-        let id = member.id;
-        let cc = etch_node::core::raft::single_change(change_type, id);
-        let context = MemberChange {
-            request_id: 0,
-            member: Some(member),
-        }
-        .encode_to_vec();
+        let adding = matches!(change, Proposed::Add(_));
+        // The leader's checks as a node's leader makes them (strict reconfiguration: a voter
+        // counts as active when it is running and not cut off from the leader).
+        let up: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| m.up && !self.cut(leader, m.id))
+            .map(|m| m.id)
+            .collect();
         let core = self
             .members
             .get_mut(&leader)
             .and_then(|m| m.core.as_mut())
             .expect("core");
-        match core.propose_conf_change(context, cc) {
+        match core.propose_member_change(change, 0, &current, true, 1, |x| up.contains(&x)) {
             Ok(true) => {
                 self.stats.member_changes += 1;
-                self.log(format!("m{leader} proposes {change_type:?} m{id}"));
+                self.log(format!("m{leader} proposes: {what} m{id}"));
             }
             Ok(false) => {
                 self.log(format!("m{leader}: a configuration change is pending"));
                 return Ok(());
             }
             Err(e) => {
-                self.log(format!(
-                    "m{leader} cannot propose {change_type:?} m{id}: {e}"
-                ));
+                self.log(format!("m{leader} cannot {what} m{id}: {e}"));
                 return Ok(());
             }
         }
-        if change_type == ConfChangeType::AddLearnerNode {
+        if adding {
             // The operator starts the new member right after `member add`.
             let dir = self.dir.join(format!("m{id}"));
             self.members.insert(id, super::Member::new(id, dir, 100));
@@ -124,18 +110,14 @@ impl Sim {
         self.drive(leader)
     }
 
-    /// Member `id` applied an entry that changed (or replayed) the membership `m`.
+    /// Member `id` applied an entry that changed (or replayed) the membership `m`: its core
+    /// already moved raft's configuration; members it finds removed stop for good.
     pub(super) fn on_membership(&mut self, id: u64, m: &Membership) {
-        let Some(core) = self.members.get_mut(&id).and_then(|x| x.core.as_mut()) else {
-            return;
-        };
-        if core.set_conf(&members::conf_state(m)) {
-            let cs = members::conf_state(m);
-            self.log(format!(
-                "m{id} configuration: voters {:?} learners {:?}",
-                cs.voters, cs.learners
-            ));
-        }
+        let cs = members::conf_state(m);
+        self.log(format!(
+            "m{id} membership: voters {:?} learners {:?}",
+            cs.voters, cs.learners
+        ));
         for r in &m.removed {
             let Some(x) = self.members.get_mut(r) else {
                 continue;

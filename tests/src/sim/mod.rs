@@ -15,9 +15,13 @@
 //!   randomizes election timeouts (the cores run with fixed timeouts: raft-rs draws its own
 //!   from the thread RNG, which a seed cannot replay).
 //!
-//! The shell here handles `Ready`s in the order `etch_node::actors::consensus::ConsensusActor` does:
-//! messages first, committed entries to apply, then entries and hard state to the WAL, and
-//! `persisted_messages` plus `on_persisted` only after the fsync.
+//! Each member runs the node's consensus driver ([`etch_node::core::consensus::ConsensusCore`]):
+//! the simulator carries out the effects it returns as the consensus actor does (messages,
+//! apply, WAL writes reported back only after the simulated fsync, store persistence and log
+//! release), so the Ready order, group commit and log-release rules under test are the node's.
+//! Members release their raft log every `snapshot_count` applied entries; a member that falls
+//! behind the release point gets the leader's store as a raft snapshot (exported and ingested
+//! through the storage crate's snapshot functions, as the peer transport does) and installs it.
 //!
 //! Watch clients attach to a member's [`etch_node::core::watch::WatchHub`] through small
 //! bounded sinks they drain at random speeds (so watchers fall behind and catch up), and resume
@@ -35,7 +39,7 @@
 //! the point, each member deletes the history in the background at its own pace, so stores
 //! are compared by the hash of the history compaction keeps, and a watcher whose start was
 //! compacted is canceled with `compact_revision` and resumes there (the revisions in between are
-//! a gap it was told about). Raft snapshots (log release) are not simulated yet.
+//! a gap it was told about).
 //!
 //! `cargo test -p etch-tests --test sim` runs a bounded number of seeds; `ETCH_SIM_SEED=<n>`
 //! replays one exactly, printing its trace; `cargo run --release -p etch-tests --bin etch-sim
@@ -45,13 +49,14 @@
 pub mod check;
 mod leases;
 mod membership;
+mod snapshots;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 use prost::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Message};
+use raft::eraftpb::{ConfState, Entry, HardState, Message, MessageType, SnapshotMetadata};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -60,6 +65,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use etch_node::core::apply::ApplyCore;
+use etch_node::core::consensus::{ConsensusCore, Effect, REMOVED};
 use etch_node::core::raft::RaftCore;
 use etch_node::core::watch::{Sink, WatchHub, WatchLimits};
 use etch_protocol::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchResponse};
@@ -117,6 +123,10 @@ pub struct Config {
     /// Mean time between membership steps (add a learner, promote it, remove a voter), ms;
     /// 0 for none.
     pub membership_every_ms: u64,
+    /// Applied entries between raft log releases (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept behind a release point (etcd `SnapshotCatchUpEntries`).
+    pub catch_up_entries: u64,
     /// Planted bugs.
     pub bugs: Bugs,
     /// Print the whole trace to stderr at the end (`ETCH_SIM_SEED` replays).
@@ -139,6 +149,10 @@ impl Default for Config {
             max_apply_ms: 10,
             fault_every_ms: 1_500,
             membership_every_ms: 2_500,
+            // Small, so that members often fall behind a release point (a run applies a few
+            // hundred entries).
+            snapshot_count: 30,
+            catch_up_entries: 10,
             bugs: Bugs::default(),
             print_trace: false,
         }
@@ -176,6 +190,10 @@ pub struct Stats {
     pub member_changes: usize,
     /// Members removed (they stop for good).
     pub members_removed: usize,
+    /// Raft log releases (all members).
+    pub log_releases: usize,
+    /// Raft snapshots installed by members that fell behind a release point.
+    pub snapshots_installed: usize,
     /// Events in the trace.
     pub events: usize,
     /// A digest of the whole trace: equal for two runs of one seed.
@@ -259,6 +277,8 @@ struct ReadReq {
 enum Event {
     Tick(u64, u64),
     Deliver(Message),
+    /// A snapshot stream: the `MsgSnapshot`, the sender's incarnation, the store's chunks.
+    DeliverSnapshot(Message, u64, Rc<Vec<Vec<u8>>>),
     WalDone(u64, u64),
     Apply(u64, u64),
     ClientNext(usize),
@@ -278,9 +298,9 @@ enum Event {
 
 struct Pending {
     number: u64,
+    snapshot: Option<SnapshotMetadata>,
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
-    persisted: Vec<Message>,
     /// Already reported to raft (the planted bug).
     acked: bool,
 }
@@ -288,20 +308,39 @@ struct Pending {
 #[derive(Default)]
 struct Disk {
     hard_state: HardState,
+    /// The last release point (or installed snapshot): entries at or below it are gone.
+    snapshot: Option<SnapshotMetadata>,
+    /// Durable entries after the release point, in index order.
     entries: Vec<Entry>,
     pending: std::collections::VecDeque<Pending>,
 }
 
 impl Disk {
-    fn write(&mut self, entries: &[Entry], hs: Option<&HardState>) {
+    /// One WAL write: the snapshot record first (raft-rs restarts its log there), then the
+    /// entries (replacing any at the same indexes and after), then the hard state.
+    fn write(
+        &mut self,
+        snapshot: Option<&SnapshotMetadata>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) {
+        if let Some(meta) = snapshot {
+            self.snapshot = Some(meta.clone());
+            self.entries.clear();
+        }
         if let Some(first) = entries.first() {
-            let keep = (first.index.saturating_sub(1)) as usize;
-            self.entries.truncate(keep.min(self.entries.len()));
+            self.entries.retain(|e| e.index < first.index);
             self.entries.extend_from_slice(entries);
         }
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
         }
+    }
+
+    /// A log release: entries at or below `meta.index` are dropped.
+    fn release(&mut self, meta: SnapshotMetadata) {
+        self.entries.retain(|e| e.index > meta.index);
+        self.snapshot = Some(meta);
     }
 }
 
@@ -310,10 +349,9 @@ struct Member {
     up: bool,
     incarnation: u64,
     tick_ms: u64,
-    core: Option<RaftCore<ReadReq>>,
+    core: Option<ConsensusCore<ReadReq>>,
     apply: Option<ApplyCore>,
     disk: Disk,
-    wal_busy: bool,
     /// Proposals made here, by request id: (client, op).
     waiters: BTreeMap<u64, (usize, u64)>,
     /// Reads whose ReadIndex is known, waiting for apply.
@@ -339,7 +377,6 @@ impl Member {
             core: None,
             apply: None,
             disk: Disk::default(),
-            wal_busy: false,
             waiters: BTreeMap::new(),
             reads: Vec::new(),
             to_apply: std::collections::VecDeque::new(),
@@ -610,6 +647,7 @@ impl Sim {
                 }
                 self.drive(to)?;
             }
+            Event::DeliverSnapshot(msg, inc, chunks) => self.deliver_snapshot(msg, inc, &chunks)?,
             Event::WalDone(id, inc) => self.wal_done(id, inc)?,
             Event::Apply(id, inc) => {
                 let m = self.members.get_mut(&id).expect("member");
@@ -687,6 +725,10 @@ impl Sim {
 
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(m);
+                continue;
+            }
             if self.faults_on && self.rng.random_bool(self.cfg.drop) {
                 continue;
             }
@@ -710,7 +752,7 @@ impl Sim {
         let store = Arc::new(MvccStore::open(&m.store_dir).expect("open store"));
         let applied = store.applied_index().index;
         let rec = Recovered {
-            snapshot: None,
+            snapshot: m.disk.snapshot.clone(),
             hard_state: Some(m.disk.hard_state.clone()),
             entries: m.disk.entries.clone(),
             truncated_bytes: 0,
@@ -719,11 +761,14 @@ impl Sim {
         // as `etch` starts.
         let membership = store.membership().expect("membership");
         let log = RaftLog::from_recovered(&rec, ConfState::default());
-        if applied > 0 && !membership.members.is_empty() {
+        if applied > log.release_index() && !membership.members.is_empty() {
             log.set_conf_state(etch_storage::members::conf_state(&membership));
         }
-        let core = RaftCore::new_fixed_timeout(id, log, applied, ELECTION_TICKS, &logger)
+        let raft = RaftCore::new_fixed_timeout(id, log, applied, ELECTION_TICKS, &logger)
             .expect("raft core");
+        let mut core =
+            ConsensusCore::new(raft, id, self.cfg.snapshot_count, self.cfg.catch_up_entries);
+        core.start();
         m.core = Some(core);
         m.hub = Some(WatchHub::new(
             store.current_revision(),
@@ -734,7 +779,6 @@ impl Sim {
         m.up = true;
         m.incarnation += 1;
         m.tick_ms = tick_ms;
-        m.wal_busy = false;
         let (inc, last) = (m.incarnation, m.disk.entries.len());
         self.log(format!(
             "m{id} starts (incarnation {inc}, {last} entries durable, applied {applied}, tick {tick_ms} ms)"
@@ -761,11 +805,14 @@ impl Sim {
         m.waiters.clear();
         m.reads.clear();
         m.to_apply.clear();
-        m.wal_busy = false;
         let mut kept = 0;
         if let Some(p) = m.disk.pending.pop_front() {
-            kept = torn.min(p.entries.len());
-            m.disk.write(&p.entries[..kept], None);
+            // The snapshot record is written first: a torn write keeps it and a prefix of the
+            // entries after it, or nothing.
+            if torn > 0 || p.snapshot.is_none() {
+                kept = torn.min(p.entries.len());
+                m.disk.write(p.snapshot.as_ref(), &p.entries[..kept], None);
+            }
         }
         let lost = m.disk.pending.len();
         m.disk.pending.clear();
@@ -867,86 +914,98 @@ impl Sim {
             .values()
             .filter(|m| m.up)
             .filter_map(|m| m.core.as_ref())
-            .map(|c| c.status())
+            .map(|c| c.raft().status())
             .max_by_key(|s| s.0)
             .map(|s| s.1)
             .filter(|l| *l != 0)
     }
 
-    /// Processes Readies until one needs the disk (as the consensus actor does).
+    /// Carries out what member `id`'s consensus core asks for, as the consensus actor does,
+    /// over the simulated disk and network, until it asks for nothing more.
     fn drive(&mut self, id: u64) -> Result<(), String> {
         loop {
             let bug = self.cfg.bugs;
-            let m = self.members.get_mut(&id).expect("member");
-            if !m.up || m.wal_busy {
+            let Some(m) = self.members.get_mut(&id) else {
+                break;
+            };
+            if !m.up {
                 break;
             }
-            let core = m.core.as_mut().expect("core");
-            let Some(out) = core.ready() else { break };
-            let (term, leader, _, _) = core.status();
-            if leader == id {
-                match self.leaders.get(&term) {
-                    Some(l) if *l != id => {
-                        return Err(format!("two leaders in term {term}: m{l} and m{id}"));
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.leaders.insert(term, id);
-                        self.stats.terms += 1;
-                        self.log(format!("m{id} leads term {term}"));
+            let Some(effect) = m.core.as_mut().and_then(|c| c.poll()) else {
+                break;
+            };
+            match effect {
+                Effect::Status(st) => {
+                    if st.leader == id {
+                        match self.leaders.get(&st.term) {
+                            Some(l) if *l != id => {
+                                return Err(format!(
+                                    "two leaders in term {}: m{l} and m{id}",
+                                    st.term
+                                ));
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.leaders.insert(st.term, id);
+                                self.stats.terms += 1;
+                                self.log(format!("m{id} leads term {}", st.term));
+                            }
+                        }
                     }
                 }
-            }
-            let m = self.members.get_mut(&id).expect("member");
-            let mut responses = Vec::new();
-            for r in out.failed_reads {
-                responses.push((r.client, r.op, Err("no leader".to_string())));
-            }
-            for (r, index) in out.reads {
-                m.reads.push((r, index));
-            }
-            // 1. Messages first.
-            self.send(out.messages);
-            // 2. Committed entries to apply (in order, a little later).
-            if !out.committed.is_empty() {
-                let m = self.members.get_mut(&id).expect("member");
-                m.to_apply.push_back(out.committed);
-                let inc = m.incarnation;
-                let d = self.slow(self.cfg.max_apply_ms);
-                self.at(d, Event::Apply(id, inc));
-            }
-            self.serve_reads(id, bug.read_before_apply, &mut responses);
-            self.respond(responses);
-            // 3. The disk.
-            let m = self.members.get_mut(&id).expect("member");
-            if out.entries.is_empty() && out.hard_state.is_none() {
-                if out.number != 0 {
-                    m.core.as_mut().expect("core").on_persisted(out.number);
+                Effect::Send(msgs) => self.send(msgs),
+                Effect::ReadsReady(reads) => {
+                    m.reads.extend(reads);
+                    let mut responses = Vec::new();
+                    self.serve_reads(id, bug.read_before_apply, &mut responses);
+                    self.respond(responses);
                 }
-                self.send(out.persisted_messages);
-                continue;
+                Effect::ReadsFailed(reads) => {
+                    let responses = reads
+                        .into_iter()
+                        .map(|r| (r.client, r.op, Err("no leader".to_string())))
+                        .collect();
+                    self.respond(responses);
+                }
+                Effect::Apply(entries) => {
+                    // In order, a little later (apply runs on its own thread in a node).
+                    m.to_apply.push_back(entries);
+                    let inc = m.incarnation;
+                    let d = self.slow(self.cfg.max_apply_ms);
+                    self.at(d, Event::Apply(id, inc));
+                }
+                Effect::Persist(p) => {
+                    let inc = m.incarnation;
+                    let acked = bug.ack_before_fsync;
+                    let number = p.number;
+                    m.disk.pending.push_back(Pending {
+                        number,
+                        snapshot: p.snapshot,
+                        entries: p.entries,
+                        hard_state: p.hard_state,
+                        acked,
+                    });
+                    if acked {
+                        m.core.as_mut().expect("core").persisted(number);
+                    }
+                    let d = self.slow(self.cfg.max_fsync_ms).max(1);
+                    self.at(d, Event::WalDone(id, inc));
+                }
+                Effect::PersistStore => {
+                    // The simulated store is durable as soon as it is written.
+                    m.core.as_mut().expect("core").store_persisted();
+                }
+                Effect::ReleaseLog(meta) => {
+                    let index = meta.index;
+                    m.disk.release(meta);
+                    m.core.as_mut().expect("core").log_released();
+                    self.stats.log_releases += 1;
+                    self.log(format!("m{id} releases its raft log up to {index}"));
+                }
+                Effect::Membership(ms) => self.on_membership(id, &ms),
+                Effect::Stop(why) if why == REMOVED => self.crash(id),
+                Effect::Stop(why) => return Err(format!("m{id} stops: {why}")),
             }
-            let inc = m.incarnation;
-            let acked = bug.ack_before_fsync;
-            m.disk.pending.push_back(Pending {
-                number: out.number,
-                entries: out.entries,
-                hard_state: out.hard_state,
-                persisted: if acked {
-                    Vec::new()
-                } else {
-                    out.persisted_messages.clone()
-                },
-                acked,
-            });
-            if acked {
-                m.core.as_mut().expect("core").on_persisted(out.number);
-                self.send(out.persisted_messages);
-            } else {
-                m.wal_busy = true;
-            }
-            let d = self.slow(self.cfg.max_fsync_ms).max(1);
-            self.at(d, Event::WalDone(id, inc));
         }
         Ok(())
     }
@@ -976,11 +1035,10 @@ impl Sim {
         let Some(p) = m.disk.pending.pop_front() else {
             return Ok(());
         };
-        m.disk.write(&p.entries, p.hard_state.as_ref());
+        m.disk
+            .write(p.snapshot.as_ref(), &p.entries, p.hard_state.as_ref());
         if !p.acked {
-            m.wal_busy = false;
-            m.core.as_mut().expect("core").on_persisted(p.number);
-            self.send(p.persisted);
+            m.core.as_mut().expect("core").persisted(p.number);
         }
         self.drive(id)
     }
@@ -1020,18 +1078,21 @@ impl Sim {
                 ));
             }
         }
-        m.core.as_mut().expect("core").on_applied(last);
+        // The membership (raft's configuration, the peers, a removal) follows through the
+        // core's effects.
+        m.core.as_mut().expect("core").applied(last, membership);
         for (change, req) in lease_changes {
             self.lease_applied(id, change, req);
         }
-        if let Some(ms) = &membership {
-            self.on_membership(id, ms);
-            if !self.members[&id].up {
-                // It applied its own removal and stopped.
-                return Ok(());
-            }
-        }
+        self.applied_store(id, before)
+    }
+
+    /// Member `id`'s store moved from applied index `before` (apply or an installed
+    /// snapshot): its watch fanout advances, and its hash is recorded and compared with the
+    /// other members' at the same applied index.
+    fn applied_store(&mut self, id: u64, before: u64) -> Result<(), String> {
         let m = self.members.get_mut(&id).expect("member");
+        let apply = m.apply.clone().expect("apply");
         let store = apply.store();
         if let Some(hub) = m.hub.as_mut() {
             hub.advance(store, store.current_revision())

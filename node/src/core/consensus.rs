@@ -1,0 +1,555 @@
+//! The consensus driver of one member: [`RaftCore`] plus the rules for handling its Readies,
+//! completions and membership changes, as a sans-IO state machine (in the manner of
+//! quinn-proto's `Connection::poll_*`). Inputs are method calls; what the member must do next
+//! comes out of [`ConsensusCore::poll`] as [`Effect`]s, in order. The consensus actor
+//! (`crate::actors::consensus`) carries them out with the WAL, apply and transport actors; the
+//! cluster simulator (`tests/src/sim/`) carries out the same effects over a simulated disk and
+//! network, so both run the same decisions.
+//!
+//! Ready handling follows raft-rs's documented order (and etcd's `raft.go`, Raft thesis
+//! 10.2.1):
+//! 1. the leader's `messages` go out before its own fsync (it may persist in parallel);
+//! 2. committed entries go to apply: raft-rs only hands out entries persisted locally;
+//! 3. new entries and the hard state go to the WAL ([`Effect::Persist`]); `persisted_messages`
+//!    (a follower's votes and append responses) are released only once the caller reports
+//!    them durable ([`ConsensusCore::persisted`]), then `on_persist_ready`.
+//!
+//! At most one Ready is being persisted at a time: proposals that arrive during an fsync
+//! gather in raft's unstable log and go out together in the next Ready (group commit).
+//!
+//! The raft log is released behind the applied index every `snapshot_count` entries, keeping
+//! `catch_up_entries` (etcd `SnapshotCatchUpEntries`): first the store is made durable
+//! ([`Effect::PersistStore`]), then the release point is recorded and old WAL segments go
+//! ([`Effect::ReleaseLog`]). The order matters: the WAL may forget entries only once their
+//! effects are durable in the store.
+
+use std::collections::VecDeque;
+
+use etch_protocol::etcdserverpb::Member;
+use etch_storage::members::{self, Membership};
+use prost::Message as _;
+use raft::eraftpb::{ConfChangeType, Entry, HardState, Message, SnapshotMetadata};
+
+use crate::core::members::{LeaderView, Proposed, check};
+use crate::core::raft::{RaftCore, single_change};
+use crate::error::ApiError;
+
+/// What a removed member says when it stops, and when it is started again on its data dir
+/// (etcd's message).
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
+
+/// Entries kept in the raft log behind a release point, so a slightly lagging follower still
+/// catches up from the log instead of a snapshot (etcd `SnapshotCatchUpEntries`).
+pub const CATCH_UP_ENTRIES: u64 = 5_000;
+
+/// Raft's view after a Ready, for the node state and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// Current term.
+    pub term: u64,
+    /// Leader's member ID; 0 when there is none.
+    pub leader: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Last index in the log.
+    pub last: u64,
+}
+
+/// Entries and hard state to make durable, in one WAL write and fsync.
+#[derive(Debug)]
+pub struct Persist {
+    /// A snapshot raft-rs accepted from the leader (the store already holds it): recorded in
+    /// the WAL before the entries.
+    pub snapshot: Option<SnapshotMetadata>,
+    /// Entries to append (they replace any at the same indexes and after).
+    pub entries: Vec<Entry>,
+    /// The hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// The Ready's number: report it back with [`ConsensusCore::persisted`] once durable.
+    pub number: u64,
+}
+
+/// One thing the member must do, in [`ConsensusCore::poll`] order.
+#[derive(Debug)]
+pub enum Effect<W> {
+    /// Raft's status may have changed: publish it.
+    Status(RaftStatus),
+    /// Raft messages for peers (best effort; raft retransmits).
+    Send(Vec<Message>),
+    /// Linearizable reads whose read index is known: wait until applied >= it, then read.
+    ReadsReady(Vec<(W, u64)>),
+    /// Linearizable reads that cannot be served (no leader).
+    ReadsFailed(Vec<W>),
+    /// Committed, locally durable entries to apply, in order; report the last applied index
+    /// with [`ConsensusCore::applied`].
+    Apply(Vec<Entry>),
+    /// Write to the WAL and fsync; then [`ConsensusCore::persisted`].
+    Persist(Persist),
+    /// Make the store durable (fsync), then [`ConsensusCore::store_persisted`].
+    PersistStore,
+    /// Record this log-release point in the WAL and drop the segments wholly before it, then
+    /// [`ConsensusCore::log_released`].
+    ReleaseLog(SnapshotMetadata),
+    /// The applied membership changed: the transport and the node state follow it.
+    Membership(Membership),
+    /// The member must stop: removed from the cluster ([`REMOVED`]) or a fatal error.
+    Stop(String),
+}
+
+/// The driver; `W` is a linearizable read's waiter.
+pub struct ConsensusCore<W> {
+    raft: RaftCore<W>,
+    me: u64,
+    snapshot_count: u64,
+    catch_up_entries: u64,
+    /// The Ready being persisted: its persisted messages and the snapshot it carried.
+    persisting: Option<(Vec<Message>, Option<u64>)>,
+    /// The release point being carried out.
+    releasing: Option<u64>,
+    /// Index of the newest membership applied (completions may arrive out of order).
+    membership_index: u64,
+    out: VecDeque<Effect<W>>,
+}
+
+impl<W> ConsensusCore<W> {
+    /// A driver for member `me` over `raft`, releasing the log every `snapshot_count` applied
+    /// entries while keeping `catch_up_entries` behind the applied index.
+    pub fn new(
+        raft: RaftCore<W>,
+        me: u64,
+        snapshot_count: u64,
+        catch_up_entries: u64,
+    ) -> ConsensusCore<W> {
+        ConsensusCore {
+            raft,
+            me,
+            snapshot_count: snapshot_count.max(1),
+            catch_up_entries,
+            persisting: None,
+            releasing: None,
+            membership_index: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, oldest first.
+    pub fn poll(&mut self) -> Option<Effect<W>> {
+        self.out.pop_front()
+    }
+
+    /// The raft state machine (read-only: status, learner checks, the log).
+    pub fn raft(&self) -> &RaftCore<W> {
+        &self.raft
+    }
+
+    /// The member started: a sole voter campaigns at once.
+    pub fn start(&mut self) {
+        self.campaign_if_alone();
+        self.drive();
+    }
+
+    /// One raft tick passed (heartbeat interval / heartbeat ticks).
+    pub fn tick(&mut self) {
+        self.raft.tick();
+        self.drive();
+    }
+
+    /// Proposes `data` (an encoded `InternalRequest`); the result arrives through apply.
+    ///
+    /// # Errors
+    /// raft-rs refused it: no leader, or a leader transfer in progress.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
+        let r = self.raft.propose(data);
+        self.drive();
+        r
+    }
+
+    /// A linearizable read: `w` comes back in [`Effect::ReadsReady`] or
+    /// [`Effect::ReadsFailed`].
+    pub fn read(&mut self, w: W) {
+        self.raft.read(w);
+        self.drive();
+    }
+
+    /// A raft message from a peer.
+    pub fn step(&mut self, m: Message) {
+        self.raft.step(m);
+        self.drive();
+    }
+
+    /// Peer `id` could not be reached (raft-rs `report_unreachable`).
+    pub fn unreachable(&mut self, id: u64) {
+        self.raft.unreachable(id);
+    }
+
+    /// Hands leadership to `to` or the most caught-up voter (etcd `MoveLeader`, and the
+    /// transfer on stop); the chosen member, if this member leads.
+    pub fn transfer_leadership(&mut self, to: Option<u64>) -> Option<u64> {
+        let target = self.raft.transfer_leadership(to);
+        self.drive();
+        target
+    }
+
+    /// The outcome of a snapshot sent to `to` (raft-rs `report_snapshot`).
+    pub fn snapshot_sent(&mut self, to: u64, ok: bool) {
+        self.raft.snapshot_sent(to, ok);
+        self.drive();
+    }
+
+    /// The WAL made Ready `number` durable: its persisted messages go out.
+    pub fn persisted(&mut self, number: u64) {
+        let (messages, snapshot) = self.persisting.take().unwrap_or_default();
+        self.raft.on_persisted(number);
+        if let Some(index) = snapshot {
+            // The store was replaced before raft-rs saw the snapshot.
+            self.raft.on_applied(index);
+        }
+        // Votes and append acknowledgements only once durable (etcd raft.go).
+        self.send(messages);
+        self.drive();
+    }
+
+    /// Apply reached `index`; `membership` when the applied entries changed it.
+    pub fn applied(&mut self, index: u64, membership: Option<Membership>) {
+        // Applied first: raft-rs refuses to campaign while a configuration change is not
+        // applied.
+        self.raft.on_applied(index);
+        if let Some(m) = membership {
+            self.on_membership(index, m);
+        }
+        self.maybe_release(index);
+        self.drive();
+    }
+
+    /// The store is durable ([`Effect::PersistStore`]): the log may be released.
+    pub fn store_persisted(&mut self) {
+        let Some(release) = self.releasing else {
+            return;
+        };
+        match self.raft.log().compact_to(release) {
+            Some(meta) => self.out.push_back(Effect::ReleaseLog(meta)),
+            None => self.releasing = None,
+        }
+    }
+
+    /// The WAL recorded the release point ([`Effect::ReleaseLog`]).
+    pub fn log_released(&mut self) {
+        self.releasing = None;
+    }
+
+    /// Whether a snapshot at `index` from the leader should replace the store: raft-rs only
+    /// restores past the commit index. If not, drop the received store and
+    /// [`ConsensusCore::step`] the `MsgSnapshot`.
+    pub fn wants_snapshot(&self, index: u64) -> bool {
+        index > self.raft.committed()
+    }
+
+    /// The store now holds the leader's snapshot `msg` (a `MsgSnapshot`) with `membership`.
+    pub fn snapshot_installed(&mut self, msg: Message, membership: Membership) {
+        let index = msg.get_snapshot().get_metadata().index;
+        self.raft.step(msg);
+        // raft-rs took its configuration from the snapshot's metadata; the transport and node
+        // state follow the store's membership.
+        if !membership.members.is_empty() {
+            self.on_membership(index, membership);
+        }
+        self.drive();
+    }
+
+    /// Checks a membership change as etcd's leader does ([`check`]) and proposes it as a
+    /// raft-rs `ConfChangeV2` carrying the member as context. `membership` is the applied one;
+    /// `connected` says whether a peer's stream is open now (a voter must also be heard from
+    /// by raft recently to count as active). `Ok(true)`: raft took it (the result arrives
+    /// through apply under `request_id`); `Ok(false)`: another change is pending, ask again.
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower; the check's etcd error otherwise.
+    pub fn propose_member_change(
+        &mut self,
+        change: Proposed,
+        request_id: u64,
+        membership: &Membership,
+        strict: bool,
+        max_learners: usize,
+        connected: impl Fn(u64) -> bool,
+    ) -> Result<bool, ApiError> {
+        if self.raft.status().1 != self.me {
+            return Err(ApiError::NotLeader);
+        }
+        let active: Vec<u64> = self
+            .raft
+            .active_voters()
+            .into_iter()
+            .filter(|id| *id == self.me || connected(*id))
+            .collect();
+        let view = LeaderView {
+            membership,
+            me: self.me,
+            active_voters: &active,
+            strict,
+            max_learners,
+        };
+        check(&change, &view, |id| self.raft.learner_ready(id))?;
+        let by_id = |id| Member {
+            id,
+            ..Default::default()
+        };
+        let (change_type, member) = match change {
+            Proposed::Add(x) if x.is_learner => (ConfChangeType::AddLearnerNode, x),
+            Proposed::Add(x) => (ConfChangeType::AddNode, x),
+            Proposed::Remove(id) => (ConfChangeType::RemoveNode, by_id(id)),
+            Proposed::Promote(id) => (ConfChangeType::AddNode, by_id(id)),
+        };
+        let cc = single_change(change_type, member.id);
+        let context = etch_protocol::etchpb::MemberChange {
+            request_id,
+            member: Some(member),
+        }
+        .encode_to_vec();
+        let r = self.raft.propose_conf_change(context, cc);
+        self.drive();
+        r
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            self.out.push_back(Effect::Send(msgs));
+        }
+    }
+
+    fn campaign_if_alone(&mut self) {
+        if let Err(e) = self.raft.campaign_if_alone() {
+            self.out.push_back(Effect::Stop(format!("campaign: {e}")));
+        }
+    }
+
+    /// An applied entry changed the membership (or replayed a change): raft-rs's
+    /// configuration follows it, then the transport and node state; a member that finds
+    /// itself removed stops (etcd: "the member has been permanently removed from the
+    /// cluster").
+    fn on_membership(&mut self, index: u64, m: Membership) {
+        if index < self.membership_index {
+            return;
+        }
+        self.membership_index = index;
+        let conf = members::conf_state(&m);
+        if self.raft.set_conf(&conf) {
+            tracing::info!(index, voters = ?conf.voters, learners = ?conf.learners, "raft configuration changed");
+        }
+        let removed = members::is_removed(&m, self.me);
+        self.out.push_back(Effect::Membership(m));
+        if removed {
+            self.out.push_back(Effect::Stop(REMOVED.to_owned()));
+            return;
+        }
+        self.campaign_if_alone();
+    }
+
+    /// Releases the log behind `applied` every `snapshot_count` entries.
+    fn maybe_release(&mut self, applied: u64) {
+        let release = applied.saturating_sub(self.catch_up_entries);
+        if self.releasing.is_some()
+            || release < self.raft.log().release_index() + self.snapshot_count
+        {
+            return;
+        }
+        self.releasing = Some(release);
+        self.out.push_back(Effect::PersistStore);
+    }
+
+    /// Processes Readies until one needs the WAL (the caller reports it with
+    /// [`ConsensusCore::persisted`]).
+    fn drive(&mut self) {
+        while self.persisting.is_none() {
+            let Some(out) = self.raft.ready() else { break };
+            let (term, leader, commit, last) = self.raft.status();
+            self.out.push_back(Effect::Status(RaftStatus {
+                term,
+                leader,
+                commit,
+                last,
+            }));
+            if !out.failed_reads.is_empty() {
+                self.out.push_back(Effect::ReadsFailed(out.failed_reads));
+            }
+            if !out.reads.is_empty() {
+                self.out.push_back(Effect::ReadsReady(out.reads));
+            }
+            // 1. Leader messages before our own fsync (Raft thesis 10.2.1).
+            self.send(out.messages);
+            // 2. Committed entries to apply, in order.
+            if !out.committed.is_empty() {
+                self.out.push_back(Effect::Apply(out.committed));
+            }
+            // 3. Snapshot, entries and hard state to the WAL; persisted messages after it.
+            if out.entries.is_empty() && out.hard_state.is_none() && out.snapshot.is_none() {
+                if out.number != 0 {
+                    self.raft.on_persisted(out.number);
+                }
+                self.send(out.persisted_messages);
+                continue;
+            }
+            let snapshot_index = out.snapshot.as_ref().map(|m| m.index);
+            self.persisting = Some((out.persisted_messages, snapshot_index));
+            self.out.push_back(Effect::Persist(Persist {
+                snapshot: out.snapshot,
+                entries: out.entries,
+                hard_state: out.hard_state,
+                number: out.number,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etch_storage::raftlog::RaftLog;
+    use etch_storage::wal::Recovered;
+    use raft::eraftpb::ConfState;
+
+    fn logger() -> slog::Logger {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+
+    fn one_member() -> Membership {
+        Membership {
+            members: vec![Member {
+                id: 1,
+                name: "a".into(),
+                peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+                ..Default::default()
+            }],
+            removed: Vec::new(),
+        }
+    }
+
+    /// A one-member cluster at its bootstrap entry (index 1).
+    fn single(snapshot_count: u64, catch_up: u64) -> ConsensusCore<u32> {
+        let boot = crate::core::raft::bootstrap_entries(&one_member().members);
+        let rec = Recovered {
+            snapshot: None,
+            hard_state: Some(HardState {
+                term: 1,
+                commit: boot.len() as u64,
+                ..Default::default()
+            }),
+            entries: boot,
+            truncated_bytes: 0,
+        };
+        let log = RaftLog::from_recovered(&rec, ConfState::default());
+        let raft = RaftCore::new_fixed_timeout(1, log, 0, 10, &logger()).expect("raft");
+        ConsensusCore::new(raft, 1, snapshot_count, catch_up)
+    }
+
+    /// Carries out effects as a perfect disk and store would, until there are none; returns
+    /// what was seen, by kind.
+    fn settle(c: &mut ConsensusCore<u32>, seen: &mut Vec<String>) {
+        while let Some(e) = c.poll() {
+            match e {
+                Effect::Status(s) => seen.push(format!("status leader={}", s.leader)),
+                Effect::Send(_) => seen.push("send".into()),
+                Effect::ReadsReady(r) => seen.push(format!(
+                    "reads {:?}",
+                    r.iter().map(|x| x.0).collect::<Vec<_>>()
+                )),
+                Effect::ReadsFailed(_) => seen.push("reads failed".into()),
+                Effect::Apply(entries) => {
+                    let last = entries.last().map(|e| e.index).unwrap_or(0);
+                    seen.push(format!("apply to {last}"));
+                    // The bootstrap entry (index 1) adds the member.
+                    let first = entries.first().is_some_and(|e| e.index == 1);
+                    c.applied(last, first.then(one_member));
+                }
+                Effect::Persist(p) => {
+                    seen.push(format!("persist {} entries", p.entries.len()));
+                    c.persisted(p.number);
+                }
+                Effect::PersistStore => {
+                    seen.push("persist store".into());
+                    c.store_persisted();
+                }
+                Effect::ReleaseLog(meta) => {
+                    seen.push(format!("release to {}", meta.index));
+                    c.log_released();
+                }
+                Effect::Membership(_) => seen.push("membership".into()),
+                Effect::Stop(why) => seen.push(format!("stop: {why}")),
+            }
+        }
+    }
+
+    #[test]
+    fn a_sole_voter_leads_applies_serves_reads_and_releases_its_log() {
+        let mut c = single(4, 2);
+        let mut seen = Vec::new();
+        c.start();
+        settle(&mut c, &mut seen);
+        assert!(seen.iter().any(|s| s == "status leader=1"), "{seen:?}");
+        for i in 0..8u8 {
+            c.propose(vec![i]).expect("propose");
+            settle(&mut c, &mut seen);
+        }
+        c.read(7);
+        settle(&mut c, &mut seen);
+        assert!(seen.iter().any(|s| s == "reads [7]"), "{seen:?}");
+        // A proposal is persisted before it is applied (the bootstrap entry at index 1 was
+        // durable from the start); the store is persisted before the log is released.
+        let persist = seen
+            .iter()
+            .position(|s| s == "persist 1 entries")
+            .expect("persist");
+        let apply = seen.iter().position(|s| s == "apply to 2").expect("apply");
+        assert!(persist < apply, "{seen:?}");
+        let store = seen
+            .iter()
+            .position(|s| s == "persist store")
+            .expect("persist store");
+        let release = seen
+            .iter()
+            .position(|s| s.starts_with("release"))
+            .expect("release");
+        assert!(store < release, "{seen:?}");
+        assert!(c.raft().log().release_index() > 0);
+        assert!(c.raft().log().release_index() + 2 <= c.raft().status().3);
+    }
+
+    #[test]
+    fn one_ready_is_persisted_at_a_time() {
+        let mut c = single(1_000, 10);
+        c.start();
+        let mut seen = Vec::new();
+        settle(&mut c, &mut seen);
+        c.propose(b"x".to_vec()).expect("propose");
+        let mut pending = Vec::new();
+        while let Some(e) = c.poll() {
+            if let Effect::Persist(p) = e {
+                pending.push(p.number);
+            }
+        }
+        assert_eq!(pending.len(), 1);
+        // Proposals made while the fsync runs wait for it, then go out together.
+        c.propose(b"y".to_vec()).expect("propose");
+        c.propose(b"z".to_vec()).expect("propose");
+        assert!(
+            std::iter::from_fn(|| c.poll()).all(|e| !matches!(e, Effect::Persist(_))),
+            "a second write while the first is in flight"
+        );
+        c.persisted(pending[0]);
+        let next: Vec<usize> = std::iter::from_fn(|| c.poll())
+            .filter_map(|e| match e {
+                Effect::Persist(p) => Some(p.entries.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(next, vec![2], "both waiting proposals in one write");
+    }
+
+    #[test]
+    fn a_follower_cannot_propose_membership_changes() {
+        let mut c = single(1_000, 10);
+        let m = Membership::default();
+        let r = c.propose_member_change(Proposed::Remove(2), 1, &m, true, 1, |_| true);
+        assert!(matches!(r, Err(ApiError::NotLeader)), "{r:?}");
+    }
+}
