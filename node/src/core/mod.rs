@@ -6,5 +6,6 @@ pub mod apply;
 pub mod consensus;
 pub mod lease;
 pub mod members;
+pub mod peer;
 pub mod raft;
 pub mod watch;

@@ -154,7 +154,14 @@ async fn peer_hashes(
 ) -> Vec<PeerHash> {
     let ask = |id: u64| async move {
         let body = peer_request::Body::HashKv(HashKvRequest { revision });
-        let rx = match transport.send(Ask { to: id, body }).await {
+        let rx = match transport
+            .send(Ask {
+                to: id,
+                body,
+                timeout,
+            })
+            .await
+        {
             Ok(Some(rx)) => rx,
             _ => return (id, Err("peer unknown or its queue is full".to_owned())),
         };

@@ -180,7 +180,11 @@ impl Service {
             }
         };
         let mut rx = t
-            .send(crate::actors::transport::Ask { to: leader, body })
+            .send(crate::actors::transport::Ask {
+                to: leader,
+                body,
+                timeout: deadline.saturating_duration_since(tokio::time::Instant::now()),
+            })
             .await
             .map_err(|_| ApiError::Stopped)?
             .ok_or(ApiError::NoLeader)?;

@@ -9,6 +9,8 @@
 //! shape: the member list is what a peer may learn before it is a member.
 
 use super::*;
+use etch_protocol::etchpb::{PeerHello, PeerRequest};
+use prost::Message as _;
 
 /// Longest wait for one peer's answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);

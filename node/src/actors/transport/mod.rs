@@ -1,12 +1,13 @@
-//! The peer transport actor: raft messages between members over QUIC (quinn).
+//! The peer transport actor: raft messages between members over QUIC (quinn), the IO around
+//! the peer protocol's core (`crate::core::peer`: Hello, admission, frame decoding, membership
+//! following, backoff, question bookkeeping).
 //!
 //! One QUIC connection per peer direction; each side opens a long-lived unidirectional stream
-//! to each peer and writes length-prefixed frames on it (the native frame format of
-//! `etch_protocol::frame`, payload `etchpb.PeerFrame`): a `PeerHello{cluster_id, member_id,
-//! protocol_version}` first, then one raft message per frame. A receiver refuses a stream whose
-//! Hello names another cluster (a member started with another `--initial-cluster-token`), and
-//! closes the connection on any frame that does not decode: peer input is checked, never
-//! trusted to be well-formed, and never panics the node.
+//! to each peer and writes length-prefixed frames on it: its Hello first, then one raft
+//! message per frame. A receiver refuses a stream whose Hello names another cluster (a member
+//! started with another `--initial-cluster-token`) or an unknown member, and closes the
+//! connection on any frame that does not decode: peer input is checked, never trusted to be
+//! well-formed, and never panics the node.
 //!
 //! Outbound messages go through a bounded queue per peer; when it is full or the peer cannot
 //! be reached, messages are dropped (raft retransmits) and the peer is reported unreachable to
@@ -20,21 +21,21 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use prost::Message as _;
-use protobuf::Message as _;
-use raft::eraftpb::{Message, MessageType};
+use raft::eraftpb::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use etch_protocol::etchpb::{
-    PeerAnswer, PeerFrame, PeerHello, PeerRequest, peer_answer, peer_frame::Body, peer_request,
-};
+use etch_protocol::etchpb::{PeerAnswer, PeerFrame, peer_answer, peer_frame::Body, peer_request};
 use etch_protocol::frame;
 
 use etch_storage::mvcc::MvccStore;
 
 use crate::actors::consensus::{ConsensusActor, Step, Unreachable};
 use crate::config::{Peer, PeerTls};
+use crate::core::peer::{self as core, Asks, Backoff, Inbound, Outbound, Refusal};
+pub use crate::core::peer::{
+    MAX_PEER_FRAME_BYTES, PEER_PROTOCOL_VERSION, PeerSets, REMOVED_REASON,
+};
 
 pub use crate::tls::peer::{PEER_ALPN, self_signed};
 use requests::{Answered, Asked};
@@ -44,34 +45,22 @@ use snapshot::{receive_snapshot, send_snapshot};
 mod endpoint;
 pub mod join;
 mod members;
-use members::REMOVED_REASON;
-pub use members::{PeerSets, SetMembers};
+pub use members::SetMembers;
 mod requests;
 mod snapshot;
 
 use crate::tls::peer as tls;
 pub use endpoint::endpoint;
 
-/// Peer protocol version spoken by this build.
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
-
-/// Largest peer frame accepted: 16 MiB (a raft append carries up to 1 MiB of entries, and one
-/// entry may be up to `--max-request-bytes`).
-pub const MAX_PEER_FRAME_BYTES: usize = 16 * 1024 * 1024;
-
 /// Raft messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_MESSAGES: usize = 4096;
-
-/// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The actor: routes outbound raft messages to per-peer sender tasks; snapshots get a
 /// stream (and task) of their own.
 pub struct TransportActor {
     queues: HashMap<u64, mpsc::Sender<Bytes>>,
-    /// This member's own questions to peers waiting for their answers, by question id.
-    asks: HashMap<u64, tokio::sync::oneshot::Sender<PeerAnswer>>,
-    next_ask: u64,
+    /// This member's own questions to peers waiting for their answers.
+    asks: Asks<tokio::sync::oneshot::Sender<PeerAnswer>>,
     /// What serves peers' requests (set once the services exist).
     server: Option<Arc<dyn PeerServer>>,
     peers: HashMap<u64, Peer>,
@@ -87,13 +76,6 @@ pub struct TransportActor {
     members: Arc<std::sync::RwLock<PeerSets>>,
     stop: watch::Receiver<bool>,
 }
-
-/// A peer that opens a stream to this member more than this long after this member's own
-/// connection to it was made has restarted (or lost its link): that connection is stale too
-/// and is replaced at once, instead of after QUIC's idle timeout. Streams opened within it are
-/// the two sides connecting at about the same time, which must not make them redial each
-/// other forever.
-const REDIAL_AFTER_PEER_HELLO: Duration = Duration::from_secs(1);
 
 /// Refused handshakes from one address are logged at warn at most this often.
 const REJECTION_WARN_EVERY: Duration = Duration::from_secs(60);
@@ -112,18 +94,11 @@ impl TransportActor {
         stop: watch::Receiver<bool>,
     ) -> Addr<TransportActor> {
         let (member_id, cluster_id) = (state.member_id.0, state.cluster_id.0);
-        let hello = frame::encode_payload_of(&PeerFrame {
-            body: Some(Body::Hello(PeerHello {
-                cluster_id,
-                member_id,
-                protocol_version: PEER_PROTOCOL_VERSION,
-                client_urls,
-            })),
-        });
-        let members = Arc::new(std::sync::RwLock::new(PeerSets {
-            known: peers.iter().map(|p| p.id).chain([member_id]).collect(),
-            removed: Default::default(),
-        }));
+        let hello = core::hello_frame(cluster_id, member_id, client_urls);
+        let members = Arc::new(std::sync::RwLock::new(PeerSets::new(
+            peers.iter().map(|p| p.id),
+            member_id,
+        )));
         let ctx = Context::<TransportActor>::new();
         let me = ctx.address();
         tokio::spawn(accept_loop(
@@ -139,8 +114,7 @@ impl TransportActor {
         ));
         let mut actor = TransportActor {
             queues: HashMap::new(),
-            asks: HashMap::new(),
-            next_ask: 1,
+            asks: Asks::default(),
             server: None,
             peers: HashMap::new(),
             endpoint,
@@ -180,6 +154,10 @@ impl Actor for TransportActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
+        // Questions whose askers gave up are forgotten.
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.asks.expire(std::time::Instant::now());
+        });
     }
 }
 
@@ -195,12 +173,12 @@ impl Handler<SendMessages> for TransportActor {
     fn handle(&mut self, m: SendMessages, _: &mut Context<Self>) {
         for msg in m.0 {
             let to = msg.to;
-            let Some(q) = self.queues.get(&to) else {
+            let (Some(q), Some(peer)) = (self.queues.get(&to), self.peers.get(&to)) else {
                 tracing::debug!(to = %MemberId(to), "message for an unknown member dropped");
                 continue;
             };
-            if msg.get_msg_type() == MessageType::MsgSnapshot {
-                if let Some(peer) = self.peers.get(&to) {
+            match core::outbound(msg) {
+                Some(Outbound::Snapshot(msg)) => {
                     tokio::spawn(send_snapshot(
                         self.endpoint.clone(),
                         peer.clone(),
@@ -210,16 +188,13 @@ impl Handler<SendMessages> for TransportActor {
                         self.consensus.clone(),
                     ));
                 }
-                continue;
-            }
-            let Ok(raft) = msg.write_to_bytes() else {
-                continue;
-            };
-            let f = frame::encode_payload_of(&PeerFrame {
-                body: Some(Body::Raft(raft.into())),
-            });
-            if q.try_send(f).is_err() {
-                self.consensus.do_send(Unreachable(to));
+                Some(Outbound::Frame(f)) => {
+                    let full = q.try_send(f).is_err();
+                    if full {
+                        self.consensus.do_send(Unreachable(to));
+                    }
+                }
+                None => {}
             }
         }
     }
@@ -242,7 +217,7 @@ async fn send_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let (id, addr) = (peer.id, peer.addr);
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::default();
     loop {
         if rx.is_closed() {
             // The member was removed, or moved to another address (a new task took over).
@@ -278,9 +253,8 @@ async fn send_loop(
                 while rx.try_recv().is_ok() {}
                 tokio::select! {
                     _ = stopped(&mut stop) => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.failed()) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -288,8 +262,8 @@ async fn send_loop(
         let connected_at = tokio::time::Instant::now();
         peer_hello.mark_unchanged();
         // Kept for a connection the peer then refuses (see below).
-        let refused_backoff = backoff;
-        backoff = Duration::from_millis(50);
+        let mut refused_backoff = backoff;
+        backoff.reset();
         let to = MemberId(id).to_string();
         let sent = metrics::counter!(crate::metrics::PEER_SENT_BYTES, "To" => to.clone());
         // Registered (at 0) as soon as the peer is known, so rate() has data before a failure.
@@ -303,7 +277,7 @@ async fn send_loop(
                 }
                 Ok(()) = peer_hello.changed() => {
                     let at = *peer_hello.borrow_and_update();
-                    if at.is_some_and(|t| t > connected_at + REDIAL_AFTER_PEER_HELLO) {
+                    if at.is_some_and(|t| core::peer_restarted(connected_at.into_std(), t.into_std())) {
                         tracing::info!(peer = %MemberId(id), "peer reconnected to us: replacing the connection to it");
                         conn.close(0u32.into(), b"peer restarted");
                         break;
@@ -336,9 +310,9 @@ async fn send_loop(
                         while rx.try_recv().is_ok() {}
                         tokio::select! {
                             _ = stopped(&mut stop) => return,
-                            _ = tokio::time::sleep(refused_backoff) => {}
+                            _ = tokio::time::sleep(refused_backoff.failed()) => {}
                         }
-                        backoff = (refused_backoff * 2).min(MAX_BACKOFF);
+                        backoff = refused_backoff;
                     }
                     None if removed_by(&conn) => {
                         state.fail(crate::actors::consensus::REMOVED.to_owned());
@@ -465,49 +439,29 @@ async fn read_stream(
     state: Arc<crate::state::NodeState>,
 ) {
     let remote = conn.remote_address();
-    let reject = |why: String| {
-        tracing::warn!(%remote, reason = %why, "rejected peer connection");
-        conn.close(1u32.into(), why.as_bytes());
+    let reject = |why: Refusal| {
+        if let Refusal::Removed(id) = why {
+            tracing::warn!(%remote, peer = %MemberId(id), "rejected stream from a removed member");
+            conn.close(2u32.into(), REMOVED_REASON);
+        } else {
+            tracing::warn!(%remote, reason = %why, "rejected peer connection");
+            conn.close(1u32.into(), why.to_string().as_bytes());
+        }
     };
     let mut r = FramedRead::new(recv, frame::codec(MAX_PEER_FRAME_BYTES));
-    let hello = match r.next().await {
-        Some(Ok(b)) => match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
-            Some(Body::Hello(h)) => h,
-            _ => return reject("first frame is not a PeerHello".into()),
-        },
-        Some(Err(e)) => return reject(format!("bad frame: {e}")),
+    let first = match r.next().await {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return reject(Refusal::BadFrame(format!("bad frame: {e}"))),
         None => return,
     };
-    if hello.protocol_version != PEER_PROTOCOL_VERSION {
-        return reject(format!(
-            "peer protocol version {} not supported",
-            hello.protocol_version
-        ));
-    }
-    if hello.cluster_id != cluster_id {
-        return reject(format!(
-            "cluster ID mismatch: peer {:x} is in cluster {:x}, this member is in {:x}",
-            hello.member_id, hello.cluster_id, cluster_id
-        ));
-    }
-    let (is_known, is_removed) = {
+    let admitted = {
         let sets = known.read().unwrap_or_else(|p| p.into_inner());
-        (
-            sets.known.contains(&hello.member_id),
-            sets.removed.contains(&hello.member_id),
-        )
+        core::admit(&first, cluster_id, &sets)
     };
-    if is_removed {
-        tracing::warn!(%remote, peer = %MemberId(hello.member_id), "rejected stream from a removed member");
-        conn.close(2u32.into(), REMOVED_REASON);
-        return;
-    }
-    if !is_known {
-        return reject(format!(
-            "member {:x} is not in this cluster",
-            hello.member_id
-        ));
-    }
+    let hello = match admitted {
+        Ok(h) => h,
+        Err(why) => return reject(why),
+    };
     transport.do_send(PeerClientUrls(hello.member_id, hello.client_urls));
     /// Counts the stream as open while it is read.
     struct Open(Arc<crate::state::NodeState>, u64);
@@ -534,7 +488,7 @@ async fn read_stream(
             // The length codec reports oversized frames as InvalidData; anything else is the
             // connection going away (a peer stopping or restarting), which is not an offence.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return reject(format!("bad frame: {e}"));
+                return reject(Refusal::BadFrame(format!("bad frame: {e}")));
             }
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "peer stream ended");
@@ -547,30 +501,21 @@ async fn read_stream(
             .removed
             .contains(&hello.member_id);
         if removed {
-            // Removed while connected: tell it, so it stops (etcd answers a removed member's
-            // messages with "removed member").
+            // Removed while connected: tell it, so it stops.
             tracing::info!(peer = %MemberId(hello.member_id), "closing the stream of a removed member");
-            conn.close(2u32.into(), REMOVED_REASON);
-            return;
+            return reject(Refusal::Removed(hello.member_id));
         }
-        let raft = match PeerFrame::decode(&b[..]).ok().and_then(|f| f.body) {
-            Some(Body::Raft(raft)) => raft,
-            Some(Body::Request(q)) => {
-                transport.do_send(Asked {
-                    from: hello.member_id,
-                    request: q,
-                });
-                continue;
+        match core::decode(&b, hello.member_id, member_id) {
+            // Raft tolerates loss: if consensus is saturated, drop rather than block the stream.
+            Ok(Inbound::Raft(msg)) => {
+                let _ = consensus.try_send(Step(msg));
             }
-            Some(Body::Answer(a)) => {
-                transport.do_send(Answered(a));
-                continue;
-            }
-            Some(Body::SnapshotBegin(raft)) => {
-                let msg = match Message::parse_from_bytes(&raft) {
-                    Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot && m.to == member_id => m,
-                    _ => return reject("bad snapshot message".into()),
-                };
+            Ok(Inbound::Request(request)) => transport.do_send(Asked {
+                from: hello.member_id,
+                request,
+            }),
+            Ok(Inbound::Answer(a)) => transport.do_send(Answered(a)),
+            Ok(Inbound::SnapshotBegin(msg)) => {
                 let index = msg.get_snapshot().get_metadata().index;
                 tracing::info!(from = %MemberId(hello.member_id), index, "receiving a snapshot");
                 if let Err(e) = receive_snapshot(&mut r, msg, store.clone(), &consensus).await {
@@ -578,56 +523,7 @@ async fn read_stream(
                 }
                 return;
             }
-            _ => return reject("frame is not a raft message".into()),
-        };
-        let msg = match Message::parse_from_bytes(&raft) {
-            Ok(m) => m,
-            Err(e) => return reject(format!("raft message does not decode: {e}")),
-        };
-        if let Err(why) = check_sender(&msg, hello.member_id, member_id) {
-            return reject(why);
+            Err(why) => return reject(why),
         }
-        // Raft tolerates loss: if consensus is saturated, drop rather than block the stream.
-        let _ = consensus.try_send(Step(msg));
-    }
-}
-
-/// Whether `msg`, read on the stream peer `stream_of` opened to this member `me`, may be
-/// stepped: it must be addressed to this member and come from that peer, except a
-/// `MsgTransferLeader`, which a follower forwards to its leader with the transferee as sender
-/// (raft-rs `RawNode::transfer_leader` sets `from`, and `send` keeps a sender already set).
-///
-/// # Errors
-/// Why the message does not belong on this stream.
-fn check_sender(msg: &Message, stream_of: u64, me: u64) -> Result<(), String> {
-    let forwarded = msg.get_msg_type() == MessageType::MsgTransferLeader;
-    if msg.to != me || (msg.from != stream_of && !forwarded) {
-        return Err(format!(
-            "message from {:x} to {:x} on the stream of {:x}",
-            msg.from, msg.to, stream_of
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_forwarded_leader_transfer_keeps_its_sender() {
-        let msg = |t: MessageType, from: u64, to: u64| {
-            let mut m = Message::default();
-            m.set_msg_type(t);
-            m.from = from;
-            m.to = to;
-            m
-        };
-        // Member 3 forwards member 1's transfer request to the leader 2.
-        assert!(check_sender(&msg(MessageType::MsgTransferLeader, 1, 2), 3, 2).is_ok());
-        // Anything else must come from the stream's own member, to this member.
-        assert!(check_sender(&msg(MessageType::MsgAppend, 1, 2), 3, 2).is_err());
-        assert!(check_sender(&msg(MessageType::MsgAppend, 3, 2), 3, 2).is_ok());
-        assert!(check_sender(&msg(MessageType::MsgTransferLeader, 1, 4), 3, 2).is_err());
     }
 }

@@ -4,11 +4,6 @@
 
 use super::*;
 
-/// Requests to peers awaiting an answer at most; past it the oldest bookkeeping is dropped
-/// wholesale (their callers give up on their own deadlines anyway). Forwarded lease
-/// keep-alives go through here, so it is sized for them.
-const MAX_PENDING_ASKS: usize = 100_000;
-
 /// What this member answers to its peers' requests ([`PeerRequest`]): implemented above the
 /// actors (by the services), handed to the transport once they exist.
 pub trait PeerServer: Send + Sync + 'static {
@@ -43,27 +38,18 @@ pub struct Ask {
     pub to: u64,
     /// The question.
     pub body: peer_request::Body,
+    /// How long the asker waits for the answer; the bookkeeping is dropped a little later.
+    pub timeout: Duration,
 }
 
 impl Handler<Ask> for TransportActor {
     type Result = Option<tokio::sync::oneshot::Receiver<PeerAnswer>>;
     fn handle(&mut self, m: Ask, _: &mut Context<Self>) -> Self::Result {
         let q = self.queues.get(&m.to)?;
-        let id = self.next_ask;
-        self.next_ask += 1;
-        let f = frame::encode_payload_of(&PeerFrame {
-            body: Some(Body::Request(PeerRequest {
-                id,
-                body: Some(m.body),
-            })),
-        });
-        q.try_send(f).ok()?;
+        let id = self.asks.next_id();
+        q.try_send(core::request_frame(id, m.body)).ok()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // Answers that never came leave their senders behind: bounded.
-        if self.asks.len() > MAX_PENDING_ASKS {
-            self.asks.clear();
-        }
-        self.asks.insert(id, tx);
+        self.asks.ask(std::time::Instant::now(), m.timeout, tx);
         Some(rx)
     }
 }
@@ -73,7 +59,7 @@ impl Handler<Ask> for TransportActor {
 #[rtype(result = "()")]
 pub(super) struct Asked {
     pub(super) from: u64,
-    pub(super) request: PeerRequest,
+    pub(super) request: etch_protocol::etchpb::PeerRequest,
 }
 
 impl Handler<Asked> for TransportActor {
@@ -91,13 +77,7 @@ impl Handler<Asked> for TransportActor {
                     (None, _) => answer_error(&crate::error::ApiError::Unimplemented),
                     (_, None) => answer_error(&crate::error::ApiError::Stopped),
                 };
-                let f = frame::encode_payload_of(&PeerFrame {
-                    body: Some(Body::Answer(PeerAnswer {
-                        id: m.request.id,
-                        body: Some(body),
-                    })),
-                });
-                let _ = q.send(f).await;
+                let _ = q.send(core::answer_frame(m.request.id, body)).await;
             }
             .into_actor(self),
         );
@@ -121,7 +101,7 @@ pub(super) struct Answered(pub(super) PeerAnswer);
 impl Handler<Answered> for TransportActor {
     type Result = ();
     fn handle(&mut self, m: Answered, _: &mut Context<Self>) {
-        if let Some(tx) = self.asks.remove(&m.0.id) {
+        if let Some(tx) = self.asks.answered(m.0.id) {
             let _ = tx.send(m.0);
         }
     }

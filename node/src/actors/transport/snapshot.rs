@@ -5,6 +5,8 @@
 use super::*;
 use crate::actors::consensus::{InstallSnapshot, SnapshotSent};
 use etch_protocol::ids::MemberId;
+use prost::Message as _;
+use protobuf::Message as _;
 
 /// Streams a snapshot to one peer on a connection and stream of its own: the MsgSnapshot,
 /// then the store exported from a consistent fjall snapshot (on a blocking thread), then the

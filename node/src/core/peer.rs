@@ -1,0 +1,560 @@
+//! The peer protocol's decisions, with no sockets or clocks (time is passed in): what a
+//! member sends first on a stream ([`hello_frame`]), whether it admits a peer's stream
+//! ([`admit`]), what a frame on an admitted stream carries ([`decode`]), how a raft message
+//! travels ([`outbound`]), which members to talk to as the membership changes
+//! ([`PeerSets::follow`]), when to redial ([`Backoff`], [`peer_restarted`]) and the bookkeeping of
+//! questions to peers awaiting answers, each with a deadline ([`Asks`]). The transport actor
+//! (`crate::actors::transport`) does the QUIC IO around them.
+//!
+//! Wire format: length-prefixed frames (`etch_protocol::frame`) whose payload is an
+//! `etchpb.PeerFrame`. Every stream starts with a `PeerHello{cluster_id, member_id,
+//! protocol_version, client_urls}`; then raft messages (one per frame), requests and answers,
+//! or one snapshot (`SnapshotBegin`, chunks, `SnapshotEnd`). Peer input is checked, never
+//! trusted to be well-formed: a frame that does not decode or does not belong on its stream
+//! is a [`Refusal`], and the transport closes the connection with its text.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+
+use etch_protocol::etchpb::{
+    PeerAnswer, PeerFrame, PeerHello, PeerRequest, peer_answer, peer_frame::Body, peer_request,
+};
+use etch_protocol::frame;
+use etch_protocol::ids::MemberId;
+use etch_storage::members::Membership;
+
+/// Peer protocol version spoken by this build.
+pub const PEER_PROTOCOL_VERSION: u32 = 1;
+
+/// Largest peer frame accepted: 16 MiB (a raft append carries up to 1 MiB of entries, and one
+/// entry may be up to `--max-request-bytes`).
+pub const MAX_PEER_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// The close reason a removed member's connection gets; the removed member stops on it
+/// (etcd answers a removed member's messages with "removed member").
+pub const REMOVED_REASON: &[u8] = b"removed member";
+
+/// A peer that opens a stream to this member more than this long after this member's own
+/// connection to it was made has restarted (or lost its link): that connection is stale too
+/// and is replaced at once, instead of after QUIC's idle timeout. Streams opened within it are
+/// the two sides connecting at about the same time, which must not make them redial each
+/// other forever.
+pub const REDIAL_AFTER_PEER_HELLO: Duration = Duration::from_secs(1);
+
+/// Shortest and longest wait between connection attempts to a peer.
+pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// Extra time an unanswered question is kept past its asker's own deadline.
+pub const ASK_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a peer's stream or frame is refused: the text is the connection's close reason and
+/// the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The first frame is not a Hello.
+    NoHello,
+    /// The peer speaks another protocol version.
+    Version(u32),
+    /// The peer is in another cluster (another `--initial-cluster-token`).
+    Cluster {
+        /// The peer's member ID.
+        peer: u64,
+        /// The peer's cluster ID.
+        theirs: u64,
+        /// This member's cluster ID.
+        ours: u64,
+    },
+    /// The peer is not a member of this cluster.
+    Unknown(u64),
+    /// The peer was removed from the cluster: its connection is closed with
+    /// [`REMOVED_REASON`], on which it stops.
+    Removed(u64),
+    /// A frame that does not decode, or does not belong on this stream.
+    BadFrame(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NoHello => f.write_str("first frame is not a PeerHello"),
+            Refusal::Version(v) => write!(f, "peer protocol version {v} not supported"),
+            Refusal::Cluster { peer, theirs, ours } => write!(
+                f,
+                "cluster ID mismatch: peer {} is in cluster {}, this member is in {}",
+                MemberId(*peer),
+                MemberId(*theirs),
+                MemberId(*ours)
+            ),
+            Refusal::Unknown(id) => write!(f, "member {} is not in this cluster", MemberId(*id)),
+            Refusal::Removed(id) => {
+                write!(f, "member {} was removed from the cluster", MemberId(*id))
+            }
+            Refusal::BadFrame(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The Hello this member sends first on every stream it opens.
+pub fn hello_frame(cluster_id: u64, member_id: u64, client_urls: Vec<String>) -> Bytes {
+    frame::encode_payload_of(&PeerFrame {
+        body: Some(Body::Hello(PeerHello {
+            cluster_id,
+            member_id,
+            protocol_version: PEER_PROTOCOL_VERSION,
+            client_urls,
+        })),
+    })
+}
+
+/// Checks the first frame of a peer's stream against this member's cluster and the members
+/// it admits.
+///
+/// # Errors
+/// The [`Refusal`]: not a Hello, another version or cluster, an unknown or removed member.
+pub fn admit(first: &[u8], cluster_id: u64, sets: &PeerSets) -> Result<PeerHello, Refusal> {
+    let hello = match PeerFrame::decode(first).ok().and_then(|f| f.body) {
+        Some(Body::Hello(h)) => h,
+        _ => return Err(Refusal::NoHello),
+    };
+    if hello.protocol_version != PEER_PROTOCOL_VERSION {
+        return Err(Refusal::Version(hello.protocol_version));
+    }
+    if hello.cluster_id != cluster_id {
+        return Err(Refusal::Cluster {
+            peer: hello.member_id,
+            theirs: hello.cluster_id,
+            ours: cluster_id,
+        });
+    }
+    if sets.removed.contains(&hello.member_id) {
+        return Err(Refusal::Removed(hello.member_id));
+    }
+    if !sets.known.contains(&hello.member_id) {
+        return Err(Refusal::Unknown(hello.member_id));
+    }
+    Ok(hello)
+}
+
+/// What a frame on an admitted stream carries.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A raft message for this member, from the stream's peer.
+    Raft(Message),
+    /// A question from the peer.
+    Request(PeerRequest),
+    /// The peer's answer to one of this member's questions.
+    Answer(PeerAnswer),
+    /// The start of a snapshot stream: the leader's `MsgSnapshot` for this member; the
+    /// store's chunks follow.
+    SnapshotBegin(Message),
+}
+
+/// Decodes a frame read on the stream peer `stream_of` opened to this member `me`.
+///
+/// # Errors
+/// [`Refusal::BadFrame`]: it does not decode, is not a peer message, or is a raft message
+/// that does not belong on this stream ([`check_sender`]).
+pub fn decode(b: &[u8], stream_of: u64, me: u64) -> Result<Inbound, Refusal> {
+    let bad = |why: String| Refusal::BadFrame(why);
+    match PeerFrame::decode(b).ok().and_then(|f| f.body) {
+        Some(Body::Raft(raft)) => {
+            let msg = Message::parse_from_bytes(&raft)
+                .map_err(|e| bad(format!("raft message does not decode: {e}")))?;
+            check_sender(&msg, stream_of, me).map_err(bad)?;
+            Ok(Inbound::Raft(msg))
+        }
+        Some(Body::Request(q)) => Ok(Inbound::Request(q)),
+        Some(Body::Answer(a)) => Ok(Inbound::Answer(a)),
+        Some(Body::SnapshotBegin(raft)) => match Message::parse_from_bytes(&raft) {
+            Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot && m.to == me => {
+                Ok(Inbound::SnapshotBegin(m))
+            }
+            _ => Err(bad("bad snapshot message".into())),
+        },
+        _ => Err(bad("frame is not a raft message".into())),
+    }
+}
+
+/// Whether `msg`, read on the stream peer `stream_of` opened to this member `me`, may be
+/// stepped: it must be addressed to this member and come from that peer, except a
+/// `MsgTransferLeader`, which a follower forwards to its leader with the transferee as sender
+/// (raft-rs `RawNode::transfer_leader` sets `from`, and `send` keeps a sender already set).
+///
+/// # Errors
+/// Why the message does not belong on this stream.
+pub fn check_sender(msg: &Message, stream_of: u64, me: u64) -> Result<(), String> {
+    let forwarded = msg.get_msg_type() == MessageType::MsgTransferLeader;
+    if msg.to != me || (msg.from != stream_of && !forwarded) {
+        return Err(format!(
+            "message from {} to {} on the stream of {}",
+            MemberId(msg.from),
+            MemberId(msg.to),
+            MemberId(stream_of)
+        ));
+    }
+    Ok(())
+}
+
+/// How a raft message travels.
+#[derive(Debug)]
+pub enum Outbound {
+    /// As one frame on the peer's long-lived stream.
+    Frame(Bytes),
+    /// On a stream of its own, with the store ([`Inbound::SnapshotBegin`]).
+    Snapshot(Message),
+}
+
+/// How `msg` travels; `None` if it does not encode.
+pub fn outbound(msg: Message) -> Option<Outbound> {
+    if msg.get_msg_type() == MessageType::MsgSnapshot {
+        return Some(Outbound::Snapshot(msg));
+    }
+    let raft = msg.write_to_bytes().ok()?;
+    Some(Outbound::Frame(frame::encode_payload_of(&PeerFrame {
+        body: Some(Body::Raft(raft.into())),
+    })))
+}
+
+/// A question as a frame.
+pub fn request_frame(id: u64, body: peer_request::Body) -> Bytes {
+    frame::encode_payload_of(&PeerFrame {
+        body: Some(Body::Request(PeerRequest {
+            id,
+            body: Some(body),
+        })),
+    })
+}
+
+/// An answer as a frame.
+pub fn answer_frame(id: u64, body: peer_answer::Body) -> Bytes {
+    frame::encode_payload_of(&PeerFrame {
+        body: Some(Body::Answer(PeerAnswer {
+            id,
+            body: Some(body),
+        })),
+    })
+}
+
+/// The members whose streams this member admits, and the removed ones it turns away for good.
+#[derive(Debug, Default)]
+pub struct PeerSets {
+    /// Current members' IDs (this member included).
+    pub known: HashSet<u64>,
+    /// Removed members' IDs.
+    pub removed: HashSet<u64>,
+}
+
+/// What the transport must change after a membership change ([`PeerSets::follow`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Follow {
+    /// Peers to stop talking to.
+    pub gone: Vec<u64>,
+    /// Members to talk to, with their peer URLs (connect, or reconnect if their address
+    /// changed).
+    pub wanted: Vec<(u64, Vec<String>)>,
+}
+
+impl PeerSets {
+    /// The sets at start: `peers` and this member `me`.
+    pub fn new(peers: impl IntoIterator<Item = u64>, me: u64) -> PeerSets {
+        PeerSets {
+            known: peers.into_iter().chain([me]).collect(),
+            removed: HashSet::new(),
+        }
+    }
+
+    /// Follows the applied membership `m` of member `me`, which talks to `current` now. A
+    /// member still replaying the history before its own addition sees old memberships: it
+    /// keeps admitting and talking to today's members, dropping only those removed for good,
+    /// so it keeps hearing the current leader.
+    pub fn follow(&mut self, m: &Membership, me: u64, current: &[u64]) -> Follow {
+        let joined = m.members.iter().any(|x| x.id == me);
+        let mut known: HashSet<u64> = m.members.iter().map(|x| x.id).chain([me]).collect();
+        if !joined {
+            known.extend(self.known.iter().copied());
+        }
+        known.retain(|id| !m.removed.contains(id));
+        self.known = known;
+        self.removed = m.removed.iter().copied().collect();
+        let wanted: HashMap<u64, &Vec<String>> = m
+            .members
+            .iter()
+            .filter(|x| x.id != me)
+            .map(|x| (x.id, &x.peer_ur_ls))
+            .collect();
+        let mut gone: Vec<u64> = current
+            .iter()
+            .copied()
+            .filter(|id| {
+                if joined {
+                    !wanted.contains_key(id)
+                } else {
+                    self.removed.contains(id)
+                }
+            })
+            .collect();
+        gone.sort_unstable();
+        let mut wanted: Vec<(u64, Vec<String>)> =
+            wanted.into_iter().map(|(id, u)| (id, u.clone())).collect();
+        wanted.sort_unstable();
+        Follow { gone, wanted }
+    }
+}
+
+/// Whether a peer's Hello at `peer_hello_at` means it restarted after this member's
+/// connection to it was made at `connected_at` ([`REDIAL_AFTER_PEER_HELLO`]).
+pub fn peer_restarted(connected_at: Instant, peer_hello_at: Instant) -> bool {
+    peer_hello_at > connected_at + REDIAL_AFTER_PEER_HELLO
+}
+
+/// Exponential backoff between connection attempts ([`BACKOFF`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff { next: BACKOFF.0 }
+    }
+}
+
+impl Backoff {
+    /// An attempt failed: how long to wait before the next (doubling up to the longest).
+    pub fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF.1);
+        wait
+    }
+
+    /// A connection was made: the next failure waits the shortest time again.
+    pub fn reset(&mut self) {
+        self.next = BACKOFF.0;
+    }
+}
+
+/// This member's questions to peers awaiting answers, by question id, each dropped
+/// [`ASK_GRACE`] after its asker's deadline (the asker gave up by then; dropping its
+/// `T`, a reply channel, tells it the answer will not come).
+#[derive(Debug)]
+pub struct Asks<T> {
+    next: u64,
+    pending: HashMap<u64, (Instant, T)>,
+}
+
+impl<T> Default for Asks<T> {
+    fn default() -> Asks<T> {
+        Asks {
+            next: 1,
+            pending: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Asks<T> {
+    /// The id the next question will get.
+    pub fn next_id(&self) -> u64 {
+        self.next
+    }
+
+    /// Records a question asked at `now` whose asker waits up to `timeout`; returns its id.
+    pub fn ask(&mut self, now: Instant, timeout: Duration, reply: T) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.pending.insert(id, (now + timeout + ASK_GRACE, reply));
+        id
+    }
+
+    /// The answer to question `id` arrived: its reply, unless it expired (or never was).
+    pub fn answered(&mut self, id: u64) -> Option<T> {
+        self.pending.remove(&id).map(|(_, r)| r)
+    }
+
+    /// Drops the questions whose time is up at `now`; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.pending.len();
+        self.pending.retain(|_, (deadline, _)| *deadline > now);
+        before - self.pending.len()
+    }
+
+    /// Questions awaiting answers.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether no question awaits an answer.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etch_protocol::etcdserverpb::Member;
+
+    fn msg(t: MessageType, from: u64, to: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = from;
+        m.to = to;
+        m
+    }
+
+    fn raft_frame(m: &Message) -> Vec<u8> {
+        PeerFrame {
+            body: Some(Body::Raft(m.write_to_bytes().unwrap().into())),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_forwarded_leader_transfer_keeps_its_sender() {
+        // Member 3 forwards member 1's transfer request to the leader 2.
+        assert!(check_sender(&msg(MessageType::MsgTransferLeader, 1, 2), 3, 2).is_ok());
+        // Anything else must come from the stream's own member, to this member.
+        assert!(check_sender(&msg(MessageType::MsgAppend, 1, 2), 3, 2).is_err());
+        assert!(check_sender(&msg(MessageType::MsgAppend, 3, 2), 3, 2).is_ok());
+        assert!(check_sender(&msg(MessageType::MsgTransferLeader, 1, 4), 3, 2).is_err());
+    }
+
+    #[test]
+    fn hellos_are_checked_against_cluster_version_and_members() {
+        let sets = PeerSets::new([2, 3], 1);
+        let hello = |cluster, member, version| {
+            let mut f = hello_frame(cluster, member, vec!["http://a:1".into()]);
+            if version != PEER_PROTOCOL_VERSION {
+                f = frame::encode_payload_of(&PeerFrame {
+                    body: Some(Body::Hello(PeerHello {
+                        cluster_id: cluster,
+                        member_id: member,
+                        protocol_version: version,
+                        client_urls: Vec::new(),
+                    })),
+                });
+            }
+            f
+        };
+        let h = admit(&hello(9, 2, 1), 9, &sets).expect("admitted");
+        assert_eq!(h.client_urls, vec!["http://a:1".to_owned()]);
+        assert_eq!(admit(&hello(9, 2, 7), 9, &sets), Err(Refusal::Version(7)));
+        let e = admit(&hello(8, 2, 1), 9, &sets).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cluster ID mismatch: peer 2 is in cluster 8, this member is in 9"
+        );
+        assert_eq!(admit(&hello(9, 4, 1), 9, &sets), Err(Refusal::Unknown(4)));
+        assert_eq!(admit(b"\x01\x02garbage", 9, &sets), Err(Refusal::NoHello));
+        let raft = raft_frame(&msg(MessageType::MsgAppend, 2, 1));
+        assert_eq!(admit(&raft, 9, &sets), Err(Refusal::NoHello));
+    }
+
+    #[test]
+    fn frames_on_an_admitted_stream_decode_or_are_refused() {
+        let ok = raft_frame(&msg(MessageType::MsgHeartbeat, 2, 1));
+        assert!(matches!(decode(&ok, 2, 1), Ok(Inbound::Raft(m)) if m.from == 2));
+        // Another member's message on this stream: refused with the text the log shows.
+        let other = raft_frame(&msg(MessageType::MsgHeartbeat, 3, 1));
+        assert_eq!(
+            decode(&other, 2, 1).unwrap_err().to_string(),
+            "message from 3 to 1 on the stream of 2"
+        );
+        assert!(matches!(
+            decode(b"\xff\xff\xff", 2, 1),
+            Err(Refusal::BadFrame(_))
+        ));
+        let q = request_frame(5, peer_request::Body::HashKv(Default::default()));
+        assert!(matches!(decode(&q[..], 2, 1), Ok(Inbound::Request(r)) if r.id == 5));
+        let snap = PeerFrame {
+            body: Some(Body::SnapshotBegin(
+                msg(MessageType::MsgSnapshot, 2, 3)
+                    .write_to_bytes()
+                    .unwrap()
+                    .into(),
+            )),
+        }
+        .encode_to_vec();
+        assert!(
+            matches!(decode(&snap, 2, 1), Err(Refusal::BadFrame(_))),
+            "not for this member"
+        );
+        assert!(matches!(
+            outbound(msg(MessageType::MsgSnapshot, 1, 2)),
+            Some(Outbound::Snapshot(_))
+        ));
+        match outbound(msg(MessageType::MsgAppend, 1, 2)) {
+            Some(Outbound::Frame(f)) => assert!(matches!(decode(&f, 1, 2), Ok(Inbound::Raft(_)))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn member(id: u64, url: &str) -> Member {
+        Member {
+            id,
+            peer_ur_ls: vec![url.into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_peers_follow_the_membership() {
+        let mut sets = PeerSets::new([2, 3], 1);
+        let m = Membership {
+            members: vec![member(1, "u1"), member(2, "u2"), member(4, "u4")],
+            removed: vec![3],
+        };
+        let f = sets.follow(&m, 1, &[2, 3]);
+        assert_eq!(f.gone, vec![3]);
+        assert_eq!(
+            f.wanted,
+            vec![(2, vec!["u2".to_owned()]), (4, vec!["u4".to_owned()])]
+        );
+        assert!(sets.known.contains(&4) && !sets.known.contains(&3));
+        assert!(sets.removed.contains(&3));
+        // A member replaying history before its own addition keeps today's peers.
+        let mut joining = PeerSets::new([1, 2], 5);
+        let old = Membership {
+            members: vec![member(1, "u1")],
+            removed: Vec::new(),
+        };
+        let f = joining.follow(&old, 5, &[1, 2]);
+        assert!(f.gone.is_empty(), "{f:?}");
+        assert!(joining.known.contains(&2));
+    }
+
+    #[test]
+    fn questions_expire_after_their_askers_deadline() {
+        let t0 = Instant::now();
+        let mut asks = Asks::default();
+        let a = asks.ask(t0, Duration::from_secs(1), "a");
+        let b = asks.ask(t0, Duration::from_secs(10), "b");
+        assert_ne!(a, b);
+        assert_eq!(asks.expire(t0 + Duration::from_secs(1)), 0, "grace");
+        assert_eq!(asks.expire(t0 + Duration::from_secs(3)), 1);
+        assert_eq!(asks.answered(a), None, "expired");
+        assert_eq!(asks.answered(b), Some("b"));
+        assert!(asks.is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_limit_and_resets() {
+        let mut b = Backoff::default();
+        assert_eq!(b.failed(), BACKOFF.0);
+        assert_eq!(b.failed(), BACKOFF.0 * 2);
+        for _ in 0..20 {
+            b.failed();
+        }
+        assert_eq!(b.failed(), BACKOFF.1);
+        b.reset();
+        assert_eq!(b.failed(), BACKOFF.0);
+        let t = Instant::now();
+        assert!(!peer_restarted(t, t + Duration::from_millis(500)));
+        assert!(peer_restarted(t, t + Duration::from_secs(2)));
+    }
+}
