@@ -349,10 +349,7 @@ pub async fn run(
         let addr = l.local_addr()?;
         let l = tokio::net::TcpListener::from_std(l)?;
         tracing::info!(%addr, "serving metrics and health");
-        let router = api::http::metrics_router(api::grpc::Grpc::new(
-            service.clone(),
-            config.election_timeout,
-        ));
+        let router = api::http::metrics_router(service.clone());
         let mut stop = stop_native_rx.clone();
         tracker.spawn(async move {
             let shutdown = async move {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,12 +22,13 @@ use etch_protocol::v3electionpb::{
 };
 use etch_protocol::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 
+use crate::api::calls::{self, Caller};
 use crate::api::errors::to_status as status;
 use crate::api::h2fix::H2Fix;
 use crate::api::{WatchStream, serve_keep_alive, until_error};
 use crate::error::ApiError;
 use crate::service::Service;
-use crate::service::{election, lock};
+use crate::service::election;
 
 /// Generated server traits (tonic) for etcd's services.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -173,7 +173,7 @@ impl Grpc {
                 .await;
         };
         crate::api::grpc_metrics::register_methods();
-        let http = crate::api::http::router(self.clone());
+        let http = crate::api::http::router(self.svc.clone());
         let mut routes = tonic::service::Routes::from(http);
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(self.max_concurrent_streams))
@@ -235,70 +235,65 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 /// the `Authorization` header to `authorization`.
 const TOKEN_METADATA: [&str; 2] = ["token", "authorization"];
 
-impl Grpc {
-    /// Who sends `r` ([`Service::identify`]): its token, else its verified TLS client
-    /// certificate's Common Name. A learner serves nothing that goes through here (etcd's
-    /// interceptor: only Status and serializable Range reach a learner).
-    ///
-    /// # Errors
-    /// "etcdserver: rpc not supported for learner"; the identity's auth errors.
-    pub(crate) fn who<T>(&self, r: &Request<T>) -> Result<crate::service::AuthInfo, Status> {
-        if self.svc.state().is_learner() {
-            return Err(status(ApiError::NotSupportedForLearner));
-        }
-        self.who_any(r)
-    }
-
-    /// [`Grpc::who`] without the learner rule.
-    fn who_any<T>(&self, r: &Request<T>) -> Result<crate::service::AuthInfo, Status> {
-        let token = TOKEN_METADATA
+/// What `r` says about its sender: its token metadata and its verified TLS client
+/// certificate's Common Name.
+fn caller<T>(r: &Request<T>) -> Caller {
+    Caller {
+        token: TOKEN_METADATA
             .iter()
             .find_map(|k| r.metadata().get(*k))
-            .and_then(|v| v.to_str().ok());
-        let cn = r
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        common_name: r
             .extensions()
             .get::<crate::tls::client::PeerIdentity>()
-            .and_then(|p| p.common_name.clone());
-        self.svc.identify(token, cn.as_deref()).map_err(status)
+            .and_then(|p| p.common_name.clone()),
     }
 }
 
-/// Serves a unary call: identify the caller, then call the service with it.
-macro_rules! as_caller {
-    ($self:ident, $r:ident, |$who:ident, $req:ident| $call:expr) => {{
-        let $who = $self.who(&$r)?;
-        let $req = $r.into_inner();
-        let $who = &$who;
-        $call.await.map(Response::new).map_err(status)
-    }};
+impl Grpc {
+    /// Who sends `r` ([`Caller::who`]).
+    ///
+    /// # Errors
+    /// "etcdserver: rpc not supported for learner"; the identity's auth errors.
+    fn who<T>(&self, r: &Request<T>) -> Result<crate::service::AuthInfo, Status> {
+        caller(r).who(&self.svc).map_err(status)
+    }
+}
+
+/// Serves unary methods through [`calls`]: `name(request) -> response`. (Written as
+/// `#[tonic::async_trait]` expands an `async fn`, which it cannot see inside a macro.)
+macro_rules! unary {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        $(
+            fn $name<'life0, 'async_trait>(
+                &'life0 self,
+                r: Request<$req>,
+            ) -> Pin<Box<dyn std::future::Future<Output = Res<$resp>> + Send + 'async_trait>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                let c = caller(&r);
+                Box::pin(async move {
+                    calls::$name(self.svc.clone(), c, r.into_inner())
+                        .await
+                        .map(Response::new)
+                        .map_err(status)
+                })
+            }
+        )*
+    };
 }
 
 #[tonic::async_trait]
 impl Kv for Grpc {
-    async fn range(&self, r: Request<RangeRequest>) -> Res<RangeResponse> {
-        let serializable = r.get_ref().serializable;
-        if serializable && self.svc.state().is_learner() {
-            let who = self.who_any(&r)?;
-            return self
-                .svc
-                .range(&who, r.into_inner())
-                .await
-                .map(Response::new)
-                .map_err(status);
-        }
-        as_caller!(self, r, |who, req| self.svc.range(who, req))
-    }
-    async fn put(&self, r: Request<PutRequest>) -> Res<PutResponse> {
-        as_caller!(self, r, |who, req| self.svc.put(who, req))
-    }
-    async fn delete_range(&self, r: Request<DeleteRangeRequest>) -> Res<DeleteRangeResponse> {
-        as_caller!(self, r, |who, req| self.svc.delete_range(who, req))
-    }
-    async fn txn(&self, r: Request<TxnRequest>) -> Res<TxnResponse> {
-        as_caller!(self, r, |who, req| self.svc.txn(who, req))
-    }
-    async fn compact(&self, r: Request<CompactionRequest>) -> Res<CompactionResponse> {
-        as_caller!(self, r, |who, req| self.svc.compact(who, req))
+    unary! {
+        range(RangeRequest) -> RangeResponse;
+        put(PutRequest) -> PutResponse;
+        delete_range(DeleteRangeRequest) -> DeleteRangeResponse;
+        txn(TxnRequest) -> TxnResponse;
+        compact(CompactionRequest) -> CompactionResponse;
     }
 }
 
@@ -322,12 +317,13 @@ impl Watch for Grpc {
 impl Lease for Grpc {
     type LeaseKeepAliveStream = BoxStream<LeaseKeepAliveResponse>;
 
-    async fn lease_grant(&self, r: Request<LeaseGrantRequest>) -> Res<LeaseGrantResponse> {
-        as_caller!(self, r, |who, req| self.svc.lease_grant(who, req))
+    unary! {
+        lease_grant(LeaseGrantRequest) -> LeaseGrantResponse;
+        lease_revoke(LeaseRevokeRequest) -> LeaseRevokeResponse;
+        lease_time_to_live(LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse;
+        lease_leases(LeaseLeasesRequest) -> LeaseLeasesResponse;
     }
-    async fn lease_revoke(&self, r: Request<LeaseRevokeRequest>) -> Res<LeaseRevokeResponse> {
-        as_caller!(self, r, |who, req| self.svc.lease_revoke(Some(who), req))
-    }
+
     /// etcd's keep-alive stream: one response per request, in order.
     async fn lease_keep_alive(
         &self,
@@ -338,61 +334,16 @@ impl Lease for Grpc {
         let out = Box::pin(serve_keep_alive(self.svc.clone(), until_error(inbound)));
         Ok(Response::new(self.require_leader(&meta, out)?))
     }
-    async fn lease_time_to_live(
-        &self,
-        r: Request<LeaseTimeToLiveRequest>,
-    ) -> Res<LeaseTimeToLiveResponse> {
-        let who = self.who(&r)?;
-        let req = r.into_inner();
-        self.svc
-            .check_lease_keys_readable(&who, req.id)
-            .map_err(status)?;
-        self.svc
-            .lease_time_to_live(req)
-            .await
-            .map(Response::new)
-            .map_err(status)
-    }
-    async fn lease_leases(&self, r: Request<LeaseLeasesRequest>) -> Res<LeaseLeasesResponse> {
-        as_caller!(self, r, |_who, _req| self.svc.lease_leases())
-    }
 }
 
 #[tonic::async_trait]
 impl Cluster for Grpc {
-    // Membership changes need an admin when auth is on (etcd
-    // `checkMembershipOperationPermission`).
-    async fn member_add(&self, r: Request<MemberAddRequest>) -> Res<MemberAddResponse> {
-        as_caller!(self, r, |who, req| async {
-            self.svc.check_admin(who)?;
-            self.svc.member_add(req).await
-        })
-    }
-    async fn member_remove(&self, r: Request<MemberRemoveRequest>) -> Res<MemberRemoveResponse> {
-        as_caller!(self, r, |who, req| async {
-            self.svc.check_admin(who)?;
-            self.svc.member_remove(req).await
-        })
-    }
-    async fn member_update(&self, r: Request<MemberUpdateRequest>) -> Res<MemberUpdateResponse> {
-        as_caller!(self, r, |who, req| async {
-            self.svc.check_admin(who)?;
-            self.svc.member_update(req).await
-        })
-    }
-    async fn member_list(&self, r: Request<MemberListRequest>) -> Res<MemberListResponse> {
-        let _ = self.who(&r)?;
-        self.svc
-            .member_list(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
-    }
-    async fn member_promote(&self, r: Request<MemberPromoteRequest>) -> Res<MemberPromoteResponse> {
-        as_caller!(self, r, |who, req| async {
-            self.svc.check_admin(who)?;
-            self.svc.member_promote(req).await
-        })
+    unary! {
+        member_add(MemberAddRequest) -> MemberAddResponse;
+        member_remove(MemberRemoveRequest) -> MemberRemoveResponse;
+        member_update(MemberUpdateRequest) -> MemberUpdateResponse;
+        member_list(MemberListRequest) -> MemberListResponse;
+        member_promote(MemberPromoteRequest) -> MemberPromoteResponse;
     }
 }
 
@@ -400,24 +351,15 @@ impl Cluster for Grpc {
 impl Maintenance for Grpc {
     type SnapshotStream = BoxStream<SnapshotResponse>;
 
-    /// Alarms (GET, ACTIVATE, DEACTIVATE), through consensus as in etcd v3.5.
-    async fn alarm(&self, r: Request<AlarmRequest>) -> Res<AlarmResponse> {
-        as_caller!(self, r, |who, req| self.svc.alarm(who, req))
+    unary! {
+        alarm(AlarmRequest) -> AlarmResponse;
+        status(StatusRequest) -> StatusResponse;
+        defragment(DefragmentRequest) -> DefragmentResponse;
+        hash(HashRequest) -> HashResponse;
+        hash_kv(HashKvRequest) -> HashKvResponse;
+        move_leader(MoveLeaderRequest) -> MoveLeaderResponse;
     }
-    async fn status(&self, _: Request<StatusRequest>) -> Res<StatusResponse> {
-        Ok(Response::new(self.svc.status()))
-    }
-    /// Flushes and major-compacts this member's store so the space compaction freed is
-    /// returned (etcd rewrites its bbolt file here). Root only, as in etcd; no header, as etcd.
-    async fn defragment(&self, r: Request<DefragmentRequest>) -> Res<DefragmentResponse> {
-        as_caller!(self, r, |who, _req| self.svc.defragment(who))
-    }
-    async fn hash(&self, r: Request<HashRequest>) -> Res<HashResponse> {
-        as_caller!(self, r, |who, _req| self.svc.hash(who))
-    }
-    async fn hash_kv(&self, r: Request<HashKvRequest>) -> Res<HashKvResponse> {
-        as_caller!(self, r, |who, req| self.svc.hash_kv(who, req.revision))
-    }
+
     /// This member's store as an etcd backend file, then its SHA-256 (etcdctl `snapshot
     /// save`). Root only when auth is on.
     async fn snapshot(&self, r: Request<SnapshotRequest>) -> Res<Self::SnapshotStream> {
@@ -428,102 +370,36 @@ impl Maintenance for Grpc {
             |r| r.map_err(status),
         ))))
     }
-    async fn move_leader(&self, r: Request<MoveLeaderRequest>) -> Res<MoveLeaderResponse> {
-        as_caller!(self, r, |who, req| self.svc.move_leader(who, req.target_id))
-    }
 }
 
 #[tonic::async_trait]
 impl Auth for Grpc {
-    async fn auth_enable(&self, r: Request<AuthEnableRequest>) -> Res<AuthEnableResponse> {
-        as_caller!(self, r, |who, _req| self.svc.auth_enable(who))
-    }
-    async fn auth_disable(&self, r: Request<AuthDisableRequest>) -> Res<AuthDisableResponse> {
-        as_caller!(self, r, |who, _req| self.svc.auth_disable(who))
-    }
-    async fn auth_status(&self, r: Request<AuthStatusRequest>) -> Res<AuthStatusResponse> {
-        as_caller!(self, r, |who, _req| self.svc.auth_status(who))
-    }
-    async fn authenticate(&self, r: Request<AuthenticateRequest>) -> Res<AuthenticateResponse> {
-        self.svc
-            .authenticate(r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
-    }
-    async fn user_add(&self, r: Request<AuthUserAddRequest>) -> Res<AuthUserAddResponse> {
-        as_caller!(self, r, |who, req| self.svc.user_add(who, req))
-    }
-    async fn user_get(&self, r: Request<AuthUserGetRequest>) -> Res<AuthUserGetResponse> {
-        as_caller!(self, r, |who, req| self.svc.user_get(who, req))
-    }
-    async fn user_list(&self, r: Request<AuthUserListRequest>) -> Res<AuthUserListResponse> {
-        as_caller!(self, r, |who, _req| self.svc.user_list(who))
-    }
-    async fn user_delete(&self, r: Request<AuthUserDeleteRequest>) -> Res<AuthUserDeleteResponse> {
-        as_caller!(self, r, |who, req| self.svc.user_delete(who, req))
-    }
-    async fn user_change_password(
-        &self,
-        r: Request<AuthUserChangePasswordRequest>,
-    ) -> Res<AuthUserChangePasswordResponse> {
-        as_caller!(self, r, |who, req| self.svc.user_change_password(who, req))
-    }
-    async fn user_grant_role(
-        &self,
-        r: Request<AuthUserGrantRoleRequest>,
-    ) -> Res<AuthUserGrantRoleResponse> {
-        as_caller!(self, r, |who, req| self.svc.user_grant_role(who, req))
-    }
-    async fn user_revoke_role(
-        &self,
-        r: Request<AuthUserRevokeRoleRequest>,
-    ) -> Res<AuthUserRevokeRoleResponse> {
-        as_caller!(self, r, |who, req| self.svc.user_revoke_role(who, req))
-    }
-    async fn role_add(&self, r: Request<AuthRoleAddRequest>) -> Res<AuthRoleAddResponse> {
-        as_caller!(self, r, |who, req| self.svc.role_add(who, req))
-    }
-    async fn role_get(&self, r: Request<AuthRoleGetRequest>) -> Res<AuthRoleGetResponse> {
-        as_caller!(self, r, |who, req| self.svc.role_get(who, req))
-    }
-    async fn role_list(&self, r: Request<AuthRoleListRequest>) -> Res<AuthRoleListResponse> {
-        as_caller!(self, r, |who, _req| self.svc.role_list(who))
-    }
-    async fn role_delete(&self, r: Request<AuthRoleDeleteRequest>) -> Res<AuthRoleDeleteResponse> {
-        as_caller!(self, r, |who, req| self.svc.role_delete(who, req))
-    }
-    async fn role_grant_permission(
-        &self,
-        r: Request<AuthRoleGrantPermissionRequest>,
-    ) -> Res<AuthRoleGrantPermissionResponse> {
-        as_caller!(self, r, |who, req| self.svc.role_grant_permission(who, req))
-    }
-    async fn role_revoke_permission(
-        &self,
-        r: Request<AuthRoleRevokePermissionRequest>,
-    ) -> Res<AuthRoleRevokePermissionResponse> {
-        as_caller!(self, r, |who, req| self
-            .svc
-            .role_revoke_permission(who, req))
+    unary! {
+        auth_enable(AuthEnableRequest) -> AuthEnableResponse;
+        auth_disable(AuthDisableRequest) -> AuthDisableResponse;
+        auth_status(AuthStatusRequest) -> AuthStatusResponse;
+        authenticate(AuthenticateRequest) -> AuthenticateResponse;
+        user_add(AuthUserAddRequest) -> AuthUserAddResponse;
+        user_get(AuthUserGetRequest) -> AuthUserGetResponse;
+        user_list(AuthUserListRequest) -> AuthUserListResponse;
+        user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse;
+        user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse;
+        user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse;
+        user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse;
+        role_add(AuthRoleAddRequest) -> AuthRoleAddResponse;
+        role_get(AuthRoleGetRequest) -> AuthRoleGetResponse;
+        role_list(AuthRoleListRequest) -> AuthRoleListResponse;
+        role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse;
+        role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse;
+        role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse;
     }
 }
 
 #[tonic::async_trait]
 impl Lock for Grpc {
-    async fn lock(&self, r: Request<LockRequest>) -> Res<LockResponse> {
-        let who = self.who(&r)?;
-        lock::lock(&self.svc, &who, r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
-    }
-    async fn unlock(&self, r: Request<UnlockRequest>) -> Res<UnlockResponse> {
-        let who = self.who(&r)?;
-        lock::unlock(&self.svc, &who, r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+    unary! {
+        lock(LockRequest) -> LockResponse;
+        unlock(UnlockRequest) -> UnlockResponse;
     }
 }
 
@@ -531,50 +407,20 @@ impl Lock for Grpc {
 impl Election for Grpc {
     type ObserveStream = BoxStream<LeaderResponse>;
 
-    async fn campaign(&self, r: Request<CampaignRequest>) -> Res<CampaignResponse> {
-        let who = self.who(&r)?;
-        election::campaign(&self.svc, &who, r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+    unary! {
+        campaign(CampaignRequest) -> CampaignResponse;
+        proclaim(ProclaimRequest) -> ProclaimResponse;
+        leader(LeaderRequest) -> LeaderResponse;
+        resign(ResignRequest) -> ResignResponse;
     }
-    async fn proclaim(&self, r: Request<ProclaimRequest>) -> Res<ProclaimResponse> {
-        let who = self.who(&r)?;
-        election::proclaim(&self.svc, &who, r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
-    }
-    async fn leader(&self, r: Request<LeaderRequest>) -> Res<LeaderResponse> {
-        let who = self.who(&r)?;
-        election::leader(&self.svc, &who, r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
-    }
+
     /// A stream of leaders and proclamations; ends when the client goes away.
     async fn observe(&self, r: Request<LeaderRequest>) -> Res<Self::ObserveStream> {
         let who = self.who(&r)?;
-        let (tx, rx) = mpsc::channel(16);
-        let (svc, req) = (self.svc.clone(), r.into_inner());
-        tokio::spawn(async move {
-            // Stop following the election as soon as the client is gone, not at the next event.
-            let gone = tx.clone();
-            tokio::select! {
-                _ = gone.closed() => {}
-                _ = election::observe(svc, who, req, tx) => {}
-            }
-        });
+        let out = election::observe_stream(self.svc.clone(), who, r.into_inner());
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
-            ReceiverStream::new(rx),
+            out,
             |r| r.map_err(status),
         ))))
-    }
-    async fn resign(&self, r: Request<ResignRequest>) -> Res<ResignResponse> {
-        let who = self.who(&r)?;
-        election::resign(&self.svc, &who, r.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
     }
 }

@@ -5,8 +5,8 @@
 //! `POST /v3/<service>/<method>` with a JSON request body answers the JSON response, for
 //! every gRPC method etch serves, at etcd's paths (`/v3/kv/range`, `/v3/lease/grant`,
 //! `/v3/maintenance/hash` (HashKV), ...; see [`router`]) and their `/v3beta` and `/v3alpha`
-//! aliases. Each request is handed to the gRPC service implementation itself, so semantics
-//! and errors are the gRPC API's. The JSON mapping is etcd's grpc-gateway (v1, `JSONPb` with
+//! aliases. Each request is served by the same call as its gRPC method
+//! ([`crate::api::calls`]), so semantics and errors are the gRPC API's. The JSON mapping is etcd's grpc-gateway (v1, `JSONPb` with
 //! `OrigName`): proto field names, bytes as base64, 64-bit integers as strings, enums by name,
 //! default values left out. A failure answers the HTTP status grpc-gateway maps the gRPC code
 //! to, with `{"error": message, "message": message, "code": grpc code}`.
@@ -21,7 +21,6 @@
 //! descriptor set, so no message has a second, hand-written JSON form.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::LazyLock;
 
@@ -38,14 +37,13 @@ use tonic::{Code, Status};
 
 use etch_protocol::etcdserverpb::{RangeRequest, WatchRequest};
 
-use crate::api::grpc::Grpc;
-use crate::api::grpc::generated::auth_server::Auth;
-use crate::api::grpc::generated::{
-    cluster_server::Cluster, kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance,
-};
-use crate::api::grpc::generated::{election::election_server::Election, lock::lock_server::Lock};
+use std::sync::Arc;
+
+use crate::api::calls::{self, Caller};
 use crate::api::{WatchStream, serve_keep_alive, until_error};
 use crate::config::ETCD_API_VERSION;
+use crate::error::ApiError;
+use crate::service::Service;
 use crate::tls::client::PeerIdentity;
 
 /// etcd's cluster version reported by `/version` (`etcdcluster`).
@@ -65,33 +63,32 @@ const JSON_OUT: SerializeOptions = SerializeOptions::new()
     .stringify_64_bit_integers(true)
     .skip_default_fields(true);
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
-/// The HTTP routes of the client port: the JSON gateway over `grpc`, and
+/// The HTTP routes of the client port: the JSON gateway over `svc`, and
 /// [`metrics_router`]'s.
-pub fn router(grpc: Grpc) -> Router {
-    let mut r = metrics_router(grpc.clone());
+pub fn router(svc: Arc<Service>) -> Router {
+    let mut r = metrics_router(svc.clone());
     for p in GATEWAY_PREFIXES {
-        r = gateway_routes(r, p, &grpc);
+        r = gateway_routes(r, p, &svc);
     }
     r.fallback(not_found)
 }
 
 /// The routes of `--listen-metrics-urls` (also on the client port): `/metrics`, `/health`,
 /// `/livez`, `/readyz`, `/version`.
-pub fn metrics_router(grpc: Grpc) -> Router {
+pub fn metrics_router(svc: Arc<Service>) -> Router {
     Router::new()
         .route("/version", get(version))
-        .route("/health", get(health).with_state(grpc.clone()))
-        .route("/readyz", get(readyz).with_state(grpc.clone()))
+        .route("/health", get(health).with_state(svc.clone()))
+        .route("/readyz", get(readyz).with_state(svc.clone()))
         .route("/livez", get(livez))
-        .route("/metrics", get(metrics).with_state(grpc))
+        .route("/metrics", get(metrics).with_state(svc))
 }
 
 /// `GET /metrics`: Prometheus text exposition ([`crate::metrics`]).
-async fn metrics(axum::extract::State(grpc): axum::extract::State<Grpc>) -> Response {
-    let body = crate::metrics::render(&grpc.service().metrics_snapshot());
+async fn metrics(axum::extract::State(svc): axum::extract::State<Arc<Service>>) -> Response {
+    let body = crate::metrics::render(&svc.metrics_snapshot());
     let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -106,7 +103,7 @@ async fn livez() -> Response {
 }
 
 /// `GET /readyz`: `ok` when `/health` would say true, else 503 with the reason.
-async fn readyz(state: axum::extract::State<Grpc>, uri: axum::http::Uri) -> Response {
+async fn readyz(state: axum::extract::State<Arc<Service>>, uri: axum::http::Uri) -> Response {
     match health_reason(&state.0, &uri).await {
         None => text(StatusCode::OK, "ok\n"),
         Some(r) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ok: {r}\n")),
@@ -147,42 +144,35 @@ async fn not_found(req: axum::extract::Request) -> Response {
 /// The TLS client's identity, when the connection has one.
 type Peer = Option<Extension<PeerIdentity>>;
 
-/// The gRPC request the gateway hands to the service: the JSON body's message, the token of
-/// the `Authorization` header (grpc-gateway maps it to `authorization` metadata, which etcd
-/// accepts as the token) and the TLS client's identity.
-fn grpc_request<T>(headers: &HeaderMap, peer: Peer, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-    {
-        r.metadata_mut().insert("authorization", v);
+/// Who sends a gateway request: the token of the `Authorization` header (grpc-gateway maps
+/// it to `authorization` metadata, which etcd accepts as the token) and the TLS client's
+/// identity.
+fn caller(headers: &HeaderMap, peer: Peer) -> Caller {
+    Caller {
+        token: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        common_name: peer.and_then(|Extension(p)| p.common_name),
     }
-    if let Some(Extension(p)) = peer {
-        r.extensions_mut().insert(p);
-    }
-    r
 }
 
-/// Adds one unary method: `path` answers `call(grpc, request)`.
-macro_rules! unary {
-    ($r:ident, $grpc:ident, $path:expr, $req:literal => $resp:literal, $call:expr) => {{
-        let g = $grpc.clone();
+/// Adds one unary method: `path` answers `call(svc, caller, request)`; `$req` and `$resp`
+/// are the messages' full names.
+macro_rules! unary_route {
+    ($r:ident, $svc:ident, $path:expr, $req:expr => $resp:expr, $call:expr) => {{
+        let s = $svc.clone();
         $r = $r.route(
             &$path,
             post(move |headers: HeaderMap, peer: Peer, body: Bytes| {
-                let g = g.clone();
+                let s = s.clone();
                 async move {
-                    match decode_json(concat!("etcdserverpb.", $req), &body) {
+                    match decode_json($req, &body) {
                         Err(e) => error_response(e),
-                        Ok(req) => {
-                            let call: fn(Grpc, _) -> BoxFuture<Result<_, Status>> = $call;
-                            match call(g, grpc_request(&headers, peer, req)).await {
-                                Ok(resp) => json_response(concat!("etcdserverpb.", $resp), &resp),
-                                Err(e) => error_response(e),
-                            }
-                        }
+                        Ok(req) => match $call(s, caller(&headers, peer), req).await {
+                            Ok(resp) => json_response($resp, &resp),
+                            Err(e) => api_error(e),
+                        },
                     }
                 }
             }),
@@ -190,75 +180,80 @@ macro_rules! unary {
     }};
 }
 
-fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
-    macro_rules! call {
-        ($trait:ident :: $m:ident) => {
-            |g: Grpc, rq| Box::pin(async move { $trait::$m(&g, rq).await.map(|r| r.into_inner()) })
+fn gateway_routes(mut r: Router, p: &str, svc: &Arc<Service>) -> Router {
+    macro_rules! unary {
+        ($r2:ident, $s:ident, $path:expr, $req:literal => $resp:literal, $call:expr) => {
+            unary_route!($r2, $s, $path, concat!("etcdserverpb.", $req) => concat!("etcdserverpb.", $resp), $call)
         };
     }
     // KV.
-    unary!(r, grpc, format!("{p}/kv/range"), "RangeRequest" => "RangeResponse", call!(Kv::range));
-    unary!(r, grpc, format!("{p}/kv/put"), "PutRequest" => "PutResponse", call!(Kv::put));
-    unary!(r, grpc, format!("{p}/kv/deleterange"), "DeleteRangeRequest" => "DeleteRangeResponse", call!(Kv::delete_range));
-    unary!(r, grpc, format!("{p}/kv/txn"), "TxnRequest" => "TxnResponse", call!(Kv::txn));
-    unary!(r, grpc, format!("{p}/kv/compaction"), "CompactionRequest" => "CompactionResponse", call!(Kv::compact));
+    unary!(r, svc, format!("{p}/kv/range"), "RangeRequest" => "RangeResponse", calls::range);
+    unary!(r, svc, format!("{p}/kv/put"), "PutRequest" => "PutResponse", calls::put);
+    unary!(r, svc, format!("{p}/kv/deleterange"), "DeleteRangeRequest" => "DeleteRangeResponse", calls::delete_range);
+    unary!(r, svc, format!("{p}/kv/txn"), "TxnRequest" => "TxnResponse", calls::txn);
+    unary!(r, svc, format!("{p}/kv/compaction"), "CompactionRequest" => "CompactionResponse", calls::compact);
     // Lease (with etcd's additional `/kv/lease/...` bindings).
-    unary!(r, grpc, format!("{p}/lease/grant"), "LeaseGrantRequest" => "LeaseGrantResponse", call!(Lease::lease_grant));
+    unary!(r, svc, format!("{p}/lease/grant"), "LeaseGrantRequest" => "LeaseGrantResponse", calls::lease_grant);
     for path in [format!("{p}/lease/revoke"), format!("{p}/kv/lease/revoke")] {
-        unary!(r, grpc, path, "LeaseRevokeRequest" => "LeaseRevokeResponse", call!(Lease::lease_revoke));
+        unary!(r, svc, path, "LeaseRevokeRequest" => "LeaseRevokeResponse", calls::lease_revoke);
     }
     for path in [
         format!("{p}/lease/timetolive"),
         format!("{p}/kv/lease/timetolive"),
     ] {
-        unary!(r, grpc, path, "LeaseTimeToLiveRequest" => "LeaseTimeToLiveResponse", call!(Lease::lease_time_to_live));
+        unary!(r, svc, path, "LeaseTimeToLiveRequest" => "LeaseTimeToLiveResponse", calls::lease_time_to_live);
     }
     for path in [format!("{p}/lease/leases"), format!("{p}/kv/lease/leases")] {
-        unary!(r, grpc, path, "LeaseLeasesRequest" => "LeaseLeasesResponse", call!(Lease::lease_leases));
+        unary!(r, svc, path, "LeaseLeasesRequest" => "LeaseLeasesResponse", calls::lease_leases);
     }
     // Cluster.
-    unary!(r, grpc, format!("{p}/cluster/member/list"), "MemberListRequest" => "MemberListResponse", call!(Cluster::member_list));
-    unary!(r, grpc, format!("{p}/cluster/member/add"), "MemberAddRequest" => "MemberAddResponse", call!(Cluster::member_add));
-    unary!(r, grpc, format!("{p}/cluster/member/remove"), "MemberRemoveRequest" => "MemberRemoveResponse", call!(Cluster::member_remove));
-    unary!(r, grpc, format!("{p}/cluster/member/update"), "MemberUpdateRequest" => "MemberUpdateResponse", call!(Cluster::member_update));
-    unary!(r, grpc, format!("{p}/cluster/member/promote"), "MemberPromoteRequest" => "MemberPromoteResponse", call!(Cluster::member_promote));
+    unary!(r, svc, format!("{p}/cluster/member/list"), "MemberListRequest" => "MemberListResponse", calls::member_list);
+    unary!(r, svc, format!("{p}/cluster/member/add"), "MemberAddRequest" => "MemberAddResponse", calls::member_add);
+    unary!(r, svc, format!("{p}/cluster/member/remove"), "MemberRemoveRequest" => "MemberRemoveResponse", calls::member_remove);
+    unary!(r, svc, format!("{p}/cluster/member/update"), "MemberUpdateRequest" => "MemberUpdateResponse", calls::member_update);
+    unary!(r, svc, format!("{p}/cluster/member/promote"), "MemberPromoteRequest" => "MemberPromoteResponse", calls::member_promote);
     // Maintenance (`/maintenance/hash` is HashKV: etcd's gateway binds Hash and HashKV to the
     // same path and the later binding wins).
-    unary!(r, grpc, format!("{p}/maintenance/alarm"), "AlarmRequest" => "AlarmResponse", call!(Maintenance::alarm));
-    unary!(r, grpc, format!("{p}/maintenance/status"), "StatusRequest" => "StatusResponse", call!(Maintenance::status));
-    unary!(r, grpc, format!("{p}/maintenance/defragment"), "DefragmentRequest" => "DefragmentResponse", call!(Maintenance::defragment));
-    unary!(r, grpc, format!("{p}/maintenance/hash"), "HashKVRequest" => "HashKVResponse", call!(Maintenance::hash_kv));
-    unary!(r, grpc, format!("{p}/maintenance/transfer-leadership"), "MoveLeaderRequest" => "MoveLeaderResponse", call!(Maintenance::move_leader));
+    unary!(r, svc, format!("{p}/maintenance/alarm"), "AlarmRequest" => "AlarmResponse", calls::alarm);
+    unary!(r, svc, format!("{p}/maintenance/status"), "StatusRequest" => "StatusResponse", calls::status);
+    unary!(r, svc, format!("{p}/maintenance/defragment"), "DefragmentRequest" => "DefragmentResponse", calls::defragment);
+    unary!(r, svc, format!("{p}/maintenance/hash"), "HashKVRequest" => "HashKVResponse", calls::hash_kv);
+    unary!(r, svc, format!("{p}/maintenance/transfer-leadership"), "MoveLeaderRequest" => "MoveLeaderResponse", calls::move_leader);
     // Auth.
-    unary!(r, grpc, format!("{p}/auth/enable"), "AuthEnableRequest" => "AuthEnableResponse", call!(Auth::auth_enable));
-    unary!(r, grpc, format!("{p}/auth/disable"), "AuthDisableRequest" => "AuthDisableResponse", call!(Auth::auth_disable));
-    unary!(r, grpc, format!("{p}/auth/status"), "AuthStatusRequest" => "AuthStatusResponse", call!(Auth::auth_status));
-    unary!(r, grpc, format!("{p}/auth/authenticate"), "AuthenticateRequest" => "AuthenticateResponse", call!(Auth::authenticate));
-    unary!(r, grpc, format!("{p}/auth/user/add"), "AuthUserAddRequest" => "AuthUserAddResponse", call!(Auth::user_add));
-    unary!(r, grpc, format!("{p}/auth/user/get"), "AuthUserGetRequest" => "AuthUserGetResponse", call!(Auth::user_get));
-    unary!(r, grpc, format!("{p}/auth/user/list"), "AuthUserListRequest" => "AuthUserListResponse", call!(Auth::user_list));
-    unary!(r, grpc, format!("{p}/auth/user/delete"), "AuthUserDeleteRequest" => "AuthUserDeleteResponse", call!(Auth::user_delete));
-    unary!(r, grpc, format!("{p}/auth/user/changepw"), "AuthUserChangePasswordRequest" => "AuthUserChangePasswordResponse", call!(Auth::user_change_password));
-    unary!(r, grpc, format!("{p}/auth/user/grant"), "AuthUserGrantRoleRequest" => "AuthUserGrantRoleResponse", call!(Auth::user_grant_role));
-    unary!(r, grpc, format!("{p}/auth/user/revoke"), "AuthUserRevokeRoleRequest" => "AuthUserRevokeRoleResponse", call!(Auth::user_revoke_role));
-    unary!(r, grpc, format!("{p}/auth/role/add"), "AuthRoleAddRequest" => "AuthRoleAddResponse", call!(Auth::role_add));
-    unary!(r, grpc, format!("{p}/auth/role/get"), "AuthRoleGetRequest" => "AuthRoleGetResponse", call!(Auth::role_get));
-    unary!(r, grpc, format!("{p}/auth/role/list"), "AuthRoleListRequest" => "AuthRoleListResponse", call!(Auth::role_list));
-    unary!(r, grpc, format!("{p}/auth/role/delete"), "AuthRoleDeleteRequest" => "AuthRoleDeleteResponse", call!(Auth::role_delete));
-    unary!(r, grpc, format!("{p}/auth/role/grant"), "AuthRoleGrantPermissionRequest" => "AuthRoleGrantPermissionResponse", call!(Auth::role_grant_permission));
-    unary!(r, grpc, format!("{p}/auth/role/revoke"), "AuthRoleRevokePermissionRequest" => "AuthRoleRevokePermissionResponse", call!(Auth::role_revoke_permission));
+    unary!(r, svc, format!("{p}/auth/enable"), "AuthEnableRequest" => "AuthEnableResponse", calls::auth_enable);
+    unary!(r, svc, format!("{p}/auth/disable"), "AuthDisableRequest" => "AuthDisableResponse", calls::auth_disable);
+    unary!(r, svc, format!("{p}/auth/status"), "AuthStatusRequest" => "AuthStatusResponse", calls::auth_status);
+    unary!(r, svc, format!("{p}/auth/authenticate"), "AuthenticateRequest" => "AuthenticateResponse", calls::authenticate);
+    unary!(r, svc, format!("{p}/auth/user/add"), "AuthUserAddRequest" => "AuthUserAddResponse", calls::user_add);
+    unary!(r, svc, format!("{p}/auth/user/get"), "AuthUserGetRequest" => "AuthUserGetResponse", calls::user_get);
+    unary!(r, svc, format!("{p}/auth/user/list"), "AuthUserListRequest" => "AuthUserListResponse", calls::user_list);
+    unary!(r, svc, format!("{p}/auth/user/delete"), "AuthUserDeleteRequest" => "AuthUserDeleteResponse", calls::user_delete);
+    unary!(r, svc, format!("{p}/auth/user/changepw"), "AuthUserChangePasswordRequest" => "AuthUserChangePasswordResponse", calls::user_change_password);
+    unary!(r, svc, format!("{p}/auth/user/grant"), "AuthUserGrantRoleRequest" => "AuthUserGrantRoleResponse", calls::user_grant_role);
+    unary!(r, svc, format!("{p}/auth/user/revoke"), "AuthUserRevokeRoleRequest" => "AuthUserRevokeRoleResponse", calls::user_revoke_role);
+    unary!(r, svc, format!("{p}/auth/role/add"), "AuthRoleAddRequest" => "AuthRoleAddResponse", calls::role_add);
+    unary!(r, svc, format!("{p}/auth/role/get"), "AuthRoleGetRequest" => "AuthRoleGetResponse", calls::role_get);
+    unary!(r, svc, format!("{p}/auth/role/list"), "AuthRoleListRequest" => "AuthRoleListResponse", calls::role_list);
+    unary!(r, svc, format!("{p}/auth/role/delete"), "AuthRoleDeleteRequest" => "AuthRoleDeleteResponse", calls::role_delete);
+    unary!(r, svc, format!("{p}/auth/role/grant"), "AuthRoleGrantPermissionRequest" => "AuthRoleGrantPermissionResponse", calls::role_grant_permission);
+    unary!(r, svc, format!("{p}/auth/role/revoke"), "AuthRoleRevokePermissionRequest" => "AuthRoleRevokePermissionResponse", calls::role_revoke_permission);
     // Lock and Election: their messages live in their own packages.
-    r = lock_election_routes(r, p, grpc);
+    unary_route!(r, svc, format!("{p}/lock/lock"), "v3lockpb.LockRequest" => "v3lockpb.LockResponse", calls::lock);
+    unary_route!(r, svc, format!("{p}/lock/unlock"), "v3lockpb.UnlockRequest" => "v3lockpb.UnlockResponse", calls::unlock);
+    unary_route!(r, svc, format!("{p}/election/campaign"), "v3electionpb.CampaignRequest" => "v3electionpb.CampaignResponse", calls::campaign);
+    unary_route!(r, svc, format!("{p}/election/proclaim"), "v3electionpb.ProclaimRequest" => "v3electionpb.ProclaimResponse", calls::proclaim);
+    unary_route!(r, svc, format!("{p}/election/leader"), "v3electionpb.LeaderRequest" => "v3electionpb.LeaderResponse", calls::leader);
+    unary_route!(r, svc, format!("{p}/election/resign"), "v3electionpb.ResignRequest" => "v3electionpb.ResignResponse", calls::resign);
     // Streams.
-    let g = grpc.clone();
+    let s = svc.clone();
     r = r.route(
         &format!("{p}/watch"),
         post(move |headers: HeaderMap, peer: Peer, body: Body| {
-            let (svc, who) = (g.service(), g.who(&grpc_request(&headers, peer, ())));
+            let (svc, who) = (s.clone(), caller(&headers, peer).who(&s));
             async move {
                 let who = match who {
                     Ok(w) => w,
-                    Err(e) => return error_response(e),
+                    Err(e) => return api_error(e),
                 };
                 let inbound = json_requests::<WatchRequest>("etcdserverpb.WatchRequest", body);
                 let out = WatchStream::serve(svc, who, until_error(inbound));
@@ -266,14 +261,14 @@ fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
             }
         }),
     );
-    let g = grpc.clone();
+    let s = svc.clone();
     r = r.route(
         &format!("{p}/lease/keepalive"),
         post(move |headers: HeaderMap, peer: Peer, body: Body| {
-            let (svc, who) = (g.service(), g.who(&grpc_request(&headers, peer, ())));
+            let (svc, who) = (s.clone(), caller(&headers, peer).who(&s));
             async move {
                 if let Err(e) = who {
-                    return error_response(e);
+                    return api_error(e);
                 }
                 let inbound = json_requests("etcdserverpb.LeaseKeepAliveRequest", body);
                 let out = serve_keep_alive(svc, until_error(inbound));
@@ -281,56 +276,28 @@ fn gateway_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
             }
         }),
     );
-    let g = grpc.clone();
+    let s = svc.clone();
     r.route(
         &format!("{p}/election/observe"),
         post(move |headers: HeaderMap, peer: Peer, body: Bytes| {
-            let g = g.clone();
+            let (svc, who) = (s.clone(), caller(&headers, peer).who(&s));
             async move {
+                let who = match who {
+                    Ok(w) => w,
+                    Err(e) => return api_error(e),
+                };
                 let req = match decode_json("v3electionpb.LeaderRequest", &body) {
                     Ok(req) => req,
                     Err(e) => return error_response(e),
                 };
-                match Election::observe(&g, grpc_request(&headers, peer, req)).await {
-                    Ok(s) => stream_response("v3electionpb.LeaderResponse", s.into_inner()),
-                    Err(e) => error_response(e),
-                }
+                let out = crate::service::election::observe_stream(svc, who, req);
+                stream_response(
+                    "v3electionpb.LeaderResponse",
+                    out.map(|r| r.map_err(crate::api::errors::to_status)),
+                )
             }
         }),
     )
-}
-
-/// `/v3/lock/*` and `/v3/election/*` (but observe, a stream).
-fn lock_election_routes(mut r: Router, p: &str, grpc: &Grpc) -> Router {
-    macro_rules! route {
-        ($path:expr, $req:literal => $resp:literal, $trait:ident :: $m:ident) => {{
-            let g = grpc.clone();
-            r = r.route(
-                &format!("{p}{}", $path),
-                post(move |headers: HeaderMap, peer: Peer, body: Bytes| {
-                    let g = g.clone();
-                    async move {
-                        match decode_json($req, &body) {
-                            Err(e) => error_response(e),
-                            Ok(req) => {
-                                match $trait::$m(&g, grpc_request(&headers, peer, req)).await {
-                                    Ok(resp) => json_response($resp, resp.get_ref()),
-                                    Err(e) => error_response(e),
-                                }
-                            }
-                        }
-                    }
-                }),
-            );
-        }};
-    }
-    route!("/lock/lock", "v3lockpb.LockRequest" => "v3lockpb.LockResponse", Lock::lock);
-    route!("/lock/unlock", "v3lockpb.UnlockRequest" => "v3lockpb.UnlockResponse", Lock::unlock);
-    route!("/election/campaign", "v3electionpb.CampaignRequest" => "v3electionpb.CampaignResponse", Election::campaign);
-    route!("/election/proclaim", "v3electionpb.ProclaimRequest" => "v3electionpb.ProclaimResponse", Election::proclaim);
-    route!("/election/leader", "v3electionpb.LeaderRequest" => "v3electionpb.LeaderResponse", Election::leader);
-    route!("/election/resign", "v3electionpb.ResignRequest" => "v3electionpb.ResignResponse", Election::resign);
-    r
 }
 
 /// `GET /version`: etcd's `{"etcdserver": ..., "etcdcluster": ...}`.
@@ -346,10 +313,10 @@ async fn version() -> Response {
 /// this member has a leader and a read through it succeeds (linearizable, or local with
 /// `?serializable=true`); `"false"` with a reason and 503 otherwise.
 async fn health(
-    axum::extract::State(grpc): axum::extract::State<Grpc>,
+    axum::extract::State(svc): axum::extract::State<Arc<Service>>,
     uri: axum::http::Uri,
 ) -> Response {
-    let (code, body) = match health_reason(&grpc, &uri).await {
+    let (code, body) = match health_reason(&svc, &uri).await {
         None => (
             StatusCode::OK,
             serde_json::json!({"health": "true", "reason": ""}),
@@ -363,11 +330,10 @@ async fn health(
 }
 
 /// Why this member is not healthy (etcd's reasons), or `None` when it is.
-async fn health_reason(grpc: &Grpc, uri: &axum::http::Uri) -> Option<String> {
+async fn health_reason(svc: &Service, uri: &axum::http::Uri) -> Option<String> {
     let serializable = uri
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "serializable=true"));
-    let svc = grpc.service();
     // etcd v3.5 looks at alarms first; `?exclude=NOSPACE` ignores that alarm.
     let excluded: Vec<&str> = uri
         .query()
@@ -480,6 +446,11 @@ pub fn http_status(code: Code) -> StatusCode {
 }
 
 /// A failed call: grpc-gateway v1's error body.
+/// An [`ApiError`] as the gateway answers it (its gRPC status).
+fn api_error(e: ApiError) -> Response {
+    error_response(crate::api::errors::to_status(e))
+}
+
 fn error_response(e: Status) -> Response {
     let body = serde_json::json!({
         "error": e.message(),

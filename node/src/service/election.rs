@@ -138,6 +138,24 @@ pub async fn resign(svc: &Service, who: &AuthInfo, req: ResignRequest) -> R<Resi
     })
 }
 
+/// [`observe`] as a stream (etcd `Election.Observe`): it stops following the election as
+/// soon as the stream is dropped (the client went away), not at the next event.
+pub fn observe_stream(
+    svc: Arc<Service>,
+    who: AuthInfo,
+    req: LeaderRequest,
+) -> tokio_stream::wrappers::ReceiverStream<R<LeaderResponse>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let gone = tx.clone();
+        tokio::select! {
+            _ = gone.closed() => {}
+            _ = observe(svc, who, req, tx) => {}
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// Observe: every leader and every value a leader proclaims, in order, into `tx` until the
 /// receiver is dropped or the store fails (etcd `Election.Observe`).
 pub async fn observe(
