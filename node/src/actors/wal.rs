@@ -48,7 +48,7 @@ impl Handler<AppendEntries> for WalActor {
         crate::metrics::dequeued("wal");
         let start = std::time::Instant::now();
         if let Some(meta) = &m.snapshot {
-            self.wal.append_snapshot(meta)?;
+            self.wal.append_install(meta)?;
         }
         self.wal.append(&m.entries, m.hard_state.as_ref())?;
         self.wal.sync()?;

@@ -14,13 +14,15 @@
 //! 4       4     crc      u32 little-endian: CRC-32 (IEEE, crc32fast) of type + payload,
 //!                        seeded with the previous record's crc (chained, as etcd's WAL);
 //!                        the first record of every segment is seeded with 0
-//! 8       1     type     1 = Seed, 2 = Entry, 3 = HardState, 4 = Snapshot
+//! 8       1     type     1 = Seed, 2 = Entry, 3 = HardState, 4 = Snapshot, 5 = Install
 //! 9       n     payload  length - 1 bytes
 //! ```
 //! Payloads: `Seed` holds the previous segment's last crc (u32 LE; 0 for the first segment),
 //! so the chain continues across files; `Entry` is a raft-rs `eraftpb::Entry`, `HardState` an
 //! `eraftpb::HardState`, `Snapshot` an `eraftpb::SnapshotMetadata` (index, term, conf state)
-//! marking that the log before `index` was released, all protobuf-encoded (raft-rs's codec).
+//! marking that the log up to `index` was released (later entries stay), `Install` the same
+//! metadata for a snapshot installed from the leader (the log restarts there: every entry
+//! before the record is dropped), all protobuf-encoded (raft-rs's codec).
 //!
 //! Worked example: a segment's first record, a Seed with crc 0 from no previous segment:
 //! `05 00 00 00 | c(01 00 00 00 00) | 01 | 00 00 00 00`, where `c` is the little-endian
@@ -229,6 +231,18 @@ impl Wal {
         self.flush()
     }
 
+    /// Records that a snapshot from the leader was installed at `meta.index`: at recovery the
+    /// log restarts there, without any entry written before this record. Not durable until
+    /// [`Wal::sync`].
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn append_install(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        self.push(RecordType::Install, &encode(meta))?;
+        self.last_index = meta.index;
+        self.flush()
+    }
+
     /// Makes every record appended so far durable (`fdatasync`).
     ///
     /// # Errors
@@ -355,6 +369,12 @@ fn apply_record(
             let m = SnapshotMetadata::parse_from_bytes(payload)
                 .map_err(|e| format!("snapshot: {e}"))?;
             rec.entries.retain(|e| e.index > m.index);
+            rec.snapshot = Some(m);
+        }
+        RecordType::Install => {
+            let m = SnapshotMetadata::parse_from_bytes(payload)
+                .map_err(|e| format!("installed snapshot: {e}"))?;
+            rec.entries.clear();
             rec.snapshot = Some(m);
         }
     }

@@ -23,8 +23,12 @@ pub enum RecordType {
     Entry = 2,
     /// A raft hard state.
     HardState = 3,
-    /// A log-release point (snapshot metadata).
+    /// A log-release point (snapshot metadata): entries up to its index are gone.
     Snapshot = 4,
+    /// A snapshot installed from the leader (snapshot metadata): the log restarts at its
+    /// index, and every entry written before it is gone (raft-rs's `restore` drops the whole
+    /// log: entries past the index were another term's and must not come back at restart).
+    Install = 5,
 }
 
 impl RecordType {
@@ -34,6 +38,7 @@ impl RecordType {
             2 => RecordType::Entry,
             3 => RecordType::HardState,
             4 => RecordType::Snapshot,
+            5 => RecordType::Install,
             _ => return None,
         })
     }

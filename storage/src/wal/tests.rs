@@ -163,6 +163,44 @@ fn snapshot_record_releases_entries_and_segments() {
 }
 
 #[test]
+fn an_installed_snapshot_drops_the_old_log_at_recovery() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open(d.path()).unwrap();
+    // A follower's log from an old term, past the snapshot the leader then sends.
+    w.append(
+        &[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")],
+        None,
+    )
+    .unwrap();
+    let m = SnapshotMetadata {
+        index: 2,
+        term: 3,
+        ..Default::default()
+    };
+    w.append_install(&m).unwrap();
+    w.append(&[entry(3, 3, b"new")], None).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let (_, rec) = Wal::open(d.path()).unwrap();
+    assert_eq!(rec.snapshot.unwrap().index, 2);
+    assert_eq!(rec.entries.len(), 1, "{:?}", rec.entries);
+    assert_eq!((rec.entries[0].index, rec.entries[0].term), (3, 3));
+    // Without entries after it, nothing of the old log comes back.
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open(d.path()).unwrap();
+    w.append(
+        &[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")],
+        None,
+    )
+    .unwrap();
+    w.append_install(&m).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let (_, rec) = Wal::open(d.path()).unwrap();
+    assert!(rec.entries.is_empty(), "{:?}", rec.entries);
+}
+
+#[test]
 fn seed_record_matches_worked_example() {
     let mut buf = Vec::new();
     encode_record_for_test(&mut buf);

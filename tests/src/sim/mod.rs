@@ -809,9 +809,16 @@ impl Sim {
         if let Some(p) = m.disk.pending.pop_front() {
             // The snapshot record is written first: a torn write keeps it and a prefix of the
             // entries after it, or nothing.
-            if torn > 0 || p.snapshot.is_none() {
-                kept = torn.min(p.entries.len());
-                m.disk.write(p.snapshot.as_ref(), &p.entries[..kept], None);
+            match (&p.snapshot, torn) {
+                (Some(_), 0) => {}
+                (Some(meta), n) => {
+                    kept = (n - 1).min(p.entries.len());
+                    m.disk.write(Some(meta), &p.entries[..kept], None);
+                }
+                (None, n) => {
+                    kept = n.min(p.entries.len());
+                    m.disk.write(None, &p.entries[..kept], None);
+                }
             }
         }
         let lost = m.disk.pending.len();
