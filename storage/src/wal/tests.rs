@@ -162,11 +162,11 @@ fn snapshot_record_releases_entries_and_segments() {
     assert_eq!(rec.entries[0].index, 3);
 }
 
-#[test]
-fn an_installed_snapshot_drops_the_old_log_at_recovery() {
+/// A follower's log from an old term (indexes 1..=3), then a snapshot from the leader
+/// installed at index 2 (term 3), then `after`; what recovery returns.
+fn recover_after_install(after: &[Entry]) -> Recovered {
     let d = tempfile::tempdir().unwrap();
     let (mut w, _) = Wal::open(d.path()).unwrap();
-    // A follower's log from an old term, past the snapshot the leader then sends.
     w.append(
         &[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")],
         None,
@@ -178,25 +178,21 @@ fn an_installed_snapshot_drops_the_old_log_at_recovery() {
         ..Default::default()
     };
     w.append_install(&m).unwrap();
-    w.append(&[entry(3, 3, b"new")], None).unwrap();
+    w.append(after, None).unwrap();
     w.sync().unwrap();
     drop(w);
-    let (_, rec) = Wal::open(d.path()).unwrap();
+    Wal::open(d.path()).unwrap().1
+}
+
+#[test]
+fn an_installed_snapshot_drops_the_old_log_at_recovery() {
+    let rec = recover_after_install(&[entry(3, 3, b"new")]);
     assert_eq!(rec.snapshot.unwrap().index, 2);
     assert_eq!(rec.entries.len(), 1, "{:?}", rec.entries);
     assert_eq!((rec.entries[0].index, rec.entries[0].term), (3, 3));
     // Without entries after it, nothing of the old log comes back.
-    let d = tempfile::tempdir().unwrap();
-    let (mut w, _) = Wal::open(d.path()).unwrap();
-    w.append(
-        &[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")],
-        None,
-    )
-    .unwrap();
-    w.append_install(&m).unwrap();
-    w.sync().unwrap();
-    drop(w);
-    let (_, rec) = Wal::open(d.path()).unwrap();
+    let rec = recover_after_install(&[]);
+    assert_eq!(rec.snapshot.unwrap().index, 2);
     assert!(rec.entries.is_empty(), "{:?}", rec.entries);
 }
 

@@ -501,8 +501,7 @@ async fn read_stream(
             .removed
             .contains(&hello.member_id);
         if removed {
-            // Removed while connected: tell it, so it stops.
-            tracing::info!(peer = %MemberId(hello.member_id), "closing the stream of a removed member");
+            // Removed while connected: tell it, so it stops (`reject` logs it).
             return reject(Refusal::Removed(hello.member_id));
         }
         match core::decode(&b, hello.member_id, member_id) {
