@@ -29,8 +29,14 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# A deliberately broken etch (reads served before apply reaches their ReadIndex) that the
+# history suite must fail (tests/tests/history.rs), beside the real binaries.
+cargo build -p etch-node --bin etch --features planted-bug-read-before-apply
+mkdir -p target/planted
+cp target/debug/etch target/planted/etch
 # The black-box tests start the real binaries: build them first.
 cargo build --workspace --bins
+cp target/debug/etchctl target/planted/etchctl
 cargo test --workspace
 # etcd's own end-to-end suite with etch as `etcd` (the quick areas; docs/compatibility.md has
 # the rest and how to run them).

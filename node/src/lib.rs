@@ -90,6 +90,10 @@ pub async fn run(
         .map(|t| tls::client::server_config(t, &[b"etch"]).map(Arc::new))
         .transpose()?;
     let member_dir = config.data_dir.join("member");
+    if let Some(f) = &config.disk_fault_file {
+        tracing::warn!(file = %f.display(), "disk fault injection on: for tests only");
+        etch_storage::faults::install(f.clone());
+    }
     let (mut wal, recovered) =
         Wal::open_with_segment_bytes(&config.wal_dir, config.wal_segment_bytes)?;
     if recovered.truncated_bytes > 0 {

@@ -45,6 +45,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is the OS's "No space left on device" (`ENOSPC`) from a write: the member
+    /// raises etcd's NOSPACE alarm before it stops (`docs/durability.md`).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error() == Some(28),
+            Error::Fjall(fjall::Error::Io(e)) => e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod bbolt;
 pub mod error;
+pub mod faults;
 pub mod members;
 pub mod mvcc;
 pub mod raftlog;

@@ -5,6 +5,7 @@
 //! never race for ports. Every wait is a condition polled until a deadline. Nodes are killed
 //! when dropped.
 
+pub mod history;
 pub mod sim;
 
 use std::io::Read;
@@ -23,8 +24,14 @@ pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// command does).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
+    // `$ETCH_BIN_DIR`, else beside this executable (a binary such as `etch-history`), else one
+    // level up (a test executable in `deps/`).
+    let beside = exe.parent().expect("target dir").to_owned();
+    let p = match std::env::var_os("ETCH_BIN_DIR") {
+        Some(d) => PathBuf::from(d).join(name),
+        None if beside.join(name).exists() => beside.join(name),
+        None => beside.parent().expect("target dir").join(name),
+    };
     assert!(
         p.exists(),
         "{} not found: run `cargo build --bins` first",

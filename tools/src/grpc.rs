@@ -188,6 +188,20 @@ impl GrpcClient {
             .into_inner())
     }
 
+    /// Maintenance.HashKV: the hash of the MVCC keyspace up to `revision` (0: current).
+    ///
+    /// # Errors
+    /// The server's status (e.g. a compacted or future revision).
+    pub async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse, ClientError> {
+        Ok(self
+            .maintenance
+            .clone()
+            .hash_kv(HashKvRequest { revision })
+            .await
+            .map_err(status)?
+            .into_inner())
+    }
+
     /// Maintenance.Status.
     ///
     /// # Errors

@@ -57,6 +57,57 @@ impl ConsensusActor {
 
     /// Carries out what the core asks for, until it asks for nothing more; completions of
     /// the WAL and apply actors come back as core calls, followed by this again.
+    /// A WAL or store write failed: fatal (the member never acknowledges what it could not
+    /// write, nor retries on pages the kernel may have dropped). When the disk is full
+    /// (`ENOSPC`), the member first asks its peers to raise etcd's NOSPACE alarm for it (its
+    /// own raft log cannot take the proposal), at most 3 s, then stops.
+    fn storage_failed(&self, what: &'static str, e: etch_storage::Error) {
+        let why = format!("{what}: {e}");
+        let Some(transport) = self.transport.clone().filter(|_| e.is_no_space()) else {
+            return self.state.fail(why);
+        };
+        let state = self.state.clone();
+        actix::spawn(async move {
+            tracing::error!(error = %why, "disk full: asking the peers to raise the NOSPACE alarm");
+            let me = state.member_id.0;
+            let request = etch_protocol::etcdserverpb::AlarmRequest {
+                action: etch_protocol::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+                member_id: me,
+                alarm: etch_protocol::etcdserverpb::AlarmType::Nospace as i32,
+            };
+            let timeout = std::time::Duration::from_secs(3);
+            let membership = state.membership();
+            let peers = membership
+                .members
+                .iter()
+                .map(|m| m.id)
+                .filter(|&id| id != me);
+            let asks = peers.map(|to| {
+                let ask = crate::actors::transport::Ask {
+                    to,
+                    body: etch_protocol::etchpb::peer_request::Body::Alarm(request.clone()),
+                    timeout,
+                };
+                let transport = transport.clone();
+                async move {
+                    let Ok(Some(rx)) = transport.send(ask).await else {
+                        return false;
+                    };
+                    matches!(
+                        tokio::time::timeout(timeout, rx).await,
+                        Ok(Ok(a)) if matches!(a.body, Some(etch_protocol::etchpb::peer_answer::Body::Alarm(_)))
+                    )
+                }
+            });
+            let raised = futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .any(|ok| ok);
+            tracing::error!(raised, "NOSPACE alarm");
+            state.fail(why);
+        });
+    }
+
     fn execute(&mut self, ctx: &mut Context<Self>) {
         while let Some(effect) = self.core.poll() {
             match effect {
@@ -82,7 +133,7 @@ impl ConsensusActor {
                     ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
                         match res.map_err(|e| e.to_string()) {
                             Ok(Ok((index, membership))) => act.core.applied(index, membership),
-                            Ok(Err(e)) => act.state.fail(format!("apply: {e}")),
+                            Ok(Err(e)) => act.storage_failed("apply", e),
                             Err(e) => act.state.fail(format!("apply actor: {e}")),
                         }
                         act.execute(ctx);
@@ -99,7 +150,7 @@ impl ConsensusActor {
                     ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
                         match res.map_err(|e| e.to_string()) {
                             Ok(Ok(number)) => act.core.persisted(number),
-                            Ok(Err(e)) => act.state.fail(format!("WAL: {e}")),
+                            Ok(Err(e)) => act.storage_failed("WAL", e),
                             Err(e) => act.state.fail(format!("WAL actor: {e}")),
                         }
                         act.execute(ctx);
@@ -110,7 +161,7 @@ impl ConsensusActor {
                     ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
                         match res.map_err(|e| e.to_string()) {
                             Ok(Ok(())) => act.core.store_persisted(),
-                            Ok(Err(e)) => act.state.fail(format!("persisting the store: {e}")),
+                            Ok(Err(e)) => act.storage_failed("persisting the store", e),
                             Err(e) => act.state.fail(format!("apply actor: {e}")),
                         }
                         act.execute(ctx);
@@ -129,7 +180,7 @@ impl ConsensusActor {
                                     "raft log released"
                                 );
                             }
-                            Ok(Err(e)) => act.state.fail(format!("WAL release: {e}")),
+                            Ok(Err(e)) => act.storage_failed("WAL release", e),
                             Err(e) => act.state.fail(format!("WAL actor: {e}")),
                         }
                     }));

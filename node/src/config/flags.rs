@@ -162,6 +162,11 @@ pub struct Flags {
     /// WAL segment size in bytes (testing knob; minimum 64 KiB). Default: 64 MiB.
     #[arg(long, hide = true, env = "ETCH_EXPERIMENTAL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub experimental_wal_segment_bytes: u64,
+    /// Disk fault injection for tests (`etch_storage::faults`): before each WAL write, WAL
+    /// fsync and store commit the member reads this file for faults to inject. Never use in
+    /// production.
+    #[arg(long, hide = true, env = "ETCH_DEBUG_DISK_FAULTS")]
+    pub debug_disk_faults: Option<PathBuf>,
     /// Auth token type: `simple` (etcd's default), or
     /// `jwt,pub-key=<PEM>,priv-key=<PEM>,sign-method=<ES256|RS256|...>[,ttl=5m]` (etcd's JWT
     /// tokens: signed, self-contained, valid on every member holding the same keys).

@@ -111,6 +111,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// WAL segment size, bytes.
     pub wal_segment_bytes: u64,
+    /// Disk fault file for tests (`--debug-disk-faults`), `None` normally.
+    pub disk_fault_file: Option<std::path::PathBuf>,
     /// Watch limits.
     pub watch: WatchLimits,
     /// Smallest lease TTL, seconds: 1.5 x the election timeout, rounded up (etcd `minTTL`).

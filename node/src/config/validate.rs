@@ -362,6 +362,7 @@ impl Config {
             max_request_bytes: f.max_request_bytes as usize,
             max_txn_ops: f.max_txn_ops as usize,
             wal_segment_bytes: f.experimental_wal_segment_bytes,
+            disk_fault_file: f.debug_disk_faults.clone(),
             watch,
             min_lease_ttl: (election_timeout.as_millis() as i64 * 3 / 2 + 999) / 1000,
             lease_checkpoint_interval,

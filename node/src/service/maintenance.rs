@@ -95,6 +95,26 @@ impl Service {
         Err(RequestError::NoSpace.into())
     }
 
+    /// A peer's request to raise NOSPACE for itself (its disk is full: ENOSPC on its WAL or
+    /// store, and it is about to stop). Only `ACTIVATE NOSPACE` with the asking member's own
+    /// ID is served.
+    ///
+    /// # Errors
+    /// [`RequestError::PermissionDenied`] for any other alarm request; the proposal's errors.
+    pub(super) async fn peer_no_space(&self, from: u64, req: AlarmRequest) -> Res<AlarmResponse> {
+        if req.action != AlarmAction::Activate as i32
+            || req.alarm != AlarmType::Nospace as i32
+            || req.member_id != from
+        {
+            return Err(RequestError::PermissionDenied.into());
+        }
+        tracing::warn!(member = %etch_protocol::ids::MemberId(from), "peer's disk is full: raising the NOSPACE alarm");
+        match self.propose(None, Request::Alarm(req)).await? {
+            WriteResponse::Alarm(r) => Ok(r),
+            _ => Err(ApiError::Unimplemented),
+        }
+    }
+
     /// Maintenance.Alarm: GET, ACTIVATE and DEACTIVATE all go through consensus, as in etcd
     /// v3.5, and answer what apply did (see `etch_storage::mvcc` alarms). Not permission
     /// checked (etcd v3.5 checks none).

@@ -14,7 +14,7 @@ pub struct PeerRequests(pub Arc<Service>);
 impl crate::actors::transport::PeerServer for PeerRequests {
     fn serve(
         &self,
-        _from: u64,
+        from: u64,
         request: peer_request::Body,
     ) -> futures::future::BoxFuture<'static, peer_answer::Body> {
         let svc = self.0.clone();
@@ -50,6 +50,10 @@ impl crate::actors::transport::PeerServer for PeerRequests {
                     .member_promote(r)
                     .await
                     .map(peer_answer::Body::MemberPromote),
+                peer_request::Body::Alarm(r) => svc
+                    .peer_no_space(from, r)
+                    .await
+                    .map(peer_answer::Body::Alarm),
             };
             answer.unwrap_or_else(|e| crate::actors::transport::answer_error(&e))
         })

@@ -506,6 +506,8 @@ impl<'a> WriteTxn<'a> {
                 .insert(&self.d.meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
         }
         MvccStore::put_applied(&self.d, &mut self.batch, applied);
+        crate::faults::check(crate::faults::Point::StoreWrite)
+            .map_err(|e| Error::io(&self.store.root, e))?;
         self.batch.commit()?;
         self.store
             .current

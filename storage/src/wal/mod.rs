@@ -249,8 +249,8 @@ impl Wal {
     /// [`Error::Io`]: fatal, the caller stops the node.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        self.file
-            .sync_data()
+        crate::faults::check(crate::faults::Point::WalFsync)
+            .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::io(self.current_path(), e))
     }
 
@@ -301,8 +301,8 @@ impl Wal {
             return Ok(());
         }
         use std::os::unix::fs::FileExt;
-        self.file
-            .write_all_at(&self.buf, self.offset)
+        crate::faults::check(crate::faults::Point::WalWrite)
+            .and_then(|()| self.file.write_all_at(&self.buf, self.offset))
             .map_err(|e| Error::io(self.current_path(), e))?;
         self.offset += self.buf.len() as u64;
         self.buf.clear();

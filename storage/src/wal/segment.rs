@@ -239,6 +239,13 @@ pub(super) fn read_segment(
                 truncated_bytes: 0,
                 seeded: !first,
             }),
+            // A record that fails but is followed by valid ones was damaged after it was
+            // written (a flipped bit): that is corruption even in the last segment, never a
+            // torn write, which only ever leaves the end of the data unfinished.
+            Some(reason) if is_last && !first && followed_by_valid_record(&data, off, crc) => bad(
+                off,
+                format!("{reason}; valid records follow it, so it is corruption, not a torn write"),
+            ),
             Some(reason) if is_last && !first => {
                 tracing::warn!(file = %path.display(), offset = off, %reason,
                     "WAL: torn tail in last segment");
@@ -264,4 +271,48 @@ pub(super) fn read_segment(
             Some(reason) => bad(off, reason),
         };
     }
+}
+
+/// Whether the (bad) record at `off` (chained from `seed`) has a plausible length and the record after it is valid,
+/// chained either from the bad record's stored crc (its payload was damaged) or from the crc
+/// its bytes give (its stored crc was damaged), or, when its length is damaged, found within
+/// the next 16 KiB.
+fn followed_by_valid_record(data: &[u8], off: usize, seed: u32) -> bool {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+    };
+    let valid_at = |at: usize, seed: u32| -> bool {
+        let (Some(len), Some(want)) = (word(at), word(at + 4)) else {
+            return false;
+        };
+        let end = at + 8 + len as usize;
+        if len == 0 || end > data.len() {
+            return false;
+        }
+        let body = &data[at + 8..end];
+        let mut h = crc32fast::Hasher::new_with_initial(seed);
+        h.update(body);
+        h.finalize() == want && RecordType::from_u8(body[0]).is_some()
+    };
+    let (Some(len), Some(stored)) = (word(off), word(off + 4)) else {
+        return false;
+    };
+    if len == 0 {
+        return false;
+    }
+    let next = off + 8 + len as usize;
+    if next <= data.len() {
+        let computed = {
+            let mut h = crc32fast::Hasher::new_with_initial(seed);
+            h.update(&data[off + 8..next]);
+            h.finalize()
+        };
+        if valid_at(next, stored) || valid_at(next, computed) {
+            return true;
+        }
+    }
+    // A damaged length: look for the next record, chained from the stored crc, within the
+    // next 16 KiB (the records of a torn tail are followed by zeros, which no candidate
+    // survives).
+    (off + 9..data.len().min(off + 8 + 16 * 1024)).any(|at| valid_at(at, stored))
 }

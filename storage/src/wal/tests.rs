@@ -79,6 +79,38 @@ fn torn_tail_in_last_segment_is_truncated() {
     assert_eq!(rec.truncated_bytes, 0);
 }
 
+/// A flipped bit in a record of the last segment that valid records follow is corruption
+/// (the node refuses to start, naming file and offset), not a torn tail to cut away: cutting
+/// it would drop acknowledged records. Both a damaged payload and a damaged stored crc.
+#[test]
+fn a_flipped_bit_before_valid_records_of_the_last_segment_is_corruption() {
+    for damage in [12u64, 5, 1] {
+        let d = tempfile::tempdir().unwrap();
+        let victim;
+        {
+            let (mut w, _) = Wal::open(d.path()).unwrap();
+            w.append(&[entry(1, 1, b"first")], None).unwrap();
+            victim = w.offset;
+            w.append(
+                &[entry(2, 1, b"flipped"), entry(3, 1, b"after")],
+                Some(&hs(1, 3)),
+            )
+            .unwrap();
+            w.sync().unwrap();
+        }
+        let path = &segment_paths(d.path())[0];
+        let byte = fs::read(path).unwrap()[(victim + damage) as usize];
+        overwrite_at(path, victim + damage, &[byte ^ 0x10]).unwrap();
+        let e = Wal::open(d.path())
+            .err()
+            .expect("corruption must be refused");
+        let Error::Corrupt { file, offset, .. } = e else {
+            panic!("expected Corrupt, got {e}")
+        };
+        assert_eq!((&file, offset), (path, victim), "damage at +{damage}");
+    }
+}
+
 /// A crash while a segment is cut can leave the new (last) segment zero-filled or empty: it is
 /// seeded again at open, so the records appended next are read back after another restart
 /// (they used to be written without a seed, and that open failed with "segment does not

@@ -317,6 +317,9 @@ enum Expect {
     Corrupt,
     /// Damage outside the last segment that may or may not be looked at.
     OkOrError(State),
+    /// Damage to a record of the last segment that others follow, where recovery may read it
+    /// as a torn tail (a damaged length it cannot see past) or as corruption.
+    TornOrCorrupt(State),
 }
 
 fn apply_damage(segs: &[Seg], d: &Damage) -> (usize, Vec<u8>) {
@@ -383,7 +386,29 @@ fn expect(segs: &[Seg], s: usize, new: &[u8]) -> Expect {
         return Expect::Corrupt;
     }
     if ri > 0 {
-        return Expect::Ok(state_before(segs, s, ri));
+        // A record damaged after it was written, with valid records after it, is corruption
+        // (a torn write only ever leaves the end unfinished): certainly so when the damage
+        // stays within its payload, or within its stored crc, as the next record then still
+        // chains from it.
+        let r = &segs[s].recs[ri];
+        let hi = old
+            .iter()
+            .zip(new)
+            .rposition(|(a, b)| a != b)
+            .unwrap_or(lo)
+            .max(if old.len() != new.len() {
+                usize::MAX
+            } else {
+                0
+            });
+        let followed = ri + 1 < segs[s].recs.len();
+        let within =
+            (lo >= r.off + 8 && hi < r.off + r.size) || (lo >= r.off + 4 && hi < r.off + 8);
+        return match (followed, within) {
+            (false, _) => Expect::Ok(state_before(segs, s, ri)),
+            (true, true) => Expect::Corrupt,
+            (true, false) => Expect::TornOrCorrupt(state_before(segs, s, ri)),
+        };
     }
     // The seed of the last segment: a segment whose creation was torn is re-seeded; with
     // records after the seed it is corruption.
@@ -443,6 +468,13 @@ proptest! {
                 prop_assert_eq!(file, segs[s].path.clone());
             }
             (Expect::OkOrError(_), Err(_)) => {}
+            (Expect::TornOrCorrupt(st), Ok((_, rec))) => {
+                prop_assert_eq!(&State::of(&rec), st, "segment {} of {}", s, segs.len());
+                check_repaired(dir.path(), st);
+            }
+            (Expect::TornOrCorrupt(_), Err(Error::Corrupt { file, .. })) => {
+                prop_assert_eq!(file, segs[s].path.clone());
+            }
             (want, got) => {
                 prop_assert!(false, "segment {} of {}: expected {:?}, got {:?}", s, segs.len(), want, got.map(|(_, r)| State::of(&r)));
             }
