@@ -85,7 +85,7 @@ impl ConsensusActor {
             let asks = peers.map(|to| {
                 let ask = crate::actors::transport::Ask {
                     to,
-                    body: etch_protocol::etchpb::peer_request::Body::Alarm(request.clone()),
+                    body: etch_protocol::etchpb::peer_request::Body::Alarm(request),
                     timeout,
                 };
                 let transport = transport.clone();

@@ -60,11 +60,14 @@ impl Service {
     ) -> Res<LeaseKeepAliveResponse> {
         let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
         loop {
-            // etcd `waitAppliedIndex`: a lease granted through another member is committed
-            // on the leader but maybe not applied yet; renewing before would answer "not
-            // found". (A follower only forwards: nothing to wait for.)
+            // etcd v3.5's `ensureLeadership` and `waitAppliedIndex` in one ReadIndex: a quorum
+            // confirms this member still leads (a deposed leader that does not know it yet,
+            // stalled or cut off, must not renew a lease the new leader will expire: etcd
+            // issue 15247), and apply reaches the leader's commit index (a lease granted
+            // through another member may be committed but not applied yet; renewing before
+            // would answer "not found"). A follower only forwards: nothing to wait for.
             if self.state.leader() == self.state.member_id {
-                self.wait_applied(self.state.commit_index()).await?;
+                self.linearizable().await?;
             }
             let local = self
                 .lessor

@@ -109,9 +109,23 @@ impl Service {
             return Err(RequestError::PermissionDenied.into());
         }
         tracing::warn!(member = %etch_protocol::ids::MemberId(from), "peer's disk is full: raising the NOSPACE alarm");
-        match self.propose(None, Request::Alarm(req)).await? {
-            WriteResponse::Alarm(r) => Ok(r),
-            _ => Err(ApiError::Unimplemented),
+        // The full member may be the leader: its proposals are lost until the others elect a
+        // new one, so retry for a while (this goes on after the asker stopped waiting).
+        let deadline = tokio::time::Instant::now() + 10 * self.limits.request_timeout;
+        loop {
+            match self.propose(None, Request::Alarm(req)).await {
+                Ok(WriteResponse::Alarm(r)) => return Ok(r),
+                Ok(_) => return Err(ApiError::Unimplemented),
+                Err(
+                    ApiError::NoLeader
+                    | ApiError::Timeout
+                    | ApiError::NotLeader
+                    | ApiError::TooManyRequests,
+                ) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -101,11 +101,8 @@ fn a_flipped_bit_before_valid_records_of_the_last_segment_is_corruption() {
         let path = &segment_paths(d.path())[0];
         let byte = fs::read(path).unwrap()[(victim + damage) as usize];
         overwrite_at(path, victim + damage, &[byte ^ 0x10]).unwrap();
-        let e = Wal::open(d.path())
-            .err()
-            .expect("corruption must be refused");
-        let Error::Corrupt { file, offset, .. } = e else {
-            panic!("expected Corrupt, got {e}")
+        let Err(Error::Corrupt { file, offset, .. }) = Wal::open(d.path()) else {
+            panic!("corruption at +{damage} must be refused as Corrupt")
         };
         assert_eq!((&file, offset), (path, victim), "damage at +{damage}");
     }

@@ -64,12 +64,15 @@ impl Verdict {
     }
 }
 
-/// Per key, its states in revision order: (revision, value and mod_revision or `None`).
-struct States(HashMap<String, Vec<(i64, Option<(u64, i64)>)>>);
+/// A key's state from a revision on: (revision, value and mod_revision, or `None`: absent).
+type State = (i64, Option<(u64, i64)>);
+
+/// Per key, its states in revision order.
+struct States(HashMap<String, Vec<State>>);
 
 impl States {
     fn of(events: &[Event]) -> States {
-        let mut m: HashMap<String, Vec<(i64, Option<(u64, i64)>)>> = HashMap::new();
+        let mut m: HashMap<String, Vec<State>> = HashMap::new();
         for e in events {
             m.entry(e.key.clone())
                 .or_default()
@@ -476,7 +479,7 @@ mod tests {
             revoked_at: None,
         };
         assert_eq!(
-            check(&ops, &[lease.clone()], &[], &history, &[])
+            check(&ops, std::slice::from_ref(&lease), &[], &history, &[])
                 .lease
                 .len(),
             1

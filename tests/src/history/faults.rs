@@ -170,10 +170,10 @@ impl Members {
                     Some((s["header"]["member_id"].as_u64()?, s["leader"].as_u64()?))
                 })
                 .collect();
-            if let Some(Some((_, l))) = ids.iter().find(|x| x.is_some()) {
-                if let Some(i) = ids.iter().position(|x| x.is_some_and(|(me, _)| me == *l)) {
-                    return Some(i);
-                }
+            if let Some(Some((_, l))) = ids.iter().find(|x| x.is_some())
+                && let Some(i) = ids.iter().position(|x| x.is_some_and(|(me, _)| me == *l))
+            {
+                return Some(i);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -80,7 +80,7 @@ impl Ctx {
 /// A connection over either API.
 enum Conn {
     Native(Client),
-    Grpc(GrpcClient),
+    Grpc(Box<GrpcClient>),
 }
 
 impl Conn {
@@ -91,7 +91,7 @@ impl Conn {
         }
         let dial = async {
             Ok(if grpc {
-                Conn::Grpc(GrpcClient::connect(&ep).await?)
+                Conn::Grpc(Box::new(GrpcClient::connect(&ep).await?))
             } else {
                 Conn::Native(Client::connect_timeout(&ep, Duration::from_secs(2)).await?)
             })
