@@ -58,6 +58,8 @@ pub struct ApplyActor {
     revision_tx: watch::Sender<i64>,
     lessor: Addr<crate::actors::lease::LeaseActor>,
     tokens: Arc<crate::state::Tokens>,
+    /// A store write failed: no later entry is applied on a store that misses an earlier one.
+    failed: bool,
 }
 
 impl ApplyActor {
@@ -79,6 +81,7 @@ impl ApplyActor {
             revision_tx,
             lessor,
             tokens,
+            failed: false,
         }
     }
 }
@@ -129,13 +132,18 @@ impl Handler<ApplyCommitted> for ApplyActor {
 
     fn handle(&mut self, m: ApplyCommitted, _: &mut Self::Context) -> Self::Result {
         crate::metrics::dequeued("apply");
+        if self.failed {
+            return Err(etch_storage::Error::CorruptStore(
+                "an earlier write to the store failed".into(),
+            ));
+        }
         let start = Instant::now();
         let mut last = self.core.store().applied_index().index;
         let mut membership = None;
         for e in &m.entries {
             last = e.index;
             let commit = Instant::now();
-            let applied = self.core.apply(e)?;
+            let applied = self.core.apply(e).inspect_err(|_| self.failed = true)?;
             if let Some(mut applied) = applied {
                 if let Some(m) = applied.membership.take() {
                     membership = Some(m);

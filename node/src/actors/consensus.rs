@@ -32,6 +32,8 @@ pub struct ConsensusActor {
     transport: Option<Addr<TransportActor>>,
     state: Arc<NodeState>,
     tick_interval: Duration,
+    /// A WAL or store write failed: nothing more is carried out while the member stops.
+    failed: bool,
 }
 
 impl ConsensusActor {
@@ -52,16 +54,19 @@ impl ConsensusActor {
             transport,
             state,
             tick_interval,
+            failed: false,
         }
     }
 
-    /// Carries out what the core asks for, until it asks for nothing more; completions of
-    /// the WAL and apply actors come back as core calls, followed by this again.
     /// A WAL or store write failed: fatal (the member never acknowledges what it could not
     /// write, nor retries on pages the kernel may have dropped). When the disk is full
     /// (`ENOSPC`), the member first asks its peers to raise etcd's NOSPACE alarm for it (its
-    /// own raft log cannot take the proposal), at most 3 s, then stops.
-    fn storage_failed(&self, what: &'static str, e: etch_storage::Error) {
+    /// own raft log cannot take the proposal), at most 3 s, then stops; meanwhile this actor
+    /// carries out nothing more.
+    fn storage_failed(&mut self, what: &'static str, e: etch_storage::Error) {
+        // No later batch may be applied on a store that misses this one, nor anything
+        // persisted after a WAL write that failed.
+        self.failed = true;
         let why = format!("{what}: {e}");
         let Some(transport) = self.transport.clone().filter(|_| e.is_no_space()) else {
             return self.state.fail(why);
@@ -108,8 +113,14 @@ impl ConsensusActor {
         });
     }
 
+    /// Carries out what the core asks for, until it asks for nothing more; completions of
+    /// the WAL and apply actors come back as core calls, followed by this again. Nothing once
+    /// a write failed.
     fn execute(&mut self, ctx: &mut Context<Self>) {
         while let Some(effect) = self.core.poll() {
+            if self.failed {
+                return;
+            }
             match effect {
                 Effect::Status(s) => self.publish(s),
                 Effect::Send(msgs) => {

@@ -239,9 +239,9 @@ pub(super) fn read_segment(
                 truncated_bytes: 0,
                 seeded: !first,
             }),
-            // A record that fails but is followed by valid ones was damaged after it was
-            // written (a flipped bit): that is corruption even in the last segment, never a
-            // torn write, which only ever leaves the end of the data unfinished.
+            // A record that fails but is followed by valid ones, with no unwritten sector
+            // between, was damaged after it was written (a flipped bit): that is corruption
+            // even in the last segment, not a torn write.
             Some(reason) if is_last && !first && followed_by_valid_record(&data, off, crc) => bad(
                 off,
                 format!("{reason}; valid records follow it, so it is corruption, not a torn write"),
@@ -273,26 +273,41 @@ pub(super) fn read_segment(
     }
 }
 
-/// Whether the (bad) record at `off` (chained from `seed`) has a plausible length and the record after it is valid,
-/// chained either from the bad record's stored crc (its payload was damaged) or from the crc
-/// its bytes give (its stored crc was damaged), or, when its length is damaged, found within
-/// the next 16 KiB.
+/// Whether the (bad) record at `off` (chained from `seed`) was damaged after it was written
+/// rather than torn: a valid record follows it, chained either from its stored crc (its
+/// payload was damaged) or from the crc its bytes give (its stored crc was damaged), or, when
+/// its length is damaged, found within the next 16 KiB; and no 512-byte sector between them is
+/// all zeros (a write torn by a power loss can leave a sector of the preallocated segment
+/// unwritten while later ones reached the disk, as etcd's `isTornEntry` allows).
 fn followed_by_valid_record(data: &[u8], off: usize, seed: u32) -> bool {
+    const SECTOR: usize = 512;
+    /// Candidate records in the length scan are at most this long (a record is one raft entry,
+    /// bounded by the request size limit): keeps the scan's cost bounded on garbage.
+    const SCAN_MAX_RECORD: usize = 4 << 20;
     let word = |at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
     };
-    let valid_at = |at: usize, seed: u32| -> bool {
+    let valid_at = |at: usize, seed: u32, max: usize| -> bool {
         let (Some(len), Some(want)) = (word(at), word(at + 4)) else {
             return false;
         };
         let end = at + 8 + len as usize;
-        if len == 0 || end > data.len() {
+        if len == 0 || len as usize > max || end > data.len() {
             return false;
         }
         let body = &data[at + 8..end];
+        if RecordType::from_u8(body[0]).is_none() {
+            return false;
+        }
         let mut h = crc32fast::Hasher::new_with_initial(seed);
         h.update(body);
-        h.finalize() == want && RecordType::from_u8(body[0]).is_some()
+        h.finalize() == want
+    };
+    let lost_sector = |to: usize| -> bool {
+        let first = off.div_ceil(SECTOR) * SECTOR;
+        (first..to.min(data.len()))
+            .step_by(SECTOR)
+            .any(|s| s + SECTOR <= to && data[s..s + SECTOR].iter().all(|&b| b == 0))
     };
     let (Some(len), Some(stored)) = (word(off), word(off + 4)) else {
         return false;
@@ -307,12 +322,14 @@ fn followed_by_valid_record(data: &[u8], off: usize, seed: u32) -> bool {
             h.update(&data[off + 8..next]);
             h.finalize()
         };
-        if valid_at(next, stored) || valid_at(next, computed) {
-            return true;
+        if valid_at(next, stored, usize::MAX) || valid_at(next, computed, usize::MAX) {
+            return !lost_sector(next);
         }
     }
     // A damaged length: look for the next record, chained from the stored crc, within the
     // next 16 KiB (the records of a torn tail are followed by zeros, which no candidate
     // survives).
-    (off + 9..data.len().min(off + 8 + 16 * 1024)).any(|at| valid_at(at, stored))
+    (off + 9..data.len().min(off + 8 + 16 * 1024))
+        .find(|&at| valid_at(at, stored, SCAN_MAX_RECORD))
+        .is_some_and(|at| !lost_sector(at))
 }

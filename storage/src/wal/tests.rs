@@ -108,6 +108,29 @@ fn a_flipped_bit_before_valid_records_of_the_last_segment_is_corruption() {
     }
 }
 
+/// A power loss during one write of several records can leave a sector of the preallocated
+/// segment unwritten while later records reached the disk: that is a torn write, truncated,
+/// not corruption.
+#[test]
+fn an_unwritten_sector_before_valid_records_is_a_torn_write() {
+    let d = tempfile::tempdir().unwrap();
+    let victim;
+    {
+        let (mut w, _) = Wal::open(d.path()).unwrap();
+        w.append(&[entry(1, 1, b"first")], None).unwrap();
+        victim = w.offset;
+        w.append(&[entry(2, 1, &[7u8; 3000]), entry(3, 1, b"after")], None)
+            .unwrap();
+        w.sync().unwrap();
+    }
+    let path = &segment_paths(d.path())[0];
+    let sector = (victim as usize + 8).div_ceil(512) * 512 + 512;
+    overwrite_at(path, sector as u64, &[0u8; 512]).unwrap();
+    let (_, rec) = Wal::open(d.path()).unwrap();
+    assert_eq!(rec.entries.len(), 1, "entries 2 and 3 are a torn tail");
+    assert!(rec.truncated_bytes > 0);
+}
+
 /// A crash while a segment is cut can leave the new (last) segment zero-filled or empty: it is
 /// seeded again at open, so the records appended next are read back after another restart
 /// (they used to be written without a seed, and that open failed with "segment does not

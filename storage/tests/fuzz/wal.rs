@@ -404,6 +404,15 @@ fn expect(segs: &[Seg], s: usize, new: &[u8]) -> Expect {
         let followed = ri + 1 < segs[s].recs.len();
         let within =
             (lo >= r.off + 8 && hi < r.off + r.size) || (lo >= r.off + 4 && hi < r.off + 8);
+        // An all-zero sector within the record reads as an unwritten one: a torn write.
+        let end = r.off + r.size;
+        let zero_sector = (r.off.div_ceil(512) * 512..end).step_by(512).any(|x| {
+            x + 512 <= end
+                && new
+                    .get(x..x + 512)
+                    .is_some_and(|b| b.iter().all(|&v| v == 0))
+        });
+        let within = within && !zero_sector;
         return match (followed, within) {
             (false, _) => Expect::Ok(state_before(segs, s, ri)),
             (true, true) => Expect::Corrupt,

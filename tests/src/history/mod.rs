@@ -65,8 +65,11 @@ pub struct Report {
     pub faults: Vec<Fault>,
     /// The checkers' verdict.
     pub verdict: check::Verdict,
-    /// Members' HashKV at `revision` (member index, hash); all equal when consistent.
+    /// Members' HashKV at `revision` (member index, hash) for those that answered; every
+    /// member must answer, with the same hash.
     pub hashes: Vec<(usize, u32)>,
+    /// How many members.
+    pub members: usize,
     /// Durability rules a fault showed broken.
     pub broken_rules: Vec<String>,
 }
@@ -77,7 +80,7 @@ impl Report {
         self.verdict.ok()
             && self.broken_rules.is_empty()
             && self.hashes.windows(2).all(|w| w[0].1 == w[1].1)
-            && !self.hashes.is_empty()
+            && self.hashes.len() == self.members
     }
 
     /// A human summary: counts, faults by kind with their unavailability, the verdict.
@@ -287,6 +290,7 @@ pub fn run(cfg: &Config) -> (Report, Vec<Op>) {
         faults: fault_log,
         verdict,
         hashes,
+        members: n,
         broken_rules: members.broken_rules.clone(),
     };
     (report, ops)

@@ -110,7 +110,7 @@ pub struct Lease {
     pub id: i64,
     /// The key put with the lease (`None` if that put was not acknowledged).
     pub key: Option<String>,
-    /// When the grant returned, µs, and the TTL granted, s.
+    /// When the grant was sent, µs, and the TTL granted, s.
     pub granted: (u64, i64),
     /// Acknowledged keep-alives: (when the request was sent, µs; TTL returned, s).
     pub keep_alives: Vec<(u64, i64)>,
@@ -120,7 +120,8 @@ pub struct Lease {
 
 impl Lease {
     /// The earliest moment the lease may legally expire, µs: the last acknowledged renewal's
-    /// send time (the leader renewed it at or after that) plus the TTL it returned.
+    /// (or else the grant's) send time (the leader renewed it at or after that) plus the TTL
+    /// it returned.
     pub fn earliest_expiry(&self) -> u64 {
         let (at, ttl) = self
             .keep_alives

@@ -326,6 +326,8 @@ pub async fn lease_client(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        // The lease's clock starts when the leader applies the grant, after it was sent.
+        let sent = ctx.now();
         let grant =
             tokio::time::timeout(OP_TIMEOUT, c.lease_grant(LeaseGrantRequest { ttl, id: 0 })).await;
         let Ok(Ok(g)) = grant else {
@@ -334,7 +336,7 @@ pub async fn lease_client(
         };
         let mut lease = Lease {
             id: g.id,
-            granted: (ctx.now(), g.ttl),
+            granted: (sent, g.ttl),
             ..Lease::default()
         };
         n += 1;
@@ -381,7 +383,9 @@ pub async fn lease_client(
             match r {
                 Ok(Ok(k)) if k.ttl > 0 => lease.keep_alives.push((sent, k.ttl)),
                 Ok(Ok(_)) => break, // expired: nothing more to renew
-                _ => {}
+                // A keep-alive stream's answers carry no request number: after a lost one, a
+                // late answer would be taken for the next request's. Renew unary from now on.
+                _ => grpc = None,
             }
         }
         if rng.random_bool(0.5) {
