@@ -39,6 +39,16 @@ pub enum Error {
     /// fjall (the MVCC store) failed.
     #[error("fjall: {0}")]
     Fjall(#[from] fjall::Error),
+    /// The MVCC store could not be opened: fjall found a damaged table (its block checksums)
+    /// or journal, or a file is missing or unreadable. Names the store's directory (fjall's
+    /// errors name no file).
+    #[error("cannot open the MVCC store in {path}: {source}")]
+    StoreOpen {
+        /// The member directory holding the store.
+        path: PathBuf,
+        /// What failed.
+        source: Box<Error>,
+    },
     /// A stored value in the MVCC store could not be decoded: the store is corrupt.
     #[error("corrupt MVCC store: {0}")]
     CorruptStore(String),
@@ -51,6 +61,7 @@ impl Error {
         match self {
             Error::Io { source, .. } => source.raw_os_error() == Some(28),
             Error::Fjall(fjall::Error::Io(e)) => e.raw_os_error() == Some(28),
+            Error::StoreOpen { source, .. } => source.is_no_space(),
             _ => false,
         }
     }

@@ -398,9 +398,20 @@ impl MvccStore {
     /// A new store is at revision 1 with nothing in it, as a new etcd cluster is.
     ///
     /// # Errors
-    /// [`Error::Fjall`] if fjall cannot open the directory; [`Error::CorruptStore`] for
-    /// undecodable metadata.
+    /// [`Error::StoreOpen`] (naming `root`) around what failed: fjall cannot open the
+    /// directory or read it back (a damaged table fails its block checksum), or metadata is
+    /// undecodable ([`Error::CorruptStore`]); [`Error::Io`] for the directory itself.
     pub fn open(root: &Path) -> Result<MvccStore> {
+        Self::open_in(root).map_err(|e| match e {
+            Error::Io { .. } => e,
+            e => Error::StoreOpen {
+                path: root.to_owned(),
+                source: Box::new(e),
+            },
+        })
+    }
+
+    fn open_in(root: &Path) -> Result<MvccStore> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let current_name = snapshot::current_dir_name(root)?;
         snapshot::remove_stale_dirs(root, &current_name);

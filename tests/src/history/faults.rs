@@ -328,7 +328,7 @@ impl Members {
                 let named = if kind == "wal-bitflip" {
                     flip_wal_bit(&self.members[i].node.data_dir, rng)
                 } else {
-                    corrupt_store(&self.members[i].node.data_dir)
+                    corrupt_store(&self.members[i].node.data_dir, rng)
                 };
                 let (refused, out) = self.start_refused(i);
                 let refused = refused && named.iter().all(|n| out.contains(n.as_str()));
@@ -486,8 +486,9 @@ fn flip_wal_bit(data: &Path, rng: &mut StdRng) -> Vec<String> {
 }
 
 /// Overwrites 64 bytes in the middle of the MVCC store's largest table file (fjall's sorted
-/// tables; its journal when no table exists yet); returns what the refusal must say.
-fn corrupt_store(data: &Path) -> Vec<String> {
+/// tables; its journal when no table exists yet), or truncates it to half its length; returns
+/// what the refusal must say.
+fn corrupt_store(data: &Path, rng: &mut StdRng) -> Vec<String> {
     let mut tables = Vec::new();
     let mut journals = Vec::new();
     // The store's directory is named in `member/db.current` (a new one after each snapshot
@@ -515,6 +516,14 @@ fn corrupt_store(data: &Path) -> Vec<String> {
     tables.sort();
     journals.sort();
     let (len, victim) = tables.pop().or(journals.pop()).expect("a store file");
-    etch_storage::wal::overwrite_at(&victim, len / 2, &[0xA5; 64]).expect("write");
+    if rng.random_bool(0.5) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&victim)
+            .expect("open");
+        f.set_len(len / 2).expect("truncate");
+    } else {
+        etch_storage::wal::overwrite_at(&victim, len / 2, &[0xA5; 64]).expect("write");
+    }
     Vec::new()
 }
