@@ -401,7 +401,8 @@ pub async fn lease_client(
 
 /// A watcher of the whole keyspace from revision `from`, over gRPC or native: on a broken
 /// stream it watches again from the revision after the last event it received, as etcd's
-/// clients do. Records into `out` as it goes (the runner reads it to know how far it got).
+/// clients do. Records into `out` as it goes (the runner reads it to know how far it got);
+/// runs until aborted.
 pub async fn watcher(
     ctx: Arc<Ctx>,
     mut member: usize,
@@ -411,28 +412,31 @@ pub async fn watcher(
 ) {
     let mut next = from;
     loop {
-        if ctx.stopped() && out.lock().unwrap_or_else(|p| p.into_inner()).watches > 1000 {
-            return;
-        }
         let create = WatchCreateRequest {
             key: vec![0].into(),
             range_end: vec![0].into(),
             start_revision: next,
             ..Default::default()
         };
-        let stream: Result<Box<dyn WatchNext>, ClientError> = async {
+        let stream: Result<Watch, ClientError> = async {
             Ok(if grpc {
                 let g = GrpcClient::connect(&ctx.endpoint(member, true)).await?;
                 let s = g.watch_stream().await?;
                 s.create(create).await?;
-                Box::new((g, s)) as Box<dyn WatchNext>
+                Watch::Grpc {
+                    _conn: Box::new(g),
+                    stream: Box::new(s),
+                }
             } else {
                 let c =
                     Client::connect_timeout(&ctx.endpoint(member, false), Duration::from_secs(2))
                         .await?;
                 let s = c.watch_stream()?;
                 s.create(create).await?;
-                Box::new((c, s)) as Box<dyn WatchNext>
+                Watch::Native {
+                    _conn: Box::new(c),
+                    stream: Box::new(s),
+                }
             })
         }
         .await;
@@ -460,29 +464,30 @@ pub async fn watcher(
     }
 }
 
-/// A watch stream of either API, for [`watcher`].
-trait WatchNext: Send {
-    fn next(&mut self) -> futures::future::BoxFuture<'_, Option<WatchResponse>>;
+/// A watch stream of either API, for [`watcher`]; `_conn` keeps its connection open.
+enum Watch {
+    Grpc {
+        _conn: Box<GrpcClient>,
+        stream: Box<etch_tools::grpc::GrpcWatchStream>,
+    },
+    Native {
+        _conn: Box<Client>,
+        stream: Box<etch_tools::WatchStream>,
+    },
 }
 
-impl WatchNext for (GrpcClient, etch_tools::grpc::GrpcWatchStream) {
-    fn next(&mut self) -> futures::future::BoxFuture<'_, Option<WatchResponse>> {
-        Box::pin(async move {
-            tokio::time::timeout(Duration::from_secs(10), self.1.next())
-                .await
-                .ok()
-                .flatten()
-        })
-    }
-}
-
-impl WatchNext for (Client, etch_tools::WatchStream) {
-    fn next(&mut self) -> futures::future::BoxFuture<'_, Option<WatchResponse>> {
-        Box::pin(async move {
-            tokio::time::timeout(Duration::from_secs(10), self.1.next())
-                .await
-                .ok()
-                .flatten()
-        })
+impl Watch {
+    /// The next response; `None` when the stream ended or stayed silent for 10 s.
+    async fn next(&mut self) -> Option<WatchResponse> {
+        let next = async {
+            match self {
+                Watch::Grpc { stream, .. } => stream.next().await,
+                Watch::Native { stream, .. } => stream.next().await,
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .ok()
+            .flatten()
     }
 }
