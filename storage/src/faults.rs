@@ -57,51 +57,58 @@ pub fn check(point: Point) -> std::io::Result<()> {
     let Ok(text) = std::fs::read_to_string(file) else {
         return Ok(());
     };
-    for line in text.lines() {
-        let Some((p, action)) = line.trim().split_once('=') else {
-            continue;
-        };
+    match decide(&text, point) {
+        Some(Fault::Error(errno)) => Err(std::io::Error::from_raw_os_error(errno)),
+        Some(Fault::Delay(d)) => {
+            std::thread::sleep(d);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// A fault the file asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Fault {
+    /// Fail with this errno.
+    Error(i32),
+    /// Sleep this long (at most 60 s), then go on.
+    Delay(Duration),
+}
+
+/// The first rule of `text` for `point` that parses.
+fn decide(text: &str, point: Point) -> Option<Fault> {
+    text.lines().find_map(|line| {
+        let (p, action) = line.trim().split_once('=')?;
         if p.trim() != point.name() {
-            continue;
+            return None;
         }
         match action.trim() {
-            "enospc" => return Err(std::io::Error::from_raw_os_error(28)),
-            "eio" => return Err(std::io::Error::from_raw_os_error(5)),
-            a => {
-                if let Some(d) = a
-                    .strip_prefix("delay=")
-                    .and_then(|d| humantime::parse_duration(d).ok())
-                {
-                    std::thread::sleep(d.min(Duration::from_secs(60)));
-                }
-            }
+            "enospc" => Some(Fault::Error(28)),
+            "eio" => Some(Fault::Error(5)),
+            a => a
+                .strip_prefix("delay=")
+                .and_then(|d| humantime::parse_duration(d).ok())
+                .map(|d| Fault::Delay(d.min(Duration::from_secs(60)))),
         }
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // `decide`, not `install`: the fault file is process-wide and other tests of this crate
+    // write WALs in parallel.
     #[test]
     fn the_file_decides_each_point() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("faults");
-        install(f.clone());
-        assert!(check(Point::WalWrite).is_ok(), "no file, no fault");
-        std::fs::write(
-            &f,
-            "wal-fsync=eio\nstore-write=enospc\nbogus\nwal-write=delay=1ms\n",
-        )
-        .unwrap();
-        assert!(check(Point::WalWrite).is_ok());
-        assert_eq!(check(Point::WalFsync).unwrap_err().raw_os_error(), Some(5));
+        let text = "wal-fsync=eio\nstore-write=enospc\nbogus\nwal-write=delay=1ms\n";
         assert_eq!(
-            check(Point::StoreWrite).unwrap_err().raw_os_error(),
-            Some(28)
+            decide(text, Point::WalWrite),
+            Some(Fault::Delay(Duration::from_millis(1)))
         );
-        std::fs::write(&f, "").unwrap();
-        assert!(check(Point::StoreWrite).is_ok());
+        assert_eq!(decide(text, Point::WalFsync), Some(Fault::Error(5)));
+        assert_eq!(decide(text, Point::StoreWrite), Some(Fault::Error(28)));
+        assert_eq!(decide("", Point::StoreWrite), None);
     }
 }

@@ -40,6 +40,16 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The WAL segment files of the member with data in `data`, oldest first.
+pub fn wal_segments(data: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data.join("member/wal"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|x| x == "wal"));
+    v.sort();
+    v
+}
+
 /// Polls `f` until it returns `Some` or `deadline` passes.
 pub fn wait_for<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + deadline;

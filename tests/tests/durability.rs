@@ -1,19 +1,7 @@
 //! Durability over real processes: restarts, SIGKILL under load, torn WAL tails, corrupted
 //! WAL segments.
 
-use std::path::{Path, PathBuf};
-
-use etch_tests::{Node, bench};
-
-fn segments(data: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(data.join("member/wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    v.sort();
-    v
-}
+use etch_tests::{Node, bench, wal_segments};
 
 fn put_many(n: &Node, prefix: &str, count: usize) {
     for i in 0..count {
@@ -94,7 +82,7 @@ fn torn_wal_tail_is_repaired_on_restart() {
     n.kill9();
     // Simulate a write torn by a crash: a record header promising more bytes than follow,
     // right after the last record of the last segment.
-    let segs = segments(&n.data_dir);
+    let segs = wal_segments(&n.data_dir);
     let last = segs.last().unwrap();
     let data = std::fs::read(last).unwrap();
     let end = data.iter().rposition(|&b| b != 0).unwrap() + 1;
@@ -126,7 +114,7 @@ fn corrupt_record_in_older_segment_refuses_to_start() {
         n.ctl_ok(&["put", &format!("c{i:03}"), &value]);
     }
     n.kill9();
-    let segs = segments(&n.data_dir);
+    let segs = wal_segments(&n.data_dir);
     assert!(segs.len() >= 3, "expected several segments, got {segs:?}");
     // Flip a byte inside the payload of a record in the first segment.
     let victim = &segs[0];
@@ -182,7 +170,7 @@ fn raft_log_is_released_and_restart_recovers_from_the_release_point() {
         "the raft log release",
         || n.log().contains("raft log released").then_some(()),
     );
-    let first = segments(&n.data_dir)[0]
+    let first = wal_segments(&n.data_dir)[0]
         .file_name()
         .unwrap()
         .to_string_lossy()

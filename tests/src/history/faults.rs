@@ -308,7 +308,7 @@ impl Members {
             }
             "torn-tail" => {
                 self.kill(i);
-                let last = segments(&self.members[i].node.data_dir)
+                let last = crate::wal_segments(&self.members[i].node.data_dir)
                     .pop()
                     .expect("segment");
                 let data = std::fs::read(&last).expect("segment");
@@ -456,19 +456,10 @@ fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn segments(data: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(data.join("member/wal"))
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.retain(|p| p.extension().is_some_and(|x| x == "wal"));
-    v.sort();
-    v
-}
-
 /// Flips one bit inside the written part of a WAL segment (an older one when there is one),
 /// at least one record before its end; returns the file name the refusal must name.
 fn flip_wal_bit(data: &Path, rng: &mut StdRng) -> Vec<String> {
-    let segs = segments(data);
+    let segs = crate::wal_segments(data);
     let victim = if segs.len() > 1 {
         &segs[0]
     } else {
