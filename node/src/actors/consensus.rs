@@ -244,6 +244,9 @@ impl Actor for ConsensusActor {
 pub struct Propose {
     /// The encoded request.
     pub data: Vec<u8>,
+    /// `Some(term)`: only if this member leads in that term, never forwarded (the lessor's
+    /// own decisions); `None`: a client's write, forwarded to the leader by raft-rs.
+    pub as_leader_in: Option<u64>,
 }
 
 impl Handler<Propose> for ConsensusActor {
@@ -251,7 +254,10 @@ impl Handler<Propose> for ConsensusActor {
 
     fn handle(&mut self, m: Propose, ctx: &mut Context<Self>) -> Self::Result {
         crate::metrics::dequeued("consensus");
-        let r = self.core.propose(m.data);
+        let r = match m.as_leader_in {
+            Some(term) => self.core.propose_as_leader(m.data, term),
+            None => self.core.propose(m.data),
+        };
         self.execute(ctx);
         r
     }

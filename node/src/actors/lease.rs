@@ -5,8 +5,10 @@
 //! - Promotion (this member becomes leader): every deadline is set to a full TTL from now, or
 //!   to the remaining TTL last checkpointed when there is one (etcd `Promote`), so a leader
 //!   change never revokes a live lease.
-//! - Demotion: deadlines are dropped; a stalled old leader that resumes proposes revokes only
-//!   if it is still leader, and a proposal from a deposed leader never commits (etcd #15247).
+//! - Demotion: deadlines are dropped. Revokes and checkpoints are proposed only while this
+//!   member leads in the term the lessor was promoted in, never forwarded: a stalled old
+//!   leader that resumes and proposes before it learns of the new term appends to a log no
+//!   quorum accepts any more, and a deposed one is refused (etcd #15247).
 //! - Revokes are rate-limited ([`MAX_REVOKES_PER_SECOND`], etcd's 1000/s) so a mass expiry
 //!   cannot starve client writes.
 //! - Remaining TTLs of long leases are checkpointed through consensus every
@@ -81,17 +83,23 @@ impl LeaseActor {
         self.sync_role(now);
         let per_tick =
             (MAX_REVOKES_PER_SECOND as u128 * LEASE_TICK.as_millis() / 1000).max(1) as usize;
+        let term = self.lessor.term();
         for id in self.lessor.expired(now, per_tick) {
             let p = self.proposer.clone();
             let fut = async move {
-                p.propose(None, Request::LeaseRevoke(LeaseRevokeRequest { id }))
+                p.propose_as_leader(term, Request::LeaseRevoke(LeaseRevokeRequest { id }))
                     .await
             };
-            ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
-                if let Err(e) = res {
-                    tracing::debug!(id, error = %e, "lease revoke not applied yet");
+            ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
+                // In this leader's log: it commits unless leadership moves (which demotes).
+                Err(crate::error::ApiError::Timeout) => {
+                    tracing::debug!(id, "lease revoke proposed, not applied yet");
+                }
+                Err(e) => {
+                    tracing::debug!(id, error = %e, "lease revoke not proposed");
                     act.lessor.revoke_failed(id);
                 }
+                Ok(_) => {}
             }));
         }
         if self.lessor.is_primary()
@@ -106,12 +114,13 @@ impl LeaseActor {
                 .collect();
             if !checkpoints.is_empty() {
                 let p = self.proposer.clone();
+                let term = self.lessor.term();
                 ctx.spawn(
                     async move {
                         let n = checkpoints.len();
                         if let Err(e) = p
-                            .propose(
-                                None,
+                            .propose_as_leader(
+                                term,
                                 Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }),
                             )
                             .await
@@ -162,20 +171,29 @@ impl Handler<LeaseApplied> for LeaseActor {
 }
 
 /// Sent by the service for a keep-alive on this member. Replies with the TTL (seconds), 0 when
-/// the lease is not found, or `None` when this member is not the leader.
+/// the lease is not found or is being revoked, or `None` when this member is not the leader
+/// of `confirmed_term`.
 #[derive(Message)]
 #[rtype(result = "Option<i64>")]
-pub struct KeepAlive(pub i64);
+pub struct KeepAlive {
+    /// The lease ID.
+    pub id: i64,
+    /// The term in which a ReadIndex just confirmed this member's leadership and caught
+    /// apply up to the commit index (0: none). A lessor promoted after the service looked
+    /// (the member became leader in between) must not renew unconfirmed: a revoke the old
+    /// leader left in the log may still commit.
+    pub confirmed_term: u64,
+}
 
 impl Handler<KeepAlive> for LeaseActor {
     type Result = Option<i64>;
     fn handle(&mut self, m: KeepAlive, _: &mut Context<Self>) -> Option<i64> {
         let now = self.now();
         self.sync_role(now);
-        if !self.lessor.is_primary() {
+        if !self.lessor.is_primary() || self.lessor.term() != m.confirmed_term {
             return None;
         }
-        Some(self.lessor.keep_alive(m.0, now).unwrap_or(0))
+        Some(self.lessor.keep_alive(m.id, now).unwrap_or(0))
     }
 }
 

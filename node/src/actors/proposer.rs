@@ -82,6 +82,33 @@ impl Proposer {
         who: Option<&etch_protocol::etchpb::AuthInfo>,
         request: Request,
     ) -> Result<WriteResponse, ApiError> {
+        self.counted(who, request, None).await
+    }
+
+    /// Proposes what the leader of `term` decided alone (the lessor's revokes and
+    /// checkpoints) and waits until it is applied. Refused, never forwarded, when this member
+    /// no longer leads in `term`: a new leader must not commit a revoke decided on a deposed
+    /// leader's deadlines (etcd issue 15247).
+    ///
+    /// # Errors
+    /// As [`Proposer::propose`]; [`ApiError::NotLeader`] when this member does not lead in
+    /// `term` (nothing was proposed). [`ApiError::Timeout`] leaves the outcome unknown: the
+    /// entry is in this leader's log and commits unless leadership moves first.
+    pub async fn propose_as_leader(
+        &self,
+        term: u64,
+        request: Request,
+    ) -> Result<WriteResponse, ApiError> {
+        self.counted(None, request, Some(term)).await
+    }
+
+    /// [`Proposer::propose_inner`], counted in the pending and failed proposal metrics.
+    async fn counted(
+        &self,
+        who: Option<&etch_protocol::etchpb::AuthInfo>,
+        request: Request,
+        as_leader_in: Option<u64>,
+    ) -> Result<WriteResponse, ApiError> {
         use crate::metrics as m;
         /// Decrements the pending gauge however the wait ends (a dropped call included).
         struct Pending;
@@ -92,7 +119,7 @@ impl Proposer {
         }
         m::hot().proposals_pending.increment(1.0);
         let _pending = Pending;
-        let r = self.propose_inner(who, request).await;
+        let r = self.propose_inner(who, request, as_leader_in).await;
         if matches!(&r, Err(e) if !matches!(e, ApiError::Request(_))) {
             m::hot().proposals_failed.increment(1);
         }
@@ -103,6 +130,7 @@ impl Proposer {
         &self,
         who: Option<&etch_protocol::etchpb::AuthInfo>,
         request: Request,
+        as_leader_in: Option<u64>,
     ) -> Result<WriteResponse, ApiError> {
         let applied = *self.applied.borrow();
         if self.state.commit_index() > applied + MAX_APPLY_LAG_ENTRIES {
@@ -120,7 +148,7 @@ impl Proposer {
         }
         let rx = self.waiters.register(id);
         crate::metrics::queued("consensus");
-        let sent = self.consensus.send(Propose { data }).await;
+        let sent = self.consensus.send(Propose { data, as_leader_in }).await;
         self.settle(id, sent)?;
         self.answer(id, rx, tokio::time::Instant::now() + self.request_timeout)
             .await

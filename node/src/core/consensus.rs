@@ -164,6 +164,16 @@ impl<W> ConsensusCore<W> {
         r
     }
 
+    /// Proposes `data` only if this member leads in `term` ([`RaftCore::propose_as_leader`]).
+    ///
+    /// # Errors
+    /// [`ApiError::NotLeader`] when it does not.
+    pub fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) -> Result<(), ApiError> {
+        let r = self.raft.propose_as_leader(data, term);
+        self.drive();
+        r
+    }
+
     /// A linearizable read: `w` comes back in [`Effect::ReadsReady`] or
     /// [`Effect::ReadsFailed`].
     pub fn read(&mut self, w: W) {
@@ -512,6 +522,31 @@ mod tests {
         assert!(store < release, "{seen:?}");
         assert!(c.raft().log().release_index() > 0);
         assert!(c.raft().log().release_index() + 2 <= c.raft().status().3);
+    }
+
+    #[test]
+    fn a_leader_only_proposal_needs_leadership_in_its_term() {
+        let mut c = single(1_000, 10);
+        let mut seen = Vec::new();
+        assert!(
+            matches!(c.propose_as_leader(b"r".to_vec(), 1), Err(ApiError::NotLeader)),
+            "a member that does not lead proposes nothing"
+        );
+        c.start();
+        settle(&mut c, &mut seen);
+        let (term, leader, _, last) = c.raft().status();
+        assert_eq!(leader, 1);
+        // Decided in an older term (the lessor of a leader since deposed and re-elected), or
+        // in a term this member does not lead: refused, nothing appended.
+        for other in [term - 1, term + 1] {
+            assert!(matches!(
+                c.propose_as_leader(b"r".to_vec(), other),
+                Err(ApiError::NotLeader)
+            ));
+        }
+        assert_eq!(c.raft().status().3, last);
+        c.propose_as_leader(b"r".to_vec(), term).expect("leader of its term");
+        assert_eq!(c.raft().status().3, last + 1);
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! - Promotion (this member becomes leader): every deadline is set to a full TTL from now, or
 //!   to the remaining TTL last checkpointed when there is one (etcd `Promote`), so a leader
 //!   change never revokes a live lease.
-//! - Demotion: deadlines are dropped; a stalled old leader that resumes proposes revokes only
-//!   if it is still leader, and a proposal from a deposed leader never commits (etcd #15247).
+//! - Demotion: deadlines are dropped. The shell proposes revokes only while this member leads
+//!   in the lessor's [`Lessor::term`], never forwarded to a newer leader (etcd #15247).
+//! - A revoke whose proposal timed out stays in flight (it is in the leader's log): the lease
+//!   is not renewed meanwhile, since the revoke may still commit.
 //! - Revokes are rate-limited ([`MAX_REVOKES_PER_SECOND`], etcd's 1000/s) so a mass expiry
 //!   cannot starve client writes.
 //! - Remaining TTLs of long leases are checkpointed through consensus every
@@ -62,6 +64,11 @@ impl Lessor {
     /// Whether this member tracks deadlines (is the leader).
     pub fn is_primary(&self) -> bool {
         self.primary
+    }
+
+    /// The raft term this lessor last followed (the term it leads in while primary).
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     /// Follows the member's leadership: promotes on becoming leader, or on a new term as
@@ -208,7 +215,11 @@ impl Lessor {
         due
     }
 
-    /// A revoke proposal failed: try again at the next tick.
+    /// A revoke proposal was refused (nothing entered the log): try again at the next tick.
+    /// A proposal that timed out is not a failure: it is in the leader's log and commits
+    /// unless leadership moves (which demotes, clearing it), so the lease stays revoking and
+    /// keep-alives keep answering that it expired; renewing it meanwhile would promise a TTL
+    /// that the revoke, once committed, breaks.
     pub fn revoke_failed(&mut self, id: i64) {
         self.revoking.remove(&id);
     }

@@ -169,6 +169,23 @@ impl<W> RaftCore<W> {
             .map_err(|_| ApiError::NoLeader)
     }
 
+    /// Proposes `data` only if this member leads in `term`; never forwarded. For what a
+    /// leader decides alone (the lessor's revokes and checkpoints): a plain proposal on a
+    /// member that was deposed since would be forwarded by raft-rs to the new leader, which
+    /// commits a revoke decided on the old leader's deadlines (etcd issue 15247).
+    ///
+    /// # Errors
+    /// [`ApiError::NotLeader`] when this member is not the leader of `term`.
+    pub fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) -> Result<(), ApiError> {
+        let r = &self.node.raft;
+        if r.state != StateRole::Leader || r.term != term {
+            return Err(ApiError::NotLeader);
+        }
+        self.node
+            .propose(Vec::new(), data)
+            .map_err(|_| ApiError::NotLeader)
+    }
+
     /// Proposes a raft configuration change (`cc`, with the encoded `etchpb.MemberChange` as
     /// `context`); `Ok(false)` when another change is proposed and not yet applied (also on a
     /// new leader until it has applied its log): raft-rs would silently turn this one into an

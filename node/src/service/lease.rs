@@ -66,12 +66,18 @@ impl Service {
             // issue 15247), and apply reaches the leader's commit index (a lease granted
             // through another member may be committed but not applied yet; renewing before
             // would answer "not found"). A follower only forwards: nothing to wait for.
+            let mut confirmed_term = 0;
             if self.state.leader() == self.state.member_id {
+                let term = self.state.term();
                 self.linearizable().await?;
+                confirmed_term = term;
             }
             let local = self
                 .lessor
-                .send(KeepAlive(req.id))
+                .send(KeepAlive {
+                    id: req.id,
+                    confirmed_term,
+                })
                 .await
                 .map_err(|_| ApiError::Stopped)?;
             if let Some(ttl) = local {

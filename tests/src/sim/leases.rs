@@ -3,7 +3,8 @@
 //! apply, proposing a revoke for each expired lease); lease clients grant leases and keep them
 //! alive through the member that leads. The check: no revoke that commits was decided before
 //! the lease's TTL had passed since a leader last granted or refreshed it (a deposed leader
-//! may still decide one, but its proposal never commits).
+//! may still decide one, but it proposes only as the leader of the lessor's term, so the
+//! proposal never commits).
 
 use prost::Message as _;
 use rand::Rng;
@@ -140,7 +141,12 @@ impl Sim {
             }
             .encode_to_vec();
             let m = self.members.get_mut(&id).expect("member");
-            if m.core.as_mut().expect("core").propose(data).is_err()
+            let term = m.lessor.as_ref().map(Lessor::term).unwrap_or(0);
+            if m.core
+                .as_mut()
+                .expect("core")
+                .propose_as_leader(data, term)
+                .is_err()
                 && let Some(l) = m.lessor.as_mut()
             {
                 l.revoke_failed(lease);
