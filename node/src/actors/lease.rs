@@ -113,27 +113,32 @@ impl LeaseActor {
                 .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
                 .collect();
             if !checkpoints.is_empty() {
-                let p = self.proposer.clone();
-                let term = self.lessor.term();
-                ctx.spawn(
-                    async move {
-                        let n = checkpoints.len();
-                        if let Err(e) = p
-                            .propose_as_leader(
-                                term,
-                                Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }),
-                            )
-                            .await
-                        {
-                            tracing::debug!(leases = n, error = %e, "lease checkpoint not applied");
-                        } else {
-                            tracing::debug!(leases = n, "lease TTLs checkpointed");
-                        }
-                    }
-                    .into_actor(self),
-                );
+                self.propose_checkpoints(checkpoints, ctx);
             }
         }
+    }
+
+    /// Proposes `checkpoints` as the leader of the lessor's term (never forwarded).
+    fn propose_checkpoints(&mut self, checkpoints: Vec<LeaseCheckpoint>, ctx: &mut Context<Self>) {
+        let p = self.proposer.clone();
+        let term = self.lessor.term();
+        ctx.spawn(
+            async move {
+                let n = checkpoints.len();
+                if let Err(e) = p
+                    .propose_as_leader(
+                        term,
+                        Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }),
+                    )
+                    .await
+                {
+                    tracing::debug!(leases = n, error = %e, "lease checkpoint not applied");
+                } else {
+                    tracing::debug!(leases = n, "lease TTLs checkpointed");
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -187,13 +192,26 @@ pub struct KeepAlive {
 
 impl Handler<KeepAlive> for LeaseActor {
     type Result = Option<i64>;
-    fn handle(&mut self, m: KeepAlive, _: &mut Context<Self>) -> Option<i64> {
+    fn handle(&mut self, m: KeepAlive, ctx: &mut Context<Self>) -> Option<i64> {
         let now = self.now();
         self.sync_role(now);
         if !self.lessor.is_primary() || self.lessor.term() != m.confirmed_term {
             return None;
         }
-        Some(self.lessor.keep_alive(m.id, now).unwrap_or(0))
+        let ttl = self.lessor.keep_alive(m.id, now).unwrap_or(0);
+        let stale = self.lessor.take_stale_checkpoints();
+        if !stale.is_empty() {
+            // etcd `Renew`: the checkpoint of a renewed lease is cleared on every member.
+            let checkpoints = stale
+                .into_iter()
+                .map(|id| LeaseCheckpoint {
+                    id,
+                    remaining_ttl: 0,
+                })
+                .collect();
+            self.propose_checkpoints(checkpoints, ctx);
+        }
+        Some(ttl)
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Lessor {
     revoking: BTreeSet<i64>,
     /// The raft term of the last [`Lessor::follow`].
     term: u64,
+    /// Leases whose checkpointed remaining TTL a renewal made stale, to be cleared through
+    /// consensus on every member ([`Lessor::take_stale_checkpoints`]).
+    stale_checkpoints: BTreeSet<i64>,
 }
 
 impl Lessor {
@@ -175,14 +178,29 @@ impl Lessor {
         self.revoking.clear();
     }
 
-    /// Renews lease `id` (leader only): returns its TTL in seconds, or `None` if it is unknown.
+    /// Renews lease `id` (leader only): returns its TTL in seconds, or `None` if it is unknown
+    /// or being revoked. A remaining TTL checkpointed before is stale from now on (a promotion
+    /// would cut the renewed lease short): it is dropped here and queued for
+    /// [`Lessor::take_stale_checkpoints`] (etcd `Renew` proposes a checkpoint of 0).
     pub fn keep_alive(&mut self, id: i64, now: u64) -> Option<i64> {
-        let ttl = self.leases.get(&id)?.ttl_ms;
         if self.revoking.contains(&id) {
             return None;
         }
+        let l = self.leases.get_mut(&id)?;
+        let ttl = l.ttl_ms;
+        if std::mem::take(&mut l.checkpoint_ms) > 0 {
+            self.stale_checkpoints.insert(id);
+        }
         self.set_deadline(id, Some(now + ttl));
         Some((ttl / 1000) as i64)
+    }
+
+    /// Leases whose checkpoint a renewal made stale since the last call: the shell proposes
+    /// a checkpoint of 0 (none) for each, so no member's promotion uses the stale one.
+    pub fn take_stale_checkpoints(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.stale_checkpoints)
+            .into_iter()
+            .collect()
     }
 
     /// (remaining TTL, granted TTL) in seconds; remaining is -1 once expired. `None` when the
@@ -291,5 +309,13 @@ mod tests {
         }]);
         l.promote(0);
         assert_eq!(l.time_to_live(7, 0), Some((10, 3600)));
+        // A renewal makes the checkpoint stale: it is dropped (and queued for clearing on
+        // every member), so a later promotion gives the full TTL.
+        assert!(l.take_stale_checkpoints().is_empty());
+        assert_eq!(l.keep_alive(7, 5_000), Some(3600));
+        assert_eq!(l.take_stale_checkpoints(), vec![7]);
+        l.demote();
+        l.promote(6_000);
+        assert_eq!(l.time_to_live(7, 6_000), Some((3600, 3600)));
     }
 }
