@@ -529,7 +529,10 @@ mod tests {
         let mut c = single(1_000, 10);
         let mut seen = Vec::new();
         assert!(
-            matches!(c.propose_as_leader(b"r".to_vec(), 1), Err(ApiError::NotLeader)),
+            matches!(
+                c.propose_as_leader(b"r".to_vec(), 1),
+                Err(ApiError::NotLeader)
+            ),
             "a member that does not lead proposes nothing"
         );
         c.start();
@@ -545,7 +548,8 @@ mod tests {
             ));
         }
         assert_eq!(c.raft().status().3, last);
-        c.propose_as_leader(b"r".to_vec(), term).expect("leader of its term");
+        c.propose_as_leader(b"r".to_vec(), term)
+            .expect("leader of its term");
         assert_eq!(c.raft().status().3, last + 1);
     }
 
