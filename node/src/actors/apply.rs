@@ -138,28 +138,34 @@ impl Handler<ApplyCommitted> for ApplyActor {
             ));
         }
         let start = Instant::now();
-        let mut last = self.core.store().applied_index().index;
+        let last = m
+            .entries
+            .last()
+            .map_or(self.core.store().applied_index().index, |e| e.index);
         let mut membership = None;
-        for e in &m.entries {
-            last = e.index;
-            let commit = Instant::now();
-            let applied = self.core.apply(e).inspect_err(|_| self.failed = true)?;
-            if let Some(mut applied) = applied {
-                if let Some(m) = applied.membership.take() {
-                    membership = Some(m);
-                }
-                crate::metrics::hot()
-                    .backend_commit
-                    .record(commit.elapsed().as_secs_f64());
-                count_applied(&applied.result);
-                tracing::trace!(index = e.index, revision = applied.revision, "applied");
-                // Publish the revision before answering: a watch created by a client after its
-                // write was acknowledged must start after that write.
-                self.publish_revision();
-                self.deliver(applied);
-            }
-        }
+        let applied = self
+            .core
+            .apply_entries(&m.entries)
+            .inspect_err(|_| self.failed = true)?;
         let took = start.elapsed();
+        crate::metrics::hot()
+            .backend_commit
+            .record(took.as_secs_f64());
+        // Publish the revision before answering: a watch created by a client after its write
+        // was acknowledged must start after that write.
+        self.publish_revision();
+        for mut applied in applied {
+            if let Some(m) = applied.membership.take() {
+                membership = Some(m);
+            }
+            count_applied(&applied.result);
+            tracing::trace!(
+                index = applied.index,
+                revision = applied.revision,
+                "applied"
+            );
+            self.deliver(applied);
+        }
         if took > SLOW_APPLY {
             tracing::warn!(?took, entries = m.entries.len(), "apply took too long");
         }

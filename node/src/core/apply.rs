@@ -14,7 +14,7 @@ use etch_protocol::etchpb::InternalRequest;
 use etch_protocol::etchpb::MemberChange;
 use etch_protocol::etchpb::internal_request::Request;
 use etch_storage::members::{self, Change, Membership};
-use etch_storage::mvcc::{MvccStore, RequestError, WriteResponse};
+use etch_storage::mvcc::{MvccStore, PutEntry, RequestError, WriteResponse};
 
 /// What a proposer receives once its entry is applied.
 pub type WriteResult = Result<WriteResponse, RequestError>;
@@ -103,12 +103,88 @@ impl ApplyCore {
             self.store.mark_applied(e.index, e.term)?;
             return Ok(None);
         }
-        let req = InternalRequest::decode(&e.data[..]).map_err(|err| {
-            etch_storage::Error::CorruptStore(format!(
-                "raft entry {} does not decode: {err}",
-                e.index
-            ))
-        })?;
+        let req = decode(e)?;
+        self.apply_decoded(e, req)
+    }
+
+    /// Applies committed `entries` in order, as [`ApplyCore::apply`] one by one would, but
+    /// runs of consecutive Puts ([`MvccStore::batchable`]) in one store batch
+    /// ([`MvccStore::apply_puts`]: one snapshot, one commit per run). Returns what each entry
+    /// that changed anything did, in order; everything returned is committed, so its clients
+    /// may be answered.
+    ///
+    /// # Errors
+    /// As [`ApplyCore::apply`]; entries before the failing one may have been applied.
+    pub fn apply_entries(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<EntryApplied>, etch_storage::Error> {
+        let mut out = Vec::with_capacity(entries.len());
+        let mut run: Vec<(&Entry, InternalRequest)> = Vec::new();
+        for e in entries {
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                let req = decode(e)?;
+                if self.store.batchable(req.request.as_ref()) {
+                    run.push((e, req));
+                    continue;
+                }
+                self.apply_run(&mut run, &mut out)?;
+                out.extend(self.apply_decoded(e, req)?);
+            } else {
+                self.apply_run(&mut run, &mut out)?;
+                out.extend(self.apply(e)?);
+            }
+        }
+        self.apply_run(&mut run, &mut out)?;
+        Ok(out)
+    }
+
+    /// Applies (and empties) a run of Puts in one store batch, appending what they did.
+    fn apply_run(
+        &self,
+        run: &mut Vec<(&Entry, InternalRequest)>,
+        out: &mut Vec<EntryApplied>,
+    ) -> Result<(), etch_storage::Error> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let puts = run
+            .iter()
+            .map(|(e, req)| {
+                let request = req.request.as_ref().ok_or_else(|| {
+                    etch_storage::Error::CorruptStore(format!("raft entry {}: no request", e.index))
+                })?;
+                Ok(PutEntry {
+                    index: e.index,
+                    term: e.term,
+                    who: req.auth.as_ref(),
+                    request,
+                })
+            })
+            .collect::<Result<Vec<_>, etch_storage::Error>>()?;
+        let applied = self.store.apply_puts(&puts)?;
+        for ((e, req), a) in run.iter().zip(applied) {
+            let Some(a) = a else { continue };
+            out.push(EntryApplied {
+                membership: None,
+                index: e.index,
+                request_id: req.id,
+                lease: lease_change(&a.response, req.request.as_ref()),
+                token: token_change(&a.response, req.request.as_ref()),
+                result: a.response,
+                revision: a.revision,
+            });
+        }
+        run.clear();
+        Ok(())
+    }
+
+    /// [`ApplyCore::apply`] of a normal entry whose request `req` is decoded.
+    fn apply_decoded(
+        &self,
+        e: &Entry,
+        req: InternalRequest,
+    ) -> Result<Option<EntryApplied>, etch_storage::Error> {
         let membership_entry = req.request.as_ref().and_then(members::change_of).is_some();
         let Some(applied) =
             self.store
@@ -130,6 +206,16 @@ impl ApplyCore {
             revision: applied.revision,
         }))
     }
+}
+
+/// The request a normal entry carries.
+///
+/// # Errors
+/// It does not decode: it passed the WAL's CRC, so it was written like this; never guess.
+fn decode(e: &Entry) -> Result<InternalRequest, etch_storage::Error> {
+    InternalRequest::decode(&e.data[..]).map_err(|err| {
+        etch_storage::Error::CorruptStore(format!("raft entry {} does not decode: {err}", e.index))
+    })
 }
 
 impl ApplyCore {

@@ -246,6 +246,19 @@ pub struct Applied {
     pub revision: i64,
 }
 
+/// One Put entry of a run for [`MvccStore::apply_puts`].
+#[derive(Debug, Clone, Copy)]
+pub struct PutEntry<'a> {
+    /// Raft index of the entry.
+    pub index: u64,
+    /// Raft term of the entry.
+    pub term: u64,
+    /// Who proposed it (`None`: the server itself, never checked).
+    pub who: Option<&'a etch_protocol::etchpb::AuthInfo>,
+    /// The request: a Put for which [`MvccStore::batchable`] holds.
+    pub request: &'a Request,
+}
+
 /// Where apply has got to: the last raft entry applied (0, 0 for a new store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AppliedIndex {
@@ -702,6 +715,79 @@ impl MvccStore {
             }
         };
         Ok(Some(outcome))
+    }
+
+    /// Whether `request` may join a run of [`MvccStore::apply_puts`]: a Put, unless auth is on
+    /// and it names a lease (its permission check reads the keys attached to the lease, which
+    /// earlier Puts of a run may have changed without committing yet).
+    pub fn batchable(&self, request: Option<&Request>) -> bool {
+        match request {
+            Some(Request::Put(p)) => p.lease == 0 || !self.auth().enabled(),
+            _ => false,
+        }
+    }
+
+    /// Applies a run of consecutive raft entries that are all Puts in one fjall batch: one
+    /// snapshot, one journal write and one applied-index record for the run instead of one
+    /// per entry. Each Put still gets its own revision, checks (alarms, auth, lease) and
+    /// answer, and reads what earlier Puts of the run wrote (the batch's overlay), exactly as
+    /// if [`MvccStore::apply`] had applied them one by one; the run becomes visible (revision,
+    /// applied index) at once, when the batch commits, so callers answer its clients after
+    /// this returns. Entries at or below the applied index give `None`.
+    ///
+    /// Only [`MvccStore::batchable`] Puts: an entry that reads what a Put writes through
+    /// another path (a lease grant or revoke, a Txn at an explicit revision, a compaction) is
+    /// applied on its own, after the run before it has committed.
+    ///
+    /// # Errors
+    /// Fatal store errors only (nothing of the run is applied then).
+    pub fn apply_puts(&self, puts: &[PutEntry<'_>]) -> Result<Vec<Option<Applied>>> {
+        let mut out = Vec::with_capacity(puts.len());
+        let mut txn: Option<write::WriteTxn<'_>> = None;
+        let mut last = None;
+        for p in puts {
+            if p.index <= self.applied_index().index {
+                out.push(None);
+                continue;
+            }
+            let t = txn.get_or_insert_with(|| write::WriteTxn::new(self));
+            last = Some(AppliedIndex {
+                index: p.index,
+                term: p.term,
+            });
+            let Request::Put(put) = p.request else {
+                return Err(Error::CorruptStore(format!(
+                    "raft entry {} is not a Put in a run of Puts",
+                    p.index
+                )));
+            };
+            let allowed = alarm::gate(&self.alarm_set(), Some(p.request))
+                .map_err(write::Fail::Request)
+                .and_then(|()| self.authorize(p.who, Some(p.request)));
+            let response = allowed.and_then(|()| t.put(put));
+            let applied = match response {
+                Ok(resp) => {
+                    let (revision, events) = t.end_entry();
+                    Applied {
+                        response: Ok(WriteResponse::Put(resp)),
+                        events,
+                        revision,
+                    }
+                }
+                Err(write::Fail::Store(e)) => return Err(e),
+                // Nothing changes but the applied index: the entry is consumed.
+                Err(write::Fail::Request(err)) => Applied {
+                    response: Err(err),
+                    events: Vec::new(),
+                    revision: t.revision(),
+                },
+            };
+            out.push(Some(applied));
+        }
+        if let (Some(t), Some(applied)) = (txn, last) {
+            t.commit_run(applied)?;
+        }
+        Ok(out)
     }
 
     /// The key-level permission check of a client write (auth changes are checked by

@@ -797,3 +797,69 @@ fn auth_changes_apply_check_writes_and_persist() {
     assert_eq!(a.role_names(), vec!["r".to_owned(), "r2".to_owned()]);
     assert!(a.has_role("u", "r"));
 }
+
+#[test]
+fn a_run_of_puts_in_one_batch_applies_as_one_by_one() {
+    // The same entries, one store applying them one by one, the other as one run: the same
+    // answers, revisions, key count, applied index and contents.
+    let reqs: Vec<Request> = vec![
+        Request::Put(put("a", "1")),
+        Request::Put(put("b", "1")),
+        // The same key again: version 2, created by the first Put of the run.
+        Request::Put(PutRequest {
+            prev_kv: true,
+            ..put("a", "2")
+        }),
+        // Fails (no such lease): consumes its entry and changes nothing.
+        Request::Put(PutRequest {
+            lease: 42,
+            ..put("c", "1")
+        }),
+        // Reads the run's own write of "b".
+        Request::Put(PutRequest {
+            ignore_value: true,
+            ..put("b", "")
+        }),
+        // A key that does not exist yet: ignore_value fails.
+        Request::Put(PutRequest {
+            ignore_value: true,
+            ..put("z", "")
+        }),
+    ];
+    let mut one = T::new();
+    one.put("before", "x");
+    let want: Vec<_> = reqs.iter().map(|r| one.apply(r.clone())).collect();
+    let mut run = T::new();
+    run.put("before", "x");
+    // Entry 2 (the first Put) was applied before a restart: skipped.
+    let mut got = vec![run.apply(reqs[0].clone())];
+    let entries: Vec<PutEntry<'_>> = reqs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| PutEntry {
+            index: 2 + i as u64,
+            term: 1,
+            who: None,
+            request: r,
+        })
+        .collect();
+    let applied = run.s.apply_puts(&entries).unwrap();
+    assert!(applied[0].is_none(), "at or below the applied index");
+    got.extend(applied.into_iter().skip(1).map(|a| a.unwrap().response));
+    assert_eq!(format!("{got:?}"), format!("{want:?}"));
+    assert_eq!(run.s.current_revision(), one.s.current_revision());
+    assert_eq!(run.s.key_count(), one.s.key_count());
+    assert_eq!(run.s.applied_index(), one.s.applied_index());
+    assert_eq!(run.s.hash_all().unwrap(), one.s.hash_all().unwrap());
+    let all = rng("\0", "\u{7f}");
+    assert_eq!(
+        format!("{:?}", run.get(all.clone())),
+        format!("{:?}", one.get(all))
+    );
+    // A store reopened after the run holds it (one atomic commit).
+    let dir = run._dir;
+    drop(run.s);
+    let s = MvccStore::open(dir.path()).unwrap();
+    assert_eq!(s.current_revision(), one.s.current_revision());
+    assert_eq!(s.applied_index(), one.s.applied_index());
+}

@@ -41,6 +41,8 @@ pub(super) struct WriteTxn<'a> {
     auth_next: Option<crate::auth::AuthState>,
     /// The alarms this entry makes current (alarm changes only).
     alarms_next: Option<super::alarm::AlarmSet>,
+    /// Keys created minus keys deleted by the entries ended so far (a run of Puts).
+    key_delta: i64,
 }
 
 /// Request-level failure, or a fatal store error.
@@ -67,6 +69,18 @@ impl From<RequestError> for Fail {
 
 type FResult<T> = std::result::Result<T, Fail>;
 
+/// How many keys `events` (one revision's) create (+1 each) and delete (-1 each).
+fn key_delta(events: &[Event]) -> i64 {
+    events
+        .iter()
+        .map(|e| match e.kv.as_ref() {
+            _ if e.r#type == EventType::Delete as i32 => -1,
+            Some(kv) if kv.version == 1 => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
 fn header(rev: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision: rev,
@@ -89,6 +103,7 @@ impl<'a> WriteTxn<'a> {
             compact_to: None,
             auth_next: None,
             alarms_next: None,
+            key_delta: 0,
         }
     }
 
@@ -471,6 +486,50 @@ impl<'a> WriteTxn<'a> {
     /// Writes the batch: the changes, the new current revision (if anything changed), the
     /// applied index, a requested compaction point; then schedules that compaction's deletion
     /// ([`super::compaction`]).
+    /// Ends one entry of a run of Puts ([`MvccStore::apply_puts`]): the next entry reads this
+    /// one's writes (overlay) and writes at the next revision. Returns the revision after this
+    /// entry and its events.
+    pub(super) fn end_entry(&mut self) -> (i64, Vec<Event>) {
+        let events = std::mem::take(&mut self.events);
+        if !events.is_empty() {
+            self.key_delta += key_delta(&events);
+            self.base += 1;
+            self.sub = 0;
+        }
+        (self.base, events)
+    }
+
+    /// The revision after the entries ended so far.
+    pub(super) fn revision(&self) -> i64 {
+        self.base
+    }
+
+    /// Commits a run of Puts ended with [`WriteTxn::end_entry`], with `applied` (the run's
+    /// last entry) as the applied index, in one batch.
+    pub(super) fn commit_run(mut self, applied: AppliedIndex) -> Result<()> {
+        debug_assert!(self.events.is_empty(), "every entry of the run was ended");
+        let rev = self.base;
+        let keys = self.store.key_count() + self.key_delta;
+        if rev != self.store.current_revision() {
+            self.batch
+                .insert(&self.d.meta, META_CURRENT_REV, rev.to_be_bytes().to_vec());
+            self.batch
+                .insert(&self.d.meta, META_KEY_COUNT, keys.to_be_bytes().to_vec());
+        }
+        MvccStore::put_applied(&self.d, &mut self.batch, applied);
+        crate::faults::check(crate::faults::Point::StoreWrite)
+            .map_err(|e| Error::io(&self.store.root, e))?;
+        self.batch.commit()?;
+        self.store
+            .current
+            .store(rev, std::sync::atomic::Ordering::Release);
+        self.store.set_applied(applied);
+        self.store
+            .keys
+            .store(keys, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     pub(super) fn commit(
         mut self,
         applied: AppliedIndex,
@@ -478,16 +537,7 @@ impl<'a> WriteTxn<'a> {
     ) -> Result<Applied> {
         let changed = !self.events.is_empty();
         let new_rev = if changed { self.main() } else { self.base };
-        let keys = self.store.key_count()
-            + self
-                .events
-                .iter()
-                .map(|e| match e.kv.as_ref() {
-                    _ if e.r#type == EventType::Delete as i32 => -1,
-                    Some(kv) if kv.version == 1 => 1,
-                    _ => 0,
-                })
-                .sum::<i64>();
+        let keys = self.store.key_count() + key_delta(&self.events);
         if changed {
             self.batch.insert(
                 &self.d.meta,

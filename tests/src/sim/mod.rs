@@ -1062,22 +1062,24 @@ impl Sim {
         let mut last = before;
         let mut lease_changes = Vec::new();
         let mut membership = None;
-        for e in entries {
+        if let Some(e) = entries.last() {
             last = e.index;
-            let mut out = apply
-                .apply(e)
-                .map_err(|err| format!("m{id} apply {}: {err}", e.index))?;
-            if let Some(ms) = out.as_mut().and_then(|a| a.membership.take()) {
+        }
+        // As the apply actor does: runs of Puts in one store batch.
+        let applied = apply.apply_entries(entries).map_err(|err| {
+            format!(
+                "m{id} apply {}..={last}: {err}",
+                entries.first().map_or(0, |e| e.index)
+            )
+        })?;
+        for mut a in applied {
+            if let Some(ms) = a.membership.take() {
                 membership = Some(ms);
             }
-            if let Some(a) = &out
-                && let Some(change) = &a.lease
-            {
+            if let Some(change) = &a.lease {
                 lease_changes.push((change.clone(), a.request_id));
             }
-            if let Some(a) = out
-                && let Some((c, op)) = m.waiters.remove(&a.request_id)
-            {
+            if let Some((c, op)) = m.waiters.remove(&a.request_id) {
                 responses.push((
                     c,
                     op,
