@@ -863,3 +863,59 @@ fn a_run_of_puts_in_one_batch_applies_as_one_by_one() {
     assert_eq!(s.current_revision(), one.s.current_revision());
     assert_eq!(s.applied_index(), one.s.applied_index());
 }
+
+#[test]
+fn a_key_moved_between_leases_within_one_run_ends_on_the_last() {
+    // One fjall batch both attaches "a" to lease 7 and detaches it again (then attaches it to
+    // lease 8): the batch's last write of each lease-key record wins, as one by one.
+    let grant =
+        |id| Request::LeaseGrant(etch_protocol::etcdserverpb::LeaseGrantRequest { ttl: 60, id });
+    let mut t = T::new();
+    t.apply(grant(7)).unwrap();
+    t.apply(grant(8)).unwrap();
+    let reqs = [
+        Request::Put(PutRequest {
+            lease: 7,
+            ..put("a", "1")
+        }),
+        Request::Put(put("a", "2")),
+        Request::Put(PutRequest {
+            lease: 7,
+            ..put("a", "3")
+        }),
+        Request::Put(PutRequest {
+            lease: 8,
+            ..put("a", "4")
+        }),
+        Request::Put(PutRequest {
+            lease: 7,
+            ..put("b", "1")
+        }),
+    ];
+    let entries: Vec<PutEntry<'_>> = reqs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| PutEntry {
+            index: 3 + i as u64,
+            term: 1,
+            who: None,
+            request: r,
+        })
+        .collect();
+    assert!(reqs.iter().all(|r| t.s.batchable(Some(r))));
+    let applied = t.s.apply_puts(&entries).unwrap();
+    assert!(applied.iter().all(|a| a.as_ref().unwrap().response.is_ok()));
+    let keys = |id| t.s.lease(id, true).unwrap().unwrap().1;
+    assert_eq!(keys(7), vec![Bytes::from_static(b"b")]);
+    assert_eq!(keys(8), vec![Bytes::from_static(b"a")]);
+    // Revoking lease 7 deletes "b" only.
+    t.index = 7;
+    t.apply(Request::LeaseRevoke(
+        etch_protocol::etcdserverpb::LeaseRevokeRequest { id: 7 },
+    ))
+    .unwrap();
+    let r = t.get(rng("a", "c")).unwrap();
+    assert_eq!(r.kvs.len(), 1);
+    assert_eq!(r.kvs[0].key, Bytes::from_static(b"a"));
+    assert_eq!(r.kvs[0].lease, 8);
+}

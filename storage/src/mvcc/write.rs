@@ -483,9 +483,6 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
-    /// Writes the batch: the changes, the new current revision (if anything changed), the
-    /// applied index, a requested compaction point; then schedules that compaction's deletion
-    /// ([`super::compaction`]).
     /// Ends one entry of a run of Puts ([`MvccStore::apply_puts`]): the next entry reads this
     /// one's writes (overlay) and writes at the next revision. Returns the revision after this
     /// entry and its events.
@@ -530,6 +527,9 @@ impl<'a> WriteTxn<'a> {
         Ok(())
     }
 
+    /// Writes the batch: the changes, the new current revision (if anything changed), the
+    /// applied index, a requested compaction point; then schedules that compaction's deletion
+    /// ([`super::compaction`]).
     pub(super) fn commit(
         mut self,
         applied: AppliedIndex,
