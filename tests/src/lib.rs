@@ -537,8 +537,24 @@ pub fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// A free UDP port on 127.0.0.1 (bound and released; members bind it right after).
+/// A free UDP port on 127.0.0.1 (bound and released; members bind it right after), chosen
+/// below the kernel's ephemeral range: a port the kernel handed out (`bind(0)`) may be handed
+/// out again, to another member's QUIC client endpoint, before the member it was picked for
+/// binds it ("Address already in use").
 pub fn free_udp_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_start.max(10_100));
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(lo..hi);
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free port")
