@@ -164,16 +164,9 @@ impl ApplyCore {
             .collect::<Result<Vec<_>, etch_storage::Error>>()?;
         let applied = self.store.apply_puts(&puts)?;
         for ((e, req), a) in run.iter().zip(applied) {
-            let Some(a) = a else { continue };
-            out.push(EntryApplied {
-                membership: None,
-                index: e.index,
-                request_id: req.id,
-                lease: lease_change(&a.response, req.request.as_ref()),
-                token: token_change(&a.response, req.request.as_ref()),
-                result: a.response,
-                revision: a.revision,
-            });
+            if let Some(a) = a {
+                out.push(entry_applied(e, req, a, None));
+            }
         }
         run.clear();
         Ok(())
@@ -196,15 +189,25 @@ impl ApplyCore {
             true => Some(self.store.membership()?),
             false => None,
         };
-        Ok(Some(EntryApplied {
-            membership,
-            index: e.index,
-            request_id: req.id,
-            lease: lease_change(&applied.response, req.request.as_ref()),
-            token: token_change(&applied.response, req.request.as_ref()),
-            result: applied.response,
-            revision: applied.revision,
-        }))
+        Ok(Some(entry_applied(e, &req, applied, membership)))
+    }
+}
+
+/// What entry `e` carrying `req` did, from the store's answer.
+fn entry_applied(
+    e: &Entry,
+    req: &InternalRequest,
+    applied: etch_storage::mvcc::Applied,
+    membership: Option<Membership>,
+) -> EntryApplied {
+    EntryApplied {
+        membership,
+        index: e.index,
+        request_id: req.id,
+        lease: lease_change(&applied.response, req.request.as_ref()),
+        token: token_change(&applied.response, req.request.as_ref()),
+        result: applied.response,
+        revision: applied.revision,
     }
 }
 

@@ -833,16 +833,7 @@ fn a_run_of_puts_in_one_batch_applies_as_one_by_one() {
     run.put("before", "x");
     // Entry 2 (the first Put) was applied before a restart: skipped.
     let mut got = vec![run.apply(reqs[0].clone())];
-    let entries: Vec<PutEntry<'_>> = reqs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| PutEntry {
-            index: 2 + i as u64,
-            term: 1,
-            who: None,
-            request: r,
-        })
-        .collect();
+    let entries = put_entries(&reqs, 2);
     let applied = run.s.apply_puts(&entries).unwrap();
     assert!(applied[0].is_none(), "at or below the applied index");
     got.extend(applied.into_iter().skip(1).map(|a| a.unwrap().response));
@@ -892,16 +883,7 @@ fn a_key_moved_between_leases_within_one_run_ends_on_the_last() {
             ..put("b", "1")
         }),
     ];
-    let entries: Vec<PutEntry<'_>> = reqs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| PutEntry {
-            index: 3 + i as u64,
-            term: 1,
-            who: None,
-            request: r,
-        })
-        .collect();
+    let entries = put_entries(&reqs, 3);
     assert!(reqs.iter().all(|r| t.s.batchable(Some(r))));
     let applied = t.s.apply_puts(&entries).unwrap();
     assert!(applied.iter().all(|a| a.as_ref().unwrap().response.is_ok()));
@@ -918,4 +900,17 @@ fn a_key_moved_between_leases_within_one_run_ends_on_the_last() {
     assert_eq!(r.kvs.len(), 1);
     assert_eq!(r.kvs[0].key, Bytes::from_static(b"a"));
     assert_eq!(r.kvs[0].lease, 8);
+}
+
+/// `reqs` as the entries of one run from raft index `first` (term 1, no auth).
+fn put_entries(reqs: &[Request], first: u64) -> Vec<PutEntry<'_>> {
+    reqs.iter()
+        .zip(first..)
+        .map(|(r, index)| PutEntry {
+            index,
+            term: 1,
+            who: None,
+            request: r,
+        })
+        .collect()
 }

@@ -503,11 +503,24 @@ impl<'a> WriteTxn<'a> {
 
     /// Commits a run of Puts ended with [`WriteTxn::end_entry`], with `applied` (the run's
     /// last entry) as the applied index, in one batch.
-    pub(super) fn commit_run(mut self, applied: AppliedIndex) -> Result<()> {
+    pub(super) fn commit_run(self, applied: AppliedIndex) -> Result<()> {
         debug_assert!(self.events.is_empty(), "every entry of the run was ended");
         let rev = self.base;
         let keys = self.store.key_count() + self.key_delta;
-        if rev != self.store.current_revision() {
+        let changed = rev != self.store.current_revision();
+        self.commit_batch(rev, keys, changed, applied)
+    }
+
+    /// Records the revision and key count (when `changed`) and the applied index in the batch,
+    /// commits it (atomically, with the changes), then makes them the store's current ones.
+    fn commit_batch(
+        mut self,
+        rev: i64,
+        keys: i64,
+        changed: bool,
+        applied: AppliedIndex,
+    ) -> Result<()> {
+        if changed {
             self.batch
                 .insert(&self.d.meta, META_CURRENT_REV, rev.to_be_bytes().to_vec());
             self.batch
@@ -538,15 +551,6 @@ impl<'a> WriteTxn<'a> {
         let changed = !self.events.is_empty();
         let new_rev = if changed { self.main() } else { self.base };
         let keys = self.store.key_count() + key_delta(&self.events);
-        if changed {
-            self.batch.insert(
-                &self.d.meta,
-                META_CURRENT_REV,
-                new_rev.to_be_bytes().to_vec(),
-            );
-            self.batch
-                .insert(&self.d.meta, META_KEY_COUNT, keys.to_be_bytes().to_vec());
-        }
         if let WriteResponse::Txn(t) = &mut resp {
             t.header = header(new_rev);
         }
@@ -555,32 +559,25 @@ impl<'a> WriteTxn<'a> {
             self.batch
                 .insert(&self.d.meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
         }
-        MvccStore::put_applied(&self.d, &mut self.batch, applied);
-        crate::faults::check(crate::faults::Point::StoreWrite)
-            .map_err(|e| Error::io(&self.store.root, e))?;
-        self.batch.commit()?;
-        self.store
-            .current
-            .store(new_rev, std::sync::atomic::Ordering::Release);
-        self.store.set_applied(applied);
-        self.store
-            .keys
-            .store(keys, std::sync::atomic::Ordering::Release);
-        if let Some(a) = self.auth_next {
-            self.store.set_auth(a);
+        let (store, d, compact_to) = (self.store, self.d.clone(), self.compact_to);
+        let (auth_next, alarms_next) = (self.auth_next.take(), self.alarms_next.take());
+        let events = std::mem::take(&mut self.events);
+        self.commit_batch(new_rev, keys, changed, applied)?;
+        if let Some(a) = auth_next {
+            store.set_auth(a);
         }
-        if let Some(a) = self.alarms_next {
-            self.store.set_alarms(a);
+        if let Some(a) = alarms_next {
+            store.set_alarms(a);
         }
-        if let Some(rev) = self.compact_to {
-            self.store
+        if let Some(rev) = compact_to {
+            store
                 .compacted
                 .store(rev, std::sync::atomic::Ordering::Release);
-            self.store.purger.schedule(self.d.clone(), rev);
+            store.purger.schedule(d, rev);
         }
         Ok(Applied {
             response: Ok(resp),
-            events: self.events,
+            events,
             revision: new_rev,
         })
     }
