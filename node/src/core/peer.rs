@@ -160,11 +160,14 @@ pub enum Inbound {
 /// # Errors
 /// [`Refusal::BadFrame`]: it does not decode, is not a peer message, or is a raft message
 /// that does not belong on this stream ([`check_sender`]).
-pub fn decode(b: &[u8], stream_of: u64, me: u64) -> Result<Inbound, Refusal> {
+///
+/// Decoding from `Bytes` copies nothing: the raft message and its entries' data are slices of
+/// the frame.
+pub fn decode(b: Bytes, stream_of: u64, me: u64) -> Result<Inbound, Refusal> {
     let bad = |why: String| Refusal::BadFrame(why);
     match PeerFrame::decode(b).ok().and_then(|f| f.body) {
         Some(Body::Raft(raft)) => {
-            let msg = Message::parse_from_bytes(&raft)
+            let msg = Message::parse_from_carllerche_bytes(&raft)
                 .map_err(|e| bad(format!("raft message does not decode: {e}")))?;
             check_sender(&msg, stream_of, me).map_err(bad)?;
             Ok(Inbound::Raft(msg))
@@ -215,11 +218,23 @@ pub fn outbound(msg: Message) -> Option<Outbound> {
     if msg.get_msg_type() == MessageType::MsgSnapshot {
         return Some(Outbound::Snapshot(msg));
     }
-    let raft = msg.write_to_bytes().ok()?;
-    Some(Outbound::Frame(frame::encode_payload_of(&PeerFrame {
-        body: Some(Body::Raft(raft.into())),
-    })))
+    // The `PeerFrame{raft}` wrapper (field 2, length-delimited) is written in front of the
+    // raft message's own encoding, in one buffer: the same bytes as encoding the message and
+    // then the frame, without the second copy.
+    let len = msg.compute_size() as usize;
+    let mut buf = Vec::with_capacity(len + 6);
+    prost::encoding::encode_key(
+        RAFT_FIELD,
+        prost::encoding::WireType::LengthDelimited,
+        &mut buf,
+    );
+    prost::encoding::encode_varint(len as u64, &mut buf);
+    msg.write_to_vec(&mut buf).ok()?;
+    Some(Outbound::Frame(buf.into()))
 }
+
+/// The field number of `PeerFrame.raft` (etch.proto).
+const RAFT_FIELD: u32 = 2;
 
 /// A question as a frame.
 pub fn request_frame(id: u64, body: peer_request::Body) -> Bytes {
@@ -458,19 +473,19 @@ mod tests {
     #[test]
     fn frames_on_an_admitted_stream_decode_or_are_refused() {
         let ok = raft_frame(&msg(MessageType::MsgHeartbeat, 2, 1));
-        assert!(matches!(decode(&ok, 2, 1), Ok(Inbound::Raft(m)) if m.from == 2));
+        assert!(matches!(decode(ok.into(), 2, 1), Ok(Inbound::Raft(m)) if m.from == 2));
         // Another member's message on this stream: refused with the text the log shows.
         let other = raft_frame(&msg(MessageType::MsgHeartbeat, 3, 1));
         assert_eq!(
-            decode(&other, 2, 1).unwrap_err().to_string(),
+            decode(other.into(), 2, 1).unwrap_err().to_string(),
             "message from 3 to 1 on the stream of 2"
         );
         assert!(matches!(
-            decode(b"\xff\xff\xff", 2, 1),
+            decode(Bytes::from_static(b"\xff\xff\xff"), 2, 1),
             Err(Refusal::BadFrame(_))
         ));
         let q = request_frame(5, peer_request::Body::HashKv(Default::default()));
-        assert!(matches!(decode(&q[..], 2, 1), Ok(Inbound::Request(r)) if r.id == 5));
+        assert!(matches!(decode(q, 2, 1), Ok(Inbound::Request(r)) if r.id == 5));
         let snap = PeerFrame {
             body: Some(Body::SnapshotBegin(
                 msg(MessageType::MsgSnapshot, 2, 3)
@@ -481,15 +496,31 @@ mod tests {
         }
         .encode_to_vec();
         assert!(
-            matches!(decode(&snap, 2, 1), Err(Refusal::BadFrame(_))),
+            matches!(decode(snap.into(), 2, 1), Err(Refusal::BadFrame(_))),
             "not for this member"
         );
         assert!(matches!(
             outbound(msg(MessageType::MsgSnapshot, 1, 2)),
             Some(Outbound::Snapshot(_))
         ));
-        match outbound(msg(MessageType::MsgAppend, 1, 2)) {
-            Some(Outbound::Frame(f)) => assert!(matches!(decode(&f, 1, 2), Ok(Inbound::Raft(_)))),
+        // An append with entries: the one-buffer encoding is exactly the frame prost would
+        // write around the raft message, and decodes back to the same message.
+        let mut append = msg(MessageType::MsgAppend, 1, 2);
+        append.entries = (1..=3u64)
+            .map(|index| raft::eraftpb::Entry {
+                index,
+                term: 2,
+                data: vec![b'v'; 300].into(),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>()
+            .into();
+        let expected = raft_frame(&append);
+        match outbound(append.clone()) {
+            Some(Outbound::Frame(f)) => {
+                assert_eq!(f[..], expected[..]);
+                assert!(matches!(decode(f, 1, 2), Ok(Inbound::Raft(m)) if m == append));
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -504,7 +504,7 @@ async fn read_stream(
             // Removed while connected: tell it, so it stops (`reject` logs it).
             return reject(Refusal::Removed(hello.member_id));
         }
-        match core::decode(&b, hello.member_id, member_id) {
+        match core::decode(b.freeze(), hello.member_id, member_id) {
             // Raft tolerates loss: if consensus is saturated, drop rather than block the stream.
             Ok(Inbound::Raft(msg)) => {
                 let _ = consensus.try_send(Step(msg));
