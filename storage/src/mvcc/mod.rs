@@ -43,8 +43,9 @@ pub mod snapshot;
 mod validate;
 mod write;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use alarm::AlarmSet;
@@ -284,8 +285,132 @@ pub(crate) struct Db {
     pub(crate) lease: Keyspace,
     pub(crate) lease_keys: Keyspace,
     pub(crate) auth: Keyspace,
+    /// The newest revision of every key in `index`, for the write path's lookups.
+    pub(crate) newest: Newest,
     /// The directory it lives in.
     pub(crate) dir: PathBuf,
+}
+
+/// The newest revision of every key in the key index, by a 64-bit hash of the key's escaped
+/// form ([`index_prefix`]): 24 bytes and a control byte per key (about 50 MB per million
+/// keys), filled from the index by a thread of its own when the database opens (the member
+/// starts serving meanwhile) and kept by the apply thread after each commit.
+///
+/// A write must find a key's newest index entry (its create revision, version and lease).
+/// Without this, that is a reverse range over the memtable and every table that may hold
+/// the key, which grows with the keyspace (bloom filters only serve point reads). With it, a
+/// key that was never written needs no read, and an existing one a point read of
+/// `index_key(key, revision)`, which bloom filters serve. Keys whose hashes collide share the
+/// entry with the newer revision, so an entry is only an upper bound for each of them: a
+/// point read that misses (a collision, or an entry compaction removed) falls back to the
+/// range. Once filled, no entry means no key has it. Filling and recording both keep the
+/// larger revision, so their order does not matter.
+pub(crate) struct Newest {
+    hasher: std::collections::hash_map::RandomState,
+    inner: Arc<NewestInner>,
+}
+
+struct NewestInner {
+    revs: Mutex<HashMap<u64, Revision>>,
+    /// Every key of the index is in `revs` (the fill finished).
+    filled: AtomicBool,
+}
+
+/// What [`Newest`] knows of a key.
+pub(crate) enum NewestRev {
+    /// Still filling: look in the index.
+    Unknown,
+    /// No such key in the index.
+    Absent,
+    /// The key's newest revision is at most this one.
+    AtMost(Revision),
+}
+
+impl Newest {
+    /// Starts filling from every key of `index` on a thread of its own.
+    fn start(index: &Keyspace) -> Newest {
+        let n = Newest {
+            hasher: Default::default(),
+            inner: Arc::new(NewestInner {
+                revs: Mutex::new(HashMap::new()),
+                filled: AtomicBool::new(false),
+            }),
+        };
+        let (index, inner, hasher) = (index.clone(), n.inner.clone(), n.hasher.clone());
+        let fill = move || {
+            use std::hash::BuildHasher;
+            let mut local: HashMap<u64, Revision> = HashMap::new();
+            for (i, g) in index.iter().enumerate() {
+                // The database was dropped (replaced by a snapshot, or the member stops).
+                if i % 65_536 == 0 && Arc::strong_count(&inner) == 1 {
+                    return;
+                }
+                let k = match g.key() {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the key index; writes look keys up in it");
+                        return;
+                    }
+                };
+                let Some((prefix, rev)) = keys::split_index_key(&k) else {
+                    tracing::error!("short key in the key index; writes look keys up in it");
+                    return;
+                };
+                let e = local.entry(hasher.hash_one(prefix)).or_default();
+                *e = (*e).max(rev);
+            }
+            let mut revs = inner.revs.lock().unwrap_or_else(|p| p.into_inner());
+            for (h, rev) in revs.drain() {
+                let e = local.entry(h).or_default();
+                *e = (*e).max(rev);
+            }
+            *revs = local;
+            inner.filled.store(true, Ordering::Release);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("etch-key-index".into())
+            .spawn(fill)
+        {
+            tracing::error!(error = %e, "cannot start the key index thread; writes look keys up in the index");
+        }
+        n
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Revision>> {
+        self.inner.revs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hash of an escaped key ([`index_prefix`]).
+    pub(crate) fn hash(&self, prefix: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(prefix)
+    }
+
+    /// What is known of the keys with hash `h`.
+    fn get(&self, h: u64) -> NewestRev {
+        if !self.inner.filled.load(Ordering::Acquire) {
+            return NewestRev::Unknown;
+        }
+        match self.lock().get(&h) {
+            Some(rev) => NewestRev::AtMost(*rev),
+            None => NewestRev::Absent,
+        }
+    }
+
+    /// Whether the fill finished.
+    #[cfg(test)]
+    pub(crate) fn filled(&self) -> bool {
+        self.inner.filled.load(Ordering::Acquire)
+    }
+
+    /// Records index entries a committed batch wrote (`(hash, revision)`).
+    pub(crate) fn record(&self, written: &[(u64, Revision)]) {
+        let mut revs = self.lock();
+        for &(h, rev) in written {
+            let e = revs.entry(h).or_default();
+            *e = (*e).max(rev);
+        }
+    }
 }
 
 impl Db {
@@ -305,9 +430,11 @@ impl Db {
 impl Db {
     fn open(dir: &Path) -> Result<Db> {
         let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        let index = db.keyspace("key_index", KeyspaceCreateOptions::default)?;
         Ok(Db {
             kv: db.keyspace("kv", KeyspaceCreateOptions::default)?,
-            index: db.keyspace("key_index", KeyspaceCreateOptions::default)?,
+            newest: Newest::start(&index),
+            index,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
             lease: db.keyspace("lease", KeyspaceCreateOptions::default)?,
             lease_keys: db.keyspace("lease_keys", KeyspaceCreateOptions::default)?,
@@ -912,6 +1039,29 @@ impl MvccStore {
 
     fn set_applied(&self, a: AppliedIndex) {
         *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = a;
+    }
+
+    /// The newest index entry of `key` as of the committed state `v` (the write path: `v` is
+    /// the snapshot a batch started from, and only the apply thread commits), through
+    /// [`Newest`]; [`MvccStore::latest`] when its point read misses.
+    fn newest(&self, v: &View, key: &[u8]) -> Result<Option<(Revision, IndexValue)>> {
+        let lo = index_prefix(key);
+        if lo.len() + 16 > keys::FJALL_MAX_KEY_BYTES {
+            return Ok(None);
+        }
+        let rev = match v.d.newest.get(v.d.newest.hash(&lo)) {
+            NewestRev::Absent => return Ok(None),
+            NewestRev::Unknown => return self.latest(v, key, i64::MAX),
+            NewestRev::AtMost(rev) => rev,
+        };
+        let mut k = lo;
+        k.extend_from_slice(&rev.to_bytes());
+        if let Some(value) = v.snap.get(&v.d.index, &k)? {
+            let iv = IndexValue::decode(&value)
+                .ok_or_else(|| Error::CorruptStore("bad index value".into()))?;
+            return Ok(Some((rev, iv)));
+        }
+        self.latest(v, key, i64::MAX)
     }
 
     /// The newest index entry of `key` at or below `rev` (tombstones included).

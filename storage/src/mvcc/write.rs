@@ -43,6 +43,9 @@ pub(super) struct WriteTxn<'a> {
     alarms_next: Option<super::alarm::AlarmSet>,
     /// Keys created minus keys deleted by the entries ended so far (a run of Puts).
     key_delta: i64,
+    /// Index entries in the batch, as `(key hash, revision)` for [`super::Newest`] once
+    /// committed.
+    written: Vec<(u64, Revision)>,
 }
 
 /// Request-level failure, or a fatal store error.
@@ -104,6 +107,7 @@ impl<'a> WriteTxn<'a> {
             auth_next: None,
             alarms_next: None,
             key_delta: 0,
+            written: Vec::new(),
         }
     }
 
@@ -266,7 +270,7 @@ impl<'a> WriteTxn<'a> {
         if let Some(state) = self.overlay.get(key) {
             return Ok(state.clone());
         }
-        match self.store.latest(&self.view(), key, self.read_rev())? {
+        match self.store.newest(&self.view(), key)? {
             Some((rev, iv)) if !iv.tombstone => Ok(Some(self.store.kv_at(&self.view(), rev)?)),
             _ => Ok(None),
         }
@@ -278,7 +282,7 @@ impl<'a> WriteTxn<'a> {
                 .as_ref()
                 .map(|kv| (kv.create_revision, kv.version, kv.lease)));
         }
-        match self.store.latest(&self.view(), key, self.read_rev())? {
+        match self.store.newest(&self.view(), key)? {
             Some((_, iv)) if !iv.tombstone => Ok(Some((iv.create_revision, iv.version, iv.lease))),
             _ => Ok(None),
         }
@@ -352,8 +356,7 @@ impl<'a> WriteTxn<'a> {
             kv_key(rev, false),
             prost::Message::encode_to_vec(&kv),
         );
-        self.batch
-            .insert(&self.d.index, index_key(&p.key, rev), iv.encode().to_vec());
+        self.insert_index(&p.key, rev, &iv);
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv.clone()),
@@ -401,8 +404,7 @@ impl<'a> WriteTxn<'a> {
                 kv_key(rev, true),
                 prost::Message::encode_to_vec(&tomb),
             );
-            self.batch
-                .insert(&self.d.index, index_key(&h.key, rev), iv.encode().to_vec());
+            self.insert_index(&h.key, rev, &iv);
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(tomb),
@@ -486,6 +488,14 @@ impl<'a> WriteTxn<'a> {
     /// Ends one entry of a run of Puts ([`MvccStore::apply_puts`]): the next entry reads this
     /// one's writes (overlay) and writes at the next revision. Returns the revision after this
     /// entry and its events.
+    /// Adds `key`'s index entry at `rev` to the batch.
+    fn insert_index(&mut self, key: &[u8], rev: Revision, iv: &IndexValue) {
+        let k = index_key(key, rev);
+        let h = self.d.newest.hash(&k[..k.len() - 16]);
+        self.written.push((h, rev));
+        self.batch.insert(&self.d.index, k, iv.encode().to_vec());
+    }
+
     pub(super) fn end_entry(&mut self) -> (i64, Vec<Event>) {
         let events = std::mem::take(&mut self.events);
         if !events.is_empty() {
@@ -530,6 +540,7 @@ impl<'a> WriteTxn<'a> {
         crate::faults::check(crate::faults::Point::StoreWrite)
             .map_err(|e| Error::io(&self.store.root, e))?;
         self.batch.commit()?;
+        self.d.newest.record(&self.written);
         self.store
             .current
             .store(rev, std::sync::atomic::Ordering::Release);
