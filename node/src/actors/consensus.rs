@@ -36,7 +36,13 @@ pub struct ConsensusActor {
     failed: bool,
     /// A [`Flush`] is scheduled (after the proposals waiting in the mailbox).
     flush_scheduled: bool,
+    /// The answers owed to the client proposals held since the last flush.
+    held: Vec<oneshot::Sender<Result<(), ApiError>>>,
 }
+
+/// Client proposals held at once, at most: a mailbox that never empties still gets its
+/// proposals to raft this often.
+const MAX_HELD: usize = 1_024;
 
 impl ConsensusActor {
     /// A consensus actor driving `core`, persisting through `wal`, applying through `apply`,
@@ -58,6 +64,7 @@ impl ConsensusActor {
             tick_interval,
             failed: false,
             flush_scheduled: false,
+            held: Vec::new(),
         }
     }
 
@@ -210,6 +217,16 @@ impl ConsensusActor {
         }
     }
 
+    /// Proposes the client proposals held since the last flush, answers them, and carries out
+    /// the effects.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let r = self.core.flush();
+        for tx in self.held.drain(..) {
+            let _ = tx.send(r.clone());
+        }
+        self.execute(ctx);
+    }
+
     /// Raft's status into the node state (and etcd's leader-change counter).
     fn publish(&self, s: RaftStatus) {
         self.state.term.store(s.term, Ordering::Relaxed);
@@ -253,22 +270,30 @@ pub struct Propose {
 }
 
 impl Handler<Propose> for ConsensusActor {
-    type Result = Result<(), ApiError>;
+    type Result = ResponseFuture<Result<(), ApiError>>;
 
     fn handle(&mut self, m: Propose, ctx: &mut Context<Self>) -> Self::Result {
         crate::metrics::dequeued("consensus");
         let Some(term) = m.as_leader_in else {
-            // Client writes are batched: the mailbox is drained before the Flush runs.
-            let r = self.core.propose_later(m.data);
-            if !self.flush_scheduled {
+            // Client writes are held and proposed together once the mailbox is drained (the
+            // Flush), or every MAX_HELD proposals.
+            if let Err(e) = self.core.propose_later(m.data) {
+                return Box::pin(std::future::ready(Err(e)));
+            }
+            let (tx, rx) = oneshot::channel();
+            self.held.push(tx);
+            if self.held.len() >= MAX_HELD {
+                self.flush(ctx);
+            } else if !self.flush_scheduled {
                 self.flush_scheduled = true;
                 ctx.notify(Flush);
             }
-            return r;
+            // The actor stopped before the flush: nothing was proposed.
+            return Box::pin(async move { rx.await.unwrap_or(Err(ApiError::NoLeader)) });
         };
         let r = self.core.propose_as_leader(m.data, term);
         self.execute(ctx);
-        r
+        Box::pin(std::future::ready(r))
     }
 }
 
@@ -283,8 +308,7 @@ impl Handler<Flush> for ConsensusActor {
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
-        self.core.flush();
-        self.execute(ctx);
+        self.flush(ctx);
     }
 }
 

@@ -104,6 +104,8 @@ pub struct ConsensusCore<W> {
     catch_up_entries: u64,
     /// The Ready being persisted: its persisted messages and the snapshot it carried.
     persisting: Option<(Vec<Message>, Option<u64>)>,
+    /// Client proposals held for the next [`ConsensusCore::flush`].
+    held: Vec<Vec<u8>>,
     /// The release point being carried out.
     releasing: Option<u64>,
     /// Index of the newest membership applied (completions may arrive out of order).
@@ -126,6 +128,7 @@ impl<W> ConsensusCore<W> {
             snapshot_count: snapshot_count.max(1),
             catch_up_entries,
             persisting: None,
+            held: Vec::new(),
             releasing: None,
             membership_index: 0,
             out: VecDeque::new(),
@@ -164,19 +167,34 @@ impl<W> ConsensusCore<W> {
         r
     }
 
-    /// Like [`ConsensusCore::propose`], but the Ready is taken at the next
-    /// [`ConsensusCore::flush`] (or any other input): proposals that arrive together go to the
-    /// followers in one append and to the WAL in one write.
+    /// Like [`ConsensusCore::propose`], but held until the next [`ConsensusCore::flush`],
+    /// which proposes everything held in one raft message: proposals that arrive together go
+    /// to each follower in one append (or to the leader in one forwarded message) and to the
+    /// WAL in one write.
     ///
     /// # Errors
-    /// As [`ConsensusCore::propose`].
+    /// [`ApiError::NoLeader`] at once when no leader is known.
     pub fn propose_later(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
-        self.raft.propose(data)
+        if !self.raft.has_leader() {
+            return Err(ApiError::NoLeader);
+        }
+        self.held.push(data);
+        Ok(())
     }
 
-    /// Takes the Readies that [`ConsensusCore::propose_later`] left.
-    pub fn flush(&mut self) {
+    /// Proposes what [`ConsensusCore::propose_later`] held, and takes the Readies.
+    ///
+    /// # Errors
+    /// Raft did not take them ([`RaftCore::propose_batch`]): none of them was proposed.
+    pub fn flush(&mut self) -> Result<(), ApiError> {
+        let held = std::mem::take(&mut self.held);
+        let r = if held.is_empty() {
+            Ok(())
+        } else {
+            self.raft.propose_batch(held)
+        };
         self.drive();
+        r
     }
 
     /// Proposes `data` only if this member leads in `term` ([`RaftCore::propose_as_leader`]).
@@ -431,7 +449,7 @@ mod tests {
     use super::*;
     use etch_storage::raftlog::RaftLog;
     use etch_storage::wal::Recovered;
-    use raft::eraftpb::ConfState;
+    use raft::eraftpb::{ConfState, MessageType};
 
     fn logger() -> slog::Logger {
         slog::Logger::root(slog::Discard, slog::o!())
@@ -610,7 +628,7 @@ mod tests {
             c.propose_later(data.to_vec()).expect("propose");
         }
         assert!(c.poll().is_none(), "nothing before the flush");
-        c.flush();
+        c.flush().expect("flush");
         settle(&mut c, &mut seen);
         // One write of all three (then the commit index's hard state alone).
         let writes: Vec<&String> = seen
@@ -618,6 +636,97 @@ mod tests {
             .filter(|s| s.starts_with("persist") && *s != "persist 0 entries")
             .collect();
         assert_eq!(writes, vec!["persist 3 entries"], "{seen:?}");
+    }
+
+    /// Member 1 of a three-member cluster, elected leader (its peers' votes stepped in).
+    fn leader_of_three() -> ConsensusCore<u32> {
+        let m = Membership {
+            members: (1..=3)
+                .map(|id| Member {
+                    id,
+                    name: format!("m{id}"),
+                    peer_ur_ls: vec![format!("http://127.0.0.1:{id}")],
+                    ..Default::default()
+                })
+                .collect(),
+            removed: Vec::new(),
+        };
+        let boot = crate::core::raft::bootstrap_entries(&m.members);
+        let rec = Recovered {
+            snapshot: None,
+            hard_state: Some(HardState {
+                term: 1,
+                commit: boot.len() as u64,
+                ..Default::default()
+            }),
+            entries: boot,
+            truncated_bytes: 0,
+        };
+        let log = RaftLog::from_recovered(&rec, ConfState::default());
+        let raft = RaftCore::new_fixed_timeout(1, log, 0, 3, &logger()).expect("raft");
+        let mut c = ConsensusCore::new(raft, 1, 1_000, 10);
+        c.start();
+        // Until it leads and its first entry is committed (both followers replicating).
+        for _ in 0..200 {
+            let (_, leader, commit, last) = c.raft().status();
+            if leader == 1 && commit == last {
+                break;
+            }
+            c.tick();
+            while let Some(e) = c.poll() {
+                match e {
+                    Effect::Apply(entries) => {
+                        let last = entries.last().map(|e| e.index).unwrap_or(0);
+                        c.applied(last, Some(m.clone()));
+                    }
+                    Effect::Persist(p) => c.persisted(p.number),
+                    Effect::Send(msgs) => {
+                        for msg in msgs {
+                            let kind = match msg.get_msg_type() {
+                                MessageType::MsgRequestPreVote => {
+                                    MessageType::MsgRequestPreVoteResponse
+                                }
+                                MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
+                                MessageType::MsgAppend => MessageType::MsgAppendResponse,
+                                _ => continue,
+                            };
+                            let mut r = Message::default();
+                            r.set_msg_type(kind);
+                            r.from = msg.to;
+                            r.to = 1;
+                            r.term = msg.term;
+                            r.index = msg.index + msg.entries.len() as u64;
+                            c.step(r);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(c.raft().status().1, 1, "member 1 leads");
+        c
+    }
+
+    #[test]
+    fn proposals_flushed_together_reach_each_follower_in_one_append() {
+        let mut c = leader_of_three();
+        for data in [b"x", b"y", b"z"] {
+            c.propose_later(data.to_vec()).expect("propose");
+        }
+        c.flush().expect("flush");
+        let mut appends: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
+        while let Some(e) = c.poll() {
+            if let Effect::Send(msgs) = e {
+                for m in msgs {
+                    if m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty() {
+                        appends.push((m.to, m.entries.iter().map(|e| e.data.to_vec()).collect()));
+                    }
+                }
+            }
+        }
+        appends.sort();
+        let all = vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()];
+        assert_eq!(appends, vec![(2, all.clone()), (3, all)]);
     }
 
     #[test]

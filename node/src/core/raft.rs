@@ -12,7 +12,7 @@
 
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message,
-    SnapshotMetadata,
+    MessageType, SnapshotMetadata,
 };
 use raft::{Config as RaftConfig, INVALID_ID, RawNode, StateRole};
 
@@ -112,6 +112,9 @@ impl<W> RaftCore<W> {
             // 1 MiB per append message and 256 in flight, as etcd.
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
+            // Proposals taken together (the consensus actor's flush) go to each follower in
+            // one append: raft-rs sends an append per proposal, and merges them only with this.
+            batch_append: false,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
@@ -167,6 +170,36 @@ impl<W> RaftCore<W> {
         self.node
             .propose(Vec::new(), data)
             .map_err(|_| ApiError::NoLeader)
+    }
+
+    /// Proposes every entry of `batch` (encoded `InternalRequest`s) in one raft message, as
+    /// raft-rs's `propose` does for one: a leader appends them all and sends one append per
+    /// follower; a follower forwards the message to its leader whole.
+    ///
+    /// # Errors
+    /// [`ApiError::NoLeader`] when there is no leader to take them, or raft-rs drops them (a
+    /// leader transfer in progress).
+    pub fn propose_batch(&mut self, batch: Vec<Vec<u8>>) -> Result<(), ApiError> {
+        if self.node.raft.leader_id == INVALID_ID {
+            return Err(ApiError::NoLeader);
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.node.raft.id;
+        let entries: Vec<Entry> = batch
+            .into_iter()
+            .map(|data| Entry {
+                data: data.into(),
+                ..Default::default()
+            })
+            .collect();
+        m.set_entries(entries.into());
+        self.node.raft.step(m).map_err(|_| ApiError::NoLeader)
+    }
+
+    /// Whether a leader is known.
+    pub fn has_leader(&self) -> bool {
+        self.node.raft.leader_id != INVALID_ID
     }
 
     /// Proposes `data` only if this member leads in `term`; never forwarded. For what a

@@ -304,7 +304,9 @@ pub(crate) struct Db {
 /// entry with the newer revision, so an entry is only an upper bound for each of them: a
 /// point read that misses (a collision, or an entry compaction removed) falls back to the
 /// range. Once filled, no entry means no key has it. Filling and recording both keep the
-/// larger revision, so their order does not matter.
+/// larger revision, so their order does not matter. Entries are never removed (a hash may be
+/// shared, so a deleted key's entry cannot be dropped safely): the map holds every key
+/// written since the database opened, deleted ones included, until the next start.
 pub(crate) struct Newest {
     hasher: std::collections::hash_map::RandomState,
     inner: Arc<NewestInner>,
@@ -342,7 +344,7 @@ impl Newest {
             let mut local: HashMap<u64, Revision> = HashMap::new();
             for (i, g) in index.iter().enumerate() {
                 // The database was dropped (replaced by a snapshot, or the member stops).
-                if i % 65_536 == 0 && Arc::strong_count(&inner) == 1 {
+                if i % 4_096 == 0 && Arc::strong_count(&inner) == 1 {
                     return;
                 }
                 let k = match g.key() {

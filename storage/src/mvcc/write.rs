@@ -485,9 +485,6 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
-    /// Ends one entry of a run of Puts ([`MvccStore::apply_puts`]): the next entry reads this
-    /// one's writes (overlay) and writes at the next revision. Returns the revision after this
-    /// entry and its events.
     /// Adds `key`'s index entry at `rev` to the batch.
     fn insert_index(&mut self, key: &[u8], rev: Revision, iv: &IndexValue) {
         let k = index_key(key, rev);
@@ -496,6 +493,9 @@ impl<'a> WriteTxn<'a> {
         self.batch.insert(&self.d.index, k, iv.encode().to_vec());
     }
 
+    /// Ends one entry of a run of Puts ([`MvccStore::apply_puts`]): the next entry reads this
+    /// one's writes (overlay) and writes at the next revision. Returns the revision after this
+    /// entry and its events.
     pub(super) fn end_entry(&mut self) -> (i64, Vec<Event>) {
         let events = std::mem::take(&mut self.events);
         if !events.is_empty() {

@@ -280,6 +280,8 @@ enum Event {
     /// A snapshot stream: the `MsgSnapshot`, the sender's incarnation, the store's chunks.
     DeliverSnapshot(Message, u64, Rc<Vec<Vec<u8>>>),
     WalDone(u64, u64),
+    /// The member proposes the client writes it holds (the consensus actor's flush).
+    Flush(u64, u64),
     Apply(u64, u64),
     ClientNext(usize),
     ClientTimeout(usize, u64),
@@ -354,6 +356,8 @@ struct Member {
     disk: Disk,
     /// Proposals made here, by request id: (client, op).
     waiters: BTreeMap<u64, (usize, u64)>,
+    /// Client writes held for the next flush: (client, op).
+    held: Vec<(usize, u64)>,
     /// Reads whose ReadIndex is known, waiting for apply.
     reads: Vec<(ReadReq, u64)>,
     /// Committed entries handed to apply, oldest first.
@@ -378,6 +382,7 @@ impl Member {
             apply: None,
             disk: Disk::default(),
             waiters: BTreeMap::new(),
+            held: Vec::new(),
             reads: Vec::new(),
             to_apply: std::collections::VecDeque::new(),
             hub: None,
@@ -649,6 +654,7 @@ impl Sim {
             }
             Event::DeliverSnapshot(msg, inc, chunks) => self.deliver_snapshot(msg, inc, &chunks)?,
             Event::WalDone(id, inc) => self.wal_done(id, inc)?,
+            Event::Flush(id, inc) => self.flush(id, inc)?,
             Event::Apply(id, inc) => {
                 let m = self.members.get_mut(&id).expect("member");
                 if !m.up || m.incarnation != inc {
@@ -803,6 +809,7 @@ impl Sim {
         m.hub = None;
         m.lessor = None;
         m.waiters.clear();
+        m.held.clear();
         m.reads.clear();
         m.to_apply.clear();
         let mut kept = 0;
@@ -1034,6 +1041,28 @@ impl Sim {
         }
     }
 
+    fn flush(&mut self, id: u64, inc: u64) -> Result<(), String> {
+        let m = self.members.get_mut(&id).expect("member");
+        if !m.up || m.incarnation != inc {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut m.held);
+        let failed = match m.core.as_mut().expect("core").flush() {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                for (_, op) in &held {
+                    m.waiters.remove(op);
+                }
+                held.into_iter().map(|x| (x, e.to_string())).collect()
+            }
+        };
+        for ((c, op), e) in failed {
+            let d = self.rng.random_range(1..=self.cfg.max_delay_ms);
+            self.at(d, Event::Response(c, op, Err(e)));
+        }
+        self.drive(id)
+    }
+
     fn wal_done(&mut self, id: u64, inc: u64) -> Result<(), String> {
         let m = self.members.get_mut(&id).expect("member");
         if !m.up || m.incarnation != inc {
@@ -1242,9 +1271,16 @@ impl Sim {
                     })),
                     auth: None,
                 };
-                match core.propose(req.encode_to_vec()) {
+                // Held and proposed together with the writes that arrive within a
+                // millisecond, as the consensus actor does with its mailbox.
+                match core.propose_later(req.encode_to_vec()) {
                     Ok(()) => {
                         m.waiters.insert(op, (c, op));
+                        m.held.push((c, op));
+                        if m.held.len() == 1 {
+                            let inc = m.incarnation;
+                            self.at(1, Event::Flush(member, inc));
+                        }
                     }
                     Err(e) => {
                         let d = self.rng.random_range(1..=self.cfg.max_delay_ms);
