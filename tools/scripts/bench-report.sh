@@ -40,11 +40,11 @@ for i in 0 1 2; do
     --log-level error >"$work/e$i.log" 2>&1 &
 done
 NATIVE=127.0.0.1:23780,127.0.0.1:23781,127.0.0.1:23782
-ETCH=127.0.0.1:23770,127.0.0.1:23771,127.0.0.1:23772
-ETCD=127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792
+ETCH_EPS=127.0.0.1:23770,127.0.0.1:23771,127.0.0.1:23772
+ETCD_EPS=127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792
 for _ in $(seq 300); do
-  ./target/release/etch-bench --endpoints $ETCH --protocol grpc --json put --total 1 >/dev/null 2>&1 &&
-    ./target/release/etch-bench --endpoints $ETCD --protocol grpc --json put --total 1 >/dev/null 2>&1 && break
+  ./target/release/etch-bench --endpoints $ETCH_EPS --protocol grpc --json put --total 1 >/dev/null 2>&1 &&
+    ./target/release/etch-bench --endpoints $ETCD_EPS --protocol grpc --json put --total 1 >/dev/null 2>&1 && break
   sleep 0.1
 done
 
@@ -80,10 +80,10 @@ print("%.0f | %.2f / %.2f" % (r["qps"], l["p50"], l["p99"]))'
     conns=$(( clients < 100 ? 1 : (clients < 1000 ? 10 : 100) ))
     common=(--conns $conns --clients $clients)
     put=(put --total $total --key-size 8 --val-size 256 --sequential-keys --key-space-size $total)
-    echo "| put | $clients | $(cell $ETCH grpc "${common[@]}" "${put[@]}") | $(cell $ETCD grpc "${common[@]}" "${put[@]}") | $(cell $NATIVE native "${common[@]}" "${put[@]}") |"
+    echo "| put | $clients | $(cell $ETCH_EPS grpc "${common[@]}" "${put[@]}") | $(cell $ETCD_EPS grpc "${common[@]}" "${put[@]}") | $(cell $NATIVE native "${common[@]}" "${put[@]}") |"
     for c in l s; do
       rng=(range foo --total $total --consistency $c)
-      echo "| range ($c) | $clients | $(cell $ETCH grpc "${common[@]}" "${rng[@]}") | $(cell $ETCD grpc "${common[@]}" "${rng[@]}") | $(cell $NATIVE native "${common[@]}" "${rng[@]}") |"
+      echo "| range ($c) | $clients | $(cell $ETCH_EPS grpc "${common[@]}" "${rng[@]}") | $(cell $ETCD_EPS grpc "${common[@]}" "${rng[@]}") | $(cell $NATIVE native "${common[@]}" "${rng[@]}") |"
     done
   done
   common=(--conns 10 --clients 100)
@@ -91,7 +91,7 @@ print("%.0f | %.2f / %.2f" % (r["qps"], l["p50"], l["p99"]))'
            "txn-mixed --rw-ratio 4 --key-size 8 --val-size 256 --key-space-size 10000" \
            "lease-keepalive"; do
     # shellcheck disable=SC2086
-    echo "| ${w%% *} | 100 | $(cell $ETCH grpc "${common[@]}" $w --total $TOTAL) | $(cell $ETCD grpc "${common[@]}" $w --total $TOTAL) | $(cell $NATIVE native "${common[@]}" $w --total $TOTAL) |"
+    echo "| ${w%% *} | 100 | $(cell $ETCH_EPS grpc "${common[@]}" $w --total $TOTAL) | $(cell $ETCD_EPS grpc "${common[@]}" $w --total $TOTAL) | $(cell $NATIVE native "${common[@]}" $w --total $TOTAL) |"
   done
   echo
   echo "Watch delivery (\`watch-latency\`: 100 streams x 100 watchers on one key, 100 puts at 50/s;"
@@ -99,7 +99,7 @@ print("%.0f | %.2f / %.2f" % (r["qps"], l["p50"], l["p99"]))'
   echo
   echo "| server | events delivered | events/s | p50 / p99 ms |"
   echo "|---|---|---|---|"
-  for row in "etch gRPC|$ETCH|grpc" "etcd gRPC|$ETCD|grpc" "etch native|$NATIVE|native"; do
+  for row in "etch gRPC|$ETCH_EPS|grpc" "etcd gRPC|$ETCD_EPS|grpc" "etch native|$NATIVE|native"; do
     IFS='|' read -r name eps proto <<<"$row"
     ./target/release/etch-bench --endpoints "$eps" --protocol "$proto" --conns 10 watch-latency \
       --streams 100 --watchers-per-stream 100 --put-total 100 --put-rate 50 2>/dev/null | python3 -c '

