@@ -13,7 +13,9 @@ use raft::INVALID_ID;
 use raft::eraftpb::Message;
 use tokio::sync::oneshot;
 
-pub use crate::core::consensus::{CATCH_UP_ENTRIES, ConsensusCore, Effect, REMOVED, RaftStatus};
+pub use crate::core::consensus::{
+    CATCH_UP_ENTRIES, ConsensusCore, Effect, MAX_HELD_BYTES, REMOVED, RaftStatus,
+};
 pub use crate::core::raft::RaftCore;
 use crate::state::NodeState;
 
@@ -276,20 +278,20 @@ impl Handler<Propose> for ConsensusActor {
         crate::metrics::dequeued("consensus");
         let Some(term) = m.as_leader_in else {
             // Client writes are held and proposed together once the mailbox is drained (the
-            // Flush), or every MAX_HELD proposals.
+            // Flush), or every MAX_HELD proposals or MAX_HELD_BYTES.
             if let Err(e) = self.core.propose_later(m.data) {
                 return Box::pin(std::future::ready(Err(e)));
             }
             let (tx, rx) = oneshot::channel();
             self.held.push(tx);
-            if self.held.len() >= MAX_HELD {
+            if self.held.len() >= MAX_HELD || self.core.held_bytes() >= MAX_HELD_BYTES {
                 self.flush(ctx);
             } else if !self.flush_scheduled {
                 self.flush_scheduled = true;
                 ctx.notify(Flush);
             }
             // The actor stopped before the flush: nothing was proposed.
-            return Box::pin(async move { rx.await.unwrap_or(Err(ApiError::NoLeader)) });
+            return Box::pin(async move { rx.await.unwrap_or(Err(ApiError::Stopped)) });
         };
         let r = self.core.propose_as_leader(m.data, term);
         self.execute(ctx);

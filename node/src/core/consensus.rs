@@ -38,6 +38,10 @@ use crate::error::ApiError;
 /// (etcd's message).
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
+/// Bytes of client proposals held before they are proposed: raft-rs's (and etcd's) largest
+/// append message, 1 MiB. A batch is at most this plus one request (`--max-request-bytes`).
+pub const MAX_HELD_BYTES: usize = 1024 * 1024;
+
 /// Entries kept in the raft log behind a release point, so a slightly lagging follower still
 /// catches up from the log instead of a snapshot (etcd `SnapshotCatchUpEntries`).
 pub const CATCH_UP_ENTRIES: u64 = 5_000;
@@ -106,6 +110,8 @@ pub struct ConsensusCore<W> {
     persisting: Option<(Vec<Message>, Option<u64>)>,
     /// Client proposals held for the next [`ConsensusCore::flush`].
     held: Vec<Vec<u8>>,
+    /// Their size in bytes.
+    held_bytes: usize,
     /// The release point being carried out.
     releasing: Option<u64>,
     /// Index of the newest membership applied (completions may arrive out of order).
@@ -129,6 +135,7 @@ impl<W> ConsensusCore<W> {
             catch_up_entries,
             persisting: None,
             held: Vec::new(),
+            held_bytes: 0,
             releasing: None,
             membership_index: 0,
             out: VecDeque::new(),
@@ -178,8 +185,16 @@ impl<W> ConsensusCore<W> {
         if !self.raft.has_leader() {
             return Err(ApiError::NoLeader);
         }
+        self.held_bytes += data.len();
         self.held.push(data);
         Ok(())
+    }
+
+    /// Bytes held by [`ConsensusCore::propose_later`] since the last flush: the caller flushes
+    /// at [`MAX_HELD_BYTES`], so one forwarded batch stays far below the peer frame limit and
+    /// a leader's append carries it whole.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// Proposes what [`ConsensusCore::propose_later`] held, and takes the Readies.
@@ -188,6 +203,7 @@ impl<W> ConsensusCore<W> {
     /// Raft did not take them ([`RaftCore::propose_batch`]): none of them was proposed.
     pub fn flush(&mut self) -> Result<(), ApiError> {
         let held = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
         let r = if held.is_empty() {
             Ok(())
         } else {
@@ -628,7 +644,9 @@ mod tests {
             c.propose_later(data.to_vec()).expect("propose");
         }
         assert!(c.poll().is_none(), "nothing before the flush");
+        assert_eq!(c.held_bytes(), 3);
         c.flush().expect("flush");
+        assert_eq!(c.held_bytes(), 0);
         settle(&mut c, &mut seen);
         // One write of all three (then the commit index's hard state alone).
         let writes: Vec<&String> = seen

@@ -112,9 +112,9 @@ impl<W> RaftCore<W> {
             // 1 MiB per append message and 256 in flight, as etcd.
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
-            // Proposals taken together (the consensus actor's flush) go to each follower in
-            // one append: raft-rs sends an append per proposal, and merges them only with this.
-            batch_append: false,
+            // `batch_append` stays off: the cluster simulator crashed followers with it
+            // ("to_commit out of range"); proposals held together are proposed as one
+            // message instead (`propose_batch`), which gets one append per follower.
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
