@@ -94,34 +94,47 @@ fn three_members_replicate_and_serve_everywhere() {
     assert_eq!(ids.len(), 3);
 }
 
-#[test]
-fn leader_killed_under_load_loses_no_acknowledged_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), 3, &[]);
-    let old = c.leader();
-    let ack = dir.path().join("acked.txt");
+/// Starts `total` puts of distinct 16-byte keys from `clients` clients over `conns`
+/// connections against `c`, each acknowledged key written to `ack` (etch-bench `--ack-log`).
+fn put_load_with_ack_log(
+    c: &Cluster,
+    ack: &std::path::Path,
+    clients: u32,
+    conns: u32,
+    total: u32,
+) -> std::thread::JoinHandle<std::process::Output> {
     let (endpoints, ack_arg) = (c.endpoints(), ack.to_string_lossy().to_string());
-    let load = std::thread::spawn(move || {
+    std::thread::spawn(move || {
+        let (clients, conns, total) = (clients.to_string(), conns.to_string(), total.to_string());
         bench(
             &endpoints,
             &[
                 "--clients",
-                "30",
+                &clients,
                 "--conns",
-                "3",
+                &conns,
                 "put",
                 "--total",
-                "30000",
+                &total,
                 "--sequential-keys",
                 "--key-space-size",
-                "30000",
+                &total,
                 "--key-size",
                 "16",
                 "--ack-log",
                 &ack_arg,
             ],
         )
-    });
+    })
+}
+
+#[test]
+fn leader_killed_under_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let old = c.leader();
+    let ack = dir.path().join("acked.txt");
+    let load = put_load_with_ack_log(&c, &ack, 30, 3, 30_000);
     let probe = (old + 1) % 3;
     wait_for(Duration::from_secs(60), "writes under load", || {
         (c.nodes[probe].local_count() > 2000).then_some(())
@@ -156,28 +169,7 @@ fn every_member_killed_during_a_burst_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(dir.path(), 3, &[]);
     let ack = dir.path().join("acked.txt");
-    let (endpoints, ack_arg) = (c.endpoints(), ack.to_string_lossy().to_string());
-    let load = std::thread::spawn(move || {
-        bench(
-            &endpoints,
-            &[
-                "--clients",
-                "50",
-                "--conns",
-                "5",
-                "put",
-                "--total",
-                "40000",
-                "--sequential-keys",
-                "--key-space-size",
-                "40000",
-                "--key-size",
-                "16",
-                "--ack-log",
-                &ack_arg,
-            ],
-        )
-    });
+    let load = put_load_with_ack_log(&c, &ack, 50, 5, 40_000);
     wait_for(Duration::from_secs(60), "a burst of writes", || {
         (c.nodes[0].local_count() > 3000).then_some(())
     });

@@ -485,7 +485,17 @@ mod tests {
 
     /// A one-member cluster at its bootstrap entry (index 1).
     fn single(snapshot_count: u64, catch_up: u64) -> ConsensusCore<u32> {
-        let boot = crate::core::raft::bootstrap_entries(&one_member().members);
+        bootstrapped(&one_member(), 10, snapshot_count, catch_up)
+    }
+
+    /// Member 1 of `m` at its bootstrap entries, with fixed `election_ticks`.
+    fn bootstrapped(
+        m: &Membership,
+        election_ticks: usize,
+        snapshot_count: u64,
+        catch_up: u64,
+    ) -> ConsensusCore<u32> {
+        let boot = crate::core::raft::bootstrap_entries(&m.members);
         let rec = Recovered {
             snapshot: None,
             hard_state: Some(HardState {
@@ -497,7 +507,7 @@ mod tests {
             truncated_bytes: 0,
         };
         let log = RaftLog::from_recovered(&rec, ConfState::default());
-        let raft = RaftCore::new_fixed_timeout(1, log, 0, 10, &logger()).expect("raft");
+        let raft = RaftCore::new_fixed_timeout(1, log, 0, election_ticks, &logger()).expect("raft");
         ConsensusCore::new(raft, 1, snapshot_count, catch_up)
     }
 
@@ -669,20 +679,7 @@ mod tests {
                 .collect(),
             removed: Vec::new(),
         };
-        let boot = crate::core::raft::bootstrap_entries(&m.members);
-        let rec = Recovered {
-            snapshot: None,
-            hard_state: Some(HardState {
-                term: 1,
-                commit: boot.len() as u64,
-                ..Default::default()
-            }),
-            entries: boot,
-            truncated_bytes: 0,
-        };
-        let log = RaftLog::from_recovered(&rec, ConfState::default());
-        let raft = RaftCore::new_fixed_timeout(1, log, 0, 3, &logger()).expect("raft");
-        let mut c = ConsensusCore::new(raft, 1, 1_000, 10);
+        let mut c = bootstrapped(&m, 3, 1_000, 10);
         c.start();
         // Until it leads and its first entry is committed (both followers replicating).
         for _ in 0..200 {
