@@ -269,6 +269,10 @@ pub struct AppliedIndex {
     pub term: u64,
 }
 
+/// The most journal fjall keeps before flushing the memtables that pin its oldest file, in
+/// bytes (fjall's minimum; its default is 512 MiB): what a reopen after a crash may replay.
+const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
+
 const META_CURRENT_REV: &str = "current_revision";
 const META_COMPACT_REV: &str = "compact_revision";
 const META_APPLIED: &str = "applied_index";
@@ -431,7 +435,13 @@ impl Db {
 
 impl Db {
     fn open(dir: &Path) -> Result<Db> {
-        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        // fjall replays its journal at open; its default bound of 512 MiB of journal took
+        // 4.6 s to replay after a 1,000,000-key load. 64 MiB (fjall's minimum) makes fjall
+        // flush the memtables pinning the oldest journal sooner, bounding replay after a crash.
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .max_journaling_size(MAX_JOURNALING_BYTES)
+            .open()?;
         let index = db.keyspace("key_index", KeyspaceCreateOptions::default)?;
         Ok(Db {
             kv: db.keyspace("kv", KeyspaceCreateOptions::default)?,
@@ -694,6 +704,20 @@ impl MvccStore {
     /// The directory the store lives in (`<data dir>/member`).
     pub fn dir(&self) -> &std::path::Path {
         &self.root
+    }
+
+    /// Flushes every keyspace's memtable to a table and waits, then fsyncs (fjall
+    /// `PersistMode::SyncAll`): called at a graceful stop, so the next open replays
+    /// (almost) no journal. Blocking: up to one memtable (64 MiB) written per keyspace.
+    ///
+    /// # Errors
+    /// [`Error::Fjall`].
+    pub fn flush_memtables(&self) -> Result<()> {
+        let d = self.db();
+        for ks in d.keyspaces() {
+            ks.rotate_memtable_and_wait()?;
+        }
+        self.persist()
     }
 
     /// Makes everything applied so far durable (fjall `PersistMode::SyncAll`).
