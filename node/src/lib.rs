@@ -48,6 +48,10 @@ pub const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for in-flight requests before closing anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a graceful stop waits for the store's memtables to be flushed (5 s): past it the
+/// member stops anyway and its next start replays the store's journal.
+const STOP_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Sockets the caller bound (so tests can bind port 0 and read the port back).
 #[derive(Debug, Default)]
 pub struct Listeners {
@@ -424,8 +428,19 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_millis(500), ep.wait_idle()).await;
     }
     if result.is_ok() || removed {
-        // Memtables written out now spare the next start replaying fjall's journal.
-        store.flush_memtables()?;
+        // Memtables written out now spare the next start replaying fjall's journal; if that
+        // fails or takes too long, the fsync alone keeps what was applied.
+        match store.flush_memtables(STOP_FLUSH_DEADLINE) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                deadline = ?STOP_FLUSH_DEADLINE,
+                "store memtables not flushed in time; the next start replays the store journal"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "flushing the store's memtables at stop");
+                store.persist()?;
+            }
+        }
     }
     wal_arbiter.stop();
     apply_arbiter.stop();

@@ -21,6 +21,7 @@
 # builds). KEYS=0 skips the one-member load; SAMPLES=DIR keeps each server's per-second load
 # samples (UNIX-SECOND,MIN,AVG,MAX,THROUGHPUT) as DIR/<server>.csv.
 set -euo pipefail
+[ -n "${SAMPLES:-}" ] && SAMPLES=$(realpath -m "$SAMPLES")
 cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}
 KEYS=${2:-1000000}
@@ -70,11 +71,13 @@ start() {
     fi
     PIDS+=($!)
   done
-  for _ in $(seq 1000); do
+  # At most 300 s: etcd 3.5 takes about 60 s to restart on 10,000,000 keys.
+  local until=$((SECONDS + 300))
+  while [ "$SECONDS" -lt "$until" ]; do
     "$ETCDCTL" --endpoints "$EPS" put ready 1 >/dev/null 2>&1 && return 0
     sleep 0.02
   done
-  echo "$kind cluster did not start" >&2; exit 1
+  echo "$kind cluster did not start within 300 s" >&2; exit 1
 }
 
 # stop [SIGNAL]: stops the cluster (SIGTERM unless told) and waits for its processes.

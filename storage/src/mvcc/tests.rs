@@ -975,3 +975,37 @@ fn writes_after_a_reopen_find_keys_through_the_filled_newest_map() {
     assert_eq!(kv(&t, "new").expect("new").version, 2);
     assert_eq!(t.s.key_count(), 201);
 }
+
+#[test]
+fn flushed_memtables_leave_nothing_sealed_and_a_reopen_keeps_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = T {
+        s: MvccStore::open(dir.path()).unwrap(),
+        _dir: tempfile::tempdir().unwrap(),
+        index: 0,
+    };
+    for i in 0..500 {
+        t.put(&format!("k{i:03}"), "v");
+    }
+    assert!(
+        t.s.db().keyspaces().iter().any(|k| k.approximate_len() > 0),
+        "the puts are in the memtables"
+    );
+    assert!(
+        t.s.flush_memtables(std::time::Duration::from_secs(30))
+            .unwrap(),
+        "flushed within the deadline"
+    );
+    let d = t.s.db();
+    assert!(d.keyspaces().iter().all(|k| k.sealed_memtable_count() == 0));
+    // The revisions and the key index are now in tables.
+    assert!(d.kv.table_count() > 0 && d.index.table_count() > 0);
+    drop(d);
+    let rev = t.s.current_revision();
+    drop(t.s);
+    t.s = MvccStore::open(dir.path()).unwrap();
+    assert_eq!(t.s.current_revision(), rev);
+    assert_eq!(t.s.key_count(), 500);
+    let r = t.get(rng("k", "l")).unwrap();
+    assert_eq!(r.kvs.len(), 500);
+}
