@@ -430,14 +430,22 @@ pub async fn run(
     if result.is_ok() || removed {
         // Memtables written out now spare the next start replaying fjall's journal; if that
         // fails or takes too long, the fsync alone keeps what was applied.
-        match store.flush_memtables(STOP_FLUSH_DEADLINE) {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
+        // Blocking for up to the deadline: off the async threads.
+        let s = store.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || s.flush_memtables(STOP_FLUSH_DEADLINE)).await;
+        match flushed {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!(
                 deadline = ?STOP_FLUSH_DEADLINE,
                 "store memtables not flushed in time; the next start replays the store journal"
             ),
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "flushing the store's memtables at stop");
+                store.persist()?;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the store's memtable flush at stop did not finish");
                 store.persist()?;
             }
         }

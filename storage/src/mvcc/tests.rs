@@ -978,12 +978,7 @@ fn writes_after_a_reopen_find_keys_through_the_filled_newest_map() {
 
 #[test]
 fn flushed_memtables_leave_nothing_sealed_and_a_reopen_keeps_every_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = T {
-        s: MvccStore::open(dir.path()).unwrap(),
-        _dir: tempfile::tempdir().unwrap(),
-        index: 0,
-    };
+    let mut t = T::new();
     for i in 0..500 {
         t.put(&format!("k{i:03}"), "v");
     }
@@ -1002,8 +997,9 @@ fn flushed_memtables_leave_nothing_sealed_and_a_reopen_keeps_every_key() {
     assert!(d.kv.table_count() > 0 && d.index.table_count() > 0);
     drop(d);
     let rev = t.s.current_revision();
+    let path = t._dir.path().to_owned();
     drop(t.s);
-    t.s = MvccStore::open(dir.path()).unwrap();
+    t.s = MvccStore::open(&path).unwrap();
     assert_eq!(t.s.current_revision(), rev);
     assert_eq!(t.s.key_count(), 500);
     let r = t.get(rng("k", "l")).unwrap();
