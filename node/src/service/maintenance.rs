@@ -58,7 +58,8 @@ fn alarm_text(member_id: u64, alarm: i32) -> String {
 }
 
 impl Service {
-    /// etcd's `quotaAlarmer.check`: if this member's store plus `cost` bytes reaches the quota
+    /// etcd's `quotaAlarmer.check`: if this member's store (as measured at most
+    /// [`etch_storage::mvcc::QUOTA_SIZE_MAX_AGE_MS`] ago) plus `cost` bytes reaches the quota
     /// (etcd: available while `size + cost < quota`), raises NOSPACE for this member through
     /// consensus (waiting for it, ignoring its failure, and skipped when this member's NOSPACE
     /// is already active) and refuses the request.
@@ -66,7 +67,7 @@ impl Service {
     /// # Errors
     /// [`RequestError::NoSpace`] when over the quota.
     pub(super) async fn check_quota(&self, cost: u64) -> Res<()> {
-        let size = self.store.quota_size_bytes();
+        let size = self.store.recent_quota_size_bytes();
         if size.saturating_add(cost) < self.limits.quota_backend_bytes {
             return Ok(());
         }

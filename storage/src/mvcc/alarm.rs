@@ -438,6 +438,8 @@ mod tests {
         let full = t.s.quota_size_bytes();
         assert!(full >= 200 * 4096, "{full}");
         assert!(t.s.db_size_bytes() > full, "db_size counts the journal too");
+        // The write path's measure (kept up to 100 ms) starts from the same size...
+        assert_eq!(t.s.recent_quota_size_bytes(), full);
         t.apply(Request::Compaction(CompactionRequest {
             revision: t.s.current_revision(),
             physical: true,
@@ -448,6 +450,8 @@ mod tests {
         t.s.defragment().unwrap();
         let after = t.s.quota_size_bytes();
         assert!(after < 64 * 1024, "{full} -> {after}");
+        // ...and sees the defragmented size at once, not the one it kept.
+        assert_eq!(t.s.recent_quota_size_bytes(), after);
         // The data is intact.
         let r =
             t.s.range(&RangeRequest {

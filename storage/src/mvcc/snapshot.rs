@@ -276,6 +276,7 @@ impl MvccStore {
         self.keys.store(keys, Ordering::Release);
         self.set_auth(auth);
         self.set_alarms(alarms);
+        self.forget_quota_size();
         retire(old);
         Ok(applied.index)
     }
