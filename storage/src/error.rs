@@ -49,6 +49,10 @@ pub enum Error {
         /// What failed.
         source: Box<Error>,
     },
+    /// fjall did not flush the store's memtables to tables in the time allowed (a flush
+    /// failed, or its workers stopped); what they hold is still in fjall's journal.
+    #[error("the MVCC store's memtables were not flushed within {0:?}")]
+    FlushTimeout(std::time::Duration),
     /// A stored value in the MVCC store could not be decoded: the store is corrupt.
     #[error("corrupt MVCC store: {0}")]
     CorruptStore(String),

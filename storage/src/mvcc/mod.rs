@@ -536,6 +536,10 @@ pub struct MvccStore {
     quota_size: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
+/// How long [`MvccStore::defragment`] waits for fjall to flush the memtables before it gives
+/// up with [`Error::FlushTimeout`] (a flush writes at most 64 MiB per keyspace).
+pub const DEFRAG_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How old a [`MvccStore::recent_quota_size_bytes`] may be, ms.
 pub const QUOTA_SIZE_MAX_AGE_MS: u64 = 100;
 
@@ -673,10 +677,11 @@ impl MvccStore {
     pub fn recent_quota_size_bytes(&self) -> u64 {
         let now = std::time::Instant::now();
         let max_age = std::time::Duration::from_millis(QUOTA_SIZE_MAX_AGE_MS);
-        if let Some((at, size)) = *self.quota_size.lock().unwrap_or_else(|p| p.into_inner()) {
-            if now.duration_since(at) < max_age {
-                return size;
-            }
+        let kept = *self.quota_size.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, size)) = kept
+            && now.duration_since(at) < max_age
+        {
+            return size;
         }
         let size = self.quota_size_bytes();
         *self.quota_size.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, size));
@@ -688,17 +693,21 @@ impl MvccStore {
         *self.quota_size.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Returns the space compaction freed (etcd Maintenance.Defragment): for every keyspace,
-    /// flushes its memtable to a table and waits, then major-compacts its tables into one
-    /// level, dropping overwritten entries and tombstones. Blocking, and long on a big store:
-    /// call it off async threads. Safe while apply writes (fjall serialises them).
+    /// Returns the space compaction freed (etcd Maintenance.Defragment): flushes every
+    /// keyspace's memtable to a table ([`MvccStore::flush_memtables`], waiting at most
+    /// [`DEFRAG_FLUSH_DEADLINE`]), then major-compacts each keyspace's tables into one level,
+    /// dropping overwritten entries and tombstones. Blocking, and long on a big store: call it
+    /// off async threads. Safe while apply writes (fjall serialises them).
     ///
     /// # Errors
-    /// [`Error::Fjall`].
+    /// [`Error::Fjall`]; [`Error::FlushTimeout`] when the flush does not finish in time (a
+    /// failed fjall flush never makes it wait forever).
     pub fn defragment(&self) -> Result<()> {
+        if !self.flush_memtables(DEFRAG_FLUSH_DEADLINE)? {
+            return Err(Error::FlushTimeout(DEFRAG_FLUSH_DEADLINE));
+        }
         let d = self.db();
         for ks in d.keyspaces() {
-            ks.rotate_memtable_and_wait()?;
             ks.major_compact()?;
         }
         self.forget_quota_size();
