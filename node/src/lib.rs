@@ -179,15 +179,17 @@ pub async fn run(
         tokens.clone(),
     );
     let (revision_tx, revision_rx) = chan::channel(store.current_revision());
+    let watched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wd = watched.clone();
     let apply_addr = ApplyActor::start_in_arbiter(&apply_arbiter.handle(), move |ctx| {
         ctx.set_mailbox_capacity(1024);
-        ApplyActor::new(st, w, applied_tx, revision_tx, ls, tk)
+        ApplyActor::new(st, w, applied_tx, revision_tx, wd, ls, tk)
     });
     // Watch fanout reads events from the store: a thread of its own too.
     let watch_arbiter = Arbiter::new();
     let (st, ns, wl) = (store.clone(), state.clone(), config.watch);
     let watch_addr = watch::WatchActor::start_in_arbiter(&watch_arbiter.handle(), move |_| {
-        watch::WatchActor::new(st, revision_rx, ns, wl)
+        watch::WatchActor::new(st, revision_rx, watched, ns, wl)
     });
     let (stop_tx, stop_rx) = chan::channel(false);
     // Consensus and transport address each other: make consensus's address first.

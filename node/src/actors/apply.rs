@@ -3,6 +3,7 @@
 //! of each entry by request id, and publishes the applied index for linearizable reads.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,9 @@ pub struct ApplyActor {
     waiters: Arc<Waiters>,
     applied_tx: watch::Sender<u64>,
     revision_tx: watch::Sender<i64>,
+    /// Whether any watcher exists ([`crate::actors::watch::WatchActor::new`]): without one, a
+    /// new revision is recorded in `revision_tx` without waking the watch actor.
+    watched: Arc<AtomicBool>,
     lessor: Addr<crate::actors::lease::LeaseActor>,
     tokens: Arc<crate::state::Tokens>,
     /// A store write failed: no later entry is applied on a store that misses an earlier one.
@@ -64,13 +68,15 @@ pub struct ApplyActor {
 
 impl ApplyActor {
     /// An apply actor over `store`, answering `waiters`, publishing the applied index to
-    /// `applied_tx` and the store's revision to `revision_tx` (watch fanout), keeping the
-    /// simple `tokens` in step with applied auth changes.
+    /// `applied_tx` and the store's revision to `revision_tx` (watch fanout; its receiver is
+    /// woken only while `watched` is set), keeping the simple `tokens` in step with applied
+    /// auth changes.
     pub fn new(
         store: Arc<MvccStore>,
         waiters: Arc<Waiters>,
         applied_tx: watch::Sender<u64>,
         revision_tx: watch::Sender<i64>,
+        watched: Arc<AtomicBool>,
         lessor: Addr<crate::actors::lease::LeaseActor>,
         tokens: Arc<crate::state::Tokens>,
     ) -> ApplyActor {
@@ -79,6 +85,7 @@ impl ApplyActor {
             waiters,
             applied_tx,
             revision_tx,
+            watched,
             lessor,
             tokens,
             failed: false,
@@ -103,12 +110,17 @@ impl ApplyActor {
         self.waiters.trigger(a.request_id, a.result);
     }
 
+    /// Records the store's revision for the watch actor, waking it only while a watcher
+    /// exists: with none (most writes of a plain key-value load) the wake-up would cost a
+    /// thread switch per applied batch for nothing. `watched` is read after the revision is
+    /// written, under the channel's lock, and the watch actor sets it before it reads the
+    /// revision for a new watcher, so either the actor is woken or it reads this revision.
     fn publish_revision(&self) {
         let now = self.core.store().current_revision();
         self.revision_tx.send_if_modified(|r| {
             let changed = now != *r;
             *r = now;
-            changed
+            changed && self.watched.load(Ordering::SeqCst)
         });
     }
 }

@@ -3,6 +3,7 @@
 //! stream's responses to its connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -48,15 +49,20 @@ pub struct WatchActor {
     hub: WatchHub<StreamSink>,
     store: Arc<MvccStore>,
     revision: watch::Receiver<i64>,
+    /// Set while any watcher exists: apply wakes this actor for new revisions only then.
+    watched: Arc<AtomicBool>,
     state: Arc<NodeState>,
     limits: WatchLimits,
 }
 
 impl WatchActor {
-    /// A watch actor over `store`, advancing when `revision` changes.
+    /// A watch actor over `store`, advancing when `revision` changes. It sets `watched`
+    /// before it reads the revision for a new watcher and clears it when the last watcher
+    /// goes; apply wakes it only while `watched` is set (`ApplyActor::new`).
     pub fn new(
         store: Arc<MvccStore>,
         revision: watch::Receiver<i64>,
+        watched: Arc<AtomicBool>,
         state: Arc<NodeState>,
         limits: WatchLimits,
     ) -> WatchActor {
@@ -65,8 +71,16 @@ impl WatchActor {
             hub: WatchHub::new(current, limits),
             store,
             revision,
+            watched,
             state,
             limits,
+        }
+    }
+
+    /// Clears `watched` when no watcher is left.
+    fn forget_watched_if_idle(&self) {
+        if self.hub.watcher_count() == 0 {
+            self.watched.store(false, Ordering::SeqCst);
         }
     }
 
@@ -145,6 +159,9 @@ pub struct CreateWatch {
 impl Handler<CreateWatch> for WatchActor {
     type Result = ();
     fn handle(&mut self, m: CreateWatch, _: &mut Context<Self>) {
+        // From here on apply wakes this actor for every new revision; one applied before
+        // (without a wake-up) is read by the step below.
+        self.watched.store(true, Ordering::SeqCst);
         // Deliver what is already applied first, so the new watcher's start is exact.
         self.step();
         self.hub
@@ -167,6 +184,7 @@ impl Handler<CancelWatch> for WatchActor {
     type Result = ();
     fn handle(&mut self, m: CancelWatch, _: &mut Context<Self>) {
         self.hub.cancel(m.stream, m.watch_id);
+        self.forget_watched_if_idle();
     }
 }
 
@@ -192,5 +210,6 @@ impl Handler<CloseConnection> for WatchActor {
     type Result = ();
     fn handle(&mut self, m: CloseConnection, _: &mut Context<Self>) {
         self.hub.close_connection(m.0);
+        self.forget_watched_if_idle();
     }
 }
