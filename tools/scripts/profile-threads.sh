@@ -14,12 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 KEYS=${1:-1000000}
 WINDOW=${2:-15}
-ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
-ETCDCTL=${ETCDCTL:-/opt/etcd35/bin/etcdctl}
-[ -x "$ETCDCTL" ] || ETCDCTL=$(command -v etcdctl)
-if [ -z "${ETCH:-}" ]; then cargo build --release --bins -q; ETCH=./target/release/etch; fi
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+. tools/scripts/profile/setup.sh
 "$ETCH" --name t0 --data-dir "$work/t0" --listen-client-urls http://127.0.0.1:26790 \
   --advertise-client-urls http://127.0.0.1:26790 --listen-peer-urls http://127.0.0.1:26800 \
   --initial-advertise-peer-urls http://127.0.0.1:26800 --initial-cluster t0=http://127.0.0.1:26800 \
@@ -38,7 +33,8 @@ while kill -0 "$bench" 2>/dev/null; do
   now=$(date +%s)
   for f in /proc/"$pid"/task/*/stat; do
     tid=${f%/stat}; tid=${tid##*/}
-    sed -e 's/^[0-9]* (\(.*\)) . /\1\t/' "$f" 2>/dev/null |
+    # A thread may exit between the glob and the read: skip it.
+    { sed -e 's/^[0-9]* (\(.*\)) . /\1\t/' "$f" 2>/dev/null || true; } |
       awk -F'\t' -v t="$now" -v tid="$tid" '{n = $1; gsub(/ /, "_", n); split($2, a, " "); print t, tid, n, a[11] + a[12]}'
   done >>"$work/threads.txt"
   sleep 5

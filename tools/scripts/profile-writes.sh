@@ -12,12 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}
-ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
-ETCDCTL=${ETCDCTL:-/opt/etcd35/bin/etcdctl}
-[ -x "$ETCDCTL" ] || ETCDCTL=$(command -v etcdctl)
-if [ -z "${ETCH:-}" ]; then cargo build --release --bins -q; ETCH=./target/release/etch; fi
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+. tools/scripts/profile/setup.sh
 TICK=$(getconf CLK_TCK)
 ic="p0=http://127.0.0.1:25800,p1=http://127.0.0.1:25801,p2=http://127.0.0.1:25802"
 pids=()

@@ -128,6 +128,8 @@ impl Actor for WatchActor {
             metrics::gauge!(m::WATCHER_TOTAL).set(act.hub.watcher_count() as f64);
             metrics::gauge!(m::WATCH_STREAM_TOTAL).set(act.hub.stream_count() as f64);
             metrics::gauge!(m::WATCH_UNSYNCED).set(act.hub.unsynced_count() as f64);
+            // Watchers the hub dropped itself (canceled by compaction) leave no wake-ups.
+            act.forget_watched_if_idle();
         });
     }
 }
@@ -167,6 +169,8 @@ impl Handler<CreateWatch> for WatchActor {
         self.hub
             .create(m.stream, m.sink, &m.req, self.store.compact_revision());
         self.step();
+        // A refused watch (or one canceled at once) leaves no watcher.
+        self.forget_watched_if_idle();
     }
 }
 

@@ -677,14 +677,16 @@ impl MvccStore {
     pub fn recent_quota_size_bytes(&self) -> u64 {
         let now = std::time::Instant::now();
         let max_age = std::time::Duration::from_millis(QUOTA_SIZE_MAX_AGE_MS);
-        let kept = *self.quota_size.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, size)) = kept
+        // Measured under the lock: a measure that began before a defragment finished cannot
+        // be stored after `forget_quota_size` (it waits for the lock) and outlive it.
+        let mut kept = self.quota_size.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, size)) = *kept
             && now.duration_since(at) < max_age
         {
             return size;
         }
         let size = self.quota_size_bytes();
-        *self.quota_size.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, size));
+        *kept = Some((now, size));
         size
     }
 

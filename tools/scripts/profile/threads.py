@@ -5,7 +5,8 @@ Usage: threads.py THREADS SAMPLES WINDOW TICKS_PER_SECOND
 THREADS: lines "UNIX-SECOND TID NAME TICKS", one per thread per snapshot (TICKS: utime+stime).
 SAMPLES: etcd benchmark tool's per-second samples (UNIX-SECOND,MIN,AVG,MAX,THROUGHPUT).
 Prints a markdown table: for each window of WINDOW seconds, the puts completed in it and each
-group's CPU in us per put.
+group's CPU in us per put. A thread that exits within a window (tokio's blocking pool) loses
+that window's CPU: the figures are a lower bound for such groups.
 
 Groups, from etch's thread names: the main thread (lowest TID) runs the actix system arbiter
 (consensus and lease actors); the three `actix-rt|system:0|arbiter:N` threads, by creation

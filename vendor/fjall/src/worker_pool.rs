@@ -257,7 +257,7 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
                 // etch patch: wait before handing the compaction back. Handing it back at once
                 // made worker 0 spin (receive, re-send, receive...) for as long as the other
                 // workers were compacting, burning a core on a 2-core machine. A pending flush
-                // now waits at most this long for worker 0.
+                // now waits about this long per compaction message queued ahead of it.
                 std::thread::sleep(std::time::Duration::from_millis(COMPACT_HANDBACK_DELAY_MS));
                 ctx.sender.try_send(WorkerMessage::Compact(keyspace)).ok();
                 return Ok(false);
