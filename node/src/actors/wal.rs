@@ -49,8 +49,9 @@ impl Actor for WalActor {
     type Context = Context<Self>;
 }
 
-/// Sent by consensus for each raft `Ready` with entries or a hard state: append, fsync, and
-/// reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is fatal.
+/// Sent by consensus for each raft `Ready` with entries or a hard state: append, fsync (when
+/// [`must_sync`]), and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err`
+/// is fatal.
 #[derive(Message)]
 #[rtype(result = "Result<u64, etch_storage::Error>")]
 pub struct AppendEntries {
@@ -75,7 +76,8 @@ impl Handler<AppendEntries> for WalActor {
             self.wal.append_install(meta)?;
         }
         self.wal.append(&m.entries, m.hard_state.as_ref())?;
-        if must_sync(self.hard_state.as_ref(), &m) {
+        let sync = must_sync(self.hard_state.as_ref(), &m);
+        if sync {
             self.wal.sync()?;
         }
         if let Some(hs) = &m.hard_state {
@@ -84,10 +86,13 @@ impl Handler<AppendEntries> for WalActor {
         if let Some(meta) = &m.snapshot {
             self.wal.release_to(meta.index)?;
         }
-        let took = start.elapsed();
-        crate::metrics::hot().wal_fsync.record(took.as_secs_f64());
-        if took > std::time::Duration::from_secs(1) {
-            tracing::warn!(?took, entries = m.entries.len(), "slow WAL fsync");
+        // As etcd's wal_fsync_duration_seconds: only writes that were fsynced.
+        if sync {
+            let took = start.elapsed();
+            crate::metrics::hot().wal_fsync.record(took.as_secs_f64());
+            if took > std::time::Duration::from_secs(1) {
+                tracing::warn!(?took, entries = m.entries.len(), "slow WAL fsync");
+            }
         }
         Ok(m.number)
     }

@@ -59,7 +59,8 @@ pub struct RaftStatus {
     pub last: u64,
 }
 
-/// Entries and hard state to make durable, in one WAL write and fsync.
+/// Entries and hard state to make durable, in one WAL write and fsync (none when only the
+/// commit index moved: `crate::actors::wal::must_sync`).
 #[derive(Debug)]
 pub struct Persist {
     /// A snapshot raft-rs accepted from the leader (the store already holds it): recorded in
@@ -87,7 +88,8 @@ pub enum Effect<W> {
     /// Committed, locally durable entries to apply, in order; report the last applied index
     /// with [`ConsensusCore::applied`].
     Apply(Vec<Entry>),
-    /// Write to the WAL and fsync; then [`ConsensusCore::persisted`].
+    /// Write to the WAL and fsync (unless only the commit index moved); then
+    /// [`ConsensusCore::persisted`].
     Persist(Persist),
     /// Make the store durable (fsync), then [`ConsensusCore::store_persisted`].
     PersistStore,

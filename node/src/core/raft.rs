@@ -8,7 +8,9 @@
 //! The caller must follow raft-rs's documented Ready order (etcd `raft.go`, Raft thesis
 //! 10.2.1): [`ReadyOut::messages`] may go out at once; [`ReadyOut::committed`] may be applied
 //! at once; [`ReadyOut::entries`] and [`ReadyOut::hard_state`] must be durable before
-//! [`ReadyOut::persisted_messages`] are sent and before [`RaftCore::on_persisted`].
+//! [`ReadyOut::persisted_messages`] are sent and before [`RaftCore::on_persisted`], except a
+//! hard state that only moves the commit index, which may be written without an fsync (etcd's
+//! `raft.MustSync`; `crate::actors::wal::must_sync`).
 
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message,
@@ -28,7 +30,8 @@ pub struct ReadyOut<W> {
     pub committed: Vec<Entry>,
     /// Entries to make durable.
     pub entries: Vec<Entry>,
-    /// Hard state to make durable, if it changed.
+    /// Hard state to make durable, if it changed (a change of the commit index alone needs
+    /// no fsync).
     pub hard_state: Option<HardState>,
     /// Messages to send once `entries` and `hard_state` are durable.
     pub persisted_messages: Vec<Message>,
