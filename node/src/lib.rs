@@ -434,18 +434,20 @@ pub async fn run(
         // fails or takes too long, the fsync alone keeps what was applied.
         // Blocking for up to the deadline: off the async threads.
         let s = store.clone();
-        let flushed =
-            tokio::task::spawn_blocking(move || s.flush_memtables(STOP_FLUSH_DEADLINE)).await;
+        let flushed = tokio::task::spawn_blocking(move || {
+            s.flush_memtables(STOP_FLUSH_DEADLINE).or_else(|e| {
+                tracing::warn!(error = %e, "flushing the store's memtables at stop");
+                s.persist().map(|()| false)
+            })
+        })
+        .await;
         match flushed {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => tracing::warn!(
                 deadline = ?STOP_FLUSH_DEADLINE,
-                "store memtables not flushed in time; the next start replays the store journal"
+                "store memtables not flushed; the next start replays the store journal"
             ),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "flushing the store's memtables at stop");
-                store.persist()?;
-            }
+            Ok(Err(e)) => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, "the store's memtable flush at stop did not finish");
                 store.persist()?;

@@ -167,6 +167,7 @@ impl ConsensusActor {
                     let fut = self.wal.send(AppendEntries {
                         entries: p.entries,
                         hard_state: p.hard_state,
+                        must_sync: p.must_sync,
                         number: p.number,
                         snapshot: p.snapshot,
                     });

@@ -3,7 +3,8 @@
 //!
 //! Group commit: each [`AppendEntries`] carries everything one raft `Ready` produced (all
 //! proposals that arrived while the previous fsync ran), and is made durable with one fsync.
-//! A Ready that only moves the commit index is written without an fsync ([`must_sync`]).
+//! A Ready that only moves the commit index is written without an fsync
+//! ([`AppendEntries::must_sync`]).
 
 use actix::prelude::*;
 use raft::eraftpb::{Entry, HardState, SnapshotMetadata};
@@ -13,35 +14,12 @@ use etch_storage::wal::Wal;
 /// The actor; owns the open WAL.
 pub struct WalActor {
     wal: Wal,
-    /// The last hard state appended (none yet since the start).
-    hard_state: Option<HardState>,
 }
 
 impl WalActor {
     /// Wraps an opened WAL.
     pub fn new(wal: Wal) -> WalActor {
-        WalActor {
-            wal,
-            hard_state: None,
-        }
-    }
-}
-
-/// Whether an append must be fsynced before raft-rs is told it is persisted: when it carries
-/// entries or a snapshot, or a hard state whose term or vote differs from the last one
-/// appended (`prev`; none yet: always). A hard state that only moves the commit index needs
-/// no fsync: the commit index is recovered from the leader (and the store's applied index)
-/// after a crash, as in etcd (`raft.MustSync`, etcd v3.5 `raft/node.go`, used by
-/// `server/wal/wal.go` `Save`). The record still reaches the OS at once and is made durable by
-/// the next fsync (a segment is fsynced before the next one starts).
-pub fn must_sync(prev: Option<&HardState>, m: &AppendEntries) -> bool {
-    if !m.entries.is_empty() || m.snapshot.is_some() {
-        return true;
-    }
-    match (prev, &m.hard_state) {
-        (_, None) => false,
-        (None, Some(_)) => true,
-        (Some(p), Some(h)) => p.term != h.term || p.vote != h.vote,
+        WalActor { wal }
     }
 }
 
@@ -50,8 +28,8 @@ impl Actor for WalActor {
 }
 
 /// Sent by consensus for each raft `Ready` with entries or a hard state: append, fsync (when
-/// [`must_sync`]), and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err`
-/// is fatal.
+/// `must_sync`), and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is
+/// fatal.
 #[derive(Message)]
 #[rtype(result = "Result<u64, etch_storage::Error>")]
 pub struct AppendEntries {
@@ -59,6 +37,10 @@ pub struct AppendEntries {
     pub entries: Vec<Entry>,
     /// The hard state to persist, if it changed.
     pub hard_state: Option<HardState>,
+    /// Whether to fsync before replying (raft-rs's `Ready::must_sync`: false when only the
+    /// commit index moved; the record still reaches the OS at once and the next fsync makes
+    /// it durable, a segment being fsynced before the next one starts).
+    pub must_sync: bool,
     /// The raft-rs Ready number.
     pub number: u64,
     /// A snapshot installed from the leader: recorded first, and the segments it covers are
@@ -76,12 +58,9 @@ impl Handler<AppendEntries> for WalActor {
             self.wal.append_install(meta)?;
         }
         self.wal.append(&m.entries, m.hard_state.as_ref())?;
-        let sync = must_sync(self.hard_state.as_ref(), &m);
+        let sync = m.must_sync;
         if sync {
             self.wal.sync()?;
-        }
-        if let Some(hs) = &m.hard_state {
-            self.hard_state = Some(hs.clone());
         }
         if let Some(meta) = &m.snapshot {
             self.wal.release_to(meta.index)?;
@@ -114,47 +93,5 @@ impl Handler<ReleaseLog> for WalActor {
         self.wal.append_snapshot(&m.meta)?;
         self.wal.sync()?;
         self.wal.release_to(m.meta.index)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hs(term: u64, vote: u64, commit: u64) -> HardState {
-        HardState {
-            term,
-            vote,
-            commit,
-            ..Default::default()
-        }
-    }
-
-    fn append(entries: usize, hard_state: Option<HardState>) -> AppendEntries {
-        AppendEntries {
-            entries: vec![Entry::default(); entries],
-            hard_state,
-            number: 1,
-            snapshot: None,
-        }
-    }
-
-    #[test]
-    fn only_a_commit_index_change_skips_the_fsync() {
-        let prev = hs(3, 1, 10);
-        // Commit moved, term and vote unchanged: no fsync (etcd's MustSync).
-        assert!(!must_sync(Some(&prev), &append(0, Some(hs(3, 1, 11)))));
-        // Entries, a new term, a new vote, or no known previous state: fsync.
-        assert!(must_sync(Some(&prev), &append(1, Some(hs(3, 1, 11)))));
-        assert!(must_sync(Some(&prev), &append(1, None)));
-        assert!(must_sync(Some(&prev), &append(0, Some(hs(4, 1, 10)))));
-        assert!(must_sync(Some(&prev), &append(0, Some(hs(3, 2, 10)))));
-        assert!(must_sync(None, &append(0, Some(hs(3, 1, 11)))));
-        // A snapshot install: fsync.
-        let mut m = append(0, None);
-        m.snapshot = Some(SnapshotMetadata::default());
-        assert!(must_sync(Some(&prev), &m));
-        // Nothing to persist: nothing to sync.
-        assert!(!must_sync(Some(&prev), &append(0, None)));
     }
 }

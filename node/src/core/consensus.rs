@@ -60,7 +60,7 @@ pub struct RaftStatus {
 }
 
 /// Entries and hard state to make durable, in one WAL write and fsync (none when only the
-/// commit index moved: `crate::actors::wal::must_sync`).
+/// commit index moved: [`Persist::must_sync`]).
 #[derive(Debug)]
 pub struct Persist {
     /// A snapshot raft-rs accepted from the leader (the store already holds it): recorded in
@@ -70,6 +70,9 @@ pub struct Persist {
     pub entries: Vec<Entry>,
     /// The hard state, if it changed.
     pub hard_state: Option<HardState>,
+    /// Whether the write needs an fsync before it counts as persisted
+    /// ([`crate::core::raft::ReadyOut::must_sync`]).
+    pub must_sync: bool,
     /// The Ready's number: report it back with [`ConsensusCore::persisted`] once durable.
     pub number: u64,
 }
@@ -456,6 +459,7 @@ impl<W> ConsensusCore<W> {
                 snapshot: out.snapshot,
                 entries: out.entries,
                 hard_state: out.hard_state,
+                must_sync: out.must_sync,
                 number: out.number,
             }));
         }
@@ -643,6 +647,45 @@ mod tests {
             })
             .collect();
         assert_eq!(next, vec![2], "both waiting proposals in one write");
+    }
+
+    #[test]
+    fn only_a_write_that_moves_the_commit_index_alone_skips_the_fsync() {
+        let mut c = single(1_000, 10);
+        c.start();
+        let mut seen = Vec::new();
+        settle(&mut c, &mut seen);
+        c.propose(b"x".to_vec()).expect("propose");
+        // (entries, a hard state?, must_sync) of every write.
+        let mut writes = Vec::new();
+        for _ in 0..10 {
+            let mut any = false;
+            while let Some(e) = c.poll() {
+                match e {
+                    Effect::Persist(p) => {
+                        writes.push((p.entries.len(), p.hard_state.is_some(), p.must_sync));
+                        c.persisted(p.number);
+                        any = true;
+                    }
+                    Effect::Apply(entries) => {
+                        let last = entries.last().map(|e| e.index).unwrap_or(0);
+                        c.applied(last, None);
+                        any = true;
+                    }
+                    _ => {}
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        // The entry is fsynced; the next write only records the new commit index: no fsync
+        // (raft-rs's Ready::must_sync, etcd's MustSync).
+        assert_eq!(
+            writes,
+            vec![(1, false, true), (0, true, false)],
+            "{writes:?}"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! 10.2.1): [`ReadyOut::messages`] may go out at once; [`ReadyOut::committed`] may be applied
 //! at once; [`ReadyOut::entries`] and [`ReadyOut::hard_state`] must be durable before
 //! [`ReadyOut::persisted_messages`] are sent and before [`RaftCore::on_persisted`], except a
-//! hard state that only moves the commit index, which may be written without an fsync (etcd's
-//! `raft.MustSync`; `crate::actors::wal::must_sync`).
+//! hard state that only moves the commit index, which may be written without an fsync
+//! ([`ReadyOut::must_sync`]: raft-rs's `Ready::must_sync`, etcd's `raft.MustSync`).
 
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message,
@@ -33,6 +33,12 @@ pub struct ReadyOut<W> {
     /// Hard state to make durable, if it changed (a change of the commit index alone needs
     /// no fsync).
     pub hard_state: Option<HardState>,
+    /// Whether `entries`, `hard_state` and the snapshot must be fsynced before
+    /// `persisted_messages` go out: raft-rs's `Ready::must_sync`, false only when there are no
+    /// entries and no snapshot and the hard state changed at most in its commit index (etcd's
+    /// `raft.MustSync`, etcd v3.5 `raft/node.go`). The commit index is recovered from the
+    /// leader and the store's applied index after a crash, so such a write needs no fsync.
+    pub must_sync: bool,
     /// Messages to send once `entries` and `hard_state` are durable.
     pub persisted_messages: Vec<Message>,
     /// The Ready's number, for [`RaftCore::on_persisted`].
@@ -354,6 +360,7 @@ impl<W> RaftCore<W> {
                 committed: Vec::new(),
                 entries: Vec::new(),
                 hard_state: None,
+                must_sync: false,
                 persisted_messages: Vec::new(),
                 number: 0,
                 reads: Vec::new(),
@@ -392,6 +399,7 @@ impl<W> RaftCore<W> {
         let committed = rd.take_committed_entries();
         let entries = rd.take_entries();
         let hard_state = rd.hs().cloned();
+        let must_sync = rd.must_sync();
         // The in-memory log serves raft-rs at once; durability is the WAL's (before
         // `on_persisted`).
         self.log.append(&entries);
@@ -407,6 +415,7 @@ impl<W> RaftCore<W> {
             committed,
             entries,
             hard_state,
+            must_sync,
             persisted_messages,
             number,
             reads,
