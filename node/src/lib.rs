@@ -233,6 +233,7 @@ pub async fn run(
         transport.clone(),
         state.clone(),
         config.heartbeat_interval,
+        waiters.clone(),
     ));
 
     let proposer = proposer::Proposer::new(

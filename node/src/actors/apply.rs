@@ -15,38 +15,52 @@ use etch_storage::members::Membership;
 use etch_storage::mvcc::MvccStore;
 
 use crate::core::apply::{ApplyCore, EntryApplied, TokenChange};
+use crate::error::ApiError;
+use etch_storage::mvcc::WriteResponse;
 
 /// Apply slower than this for one batch is logged at warn (etcd: 100 ms).
 const SLOW_APPLY: Duration = Duration::from_millis(100);
 
 pub use crate::core::apply::WriteResult;
 
-/// Clients waiting for their proposals to be applied, by request id (etcd `wait.Wait`).
+/// What a proposer waits for: the applied result of its request, or why it was never
+/// proposed (no leader, not leader in the asked term, the member stopping).
+pub type Answer = Result<WriteResponse, ApiError>;
+
+/// Clients waiting for their proposals, by request id (etcd `wait.Wait`): apply answers the
+/// applied ones, consensus the ones raft refused, so a proposer waits on one channel only
+/// (a proposal costs no wake-up of its task before its answer).
 #[derive(Default)]
 pub struct Waiters {
-    map: Mutex<HashMap<u64, oneshot::Sender<WriteResult>>>,
+    map: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
 }
 
 impl Waiters {
-    /// Registers request `id`; the receiver resolves when the entry carrying it is applied.
-    pub fn register(&self, id: u64) -> oneshot::Receiver<WriteResult> {
+    /// Registers request `id`; the receiver resolves when the entry carrying it is applied,
+    /// or when it fails before reaching the log ([`Waiters::fail`]).
+    pub fn register(&self, id: u64) -> oneshot::Receiver<Answer> {
         let (tx, rx) = oneshot::channel();
         self.lock().insert(id, tx);
         rx
     }
 
-    /// Drops the waiter of `id` (its proposal failed or timed out).
+    /// Drops the waiter of `id` (its proposal timed out).
     pub fn cancel(&self, id: u64) {
         self.lock().remove(&id);
     }
 
-    fn trigger(&self, id: u64, r: WriteResult) {
+    /// Answers the waiter of `id` with `e`: its proposal was not taken.
+    pub fn fail(&self, id: u64, e: ApiError) {
+        self.trigger(id, Err(e));
+    }
+
+    fn trigger(&self, id: u64, r: Answer) {
         if let Some(tx) = self.lock().remove(&id) {
             let _ = tx.send(r);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<WriteResult>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Answer>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -107,7 +121,8 @@ impl ApplyActor {
             Some(TokenChange::Clear) => self.tokens.clear(),
             None => {}
         }
-        self.waiters.trigger(a.request_id, a.result);
+        self.waiters
+            .trigger(a.request_id, a.result.map_err(ApiError::from));
     }
 
     /// Records the store's revision for the watch actor, waking it only while a watcher

@@ -19,7 +19,7 @@ pub use crate::core::consensus::{
 pub use crate::core::raft::RaftCore;
 use crate::state::NodeState;
 
-use crate::actors::apply::{ApplyActor, ApplyCommitted, PersistStore};
+use crate::actors::apply::{ApplyActor, ApplyCommitted, PersistStore, Waiters};
 use crate::actors::transport::{SendMessages, SetMembers, TransportActor};
 use crate::actors::wal::{AppendEntries, ReleaseLog, WalActor};
 use crate::error::ApiError;
@@ -38,8 +38,11 @@ pub struct ConsensusActor {
     failed: bool,
     /// A [`Flush`] is scheduled (after the proposals waiting in the mailbox).
     flush_scheduled: bool,
-    /// The answers owed to the client proposals held since the last flush.
-    held: Vec<oneshot::Sender<Result<(), ApiError>>>,
+    /// The request ids of the client proposals held since the last flush.
+    held: Vec<u64>,
+    /// The proposers' waiters: a proposal raft refuses is answered here, an applied one by
+    /// the apply actor.
+    waiters: Arc<Waiters>,
 }
 
 /// Client proposals held at once, at most: a mailbox that never empties still gets its
@@ -48,7 +51,8 @@ const MAX_HELD: usize = 1_024;
 
 impl ConsensusActor {
     /// A consensus actor driving `core`, persisting through `wal`, applying through `apply`,
-    /// talking to peers through `transport` (`None` for a single-member cluster).
+    /// talking to peers through `transport` (`None` for a single-member cluster), failing
+    /// refused proposals through `waiters`.
     pub fn new(
         core: ConsensusCore<ReadWaiter>,
         wal: Addr<WalActor>,
@@ -56,6 +60,7 @@ impl ConsensusActor {
         transport: Option<Addr<TransportActor>>,
         state: Arc<NodeState>,
         tick_interval: Duration,
+        waiters: Arc<Waiters>,
     ) -> ConsensusActor {
         ConsensusActor {
             core,
@@ -67,6 +72,7 @@ impl ConsensusActor {
             failed: false,
             flush_scheduled: false,
             held: Vec::new(),
+            waiters,
         }
     }
 
@@ -167,7 +173,6 @@ impl ConsensusActor {
                     let fut = self.wal.send(AppendEntries {
                         entries: p.entries,
                         hard_state: p.hard_state,
-                        must_sync: p.must_sync,
                         number: p.number,
                         snapshot: p.snapshot,
                     });
@@ -220,12 +225,14 @@ impl ConsensusActor {
         }
     }
 
-    /// Proposes the client proposals held since the last flush, answers them, and carries out
-    /// the effects.
+    /// Proposes the client proposals held since the last flush (their waiters fail if raft
+    /// refuses them), and carries out the effects.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         let r = self.core.flush();
-        for tx in self.held.drain(..) {
-            let _ = tx.send(r.clone());
+        for id in self.held.drain(..) {
+            if let Err(e) = &r {
+                self.waiters.fail(id, e.clone());
+            }
         }
         self.execute(ctx);
     }
@@ -258,45 +265,57 @@ impl Actor for ConsensusActor {
         self.core.start();
         self.execute(ctx);
     }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // Proposals held but never given to raft.
+        for id in self.held.drain(..) {
+            self.waiters.fail(id, ApiError::Stopped);
+        }
+    }
 }
 
-/// Sent by the service for each client write: propose `data` (an encoded `InternalRequest`).
-/// `Ok` means raft accepted it; the result arrives through the apply waiters.
+/// Sent by the proposer for each write: propose `data` (an encoded `InternalRequest`). No
+/// reply: the waiter of `request_id` ([`Waiters`]) gets the applied result, or the error if
+/// raft does not take the proposal, so the proposer's task is woken once per write.
 #[derive(Message)]
-#[rtype(result = "Result<(), ApiError>")]
+#[rtype(result = "()")]
 pub struct Propose {
     /// The encoded request.
     pub data: Vec<u8>,
+    /// The request's id, registered in the waiters.
+    pub request_id: u64,
     /// `Some(term)`: only if this member leads in that term, never forwarded (the lessor's
-    /// own decisions); `None`: a client's write, forwarded to the leader by raft-rs.
+    /// own decisions; [`ApiError::NotLeader`] otherwise); `None`: a client's write, forwarded
+    /// to the leader by raft-rs.
     pub as_leader_in: Option<u64>,
 }
 
 impl Handler<Propose> for ConsensusActor {
-    type Result = ResponseFuture<Result<(), ApiError>>;
+    type Result = ();
 
-    fn handle(&mut self, m: Propose, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, m: Propose, ctx: &mut Context<Self>) {
         crate::metrics::dequeued("consensus");
-        let Some(term) = m.as_leader_in else {
+        let r = match m.as_leader_in {
+            Some(term) => {
+                let r = self.core.propose_as_leader(m.data, term);
+                self.execute(ctx);
+                r
+            }
             // Client writes are held and proposed together once the mailbox is drained (the
             // Flush), or every MAX_HELD proposals or MAX_HELD_BYTES.
-            if let Err(e) = self.core.propose_later(m.data) {
-                return Box::pin(std::future::ready(Err(e)));
-            }
-            let (tx, rx) = oneshot::channel();
-            self.held.push(tx);
-            if self.held.len() >= MAX_HELD || self.core.held_bytes() >= MAX_HELD_BYTES {
-                self.flush(ctx);
-            } else if !self.flush_scheduled {
-                self.flush_scheduled = true;
-                ctx.notify(Flush);
-            }
-            // The actor stopped before the flush: nothing was proposed.
-            return Box::pin(async move { rx.await.unwrap_or(Err(ApiError::Stopped)) });
+            None => self.core.propose_later(m.data).map(|()| {
+                self.held.push(m.request_id);
+                if self.held.len() >= MAX_HELD || self.core.held_bytes() >= MAX_HELD_BYTES {
+                    self.flush(ctx);
+                } else if !self.flush_scheduled {
+                    self.flush_scheduled = true;
+                    ctx.notify(Flush);
+                }
+            }),
         };
-        let r = self.core.propose_as_leader(m.data, term);
-        self.execute(ctx);
-        Box::pin(std::future::ready(r))
+        if let Err(e) = r {
+            self.waiters.fail(m.request_id, e);
+        }
     }
 }
 

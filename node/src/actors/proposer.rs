@@ -146,12 +146,26 @@ impl Proposer {
         if data.len() > self.max_request_bytes {
             return Err(ApiError::TooLarge);
         }
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         let rx = self.waiters.register(id);
         crate::metrics::queued("consensus");
-        let sent = self.consensus.send(Propose { data, as_leader_in }).await;
-        self.settle(id, sent)?;
-        self.answer(id, rx, tokio::time::Instant::now() + self.request_timeout)
-            .await
+        let propose = Propose {
+            data,
+            request_id: id,
+            as_leader_in,
+        };
+        // Without waiting for consensus to take it: the answer (or raft's refusal) arrives
+        // through the waiter. A full mailbox is waited out.
+        let sent = match self.consensus.try_send(propose) {
+            Ok(()) => Ok(()),
+            Err(actix::dev::SendError::Full(propose)) => self.consensus.send(propose).await,
+            Err(actix::dev::SendError::Closed(_)) => Err(actix::MailboxError::Closed),
+        };
+        if sent.is_err() {
+            self.waiters.cancel(id);
+            return Err(ApiError::Stopped);
+        }
+        self.answer(id, rx, deadline).await
     }
 
     /// What consensus answered to a proposal with waiter `id`: on any failure the waiter goes.
@@ -171,11 +185,11 @@ impl Proposer {
     async fn answer(
         &self,
         id: u64,
-        rx: tokio::sync::oneshot::Receiver<crate::actors::apply::WriteResult>,
+        rx: tokio::sync::oneshot::Receiver<crate::actors::apply::Answer>,
         deadline: tokio::time::Instant,
     ) -> Result<WriteResponse, ApiError> {
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(r)) => Ok(r?),
+            Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ApiError::Stopped),
             Err(_) => {
                 self.waiters.cancel(id);

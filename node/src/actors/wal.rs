@@ -3,8 +3,8 @@
 //!
 //! Group commit: each [`AppendEntries`] carries everything one raft `Ready` produced (all
 //! proposals that arrived while the previous fsync ran), and is made durable with one fsync.
-//! A Ready that only moves the commit index is written without an fsync
-//! ([`AppendEntries::must_sync`]).
+//! A Ready that only moves the commit index never comes here: its hard state rides with the
+//! next write (`crate::core::consensus::ConsensusCore`).
 
 use actix::prelude::*;
 use raft::eraftpb::{Entry, HardState, SnapshotMetadata};
@@ -27,8 +27,8 @@ impl Actor for WalActor {
     type Context = Context<Self>;
 }
 
-/// Sent by consensus for each raft `Ready` with entries or a hard state: append, fsync (when
-/// `must_sync`), and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is
+/// Sent by consensus for each raft `Ready` with entries, a snapshot or a new term or vote:
+/// append, fsync, and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is
 /// fatal.
 #[derive(Message)]
 #[rtype(result = "Result<u64, etch_storage::Error>")]
@@ -37,10 +37,6 @@ pub struct AppendEntries {
     pub entries: Vec<Entry>,
     /// The hard state to persist, if it changed.
     pub hard_state: Option<HardState>,
-    /// Whether to fsync before replying (raft-rs's `Ready::must_sync`: false when only the
-    /// commit index moved; the record still reaches the OS at once and the next fsync makes
-    /// it durable, a segment being fsynced before the next one starts).
-    pub must_sync: bool,
     /// The raft-rs Ready number.
     pub number: u64,
     /// A snapshot installed from the leader: recorded first, and the segments it covers are
@@ -58,20 +54,14 @@ impl Handler<AppendEntries> for WalActor {
             self.wal.append_install(meta)?;
         }
         self.wal.append(&m.entries, m.hard_state.as_ref())?;
-        let sync = m.must_sync;
-        if sync {
-            self.wal.sync()?;
-        }
+        self.wal.sync()?;
         if let Some(meta) = &m.snapshot {
             self.wal.release_to(meta.index)?;
         }
-        // As etcd's wal_fsync_duration_seconds: only writes that were fsynced.
-        if sync {
-            let took = start.elapsed();
-            crate::metrics::hot().wal_fsync.record(took.as_secs_f64());
-            if took > std::time::Duration::from_secs(1) {
-                tracing::warn!(?took, entries = m.entries.len(), "slow WAL fsync");
-            }
+        let took = start.elapsed();
+        crate::metrics::hot().wal_fsync.record(took.as_secs_f64());
+        if took > std::time::Duration::from_secs(1) {
+            tracing::warn!(?took, entries = m.entries.len(), "slow WAL fsync");
         }
         Ok(m.number)
     }

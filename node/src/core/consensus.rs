@@ -59,8 +59,9 @@ pub struct RaftStatus {
     pub last: u64,
 }
 
-/// Entries and hard state to make durable, in one WAL write and fsync (none when only the
-/// commit index moved: [`Persist::must_sync`]).
+/// Entries and hard state to make durable, in one WAL write and fsync. A Ready whose hard
+/// state only moved the commit index gets no write of its own: that hard state rides with
+/// the next one ([`ConsensusCore`]'s `unwritten_hard_state`).
 #[derive(Debug)]
 pub struct Persist {
     /// A snapshot raft-rs accepted from the leader (the store already holds it): recorded in
@@ -68,11 +69,8 @@ pub struct Persist {
     pub snapshot: Option<SnapshotMetadata>,
     /// Entries to append (they replace any at the same indexes and after).
     pub entries: Vec<Entry>,
-    /// The hard state, if it changed.
+    /// The hard state, if it changed since the last write.
     pub hard_state: Option<HardState>,
-    /// Whether the write needs an fsync before it counts as persisted
-    /// ([`crate::core::raft::ReadyOut::must_sync`]).
-    pub must_sync: bool,
     /// The Ready's number: report it back with [`ConsensusCore::persisted`] once durable.
     pub number: u64,
 }
@@ -91,8 +89,7 @@ pub enum Effect<W> {
     /// Committed, locally durable entries to apply, in order; report the last applied index
     /// with [`ConsensusCore::applied`].
     Apply(Vec<Entry>),
-    /// Write to the WAL and fsync (unless only the commit index moved); then
-    /// [`ConsensusCore::persisted`].
+    /// Write to the WAL and fsync; then [`ConsensusCore::persisted`].
     Persist(Persist),
     /// Make the store durable (fsync), then [`ConsensusCore::store_persisted`].
     PersistStore,
@@ -113,6 +110,11 @@ pub struct ConsensusCore<W> {
     catch_up_entries: u64,
     /// The Ready being persisted: its persisted messages and the snapshot it carried.
     persisting: Option<(Vec<Message>, Option<u64>)>,
+    /// The newest hard state that only moved the commit index and is not written yet: it
+    /// goes with the next WAL write. The commit index is volatile state in Raft (Raft paper,
+    /// figure 2): after a crash it is learned again from the leader, and the store's applied
+    /// index covers what was applied (etcd writes it without an fsync, `raft.MustSync`).
+    unwritten_hard_state: Option<HardState>,
     /// Client proposals held for the next [`ConsensusCore::flush`].
     held: Vec<Vec<u8>>,
     /// Their size in bytes.
@@ -139,6 +141,7 @@ impl<W> ConsensusCore<W> {
             snapshot_count: snapshot_count.max(1),
             catch_up_entries,
             persisting: None,
+            unwritten_hard_state: None,
             held: Vec::new(),
             held_bytes: 0,
             releasing: None,
@@ -446,20 +449,28 @@ impl<W> ConsensusCore<W> {
                 self.out.push_back(Effect::Apply(out.committed));
             }
             // 3. Snapshot, entries and hard state to the WAL; persisted messages after it.
-            if out.entries.is_empty() && out.hard_state.is_none() && out.snapshot.is_none() {
+            // Nothing to make durable (raft-rs's `Ready::must_sync` is false when the hard
+            // state moved at most in its commit index): no WAL write, the hard state goes with
+            // the next one.
+            if !out.must_sync {
+                if out.hard_state.is_some() {
+                    self.unwritten_hard_state = out.hard_state;
+                }
                 if out.number != 0 {
                     self.raft.on_persisted(out.number);
                 }
                 self.send(out.persisted_messages);
                 continue;
             }
+            // A newer hard state (a term or vote change) holds the newest commit index too.
+            let hard_state = out.hard_state.or(self.unwritten_hard_state.take());
+            self.unwritten_hard_state = None;
             let snapshot_index = out.snapshot.as_ref().map(|m| m.index);
             self.persisting = Some((out.persisted_messages, snapshot_index));
             self.out.push_back(Effect::Persist(Persist {
                 snapshot: out.snapshot,
                 entries: out.entries,
-                hard_state: out.hard_state,
-                must_sync: out.must_sync,
+                hard_state,
                 number: out.number,
             }));
         }
@@ -650,41 +661,49 @@ mod tests {
     }
 
     #[test]
-    fn only_a_write_that_moves_the_commit_index_alone_skips_the_fsync() {
+    fn a_hard_state_that_only_moves_the_commit_index_waits_for_the_next_write() {
         let mut c = single(1_000, 10);
         c.start();
         let mut seen = Vec::new();
         settle(&mut c, &mut seen);
-        c.propose(b"x".to_vec()).expect("propose");
-        // (entries, a hard state?, must_sync) of every write.
         let mut writes = Vec::new();
-        for _ in 0..10 {
-            let mut any = false;
-            while let Some(e) = c.poll() {
-                match e {
-                    Effect::Persist(p) => {
-                        writes.push((p.entries.len(), p.hard_state.is_some(), p.must_sync));
-                        c.persisted(p.number);
-                        any = true;
+        let drain = |c: &mut ConsensusCore<u32>, writes: &mut Vec<(usize, Option<u64>)>| {
+            for _ in 0..10 {
+                let mut any = false;
+                while let Some(e) = c.poll() {
+                    match e {
+                        Effect::Persist(p) => {
+                            writes.push((p.entries.len(), p.hard_state.map(|h| h.commit)));
+                            c.persisted(p.number);
+                            any = true;
+                        }
+                        Effect::Apply(entries) => {
+                            let last = entries.last().map(|e| e.index).unwrap_or(0);
+                            c.applied(last, None);
+                            any = true;
+                        }
+                        _ => {}
                     }
-                    Effect::Apply(entries) => {
-                        let last = entries.last().map(|e| e.index).unwrap_or(0);
-                        c.applied(last, None);
-                        any = true;
-                    }
-                    _ => {}
+                }
+                if !any {
+                    break;
                 }
             }
-            if !any {
-                break;
-            }
-        }
-        // The entry is fsynced; the next write only records the new commit index: no fsync
-        // (raft-rs's Ready::must_sync, etcd's MustSync).
+        };
+        c.propose(b"x".to_vec()).expect("propose");
+        drain(&mut c, &mut writes);
+        let x = c.raft().committed();
+        c.propose(b"y".to_vec()).expect("propose");
+        drain(&mut c, &mut writes);
+        // Each entry is written once; committing it writes nothing; its commit index goes
+        // with the next entry's write (raft-rs's Ready::must_sync, etcd's MustSync).
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        assert_eq!(writes[0].0, 1);
+        assert_eq!(writes[1], (1, Some(x)), "{writes:?}");
         assert_eq!(
-            writes,
-            vec![(1, false, true), (0, true, false)],
-            "{writes:?}"
+            c.raft().committed(),
+            x + 1,
+            "the second entry is committed too"
         );
     }
 
@@ -703,7 +722,7 @@ mod tests {
         c.flush().expect("flush");
         assert_eq!(c.held_bytes(), 0);
         settle(&mut c, &mut seen);
-        // One write of all three (then the commit index's hard state alone).
+        // One write of all three (their commit index waits for the next write).
         let writes: Vec<&String> = seen
             .iter()
             .filter(|s| s.starts_with("persist") && *s != "persist 0 entries")

@@ -9,8 +9,8 @@
 //! 10.2.1): [`ReadyOut::messages`] may go out at once; [`ReadyOut::committed`] may be applied
 //! at once; [`ReadyOut::entries`] and [`ReadyOut::hard_state`] must be durable before
 //! [`ReadyOut::persisted_messages`] are sent and before [`RaftCore::on_persisted`], except a
-//! hard state that only moves the commit index, which may be written without an fsync
-//! ([`ReadyOut::must_sync`]: raft-rs's `Ready::must_sync`, etcd's `raft.MustSync`).
+//! hard state that only moves the commit index, which needs no fsync and may be written
+//! later ([`ReadyOut::must_sync`]: raft-rs's `Ready::must_sync`, etcd's `raft.MustSync`).
 
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message,
@@ -31,13 +31,14 @@ pub struct ReadyOut<W> {
     /// Entries to make durable.
     pub entries: Vec<Entry>,
     /// Hard state to make durable, if it changed (a change of the commit index alone needs
-    /// no fsync).
+    /// no fsync and may wait for a later write).
     pub hard_state: Option<HardState>,
     /// Whether `entries`, `hard_state` and the snapshot must be fsynced before
     /// `persisted_messages` go out: raft-rs's `Ready::must_sync`, false only when there are no
     /// entries and no snapshot and the hard state changed at most in its commit index (etcd's
     /// `raft.MustSync`, etcd v3.5 `raft/node.go`). The commit index is recovered from the
-    /// leader and the store's applied index after a crash, so such a write needs no fsync.
+    /// leader and the store's applied index after a crash, so such a Ready needs no write
+    /// before its persisted messages go out.
     pub must_sync: bool,
     /// Messages to send once `entries` and `hard_state` are durable.
     pub persisted_messages: Vec<Message>,
