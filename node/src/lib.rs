@@ -423,7 +423,9 @@ pub async fn run(
         c.abort();
     }
     stop_tx.send_replace(true);
-    consensus.do_send(StopConsensus);
+    // Waits for the last commit index to be written (bounded: a stuck disk must not hold the
+    // stop).
+    let _ = tokio::time::timeout(Duration::from_secs(1), consensus.send(StopConsensus)).await;
     if let Some(ep) = peer_endpoint {
         // Let the connections' close frames leave, so peers see this member go at once
         // instead of after QUIC's idle timeout.
@@ -518,14 +520,15 @@ fn announce_ready(state: Arc<NodeState>, mut applied: chan::Receiver<u64>) {
     });
 }
 
-/// Stops the consensus actor (shutdown).
+/// Stops the consensus actor (shutdown), after writing the commit index that only a later
+/// WAL write would have carried ([`ConsensusActor::stop_after_last_write`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct StopConsensus;
 
 impl Handler<StopConsensus> for ConsensusActor {
-    type Result = ();
-    fn handle(&mut self, _: StopConsensus, ctx: &mut Context<Self>) {
-        ctx.stop();
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _: StopConsensus, _: &mut Context<Self>) -> Self::Result {
+        self.stop_after_last_write()
     }
 }

@@ -237,6 +237,33 @@ impl ConsensusActor {
         self.execute(ctx);
     }
 
+    /// Writes (and fsyncs) the hard state that only moved the commit index and waits for the
+    /// next WAL write, then stops the actor: a restart then starts from the member's latest
+    /// commit index. Nothing is written once a write failed.
+    pub fn stop_after_last_write(&mut self) -> ResponseActFuture<Self, ()> {
+        let hard_state = if self.failed {
+            None
+        } else {
+            self.core.take_unwritten_hard_state()
+        };
+        let wal = self.wal.clone();
+        let write = async move {
+            let Some(hs) = hard_state else { return };
+            let write = AppendEntries {
+                entries: Vec::new(),
+                hard_state: Some(hs),
+                number: 0,
+                snapshot: None,
+            };
+            match wal.send(write).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "writing the commit index at stop"),
+                Err(e) => tracing::warn!(error = %e, "writing the commit index at stop"),
+            }
+        };
+        Box::pin(write.into_actor(self).map(|(), _, ctx| ctx.stop()))
+    }
+
     /// Raft's status into the node state (and etcd's leader-change counter).
     fn publish(&self, s: RaftStatus) {
         self.state.term.store(s.term, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! The handle through which the services and the lessor propose requests: it encodes an
 //! `InternalRequest` with a request id unique across members and restarts, hands it to
-//! consensus, and waits (bounded by the request timeout) until apply answers that id. Holding
+//! consensus, and waits (bounded by the request timeout) until apply answers that id, or
+//! consensus fails it (raft refused the proposal). Holding
 //! a `Proposer` instead of the services keeps the lessor below them.
 
 use std::sync::Arc;
@@ -93,7 +94,8 @@ impl Proposer {
     /// # Errors
     /// As [`Proposer::propose`]; [`ApiError::NotLeader`] when this member does not lead in
     /// `term` (nothing was proposed). [`ApiError::Timeout`] leaves the outcome unknown: the
-    /// entry is in this leader's log and commits unless leadership moves first.
+    /// entry is in this leader's log and commits unless leadership moves first (or, when the
+    /// member is stopping, the proposal never left consensus's mailbox).
     pub async fn propose_as_leader(
         &self,
         term: u64,
@@ -168,7 +170,8 @@ impl Proposer {
         self.answer(id, rx, deadline).await
     }
 
-    /// What consensus answered to a proposal with waiter `id`: on any failure the waiter goes.
+    /// What consensus answered to a membership change with waiter `id`: on any failure the
+    /// waiter goes.
     fn settle<T>(
         &self,
         id: u64,

@@ -198,6 +198,12 @@ impl<W> ConsensusCore<W> {
         Ok(())
     }
 
+    /// The hard state a Ready that only moved the commit index left unwritten, taken for a
+    /// last WAL write when the member stops (no other write would carry it).
+    pub fn take_unwritten_hard_state(&mut self) -> Option<HardState> {
+        self.unwritten_hard_state.take()
+    }
+
     /// Bytes held by [`ConsensusCore::propose_later`] since the last flush: the caller flushes
     /// at [`MAX_HELD_BYTES`], so one forwarded batch stays far below the peer frame limit and
     /// a leader's append carries it whole.

@@ -89,6 +89,11 @@ pub struct Wal {
     last_index: u64,
     /// Size of new segments, bytes.
     segment_bytes: u64,
+    /// The newest hard state appended (or recovered): written again at the start of every new
+    /// segment, so [`Wal::release_to`] never deletes the only record of the term and vote
+    /// (the member's Raft hard state may go unwritten for many segments: a hard state that
+    /// only moves the commit index waits for the next entries).
+    hard_state: Option<HardState>,
 }
 
 impl Wal {
@@ -142,6 +147,7 @@ impl Wal {
                 buf: Vec::new(),
                 last_index: 0,
                 segment_bytes,
+                hard_state: None,
             };
             return Ok((wal, Recovered::default()));
         }
@@ -200,6 +206,7 @@ impl Wal {
             buf: Vec::new(),
             last_index,
             segment_bytes,
+            hard_state: rec.hard_state.clone(),
         };
         Ok((wal, rec))
     }
@@ -216,6 +223,7 @@ impl Wal {
         }
         if let Some(hs) = hard_state {
             self.push(RecordType::HardState, &encode(hs))?;
+            self.hard_state = Some(hs.clone());
         }
         self.flush()
     }
@@ -255,7 +263,8 @@ impl Wal {
     }
 
     /// Deletes whole segments that hold only entries at or below `index` (never the current
-    /// one); returns how many.
+    /// one); returns how many. The newest hard state survives: every segment starts with a
+    /// copy of the one written before it.
     /// Call only after the state machine is durable up to `index` and a Snapshot record for it
     /// is synced.
     ///
@@ -326,6 +335,12 @@ impl Wal {
         self.offset = offset;
         self.crc = crc;
         self.segments.push(name);
+        // The newest hard state opens the segment: older segments may go (`release_to`).
+        if let Some(hs) = &self.hard_state {
+            let payload = encode(hs);
+            self.crc =
+                segment::encode_record(&mut self.buf, self.crc, RecordType::HardState, &payload);
+        }
         tracing::debug!(
             seq = name.seq,
             first_index = name.first_index,

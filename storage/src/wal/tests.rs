@@ -214,6 +214,42 @@ fn snapshot_record_releases_entries_and_segments() {
     assert_eq!(rec.entries[0].index, 3);
 }
 
+#[test]
+fn releasing_segments_keeps_the_newest_hard_state() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, _) = Wal::open_with_segment_bytes(d.path(), MIN_SEGMENT_BYTES).unwrap();
+    // Term 7 and a vote, then entries over several segments with no hard state of their own
+    // (commit-only hard states are not written on their own).
+    let first = HardState {
+        term: 7,
+        vote: 3,
+        commit: 1,
+        ..Default::default()
+    };
+    w.append(&[entry(1, 7, b"a")], Some(&first)).unwrap();
+    let big = vec![b'x'; 8 * 1024];
+    for i in 2..=40 {
+        w.append(&[entry(i, 7, &big)], None).unwrap();
+    }
+    assert!(w.segment_count() >= 3, "{} segments", w.segment_count());
+    let m = SnapshotMetadata {
+        index: 35,
+        term: 7,
+        ..Default::default()
+    };
+    w.append_snapshot(&m).unwrap();
+    w.sync().unwrap();
+    assert!(w.release_to(35).unwrap() >= 2);
+    drop(w);
+    let (_, rec) = Wal::open(d.path()).unwrap();
+    assert_eq!(
+        rec.hard_state,
+        Some(first),
+        "term and vote survive the release"
+    );
+    assert_eq!(rec.entries.first().map(|e| e.index), Some(36));
+}
+
 /// A follower's log from an old term (indexes 1..=3), then a snapshot from the leader
 /// installed at index 2 (term 3), then `after`; what recovery returns.
 fn recover_after_install(after: &[Entry]) -> Recovered {
