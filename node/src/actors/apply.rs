@@ -44,7 +44,7 @@ impl Waiters {
         rx
     }
 
-    /// Drops the waiter of `id` (its proposal timed out).
+    /// Drops the waiter of `id` (its proposal timed out, or never reached consensus).
     pub fn cancel(&self, id: u64) {
         self.lock().remove(&id);
     }

@@ -237,31 +237,31 @@ impl ConsensusActor {
         self.execute(ctx);
     }
 
-    /// Writes (and fsyncs) the hard state that only moved the commit index and waits for the
-    /// next WAL write, then stops the actor: a restart then starts from the member's latest
-    /// commit index. Nothing is written once a write failed.
-    pub fn stop_after_last_write(&mut self) -> ResponseActFuture<Self, ()> {
+    /// Stops the actor at once, first queueing in the WAL's mailbox (behind every earlier
+    /// write, before anything else can produce a newer one) the hard state that only moved
+    /// the commit index and waits for the next WAL write, so a restart starts from the
+    /// member's latest commit index. Returns the WAL's answer to wait for, if anything was
+    /// queued; nothing is queued once a write failed.
+    pub fn stop_after_last_write(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Option<actix::dev::Request<WalActor, AppendEntries>> {
         let hard_state = if self.failed {
             None
         } else {
             self.core.take_unwritten_hard_state()
         };
-        let wal = self.wal.clone();
-        let write = async move {
-            let Some(hs) = hard_state else { return };
-            let write = AppendEntries {
+        ctx.stop();
+        hard_state.map(|hs| {
+            // `send` queues the message now (it only defers when the mailbox is full, and
+            // nothing newer follows: the actor is stopping).
+            self.wal.send(AppendEntries {
                 entries: Vec::new(),
                 hard_state: Some(hs),
                 number: 0,
                 snapshot: None,
-            };
-            match wal.send(write).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "writing the commit index at stop"),
-                Err(e) => tracing::warn!(error = %e, "writing the commit index at stop"),
-            }
-        };
-        Box::pin(write.into_actor(self).map(|(), _, ctx| ctx.stop()))
+            })
+        })
     }
 
     /// Raft's status into the node state (and etcd's leader-change counter).

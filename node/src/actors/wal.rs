@@ -27,8 +27,8 @@ impl Actor for WalActor {
     type Context = Context<Self>;
 }
 
-/// Sent by consensus for each raft `Ready` with entries, a snapshot or a new term or vote:
-/// append, fsync, and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is
+/// Sent by consensus for each raft `Ready` with entries, a snapshot or a new term or vote,
+/// and at stop with the last commit-only hard state (`number` 0): append, fsync, and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is
 /// fatal.
 #[derive(Message)]
 #[rtype(result = "Result<u64, etch_storage::Error>")]

@@ -158,10 +158,15 @@ impl Wal {
         // The crc the last segment's seed carries, and whether it has a valid seed.
         let (mut last_seed, mut seeded) = (0u32, true);
         let last = names.len() - 1;
+        // Whether the last segment holds a hard state (see `Wal::hard_state`).
+        let mut last_has_hard_state = false;
         for (i, name) in names.iter().enumerate() {
             let path = dir.join(name.file_name());
             last_seed = prev_crc.unwrap_or(0);
             let seg = read_segment(&path, prev_crc, i == last, |ty, payload, offset| {
+                if i == last && matches!(ty, RecordType::HardState) {
+                    last_has_hard_state = true;
+                }
                 apply_record(&mut rec, ty, payload).map_err(|reason| Error::Corrupt {
                     file: path.clone(),
                     offset,
@@ -197,7 +202,7 @@ impl Wal {
             .map(|e| e.index)
             .or(rec.snapshot.as_ref().map(|s| s.index))
             .unwrap_or(0);
-        let wal = Wal {
+        let mut wal = Wal {
             dir: dir.to_owned(),
             segments: names,
             file,
@@ -208,6 +213,14 @@ impl Wal {
             segment_bytes,
             hard_state: rec.hard_state.clone(),
         };
+        if !last_has_hard_state && wal.segments.len() > 1 {
+            // A crash right after a cut (or a torn tail) lost the segment's copy of the hard
+            // state: write it again before anything can release the older segments.
+            if let Some(hs) = wal.hard_state.clone() {
+                wal.push(RecordType::HardState, &encode(&hs))?;
+                wal.sync()?;
+            }
+        }
         Ok((wal, rec))
     }
 

@@ -250,6 +250,43 @@ fn releasing_segments_keeps_the_newest_hard_state() {
     assert_eq!(rec.entries.first().map(|e| e.index), Some(36));
 }
 
+#[test]
+fn a_segment_that_lost_its_hard_state_copy_gets_it_again_at_open() {
+    let d = tempfile::tempdir().unwrap();
+    let first = HardState {
+        term: 7,
+        vote: 3,
+        commit: 1,
+        ..Default::default()
+    };
+    {
+        let (mut w, _) = Wal::open_with_segment_bytes(d.path(), MIN_SEGMENT_BYTES).unwrap();
+        w.append(&[entry(1, 7, b"a")], Some(&first)).unwrap();
+        w.sync().unwrap();
+        // The new segment's copy waits in the buffer: a crash now loses it.
+        w.cut().unwrap();
+    }
+    {
+        let (mut w, rec) = Wal::open_with_segment_bytes(d.path(), MIN_SEGMENT_BYTES).unwrap();
+        assert_eq!(rec.hard_state.as_ref(), Some(&first));
+        w.append(&[entry(2, 7, b"b")], None).unwrap();
+        let m = SnapshotMetadata {
+            index: 1,
+            term: 7,
+            ..Default::default()
+        };
+        w.append_snapshot(&m).unwrap();
+        w.sync().unwrap();
+        assert_eq!(w.release_to(1).unwrap(), 1);
+    }
+    let (_, rec) = Wal::open(d.path()).unwrap();
+    assert_eq!(
+        rec.hard_state,
+        Some(first),
+        "term and vote survive the release"
+    );
+}
+
 /// A follower's log from an old term (indexes 1..=3), then a snapshot from the leader
 /// installed at index 2 (term 3), then `after`; what recovery returns.
 fn recover_after_install(after: &[Entry]) -> Recovered {
