@@ -3,8 +3,8 @@
 //!
 //! Group commit: each [`AppendEntries`] carries everything one raft `Ready` produced (all
 //! proposals that arrived while the previous fsync ran), and is made durable with one fsync.
-//! A Ready that only moves the commit index never comes here: its hard state rides with the
-//! next write (`crate::core::consensus::ConsensusCore`).
+//! A hard state that only moves the commit index comes as [`RecordHardState`]: written
+//! without an fsync and without a reply.
 
 use actix::prelude::*;
 use raft::eraftpb::{Entry, HardState, SnapshotMetadata};
@@ -14,12 +14,15 @@ use etch_storage::wal::Wal;
 /// The actor; owns the open WAL.
 pub struct WalActor {
     wal: Wal,
+    /// A [`RecordHardState`] write failed: the next [`AppendEntries`] fails with it (the
+    /// member stops; the WAL is not written after an error).
+    failed: Option<etch_storage::Error>,
 }
 
 impl WalActor {
     /// Wraps an opened WAL.
     pub fn new(wal: Wal) -> WalActor {
-        WalActor { wal }
+        WalActor { wal, failed: None }
     }
 }
 
@@ -27,8 +30,8 @@ impl Actor for WalActor {
     type Context = Context<Self>;
 }
 
-/// Sent by consensus for each raft `Ready` with entries, a snapshot or a new term or vote,
-/// and at stop with the last commit-only hard state (`number` 0): append, fsync, and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is
+/// Sent by consensus for each raft `Ready` with entries, a snapshot or a new term or vote:
+/// append, fsync, and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is
 /// fatal.
 #[derive(Message)]
 #[rtype(result = "Result<u64, etch_storage::Error>")]
@@ -49,6 +52,9 @@ impl Handler<AppendEntries> for WalActor {
 
     fn handle(&mut self, m: AppendEntries, _: &mut Self::Context) -> Self::Result {
         crate::metrics::dequeued("wal");
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let start = std::time::Instant::now();
         if let Some(meta) = &m.snapshot {
             self.wal.append_install(meta)?;
@@ -83,5 +89,28 @@ impl Handler<ReleaseLog> for WalActor {
         self.wal.append_snapshot(&m.meta)?;
         self.wal.sync()?;
         self.wal.release_to(m.meta.index)
+    }
+}
+
+/// Sent by consensus for a raft `Ready` whose hard state only moved the commit index: append
+/// it without an fsync (raft-rs's `Ready::must_sync`, etcd's `raft.MustSync`: the commit index
+/// is learned again from the leader after a crash) and without a reply, so consensus neither
+/// waits nor is woken. It reaches the OS at once, so after a kill the recorded commit index
+/// is current (`--force-new-cluster` keeps the log up to it); the next fsync makes it durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordHardState(pub HardState);
+
+impl Handler<RecordHardState> for WalActor {
+    type Result = ();
+
+    fn handle(&mut self, m: RecordHardState, _: &mut Self::Context) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.wal.append(&[], Some(&m.0)) {
+            tracing::error!(error = %e, "WAL: recording the commit index failed");
+            self.failed = Some(e);
+        }
     }
 }

@@ -59,9 +59,8 @@ pub struct RaftStatus {
     pub last: u64,
 }
 
-/// Entries and hard state to make durable, in one WAL write and fsync. A Ready whose hard
-/// state only moved the commit index gets no write of its own: that hard state rides with
-/// the next one ([`ConsensusCore`]'s `unwritten_hard_state`).
+/// Entries and hard state to make durable, in one WAL write and fsync (a hard state that only
+/// moved the commit index goes as [`Effect::RecordHardState`] instead).
 #[derive(Debug)]
 pub struct Persist {
     /// A snapshot raft-rs accepted from the leader (the store already holds it): recorded in
@@ -91,6 +90,11 @@ pub enum Effect<W> {
     Apply(Vec<Entry>),
     /// Write to the WAL and fsync; then [`ConsensusCore::persisted`].
     Persist(Persist),
+    /// Write this hard state, which only moved the commit index, to the WAL after what is
+    /// queued there, without an fsync and without reporting back: raft-rs needs no completion
+    /// for it (`Ready::must_sync` is false; etcd's `raft.MustSync`). It keeps the recorded
+    /// commit index current for `--force-new-cluster` after a crash.
+    RecordHardState(HardState),
     /// Make the store durable (fsync), then [`ConsensusCore::store_persisted`].
     PersistStore,
     /// Record this log-release point in the WAL and drop the segments wholly before it, then
@@ -110,11 +114,6 @@ pub struct ConsensusCore<W> {
     catch_up_entries: u64,
     /// The Ready being persisted: its persisted messages and the snapshot it carried.
     persisting: Option<(Vec<Message>, Option<u64>)>,
-    /// The newest hard state that only moved the commit index and is not written yet: it
-    /// goes with the next WAL write. The commit index is volatile state in Raft (Raft paper,
-    /// figure 2): after a crash it is learned again from the leader, and the store's applied
-    /// index covers what was applied (etcd writes it without an fsync, `raft.MustSync`).
-    unwritten_hard_state: Option<HardState>,
     /// Client proposals held for the next [`ConsensusCore::flush`].
     held: Vec<Vec<u8>>,
     /// Their size in bytes.
@@ -141,7 +140,6 @@ impl<W> ConsensusCore<W> {
             snapshot_count: snapshot_count.max(1),
             catch_up_entries,
             persisting: None,
-            unwritten_hard_state: None,
             held: Vec::new(),
             held_bytes: 0,
             releasing: None,
@@ -196,12 +194,6 @@ impl<W> ConsensusCore<W> {
         self.held_bytes += data.len();
         self.held.push(data);
         Ok(())
-    }
-
-    /// The hard state a Ready that only moved the commit index left unwritten, taken for a
-    /// last WAL write when the member stops (no other write would carry it).
-    pub fn take_unwritten_hard_state(&mut self) -> Option<HardState> {
-        self.unwritten_hard_state.take()
     }
 
     /// Bytes held by [`ConsensusCore::propose_later`] since the last flush: the caller flushes
@@ -456,11 +448,11 @@ impl<W> ConsensusCore<W> {
             }
             // 3. Snapshot, entries and hard state to the WAL; persisted messages after it.
             // Nothing to make durable (raft-rs's `Ready::must_sync` is false when the hard
-            // state moved at most in its commit index): no WAL write, the hard state goes with
-            // the next one.
+            // state moved at most in its commit index): the hard state is written without an
+            // fsync and without waiting for the WAL, so the next Ready is not held back.
             if !out.must_sync {
-                if out.hard_state.is_some() {
-                    self.unwritten_hard_state = out.hard_state;
+                if let Some(hs) = out.hard_state {
+                    self.out.push_back(Effect::RecordHardState(hs));
                 }
                 if out.number != 0 {
                     self.raft.on_persisted(out.number);
@@ -468,15 +460,12 @@ impl<W> ConsensusCore<W> {
                 self.send(out.persisted_messages);
                 continue;
             }
-            // A newer hard state (a term or vote change) holds the newest commit index too.
-            let hard_state = out.hard_state.or(self.unwritten_hard_state.take());
-            self.unwritten_hard_state = None;
             let snapshot_index = out.snapshot.as_ref().map(|m| m.index);
             self.persisting = Some((out.persisted_messages, snapshot_index));
             self.out.push_back(Effect::Persist(Persist {
                 snapshot: out.snapshot,
                 entries: out.entries,
-                hard_state,
+                hard_state: out.hard_state,
                 number: out.number,
             }));
         }
@@ -557,6 +546,7 @@ mod tests {
                     seen.push(format!("persist {} entries", p.entries.len()));
                     c.persisted(p.number);
                 }
+                Effect::RecordHardState(hs) => seen.push(format!("record commit {}", hs.commit)),
                 Effect::PersistStore => {
                     seen.push("persist store".into());
                     c.store_persisted();
@@ -667,50 +657,42 @@ mod tests {
     }
 
     #[test]
-    fn a_hard_state_that_only_moves_the_commit_index_waits_for_the_next_write() {
+    fn a_hard_state_that_only_moves_the_commit_index_is_recorded_without_a_wal_round_trip() {
         let mut c = single(1_000, 10);
         c.start();
         let mut seen = Vec::new();
         settle(&mut c, &mut seen);
+        c.propose(b"x".to_vec()).expect("propose");
+        // (entries, commit index of the hard state, fsynced and reported back?) of every write.
         let mut writes = Vec::new();
-        let drain = |c: &mut ConsensusCore<u32>, writes: &mut Vec<(usize, Option<u64>)>| {
-            for _ in 0..10 {
-                let mut any = false;
-                while let Some(e) = c.poll() {
-                    match e {
-                        Effect::Persist(p) => {
-                            writes.push((p.entries.len(), p.hard_state.map(|h| h.commit)));
-                            c.persisted(p.number);
-                            any = true;
-                        }
-                        Effect::Apply(entries) => {
-                            let last = entries.last().map(|e| e.index).unwrap_or(0);
-                            c.applied(last, None);
-                            any = true;
-                        }
-                        _ => {}
+        for _ in 0..10 {
+            let mut any = false;
+            while let Some(e) = c.poll() {
+                match e {
+                    Effect::Persist(p) => {
+                        writes.push((p.entries.len(), p.hard_state.map(|h| h.commit), true));
+                        c.persisted(p.number);
+                        any = true;
                     }
-                }
-                if !any {
-                    break;
+                    Effect::RecordHardState(hs) => writes.push((0, Some(hs.commit), false)),
+                    Effect::Apply(entries) => {
+                        let last = entries.last().map(|e| e.index).unwrap_or(0);
+                        c.applied(last, None);
+                        any = true;
+                    }
+                    _ => {}
                 }
             }
-        };
-        c.propose(b"x".to_vec()).expect("propose");
-        drain(&mut c, &mut writes);
-        let x = c.raft().committed();
-        c.propose(b"y".to_vec()).expect("propose");
-        drain(&mut c, &mut writes);
-        // Each entry is written once; committing it writes nothing; its commit index goes
-        // with the next entry's write (raft-rs's Ready::must_sync, etcd's MustSync).
+            if !any {
+                break;
+            }
+        }
+        // The entry is fsynced and reported; the commit index that follows is only recorded
+        // (raft-rs's Ready::must_sync, etcd's MustSync).
+        let committed = c.raft().committed();
         assert_eq!(writes.len(), 2, "{writes:?}");
-        assert_eq!(writes[0].0, 1);
-        assert_eq!(writes[1], (1, Some(x)), "{writes:?}");
-        assert_eq!(
-            c.raft().committed(),
-            x + 1,
-            "the second entry is committed too"
-        );
+        assert_eq!((writes[0].0, writes[0].2), (1, true), "{writes:?}");
+        assert_eq!(writes[1], (0, Some(committed), false), "{writes:?}");
     }
 
     #[test]
@@ -728,7 +710,7 @@ mod tests {
         c.flush().expect("flush");
         assert_eq!(c.held_bytes(), 0);
         settle(&mut c, &mut seen);
-        // One write of all three (their commit index waits for the next write).
+        // One write of all three (then their commit index, recorded without a round trip).
         let writes: Vec<&String> = seen
             .iter()
             .filter(|s| s.starts_with("persist") && *s != "persist 0 entries")
