@@ -14,15 +14,27 @@ use etch_storage::wal::Wal;
 /// The actor; owns the open WAL.
 pub struct WalActor {
     wal: Wal,
-    /// A [`RecordHardState`] write failed: the next [`AppendEntries`] fails with it (the
-    /// member stops; the WAL is not written after an error).
-    failed: Option<etch_storage::Error>,
+    /// A [`RecordHardState`] write failed: nothing is written any more, and every later
+    /// [`AppendEntries`] or [`ReleaseLog`] fails (the first with this error), which stops
+    /// the member.
+    failed: Option<Option<etch_storage::Error>>,
 }
 
 impl WalActor {
     /// Wraps an opened WAL.
     pub fn new(wal: Wal) -> WalActor {
         WalActor { wal, failed: None }
+    }
+
+    /// `Err` once a write without a reply failed: the first time with its error.
+    fn check(&mut self) -> Result<(), etch_storage::Error> {
+        match self.failed.as_mut() {
+            None => Ok(()),
+            Some(first) => Err(first.take().unwrap_or_else(|| etch_storage::Error::Io {
+                path: std::path::PathBuf::from("member/wal"),
+                source: std::io::Error::other("an earlier WAL write failed"),
+            })),
+        }
     }
 }
 
@@ -52,9 +64,7 @@ impl Handler<AppendEntries> for WalActor {
 
     fn handle(&mut self, m: AppendEntries, _: &mut Self::Context) -> Self::Result {
         crate::metrics::dequeued("wal");
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
+        self.check()?;
         let start = std::time::Instant::now();
         if let Some(meta) = &m.snapshot {
             self.wal.append_install(meta)?;
@@ -86,6 +96,7 @@ impl Handler<ReleaseLog> for WalActor {
     type Result = Result<usize, etch_storage::Error>;
 
     fn handle(&mut self, m: ReleaseLog, _: &mut Self::Context) -> Self::Result {
+        self.check()?;
         self.wal.append_snapshot(&m.meta)?;
         self.wal.sync()?;
         self.wal.release_to(m.meta.index)
@@ -95,8 +106,8 @@ impl Handler<ReleaseLog> for WalActor {
 /// Sent by consensus for a raft `Ready` whose hard state only moved the commit index: append
 /// it without an fsync (raft-rs's `Ready::must_sync`, etcd's `raft.MustSync`: the commit index
 /// is learned again from the leader after a crash) and without a reply, so consensus neither
-/// waits nor is woken. It reaches the OS at once, so after a kill the recorded commit index
-/// is current (`--force-new-cluster` keeps the log up to it); the next fsync makes it durable.
+/// waits nor is woken. It reaches the OS as soon as the WAL actor takes it (beside apply, as
+/// etcd's raft loop saves it beside its apply); the next fsync makes it durable.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RecordHardState(pub HardState);
@@ -110,7 +121,7 @@ impl Handler<RecordHardState> for WalActor {
         }
         if let Err(e) = self.wal.append(&[], Some(&m.0)) {
             tracing::error!(error = %e, "WAL: recording the commit index failed");
-            self.failed = Some(e);
+            self.failed = Some(Some(e));
         }
     }
 }

@@ -31,7 +31,7 @@ pub struct ReadyOut<W> {
     /// Entries to make durable.
     pub entries: Vec<Entry>,
     /// Hard state to make durable, if it changed (a change of the commit index alone needs
-    /// no fsync and may wait for a later write).
+    /// no fsync).
     pub hard_state: Option<HardState>,
     /// Whether `entries`, `hard_state` and the snapshot must be fsynced before
     /// `persisted_messages` go out: raft-rs's `Ready::must_sync`, false only when there are no

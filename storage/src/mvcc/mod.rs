@@ -15,8 +15,9 @@
 //! after a crash skips what was applied (etcd's consistent index). Reads
 //! ([`MvccStore::range`]) may run from any thread at the same time.
 //!
-//! Durability: batches are written to fjall's journal in OS buffers, not fsynced; the raft WAL
-//! is the source of truth. [`MvccStore::persist`] fsyncs before the WAL is released.
+//! Durability: batches are written to fjall's journal, which buffers them in the process
+//! (manual journal persist) and is not fsynced, so a kill can lose the last ones; the raft
+//! WAL is the source of truth. [`MvccStore::persist`] fsyncs before the WAL is released.
 //!
 //! # Alarms
 //! etcd's alarms (NOSPACE, CORRUPT) are replicated state kept here: see the `alarm` module
