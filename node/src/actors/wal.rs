@@ -31,7 +31,7 @@ impl WalActor {
         match self.failed.as_mut() {
             None => Ok(()),
             Some(first) => Err(first.take().unwrap_or_else(|| etch_storage::Error::Io {
-                path: std::path::PathBuf::from("member/wal"),
+                path: self.wal.dir().to_owned(),
                 source: std::io::Error::other("an earlier WAL write failed"),
             })),
         }

@@ -303,6 +303,11 @@ impl Wal {
         self.segments.len()
     }
 
+    /// The WAL's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn current_path(&self) -> PathBuf {
         let last = self.segments[self.segments.len() - 1];
         self.dir.join(last.file_name())

@@ -17,6 +17,29 @@ fn hs(term: u64, commit: u64) -> HardState {
     }
 }
 
+/// A hard state with a term and a vote (what a release must never lose).
+fn term_and_vote() -> HardState {
+    HardState {
+        term: 7,
+        vote: 3,
+        commit: 1,
+        ..Default::default()
+    }
+}
+
+/// Records the release point `index` (term `term`), syncs, and releases the segments it
+/// covers; returns how many went.
+fn release(w: &mut Wal, index: u64, term: u64) -> usize {
+    let m = SnapshotMetadata {
+        index,
+        term,
+        ..Default::default()
+    };
+    w.append_snapshot(&m).unwrap();
+    w.sync().unwrap();
+    w.release_to(index).unwrap()
+}
+
 fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = fs::read_dir(dir)
         .unwrap()
@@ -199,14 +222,7 @@ fn snapshot_record_releases_entries_and_segments() {
         .unwrap();
     w.cut().unwrap();
     w.append(&[entry(3, 1, b"c")], None).unwrap();
-    let m = SnapshotMetadata {
-        index: 2,
-        term: 1,
-        ..Default::default()
-    };
-    w.append_snapshot(&m).unwrap();
-    w.sync().unwrap();
-    assert_eq!(w.release_to(2).unwrap(), 1);
+    assert_eq!(release(&mut w, 2, 1), 1);
     drop(w);
     let (_, rec) = Wal::open(d.path()).unwrap();
     assert_eq!(rec.snapshot.unwrap().index, 2);
@@ -220,26 +236,14 @@ fn releasing_segments_keeps_the_newest_hard_state() {
     let (mut w, _) = Wal::open_with_segment_bytes(d.path(), MIN_SEGMENT_BYTES).unwrap();
     // Term 7 and a vote, then entries over several segments with no hard state of their own
     // (commit-only hard states are not written on their own).
-    let first = HardState {
-        term: 7,
-        vote: 3,
-        commit: 1,
-        ..Default::default()
-    };
+    let first = term_and_vote();
     w.append(&[entry(1, 7, b"a")], Some(&first)).unwrap();
     let big = vec![b'x'; 8 * 1024];
     for i in 2..=40 {
         w.append(&[entry(i, 7, &big)], None).unwrap();
     }
     assert!(w.segment_count() >= 3, "{} segments", w.segment_count());
-    let m = SnapshotMetadata {
-        index: 35,
-        term: 7,
-        ..Default::default()
-    };
-    w.append_snapshot(&m).unwrap();
-    w.sync().unwrap();
-    assert!(w.release_to(35).unwrap() >= 2);
+    assert!(release(&mut w, 35, 7) >= 2);
     drop(w);
     let (_, rec) = Wal::open(d.path()).unwrap();
     assert_eq!(
@@ -253,12 +257,7 @@ fn releasing_segments_keeps_the_newest_hard_state() {
 #[test]
 fn a_segment_that_lost_its_hard_state_copy_gets_it_again_at_open() {
     let d = tempfile::tempdir().unwrap();
-    let first = HardState {
-        term: 7,
-        vote: 3,
-        commit: 1,
-        ..Default::default()
-    };
+    let first = term_and_vote();
     {
         let (mut w, _) = Wal::open_with_segment_bytes(d.path(), MIN_SEGMENT_BYTES).unwrap();
         w.append(&[entry(1, 7, b"a")], Some(&first)).unwrap();
@@ -270,14 +269,7 @@ fn a_segment_that_lost_its_hard_state_copy_gets_it_again_at_open() {
         let (mut w, rec) = Wal::open_with_segment_bytes(d.path(), MIN_SEGMENT_BYTES).unwrap();
         assert_eq!(rec.hard_state.as_ref(), Some(&first));
         w.append(&[entry(2, 7, b"b")], None).unwrap();
-        let m = SnapshotMetadata {
-            index: 1,
-            term: 7,
-            ..Default::default()
-        };
-        w.append_snapshot(&m).unwrap();
-        w.sync().unwrap();
-        assert_eq!(w.release_to(1).unwrap(), 1);
+        assert_eq!(release(&mut w, 1, 7), 1);
     }
     let (_, rec) = Wal::open(d.path()).unwrap();
     assert_eq!(
