@@ -423,7 +423,16 @@ pub async fn run(
         c.abort();
     }
     stop_tx.send_replace(true);
-    consensus.do_send(StopConsensus);
+    // Waits for the last commit index to be written (bounded: a stuck disk must not hold the
+    // stop; consensus itself has stopped already).
+    if let Ok(Some(write)) = consensus.send(StopConsensus).await {
+        match tokio::time::timeout(Duration::from_secs(1), write).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "writing the commit index at stop"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "writing the commit index at stop"),
+            Err(_) => tracing::warn!("writing the commit index at stop took over 1 s"),
+        }
+    }
     if let Some(ep) = peer_endpoint {
         // Let the connections' close frames leave, so peers see this member go at once
         // instead of after QUIC's idle timeout.
@@ -518,14 +527,18 @@ fn announce_ready(state: Arc<NodeState>, mut applied: chan::Receiver<u64>) {
     });
 }
 
-/// Stops the consensus actor (shutdown).
+/// Stops the consensus actor (shutdown) at once; replies with the WAL write of the commit
+/// index that only a later write would have carried, to wait for
+/// ([`ConsensusActor::stop_after_last_write`]).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(
+    result = "Option<actix::dev::Request<crate::actors::wal::WalActor, crate::actors::wal::AppendEntries>>"
+)]
 struct StopConsensus;
 
 impl Handler<StopConsensus> for ConsensusActor {
-    type Result = ();
-    fn handle(&mut self, _: StopConsensus, ctx: &mut Context<Self>) {
-        ctx.stop();
+    type Result = MessageResult<StopConsensus>;
+    fn handle(&mut self, _: StopConsensus, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stop_after_last_write(ctx))
     }
 }

@@ -21,7 +21,7 @@ use crate::state::NodeState;
 
 use crate::actors::apply::{ApplyActor, ApplyCommitted, PersistStore, Waiters};
 use crate::actors::transport::{SendMessages, SetMembers, TransportActor};
-use crate::actors::wal::{AppendEntries, RecordHardState, ReleaseLog, WalActor};
+use crate::actors::wal::{AppendEntries, ReleaseLog, WalActor};
 use crate::error::ApiError;
 
 type ReadWaiter = oneshot::Sender<Result<u64, ApiError>>;
@@ -185,11 +185,6 @@ impl ConsensusActor {
                         act.execute(ctx);
                     }));
                 }
-                Effect::RecordHardState(hs) => {
-                    // Queued behind the writes before it; no reply (a failure surfaces at the
-                    // next AppendEntries).
-                    self.wal.do_send(RecordHardState(hs));
-                }
                 Effect::PersistStore => {
                     let fut = self.apply.send(PersistStore);
                     ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
@@ -240,6 +235,33 @@ impl ConsensusActor {
             }
         }
         self.execute(ctx);
+    }
+
+    /// Stops the actor at once, first queueing in the WAL's mailbox (behind every earlier
+    /// write, before anything else can produce a newer one) the hard state that only moved
+    /// the commit index and waits for the next WAL write, so a restart starts from the
+    /// member's latest commit index. Returns the WAL's answer to wait for, if anything was
+    /// queued; nothing is queued once a write failed.
+    pub fn stop_after_last_write(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Option<actix::dev::Request<WalActor, AppendEntries>> {
+        let hard_state = if self.failed {
+            None
+        } else {
+            self.core.take_unwritten_hard_state()
+        };
+        ctx.stop();
+        hard_state.map(|hs| {
+            // `send` queues the message now (it only defers when the mailbox is full, and
+            // nothing newer follows: the actor is stopping).
+            self.wal.send(AppendEntries {
+                entries: Vec::new(),
+                hard_state: Some(hs),
+                number: 0,
+                snapshot: None,
+            })
+        })
     }
 
     /// Raft's status into the node state (and etcd's leader-change counter).

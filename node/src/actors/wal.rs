@@ -3,8 +3,8 @@
 //!
 //! Group commit: each [`AppendEntries`] carries everything one raft `Ready` produced (all
 //! proposals that arrived while the previous fsync ran), and is made durable with one fsync.
-//! A hard state that only moves the commit index comes as [`RecordHardState`]: written
-//! without an fsync and without a reply.
+//! A Ready that only moves the commit index never comes here: its hard state rides with the
+//! next write (`crate::core::consensus::ConsensusCore`).
 
 use actix::prelude::*;
 use raft::eraftpb::{Entry, HardState, SnapshotMetadata};
@@ -14,27 +14,12 @@ use etch_storage::wal::Wal;
 /// The actor; owns the open WAL.
 pub struct WalActor {
     wal: Wal,
-    /// A [`RecordHardState`] write failed: nothing is written any more, and every later
-    /// [`AppendEntries`] or [`ReleaseLog`] fails (the first with this error), which stops
-    /// the member.
-    failed: Option<Option<etch_storage::Error>>,
 }
 
 impl WalActor {
     /// Wraps an opened WAL.
     pub fn new(wal: Wal) -> WalActor {
-        WalActor { wal, failed: None }
-    }
-
-    /// `Err` once a write without a reply failed: the first time with its error.
-    fn check(&mut self) -> Result<(), etch_storage::Error> {
-        match self.failed.as_mut() {
-            None => Ok(()),
-            Some(first) => Err(first.take().unwrap_or_else(|| etch_storage::Error::Io {
-                path: self.wal.dir().to_owned(),
-                source: std::io::Error::other("an earlier WAL write failed"),
-            })),
-        }
+        WalActor { wal }
     }
 }
 
@@ -42,9 +27,9 @@ impl Actor for WalActor {
     type Context = Context<Self>;
 }
 
-/// Sent by consensus for each raft `Ready` with entries, a snapshot or a new term or vote:
-/// append, fsync, and reply with the Ready's number (raft-rs `on_persist_ready`). An `Err` is
-/// fatal.
+/// Sent by consensus for each raft `Ready` with entries, a snapshot or a new term or vote,
+/// and at stop with the last commit-only hard state (`number` 0): append, fsync, and reply
+/// with the Ready's number (raft-rs `on_persist_ready`). An `Err` is fatal.
 #[derive(Message)]
 #[rtype(result = "Result<u64, etch_storage::Error>")]
 pub struct AppendEntries {
@@ -64,7 +49,6 @@ impl Handler<AppendEntries> for WalActor {
 
     fn handle(&mut self, m: AppendEntries, _: &mut Self::Context) -> Self::Result {
         crate::metrics::dequeued("wal");
-        self.check()?;
         let start = std::time::Instant::now();
         if let Some(meta) = &m.snapshot {
             self.wal.append_install(meta)?;
@@ -96,32 +80,8 @@ impl Handler<ReleaseLog> for WalActor {
     type Result = Result<usize, etch_storage::Error>;
 
     fn handle(&mut self, m: ReleaseLog, _: &mut Self::Context) -> Self::Result {
-        self.check()?;
         self.wal.append_snapshot(&m.meta)?;
         self.wal.sync()?;
         self.wal.release_to(m.meta.index)
-    }
-}
-
-/// Sent by consensus for a raft `Ready` whose hard state only moved the commit index: append
-/// it without an fsync (raft-rs's `Ready::must_sync`, etcd's `raft.MustSync`: the commit index
-/// is learned again from the leader after a crash) and without a reply, so consensus neither
-/// waits nor is woken. It reaches the OS as soon as the WAL actor takes it (beside apply, as
-/// etcd's raft loop saves it beside its apply); the next fsync makes it durable.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RecordHardState(pub HardState);
-
-impl Handler<RecordHardState> for WalActor {
-    type Result = ();
-
-    fn handle(&mut self, m: RecordHardState, _: &mut Self::Context) {
-        if self.failed.is_some() {
-            return;
-        }
-        if let Err(e) = self.wal.append(&[], Some(&m.0)) {
-            tracing::error!(error = %e, "WAL: recording the commit index failed");
-            self.failed = Some(Some(e));
-        }
     }
 }

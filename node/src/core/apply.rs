@@ -110,8 +110,8 @@ impl ApplyCore {
     /// Applies committed `entries` in order, as [`ApplyCore::apply`] one by one would, but
     /// runs of consecutive Puts ([`MvccStore::batchable`]) in one store batch
     /// ([`MvccStore::apply_puts`]: one snapshot, one commit per run). Returns what each entry
-    /// that changed anything did, in order; everything returned is committed, so its clients
-    /// may be answered.
+    /// that changed anything did, in order; everything returned is committed and handed to the
+    /// operating system ([`MvccStore::flush_journal`]), so its clients may be answered.
     ///
     /// # Errors
     /// As [`ApplyCore::apply`]; entries before the failing one may have been applied.
@@ -136,6 +136,8 @@ impl ApplyCore {
             }
         }
         self.apply_run(&mut run, &mut out)?;
+        // Before any client is answered: a kill of the process then keeps what was answered.
+        self.store.flush_journal()?;
         Ok(out)
     }
 

@@ -59,8 +59,9 @@ pub struct RaftStatus {
     pub last: u64,
 }
 
-/// Entries and hard state to make durable, in one WAL write and fsync (a hard state that only
-/// moved the commit index goes as [`Effect::RecordHardState`] instead).
+/// Entries and hard state to make durable, in one WAL write and fsync. A Ready whose hard
+/// state only moved the commit index gets no write of its own: that hard state rides with
+/// the next one ([`ConsensusCore`]'s `unwritten_hard_state`).
 #[derive(Debug)]
 pub struct Persist {
     /// A snapshot raft-rs accepted from the leader (the store already holds it): recorded in
@@ -90,11 +91,6 @@ pub enum Effect<W> {
     Apply(Vec<Entry>),
     /// Write to the WAL and fsync; then [`ConsensusCore::persisted`].
     Persist(Persist),
-    /// Write this hard state, which only moved the commit index, to the WAL after what is
-    /// queued there, without an fsync and without reporting back: raft-rs needs no completion
-    /// for it (`Ready::must_sync` is false; etcd's `raft.MustSync`). It keeps the recorded
-    /// commit index current for `--force-new-cluster` after a crash.
-    RecordHardState(HardState),
     /// Make the store durable (fsync), then [`ConsensusCore::store_persisted`].
     PersistStore,
     /// Record this log-release point in the WAL and drop the segments wholly before it, then
@@ -114,6 +110,11 @@ pub struct ConsensusCore<W> {
     catch_up_entries: u64,
     /// The Ready being persisted: its persisted messages and the snapshot it carried.
     persisting: Option<(Vec<Message>, Option<u64>)>,
+    /// The newest hard state that only moved the commit index and is not written yet: it
+    /// goes with the next WAL write. The commit index is volatile state in Raft (Raft paper,
+    /// figure 2): after a crash it is learned again from the leader, and the store's applied
+    /// index covers what was applied (etcd writes it without an fsync, `raft.MustSync`).
+    unwritten_hard_state: Option<HardState>,
     /// Client proposals held for the next [`ConsensusCore::flush`].
     held: Vec<Vec<u8>>,
     /// Their size in bytes.
@@ -140,6 +141,7 @@ impl<W> ConsensusCore<W> {
             snapshot_count: snapshot_count.max(1),
             catch_up_entries,
             persisting: None,
+            unwritten_hard_state: None,
             held: Vec::new(),
             held_bytes: 0,
             releasing: None,
@@ -194,6 +196,12 @@ impl<W> ConsensusCore<W> {
         self.held_bytes += data.len();
         self.held.push(data);
         Ok(())
+    }
+
+    /// The hard state a Ready that only moved the commit index left unwritten, taken for a
+    /// last WAL write when the member stops (no other write would carry it).
+    pub fn take_unwritten_hard_state(&mut self) -> Option<HardState> {
+        self.unwritten_hard_state.take()
     }
 
     /// Bytes held by [`ConsensusCore::propose_later`] since the last flush: the caller flushes
@@ -448,11 +456,11 @@ impl<W> ConsensusCore<W> {
             }
             // 3. Snapshot, entries and hard state to the WAL; persisted messages after it.
             // Nothing to make durable (raft-rs's `Ready::must_sync` is false when the hard
-            // state moved at most in its commit index): the hard state is written without an
-            // fsync and without waiting for the WAL, so the next Ready is not held back.
+            // state moved at most in its commit index): no WAL write, the hard state goes with
+            // the next one.
             if !out.must_sync {
-                if let Some(hs) = out.hard_state {
-                    self.out.push_back(Effect::RecordHardState(hs));
+                if out.hard_state.is_some() {
+                    self.unwritten_hard_state = out.hard_state;
                 }
                 if out.number != 0 {
                     self.raft.on_persisted(out.number);
@@ -460,12 +468,15 @@ impl<W> ConsensusCore<W> {
                 self.send(out.persisted_messages);
                 continue;
             }
+            // A newer hard state (a term or vote change) holds the newest commit index too.
+            let hard_state = out.hard_state.or(self.unwritten_hard_state.take());
+            self.unwritten_hard_state = None;
             let snapshot_index = out.snapshot.as_ref().map(|m| m.index);
             self.persisting = Some((out.persisted_messages, snapshot_index));
             self.out.push_back(Effect::Persist(Persist {
                 snapshot: out.snapshot,
                 entries: out.entries,
-                hard_state: out.hard_state,
+                hard_state,
                 number: out.number,
             }));
         }
@@ -544,9 +555,11 @@ mod tests {
                 }
                 Effect::Persist(p) => {
                     seen.push(format!("persist {} entries", p.entries.len()));
+                    if let Some(hs) = &p.hard_state {
+                        seen.push(format!("with commit {}", hs.commit));
+                    }
                     c.persisted(p.number);
                 }
-                Effect::RecordHardState(hs) => seen.push(format!("record commit {}", hs.commit)),
                 Effect::PersistStore => {
                     seen.push("persist store".into());
                     c.store_persisted();
@@ -657,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hard_state_that_only_moves_the_commit_index_is_recorded_without_a_wal_round_trip() {
+    fn a_hard_state_that_only_moves_the_commit_index_waits_for_the_next_write() {
         let mut c = single(1_000, 10);
         c.start();
         let mut seen = Vec::new();
@@ -665,14 +678,33 @@ mod tests {
         seen.clear();
         c.propose(b"x".to_vec()).expect("propose");
         settle(&mut c, &mut seen);
-        // The entry is fsynced and reported; the commit index that follows is only recorded
-        // (raft-rs's Ready::must_sync, etcd's MustSync).
-        let writes: Vec<&String> = seen
-            .iter()
-            .filter(|s| s.starts_with("persist") || s.starts_with("record"))
-            .collect();
-        let recorded = format!("record commit {}", c.raft().committed());
-        assert_eq!(writes, vec!["persist 1 entries", &recorded], "{seen:?}");
+        let x = c.raft().committed();
+        let writes = |seen: &[String]| -> Vec<String> {
+            seen.iter()
+                .filter(|s| s.starts_with("persist") || s.starts_with("with commit"))
+                .cloned()
+                .collect()
+        };
+        // The entry is fsynced; committing it writes nothing (raft-rs's Ready::must_sync,
+        // etcd's MustSync)...
+        assert!(
+            !writes(&seen).contains(&format!("with commit {x}")),
+            "{seen:?}"
+        );
+        seen.clear();
+        c.propose(b"y".to_vec()).expect("propose");
+        settle(&mut c, &mut seen);
+        // ...its commit index goes with the next entry's write.
+        assert_eq!(
+            writes(&seen),
+            vec!["persist 1 entries".to_string(), format!("with commit {x}")],
+            "{seen:?}"
+        );
+        assert_eq!(
+            c.raft().committed(),
+            x + 1,
+            "the second entry is committed too"
+        );
     }
 
     #[test]
@@ -690,7 +722,7 @@ mod tests {
         c.flush().expect("flush");
         assert_eq!(c.held_bytes(), 0);
         settle(&mut c, &mut seen);
-        // One write of all three (then their commit index, recorded without a round trip).
+        // One write of all three (their commit index waits for the next write).
         let writes: Vec<&String> = seen
             .iter()
             .filter(|s| s.starts_with("persist") && *s != "persist 0 entries")

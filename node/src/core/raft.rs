@@ -106,8 +106,8 @@ impl<W> RaftCore<W> {
         logger: &slog::Logger,
     ) -> raft::Result<RaftCore<W>> {
         // The store may have applied entries whose commit the WAL has not recorded yet: a hard
-        // state that only moves the commit index is queued to the WAL while apply runs, and a
-        // crash can fall in between.
+        // state that only moves the commit index waits for the next WAL write (after a kill,
+        // the last ones are not on disk), while apply runs at once.
         // raft-rs refuses an applied index above the commit index, so start from the recorded
         // commit index; the store skips the entries it already holds when raft-rs hands them
         // out again (etcd passes no applied index at all and skips by its consistent index).

@@ -16,8 +16,10 @@
 //! ([`MvccStore::range`]) may run from any thread at the same time.
 //!
 //! Durability: batches are written to fjall's journal, which buffers them in the process
-//! (manual journal persist) and is not fsynced, so a kill can lose the last ones; the raft
-//! WAL is the source of truth. [`MvccStore::persist`] fsyncs before the WAL is released.
+//! (manual journal persist) and is not fsynced; apply hands the buffer to the operating
+//! system after each batch ([`MvccStore::flush_journal`]), so a kill of the process loses
+//! nothing that was answered, and a power loss can lose the last batches: the raft WAL is the
+//! source of truth. [`MvccStore::persist`] fsyncs before the WAL is released.
 //!
 //! # Alarms
 //! etcd's alarms (NOSPACE, CORRUPT) are replicated state kept here: see the `alarm` module
@@ -778,6 +780,20 @@ impl MvccStore {
         }
         self.persist()?;
         Ok(flushed)
+    }
+
+    /// Hands what was applied so far to the operating system (fjall `PersistMode::Buffer`:
+    /// the journal's in-process buffer, at most 8 KiB, is written out without an fsync), so
+    /// it survives a kill of the process, though not a power loss. Called after each applied
+    /// batch, before its clients are answered: after a `kill -9` the store's applied index
+    /// then covers every acknowledged write, which `--force-new-cluster` relies on (it keeps
+    /// everything up to the larger of the WAL's commit index and the applied index).
+    ///
+    /// # Errors
+    /// [`Error::Fjall`] from the write; fjall then refuses every later write (it poisons
+    /// the database), as for any journal write that fails.
+    pub fn flush_journal(&self) -> Result<()> {
+        Ok(self.db().db.persist(PersistMode::Buffer)?)
     }
 
     /// Makes everything applied so far durable (fjall `PersistMode::SyncAll`).

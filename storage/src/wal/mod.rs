@@ -91,8 +91,8 @@ pub struct Wal {
     segment_bytes: u64,
     /// The newest hard state appended (or recovered): written again at the start of every new
     /// segment, so [`Wal::release_to`] never deletes the only record of the term and vote
-    /// (a hard state is written only when it changes, so without the copy a segment cut
-    /// while term, vote and commit index stay put would hold none).
+    /// (the member's Raft hard state may go unwritten for many segments: a hard state that
+    /// only moves the commit index waits for the next entries).
     hard_state: Option<HardState>,
 }
 

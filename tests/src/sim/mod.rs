@@ -1005,19 +1005,6 @@ impl Sim {
                     let d = self.slow(self.cfg.max_fsync_ms).max(1);
                     self.at(d, Event::WalDone(id, inc));
                 }
-                Effect::RecordHardState(hs) => {
-                    // Written after what is queued, nothing reported back.
-                    let inc = m.incarnation;
-                    m.disk.pending.push_back(Pending {
-                        number: 0,
-                        snapshot: None,
-                        entries: Vec::new(),
-                        hard_state: Some(hs),
-                        acked: true,
-                    });
-                    let d = self.slow(self.cfg.max_fsync_ms).max(1);
-                    self.at(d, Event::WalDone(id, inc));
-                }
                 Effect::PersistStore => {
                     // The simulated store is durable as soon as it is written.
                     m.core.as_mut().expect("core").store_persisted();
