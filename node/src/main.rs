@@ -14,6 +14,22 @@ use etch_node::{Config, Flags, Listeners};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // A panic on one of etch's own threads (consensus and the lessor on the main thread, the
+    // WAL, apply and watch actors' threads, the store's workers) stops the process with exit
+    // status 2, as a Go panic ends etcd: the runtime would otherwise catch it and leave the
+    // member half alive, holding its ports and answering nothing. A panic in a connection's
+    // task (tokio's worker threads) still ends that task only. The default hook prints the
+    // message first.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let task_thread = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("tokio-"));
+        if !task_thread {
+            std::process::exit(2);
+        }
+    }));
     // etcd's environment variables and YAML configuration file become flags first.
     let env: Vec<(String, String)> = std::env::vars().collect();
     let (args, warnings) =

@@ -778,3 +778,32 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
     }
     c.leader();
 }
+
+#[test]
+fn a_member_that_lost_its_data_stops_with_an_error_instead_of_panicking() {
+    // A follower's data directory is wiped while it is down: started again with the same
+    // flags (so the same member ID), it has forgotten entries it acknowledged, and the
+    // leader's heartbeat carries a commit index beyond its log (raft-rs panics on that, as
+    // etcd does). It must stop with a clear error; the others go on.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    for i in 0..20 {
+        c.nodes[leader].ctl_ok(&["put", &format!("k{i}"), "v"]);
+    }
+    let victim = (leader + 1) % 3;
+    // Every member has the puts (and acknowledged them).
+    wait_for(
+        Duration::from_secs(30),
+        "the victim to apply the puts",
+        || (c.nodes[victim].local_count() >= 20).then_some(()),
+    );
+    c.nodes[victim].kill9();
+    std::fs::remove_dir_all(&c.nodes[victim].data_dir).unwrap();
+    let (status, log) = c.nodes[victim].start_expecting_failure();
+    assert!(!status.success(), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("lost entries it acknowledged"), "{log}");
+    // The other two still form a quorum.
+    c.nodes[leader].ctl_ok(&["put", "after", "1"]);
+}

@@ -244,8 +244,13 @@ impl<W> ConsensusCore<W> {
         self.drive();
     }
 
-    /// A raft message from a peer.
+    /// A raft message from a peer. One showing that this member lost entries it acknowledged
+    /// ([`RaftCore::lost_acknowledged_entries`]) is not stepped: [`Effect::Stop`] instead.
     pub fn step(&mut self, m: Message) {
+        if let Some(why) = self.raft.lost_acknowledged_entries(&m) {
+            self.out.push_back(Effect::Stop(why));
+            return;
+        }
         self.raft.step(m);
         self.drive();
     }
@@ -814,5 +819,28 @@ mod tests {
         let m = Membership::default();
         let r = c.propose_member_change(Proposed::Remove(2), 1, &m, true, 1, |_| true);
         assert!(matches!(r, Err(ApiError::NotLeader)), "{r:?}");
+    }
+
+    #[test]
+    fn a_heartbeat_past_the_log_stops_the_member_instead_of_panicking() {
+        let mut c = single(1_000, 10);
+        c.start();
+        let mut seen = Vec::new();
+        settle(&mut c, &mut seen);
+        seen.clear();
+        // A leader of a newer term that believes this member acknowledged index 100.
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = 2;
+        m.to = 1;
+        m.term = c.raft().status().0 + 1;
+        m.commit = 100;
+        c.step(m);
+        settle(&mut c, &mut seen);
+        assert!(
+            seen.iter()
+                .any(|s| s.starts_with("stop: ") && s.contains("lost entries it acknowledged")),
+            "{seen:?}"
+        );
     }
 }

@@ -456,6 +456,30 @@ impl<W> RaftCore<W> {
         self.node.report_snapshot(to, status);
     }
 
+    /// Why stepping `m` would find this member's log shorter than the leader knows it to be,
+    /// or `None`. A heartbeat carries at most what this member acknowledged (raft-rs sends
+    /// `min(match, commit)`), so a commit index past this member's last index means it lost
+    /// entries it acknowledged: its data directory was wiped or restored from an older copy,
+    /// or it belongs to another cluster with the same member IDs. raft-rs panics on such a
+    /// heartbeat (`RaftLog::commit_to`: "to_commit N is out of range [last_index M]"), as
+    /// etcd does; the caller stops the member with this reason instead.
+    pub fn lost_acknowledged_entries(&self, m: &Message) -> Option<String> {
+        let r = &self.node.raft;
+        if m.get_msg_type() != MessageType::MsgHeartbeat || m.term < r.term {
+            return None;
+        }
+        let last = r.raft_log.last_index();
+        (m.commit > last && m.commit > r.raft_log.committed).then(|| {
+            format!(
+                "member {:x} sent commit index {} but this member's log ends at index {}: this \
+                 member lost entries it acknowledged (its data directory was wiped or restored \
+                 from an older copy, or it belongs to another cluster with the same member \
+                 IDs); remove it (member remove) and add it again with an empty data directory",
+                m.from, m.commit, last
+            )
+        })
+    }
+
     /// Steps a message from a peer. Messages raft-rs refuses (a local message type, an unknown
     /// sender's response) are dropped: peers cannot make this fail.
     pub fn step(&mut self, m: Message) {
