@@ -18,8 +18,8 @@ fn graceful_restart_keeps_every_write() {
     let status = n.terminate();
     assert!(status.success(), "SIGTERM should exit 0, got {status}");
     assert!(n.log().contains("stopped"), "{}", n.log());
-    // The commit index of the last writes (recorded without an fsync) is in the WAL too:
-    // every entry is recorded as committed.
+    // The commit index of the last writes (which waits for the next WAL write, or the stop's)
+    // is in the WAL too: every entry is recorded as committed.
     let wal_dir = wal_segments(&n.data_dir)[0].parent().unwrap().to_owned();
     let (_, rec) = etch_storage::wal::Wal::open(&wal_dir).unwrap();
     let last = rec.entries.last().map(|e| e.index);

@@ -36,7 +36,8 @@ pub struct ConsensusActor {
     tick_interval: Duration,
     /// A WAL or store write failed: nothing more is carried out while the member stops.
     failed: bool,
-    /// A [`Flush`] is scheduled (after the proposals waiting in the mailbox).
+    /// A [`Flush`] is scheduled (after the proposals waiting in the mailbox, or [`LINGER`]
+    /// later under load).
     flush_scheduled: bool,
     /// The request ids of the client proposals held since the last flush.
     held: Vec<u64>,
@@ -58,8 +59,8 @@ const LINGER_AFTER: usize = 8;
 
 /// How long a flush lingers under load ([`LINGER_AFTER`]), so more proposals share one raft
 /// append per follower, one WAL write and fsync on every member and one apply batch. On this
-/// 2-core machine the members' CPU per write fell by about 10-14% at 10 and 100 connections
-/// (docs/performance.md); a lone writer (one proposal per flush) never waits. As TiKV's
+/// 2-core machine the members' CPU per write fell by about 9% at 10/100 and at 100/1000
+/// connections/clients (docs/performance.md); a lone writer (one proposal per flush) never waits. As TiKV's
 /// `raft-write-wait-duration` or Kafka's `linger.ms`; etcd has no such wait.
 const LINGER: Duration = Duration::from_micros(300);
 
@@ -243,7 +244,11 @@ impl ConsensusActor {
     /// Proposes the client proposals held since the last flush (their waiters fail if raft
     /// refuses them), and carries out the effects.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        self.last_flush_len = self.held.len();
+        // A flush with nothing held (one scheduled before a full batch went at once) says
+        // nothing about the load.
+        if !self.held.is_empty() {
+            self.last_flush_len = self.held.len();
+        }
         let r = self.core.flush();
         for id in self.held.drain(..) {
             if let Err(e) = &r {
@@ -255,8 +260,9 @@ impl ConsensusActor {
 
     /// Stops the actor at once, first queueing in the WAL's mailbox (behind every earlier
     /// write, before anything else can produce a newer one) the hard state that only moved
-    /// the commit index and waits for the next WAL write, so a restart starts from the
-    /// member's latest commit index. Returns the WAL's answer to wait for, if anything was
+    /// the commit index and waits for the next WAL write, so a restart starts from the newest
+    /// commit index raft-rs handed out in a Ready (one learned while a write was in flight is
+    /// not in a Ready yet, and may be past the WAL's last entry). Returns the WAL's answer to wait for, if anything was
     /// queued; nothing is queued once a write failed.
     pub fn stop_after_last_write(
         &mut self,
@@ -368,7 +374,7 @@ impl Handler<Propose> for ConsensusActor {
 }
 
 /// Takes the Readies of the proposals handled since the last one (actix runs a notified
-/// message after the messages waiting in the mailbox).
+/// message after the messages waiting in the mailbox; under load it is sent [`LINGER`] later).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Flush;

@@ -14,12 +14,27 @@ use etch_storage::wal::Wal;
 /// The actor; owns the open WAL.
 pub struct WalActor {
     wal: Wal,
+    /// A write, fsync or release failed: every later message is refused without touching the
+    /// files (a later fsync could report success for pages the kernel dropped after the failed
+    /// one), even those queued before consensus saw the failure (the write at stop, a release).
+    failed: bool,
 }
 
 impl WalActor {
     /// Wraps an opened WAL.
     pub fn new(wal: Wal) -> WalActor {
-        WalActor { wal }
+        WalActor { wal, failed: false }
+    }
+
+    /// `Err` once an earlier message failed.
+    fn check(&self) -> Result<(), etch_storage::Error> {
+        if self.failed {
+            return Err(etch_storage::Error::Io {
+                path: self.wal.dir().to_owned(),
+                source: std::io::Error::other("an earlier WAL write failed"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -49,15 +64,22 @@ impl Handler<AppendEntries> for WalActor {
 
     fn handle(&mut self, m: AppendEntries, _: &mut Self::Context) -> Self::Result {
         crate::metrics::dequeued("wal");
+        self.check()?;
         let start = std::time::Instant::now();
-        if let Some(meta) = &m.snapshot {
-            self.wal.append_install(meta)?;
-        }
-        self.wal.append(&m.entries, m.hard_state.as_ref())?;
-        self.wal.sync()?;
-        if let Some(meta) = &m.snapshot {
-            self.wal.release_to(meta.index)?;
-        }
+        let wal = &mut self.wal;
+        let written = (|| -> Result<(), etch_storage::Error> {
+            if let Some(meta) = &m.snapshot {
+                wal.append_install(meta)?;
+            }
+            wal.append(&m.entries, m.hard_state.as_ref())?;
+            wal.sync()?;
+            if let Some(meta) = &m.snapshot {
+                wal.release_to(meta.index)?;
+            }
+            Ok(())
+        })();
+        self.failed = written.is_err();
+        written?;
         let took = start.elapsed();
         crate::metrics::hot().wal_fsync.record(took.as_secs_f64());
         if took > std::time::Duration::from_secs(1) {
@@ -80,8 +102,13 @@ impl Handler<ReleaseLog> for WalActor {
     type Result = Result<usize, etch_storage::Error>;
 
     fn handle(&mut self, m: ReleaseLog, _: &mut Self::Context) -> Self::Result {
-        self.wal.append_snapshot(&m.meta)?;
-        self.wal.sync()?;
-        self.wal.release_to(m.meta.index)
+        self.check()?;
+        let wal = &mut self.wal;
+        let released = wal
+            .append_snapshot(&m.meta)
+            .and_then(|()| wal.sync())
+            .and_then(|()| wal.release_to(m.meta.index));
+        self.failed = released.is_err();
+        released
     }
 }

@@ -13,8 +13,8 @@
 //! a time, each chunk written with `pwrite` and made durable with `fdatasync` outside any lock.
 //! It never writes below the writer's end: the writer announces each write's end first
 //! ([`Zeroer::before_write`]), and waits only if that write reaches into the chunk being
-//! zeroed (at most one chunk's write). It starts [`GAP_BYTES`] past the writer's end, so the
-//! writer's next writes do not wait for the first chunk.
+//! zeroed (at most one chunk's write). In a new segment it starts [`GAP_BYTES`] past the end
+//! of the writer's first write, so the writes right after it do not wait for a chunk.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -25,10 +25,11 @@ use std::thread::JoinHandle;
 /// Zeros kept in front of the writer's end, bytes.
 pub(super) const AHEAD_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Bytes zeroed (and synced) at a time.
-const CHUNK_BYTES: u64 = 1024 * 1024;
+/// Bytes zeroed (and synced) at a time: small, since a writer's `fdatasync` that falls
+/// between a chunk's write and its sync writes the chunk back too.
+const CHUNK_BYTES: u64 = 256 * 1024;
 
-/// Where zeroing starts past the writer's end when a segment is handed over, bytes.
+/// Where zeroing starts past the end of the writer's first write to a segment, bytes.
 const GAP_BYTES: u64 = 64 * 1024;
 
 /// The handle the WAL holds; stops and joins the thread when dropped.
@@ -57,6 +58,9 @@ struct State {
     end: u64,
     /// The chunk being zeroed now (start, end).
     filling: Option<(u64, u64)>,
+    /// The writer wrote to the segment since it was handed over: zeroing starts only then,
+    /// past that first write (which, at a cut, is often a large batch).
+    armed: bool,
     /// The thread waits for the writer to move.
     idle: bool,
     stop: bool,
@@ -66,6 +70,9 @@ impl State {
     /// The next chunk to zero, if any.
     fn next_chunk(&self) -> Option<(u64, u64)> {
         self.file.as_ref()?;
+        if !self.armed {
+            return None;
+        }
         let from = self.zeroed.max(self.written);
         if from >= self.end || from >= self.written + AHEAD_BYTES {
             return None;
@@ -97,7 +104,7 @@ impl Zeroer {
 
     /// The writer moved to a new segment `file` (at `path`), whose writes end at `written`
     /// and whose preallocation ends at `end` (bytes). Waits for a chunk of the previous
-    /// segment being zeroed.
+    /// segment being zeroed. Zeroing starts after the writer's next write.
     pub(super) fn set_segment(&self, file: &File, path: PathBuf, written: u64, end: u64) {
         if self.thread.is_none() {
             return;
@@ -120,9 +127,9 @@ impl Zeroer {
         }
         st.file = Some((file, path));
         st.written = written;
-        st.zeroed = written + GAP_BYTES;
+        st.zeroed = written;
         st.end = end;
-        self.shared.changed.notify_all();
+        st.armed = false;
     }
 
     /// The writer is about to write up to `to` (bytes, its new end): waits while that write
@@ -137,6 +144,12 @@ impl Zeroer {
             st = self.wait(st);
         }
         st.written = st.written.max(to);
+        if !st.armed {
+            st.armed = true;
+            st.zeroed = st.zeroed.max(to + GAP_BYTES);
+            self.shared.changed.notify_all();
+            return;
+        }
         // Wake the thread once half the zeros ahead are used up (not on every write: a
         // wake-up is a syscall).
         if st.idle && st.zeroed < st.end && st.zeroed < st.written + AHEAD_BYTES / 2 {
