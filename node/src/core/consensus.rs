@@ -110,6 +110,10 @@ pub struct ConsensusCore<W> {
     catch_up_entries: u64,
     /// The Ready being persisted: its persisted messages and the snapshot it carried.
     persisting: Option<(Vec<Message>, Option<u64>)>,
+    /// This member applied its own removal ([`REMOVED`]): raft-rs is driven no further while
+    /// the member stops (a leader that removed itself has no progress of its own, which
+    /// raft-rs unwraps when entries persist or acknowledgements arrive).
+    removed: bool,
     /// The newest hard state that only moved the commit index and is not written yet: it
     /// goes with the next WAL write. The commit index is volatile state in Raft (Raft paper,
     /// figure 2): after a crash it is learned again from the leader, and the store's applied
@@ -141,6 +145,7 @@ impl<W> ConsensusCore<W> {
             snapshot_count: snapshot_count.max(1),
             catch_up_entries,
             persisting: None,
+            removed: false,
             unwritten_hard_state: None,
             held: Vec::new(),
             held_bytes: 0,
@@ -168,6 +173,9 @@ impl<W> ConsensusCore<W> {
 
     /// One raft tick passed (heartbeat interval / heartbeat ticks).
     pub fn tick(&mut self) {
+        if self.removed {
+            return;
+        }
         self.raft.tick();
         self.drive();
     }
@@ -177,6 +185,9 @@ impl<W> ConsensusCore<W> {
     /// # Errors
     /// raft-rs refused it: no leader, or a leader transfer in progress.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
+        if self.removed {
+            return Err(ApiError::Stopped);
+        }
         let r = self.raft.propose(data);
         self.drive();
         r
@@ -188,8 +199,12 @@ impl<W> ConsensusCore<W> {
     /// WAL in one write.
     ///
     /// # Errors
-    /// [`ApiError::NoLeader`] at once when no leader is known.
+    /// [`ApiError::NoLeader`] at once when no leader is known; [`ApiError::Stopped`] once
+    /// this member applied its own removal.
     pub fn propose_later(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
+        if self.removed {
+            return Err(ApiError::Stopped);
+        }
         if !self.raft.has_leader() {
             return Err(ApiError::NoLeader);
         }
@@ -214,10 +229,14 @@ impl<W> ConsensusCore<W> {
     /// Proposes what [`ConsensusCore::propose_later`] held, and takes the Readies.
     ///
     /// # Errors
-    /// Raft did not take them ([`RaftCore::propose_batch`]): none of them was proposed.
+    /// Raft did not take them ([`RaftCore::propose_batch`]): none of them was proposed;
+    /// [`ApiError::Stopped`] once this member applied its own removal.
     pub fn flush(&mut self) -> Result<(), ApiError> {
         let held = std::mem::take(&mut self.held);
         self.held_bytes = 0;
+        if self.removed {
+            return Err(ApiError::Stopped);
+        }
         let r = if held.is_empty() {
             Ok(())
         } else {
@@ -232,6 +251,9 @@ impl<W> ConsensusCore<W> {
     /// # Errors
     /// [`ApiError::NotLeader`] when it does not.
     pub fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) -> Result<(), ApiError> {
+        if self.removed {
+            return Err(ApiError::Stopped);
+        }
         let r = self.raft.propose_as_leader(data, term);
         self.drive();
         r
@@ -240,6 +262,10 @@ impl<W> ConsensusCore<W> {
     /// A linearizable read: `w` comes back in [`Effect::ReadsReady`] or
     /// [`Effect::ReadsFailed`].
     pub fn read(&mut self, w: W) {
+        if self.removed {
+            self.out.push_back(Effect::ReadsFailed(vec![w]));
+            return;
+        }
         self.raft.read(w);
         self.drive();
     }
@@ -247,6 +273,9 @@ impl<W> ConsensusCore<W> {
     /// A raft message from a peer. One showing that this member lost entries it acknowledged
     /// ([`RaftCore::lost_acknowledged_entries`]) is not stepped: [`Effect::Stop`] instead.
     pub fn step(&mut self, m: Message) {
+        if self.removed {
+            return;
+        }
         if let Some(why) = self.raft.lost_acknowledged_entries(&m) {
             self.out.push_back(Effect::Stop(why));
             return;
@@ -276,6 +305,9 @@ impl<W> ConsensusCore<W> {
 
     /// The WAL made Ready `number` durable: its persisted messages go out.
     pub fn persisted(&mut self, number: u64) {
+        if self.removed {
+            return;
+        }
         let (messages, snapshot) = self.persisting.take().unwrap_or_default();
         self.raft.on_persisted(number);
         if let Some(index) = snapshot {
@@ -417,6 +449,7 @@ impl<W> ConsensusCore<W> {
         let removed = members::is_removed(&m, self.me);
         self.out.push_back(Effect::Membership(m));
         if removed {
+            self.removed = true;
             self.out.push_back(Effect::Stop(REMOVED.to_owned()));
             return;
         }
