@@ -544,6 +544,16 @@ mod tests {
         }
     }
 
+    /// A one-member cluster that elected itself and settled; nothing seen yet.
+    fn leading_single() -> (ConsensusCore<u32>, Vec<String>) {
+        let mut c = single(1_000, 10);
+        c.start();
+        let mut seen = Vec::new();
+        settle(&mut c, &mut seen);
+        seen.clear();
+        (c, seen)
+    }
+
     /// A one-member cluster at its bootstrap entry (index 1).
     fn single(snapshot_count: u64, catch_up: u64) -> ConsensusCore<u32> {
         bootstrapped(&one_member(), 10, snapshot_count, catch_up)
@@ -709,11 +719,7 @@ mod tests {
 
     #[test]
     fn a_hard_state_that_only_moves_the_commit_index_waits_for_the_next_write() {
-        let mut c = single(1_000, 10);
-        c.start();
-        let mut seen = Vec::new();
-        settle(&mut c, &mut seen);
-        seen.clear();
+        let (mut c, mut seen) = leading_single();
         c.propose(b"x".to_vec()).expect("propose");
         settle(&mut c, &mut seen);
         let x = c.raft().committed();
@@ -747,11 +753,7 @@ mod tests {
 
     #[test]
     fn proposals_made_later_go_out_together_at_the_flush() {
-        let mut c = single(1_000, 10);
-        c.start();
-        let mut seen = Vec::new();
-        settle(&mut c, &mut seen);
-        seen.clear();
+        let (mut c, mut seen) = leading_single();
         for data in [b"x", b"y", b"z"] {
             c.propose_later(data.to_vec()).expect("propose");
         }
@@ -856,11 +858,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_past_the_log_stops_the_member_instead_of_panicking() {
-        let mut c = single(1_000, 10);
-        c.start();
-        let mut seen = Vec::new();
-        settle(&mut c, &mut seen);
-        seen.clear();
+        let (mut c, mut seen) = leading_single();
         // A leader of a newer term that believes this member acknowledged index 100.
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgHeartbeat);
