@@ -57,11 +57,11 @@ const MAX_HELD: usize = 1_024;
 /// flush then waits [`LINGER`] after its first proposal instead of going at once.
 const LINGER_AFTER: usize = 8;
 
-/// How long a flush lingers under load ([`LINGER_AFTER`]), so more proposals share one raft
-/// append per follower, one WAL write and fsync on every member and one apply batch. On this
-/// 2-core machine the members' CPU per write fell by about 9% at 10/100 and at 100/1000
-/// connections/clients (docs/performance.md); a lone writer (one proposal per flush) never waits. As TiKV's
-/// `raft-write-wait-duration` or Kafka's `linger.ms`; etcd has no such wait.
+/// How long a flush lingers under load ([`LINGER_AFTER`]), so more proposals share one raft append
+/// per follower, one WAL write and fsync on every member and one apply batch. On this 2-core
+/// machine the members' CPU per write fell by about 9% at 10/100 and at 100/1000
+/// connections/clients (docs/performance.md); a lone writer (one proposal per flush) never waits.
+/// As TiKV's `raft-write-wait-duration` or Kafka's `linger.ms`; etcd has no such wait.
 const LINGER: Duration = Duration::from_micros(300);
 
 impl ConsensusActor {
@@ -258,12 +258,12 @@ impl ConsensusActor {
         self.execute(ctx);
     }
 
-    /// Stops the actor at once, first queueing in the WAL's mailbox (behind every earlier
-    /// write, before anything else can produce a newer one) the hard state that only moved
-    /// the commit index and waits for the next WAL write, so a restart starts from the newest
-    /// commit index raft-rs handed out in a Ready (one learned while a write was in flight is
-    /// not in a Ready yet, and may be past the WAL's last entry). Returns the WAL's answer to wait for, if anything was
-    /// queued; nothing is queued once a write failed.
+    /// Stops the actor at once, first queueing in the WAL's mailbox (behind every earlier write,
+    /// before anything else can produce a newer one) the hard state that only moved the commit
+    /// index and waits for the next WAL write, so a restart starts from the newest commit index
+    /// raft-rs handed out in a Ready (one learned while a write was in flight is not in a Ready
+    /// yet, and may be past the WAL's last entry). Returns the WAL's answer to wait for, if
+    /// anything was queued; nothing is queued once a write failed.
     pub fn stop_after_last_write(
         &mut self,
         ctx: &mut Context<Self>,

@@ -110,10 +110,11 @@ pub struct ConsensusCore<W> {
     catch_up_entries: u64,
     /// The Ready being persisted: its persisted messages and the snapshot it carried.
     persisting: Option<(Vec<Message>, Option<u64>)>,
-    /// This member applied its own removal ([`REMOVED`]): raft-rs is driven no further while
-    /// the member stops (a leader that removed itself has no progress of its own, which
-    /// raft-rs unwraps when entries persist or acknowledgements arrive).
-    removed: bool,
+    /// This member applied its own removal ([`REMOVED`]) or found that it lost entries it
+    /// acknowledged: raft-rs is driven no further while the member stops (a leader that
+    /// removed itself has no progress of its own, which raft-rs unwraps when entries persist
+    /// or acknowledgements arrive; a member with a lost log would be refilled quietly).
+    stopping: bool,
     /// The newest hard state that only moved the commit index and is not written yet: it
     /// goes with the next WAL write. The commit index is volatile state in Raft (Raft paper,
     /// figure 2): after a crash it is learned again from the leader, and the store's applied
@@ -145,7 +146,7 @@ impl<W> ConsensusCore<W> {
             snapshot_count: snapshot_count.max(1),
             catch_up_entries,
             persisting: None,
-            removed: false,
+            stopping: false,
             unwritten_hard_state: None,
             held: Vec::new(),
             held_bytes: 0,
@@ -173,7 +174,7 @@ impl<W> ConsensusCore<W> {
 
     /// One raft tick passed (heartbeat interval / heartbeat ticks).
     pub fn tick(&mut self) {
-        if self.removed {
+        if self.stopping {
             return;
         }
         self.raft.tick();
@@ -185,7 +186,7 @@ impl<W> ConsensusCore<W> {
     /// # Errors
     /// raft-rs refused it: no leader, or a leader transfer in progress.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
-        if self.removed {
+        if self.stopping {
             return Err(ApiError::Stopped);
         }
         let r = self.raft.propose(data);
@@ -200,9 +201,9 @@ impl<W> ConsensusCore<W> {
     ///
     /// # Errors
     /// [`ApiError::NoLeader`] at once when no leader is known; [`ApiError::Stopped`] once
-    /// this member applied its own removal.
+    /// this member is stopping (it applied its own removal or lost its log).
     pub fn propose_later(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
-        if self.removed {
+        if self.stopping {
             return Err(ApiError::Stopped);
         }
         if !self.raft.has_leader() {
@@ -230,11 +231,12 @@ impl<W> ConsensusCore<W> {
     ///
     /// # Errors
     /// Raft did not take them ([`RaftCore::propose_batch`]): none of them was proposed;
-    /// [`ApiError::Stopped`] once this member applied its own removal.
+    /// [`ApiError::Stopped`] once this member is stopping (it applied its own removal or
+    /// lost its log).
     pub fn flush(&mut self) -> Result<(), ApiError> {
         let held = std::mem::take(&mut self.held);
         self.held_bytes = 0;
-        if self.removed {
+        if self.stopping {
             return Err(ApiError::Stopped);
         }
         let r = if held.is_empty() {
@@ -251,7 +253,7 @@ impl<W> ConsensusCore<W> {
     /// # Errors
     /// [`ApiError::NotLeader`] when it does not.
     pub fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) -> Result<(), ApiError> {
-        if self.removed {
+        if self.stopping {
             return Err(ApiError::Stopped);
         }
         let r = self.raft.propose_as_leader(data, term);
@@ -262,7 +264,7 @@ impl<W> ConsensusCore<W> {
     /// A linearizable read: `w` comes back in [`Effect::ReadsReady`] or
     /// [`Effect::ReadsFailed`].
     pub fn read(&mut self, w: W) {
-        if self.removed {
+        if self.stopping {
             self.out.push_back(Effect::ReadsFailed(vec![w]));
             return;
         }
@@ -273,11 +275,11 @@ impl<W> ConsensusCore<W> {
     /// A raft message from a peer. One showing that this member lost entries it acknowledged
     /// ([`RaftCore::lost_acknowledged_entries`]) is not stepped: [`Effect::Stop`] instead.
     pub fn step(&mut self, m: Message) {
-        if self.removed {
+        if self.stopping {
             return;
         }
         if let Some(why) = self.raft.lost_acknowledged_entries(&m) {
-            self.out.push_back(Effect::Stop(why));
+            self.stop(why);
             return;
         }
         self.raft.step(m);
@@ -305,7 +307,7 @@ impl<W> ConsensusCore<W> {
 
     /// The WAL made Ready `number` durable: its persisted messages go out.
     pub fn persisted(&mut self, number: u64) {
-        if self.removed {
+        if self.stopping {
             return;
         }
         let (messages, snapshot) = self.persisting.take().unwrap_or_default();
@@ -449,11 +451,21 @@ impl<W> ConsensusCore<W> {
         let removed = members::is_removed(&m, self.me);
         self.out.push_back(Effect::Membership(m));
         if removed {
-            self.removed = true;
-            self.out.push_back(Effect::Stop(REMOVED.to_owned()));
+            self.stop(REMOVED.to_owned());
             return;
         }
         self.campaign_if_alone();
+    }
+
+    /// The member must stop (`why`): raft-rs is driven no further, and the reads waiting on it
+    /// fail now rather than when the actor is dropped.
+    fn stop(&mut self, why: String) {
+        self.stopping = true;
+        let reads = self.raft.take_reads();
+        if !reads.is_empty() {
+            self.out.push_back(Effect::ReadsFailed(reads));
+        }
+        self.out.push_back(Effect::Stop(why));
     }
 
     /// Releases the log behind `applied` every `snapshot_count` entries.
@@ -866,12 +878,19 @@ mod tests {
         m.to = 1;
         m.term = c.raft().status().0 + 1;
         m.commit = 100;
-        c.step(m);
+        c.step(m.clone());
         settle(&mut c, &mut seen);
         assert!(
             seen.iter()
                 .any(|s| s.starts_with("stop: ") && s.contains("lost entries it acknowledged")),
             "{seen:?}"
         );
+        // Stopping: raft-rs is driven no further (no second stop, no refill of the log).
+        seen.clear();
+        c.step(m);
+        c.tick();
+        settle(&mut c, &mut seen);
+        assert!(seen.is_empty(), "{seen:?}");
+        assert!(matches!(c.propose(b"x".to_vec()), Err(ApiError::Stopped)));
     }
 }

@@ -201,6 +201,19 @@ pub fn check_sender(msg: &Message, stream_of: u64, me: u64) -> Result<(), String
             MemberId(stream_of)
         ));
     }
+    // raft-rs's leader takes the first entry of these (`fatal!("stepped empty MsgProp")`,
+    // `m.entries[0]` for a ReadIndex): one without any would panic it.
+    let needs_entry = matches!(
+        msg.get_msg_type(),
+        MessageType::MsgPropose | MessageType::MsgReadIndex
+    );
+    if needs_entry && msg.entries.is_empty() {
+        return Err(format!(
+            "{:?} without entries from {}",
+            msg.get_msg_type(),
+            MemberId(msg.from)
+        ));
+    }
     Ok(())
 }
 
@@ -437,6 +450,17 @@ mod tests {
         assert!(check_sender(&msg(MessageType::MsgAppend, 1, 2), 3, 2).is_err());
         assert!(check_sender(&msg(MessageType::MsgAppend, 3, 2), 3, 2).is_ok());
         assert!(check_sender(&msg(MessageType::MsgTransferLeader, 1, 4), 3, 2).is_err());
+    }
+
+    #[test]
+    fn a_proposal_or_read_index_without_entries_is_refused() {
+        // raft-rs's leader would panic on either.
+        for t in [MessageType::MsgPropose, MessageType::MsgReadIndex] {
+            let mut m = msg(t, 3, 2);
+            assert!(check_sender(&m, 3, 2).is_err(), "{t:?}");
+            m.mut_entries().push(raft::eraftpb::Entry::default());
+            assert!(check_sender(&m, 3, 2).is_ok(), "{t:?}");
+        }
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl Wal {
             let (file, offset, crc) = segment::create(dir, first, 0, segment_bytes)?;
             sync_dir(dir)?;
             let zeroer = zeroer::Zeroer::start();
-            zeroer.set_segment(&file, dir.join(first.file_name()), offset, segment_bytes);
+            zeroer.set_segment(dir.join(first.file_name()), offset, segment_bytes);
             let wal = Wal {
                 dir: dir.to_owned(),
                 segments: vec![first],
@@ -212,7 +212,7 @@ impl Wal {
             .unwrap_or(0);
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let zeroer = zeroer::Zeroer::start();
-        zeroer.set_segment(&file, path, end.0, len);
+        zeroer.set_segment(path, end.0, len);
         let mut wal = Wal {
             dir: dir.to_owned(),
             segments: names,
@@ -363,12 +363,8 @@ impl Wal {
         };
         let (file, offset, crc) = segment::create(&self.dir, name, self.crc, self.segment_bytes)?;
         sync_dir(&self.dir)?;
-        self.zeroer.set_segment(
-            &file,
-            self.dir.join(name.file_name()),
-            offset,
-            self.segment_bytes,
-        );
+        self.zeroer
+            .set_segment(self.dir.join(name.file_name()), offset, self.segment_bytes);
         self.file = file;
         self.offset = offset;
         self.crc = crc;

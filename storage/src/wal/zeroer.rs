@@ -102,14 +102,16 @@ impl Zeroer {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The writer moved to a new segment `file` (at `path`), whose writes end at `written`
-    /// and whose preallocation ends at `end` (bytes). Waits for a chunk of the previous
-    /// segment being zeroed. Zeroing starts after the writer's next write.
-    pub(super) fn set_segment(&self, file: &File, path: PathBuf, written: u64, end: u64) {
+    /// The writer moved to the segment at `path`, whose writes end at `written` and whose
+    /// preallocation ends at `end` (bytes). Waits for a chunk of the previous segment being
+    /// zeroed. Zeroing starts after the writer's next write. The zeroer opens the file itself:
+    /// a write-back error is reported once per open file, so with a shared one the zeroer's
+    /// sync could take an error the writer's next `fdatasync` must see.
+    pub(super) fn set_segment(&self, path: PathBuf, written: u64, end: u64) {
         if self.thread.is_none() {
             return;
         }
-        let file = match file.try_clone() {
+        let file = match std::fs::OpenOptions::new().write(true).open(&path) {
             Ok(f) => Arc::new(f),
             Err(e) => {
                 tracing::warn!(error = %e, file = %path.display(), "WAL: segment left sparse");
@@ -210,7 +212,8 @@ fn run(shared: &Shared) {
             Ok(()) => st.zeroed = to,
             Err(e) => {
                 // Not fatal: the rest of this segment stays sparse; the writer's own write
-                // and fdatasync report any real disk failure.
+                // and fdatasync (on its own open file, told of write-back errors as well)
+                // report any real disk failure.
                 tracing::warn!(error = %e, file = %path.display(), "WAL: zeroing ahead failed; segment left sparse");
                 st.zeroed = st.end;
             }
