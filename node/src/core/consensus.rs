@@ -186,9 +186,7 @@ impl<W> ConsensusCore<W> {
     /// # Errors
     /// raft-rs refused it: no leader, or a leader transfer in progress.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
-        if self.stopping {
-            return Err(ApiError::Stopped);
-        }
+        self.running()?;
         let r = self.raft.propose(data);
         self.drive();
         r
@@ -203,9 +201,7 @@ impl<W> ConsensusCore<W> {
     /// [`ApiError::NoLeader`] at once when no leader is known; [`ApiError::Stopped`] once
     /// this member is stopping (it applied its own removal or lost its log).
     pub fn propose_later(&mut self, data: Vec<u8>) -> Result<(), ApiError> {
-        if self.stopping {
-            return Err(ApiError::Stopped);
-        }
+        self.running()?;
         if !self.raft.has_leader() {
             return Err(ApiError::NoLeader);
         }
@@ -236,9 +232,7 @@ impl<W> ConsensusCore<W> {
     pub fn flush(&mut self) -> Result<(), ApiError> {
         let held = std::mem::take(&mut self.held);
         self.held_bytes = 0;
-        if self.stopping {
-            return Err(ApiError::Stopped);
-        }
+        self.running()?;
         let r = if held.is_empty() {
             Ok(())
         } else {
@@ -253,9 +247,7 @@ impl<W> ConsensusCore<W> {
     /// # Errors
     /// [`ApiError::NotLeader`] when it does not.
     pub fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) -> Result<(), ApiError> {
-        if self.stopping {
-            return Err(ApiError::Stopped);
-        }
+        self.running()?;
         let r = self.raft.propose_as_leader(data, term);
         self.drive();
         r
@@ -457,11 +449,20 @@ impl<W> ConsensusCore<W> {
         self.campaign_if_alone();
     }
 
+    /// `Err(Stopped)` once the member is stopping ([`ConsensusCore::stop`]): proposals are
+    /// refused.
+    fn running(&self) -> Result<(), ApiError> {
+        if self.stopping {
+            return Err(ApiError::Stopped);
+        }
+        Ok(())
+    }
+
     /// The member must stop (`why`): raft-rs is driven no further, and the reads waiting on it
     /// fail now rather than when the actor is dropped.
     fn stop(&mut self, why: String) {
         self.stopping = true;
-        let reads = self.raft.take_reads();
+        let reads = self.raft.fail_reads();
         if !reads.is_empty() {
             self.out.push_back(Effect::ReadsFailed(reads));
         }
@@ -520,7 +521,6 @@ impl<W> ConsensusCore<W> {
             }
             // A newer hard state (a term or vote change) holds the newest commit index too.
             let hard_state = out.hard_state.or(self.unwritten_hard_state.take());
-            self.unwritten_hard_state = None;
             let snapshot_index = out.snapshot.as_ref().map(|m| m.index);
             self.persisting = Some((out.persisted_messages, snapshot_index));
             self.out.push_back(Effect::Persist(Persist {

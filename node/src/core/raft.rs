@@ -320,13 +320,8 @@ impl<W> RaftCore<W> {
         self.issue_read();
     }
 
-    /// Takes every queued and in-flight read, to fail them (the member stops).
-    pub fn take_reads(&mut self) -> Vec<W> {
-        self.fail_reads()
-    }
-
-    /// Fails every queued read (no leader).
-    fn fail_reads(&mut self) -> Vec<W> {
+    /// Takes every queued and in-flight read, to fail them (no leader, or the member stops).
+    pub fn fail_reads(&mut self) -> Vec<W> {
         let mut out = std::mem::take(&mut self.pending_reads);
         if let Some((_, w, _)) = self.inflight_read.take() {
             out.extend(w);

@@ -143,8 +143,7 @@ impl Wal {
             };
             let (file, offset, crc) = segment::create(dir, first, 0, segment_bytes)?;
             sync_dir(dir)?;
-            let zeroer = zeroer::Zeroer::start();
-            zeroer.set_segment(dir.join(first.file_name()), offset, segment_bytes);
+            let zeroer = zeroer::Zeroer::start(dir.join(first.file_name()), offset, segment_bytes);
             let wal = Wal {
                 dir: dir.to_owned(),
                 segments: vec![first],
@@ -211,8 +210,7 @@ impl Wal {
             .or(rec.snapshot.as_ref().map(|s| s.index))
             .unwrap_or(0);
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        let zeroer = zeroer::Zeroer::start();
-        zeroer.set_segment(path, end.0, len);
+        let zeroer = zeroer::Zeroer::start(path, end.0, len);
         let mut wal = Wal {
             dir: dir.to_owned(),
             segments: names,

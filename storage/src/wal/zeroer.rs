@@ -82,9 +82,10 @@ impl State {
 }
 
 impl Zeroer {
-    /// Starts the thread. If it cannot start, segments stay sparse (writes work as before,
-    /// their `fdatasync` is slower): logged, not an error.
-    pub(super) fn start() -> Zeroer {
+    /// Starts the thread on the segment at `path` ([`Zeroer::set_segment`]). If it cannot
+    /// start, segments stay sparse (writes work as before, their `fdatasync` is slower):
+    /// logged, not an error.
+    pub(super) fn start(path: PathBuf, written: u64, end: u64) -> Zeroer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -95,7 +96,9 @@ impl Zeroer {
             .spawn(move || run(&s))
             .inspect_err(|e| tracing::warn!(error = %e, "WAL: cannot start the zeroing thread; segments stay sparse"))
             .ok();
-        Zeroer { shared, thread }
+        let z = Zeroer { shared, thread };
+        z.set_segment(path, written, end);
+        z
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
