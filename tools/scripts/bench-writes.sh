@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Writes, etch against etcd 3.5 (and etcd 3.4, when Debian's etcd is installed) side by side in
 # one run, with etcd's own benchmark tool and the same flags for every server:
-#   1. 3 members each, put at 1/1, 10/100 and 100/1000 conns/clients (8-byte keys, 256-byte
-#      values): requests/s, average and p99 latency, the CPU the members spent per write
+#   1. 3 members each, after an unrecorded warm-up load: put with one client on the leader and
+#      on a follower, then at 10/100 and 100/1000 conns/clients over all three (8-byte keys,
+#      256-byte values): requests/s, average and p99 latency, the CPU the members spent per write
 #      (utime+stime from /proc/PID/stat, before and after, summed over the members, divided by
 #      the writes) and the load generator's own CPU per write;
 #   2. one member loading KEYS distinct 16-byte keys (10/100): requests/s, the rate over the
@@ -135,14 +136,40 @@ head+=" etch/etcd 3.5 |"; sep+="---|"
 for k in "${KINDS[@]}"; do head+=" ${NAME[$k]} avg / p99 ms |"; sep+="---|"; done
 head+=" members' CPU per write, us ($(IFS=/; echo "${KINDS[*]}")) | tool CPU per write, us |"; sep+="---|---|"
 echo "$head"; echo "$sep"
+# leader_ep: the endpoint of $EPS whose member leads (etcdctl endpoint status).
+leader_ep() {
+  "$ETCDCTL" --endpoints "$EPS" endpoint status -w json 2>/dev/null | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    if e["Status"]["leader"] == e["Status"]["header"]["member_id"]:
+        print(e["Endpoint"])'
+}
 declare -A R
 for kind in "${KINDS[@]}"; do
   start "$kind" 3
-  for cc in 1/1 10/100 100/1000; do
-    conns=${cc%/*}; clients=${cc#*/}
-    total=$TOTAL; [ "$clients" = 1 ] && total=$((TOTAL / 10))
-    R[$kind$cc]=$(run "$total" --conns "$conns" --clients "$clients" put --total "$total" \
+  # Warm-up, not recorded: on this shared virtual machine the first seconds of load after an
+  # idle spell run at a fraction of the later rate (both etch and etcd), which would otherwise
+  # fall on whichever server and workload come first.
+  "$ETCD_BENCH" --endpoints "$EPS" --conns 10 --clients 100 put --total "$((TOTAL / 5))" \
+    --key-size 8 --val-size 256 >/dev/null 2>&1
+  all=$EPS
+  # One client, on the leader and on a follower (which forwards the proposal to the leader and
+  # answers once it applied the entry itself): the tool's single connection would otherwise
+  # land on either, and the two differ by a network round trip.
+  lead=$(leader_ep)
+  [ -n "$lead" ] || { echo "$kind: no leader" >&2; exit 1; }
+  follower=$(tr ',' '\n' <<<"$all" | grep -vxF "$lead" | head -1)
+  for at in leader follower; do
+    if [ "$at" = leader ]; then EPS=$lead; else EPS=$follower; fi
+    total=$((TOTAL / 10))
+    R[$kind$at]=$(run "$total" --conns 1 --clients 1 put --total "$total" \
       --key-size 8 --val-size 256 --sequential-keys --key-space-size "$total")
+  done
+  EPS=$all
+  for cc in 10/100 100/1000; do
+    conns=${cc%/*}; clients=${cc#*/}
+    R[$kind$cc]=$(run "$TOTAL" --conns "$conns" --clients "$clients" put --total "$TOTAL" \
+      --key-size 8 --val-size 256 --sequential-keys --key-space-size "$TOTAL")
   done
   stop
 done
@@ -159,7 +186,9 @@ row() {
   fi
   echo "| $label | $cc |$qps $r |$lat $cpu | $tool |"
 }
-for cc in 1/1 10/100 100/1000; do row "put, 3 members" "$cc" "$cc"; done
+row "put, 3 members, at the leader" 1/1 leader
+row "put, 3 members, at a follower" 1/1 follower
+for cc in 10/100 100/1000; do row "put, 3 members" "$cc" "$cc"; done
 
 if [ "$KEYS" -gt 0 ]; then
   for kind in "${KINDS[@]}"; do
