@@ -111,6 +111,32 @@ impl NodeState {
         tracing::error!(error = %why, "fatal error, stopping");
         self.fatal.send_replace(Some(why));
     }
+    /// Spawns a task the member cannot do without (the peer listener and senders, automatic
+    /// compaction, the corruption check) on the current tokio runtime: should it panic, the
+    /// member stops with the panic's message (exit status 1, as for any fatal error) instead
+    /// of running on without it. A panic on a tokio worker thread otherwise ends only its own
+    /// task, which suits a client's connection but would leave a member half alive.
+    pub fn spawn_essential<F>(
+        self: &std::sync::Arc<Self>,
+        what: &'static str,
+        task: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use futures::FutureExt;
+        let state = self.clone();
+        tokio::spawn(async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                state.fail(format!("{what} panicked: {why}"));
+            }
+        })
+    }
     /// Records member `id`'s advertised client URLs (from its peer Hello).
     pub fn set_client_urls(&self, id: u64, urls: Vec<String>) {
         self.client_urls
@@ -190,5 +216,30 @@ impl Tokens {
     /// Drops every token (auth disabled).
     pub fn clear(&self) {
         self.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_panicking_essential_task_stops_the_member_with_its_message() {
+        let state = Arc::new(NodeState::new(1, 2));
+        let mut fatal = state.fatal();
+        let ok = state.spawn_essential("a quiet task", async {});
+        ok.await.unwrap();
+        assert!(fatal.borrow().is_none(), "a task that ends is not an error");
+        let boom = state.spawn_essential("the test task", async {
+            panic!("planted panic {}", 7);
+        });
+        boom.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), fatal.wait_for(|f| f.is_some()))
+            .await
+            .expect("the member's state records the panic")
+            .unwrap();
+        let why = fatal.borrow().clone().unwrap();
+        assert_eq!(why, "the test task panicked: planted panic 7");
     }
 }

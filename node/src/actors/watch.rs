@@ -53,7 +53,13 @@ pub struct WatchActor {
     watched: Arc<AtomicBool>,
     state: Arc<NodeState>,
     limits: WatchLimits,
+    /// A catch-up step is scheduled ([`CATCH_UP`] from now).
+    catch_up_armed: bool,
 }
+
+/// How often unsynced watchers (started below the current revision, or whose client reads
+/// slower than they fill) are stepped again while no new revision arrives.
+const CATCH_UP: Duration = Duration::from_millis(20);
 
 impl WatchActor {
     /// A watch actor over `store`, advancing when `revision` changes. It sets `watched`
@@ -74,6 +80,7 @@ impl WatchActor {
             watched,
             state,
             limits,
+            catch_up_armed: false,
         }
     }
 
@@ -88,14 +95,29 @@ impl WatchActor {
         self.state.fail(format!("watch: {e}"));
     }
 
-    fn step(&mut self) {
+    fn step(&mut self, ctx: &mut Context<Self>) {
         let current = *self.revision.borrow();
         if let Err(e) = self.hub.advance(&self.store, current) {
             return self.fatal(e);
         }
         if let Err(e) = self.hub.catch_up(&self.store) {
-            self.fatal(e);
+            return self.fatal(e);
         }
+        self.arm_catch_up(ctx);
+    }
+
+    /// Schedules a step [`CATCH_UP`] from now while a watcher is unsynced: such watchers
+    /// catch up even when no new revision arrives, and a member without one has no timer
+    /// waking its watch thread.
+    fn arm_catch_up(&mut self, ctx: &mut Context<Self>) {
+        if self.catch_up_armed || self.hub.unsynced_count() == 0 {
+            return;
+        }
+        self.catch_up_armed = true;
+        ctx.run_later(CATCH_UP, |act, ctx| {
+            act.catch_up_armed = false;
+            act.step(ctx);
+        });
     }
 }
 
@@ -113,14 +135,9 @@ impl Actor for WatchActor {
                 let _ = addr.try_send(Advance);
             }
         });
-        // Unsynced watchers catch up even when no new revision arrives.
-        ctx.run_interval(Duration::from_millis(20), |act, _| {
-            if act.hub.unsynced_count() > 0 {
-                act.step();
-            }
-        });
-        ctx.run_interval(self.limits.progress_notify_interval, |act, _| {
-            act.hub.notify_progress()
+        ctx.run_interval(self.limits.progress_notify_interval, |act, ctx| {
+            act.hub.notify_progress();
+            act.arm_catch_up(ctx);
         });
         // Counts for /metrics, once a second (counting walks every stream).
         ctx.run_interval(Duration::from_secs(1), |act, _| {
@@ -141,8 +158,8 @@ struct Advance;
 
 impl Handler<Advance> for WatchActor {
     type Result = ();
-    fn handle(&mut self, _: Advance, _: &mut Context<Self>) {
-        self.step();
+    fn handle(&mut self, _: Advance, ctx: &mut Context<Self>) {
+        self.step(ctx);
     }
 }
 
@@ -160,15 +177,15 @@ pub struct CreateWatch {
 
 impl Handler<CreateWatch> for WatchActor {
     type Result = ();
-    fn handle(&mut self, m: CreateWatch, _: &mut Context<Self>) {
+    fn handle(&mut self, m: CreateWatch, ctx: &mut Context<Self>) {
         // From here on apply wakes this actor for every new revision; one applied before
         // (without a wake-up) is read by the step below.
         self.watched.store(true, Ordering::SeqCst);
         // Deliver what is already applied first, so the new watcher's start is exact.
-        self.step();
+        self.step(ctx);
         self.hub
             .create(m.stream, m.sink, &m.req, self.store.compact_revision());
-        self.step();
+        self.step(ctx);
         // A refused watch (or one canceled at once) leaves no watcher.
         self.forget_watched_if_idle();
     }
@@ -199,9 +216,10 @@ pub struct RequestProgress(pub StreamKey);
 
 impl Handler<RequestProgress> for WatchActor {
     type Result = ();
-    fn handle(&mut self, m: RequestProgress, _: &mut Context<Self>) {
-        self.step();
+    fn handle(&mut self, m: RequestProgress, ctx: &mut Context<Self>) {
+        self.step(ctx);
         self.hub.progress(m.0);
+        self.arm_catch_up(ctx);
     }
 }
 

@@ -92,7 +92,8 @@ impl Schedule {
 /// Runs automatic compaction for `service` while it lives; compacts only while this member
 /// leads.
 pub fn spawn(service: Arc<Service>, mode: AutoCompaction) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    let state = service.state_arc();
+    state.spawn_essential("automatic compaction", async move {
         let mut schedule = Schedule::new(mode);
         let mut tick = tokio::time::interval(schedule.interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

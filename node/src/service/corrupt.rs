@@ -218,7 +218,8 @@ pub fn spawn_periodic(
     interval: Duration,
     timeout: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    let state = svc.state_arc();
+    state.spawn_essential("the corruption check", async move {
         let me = svc.state().member_id;
         tracing::info!(local_member_id = %me, ?interval, "enabled corruption checking");
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);

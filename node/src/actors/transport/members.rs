@@ -11,16 +11,20 @@ impl TransportActor {
         let (hello_tx, hello_rx) = watch::channel(None);
         self.hellos.insert(p.id, hello_tx);
         self.peers.insert(p.id, p.clone());
-        tokio::spawn(send_loop(
-            self.endpoint.clone(),
-            p,
-            rx,
-            hello_rx,
-            self.hello.clone(),
-            self.consensus.clone(),
-            self.state.clone(),
-            self.stop.clone(),
-        ));
+        let state = self.state.clone();
+        state.spawn_essential(
+            "a peer sender",
+            send_loop(
+                self.endpoint.clone(),
+                p,
+                rx,
+                hello_rx,
+                self.hello.clone(),
+                self.consensus.clone(),
+                self.state.clone(),
+                self.stop.clone(),
+            ),
+        );
     }
 
     /// Stops talking to member `id` (its sender task ends with its queue).

@@ -101,17 +101,20 @@ impl TransportActor {
         )));
         let ctx = Context::<TransportActor>::new();
         let me = ctx.address();
-        tokio::spawn(accept_loop(
-            endpoint.clone(),
-            cluster_id,
-            member_id,
-            members.clone(),
-            store.clone(),
-            consensus.clone(),
-            me,
-            state.clone(),
-            stop.clone(),
-        ));
+        state.spawn_essential(
+            "the peer listener",
+            accept_loop(
+                endpoint.clone(),
+                cluster_id,
+                member_id,
+                members.clone(),
+                store.clone(),
+                consensus.clone(),
+                me,
+                state.clone(),
+                stop.clone(),
+            ),
+        );
         let mut actor = TransportActor {
             queues: HashMap::new(),
             asks: Asks::default(),
