@@ -34,10 +34,17 @@ use crate::core::members::{LeaderView, Proposed, check};
 use crate::core::raft::{RaftCore, single_change};
 use crate::error::ApiError;
 
+/// A leader skips the broadcast of a new commit index only while at least this many client
+/// proposals are held for its next flush (`ConsensusCore::skip_commit_broadcast_if_held`):
+/// a queue of writers, whose next round's appends carry the commit index soon. With fewer,
+/// followers learn of the commit at once, so the clients whose proposals they forwarded do
+/// not wait for a lingering flush.
+pub const SKIP_COMMIT_BROADCAST_HELD: usize = 8;
+
 /// After a flush of at least this many proposals, a leader broadcasts each new commit index
-/// at once even with proposals held (`ConsensusCore::skip_commit_broadcast_if_held`): the
-/// broadcast is then a small share of a round's messages, and skipping it measured slower at
-/// 100/1000 conns/clients (docs/performance.md).
+/// at once even with proposals held: the broadcast is then a small share of a round's
+/// messages, and skipping it measured no better at 100/1000 conns/clients
+/// (docs/performance.md).
 pub const SKIP_COMMIT_BROADCAST_BELOW: usize = 64;
 
 /// What a removed member says when it stops, and when it is started again on its data dir
@@ -289,15 +296,17 @@ impl<W> ConsensusCore<W> {
         self.drive();
     }
 
-    /// A leader that advances its commit index while client proposals are held for the next
-    /// [`ConsensusCore::flush`] lets that flush's appends carry the new commit index to the
-    /// followers, instead of an append without entries to each of them at once (and its
-    /// acknowledgement back: two peer messages and a follower's Ready per follower and round
-    /// under load). With nothing held (a lone writer) it broadcasts at once as before, so a
-    /// follower that forwarded a proposal learns of its commit without waiting; after a
-    /// large flush ([`SKIP_COMMIT_BROADCAST_BELOW`]) too.
+    /// A leader that advances its commit index while a queue of client proposals is held for
+    /// the next [`ConsensusCore::flush`] ([`SKIP_COMMIT_BROADCAST_HELD`]) lets that flush's
+    /// appends carry the new commit index to the followers, instead of an append without
+    /// entries to each of them at once (and its acknowledgement back: two peer messages and a
+    /// follower's Ready per follower and round under load). With fewer held (a lone writer,
+    /// a few) it broadcasts at once as before, so a follower that forwarded a proposal learns
+    /// of its commit without waiting; after a large flush ([`SKIP_COMMIT_BROADCAST_BELOW`])
+    /// too.
     fn skip_commit_broadcast_if_held(&mut self) {
-        let skip = !self.held.is_empty() && self.last_flush_len < SKIP_COMMIT_BROADCAST_BELOW;
+        let skip = self.held.len() >= SKIP_COMMIT_BROADCAST_HELD
+            && self.last_flush_len < SKIP_COMMIT_BROADCAST_BELOW;
         self.raft.skip_commit_broadcast(skip);
     }
 
@@ -884,14 +893,10 @@ mod tests {
         assert_eq!(appends, vec![(2, all.clone()), (3, all)]);
     }
 
-    /// Proposes `round` in one flush on `c` (leader of three), holds `hold` for the next one,
-    /// and acknowledges the round from both followers; returns the appends without entries
-    /// sent after the acknowledgements (`(to, commit)`).
-    fn commit_round(
-        c: &mut ConsensusCore<u32>,
-        round: usize,
-        hold: Option<&[u8]>,
-    ) -> Vec<(u64, u64)> {
+    /// Proposes `round` in one flush on `c` (leader of three), holds `hold` proposals for the
+    /// next one, and acknowledges the round from both followers; returns the appends without
+    /// entries sent after the acknowledgements (`(to, commit)`).
+    fn commit_round(c: &mut ConsensusCore<u32>, round: usize, hold: usize) -> Vec<(u64, u64)> {
         for i in 0..round {
             c.propose_later(format!("put {i}").into_bytes())
                 .expect("propose");
@@ -909,8 +914,9 @@ mod tests {
             }
         }
         assert!(!appends.is_empty(), "no append for a round of {round}");
-        if let Some(h) = hold {
-            c.propose_later(h.to_vec()).expect("propose");
+        for i in 0..hold {
+            c.propose_later(format!("held {i}").into_bytes())
+                .expect("propose");
         }
         let mut empty = Vec::new();
         for m in appends {
@@ -937,17 +943,25 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_is_broadcast_at_once_unless_proposals_wait_for_the_next_flush() {
+    fn a_commit_is_broadcast_at_once_unless_a_queue_of_proposals_waits_for_the_next_flush() {
         let mut c = leader_of_three();
+        let queue = SKIP_COMMIT_BROADCAST_HELD;
         // Nothing held: both followers learn of the commit at once.
         let commit = c.raft().committed() + 1;
-        let empty = commit_round(&mut c, 1, None);
+        let empty = commit_round(&mut c, 1, 0);
         assert_eq!(empty, vec![(2, commit), (3, commit)], "{empty:?}");
-        assert_eq!(c.raft().committed(), commit);
-        // A proposal held for the next flush: its append will carry the commit index.
-        let empty = commit_round(&mut c, 1, Some(b"z"));
+        // Fewer than a queue held: at once too.
+        let before = c.raft().committed();
+        let empty = commit_round(&mut c, 1, queue - 1);
+        c.flush().expect("flush");
+        settle(&mut c, &mut Vec::new());
+        assert_eq!(empty, vec![(2, before + 1), (3, before + 1)], "{empty:?}");
+        // A queue held for the next flush: its appends will carry the commit index.
+        let before = c.raft().committed();
+        let empty = commit_round(&mut c, 1, queue);
         assert_eq!(empty, vec![], "no append without entries");
-        assert_eq!(c.raft().committed(), commit + 1);
+        let commit = c.raft().committed();
+        assert!(commit > before, "{before} -> {commit}");
         c.flush().expect("flush");
         let mut carried = Vec::new();
         while let Some(e) = c.poll() {
@@ -961,12 +975,12 @@ mod tests {
                 _ => {}
             }
         }
-        assert_eq!(carried, vec![(2, 1, commit + 1), (3, 1, commit + 1)]);
-        // After a large round the broadcast is kept even with a proposal held: it is a small
+        assert_eq!(carried, vec![(2, queue, commit), (3, queue, commit)]);
+        // After a large round the broadcast is kept even with a queue held: it is a small
         // share of the round's messages, and followers answer forwarded proposals sooner.
         let big = SKIP_COMMIT_BROADCAST_BELOW;
         let before = c.raft().committed();
-        let empty = commit_round(&mut c, big, Some(b"w"));
+        let empty = commit_round(&mut c, big, queue);
         let commit = c.raft().committed();
         assert!(commit > before + big as u64, "{before} -> {commit}");
         assert_eq!(empty, vec![(2, commit), (3, commit)], "{empty:?}");
