@@ -34,17 +34,17 @@ use crate::core::members::{LeaderView, Proposed, check};
 use crate::core::raft::{RaftCore, single_change};
 use crate::error::ApiError;
 
-/// A leader skips the broadcast of a new commit index only while at least this many client
-/// proposals are held for its next flush (`ConsensusCore::skip_commit_broadcast_if_held`):
-/// a queue of writers, whose next round's appends carry the commit index soon. With fewer,
-/// followers learn of the commit at once, so the clients whose proposals they forwarded do
-/// not wait for a lingering flush.
-pub const SKIP_COMMIT_BROADCAST_HELD: usize = 8;
+/// A leader skips the broadcast of a new commit index only after a flush of at least this
+/// many proposals (`ConsensusCore::skip_commit_broadcast_if_held`): rounds that large mean a
+/// queue of writers and a CPU-bound member, where the messages saved are worth more than the
+/// followers' wait for the next (lingering) flush. Smaller rounds (a few clients: at most as
+/// many proposals as clients are in flight) keep it, so the clients whose proposals a
+/// follower forwarded do not wait.
+pub const SKIP_COMMIT_BROADCAST_FROM: usize = 12;
 
 /// After a flush of at least this many proposals, a leader broadcasts each new commit index
-/// at once even with proposals held: the broadcast is then a small share of a round's
-/// messages, and skipping it measured no better at 100/1000 conns/clients
-/// (docs/performance.md).
+/// at once again: the broadcast is then a small share of a round's messages, and skipping it
+/// measured no better at 100/1000 conns/clients (docs/performance.md).
 pub const SKIP_COMMIT_BROADCAST_BELOW: usize = 64;
 
 /// What a removed member says when it stops, and when it is started again on its data dir
@@ -296,17 +296,18 @@ impl<W> ConsensusCore<W> {
         self.drive();
     }
 
-    /// A leader that advances its commit index while a queue of client proposals is held for
-    /// the next [`ConsensusCore::flush`] ([`SKIP_COMMIT_BROADCAST_HELD`]) lets that flush's
-    /// appends carry the new commit index to the followers, instead of an append without
-    /// entries to each of them at once (and its acknowledgement back: two peer messages and a
-    /// follower's Ready per follower and round under load). With fewer held (a lone writer,
-    /// a few) it broadcasts at once as before, so a follower that forwarded a proposal learns
-    /// of its commit without waiting; after a large flush ([`SKIP_COMMIT_BROADCAST_BELOW`])
-    /// too.
+    /// A leader that advances its commit index while client proposals are held for the next
+    /// [`ConsensusCore::flush`] lets that flush's appends carry the new commit index to the
+    /// followers, instead of an append without entries to each of them at once (and its
+    /// acknowledgement back: two peer messages and a follower's Ready per follower and round
+    /// under load). Only while rounds are between [`SKIP_COMMIT_BROADCAST_FROM`] and
+    /// [`SKIP_COMMIT_BROADCAST_BELOW`] proposals; otherwise (a lone writer, a few, or very
+    /// large rounds) it broadcasts at once as before, so a follower that forwarded a proposal
+    /// learns of its commit without waiting.
     fn skip_commit_broadcast_if_held(&mut self) {
-        let skip = self.held.len() >= SKIP_COMMIT_BROADCAST_HELD
-            && self.last_flush_len < SKIP_COMMIT_BROADCAST_BELOW;
+        let skip = !self.held.is_empty()
+            && (SKIP_COMMIT_BROADCAST_FROM..SKIP_COMMIT_BROADCAST_BELOW)
+                .contains(&self.last_flush_len);
         self.raft.skip_commit_broadcast(skip);
     }
 
@@ -943,25 +944,30 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_is_broadcast_at_once_unless_a_queue_of_proposals_waits_for_the_next_flush() {
+    fn a_commit_is_broadcast_at_once_unless_a_round_under_load_waits_for_the_next_flush() {
         let mut c = leader_of_three();
-        let queue = SKIP_COMMIT_BROADCAST_HELD;
+        let from = SKIP_COMMIT_BROADCAST_FROM;
         // Nothing held: both followers learn of the commit at once.
         let commit = c.raft().committed() + 1;
-        let empty = commit_round(&mut c, 1, 0);
-        assert_eq!(empty, vec![(2, commit), (3, commit)], "{empty:?}");
-        // Fewer than a queue held: at once too.
+        let empty = commit_round(&mut c, from, 0);
+        assert_eq!(
+            empty,
+            vec![(2, commit + from as u64 - 1), (3, commit + from as u64 - 1)]
+        );
+        // A proposal held after a small round: at once too.
         let before = c.raft().committed();
-        let empty = commit_round(&mut c, 1, queue - 1);
+        let empty = commit_round(&mut c, from - 1, 1);
         c.flush().expect("flush");
         settle(&mut c, &mut Vec::new());
-        assert_eq!(empty, vec![(2, before + 1), (3, before + 1)], "{empty:?}");
-        // A queue held for the next flush: its appends will carry the commit index.
+        let commit = before + from as u64 - 1;
+        assert_eq!(empty, vec![(2, commit), (3, commit)], "{empty:?}");
+        // A proposal held after a round under load: the next flush's appends carry the
+        // commit index.
         let before = c.raft().committed();
-        let empty = commit_round(&mut c, 1, queue);
+        let empty = commit_round(&mut c, from, 1);
         assert_eq!(empty, vec![], "no append without entries");
         let commit = c.raft().committed();
-        assert!(commit > before, "{before} -> {commit}");
+        assert!(commit >= before + from as u64, "{before} -> {commit}");
         c.flush().expect("flush");
         let mut carried = Vec::new();
         while let Some(e) = c.poll() {
@@ -975,12 +981,12 @@ mod tests {
                 _ => {}
             }
         }
-        assert_eq!(carried, vec![(2, queue, commit), (3, queue, commit)]);
-        // After a large round the broadcast is kept even with a queue held: it is a small
-        // share of the round's messages, and followers answer forwarded proposals sooner.
+        assert_eq!(carried, vec![(2, 1, commit), (3, 1, commit)]);
+        // After a very large round the broadcast is kept: it is a small share of the round's
+        // messages, and followers answer forwarded proposals sooner.
         let big = SKIP_COMMIT_BROADCAST_BELOW;
         let before = c.raft().committed();
-        let empty = commit_round(&mut c, big, queue);
+        let empty = commit_round(&mut c, big, 1);
         let commit = c.raft().committed();
         assert!(commit > before + big as u64, "{before} -> {commit}");
         assert_eq!(empty, vec![(2, commit), (3, commit)], "{empty:?}");
