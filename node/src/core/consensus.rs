@@ -894,15 +894,9 @@ mod tests {
         assert_eq!(appends, vec![(2, all.clone()), (3, all)]);
     }
 
-    /// Proposes `round` in one flush on `c` (leader of three), holds `hold` proposals for the
-    /// next one, and acknowledges the round from both followers; returns the appends without
-    /// entries sent after the acknowledgements (`(to, commit)`).
-    fn commit_round(c: &mut ConsensusCore<u32>, round: usize, hold: usize) -> Vec<(u64, u64)> {
-        for i in 0..round {
-            c.propose_later(format!("put {i}").into_bytes())
-                .expect("propose");
-        }
-        c.flush().expect("flush");
+    /// Carries out `c`'s effects as a perfect disk would (apply completions left out) until
+    /// there are none; returns the appends it sent.
+    fn appends_until_quiet(c: &mut ConsensusCore<u32>) -> Vec<Message> {
         let mut appends = Vec::new();
         while let Some(e) = c.poll() {
             match e {
@@ -914,6 +908,19 @@ mod tests {
                 _ => {}
             }
         }
+        appends
+    }
+
+    /// Proposes `round` in one flush on `c` (leader of three), holds `hold` proposals for the
+    /// next one, and acknowledges the round from both followers; returns the appends without
+    /// entries sent after the acknowledgements (`(to, commit)`).
+    fn commit_round(c: &mut ConsensusCore<u32>, round: usize, hold: usize) -> Vec<(u64, u64)> {
+        for i in 0..round {
+            c.propose_later(format!("put {i}").into_bytes())
+                .expect("propose");
+        }
+        c.flush().expect("flush");
+        let appends = appends_until_quiet(c);
         assert!(!appends.is_empty(), "no append for a round of {round}");
         for i in 0..hold {
             c.propose_later(format!("held {i}").into_bytes())
@@ -969,18 +976,10 @@ mod tests {
         let commit = c.raft().committed();
         assert!(commit >= before + from as u64, "{before} -> {commit}");
         c.flush().expect("flush");
-        let mut carried = Vec::new();
-        while let Some(e) = c.poll() {
-            match e {
-                Effect::Persist(p) => c.persisted(p.number),
-                Effect::Send(msgs) => carried.extend(
-                    msgs.iter()
-                        .filter(|m| m.get_msg_type() == MessageType::MsgAppend)
-                        .map(|m| (m.to, m.entries.len(), m.commit)),
-                ),
-                _ => {}
-            }
-        }
+        let carried: Vec<_> = appends_until_quiet(&mut c)
+            .iter()
+            .map(|m| (m.to, m.entries.len(), m.commit))
+            .collect();
         assert_eq!(carried, vec![(2, 1, commit), (3, 1, commit)]);
         // After a very large round the broadcast is kept: it is a small share of the round's
         // messages, and followers answer forwarded proposals sooner.
