@@ -138,7 +138,8 @@ head+=" members' CPU per write, us ($(IFS=/; echo "${KINDS[*]}")) | tool CPU per
 echo "$head"; echo "$sep"
 # leader_ep: the endpoint of $EPS whose member leads (etcdctl endpoint status).
 leader_ep() {
-  "$ETCDCTL" --endpoints "$EPS" endpoint status -w json 2>/dev/null | python3 -c '
+  # etcdctl exits non-zero when any endpoint fails to answer, after printing the others.
+  { "$ETCDCTL" --endpoints "$EPS" endpoint status -w json 2>/dev/null || true; } | python3 -c '
 import json, sys
 for e in json.load(sys.stdin):
     if e["Status"]["leader"] == e["Status"]["header"]["member_id"]:
@@ -151,11 +152,13 @@ for kind in "${KINDS[@]}"; do
   # idle spell run at a fraction of the later rate (both etch and etcd), which would otherwise
   # fall on whichever server and workload come first.
   "$ETCD_BENCH" --endpoints "$EPS" --conns 10 --clients 100 put --total "$((TOTAL / 5))" \
-    --key-size 8 --val-size 256 >/dev/null 2>&1
+    --key-size 8 --val-size 256 >"$work/warm-up" 2>&1 ||
+    { echo "$kind: the warm-up load failed: $(tail -5 "$work/warm-up")" >&2; exit 1; }
   all=$EPS
-  # One client, on the leader and on a follower (which forwards the proposal to the leader and
-  # answers once it applied the entry itself): the tool's single connection would otherwise
-  # land on either, and the two differ by a network round trip.
+  # One client, on the leader alone and on a follower alone (which forwards the proposal to
+  # the leader and answers once it applied the entry itself): given every endpoint, etcd's
+  # client spreads its requests over the members in turn, mixing the two, which differ by a
+  # network round trip. The leader's run comes first, right after the warm-up.
   lead=$(leader_ep)
   [ -n "$lead" ] || { echo "$kind: no leader" >&2; exit 1; }
   follower=$(tr ',' '\n' <<<"$all" | grep -vxF "$lead" | head -1)

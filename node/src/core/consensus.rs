@@ -35,11 +35,12 @@ use crate::core::raft::{RaftCore, single_change};
 use crate::error::ApiError;
 
 /// A leader skips the broadcast of a new commit index only after a flush of at least this
-/// many proposals (`ConsensusCore::skip_commit_broadcast_if_held`): rounds that large mean a
-/// queue of writers and a CPU-bound member, where the messages saved are worth more than the
-/// followers' wait for the next (lingering) flush. Smaller rounds (a few clients: at most as
-/// many proposals as clients are in flight) keep it, so the clients whose proposals a
-/// follower forwarded do not wait.
+/// many of its own clients' proposals (`ConsensusCore::skip_commit_broadcast_if_held`;
+/// proposals forwarded by followers reach raft-rs directly and are not counted): rounds that
+/// large mean a queue of writers and a CPU-bound member, where the messages saved are worth
+/// more than the followers' wait for the next (lingering) flush. Smaller rounds (a few
+/// clients: at most one proposal per client is in flight) keep it, so the requests a
+/// follower forwarded are answered without that wait.
 pub const SKIP_COMMIT_BROADCAST_FROM: usize = 12;
 
 /// After a flush of at least this many proposals, a leader broadcasts each new commit index
@@ -137,7 +138,8 @@ pub struct ConsensusCore<W> {
     held: Vec<Vec<u8>>,
     /// Their size in bytes.
     held_bytes: usize,
-    /// Proposals the last non-empty [`ConsensusCore::flush`] proposed.
+    /// Client proposals the last non-empty [`ConsensusCore::flush`] took (raft-rs may have
+    /// refused them).
     last_flush_len: usize,
     /// The release point being carried out.
     releasing: Option<u64>,
@@ -296,14 +298,14 @@ impl<W> ConsensusCore<W> {
         self.drive();
     }
 
-    /// A leader that advances its commit index while client proposals are held for the next
-    /// [`ConsensusCore::flush`] lets that flush's appends carry the new commit index to the
-    /// followers, instead of an append without entries to each of them at once (and its
+    /// A leader that advances its commit index while its clients' proposals are held for the
+    /// next [`ConsensusCore::flush`] lets that flush's appends carry the new commit index to
+    /// the followers, instead of an append without entries to each of them at once (and its
     /// acknowledgement back: two peer messages and a follower's Ready per follower and round
-    /// under load). Only while rounds are between [`SKIP_COMMIT_BROADCAST_FROM`] and
+    /// under load). Only while its flushes take between [`SKIP_COMMIT_BROADCAST_FROM`] and
     /// [`SKIP_COMMIT_BROADCAST_BELOW`] proposals; otherwise (a lone writer, a few, or very
-    /// large rounds) it broadcasts at once as before, so a follower that forwarded a proposal
-    /// learns of its commit without waiting.
+    /// large rounds) it broadcasts at once, so a follower that forwarded a proposal learns of
+    /// its commit without waiting.
     fn skip_commit_broadcast_if_held(&mut self) {
         let skip = !self.held.is_empty()
             && (SKIP_COMMIT_BROADCAST_FROM..SKIP_COMMIT_BROADCAST_BELOW)
