@@ -1031,6 +1031,35 @@ mod tests {
     }
 
     #[test]
+    fn peers_heard_within_an_election_timeout_stay_active_across_check_quorum() {
+        let mut c = leader_of_three();
+        for from in [2, 3] {
+            let mut r = Message::default();
+            r.set_msg_type(MessageType::MsgHeartbeatResponse);
+            r.from = from;
+            r.to = 1;
+            r.term = c.raft().status().0;
+            c.step(r);
+        }
+        // raft-rs's CheckQuorum runs once per election timeout (3 ticks here) and clears its
+        // own record of active peers until their next message.
+        for _ in 0..3 {
+            c.tick();
+            while c.poll().is_some() {}
+        }
+        assert_eq!(c.raft().status().1, 1, "still leading");
+        let mut active = c.raft().active_voters();
+        active.sort();
+        assert_eq!(active, vec![1, 2, 3]);
+        // Silent for longer than an election timeout: inactive (and no longer leading).
+        for _ in 0..4 {
+            c.tick();
+            while c.poll().is_some() {}
+        }
+        assert!(c.raft().active_voters().len() < 3);
+    }
+
+    #[test]
     fn a_follower_cannot_propose_membership_changes() {
         let mut c = single(1_000, 10);
         let m = Membership::default();
