@@ -18,7 +18,8 @@ fn main() -> ExitCode {
     // WAL, apply and watch actors' threads, the store's workers) stops the process with exit
     // status 2, as a Go panic ends etcd: the runtime would otherwise catch it and leave the
     // member half alive, holding its ports and answering nothing. A panic in a connection's
-    // task (tokio's worker threads) still ends that task only. The default hook prints the
+    // task (tokio's worker threads) still ends that task only; the member's own long-lived
+    // tasks there stop it through `NodeState::spawn_essential`. The default hook prints the
     // message first.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -219,7 +219,6 @@ impl Handler<RequestProgress> for WatchActor {
     fn handle(&mut self, m: RequestProgress, ctx: &mut Context<Self>) {
         self.step(ctx);
         self.hub.progress(m.0);
-        self.arm_catch_up(ctx);
     }
 }
 
