@@ -3,16 +3,19 @@
 use super::*;
 
 impl Service {
-    /// Range: linearizable unless `serializable`.
+    /// Range: linearizable unless `serializable`. Permission is checked after the read
+    /// barrier, against the auth state the read sees (etcd v3.5 `Range`: `doSerialize` after
+    /// `linearizableReadNotify`), so an `auth enable` committed before the read applies to it
+    /// on every member.
     ///
     /// # Errors
-    /// Empty key, compacted or future revision, no leader, timeout.
+    /// Empty key, compacted or future revision, no leader, timeout; etcd's auth errors.
     pub async fn range(&self, who: &AuthInfo, req: RangeRequest) -> Res<RangeResponse> {
         mvcc::validate_range(&req)?;
-        self.check_read(who, &req.key, &req.range_end)?;
         if !req.serializable {
             self.linearizable().await?;
         }
+        self.check_read(who, &req.key, &req.range_end)?;
         let mut r = self.store.range(&req).map_err(Self::store_err)??;
         r.header = self.header(r.header);
         crate::metrics::hot().range_total.increment(1);
@@ -66,11 +69,12 @@ impl Service {
         }
         mvcc::validate_txn(&req, self.limits.max_txn_ops)?;
         if txn_is_read_only(&req) {
-            // Writes are checked at apply; a read-only Txn never reaches apply.
-            self.store.auth().check_txn(who, &req, &mut |_| Ok(()))?;
+            // Writes are checked at apply; a read-only Txn never reaches apply. As in
+            // `range`, checked after the read barrier.
             if !txn_is_serializable(&req) {
                 self.linearizable().await?;
             }
+            self.store.auth().check_txn(who, &req, &mut |_| Ok(()))?;
             let mut r = self.store.txn_read(&req).map_err(Self::store_err)??;
             r.header = self.header(r.header);
             crate::metrics::hot().txn_total.increment(1);
