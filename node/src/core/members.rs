@@ -5,8 +5,9 @@
 //!
 //! A member is *started* once it has a name: the initial members have theirs from
 //! `--initial-cluster`, an added member once it has published its own (etcd `IsStarted`).
-//! *Active* voters are those the leader heard from within the last election timeout (raft's
-//! CheckQuorum view; etcd asks its transport for peers active for 5 s).
+//! *Active* voters are those the leader heard from within the last election timeout (a
+//! window over raft ticks, `RaftCore::active_voters`; etcd asks its transport for peers active
+//! for 5 s).
 
 use etch_protocol::etcdserverpb::Member;
 use etch_storage::members::Membership;

@@ -63,6 +63,8 @@ pub struct RaftCore<W> {
     next_read_ctx: u64,
     ticks: u64,
     election_ticks: u64,
+    /// The tick at which each peer's last message was stepped, for [`RaftCore::active_voters`].
+    heard_at: std::collections::HashMap<u64, u64>,
 }
 
 impl<W> RaftCore<W> {
@@ -140,6 +142,7 @@ impl<W> RaftCore<W> {
             next_read_ctx: 1,
             ticks: 0,
             election_ticks: election_ticks as u64,
+            heard_at: std::collections::HashMap::new(),
         })
     }
 
@@ -300,17 +303,26 @@ impl<W> RaftCore<W> {
         it.matched as f64 >= me.matched as f64 * 0.9
     }
 
-    /// The voters the leader heard from within the last election timeout (raft-rs's
-    /// `recent_active`, kept by CheckQuorum), this member included; empty on a follower.
+    /// The voters the leader heard from within the last election timeout, this member
+    /// included; empty on a follower. raft-rs's own `recent_active` is cleared at every
+    /// CheckQuorum (once per election timeout) until each peer's next message, so right after
+    /// one it would show every peer inactive: a window over the ticks is kept here instead.
     pub fn active_voters(&self) -> Vec<u64> {
         let r = &self.node.raft;
         if r.state != StateRole::Leader {
             return Vec::new();
         }
         let voters = r.prs().conf().to_conf_state().voters;
+        let recent = |id: &u64| {
+            self.heard_at
+                .get(id)
+                .is_some_and(|at| self.ticks - at <= self.election_ticks)
+        };
         voters
             .into_iter()
-            .filter(|id| *id == r.id || r.prs().get(*id).is_some_and(|p| p.recent_active))
+            .filter(|id| {
+                *id == r.id || recent(id) || r.prs().get(*id).is_some_and(|p| p.recent_active)
+            })
             .collect()
     }
 
@@ -426,6 +438,16 @@ impl<W> RaftCore<W> {
         })
     }
 
+    /// Whether a leader that advanced its commit index sends an append without entries to
+    /// every follower at once just to carry it (raft-rs's `skip_bcast_commit`, as TiKV sets
+    /// it). Skipped, the next append with entries or heartbeat carries it; a pending
+    /// configuration change is broadcast regardless, and so is every commit during a
+    /// leadership transfer (raft-rs refuses proposals then, so no append would follow soon).
+    pub fn skip_commit_broadcast(&mut self, skip: bool) {
+        let transferring = self.node.raft.lead_transferee.is_some();
+        self.node.skip_bcast_commit(skip && !transferring);
+    }
+
     /// The WAL made Ready `number` (and all before it) durable.
     pub fn on_persisted(&mut self, number: u64) {
         self.node.on_persist_ready(number);
@@ -483,6 +505,9 @@ impl<W> RaftCore<W> {
     /// Steps a message from a peer. Messages raft-rs refuses (a local message type, an unknown
     /// sender's response) are dropped: peers cannot make this fail.
     pub fn step(&mut self, m: Message) {
+        if m.from != INVALID_ID && m.term == self.node.raft.term {
+            self.heard_at.insert(m.from, self.ticks);
+        }
         if let Err(e) = self.node.step(m) {
             tracing::debug!(error = %e, "peer message dropped");
         }
