@@ -240,20 +240,19 @@ fn leader_kill_revokes_no_kept_alive_lease() {
     let survivor = eps[(leader + 1) % 3].clone();
     rt().block_on(async {
         let client = Client::connect(&survivor).await.unwrap();
-        let kept = leases_with_keys(&client, "kept/", 200, 5).await;
+        // Four owners keep 50 leases each, through every member (followers forward); each
+        // starts as soon as its leases exist (on a loaded machine granting all 200 first could
+        // outlast the 5 s TTL of the first ones).
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut owners = Vec::new();
+        for i in 0..4 {
+            let ids = leases_with_keys(&client, &format!("kept/{i}"), 50, 5).await;
+            let mut e = eps.clone();
+            e.rotate_left(i % 3);
+            owners.push(tokio::spawn(keep_alive(e, ids, stop.clone())));
+        }
         let abandoned = leases_with_keys(&client, "abandoned/", 20, 5).await;
         assert!(!abandoned.is_empty());
-        // Four owners keep 50 leases each, through every member (followers forward).
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let owners: Vec<_> = kept
-            .chunks(50)
-            .enumerate()
-            .map(|(i, ids)| {
-                let mut e = eps.clone();
-                e.rotate_left(i % 3);
-                tokio::spawn(keep_alive(e, ids.to_vec(), stop.clone()))
-            })
-            .collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
         c.nodes[leader].kill9();
         // Through the election and for several TTLs after it, every kept key stays.
