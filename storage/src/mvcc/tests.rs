@@ -1005,3 +1005,30 @@ fn flushed_memtables_leave_nothing_sealed_and_a_reopen_keeps_every_key() {
     let r = t.get(rng("k", "l")).unwrap();
     assert_eq!(r.kvs.len(), 500);
 }
+
+/// The newest-revision map's shards: every shard gets a share of uniformly spread key hashes,
+/// each shard's table buckets them by their own value, and a hash keeps its larger revision.
+#[test]
+fn newest_map_shards_spread_hashes_and_keep_the_larger_revision() {
+    use std::hash::{BuildHasher, Hasher};
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut per_shard = [0usize; super::NEWEST_SHARDS];
+    for i in 0..64_000u64 {
+        per_shard[super::newest_shard(hasher.hash_one(i))] += 1;
+    }
+    // 1,000 expected per shard.
+    assert!(
+        per_shard.iter().all(|n| (700..1300).contains(n)),
+        "{per_shard:?}"
+    );
+    let mut h = super::KeyHashHasher::default();
+    h.write_u64(0xDEAD_BEEF_0123_4567);
+    assert_eq!(h.finish(), 0xDEAD_BEEF_0123_4567);
+    let mut shard = super::NewestShard::default();
+    let rev = |main| Revision { main, sub: 0 };
+    super::newest_keep(&mut shard, 7, rev(5));
+    super::newest_keep(&mut shard, 7, rev(3));
+    super::newest_keep(&mut shard, 8, rev(1));
+    assert_eq!(shard.get(&7), Some(&rev(5)));
+    assert_eq!(shard.get(&8), Some(&rev(1)));
+}
