@@ -128,12 +128,7 @@ impl NodeState {
         let state = self.clone();
         tokio::spawn(async move {
             if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".into());
-                state.fail(format!("{what} panicked: {why}"));
+                state.fail(format!("{what} panicked: {}", panic_message(&*panic)));
             }
         })
     }
@@ -217,6 +212,16 @@ impl Tokens {
     pub fn clear(&self) {
         self.lock().clear();
     }
+}
+
+/// The message a caught panic carried (`panic!` with a literal or a formatted string), or
+/// "no message".
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 #[cfg(test)]

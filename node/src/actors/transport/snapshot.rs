@@ -68,8 +68,14 @@ pub(super) async fn send_snapshot(
             .map_err(|_| "peer did not acknowledge the snapshot".to_owned())?
             .map_err(|e| e.to_string())?;
         Ok::<usize, String>(bytes)
-    }
-    .await;
+    };
+    // A panic while sending fails this snapshot (raft-rs then probes the follower again and
+    // may send another) instead of leaving the follower waiting for it forever.
+    use futures::FutureExt;
+    let result = std::panic::AssertUnwindSafe(result)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(format!("panicked: {}", crate::state::panic_message(&*p))));
     match &result {
         Ok(bytes) => tracing::info!(to = %MemberId(to), index, bytes, "snapshot sent"),
         Err(e) => {
