@@ -240,13 +240,13 @@ fn leader_kill_revokes_no_kept_alive_lease() {
     let survivor = eps[(leader + 1) % 3].clone();
     rt().block_on(async {
         let client = Client::connect(&survivor).await.unwrap();
-        // Four owners keep 50 leases each, through every member (followers forward); each
-        // starts as soon as its leases exist (on a loaded machine granting all 200 first could
-        // outlast the 5 s TTL of the first ones).
+        // Twenty owners keep 10 leases each, through every member (followers forward); each
+        // starts as soon as its leases exist (on a loaded machine, granting many leases before
+        // any keep-alive could outlast the 5 s TTL of the first ones).
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut owners = Vec::new();
-        for i in 0..4 {
-            let ids = leases_with_keys(&client, &format!("kept/{i}"), 50, 5).await;
+        for i in 0..20 {
+            let ids = leases_with_keys(&client, &format!("kept/{i:02}"), 10, 5).await;
             let mut e = eps.clone();
             e.rotate_left(i % 3);
             owners.push(tokio::spawn(keep_alive(e, ids, stop.clone())));

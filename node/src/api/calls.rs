@@ -72,8 +72,6 @@ as_caller! {
     put(PutRequest) -> PutResponse = |s, who, r| s.put(who, r);
     /// KV.DeleteRange.
     delete_range(DeleteRangeRequest) -> DeleteRangeResponse = |s, who, r| s.delete_range(who, r);
-    /// KV.Txn.
-    txn(TxnRequest) -> TxnResponse = |s, who, r| s.txn(who, r);
     /// KV.Compact.
     compact(CompactionRequest) -> CompactionResponse = |s, who, r| s.compact(who, r);
     /// Lease.LeaseGrant.
@@ -166,14 +164,22 @@ as_admin! {
     member_promote(MemberPromoteRequest) -> MemberPromoteResponse;
 }
 
-/// KV.Range; a learner serves serializable ranges (etcd).
+/// KV.Range; a learner serves serializable ranges (etcd). The caller is identified once
+/// here (a learner, a bad token: refused before any read barrier) and again after the
+/// barrier, against the auth state the read sees ([`Service::range_as`]).
 pub async fn range(svc: Arc<Service>, c: Caller, r: RangeRequest) -> Res<RangeResponse> {
-    let who = if r.serializable {
-        c.who_any(&svc)?
+    if r.serializable {
+        c.who_any(&svc)?;
     } else {
-        c.who(&svc)?
-    };
-    svc.range(&who, r).await
+        c.who(&svc)?;
+    }
+    svc.range_as(|| c.who_any(&svc), r).await
+}
+
+/// KV.Txn, identifying the caller as [`range`] does ([`Service::txn_as`]).
+pub async fn txn(svc: Arc<Service>, c: Caller, r: TxnRequest) -> Res<TxnResponse> {
+    c.who(&svc)?;
+    svc.txn_as(|| c.who(&svc), r).await
 }
 
 /// Lease.LeaseTimeToLive: with keys, the caller must be allowed to read them.

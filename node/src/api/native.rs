@@ -361,10 +361,11 @@ async fn serve_request(
     body: Option<Body>,
 ) -> Result<Body, ApiError> {
     Ok(match body {
-        Some(Body::Range(r)) => Body::RangeResponse(svc.range(who, r).await?),
+        // Identified again after the read barrier (`Service::range_as`).
+        Some(Body::Range(r)) => Body::RangeResponse(svc.range_as(|| identity.who(svc), r).await?),
         Some(Body::Put(r)) => Body::PutResponse(svc.put(who, r).await?),
         Some(Body::DeleteRange(r)) => Body::DeleteRangeResponse(svc.delete_range(who, r).await?),
-        Some(Body::Txn(r)) => Body::TxnResponse(svc.txn(who, r).await?),
+        Some(Body::Txn(r)) => Body::TxnResponse(svc.txn_as(|| identity.who(svc), r).await?),
         Some(Body::Compact(r)) => Body::CompactResponse(svc.compact(who, r).await?),
         Some(Body::Status(_)) => Body::StatusResponse(svc.status()),
         Some(Body::LeaseGrant(r)) => Body::LeaseGrantResponse(svc.lease_grant(who, r).await?),

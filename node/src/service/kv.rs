@@ -3,19 +3,33 @@
 use super::*;
 
 impl Service {
-    /// Range: linearizable unless `serializable`. Permission is checked after the read
-    /// barrier, against the auth state the read sees (etcd v3.5 `Range`: `doSerialize` after
-    /// `linearizableReadNotify`), so an `auth enable` committed before the read applies to it
-    /// on every member.
+    /// Range for a caller whose identity is already known (the server's own reads, lock and
+    /// election helpers): [`Service::range_as`].
+    ///
+    /// # Errors
+    /// As [`Service::range_as`].
+    pub async fn range(&self, who: &AuthInfo, req: RangeRequest) -> Res<RangeResponse> {
+        self.range_as(|| Ok(who.clone()), req).await
+    }
+
+    /// Range: linearizable unless `serializable`. The caller is identified (`who`) and its
+    /// permission checked after the read barrier, against the auth state the read sees
+    /// (etcd v3.5 `Range`: `doSerialize`, which reads the caller's auth info, runs after
+    /// `linearizableReadNotify`): an `auth enable`, a token or a permission change committed
+    /// before the read applies to it on every member.
     ///
     /// # Errors
     /// Empty key, compacted or future revision, no leader, timeout; etcd's auth errors.
-    pub async fn range(&self, who: &AuthInfo, req: RangeRequest) -> Res<RangeResponse> {
+    pub async fn range_as(
+        &self,
+        who: impl FnOnce() -> Res<AuthInfo>,
+        req: RangeRequest,
+    ) -> Res<RangeResponse> {
         mvcc::validate_range(&req)?;
         if !req.serializable {
             self.linearizable().await?;
         }
-        self.check_read(who, &req.key, &req.range_end)?;
+        self.check_read(&who()?, &req.key, &req.range_end)?;
         let mut r = self.store.range(&req).map_err(Self::store_err)??;
         r.header = self.header(r.header);
         crate::metrics::hot().range_total.increment(1);
@@ -57,30 +71,44 @@ impl Service {
         }
     }
 
+    /// Txn for a caller whose identity is already known: [`Service::txn_as`].
+    ///
+    /// # Errors
+    /// As [`Service::txn_as`].
+    pub async fn txn(&self, who: &AuthInfo, req: TxnRequest) -> Res<TxnResponse> {
+        self.txn_as(|| Ok(who.clone()), req).await
+    }
+
     /// Txn: through consensus if any branch writes; otherwise served as a read (linearizable
-    /// unless every range in it is serializable), as etcd does.
+    /// unless every range in it is serializable), as etcd does, identifying the caller
+    /// (`who`) after the read barrier as [`Service::range_as`] does.
     ///
     /// # Errors
     /// etcd's Txn errors, no leader, timeout, too large; no space for a Txn that puts.
-    pub async fn txn(&self, who: &AuthInfo, req: TxnRequest) -> Res<TxnResponse> {
+    pub async fn txn_as(
+        &self,
+        who: impl FnOnce() -> Res<AuthInfo>,
+        req: TxnRequest,
+    ) -> Res<TxnResponse> {
         let cost = maintenance::cost_txn(&req);
         if cost > 0 {
             self.check_quota(cost).await?;
         }
         mvcc::validate_txn(&req, self.limits.max_txn_ops)?;
         if txn_is_read_only(&req) {
-            // Writes are checked at apply; a read-only Txn never reaches apply. As in
-            // `range`, checked after the read barrier.
+            // Writes are checked at apply; a read-only Txn never reaches apply.
             if !txn_is_serializable(&req) {
                 self.linearizable().await?;
             }
-            self.store.auth().check_txn(who, &req, &mut |_| Ok(()))?;
+            self.store
+                .auth()
+                .check_txn(&who()?, &req, &mut |_| Ok(()))?;
             let mut r = self.store.txn_read(&req).map_err(Self::store_err)??;
             r.header = self.header(r.header);
             crate::metrics::hot().txn_total.increment(1);
             return Ok(r);
         }
-        match self.propose(Some(who), Request::Txn(req)).await? {
+        match self.propose(Some(&who()?), Request::Txn(req)).await? {
             WriteResponse::Txn(mut r) => {
                 r.header = self.header(r.header);
                 Ok(r)

@@ -321,8 +321,8 @@ pub(crate) struct Newest {
 
 /// Shards of [`Newest`]'s map, picked by bits 40..46 of a key's hash: a shard's table grows
 /// (rehashing every entry it holds, on the apply thread, under its lock) at 1/64th of the
-/// size one table would, so a growth step at 1,000,000 keys takes under a millisecond
-/// instead of about 45 ms. Those bits are neither the low ones hashbrown picks buckets with
+/// size one table would, so a growth step at 1,000,000 keys takes about 1/64th of the
+/// 45 ms one table's took. Those bits are neither the low ones hashbrown picks buckets with
 /// nor the top 7 it tags them with, so each shard's entries still spread over its buckets.
 const NEWEST_SHARDS: usize = 64;
 
