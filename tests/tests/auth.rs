@@ -235,6 +235,46 @@ fn permission_matrix_through_the_native_protocol_on_three_members() {
     matrix(&cli(0), &cli(2));
 }
 
+/// A member whose apply lags (a store commit delayed through the disk fault file) refuses a
+/// read without identity that comes right after an `auth enable` committed through the
+/// others, over gRPC and the native protocol: the caller is identified and checked after the
+/// read barrier, against the auth state the read sees (etcd v3.5's Range), not against the
+/// member's own state from before it applied the change.
+#[test]
+fn a_lagging_member_applies_auth_enable_before_it_serves_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let slow = (leader + 1) % 3;
+    let faults = dir.path().join("slow.faults");
+    std::fs::write(&faults, "").unwrap();
+    c.nodes[slow].kill9();
+    let args = c.member_args(slow, &["--debug-disk-faults", faults.to_str().unwrap()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let data_dir = c.nodes[slow].data_dir.clone();
+    c.nodes[slow] = Node::launch(data_dir, &args);
+    c.nodes[slow].wait_leader();
+    let admin = Cli::native(&c.nodes[leader].native);
+    admin.ok(None, &["user", "add", "root:rootpw"]);
+    admin.ok(None, &["put", "k", "v"]);
+    for probe in [
+        Cli::native(&c.nodes[slow].native),
+        Cli::etcdctl(&c.nodes[slow].grpc),
+    ] {
+        // Caught up: the slow member serves the key.
+        assert_eq!(probe.ok(None, &["get", "k", "--print-value-only"]), "v\n");
+        // Its apply of the next write takes 1.5 s; the `auth enable` committed meanwhile
+        // waits behind it there (the fault is off again before its turn).
+        std::fs::write(&faults, "store-write=delay=1500ms\n").unwrap();
+        admin.ok(None, &["put", "x", "1"]);
+        let enabled = admin.ok(None, &["auth", "enable"]);
+        std::fs::write(&faults, "").unwrap();
+        assert!(enabled.contains("Authentication Enabled"), "{enabled}");
+        probe.refused(None, &["get", "k"], "", "etcdserver: user name is empty");
+        admin.ok(ROOT, &["auth", "disable"]);
+    }
+}
+
 /// A token issued by one member works on another (simple tokens are assigned through
 /// consensus); a password change and a role revocation take effect for identities established
 /// before them; bad tokens get etcd's `invalid auth token`.
