@@ -1,8 +1,8 @@
 //! etch node: one member of an etch cluster.
 //!
 //! Inside a node, actors exchange messages (ARCHITECTURE.md section 2):
-//! [`consensus`] (raft-rs) -> [`wal`] (durability, own thread) -> [`apply`] (MVCC on fjall,
-//! own thread), with [`service`] turning client requests into proposals and reads and
+//! [`consensus`] (raft-rs) -> [`wal`] (durability, on consensus's thread) -> [`apply`] (MVCC on
+//! fjall, own thread), with [`service`] turning client requests into proposals and reads and
 //! [`api`] serving the wire protocols. [`run`] wires them together.
 
 pub mod actors;
@@ -162,9 +162,12 @@ pub async fn run(
     announce_ready(state.clone(), applied_rx.clone());
     let applied_rx_publish = applied_rx.clone();
 
-    // WAL and apply each get a thread of their own: fsync and fjall writes block.
-    let wal_arbiter = Arbiter::new();
-    let wal_addr = WalActor::start_in_arbiter(&wal_arbiter.handle(), move |ctx| {
+    // The WAL actor runs on consensus's thread (this one), as etcd's raft loop saves its WAL
+    // itself: a Ready's write and fsync need no hand-off between threads (one-client latency,
+    // docs/performance.md), and consensus has nothing else to do for the Ready meanwhile (one
+    // WAL write is in flight at a time; proposals gather in raft's log). Apply gets a thread
+    // of its own: it runs beside the next fsync.
+    let wal_addr = WalActor::start_in_arbiter(&Arbiter::current(), move |ctx| {
         ctx.set_mailbox_capacity(64);
         WalActor::new(wal)
     });
@@ -464,7 +467,6 @@ pub async fn run(
             }
         }
     }
-    wal_arbiter.stop();
     apply_arbiter.stop();
     watch_arbiter.stop();
     tracing::info!("stopped");

@@ -1,5 +1,7 @@
-//! The WAL actor: a thin shell over [`etch_storage::wal::Wal`] started on an arbiter (thread)
-//! of its own, so `fdatasync` never blocks an async thread or another actor.
+//! The WAL actor: a thin shell over [`etch_storage::wal::Wal`], started on the consensus
+//! actor's arbiter (thread), as etcd's raft loop saves its WAL itself: a Ready's write and
+//! `fdatasync` need no hand-off between threads, and block neither a tokio worker nor apply.
+//! While one runs, consensus waits (ticks, peer messages and proposals queue in its mailbox).
 //!
 //! Group commit: each [`AppendEntries`] carries everything one raft `Ready` produced (all
 //! proposals that arrived while the previous fsync ran), and is made durable with one fsync.
