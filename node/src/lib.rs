@@ -426,8 +426,10 @@ pub async fn run(
         c.abort();
     }
     stop_tx.send_replace(true);
-    // Waits for the last commit index to be written (bounded: a stuck disk must not hold the
-    // stop; consensus itself has stopped already).
+    // Waits for the last commit index to be written (bounded: a WAL that failed or waits
+    // behind a full mailbox must not hold the stop; consensus itself has stopped already).
+    // The write runs on this thread (the WAL actor shares consensus's), so the bound cannot
+    // cut short an fsync that is already running.
     if let Ok(Some(write)) = consensus.send(StopConsensus).await {
         match tokio::time::timeout(Duration::from_secs(1), write).await {
             Ok(Ok(Ok(_))) => {}

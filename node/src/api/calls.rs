@@ -164,13 +164,12 @@ as_admin! {
     member_promote(MemberPromoteRequest) -> MemberPromoteResponse;
 }
 
-/// KV.Range; a learner serves serializable ranges (etcd). The caller is identified once
-/// here (a learner, a bad token: refused before any read barrier) and again after the
-/// barrier, against the auth state the read sees ([`Service::range_as`]).
+/// KV.Range; a learner serves serializable ranges (etcd). The caller is identified after
+/// any read barrier, against the auth state the read sees ([`Service::range_as`]); a
+/// linearizable read is also identified before it (a learner, a bad token: refused without
+/// a ReadIndex).
 pub async fn range(svc: Arc<Service>, c: Caller, r: RangeRequest) -> Res<RangeResponse> {
-    if r.serializable {
-        c.who_any(&svc)?;
-    } else {
+    if !r.serializable {
         c.who(&svc)?;
     }
     svc.range_as(|| c.who_any(&svc), r).await

@@ -250,18 +250,11 @@ pub fn run(seed: u64, cfg: &Config) -> Result<Stats, Failure> {
     match outcome {
         Ok(Ok(stats)) => Ok(stats),
         Ok(Err(why)) => Err(Failure { seed, why, trace }),
-        Err(p) => {
-            let why = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            Err(Failure {
-                seed,
-                why: format!("panic: {why}"),
-                trace,
-            })
-        }
+        Err(p) => Err(Failure {
+            seed,
+            why: format!("panic: {}", etch_node::state::panic_message(&*p)),
+            trace,
+        }),
     }
 }
 
