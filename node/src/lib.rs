@@ -1,8 +1,8 @@
 //! etch node: one member of an etch cluster.
 //!
 //! Inside a node, actors exchange messages (ARCHITECTURE.md section 2):
-//! [`consensus`] (raft-rs) -> [`wal`] (durability, on consensus's thread) -> [`apply`] (MVCC on
-//! fjall, own thread), with [`service`] turning client requests into proposals and reads and
+//! [`consensus`] (raft-rs) -> [`wal`] (durability) -> [`apply`] (MVCC on fjall), the three on one
+//! thread, peers over QUIC on a thread of their own, with [`service`] turning client requests into proposals and reads and
 //! [`api`] serving the wire protocols. [`run`] wires them together.
 
 pub mod actors;
@@ -109,10 +109,20 @@ pub async fn run(
     let store = Arc::new(MvccStore::open(&member_dir)?);
     // The peer endpoint comes first: a member joining a running cluster asks its peers who
     // it is before anything else.
+    // QUIC runs on a thread of its own: the socket is registered with that thread's reactor
+    // and quinn's endpoint and connection drivers and the transport's tasks are spawned there,
+    // so a peer's packet reaches consensus through one hand-off between threads instead of a
+    // round of tokio's workers, which serve the clients (docs/performance.md).
+    let peer_arbiter = Arbiter::new();
     let endpoint = match listeners.peer {
         Some(socket) => {
             let addr = socket.local_addr()?;
-            Some((addr, transport::endpoint(socket, config.peer_tls.as_ref())?))
+            let tls = config.peer_tls.clone();
+            let ep = on_arbiter(&peer_arbiter, move || {
+                transport::endpoint(socket, tls.as_ref())
+            })
+            .await??;
+            Some((addr, ep))
         }
         None => None,
     };
@@ -162,11 +172,13 @@ pub async fn run(
     announce_ready(state.clone(), applied_rx.clone());
     let applied_rx_publish = applied_rx.clone();
 
-    // The WAL actor runs on consensus's thread (this one), as etcd's raft loop saves its WAL
-    // itself: a Ready's write and fsync need no hand-off between threads (one-client latency,
-    // docs/performance.md), and consensus has nothing else to do for the Ready meanwhile (one
-    // WAL write is in flight at a time; proposals gather in raft's log). Apply gets a thread
-    // of its own: it runs beside the next fsync.
+    // The WAL and apply actors run on consensus's thread (this one), as etcd's raft loop saves
+    // its WAL itself: a Ready's write and fsync, and its committed entries' apply and the
+    // applied index coming back, need no hand-off between threads (context switches and
+    // one-client latency, docs/performance.md). Consensus has nothing else to do for the Ready
+    // meanwhile (one WAL write is in flight at a time; proposals gather in raft's log); the
+    // price is that apply no longer runs beside the next fsync, which this CPU-bound machine
+    // did not miss under load.
     let wal_addr = WalActor::start_in_arbiter(&Arbiter::current(), move |ctx| {
         ctx.set_mailbox_capacity(64);
         WalActor::new(wal)
@@ -174,7 +186,6 @@ pub async fn run(
     // The lessor's address first: apply notifies it and the service asks it.
     let lessor_ctx = Context::<lease::LeaseActor>::new();
     let lessor = lessor_ctx.address();
-    let apply_arbiter = Arbiter::new();
     let (st, w, ls, tk) = (
         store.clone(),
         waiters.clone(),
@@ -184,7 +195,7 @@ pub async fn run(
     let (revision_tx, revision_rx) = chan::channel(store.current_revision());
     let watched = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let wd = watched.clone();
-    let apply_addr = ApplyActor::start_in_arbiter(&apply_arbiter.handle(), move |ctx| {
+    let apply_addr = ApplyActor::start_in_arbiter(&Arbiter::current(), move |ctx| {
         ctx.set_mailbox_capacity(1024);
         ApplyActor::new(st, w, applied_tx, revision_tx, wd, ls, tk)
     });
@@ -209,15 +220,18 @@ pub async fn run(
         Some((addr, ep)) => {
             tracing::info!(%addr, peers = boot.peers.len(), "serving peers (QUIC)");
             peer_endpoint = Some(ep.clone());
-            let t = transport::TransportActor::start(
-                ep,
+            let (st, urls, peers, sto, con, stop) = (
                 state.clone(),
                 boot.client_urls.clone(),
-                &boot.peers,
+                boot.peers.clone(),
                 store.clone(),
                 consensus.clone(),
                 stop_rx.clone(),
             );
+            let t = on_arbiter(&peer_arbiter, move || {
+                transport::TransportActor::start(ep, st, urls, &peers, sto, con, stop)
+            })
+            .await?;
             if !membership.members.is_empty() {
                 t.do_send(transport::SetMembers(membership.clone()));
             }
@@ -469,13 +483,33 @@ pub async fn run(
             }
         }
     }
-    apply_arbiter.stop();
+    peer_arbiter.stop();
     watch_arbiter.stop();
     tracing::info!("stopped");
     if removed {
         return Ok(());
     }
     result
+}
+
+/// Runs `f` on `arbiter`'s thread (inside its runtime, so what `f` registers or spawns stays
+/// there) and returns its result.
+///
+/// # Errors
+/// [`Error::Io`] when the arbiter stopped before `f` ran.
+async fn on_arbiter<T: Send + 'static>(
+    arbiter: &Arbiter,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sent = arbiter.spawn_fn(move || {
+        let _ = tx.send(f());
+    });
+    let gone = || Error::Io(std::io::Error::other("the peer thread stopped"));
+    if !sent {
+        return Err(gone());
+    }
+    rx.await.map_err(|_| gone())
 }
 
 /// Publishes this member's name and client URLs through raft once it serves (etcd's
