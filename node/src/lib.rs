@@ -1,8 +1,8 @@
 //! etch node: one member of an etch cluster.
 //!
 //! Inside a node, actors exchange messages (ARCHITECTURE.md section 2):
-//! [`consensus`] (raft-rs) -> [`wal`] (durability) -> [`apply`] (MVCC on fjall), the three on one
-//! thread, peers over QUIC on a thread of their own, with [`service`] turning client requests into proposals and reads and
+//! [`consensus`] (raft-rs) -> [`wal`] (durability, on consensus's thread) -> [`apply`] (MVCC on
+//! fjall, own thread), peers over QUIC on a thread of their own, with [`service`] turning client requests into proposals and reads and
 //! [`api`] serving the wire protocols. [`run`] wires them together.
 
 pub mod actors;
@@ -172,13 +172,12 @@ pub async fn run(
     announce_ready(state.clone(), applied_rx.clone());
     let applied_rx_publish = applied_rx.clone();
 
-    // The WAL and apply actors run on consensus's thread (this one), as etcd's raft loop saves
-    // its WAL itself: a Ready's write and fsync, and its committed entries' apply and the
-    // applied index coming back, need no hand-off between threads (context switches and
-    // one-client latency, docs/performance.md). Consensus has nothing else to do for the Ready
-    // meanwhile (one WAL write is in flight at a time; proposals gather in raft's log); the
-    // price is that apply no longer runs beside the next fsync, which this CPU-bound machine
-    // did not miss under load.
+    // The WAL actor runs on consensus's thread (this one), as etcd's raft loop saves its WAL
+    // itself: a Ready's write and fsync need no hand-off between threads (one-client latency,
+    // docs/performance.md), and consensus has nothing else to do for the Ready meanwhile (one
+    // WAL write is in flight at a time; proposals gather in raft's log). Apply gets a thread
+    // of its own: it runs beside the next fsync, and a slow store write never holds raft's
+    // ticks and messages (as etcd applies beside its raft loop).
     let wal_addr = WalActor::start_in_arbiter(&Arbiter::current(), move |ctx| {
         ctx.set_mailbox_capacity(64);
         WalActor::new(wal)
@@ -186,6 +185,7 @@ pub async fn run(
     // The lessor's address first: apply notifies it and the service asks it.
     let lessor_ctx = Context::<lease::LeaseActor>::new();
     let lessor = lessor_ctx.address();
+    let apply_arbiter = Arbiter::new();
     let (st, w, ls, tk) = (
         store.clone(),
         waiters.clone(),
@@ -195,7 +195,7 @@ pub async fn run(
     let (revision_tx, revision_rx) = chan::channel(store.current_revision());
     let watched = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let wd = watched.clone();
-    let apply_addr = ApplyActor::start_in_arbiter(&Arbiter::current(), move |ctx| {
+    let apply_addr = ApplyActor::start_in_arbiter(&apply_arbiter.handle(), move |ctx| {
         ctx.set_mailbox_capacity(1024);
         ApplyActor::new(st, w, applied_tx, revision_tx, wd, ls, tk)
     });
@@ -483,6 +483,7 @@ pub async fn run(
             }
         }
     }
+    apply_arbiter.stop();
     peer_arbiter.stop();
     watch_arbiter.stop();
     tracing::info!("stopped");

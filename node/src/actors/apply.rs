@@ -1,8 +1,6 @@
-//! The MVCC apply actor: applies committed raft entries to the MVCC store, in order, answers
-//! the waiting client of each entry by request id, and publishes the applied index for
-//! linearizable reads. It runs on the consensus actor's arbiter (thread), beside the WAL actor:
-//! fjall writes block that thread, never a tokio worker, and committed entries reach apply and
-//! the applied index reaches consensus without a hand-off between threads.
+//! The MVCC apply actor: applies committed raft entries to the MVCC store, in order, on its own
+//! arbiter (thread): fjall writes are blocking IO), answers the waiting client
+//! of each entry by request id, and publishes the applied index for linearizable reads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

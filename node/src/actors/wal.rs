@@ -1,7 +1,7 @@
 //! The WAL actor: a thin shell over [`etch_storage::wal::Wal`], started on the consensus
 //! actor's arbiter (thread), as etcd's raft loop saves its WAL itself: a Ready's write and
-//! `fdatasync` need no hand-off between threads, and block no tokio worker. While one runs,
-//! consensus and apply (on the same thread) wait: ticks, peer messages and proposals queue.
+//! `fdatasync` need no hand-off between threads, and block neither a tokio worker nor apply.
+//! While one runs, consensus waits (ticks, peer messages and proposals queue in its mailbox).
 //!
 //! Group commit: each [`AppendEntries`] carries everything one raft `Ready` produced (all
 //! proposals that arrived while the previous fsync ran), and is made durable with one fsync.
