@@ -2,8 +2,9 @@
 //!
 //! Inside a node, actors exchange messages (ARCHITECTURE.md section 2):
 //! [`consensus`] (raft-rs) -> [`wal`] (durability, on consensus's thread) -> [`apply`] (MVCC on
-//! fjall, own thread), peers over QUIC on a thread of their own, with [`service`] turning client requests into proposals and reads and
-//! [`api`] serving the wire protocols. [`run`] wires them together.
+//! fjall, own thread), the peer transport (QUIC, own thread), with [`service`] turning client
+//! requests into proposals and reads and [`api`] serving the wire protocols. [`run`] wires them
+//! together.
 
 pub mod actors;
 pub mod api;
@@ -108,11 +109,11 @@ pub async fn run(
     }
     let store = Arc::new(MvccStore::open(&member_dir)?);
     // The peer endpoint comes first: a member joining a running cluster asks its peers who
-    // it is before anything else.
-    // QUIC runs on a thread of its own: the socket is registered with that thread's reactor
-    // and quinn's endpoint and connection drivers and the transport's tasks are spawned there,
-    // so a peer's packet reaches consensus through one hand-off between threads instead of a
-    // round of tokio's workers, which serve the clients (docs/performance.md).
+    // it is before anything else. QUIC runs on a thread of its own: the socket is registered
+    // with that thread's reactor, and quinn's endpoint and connection drivers and the
+    // transport's tasks are spawned there, so a peer's packet reaches consensus through one
+    // hand-off between threads instead of a round of tokio's workers, which serve the clients
+    // (docs/performance.md).
     let peer_arbiter = Arbiter::new();
     let endpoint = match listeners.peer {
         Some(socket) => {
@@ -220,6 +221,8 @@ pub async fn run(
         Some((addr, ep)) => {
             tracing::info!(%addr, peers = boot.peers.len(), "serving peers (QUIC)");
             peer_endpoint = Some(ep.clone());
+            // Snapshot sends run on tokio's workers (this runtime).
+            let workers = tokio::runtime::Handle::current();
             let (st, urls, peers, sto, con, stop) = (
                 state.clone(),
                 boot.client_urls.clone(),
@@ -229,7 +232,7 @@ pub async fn run(
                 stop_rx.clone(),
             );
             let t = on_arbiter(&peer_arbiter, move || {
-                transport::TransportActor::start(ep, st, urls, &peers, sto, con, stop)
+                transport::TransportActor::start(ep, st, urls, &peers, sto, con, stop, workers)
             })
             .await?;
             if !membership.members.is_empty() {

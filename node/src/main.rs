@@ -14,13 +14,14 @@ use etch_node::{Config, Flags, Listeners};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // A panic on one of etch's own threads (consensus, the WAL and the lessor on the main thread,
-    // the apply, watch and peer transport threads, the store's workers) stops the process with exit
-    // status 2, as a Go panic ends etcd: the runtime would otherwise catch it and leave the
-    // member half alive, holding its ports and answering nothing. A panic in a connection's
-    // task (tokio's worker threads) still ends that task only; the member's own long-lived
-    // tasks there stop it through `NodeState::spawn_essential`. The default hook prints the
-    // message first.
+    // A panic on one of etch's own threads (consensus, the WAL and the lessor on the main
+    // thread; the apply, watch and peer transport threads, the transport's connection and
+    // stream tasks included; the store's workers) stops the process with exit status 2, as a
+    // Go panic ends etcd: the runtime would otherwise catch it and leave the member half
+    // alive, holding its ports and answering nothing. A panic in a client connection's task
+    // (tokio's worker threads) still ends that task only; the member's own long-lived tasks
+    // there stop it through `NodeState::spawn_essential`. The default hook prints the message
+    // first.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);

@@ -75,6 +75,10 @@ pub struct TransportActor {
     /// Who may open streams to this member (shared with the accept loop).
     members: Arc<std::sync::RwLock<PeerSets>>,
     stop: watch::Receiver<bool>,
+    /// The clients' runtime (tokio's workers), where snapshot sends run: exporting the store
+    /// must not hold the peer thread's raft messages back, and a panic there fails the
+    /// snapshot instead of stopping the member.
+    workers: tokio::runtime::Handle,
 }
 
 /// Refused handshakes from one address are logged at warn at most this often.
@@ -82,8 +86,10 @@ const REJECTION_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl TransportActor {
     /// Starts the transport: a sender task per peer in `peers` (member ID -> address) and the
-    /// accept loop on `endpoint`, all stopping when `stop` turns true. This member's identity
-    /// comes from `state`; its Hello announces `client_urls`.
+    /// accept loop on `endpoint`, all stopping when `stop` turns true, on the calling thread's
+    /// runtime; snapshot sends run on `workers`. This member's identity comes from `state`; its
+    /// Hello announces `client_urls`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         endpoint: quinn::Endpoint,
         state: Arc<crate::state::NodeState>,
@@ -92,6 +98,7 @@ impl TransportActor {
         store: Arc<MvccStore>,
         consensus: Addr<ConsensusActor>,
         stop: watch::Receiver<bool>,
+        workers: tokio::runtime::Handle,
     ) -> Addr<TransportActor> {
         let (member_id, cluster_id) = (state.member_id.0, state.cluster_id.0);
         let hello = core::hello_frame(cluster_id, member_id, client_urls);
@@ -128,6 +135,7 @@ impl TransportActor {
             hellos: HashMap::new(),
             members,
             stop,
+            workers,
         };
         for p in peers {
             actor.add_peer(p.clone());
@@ -182,7 +190,7 @@ impl Handler<SendMessages> for TransportActor {
             };
             match core::outbound(msg) {
                 Some(Outbound::Snapshot(msg)) => {
-                    tokio::spawn(send_snapshot(
+                    self.workers.spawn(send_snapshot(
                         self.endpoint.clone(),
                         peer.clone(),
                         self.hello.clone(),
