@@ -24,7 +24,8 @@ use crate::actors::transport::{SendMessages, SetMembers, TransportActor};
 use crate::actors::wal::{AppendEntries, ReleaseLog, WalActor};
 use crate::error::ApiError;
 
-type ReadWaiter = oneshot::Sender<Result<u64, ApiError>>;
+/// Where a linearizable read's index (or why there is none) is sent.
+pub type ReadWaiter = oneshot::Sender<Result<u64, ApiError>>;
 
 /// The actor shell.
 pub struct ConsensusActor {
@@ -323,6 +324,26 @@ impl Actor for ConsensusActor {
     }
 }
 
+/// Queues `m` in the consensus actor's mailbox without waiting for it to be handled (its
+/// answer travels through a channel the message carries, so the caller's task is woken once,
+/// by that answer); a full mailbox is waited out.
+///
+/// # Errors
+/// [`ApiError::Stopped`] once the consensus actor stopped.
+pub async fn enqueue<M>(consensus: &Addr<ConsensusActor>, m: M) -> Result<(), ApiError>
+where
+    M: actix::Message<Result = ()> + Send + 'static,
+    ConsensusActor: Handler<M>,
+{
+    match consensus.try_send(m) {
+        Ok(()) => Ok(()),
+        Err(actix::dev::SendError::Full(m)) => {
+            consensus.send(m).await.map_err(|_| ApiError::Stopped)
+        }
+        Err(actix::dev::SendError::Closed(_)) => Err(ApiError::Stopped),
+    }
+}
+
 /// Sent by the proposer for each write: propose `data` (an encoded `InternalRequest`). No
 /// reply: the waiter of `request_id` ([`Waiters`]) gets the applied result, or the error if
 /// raft does not take the proposal, so the proposer's task is woken once per write.
@@ -388,20 +409,19 @@ impl Handler<Flush> for ConsensusActor {
     }
 }
 
-/// Sent by the service for a linearizable read. Replies at once with a receiver that yields
-/// the read index (wait until applied >= it, then read locally) or `NoLeader`.
+/// Sent by the service for a linearizable read, with the sender that gets the read index
+/// (wait until applied >= it, then read locally) or `NoLeader`. No reply: the reader's task is
+/// woken once, by that answer.
 #[derive(Message)]
-#[rtype(result = "oneshot::Receiver<Result<u64, ApiError>>")]
-pub struct ReadIndex;
+#[rtype(result = "()")]
+pub struct ReadIndex(pub ReadWaiter);
 
 impl Handler<ReadIndex> for ConsensusActor {
-    type Result = MessageResult<ReadIndex>;
+    type Result = ();
 
-    fn handle(&mut self, _: ReadIndex, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.core.read(tx);
+    fn handle(&mut self, m: ReadIndex, ctx: &mut Context<Self>) {
+        self.core.read(m.0);
         self.execute(ctx);
-        MessageResult(rx)
     }
 }
 

@@ -156,16 +156,10 @@ impl Proposer {
             request_id: id,
             as_leader_in,
         };
-        // Without waiting for consensus to take it: the answer (or raft's refusal) arrives
-        // through the waiter. A full mailbox is waited out.
-        let sent = match self.consensus.try_send(propose) {
-            Ok(()) => Ok(()),
-            Err(actix::dev::SendError::Full(propose)) => self.consensus.send(propose).await,
-            Err(actix::dev::SendError::Closed(_)) => Err(actix::MailboxError::Closed),
-        };
-        if sent.is_err() {
+        // The answer (or raft's refusal) arrives through the waiter.
+        if let Err(e) = crate::actors::consensus::enqueue(&self.consensus, propose).await {
             self.waiters.cancel(id);
-            return Err(ApiError::Stopped);
+            return Err(e);
         }
         self.answer(id, rx, deadline).await
     }

@@ -266,11 +266,9 @@ impl Service {
     /// (ReadIndex, then applied index >= read index).
     pub(crate) async fn linearizable(&self) -> Res<()> {
         let t = self.limits.request_timeout;
-        let rx = self
-            .consensus
-            .send(ReadIndex)
-            .await
-            .map_err(|_| ApiError::Stopped)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // The index arrives through `rx`.
+        crate::actors::consensus::enqueue(&self.consensus, ReadIndex(tx)).await?;
         let index = match tokio::time::timeout(t, rx).await {
             Err(_) => return Err(ApiError::Timeout),
             Ok(Err(_)) => return Err(ApiError::Stopped),
