@@ -509,7 +509,7 @@ async fn on_arbiter<T: Send + 'static>(
     let sent = arbiter.spawn_fn(move || {
         let _ = tx.send(f());
     });
-    let gone = || Error::Io(std::io::Error::other("the peer thread stopped"));
+    let gone = || Error::Io(std::io::Error::other("an actor thread stopped"));
     if !sent {
         return Err(gone());
     }

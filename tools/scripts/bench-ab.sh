@@ -8,9 +8,11 @@
 #      /proc/PID/task/*/status);
 #   2. LOAD (conns/clients, default 10/100), TOTAL puts over all three members: puts/s, the
 #      members' CPU per write (utime+stime from /proc/PID/stat) and switches per write.
-# Prints one markdown row per run, then each build's medians.
+# Prints one markdown row per run, then each build's medians. THREADS=1 also prints (on stderr),
+# per run, the one-client step's voluntary context switches per put by thread name, for the
+# leader and for the two followers together.
 #
-#   tools/scripts/bench-ab.sh [ROUNDS] BIN...      e.g. bench-ab.sh 3 /tmp/etch-old ./target/release/etch
+#   tools/scripts/bench-ab.sh ROUNDS BIN...      e.g. bench-ab.sh 3 /tmp/etch-old ./target/release/etch
 #
 # A BIN whose path contains "etcd" is run as etcd (e.g. /opt/etcd35/bin/etcd). ONE (2000),
 # TOTAL (30000) and LOAD ("10 100") override the sizes. Needs /opt/etcd-bench/benchmark
@@ -47,11 +49,18 @@ start() {
   echo "$bin: the cluster did not start: $(tail -n 3 "$work"/n*.log)" >&2; exit 1
 }
 
-# Stops the cluster and waits until its ports are free.
+# Stops the cluster and waits for its processes.
 stop() { kill "${PIDS[@]}" 2>/dev/null || true; wait "${PIDS[@]}" 2>/dev/null || true; PIDS=(); }
 
 cpu() { local p; for p in "${PIDS[@]}"; do sed 's/^.*) //' "/proc/$p/stat"; done | awk '{t += $12 + $13} END {print t}'; }
 switches() { local p; for p in "${PIDS[@]}"; do cat /proc/"$p"/task/*/status; done | awk '/^voluntary_ctxt/ {s += $2} END {print s}'; }
+# by_thread: "PID THREAD-NAME SWITCHES" for every thread of the cluster.
+by_thread() {
+  local p t
+  for p in "${PIDS[@]}"; do for t in /proc/"$p"/task/*; do
+    echo "$p $(tr ' ' _ <"$t/comm") $(awk '/^voluntary_ctxt/ {print $2}' "$t/status")"
+  done; done
+}
 leader() {
   ETCDCTL_API=3 "$ETCDCTL" --endpoints "$EPS" endpoint status -w json | python3 -c '
 import json, sys
@@ -70,11 +79,24 @@ for round in $(seq "$ROUNDS"); do
   for bin in "$@"; do
     start "$bin"
     "$ETCD_BENCH" --endpoints "$EPS" --conns 10 --clients 100 put --key-size 8 --val-size 256 --total 5000 >/dev/null 2>&1
-    s0=$(switches)
-    read -r r1 a1 < <(bench --endpoints "$(leader)" --conns 1 --clients 1 --total "$ONE")
-    s1=$(switches); c1=$(cpu)
+    s0=$(switches); lep=$(leader); by_thread >"$work/t0"
+    read -r r1 a1 < <(bench --endpoints "$lep" --conns 1 --clients 1 --total "$ONE")
+    s1=$(switches); c1=$(cpu); by_thread >"$work/t1"
     read -r r2 _ < <(bench --endpoints "$EPS" --conns "$CONNS" --clients "$CLIENTS" --total "$TOTAL")
     s2=$(switches); c2=$(cpu)
+    if [ -n "${THREADS:-}" ]; then
+      # The leader's PID: the members listen on 2679N in start order.
+      python3 - "$work/t0" "$work/t1" "${PIDS[$(( ${lep##*:} - 26790 ))]}" "$ONE" >&2 <<'PY'
+import collections, sys
+before = {tuple(l.split()[:2]): int(l.split()[2]) for l in open(sys.argv[1])}
+leader, n, per = sys.argv[3], int(sys.argv[4]), collections.Counter()
+for l in open(sys.argv[2]):
+    pid, name, v = l.split()
+    per[("leader" if pid == leader else "followers", name)] += int(v) - before.get((pid, name), 0)
+print("  switches per put by thread: " + ", ".join(
+    "%s %s %.1f" % (role, name, v / n) for (role, name), v in sorted(per.items()) if v))
+PY
+    fi
     stop
     row=$(awk -v s0="$s0" -v s1="$s1" -v s2="$s2" -v c1="$c1" -v c2="$c2" -v one="$ONE" -v n="$TOTAL" -v hz="$TICK" \
       'BEGIN {printf "%.1f %.0f %.1f", (s1 - s0) / one, (c2 - c1) * 1e6 / hz / n, (s2 - s1) / n}')
