@@ -127,8 +127,18 @@ fn main() -> ExitCode {
         }
     }
     let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        runtime.enable_all();
+        // tokio's LIFO slot runs a task woken by the running one next: a connection's h2 task,
+        // woken by each response a stream task hands it, then wrote every response on its own
+        // (one writev per put). Without the slot the woken connection task queues behind the
+        // stream tasks a batch of applied writes woke, and writes their responses together
+        // (3 members, 10/100 and 100/1000: 5-9% more puts/s, 7-9% less CPU per write).
+        // The option needs `--cfg tokio_unstable` (.cargo/config.toml); a build with its own
+        // RUSTFLAGS keeps the slot.
+        #[cfg(tokio_unstable)]
+        runtime.disable_lifo_slot();
+        runtime
             .build()
             // Without a runtime there is nothing to run; the error is printed by the panic.
             .expect("cannot build the tokio runtime")
