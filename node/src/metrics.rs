@@ -107,6 +107,10 @@ pub const GRPC_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// How often histogram samples are drained into their buckets without a scrape
+/// (metrics-exporter-prometheus's own default upkeep interval).
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The installed recorder.
 pub struct Metrics {
     handle: PrometheusHandle,
@@ -132,6 +136,22 @@ pub fn install() -> Option<&'static Metrics> {
                     .ok()?;
             }
             let handle = b.install_recorder().ok()?;
+            // The recorder keeps every histogram sample until an upkeep drains it into the
+            // buckets; only a scrape ran one, so a member nobody scraped grew by each request's
+            // samples for ever (and touched fresh memory for them). The exporter's own
+            // `install` runs upkeep on a task every 5 s: etch does the same on a thread.
+            let upkeep = handle.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("etch-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                })
+            {
+                tracing::error!(error = %e, "cannot start the metrics upkeep thread; histogram samples are drained only at scrapes");
+            }
             // From here on, handles resolve to this recorder.
             describe();
             // Unlabelled counters exist (at 0) from the start, so rate() over them has data

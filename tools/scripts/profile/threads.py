@@ -9,10 +9,11 @@ group's CPU in us per put. A thread that exits within a window (tokio's blocking
 that window's CPU: the figures are a lower bound for such groups.
 
 Groups, from etch's thread names: the main thread (lowest TID) runs the actix system arbiter
-(consensus and lease actors); the three `actix-rt|system:0|arbiter:N` threads, by creation
-order (TID), are the WAL, apply and watch arbiters (node/src/lib.rs starts them in that order);
-`tokio-rt-worker` threads run gRPC, HTTP and the QUIC transport; `fjall:worker` threads flush
-memtables and compact tables; `etch-compact` purges compacted history.
+(consensus, WAL and lease actors); the three `actix-rt|system:0|arbiter:N` threads, by creation
+order (TID), are the peer (QUIC transport), apply and watch arbiters (node/src/lib.rs starts
+them in that order); `tokio-rt-worker` threads run gRPC and HTTP; `fjall:worker` threads flush
+memtables and compact tables; `etch-compact` purges compacted history; `etch-wal-zero`
+prepares the WAL's next segment; `etch-metrics` drains histogram samples.
 """
 import collections
 import sys
@@ -31,16 +32,16 @@ def main():
         names[tid] = name
     main_tid = min(names)
     actix = sorted(t for t, n in names.items() if n.startswith("actix-rt") and t != main_tid)
-    roles = dict(zip(actix, ["WAL", "apply", "watch"]))
+    roles = dict(zip(actix, ["peers (QUIC)", "apply", "watch"]))
 
     def group(tid):
         n = names[tid]
         if tid == main_tid:
-            return "consensus+lease (main)"
+            return "consensus+WAL+lease (main)"
         if tid in roles:
             return roles[tid]
         if n.startswith("tokio-rt-worke"):
-            return "gRPC+transport (tokio)"
+            return "gRPC (tokio)"
         if n.startswith("fjall:worker"):
             return "fjall flush+compaction"
         return n
