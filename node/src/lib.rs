@@ -1,8 +1,9 @@
 //! etch node: one member of an etch cluster.
 //!
 //! Inside a node, actors exchange messages (ARCHITECTURE.md section 2):
-//! [`consensus`] (raft-rs) -> [`wal`] (durability, on consensus's thread) -> [`apply`] (MVCC on
-//! fjall, own thread), the peer transport (QUIC, own thread), with [`service`] turning client
+//! [`consensus`] (raft-rs) -> [`wal`] (durability) -> [`apply`] (MVCC on fjall, own thread),
+//! the peer transport (QUIC); consensus, the WAL and the transport share the consensus
+//! thread. [`service`] turns client
 //! requests into proposals and reads and [`api`] serving the wire protocols. [`run`] wires them
 //! together.
 
@@ -109,17 +110,17 @@ pub async fn run(
     }
     let store = Arc::new(MvccStore::open(&member_dir)?);
     // The peer endpoint comes first: a member joining a running cluster asks its peers who
-    // it is before anything else. QUIC runs on a thread of its own: the socket is registered
-    // with that thread's reactor, and quinn's endpoint and connection drivers and the
-    // transport's tasks are spawned there, so a peer's packet reaches consensus through one
-    // hand-off between threads instead of a round of tokio's workers, which serve the clients
-    // (docs/performance.md).
-    let peer_arbiter = Arbiter::new();
+    // it is before anything else. Consensus, its WAL and QUIC share one thread, the consensus
+    // thread: the socket is registered with that thread's reactor, and quinn's endpoint and
+    // connection drivers and the transport's tasks are spawned there, so a peer's packet
+    // reaches raft and raft's messages reach the socket without a hand-off between threads;
+    // tokio's workers serve the clients (docs/performance.md).
+    let raft_arbiter = Arbiter::new();
     let endpoint = match listeners.peer {
         Some(socket) => {
             let addr = socket.local_addr()?;
             let tls = config.peer_tls.clone();
-            let ep = on_arbiter(&peer_arbiter, move || {
+            let ep = on_arbiter(&raft_arbiter, move || {
                 transport::endpoint(socket, tls.as_ref())
             })
             .await??;
@@ -173,13 +174,14 @@ pub async fn run(
     announce_ready(state.clone(), applied_rx.clone());
     let applied_rx_publish = applied_rx.clone();
 
-    // The WAL actor runs on consensus's thread (this one), as etcd's raft loop saves its WAL
-    // itself: a Ready's write and fsync need no hand-off between threads (one-client latency,
+    // The WAL actor runs on the consensus thread, as etcd's raft loop saves its WAL itself: a
+    // Ready's write and fsync need no hand-off between threads (one-client latency,
     // docs/performance.md), and consensus has nothing else to do for the Ready meanwhile (one
-    // WAL write is in flight at a time; proposals gather in raft's log). Apply gets a thread
-    // of its own: it runs beside the next fsync, and a slow store write never holds raft's
-    // ticks and messages (as etcd applies beside its raft loop).
-    let wal_addr = WalActor::start_in_arbiter(&Arbiter::current(), move |ctx| {
+    // WAL write is in flight at a time; proposals gather in raft's log; a leader's appends
+    // leave before its fsync starts, see `WalActor`). Apply gets a thread of its own: it runs
+    // beside the next fsync, and a slow store write never holds raft's ticks and messages (as
+    // etcd applies beside its raft loop).
+    let wal_addr = WalActor::start_in_arbiter(&raft_arbiter.handle(), move |ctx| {
         ctx.set_mailbox_capacity(64);
         WalActor::new(wal)
     });
@@ -208,8 +210,10 @@ pub async fn run(
     });
     let (stop_tx, stop_rx) = chan::channel(false);
     // Consensus and transport address each other: make consensus's address first.
-    let consensus_ctx = Context::<ConsensusActor>::new();
-    let consensus = consensus_ctx.address();
+    // The mailbox is made here, the context on the consensus thread (a context stays on
+    // its thread); 16 messages is actix's default mailbox capacity.
+    let (consensus_tx, consensus_rx) = actix::dev::channel::channel::<ConsensusActor>(16);
+    let consensus = Addr::new(consensus_tx);
     let mut peer_endpoint = None;
     let transport = match endpoint {
         None if boot.peers.is_empty() => None,
@@ -231,7 +235,7 @@ pub async fn run(
                 consensus.clone(),
                 stop_rx.clone(),
             );
-            let t = on_arbiter(&peer_arbiter, move || {
+            let t = on_arbiter(&raft_arbiter, move || {
                 transport::TransportActor::start(ep, st, urls, &peers, sto, con, stop, workers)
             })
             .await?;
@@ -241,7 +245,7 @@ pub async fn run(
             Some(t)
         }
     };
-    consensus_ctx.run(ConsensusActor::new(
+    let consensus_actor = ConsensusActor::new(
         consensus::ConsensusCore::new(
             core,
             member_id,
@@ -254,7 +258,11 @@ pub async fn run(
         state.clone(),
         config.heartbeat_interval,
         waiters.clone(),
-    ));
+    );
+    on_arbiter(&raft_arbiter, move || {
+        Context::with_receiver(consensus_rx).run(consensus_actor);
+    })
+    .await?;
 
     let proposer = proposer::Proposer::new(
         consensus.clone(),
@@ -445,8 +453,6 @@ pub async fn run(
     stop_tx.send_replace(true);
     // Waits for the last commit index to be written (bounded: a WAL that failed or waits
     // behind a full mailbox must not hold the stop; consensus itself has stopped already).
-    // The write runs on this thread (the WAL actor shares consensus's), so the bound cannot
-    // cut short an fsync that is already running.
     if let Ok(Some(write)) = consensus.send(StopConsensus).await {
         match tokio::time::timeout(Duration::from_secs(1), write).await {
             Ok(Ok(Ok(_))) => {}
@@ -487,7 +493,7 @@ pub async fn run(
         }
     }
     apply_arbiter.stop();
-    peer_arbiter.stop();
+    raft_arbiter.stop();
     watch_arbiter.stop();
     tracing::info!("stopped");
     if removed {

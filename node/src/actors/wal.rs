@@ -1,7 +1,8 @@
 //! The WAL actor: a thin shell over [`etch_storage::wal::Wal`], started on the consensus
 //! actor's arbiter (thread), as etcd's raft loop saves its WAL itself: a Ready's write and
 //! `fdatasync` need no hand-off between threads, and block neither a tokio worker nor apply.
-//! While one runs, consensus waits (ticks, peer messages and proposals queue in its mailbox).
+//! While one runs, consensus and the peer transport on the same thread wait (ticks, peer
+//! packets and proposals queue); a leader's appends leave first ([`AppendEntries`]).
 //!
 //! Group commit: each [`AppendEntries`] carries everything one raft `Ready` produced (all
 //! proposals that arrived while the previous fsync ran), and is made durable with one fsync.
@@ -62,10 +63,26 @@ pub struct AppendEntries {
 }
 
 impl Handler<AppendEntries> for WalActor {
-    type Result = Result<u64, etch_storage::Error>;
+    type Result = AtomicResponse<Self, Result<u64, etch_storage::Error>>;
 
+    /// Writes after one yield to the thread's other tasks: consensus hands the transport a
+    /// leader's appends just before this message, and quinn's tasks on this thread send them
+    /// only once they run. Without the yield they would wait for the fsync, and the followers'
+    /// fsyncs would start after the leader's instead of beside it (Raft thesis 10.2.1). The
+    /// atomic response keeps later messages (a release) behind this write.
     fn handle(&mut self, m: AppendEntries, _: &mut Self::Context) -> Self::Result {
         crate::metrics::dequeued("wal");
+        AtomicResponse::new(Box::pin(
+            tokio::task::yield_now()
+                .into_actor(self)
+                .map(move |(), act, _| act.append(m)),
+        ))
+    }
+}
+
+impl WalActor {
+    /// Appends, fsyncs, then releases what an installed snapshot covers.
+    fn append(&mut self, m: AppendEntries) -> Result<u64, etch_storage::Error> {
         self.check()?;
         let start = std::time::Instant::now();
         let wal = &mut self.wal;

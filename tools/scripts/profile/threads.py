@@ -9,9 +9,9 @@ group's CPU in us per put. A thread that exits within a window (tokio's blocking
 that window's CPU: the figures are a lower bound for such groups.
 
 Groups, from etch's thread names: the main thread (lowest TID) runs the actix system arbiter
-(consensus, WAL and lease actors); the three `actix-rt|system:0|arbiter:N` threads, by creation
-order (TID), are the peer (QUIC transport), apply and watch arbiters (node/src/lib.rs starts
-them in that order); `tokio-rt-worker` threads run gRPC and HTTP; `fjall:worker` threads flush
+(the lease actor); the three `actix-rt|system:0|arbiter:N` threads, by creation order (TID),
+are the consensus (raft, WAL and QUIC transport), apply and watch arbiters (node/src/lib.rs
+starts them in that order); `tokio-rt-worker` threads run gRPC and HTTP; `fjall:worker` threads flush
 memtables and compact tables; `etch-compact` purges compacted history; `etch-wal-zero`
 prepares the WAL's next segment; `etch-metrics` drains histogram samples.
 """
@@ -32,12 +32,12 @@ def main():
         names[tid] = name
     main_tid = min(names)
     actix = sorted(t for t, n in names.items() if n.startswith("actix-rt") and t != main_tid)
-    roles = dict(zip(actix, ["peers (QUIC)", "apply", "watch"]))
+    roles = dict(zip(actix, ["consensus+WAL+QUIC", "apply", "watch"]))
 
     def group(tid):
         n = names[tid]
         if tid == main_tid:
-            return "consensus+WAL+lease (main)"
+            return "lease (main)"
         if tid in roles:
             return roles[tid]
         if n.startswith("tokio-rt-worke"):

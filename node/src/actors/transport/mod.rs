@@ -76,7 +76,7 @@ pub struct TransportActor {
     members: Arc<std::sync::RwLock<PeerSets>>,
     stop: watch::Receiver<bool>,
     /// The clients' runtime (tokio's workers), where snapshot sends run: exporting the store
-    /// must not hold the peer thread's raft messages back, and a panic there fails the
+    /// must not hold the consensus thread's raft messages back, and a panic there fails the
     /// snapshot instead of stopping the member.
     workers: tokio::runtime::Handle,
 }
