@@ -2,10 +2,9 @@
 //!
 //! Inside a node, actors exchange messages (ARCHITECTURE.md section 2):
 //! [`consensus`] (raft-rs) -> [`wal`] (durability) -> [`apply`] (MVCC on fjall, own thread),
-//! the peer transport (QUIC); consensus, the WAL and the transport share the consensus
-//! thread. [`service`] turns client
-//! requests into proposals and reads and [`api`] serving the wire protocols. [`run`] wires them
-//! together.
+//! and the peer transport (QUIC); consensus, the WAL and the transport share the consensus
+//! thread. [`service`] turns client requests into proposals and reads, [`api`] serves the
+//! wire protocols, and [`run`] wires them together.
 
 pub mod actors;
 pub mod api;
@@ -211,7 +210,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = chan::channel(false);
     // Consensus and transport address each other: make consensus's address first.
     // The mailbox is made here, the context on the consensus thread (a context stays on
-    // its thread); 16 messages is actix's default mailbox capacity.
+    // its thread); 16 messages is actix's default capacity, raised when the actor starts.
     let (consensus_tx, consensus_rx) = actix::dev::channel::channel::<ConsensusActor>(16);
     let consensus = Addr::new(consensus_tx);
     let mut peer_endpoint = None;
@@ -453,6 +452,9 @@ pub async fn run(
     stop_tx.send_replace(true);
     // Waits for the last commit index to be written (bounded: a WAL that failed or waits
     // behind a full mailbox must not hold the stop; consensus itself has stopped already).
+    // The bound may cut short a write already running on the consensus thread: the commit
+    // index is volatile state in Raft, learned again from the leader after a restart, so a
+    // stop that ends before it is durable is no worse than a crash.
     if let Ok(Some(write)) = consensus.send(StopConsensus).await {
         match tokio::time::timeout(Duration::from_secs(1), write).await {
             Ok(Ok(Ok(_))) => {}

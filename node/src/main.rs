@@ -133,7 +133,8 @@ fn main() -> ExitCode {
         // woken by each response a stream task hands it, then wrote every response on its own
         // (one writev per put). Without the slot the woken connection task queues behind the
         // stream tasks a batch of applied writes woke, and writes their responses together
-        // (3 members, 10/100 and 100/1000: 5-9% more puts/s, 7-9% less CPU per write).
+        // (3 members, alternated pairs: 4-8% more puts/s and 5-8% less CPU per write at 10/100,
+        // 9% and 9% at 100/1000).
         // The option needs `--cfg tokio_unstable` (.cargo/config.toml); a build with its own
         // RUSTFLAGS keeps the slot.
         #[cfg(tokio_unstable)]

@@ -13,6 +13,7 @@ use raft::INVALID_ID;
 use raft::eraftpb::Message;
 use tokio::sync::oneshot;
 
+use crate::core::consensus::SnapshotOffer;
 pub use crate::core::consensus::{
     CATCH_UP_ENTRIES, ConsensusCore, Effect, MAX_HELD_BYTES, REMOVED, RaftStatus,
 };
@@ -486,15 +487,23 @@ impl Handler<InstallSnapshot> for ConsensusActor {
 
     fn handle(&mut self, m: InstallSnapshot, ctx: &mut Context<Self>) {
         let index = m.msg.get_snapshot().get_metadata().index;
-        if !self.core.wants_snapshot(index) {
-            tracing::info!(
-                index,
-                committed = self.core.raft().committed(),
-                "stale snapshot ignored"
-            );
-            m.ingest.abandon();
-            self.core.step(m.msg);
-            return self.execute(ctx);
+        match self.core.offer_snapshot(index) {
+            SnapshotOffer::Install => {}
+            SnapshotOffer::Stale => {
+                tracing::info!(
+                    index,
+                    committed = self.core.raft().committed(),
+                    "stale snapshot ignored"
+                );
+                m.ingest.abandon();
+                self.core.step(m.msg);
+                return self.execute(ctx);
+            }
+            SnapshotOffer::Busy => {
+                tracing::info!(index, "snapshot ignored: another one is being installed");
+                m.ingest.abandon();
+                return;
+            }
         }
         let fut = self
             .apply

@@ -145,7 +145,24 @@ pub struct ConsensusCore<W> {
     releasing: Option<u64>,
     /// Index of the newest membership applied (completions may arrive out of order).
     membership_index: u64,
+    /// A received snapshot is being installed into the store (between
+    /// [`ConsensusCore::offer_snapshot`] and [`ConsensusCore::snapshot_installed`]).
+    installing: bool,
     out: VecDeque<Effect<W>>,
+}
+
+/// What to do with a snapshot received from the leader ([`ConsensusCore::offer_snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOffer {
+    /// Install it into the store, then report [`ConsensusCore::snapshot_installed`].
+    Install,
+    /// raft-rs only restores past the commit index: drop the received store and
+    /// [`ConsensusCore::step`] the `MsgSnapshot` (raft-rs answers the leader with its index).
+    Stale,
+    /// Another snapshot is being installed: drop this one without stepping it. Installed
+    /// after the other, an older snapshot would take the store back; the leader sends what
+    /// the follower still lacks once the first install is answered.
+    Busy,
 }
 
 impl<W> ConsensusCore<W> {
@@ -170,6 +187,7 @@ impl<W> ConsensusCore<W> {
             last_flush_len: 0,
             releasing: None,
             membership_index: 0,
+            installing: false,
             out: VecDeque::new(),
         }
     }
@@ -377,15 +395,23 @@ impl<W> ConsensusCore<W> {
         self.releasing = None;
     }
 
-    /// Whether a snapshot at `index` from the leader should replace the store: raft-rs only
-    /// restores past the commit index. If not, drop the received store and
-    /// [`ConsensusCore::step`] the `MsgSnapshot`.
-    pub fn wants_snapshot(&self, index: u64) -> bool {
-        index > self.raft.committed()
+    /// Whether a snapshot at `index` from the leader, fully received, should replace the
+    /// store ([`SnapshotOffer`]). Snapshots are received beside each other (a leader may
+    /// resend before the first one arrived), so at most one install runs at a time.
+    pub fn offer_snapshot(&mut self, index: u64) -> SnapshotOffer {
+        if self.installing {
+            SnapshotOffer::Busy
+        } else if index <= self.raft.committed() {
+            SnapshotOffer::Stale
+        } else {
+            self.installing = true;
+            SnapshotOffer::Install
+        }
     }
 
     /// The store now holds the leader's snapshot `msg` (a `MsgSnapshot`) with `membership`.
     pub fn snapshot_installed(&mut self, msg: Message, membership: Membership) {
+        self.installing = false;
         let index = msg.get_snapshot().get_metadata().index;
         self.raft.step(msg);
         // raft-rs took its configuration from the snapshot's metadata; the transport and node
@@ -703,6 +729,18 @@ mod tests {
         assert!(store < release, "{seen:?}");
         assert!(c.raft().log().release_index() > 0);
         assert!(c.raft().log().release_index() + 2 <= c.raft().status().3);
+    }
+
+    #[test]
+    fn one_snapshot_installs_at_a_time_and_stale_ones_are_stepped() {
+        let (mut c, _) = leading_single();
+        let committed = c.raft().committed();
+        assert_eq!(c.offer_snapshot(committed), SnapshotOffer::Stale);
+        assert_eq!(c.offer_snapshot(committed + 100), SnapshotOffer::Install);
+        // Until the install is reported, every other snapshot is dropped, newer or older.
+        assert_eq!(c.offer_snapshot(committed + 50), SnapshotOffer::Busy);
+        assert_eq!(c.offer_snapshot(committed + 200), SnapshotOffer::Busy);
+        assert_eq!(c.offer_snapshot(committed), SnapshotOffer::Busy);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `MsgSnapshot` goes with its whole store, exported at send time
 //! (`MvccStore::export`); the receiver ingests the chunks into a fresh database
 //! (`begin_ingest`/`write_chunk`), and installs it only if its consensus core still wants a
-//! snapshot at that index (`ConsensusCore::wants_snapshot`), then tells the core
+//! snapshot at that index (`ConsensusCore::offer_snapshot`), then tells the core
 //! (`snapshot_installed`); the sender's core learns the outcome (`snapshot_sent`). A snapshot
 //! stream is lost when the network between the two is cut, or the receiver is down.
 
@@ -10,6 +10,8 @@ use std::rc::Rc;
 
 use raft::eraftpb::Message;
 use rand::Rng;
+
+use etch_node::core::consensus::SnapshotOffer;
 
 use super::{Event, Sim};
 
@@ -81,11 +83,19 @@ impl Sim {
                 .map_err(|e| format!("m{to} snapshot chunk: {e}"))?;
         }
         let core = m.core.as_mut().expect("core");
-        if !core.wants_snapshot(index) {
-            ingest.abandon();
-            core.step(msg);
-            self.log(format!("m{to} ignores a stale snapshot at index {index}"));
-            return self.drive(to);
+        match core.offer_snapshot(index) {
+            SnapshotOffer::Install => {}
+            SnapshotOffer::Stale => {
+                ingest.abandon();
+                core.step(msg);
+                self.log(format!("m{to} ignores a stale snapshot at index {index}"));
+                return self.drive(to);
+            }
+            // Installs are synchronous here: none is ever in flight.
+            SnapshotOffer::Busy => {
+                ingest.abandon();
+                return Err(format!("m{to}: a snapshot install already in flight"));
+            }
         }
         let before = store.applied_index().index;
         let applied = store

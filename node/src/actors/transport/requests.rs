@@ -64,23 +64,22 @@ pub(super) struct Asked {
 
 impl Handler<Asked> for TransportActor {
     type Result = ();
-    fn handle(&mut self, m: Asked, ctx: &mut Context<Self>) {
+    /// Served on tokio's workers, not on the consensus thread this actor runs on: a request
+    /// may read the store (a lease's keys, a hash) and must not hold raft's messages back.
+    fn handle(&mut self, m: Asked, _: &mut Context<Self>) {
         let Some(q) = self.queues.get(&m.from).cloned() else {
             return;
         };
         let server = self.server.clone();
         let from = m.from;
-        ctx.spawn(
-            async move {
-                let body = match (m.request.body, server) {
-                    (Some(body), Some(server)) => server.serve(from, body).await,
-                    (None, _) => answer_error(&crate::error::ApiError::Unimplemented),
-                    (_, None) => answer_error(&crate::error::ApiError::Stopped),
-                };
-                let _ = q.send(core::answer_frame(m.request.id, body)).await;
-            }
-            .into_actor(self),
-        );
+        self.workers.spawn(async move {
+            let body = match (m.request.body, server) {
+                (Some(body), Some(server)) => server.serve(from, body).await,
+                (None, _) => answer_error(&crate::error::ApiError::Unimplemented),
+                (_, None) => answer_error(&crate::error::ApiError::Stopped),
+            };
+            let _ = q.send(core::answer_frame(m.request.id, body)).await;
+        });
     }
 }
 

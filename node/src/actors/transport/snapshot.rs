@@ -1,5 +1,6 @@
-//! Raft snapshots between peers: each transfer uses a QUIC stream of its own (so it never
-//! delays heartbeats) carrying the leader's MsgSnapshot, then chunks of the MVCC store
+//! Raft snapshots between peers: each transfer uses a QUIC stream of its own (so raft's
+//! messages never queue behind it on a stream; its packets are still read and decrypted on
+//! the consensus thread, beside raft) carrying the leader's MsgSnapshot, then chunks of the MVCC store
 //! (`etch_storage::mvcc::snapshot`), then an end marker.
 
 use super::*;
