@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# CPU and wake-ups per put by thread on 3 members: a fresh etch cluster on loopback, etcd's
+# benchmark tool putting TOTAL distinct keys (8-byte keys, 256-byte values) at CONNS/CLIENTS
+# over all three members, and every thread's utime+stime and voluntary context switches
+# (/proc/PID/task/TID/stat and status) read before and after. Prints, per thread group and
+# member (L = leader, F = follower), us of CPU per put and switches per put, and the UDP
+# datagrams per put over the whole box (/proc/net/snmp: the peers' QUIC packets).
+#
+#   tools/scripts/profile-threads-cluster.sh BIN [TOTAL] [CONNS] [CLIENTS]   (60000, 10, 100)
+#
+# Thread groups: the consensus thread (the first actix arbiter: raft, WAL, QUIC), apply (the
+# second), watch (the third), main (the lessor), tokio's workers (gRPC; the arbiters' own
+# blocking pools are named tokio-rt-worker too), and any other thread by name. Needs
+# /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh) and etcdctl. Uses ports
+# 27790-27792 and 27800-27802.
+set -euo pipefail
+BIN=${1:?etch binary}; TOTAL=${2:-60000}; CONNS=${3:-10}; CLIENTS=${4:-100}
+ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
+d=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$d"' EXIT
+ic="n0=http://127.0.0.1:27800,n1=http://127.0.0.1:27801,n2=http://127.0.0.1:27802"
+for i in 0 1 2; do
+  "$BIN" --name "n$i" --data-dir "$d/n$i" --listen-client-urls "http://127.0.0.1:2779$i" \
+    --advertise-client-urls "http://127.0.0.1:2779$i" --listen-peer-urls "http://127.0.0.1:2780$i" \
+    --initial-advertise-peer-urls "http://127.0.0.1:2780$i" --initial-cluster "$ic" \
+    --log-level warn 2>"$d/n$i.log" &
+  pids+=($!)
+done
+EPS=127.0.0.1:27790,127.0.0.1:27791,127.0.0.1:27792
+for _ in $(seq 300); do etcdctl --endpoints "$EPS" put ready 1 >/dev/null 2>&1 && break; sleep 0.1; done
+"$ETCD_BENCH" --endpoints "$EPS" --conns 10 --clients 100 put --key-size 8 --val-size 256 \
+  --total 5000 >/dev/null 2>&1
+snap() {
+  local p t
+  for p in "${pids[@]}"; do
+    for t in /proc/"$p"/task/*; do
+      echo "$p $(basename "$t") $(tr ' ' _ <"$t/comm") $(sed 's/^.*) //' "$t/stat" | awk '{print $12 + $13}') $(awk '/^voluntary_ctxt/ {print $2}' "$t/status")"
+    done
+  done
+}
+snap >"$d/a"; grep '^Udp:' /proc/net/snmp | tail -1 >"$d/u0"
+"$ETCD_BENCH" --endpoints "$EPS" --conns "$CONNS" --clients "$CLIENTS" put --key-size 8 \
+  --val-size 256 --total "$TOTAL" --sequential-keys --key-space-size "$TOTAL" 2>&1 | grep "Requests/sec"
+snap >"$d/b"; grep '^Udp:' /proc/net/snmp | tail -1 >"$d/u1"
+paste "$d/u0" "$d/u1" | awk -v n="$TOTAL" '{printf "UDP datagrams per put: in %.3f, out %.3f\n", ($12 - $2) / n, ($15 - $5) / n}'
+leader=$(etcdctl --endpoints "$EPS" endpoint status -w json | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print([i for i, e in enumerate(r) if e["Status"]["leader"] == e["Status"]["header"]["member_id"]][0])')
+python3 - "$d/a" "$d/b" "$TOTAL" "$leader" "$(getconf CLK_TCK)" "${pids[@]}" <<'PY'
+import collections, sys
+a, b, total, leader, tick = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+pids = sys.argv[6:]
+def load(f):
+    r = {}
+    for line in open(f):
+        p, t, n, k, v = line.split()
+        r[(p, t)] = (n, int(k), int(v))
+    return r
+A, B = load(a), load(b)
+cpu = collections.defaultdict(lambda: collections.defaultdict(float))
+sw = collections.defaultdict(lambda: collections.defaultdict(float))
+for p in pids:
+    tids = sorted(int(t) for (q, t) in B if q == p)
+    main = min(tids)
+    actix = [t for t in tids if B[(p, str(t))][0].startswith("actix-rt") and t != main]
+    roles = dict(zip(actix, ["consensus+WAL+QUIC", "apply", "watch"]))
+    for t in tids:
+        n, k, v = B[(p, str(t))]
+        _, k0, v0 = A.get((p, str(t)), (n, 0, 0))
+        g = "main (lease)" if t == main else roles.get(t) or ("tokio" if n.startswith("tokio") else n.split(":")[0])
+        cpu[g][p] += (k - k0) * 1e6 / tick / total
+        sw[g][p] += (v - v0) / total
+names = ["%s(%s)" % (p, "L" if i == leader else "F") for i, p in enumerate(pids)]
+print("| group | " + " | ".join("%s us/put" % n for n in names) + " | sum us/put | " + " | ".join("%s switches/put" % n for n in names) + " |")
+print("|---" * (2 * len(pids) + 2) + "|")
+for g, v in sorted(cpu.items(), key=lambda x: -sum(x[1].values())):
+    vals = [v[p] for p in pids]
+    if sum(vals) < 0.05:
+        continue
+    print("| %s | %s | %.1f | %s |" % (g, " | ".join("%.1f" % x for x in vals), sum(vals), " | ".join("%.2f" % sw[g][p] for p in pids)))
+tot = [sum(cpu[g][p] for g in cpu) for p in pids]
+print("| total | %s | %.1f | %s |" % (" | ".join("%.1f" % x for x in tot), sum(tot), " | ".join("%.2f" % sum(sw[g][p] for g in sw) for p in pids)))
+PY
