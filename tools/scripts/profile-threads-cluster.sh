@@ -6,29 +6,20 @@
 # member (L = leader, F = follower), us of CPU per put and switches per put, and the UDP
 # datagrams per put over the whole box (/proc/net/snmp: the peers' QUIC packets).
 #
-#   tools/scripts/profile-threads-cluster.sh BIN [TOTAL] [CONNS] [CLIENTS]   (60000, 10, 100)
+#   tools/scripts/profile-threads-cluster.sh [TOTAL] [CONNS] [CLIENTS]   (60000, 10, 100)
 #
+# ETCH=path/to/etch measures another build.
 # Thread groups: the consensus thread (the first actix arbiter: raft, WAL, QUIC), apply (the
 # second), watch (the third), main (the lessor), tokio's workers (gRPC; the arbiters' own
 # blocking pools are named tokio-rt-worker too), and any other thread by name. Needs
 # /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh) and etcdctl. Uses ports
 # 27790-27792 and 27800-27802.
 set -euo pipefail
-BIN=${1:?etch binary}; TOTAL=${2:-60000}; CONNS=${3:-10}; CLIENTS=${4:-100}
-ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
-d=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$d"' EXIT
-ic="n0=http://127.0.0.1:27800,n1=http://127.0.0.1:27801,n2=http://127.0.0.1:27802"
-for i in 0 1 2; do
-  "$BIN" --name "n$i" --data-dir "$d/n$i" --listen-client-urls "http://127.0.0.1:2779$i" \
-    --advertise-client-urls "http://127.0.0.1:2779$i" --listen-peer-urls "http://127.0.0.1:2780$i" \
-    --initial-advertise-peer-urls "http://127.0.0.1:2780$i" --initial-cluster "$ic" \
-    --log-level warn 2>"$d/n$i.log" &
-  pids+=($!)
-done
-EPS=127.0.0.1:27790,127.0.0.1:27791,127.0.0.1:27792
-for _ in $(seq 300); do etcdctl --endpoints "$EPS" put ready 1 >/dev/null 2>&1 && break; sleep 0.1; done
+cd "$(dirname "$0")/../.."
+TOTAL=${1:-60000}; CONNS=${2:-10}; CLIENTS=${3:-100}
+. tools/scripts/profile/setup.sh
+d=$work
+start3 27
 "$ETCD_BENCH" --endpoints "$EPS" --conns 10 --clients 100 put --key-size 8 --val-size 256 \
   --total 5000 >/dev/null 2>&1
 snap() {
@@ -44,10 +35,6 @@ snap >"$d/a"; grep '^Udp:' /proc/net/snmp | tail -1 >"$d/u0"
   --val-size 256 --total "$TOTAL" --sequential-keys --key-space-size "$TOTAL" 2>&1 | grep "Requests/sec"
 snap >"$d/b"; grep '^Udp:' /proc/net/snmp | tail -1 >"$d/u1"
 paste "$d/u0" "$d/u1" | awk -v n="$TOTAL" '{printf "UDP datagrams per put: in %.3f, out %.3f\n", ($12 - $2) / n, ($15 - $5) / n}'
-leader=$(etcdctl --endpoints "$EPS" endpoint status -w json | python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-print([i for i, e in enumerate(r) if e["Status"]["leader"] == e["Status"]["header"]["member_id"]][0])')
 python3 - "$d/a" "$d/b" "$TOTAL" "$leader" "$(getconf CLK_TCK)" "${pids[@]}" <<'PY'
 import collections, sys
 a, b, total, leader, tick = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -14,26 +14,7 @@ cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}
 . tools/scripts/profile/setup.sh
 TICK=$(getconf CLK_TCK)
-ic="p0=http://127.0.0.1:25800,p1=http://127.0.0.1:25801,p2=http://127.0.0.1:25802"
-pids=()
-for i in 0 1 2; do
-  "$ETCH" --name "p$i" --data-dir "$work/p$i" --listen-client-urls "http://127.0.0.1:2579$i" \
-    --advertise-client-urls "http://127.0.0.1:2579$i" --listen-peer-urls "http://127.0.0.1:2580$i" \
-    --initial-advertise-peer-urls "http://127.0.0.1:2580$i" --initial-cluster "$ic" \
-    --log-level warn 2>"$work/p$i.log" &
-  pids+=($!)
-done
-EPS=127.0.0.1:25790,127.0.0.1:25791,127.0.0.1:25792
-for _ in $(seq 500); do "$ETCDCTL" --endpoints $EPS put ready 1 >/dev/null 2>&1 && break; sleep 0.05; done
-leader=
-for _ in $(seq 100); do
-  leader=$("$ETCDCTL" --endpoints $EPS endpoint status -w json 2>/dev/null | python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-print([i for i, e in enumerate(r) if e["Status"]["leader"] == e["Status"]["header"]["member_id"]][0])' 2>/dev/null) && break
-  sleep 0.1
-done
-[ -n "$leader" ] || { echo "no leader: $(cat "$work"/p*.log)" >&2; exit 1; }
+start3 25
 follower=$(( (leader + 1) % 3 ))
 ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 b_l=$(ticks "${pids[$leader]}"); b_f=$(ticks "${pids[$follower]}")
