@@ -9,9 +9,9 @@
 #   tools/scripts/profile-threads-cluster.sh [TOTAL] [CONNS] [CLIENTS]   (60000, 10, 100)
 #
 # ETCH=path/to/etch measures another build.
-# Thread groups: the consensus thread (the first actix arbiter: raft, WAL, QUIC), apply (the
-# second), watch (the third), main (the lessor), tokio's workers (gRPC; the arbiters' own
-# blocking pools are named tokio-rt-worker too), and any other thread by name. Needs
+# Thread groups as tools/scripts/profile/threads.py names them (the consensus thread: raft,
+# WAL, QUIC; apply; watch; the main thread: the lessor; tokio's workers: gRPC, with the
+# arbiters' own blocking pools, also named tokio-rt-worker). Needs
 # /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh) and etcdctl. Uses ports
 # 27790-27792 and 27800-27802.
 set -euo pipefail
@@ -35,8 +35,9 @@ snap >"$d/a"; grep '^Udp:' /proc/net/snmp | tail -1 >"$d/u0"
   --val-size 256 --total "$TOTAL" --sequential-keys --key-space-size "$TOTAL" 2>&1 | grep "Requests/sec"
 snap >"$d/b"; grep '^Udp:' /proc/net/snmp | tail -1 >"$d/u1"
 paste "$d/u0" "$d/u1" | awk -v n="$TOTAL" '{printf "UDP datagrams per put: in %.3f, out %.3f\n", ($12 - $2) / n, ($15 - $5) / n}'
-python3 - "$d/a" "$d/b" "$TOTAL" "$leader" "$(getconf CLK_TCK)" "${pids[@]}" <<'PY'
+PYTHONPATH=tools/scripts/profile python3 - "$d/a" "$d/b" "$TOTAL" "$leader" "$(getconf CLK_TCK)" "${pids[@]}" <<'PY'
 import collections, sys
+from threads import thread_groups
 a, b, total, leader, tick = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 pids = sys.argv[6:]
 def load(f):
@@ -49,14 +50,10 @@ A, B = load(a), load(b)
 cpu = collections.defaultdict(lambda: collections.defaultdict(float))
 sw = collections.defaultdict(lambda: collections.defaultdict(float))
 for p in pids:
-    tids = sorted(int(t) for (q, t) in B if q == p)
-    main = min(tids)
-    actix = [t for t in tids if B[(p, str(t))][0].startswith("actix-rt") and t != main]
-    roles = dict(zip(actix, ["consensus+WAL+QUIC", "apply", "watch"]))
-    for t in tids:
+    groups = thread_groups({int(t): B[(q, t)][0] for (q, t) in B if q == p})
+    for t, g in groups.items():
         n, k, v = B[(p, str(t))]
         _, k0, v0 = A.get((p, str(t)), (n, 0, 0))
-        g = "main (lease)" if t == main else roles.get(t) or ("tokio" if n.startswith("tokio") else n.split(":")[0])
         cpu[g][p] += (k - k0) * 1e6 / tick / total
         sw[g][p] += (v - v0) / total
 names = ["%s(%s)" % (p, "L" if i == leader else "F") for i, p in enumerate(pids)]

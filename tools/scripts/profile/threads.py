@@ -19,17 +19,8 @@ import collections
 import sys
 
 
-def main():
-    threads_path, samples_path, window, tick = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    snaps = collections.OrderedDict()  # second -> {tid: ticks}
-    names = {}
-    for line in open(threads_path):
-        parts = line.split()
-        if len(parts) != 4:
-            continue
-        t, tid, name, ticks = int(parts[0]), int(parts[1]), parts[2], int(parts[3])
-        snaps.setdefault(t, {})[tid] = ticks
-        names[tid] = name
+def thread_groups(names):
+    """Maps each thread of one etch process ({tid: name}) to its group, as the module doc says."""
     main_tid = min(names)
     actix = sorted(t for t, n in names.items() if n.startswith("actix-rt") and t != main_tid)
     roles = dict(zip(actix, ["consensus+WAL+QUIC", "apply", "watch"]))
@@ -45,6 +36,22 @@ def main():
         if n.startswith("fjall:worker"):
             return "fjall flush+compaction"
         return n
+
+    return {tid: group(tid) for tid in names}
+
+
+def main():
+    threads_path, samples_path, window, tick = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    snaps = collections.OrderedDict()  # second -> {tid: ticks}
+    names = {}
+    for line in open(threads_path):
+        parts = line.split()
+        if len(parts) != 4:
+            continue
+        t, tid, name, ticks = int(parts[0]), int(parts[1]), parts[2], int(parts[3])
+        snaps.setdefault(t, {})[tid] = ticks
+        names[tid] = name
+    group = thread_groups(names).__getitem__
 
     puts = {}
     for line in open(samples_path):
