@@ -139,6 +139,16 @@ fn main() -> ExitCode {
         // RUSTFLAGS keeps the slot.
         #[cfg(tokio_unstable)]
         runtime.disable_lifo_slot();
+        // Client connections get the cores that raft's thread (with the WAL and the peer
+        // transport) and apply's do not keep busy under load: one worker on 2 or 3 cores.
+        // Key-range reads and other long store work go to the blocking pool, so a worker
+        // carries gRPC, HTTP and native requests and single-key reads alone. On this 2-core
+        // machine a second worker cost more in wake-ups and work stealing than it added (3
+        // members, docs/performance.md). `TOKIO_WORKER_THREADS` still sets the number.
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            runtime.worker_threads(cores.saturating_sub(2).max(1));
+        }
         runtime
             .build()
             // Without a runtime there is nothing to run; the error is printed by the panic.

@@ -325,26 +325,6 @@ impl Actor for ConsensusActor {
     }
 }
 
-/// Queues `m` in the consensus actor's mailbox without waiting for it to be handled (its
-/// answer travels through a channel the message carries, so the caller's task is woken once,
-/// by that answer); a full mailbox is waited out.
-///
-/// # Errors
-/// [`ApiError::Stopped`] once the consensus actor stopped.
-pub async fn enqueue<M>(consensus: &Addr<ConsensusActor>, m: M) -> Result<(), ApiError>
-where
-    M: actix::Message<Result = ()> + Send + 'static,
-    ConsensusActor: Handler<M>,
-{
-    match consensus.try_send(m) {
-        Ok(()) => Ok(()),
-        Err(actix::dev::SendError::Full(m)) => {
-            consensus.send(m).await.map_err(|_| ApiError::Stopped)
-        }
-        Err(actix::dev::SendError::Closed(_)) => Err(ApiError::Stopped),
-    }
-}
-
 /// Sent by the proposer for each write: propose `data` (an encoded `InternalRequest`). No
 /// reply: the waiter of `request_id` ([`Waiters`]) gets the applied result, or the error if
 /// raft does not take the proposal, so the proposer's task is woken once per write.

@@ -157,7 +157,7 @@ impl Proposer {
             as_leader_in,
         };
         // The answer (or raft's refusal) arrives through the waiter.
-        if let Err(e) = crate::actors::consensus::enqueue(&self.consensus, propose).await {
+        if let Err(e) = crate::actors::enqueue(&self.consensus, propose).await {
             self.waiters.cancel(id);
             return Err(e);
         }

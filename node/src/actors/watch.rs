@@ -173,11 +173,18 @@ pub struct CreateWatch {
     pub sink: StreamSink,
     /// The request.
     pub req: WatchCreateRequest,
+    /// The answer to a create the front end refused (no read permission): sent to the sink
+    /// in this create's turn, and no watcher is made.
+    pub refused: Option<WatchResponse>,
 }
 
 impl Handler<CreateWatch> for WatchActor {
     type Result = ();
     fn handle(&mut self, m: CreateWatch, ctx: &mut Context<Self>) {
+        if let Some(r) = m.refused {
+            m.sink.try_send(r);
+            return;
+        }
         // From here on apply wakes this actor for every new revision; one applied before
         // (without a wake-up) is read by the step below.
         self.watched.store(true, Ordering::SeqCst);

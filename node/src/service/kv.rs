@@ -12,7 +12,9 @@ impl Service {
         self.range_as(|| Ok(who.clone()), req).await
     }
 
-    /// Range: linearizable unless `serializable`. The caller is identified (`who`) and its
+    /// Range: linearizable unless `serializable`. A single key is read on the task that serves
+    /// the request; a key range (`range_end` set) on tokio's blocking pool, so a long scan
+    /// never holds the runtime's workers (etch runs one: `node/src/main.rs`). The caller is identified (`who`) and its
     /// permission checked after the read barrier, against the auth state the read sees
     /// (etcd v3.5 `Range`: `doSerialize`, which reads the caller's auth info, runs after
     /// `linearizableReadNotify`): an `auth enable`, a token or a permission change committed
@@ -30,7 +32,11 @@ impl Service {
             self.linearizable().await?;
         }
         self.check_read(&who()?, &req.key, &req.range_end)?;
-        let mut r = self.store.range(&req).map_err(Self::store_err)??;
+        let mut r = if req.range_end.is_empty() {
+            self.store.range(&req).map_err(Self::store_err)??
+        } else {
+            self.blocking(move |s| s.range(&req)).await??
+        };
         r.header = self.header(r.header);
         crate::metrics::hot().range_total.increment(1);
         Ok(r)
@@ -81,7 +87,9 @@ impl Service {
 
     /// Txn: through consensus if any branch writes; otherwise served as a read (linearizable
     /// unless every range in it is serializable), as etcd does, identifying the caller
-    /// (`who`) after the read barrier as [`Service::range_as`] does.
+    /// (`who`) after the read barrier as [`Service::range_as`] does, and like a Range read on
+    /// the serving task when every compare and range names one key, on the blocking pool
+    /// otherwise.
     ///
     /// # Errors
     /// etcd's Txn errors, no leader, timeout, too large; no space for a Txn that puts.
@@ -103,7 +111,11 @@ impl Service {
             self.store
                 .auth()
                 .check_txn(&who()?, &req, &mut |_| Ok(()))?;
-            let mut r = self.store.txn_read(&req).map_err(Self::store_err)??;
+            let mut r = if txn_reads_single_keys(&req) {
+                self.store.txn_read(&req).map_err(Self::store_err)??
+            } else {
+                self.blocking(move |s| s.txn_read(&req)).await??
+            };
             r.header = self.header(r.header);
             crate::metrics::hot().txn_total.increment(1);
             return Ok(r);
@@ -152,6 +164,22 @@ fn txn_is_read_only(r: &TxnRequest) -> bool {
             Some(Op::RequestTxn(t)) => txn_is_read_only(t),
             Some(_) => false,
         })
+}
+
+/// Whether every compare and range of a read-only Txn names one key: such a Txn is read on the
+/// task that serves it; one over key ranges goes to the blocking pool (see
+/// [`Service::range_as`]).
+fn txn_reads_single_keys(r: &TxnRequest) -> bool {
+    r.compare.iter().all(|c| c.range_end.is_empty())
+        && r.success
+            .iter()
+            .chain(&r.failure)
+            .all(|op| match &op.request {
+                None => true,
+                Some(Op::RequestRange(rr)) => rr.range_end.is_empty(),
+                Some(Op::RequestTxn(t)) => txn_reads_single_keys(t),
+                Some(_) => false,
+            })
 }
 
 fn txn_is_serializable(r: &TxnRequest) -> bool {

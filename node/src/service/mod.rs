@@ -268,7 +268,7 @@ impl Service {
         let t = self.limits.request_timeout;
         let (tx, rx) = tokio::sync::oneshot::channel();
         // The index arrives through `rx`.
-        crate::actors::consensus::enqueue(&self.consensus, ReadIndex(tx)).await?;
+        crate::actors::enqueue(&self.consensus, ReadIndex(tx)).await?;
         let index = match tokio::time::timeout(t, rx).await {
             Err(_) => return Err(ApiError::Timeout),
             Ok(Err(_)) => return Err(ApiError::Stopped),

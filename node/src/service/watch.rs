@@ -9,9 +9,8 @@ use etch_protocol::etcdserverpb::watch_request::RequestUnion;
 use etch_protocol::etcdserverpb::{WatchRequest, WatchResponse};
 
 use super::{AuthInfo, Service};
-use crate::actors::watch::{
-    CancelWatch, CreateWatch, RequestProgress, Sink, StreamKey, StreamSink,
-};
+use crate::actors::watch::{CancelWatch, CreateWatch, RequestProgress, StreamKey, StreamSink};
+use crate::error::ApiError;
 
 /// Connection ids, for naming watch streams (connection, stream id), shared by all front ends.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -22,51 +21,53 @@ pub(crate) fn next_connection_id() -> u64 {
 }
 
 /// Routes one WatchRequest of `stream` to the watch actor (create, cancel or progress), in
-/// order: the caller awaits each before reading the next, so a cancel never overtakes its create.
-/// A create `who` may not read is answered, as etcd does, with a response that is created and
-/// canceled at once (watch ID -1, cancel reason `etcdserver: permission denied`).
+/// order: each is queued in the actor's mailbox without waiting for it to be handled, and the
+/// actor handles one stream's requests in the order queued, so a cancel never overtakes its
+/// create and responses keep the requests' order. A create `who` may not read is answered, as
+/// etcd does, with a response that is created and canceled at once (watch ID -1, cancel
+/// reason `etcdserver: permission denied`), sent by the actor in its turn.
 ///
 /// # Errors
-/// The watch actor is gone (shutdown).
+/// [`ApiError::Stopped`]: the watch actor is gone (shutdown).
 pub(crate) async fn route_watch_request(
     service: &Service,
     who: &AuthInfo,
     stream: StreamKey,
     sink: &StreamSink,
     req: WatchRequest,
-) -> Result<(), actix::MailboxError> {
+) -> Result<(), ApiError> {
     let watch = service.watch();
     match req.request_union {
         Some(RequestUnion::CreateRequest(create)) => {
-            if let Err(e) = service.check_read(who, &create.key, &create.range_end) {
-                let (_, reason) = crate::error::status_of(&e);
-                sink.try_send(WatchResponse {
+            let refused = service
+                .check_read(who, &create.key, &create.range_end)
+                .err()
+                .map(|e| WatchResponse {
                     header: service.local_header(),
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: reason.to_owned(),
+                    cancel_reason: crate::error::status_of(&e).1.to_owned(),
                     ..Default::default()
                 });
-                return Ok(());
-            }
-            watch
-                .send(CreateWatch {
-                    stream,
-                    sink: sink.clone(),
-                    req: create,
-                })
-                .await
+            let m = CreateWatch {
+                stream,
+                sink: sink.clone(),
+                req: create,
+                refused,
+            };
+            crate::actors::enqueue(watch, m).await
         }
         Some(RequestUnion::CancelRequest(c)) => {
-            watch
-                .send(CancelWatch {
-                    stream,
-                    watch_id: c.watch_id,
-                })
-                .await
+            let m = CancelWatch {
+                stream,
+                watch_id: c.watch_id,
+            };
+            crate::actors::enqueue(watch, m).await
         }
-        Some(RequestUnion::ProgressRequest(_)) => watch.send(RequestProgress(stream)).await,
+        Some(RequestUnion::ProgressRequest(_)) => {
+            crate::actors::enqueue(watch, RequestProgress(stream)).await
+        }
         None => Ok(()),
     }
 }
@@ -103,7 +104,7 @@ impl WatchStream {
         service: &Service,
         who: &AuthInfo,
         req: etch_protocol::etcdserverpb::WatchCreateRequest,
-    ) -> Result<WatchStream, actix::MailboxError> {
+    ) -> Result<WatchStream, ApiError> {
         let w = WatchStream::new(service);
         let create = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(req)),
