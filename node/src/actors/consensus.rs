@@ -46,9 +46,12 @@ pub struct ConsensusActor {
     /// The proposers' waiters: a proposal raft refuses is answered here, an applied one by
     /// the apply actor.
     waiters: Arc<Waiters>,
-    /// How many client proposals the last flush took: from [`LINGER_AFTER`] on, the next
-    /// flush lingers ([`LINGER`]).
+    /// How many proposals the last flush took (clients' and, on a leader, forwarded ones):
+    /// from [`LINGER_AFTER`] on, the next flush lingers ([`LINGER`]).
     last_flush_len: usize,
+    /// Entries of followers' forwarded proposals a leader holds since the last flush
+    /// ([`ConsensusCore::hold_forwarded`]).
+    forwarded_held: usize,
 }
 
 /// Client proposals held at once, at most: a mailbox that never empties still gets its
@@ -91,6 +94,7 @@ impl ConsensusActor {
             held: Vec::new(),
             waiters,
             last_flush_len: 0,
+            forwarded_held: 0,
         }
     }
 
@@ -245,12 +249,32 @@ impl ConsensusActor {
 
     /// Proposes the client proposals held since the last flush (their waiters fail if raft
     /// refuses them), and carries out the effects.
+    /// Proposes what is held at once when it reached [`MAX_HELD`] proposals or
+    /// [`MAX_HELD_BYTES`]; otherwise schedules a [`Flush`], after the messages waiting in the
+    /// mailbox, or [`LINGER`] later under load.
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.held.len() + self.forwarded_held >= MAX_HELD
+            || self.core.held_bytes() >= MAX_HELD_BYTES
+        {
+            self.flush(ctx);
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            if self.last_flush_len >= LINGER_AFTER {
+                // Under load: gather more for one append, one WAL write, one apply.
+                ctx.notify_later(Flush, LINGER);
+            } else {
+                ctx.notify(Flush);
+            }
+        }
+    }
+
     fn flush(&mut self, ctx: &mut Context<Self>) {
         // A flush with nothing held (one scheduled before a full batch went at once) says
         // nothing about the load.
-        if !self.held.is_empty() {
-            self.last_flush_len = self.held.len();
+        if !self.held.is_empty() || self.forwarded_held > 0 {
+            self.last_flush_len = self.held.len() + self.forwarded_held;
         }
+        self.forwarded_held = 0;
         let r = self.core.flush();
         for id in self.held.drain(..) {
             if let Err(e) = &r {
@@ -356,17 +380,7 @@ impl Handler<Propose> for ConsensusActor {
             // Flush; under load LINGER later), or every MAX_HELD proposals or MAX_HELD_BYTES.
             None => self.core.propose_later(m.data).map(|()| {
                 self.held.push(m.request_id);
-                if self.held.len() >= MAX_HELD || self.core.held_bytes() >= MAX_HELD_BYTES {
-                    self.flush(ctx);
-                } else if !self.flush_scheduled {
-                    self.flush_scheduled = true;
-                    if self.last_flush_len >= LINGER_AFTER {
-                        // Under load: gather more for one append, one WAL write, one apply.
-                        ctx.notify_later(Flush, LINGER);
-                    } else {
-                        ctx.notify(Flush);
-                    }
-                }
+                self.schedule_flush(ctx);
             }),
         };
         if let Err(e) = r {
@@ -415,8 +429,16 @@ impl Handler<Step> for ConsensusActor {
     type Result = ();
 
     fn handle(&mut self, m: Step, ctx: &mut Context<Self>) {
-        self.core.step(m.0);
-        self.execute(ctx);
+        match self.core.hold_forwarded(m.0) {
+            Ok(n) => {
+                self.forwarded_held += n;
+                self.schedule_flush(ctx);
+            }
+            Err(m) => {
+                self.core.step(m);
+                self.execute(ctx);
+            }
+        }
     }
 }
 

@@ -35,8 +35,8 @@ use crate::core::raft::{RaftCore, single_change};
 use crate::error::ApiError;
 
 /// A leader skips the broadcast of a new commit index only after a flush of at least this
-/// many of its own clients' proposals (`ConsensusCore::skip_commit_broadcast_if_held`;
-/// proposals forwarded by followers reach raft-rs directly and are not counted): rounds that
+/// many proposals (`ConsensusCore::skip_commit_broadcast_if_held`; its own clients' and those
+/// followers forwarded, which it holds for the flush too): rounds that
 /// large mean a queue of writers and a CPU-bound member, where the messages saved are worth
 /// more than the followers' wait for the next (lingering) flush. Smaller rounds (a few
 /// clients: at most one proposal per client is in flight) keep it, so the requests a
@@ -244,6 +244,35 @@ impl<W> ConsensusCore<W> {
         self.held_bytes += data.len();
         self.held.push(data);
         Ok(())
+    }
+
+    /// A leader holds the entries of a proposal a follower forwarded (raft-rs's `MsgPropose`)
+    /// with its own clients' proposals for the next [`ConsensusCore::flush`], so that its
+    /// clients' writes and every follower's forwarded batch go to the followers in one append
+    /// and to the WAL in one write and fsync, instead of one round each as they arrive.
+    /// Returns how many entries it held, or the message back when it is not such a proposal
+    /// (anything else; this member does not lead; a configuration change or any entry that is
+    /// not a plain write), to be stepped as usual ([`ConsensusCore::step`]).
+    /// Held entries are proposed as the leader's own: if leadership moves before the flush,
+    /// raft-rs forwards them to the new leader, or drops them without one, as it would have
+    /// dropped the forwarded proposal.
+    pub fn hold_forwarded(&mut self, mut m: Message) -> Result<usize, Message> {
+        if self.stopping
+            || m.get_msg_type() != raft::eraftpb::MessageType::MsgPropose
+            || !self.raft.is_leader()
+            || m.entries.is_empty()
+            || m.entries
+                .iter()
+                .any(|e| e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal)
+        {
+            return Err(m);
+        }
+        let n = m.entries.len();
+        for e in m.take_entries() {
+            self.held_bytes += e.data.len();
+            self.held.push(e.data.to_vec());
+        }
+        Ok(n)
     }
 
     /// The hard state a Ready that only moved the commit index left unwritten, taken for a
@@ -600,7 +629,7 @@ mod tests {
     use super::*;
     use etch_storage::raftlog::RaftLog;
     use etch_storage::wal::Recovered;
-    use raft::eraftpb::{ConfState, MessageType};
+    use raft::eraftpb::{ConfState, EntryType, MessageType};
 
     fn logger() -> slog::Logger {
         slog::Logger::root(slog::Discard, slog::o!())
@@ -932,6 +961,69 @@ mod tests {
         appends.sort();
         let all = vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()];
         assert_eq!(appends, vec![(2, all.clone()), (3, all)]);
+    }
+
+    #[test]
+    fn a_leader_holds_forwarded_writes_for_its_next_flush() {
+        let mut c = leader_of_three();
+        c.propose_later(b"own".to_vec()).expect("propose");
+        let forwarded = |entries: &[&[u8]], entry_type: EntryType| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgPropose);
+            m.from = 2;
+            m.to = 1;
+            for d in entries {
+                let mut e = Entry::default();
+                e.set_entry_type(entry_type);
+                e.data = d.to_vec().into();
+                m.mut_entries().push(e);
+            }
+            m
+        };
+        assert_eq!(
+            c.hold_forwarded(forwarded(&[b"f1", b"f2"], EntryType::EntryNormal)),
+            Ok(2)
+        );
+        assert_eq!(
+            c.held_bytes(),
+            7,
+            "the leader's own write and both forwarded ones"
+        );
+        // A configuration change, or anything not a proposal, is stepped as it comes.
+        assert!(
+            c.hold_forwarded(forwarded(&[b"cc"], EntryType::EntryConfChangeV2))
+                .is_err()
+        );
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeatResponse);
+        heartbeat.from = 2;
+        assert!(c.hold_forwarded(heartbeat).is_err());
+        assert!(
+            appends_until_quiet(&mut c)
+                .iter()
+                .all(|m| m.entries.is_empty()),
+            "nothing proposed before the flush"
+        );
+        c.flush().expect("flush");
+        let mut appends: Vec<(u64, Vec<Vec<u8>>)> = appends_until_quiet(&mut c)
+            .into_iter()
+            .filter(|m| !m.entries.is_empty())
+            .map(|m| (m.to, m.entries.iter().map(|e| e.data.to_vec()).collect()))
+            .collect();
+        appends.sort();
+        let all = vec![b"own".to_vec(), b"f1".to_vec(), b"f2".to_vec()];
+        assert_eq!(appends, vec![(2, all.clone()), (3, all)], "one append each");
+    }
+
+    #[test]
+    fn a_stopping_leader_holds_no_forwarded_write() {
+        let (mut c, _) = leading_single();
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.mut_entries().push(Entry::default());
+        assert_eq!(c.hold_forwarded(m.clone()), Ok(1));
+        c.stop("removed".into());
+        assert!(c.hold_forwarded(m).is_err());
     }
 
     /// Carries out `c`'s effects as a perfect disk would (apply completions left out) until

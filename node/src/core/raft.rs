@@ -211,6 +211,11 @@ impl<W> RaftCore<W> {
         self.node.raft.step(m).map_err(|_| ApiError::NoLeader)
     }
 
+    /// Whether this member is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
     /// Whether a leader is known.
     pub fn has_leader(&self) -> bool {
         self.node.raft.leader_id != INVALID_ID

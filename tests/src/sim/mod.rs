@@ -640,8 +640,17 @@ impl Sim {
                 if !m.up {
                     return Ok(());
                 }
+                let mut flush = None;
                 if let Some(c) = m.core.as_mut() {
-                    c.step(msg);
+                    // A leader holds a follower's forwarded writes for its next flush, as the
+                    // consensus actor does.
+                    match c.hold_forwarded(msg) {
+                        Ok(_) => flush = Some(m.incarnation),
+                        Err(msg) => c.step(msg),
+                    }
+                }
+                if let Some(inc) = flush {
+                    self.at(1, Event::Flush(to, inc));
                 }
                 self.drive(to)?;
             }
