@@ -429,15 +429,13 @@ impl Handler<Step> for ConsensusActor {
     type Result = ();
 
     fn handle(&mut self, m: Step, ctx: &mut Context<Self>) {
-        match self.core.hold_forwarded(m.0) {
-            Ok(n) => {
-                self.forwarded_held += n;
-                self.schedule_flush(ctx);
-            }
-            Err(m) => {
-                self.core.step(m);
-                self.execute(ctx);
-            }
+        let mut m = m.0;
+        if let Some(n) = self.core.hold_forwarded(&mut m) {
+            self.forwarded_held += n;
+            self.schedule_flush(ctx);
+        } else {
+            self.core.step(m);
+            self.execute(ctx);
         }
     }
 }

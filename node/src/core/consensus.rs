@@ -250,13 +250,14 @@ impl<W> ConsensusCore<W> {
     /// with its own clients' proposals for the next [`ConsensusCore::flush`], so that its
     /// clients' writes and every follower's forwarded batch go to the followers in one append
     /// and to the WAL in one write and fsync, instead of one round each as they arrive.
-    /// Returns how many entries it held, or the message back when it is not such a proposal
-    /// (anything else; this member does not lead; a configuration change or any entry that is
-    /// not a plain write), to be stepped as usual ([`ConsensusCore::step`]).
+    /// Returns how many entries it took out of `m`, or `None` (and `m` untouched) when it is
+    /// not such a proposal (anything else; this member does not lead; a configuration change
+    /// or any entry that is not a plain write), to be stepped as usual
+    /// ([`ConsensusCore::step`]).
     /// Held entries are proposed as the leader's own: if leadership moves before the flush,
     /// raft-rs forwards them to the new leader, or drops them without one, as it would have
     /// dropped the forwarded proposal.
-    pub fn hold_forwarded(&mut self, mut m: Message) -> Result<usize, Message> {
+    pub fn hold_forwarded(&mut self, m: &mut Message) -> Option<usize> {
         if self.stopping
             || m.get_msg_type() != raft::eraftpb::MessageType::MsgPropose
             || !self.raft.is_leader()
@@ -265,14 +266,14 @@ impl<W> ConsensusCore<W> {
                 .iter()
                 .any(|e| e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal)
         {
-            return Err(m);
+            return None;
         }
         let n = m.entries.len();
         for e in m.take_entries() {
             self.held_bytes += e.data.len();
             self.held.push(e.data.to_vec());
         }
-        Ok(n)
+        Some(n)
     }
 
     /// The hard state a Ready that only moved the commit index left unwritten, taken for a
@@ -981,8 +982,8 @@ mod tests {
             m
         };
         assert_eq!(
-            c.hold_forwarded(forwarded(&[b"f1", b"f2"], EntryType::EntryNormal)),
-            Ok(2)
+            c.hold_forwarded(&mut forwarded(&[b"f1", b"f2"], EntryType::EntryNormal)),
+            Some(2)
         );
         assert_eq!(
             c.held_bytes(),
@@ -990,14 +991,13 @@ mod tests {
             "the leader's own write and both forwarded ones"
         );
         // A configuration change, or anything not a proposal, is stepped as it comes.
-        assert!(
-            c.hold_forwarded(forwarded(&[b"cc"], EntryType::EntryConfChangeV2))
-                .is_err()
-        );
+        let mut cc = forwarded(&[b"cc"], EntryType::EntryConfChangeV2);
+        assert_eq!(c.hold_forwarded(&mut cc), None);
+        assert_eq!(cc.entries.len(), 1, "left for the step");
         let mut heartbeat = Message::default();
         heartbeat.set_msg_type(MessageType::MsgHeartbeatResponse);
         heartbeat.from = 2;
-        assert!(c.hold_forwarded(heartbeat).is_err());
+        assert_eq!(c.hold_forwarded(&mut heartbeat), None);
         assert!(
             appends_until_quiet(&mut c)
                 .iter()
@@ -1021,9 +1021,9 @@ mod tests {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgPropose);
         m.mut_entries().push(Entry::default());
-        assert_eq!(c.hold_forwarded(m.clone()), Ok(1));
+        assert_eq!(c.hold_forwarded(&mut m.clone()), Some(1));
         c.stop("removed".into());
-        assert!(c.hold_forwarded(m).is_err());
+        assert_eq!(c.hold_forwarded(&mut m), None);
     }
 
     /// Carries out `c`'s effects as a perfect disk would (apply completions left out) until

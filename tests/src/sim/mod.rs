@@ -644,9 +644,11 @@ impl Sim {
                 if let Some(c) = m.core.as_mut() {
                     // A leader holds a follower's forwarded writes for its next flush, as the
                     // consensus actor does.
-                    match c.hold_forwarded(msg) {
-                        Ok(_) => flush = Some(m.incarnation),
-                        Err(msg) => c.step(msg),
+                    let mut msg = msg;
+                    if c.hold_forwarded(&mut msg).is_some() {
+                        flush = Some(m.incarnation);
+                    } else {
+                        c.step(msg);
                     }
                 }
                 if let Some(inc) = flush {
