@@ -58,13 +58,15 @@ pub struct ConsensusActor {
 /// proposals to raft this often.
 const MAX_HELD: usize = 1_024;
 
-/// A flush that took at least this many client proposals shows a queue of writers: the next
-/// flush then waits [`LINGER`] after its first proposal instead of going at once.
+/// A leader's flush that took at least this many proposals (its clients' and those followers
+/// forwarded) shows a queue of writers: its next flush then waits [`LINGER`] after its first
+/// proposal instead of going at once. Followers never linger: they forward what their mailbox
+/// held at once, and the leader's linger gathers it.
 const LINGER_AFTER: usize = 8;
 
-/// How long a flush lingers under load ([`LINGER_AFTER`]), so more proposals share one raft append
-/// per follower, one WAL write and fsync on every member and one apply batch. On this 2-core
-/// machine the members' CPU per write fell by about 9% at 10/100 and at 100/1000
+/// How long a leader's flush lingers under load ([`LINGER_AFTER`]), so more proposals share one
+/// raft append per follower, one WAL write and fsync on every member and one apply batch. On
+/// this 2-core machine the members' CPU per write fell by about 9% at 10/100 and at 100/1000
 /// connections/clients (docs/performance.md); a lone writer (one proposal per flush) never waits.
 /// As TiKV's `raft-write-wait-duration` or Kafka's `linger.ms`; etcd has no such wait.
 const LINGER: Duration = Duration::from_micros(300);
@@ -259,7 +261,10 @@ impl ConsensusActor {
             self.flush(ctx);
         } else if !self.flush_scheduled {
             self.flush_scheduled = true;
-            if self.last_flush_len >= LINGER_AFTER {
+            // A follower forwards at once: its batch waits at the leader, which holds it for
+            // its own next flush (`ConsensusCore::hold_forwarded`), so lingering here too
+            // only added to the forwarded writes' latency.
+            if self.last_flush_len >= LINGER_AFTER && self.core.raft().is_leader() {
                 // Under load: gather more for one append, one WAL write, one apply.
                 ctx.notify_later(Flush, LINGER);
             } else {
