@@ -34,20 +34,6 @@ use crate::core::members::{LeaderView, Proposed, check};
 use crate::core::raft::{RaftCore, single_change};
 use crate::error::ApiError;
 
-/// A leader skips the broadcast of a new commit index only after a flush of at least this
-/// many proposals (`ConsensusCore::skip_commit_broadcast_if_held`; its own clients' and those
-/// followers forwarded, which it holds for the flush too): rounds that
-/// large mean a queue of writers and a CPU-bound member, where the messages saved are worth
-/// more than the followers' wait for the next (lingering) flush. Smaller rounds (a few
-/// clients: at most one proposal per client is in flight) keep it, so the requests a
-/// follower forwarded are answered without that wait.
-pub const SKIP_COMMIT_BROADCAST_FROM: usize = 12;
-
-/// After a flush of at least this many proposals, a leader broadcasts each new commit index
-/// at once again: the broadcast is then a small share of a round's messages, and skipping it
-/// measured no better at 100/1000 conns/clients (docs/performance.md).
-pub const SKIP_COMMIT_BROADCAST_BELOW: usize = 64;
-
 /// What a removed member says when it stops, and when it is started again on its data dir
 /// (etcd's message).
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
@@ -138,9 +124,6 @@ pub struct ConsensusCore<W> {
     held: Vec<Vec<u8>>,
     /// Their size in bytes.
     held_bytes: usize,
-    /// Client proposals the last non-empty [`ConsensusCore::flush`] took (raft-rs may have
-    /// refused them).
-    last_flush_len: usize,
     /// The release point being carried out.
     releasing: Option<u64>,
     /// Index of the newest membership applied (completions may arrive out of order).
@@ -184,7 +167,6 @@ impl<W> ConsensusCore<W> {
             unwritten_hard_state: None,
             held: Vec::new(),
             held_bytes: 0,
-            last_flush_len: 0,
             releasing: None,
             membership_index: 0,
             installing: false,
@@ -302,7 +284,6 @@ impl<W> ConsensusCore<W> {
         let r = if held.is_empty() {
             Ok(())
         } else {
-            self.last_flush_len = held.len();
             self.raft.propose_batch(held)
         };
         self.drive();
@@ -341,24 +322,8 @@ impl<W> ConsensusCore<W> {
             self.stop(why);
             return;
         }
-        self.skip_commit_broadcast_if_held();
         self.raft.step(m);
         self.drive();
-    }
-
-    /// A leader that advances its commit index while its clients' proposals are held for the
-    /// next [`ConsensusCore::flush`] lets that flush's appends carry the new commit index to
-    /// the followers, instead of an append without entries to each of them at once (and its
-    /// acknowledgement back: two peer messages and a follower's Ready per follower and round
-    /// under load). Only while its flushes take between [`SKIP_COMMIT_BROADCAST_FROM`] and
-    /// [`SKIP_COMMIT_BROADCAST_BELOW`] proposals; otherwise (a lone writer, a few, or very
-    /// large rounds) it broadcasts at once, so a follower that forwarded a proposal learns of
-    /// its commit without waiting.
-    fn skip_commit_broadcast_if_held(&mut self) {
-        let skip = !self.held.is_empty()
-            && (SKIP_COMMIT_BROADCAST_FROM..SKIP_COMMIT_BROADCAST_BELOW)
-                .contains(&self.last_flush_len);
-        self.raft.skip_commit_broadcast(skip);
     }
 
     /// Peer `id` could not be reached (raft-rs `report_unreachable`).
@@ -386,7 +351,6 @@ impl<W> ConsensusCore<W> {
             return;
         }
         let (messages, snapshot) = self.persisting.take().unwrap_or_default();
-        self.skip_commit_broadcast_if_held();
         self.raft.on_persisted(number);
         if let Some(index) = snapshot {
             // The store was replaced before raft-rs saw the snapshot.
@@ -1088,59 +1052,34 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_is_broadcast_at_once_unless_a_round_under_load_waits_for_the_next_flush() {
+    fn a_new_commit_index_is_broadcast_at_once_even_with_proposals_held() {
+        // Followers answer the clients whose writes they forwarded once they apply them, so
+        // they learn of each commit at once rather than with the next flush's appends
+        // (which measured slower at 10/100: docs/performance.md).
         let mut c = leader_of_three();
-        let from = SKIP_COMMIT_BROADCAST_FROM;
-        // Nothing held: both followers learn of the commit at once.
-        let commit = c.raft().committed() + 1;
-        let empty = commit_round(&mut c, from, 0);
-        assert_eq!(
-            empty,
-            vec![(2, commit + from as u64 - 1), (3, commit + from as u64 - 1)]
-        );
-        // A proposal held after a small round: at once too.
-        let before = c.raft().committed();
-        let empty = commit_round(&mut c, from - 1, 1);
-        c.flush().expect("flush");
-        settle(&mut c, &mut Vec::new());
-        let commit = before + from as u64 - 1;
-        assert_eq!(empty, vec![(2, commit), (3, commit)], "{empty:?}");
-        // A proposal held after a round under load: the next flush's appends carry the
-        // commit index.
-        let before = c.raft().committed();
-        let empty = commit_round(&mut c, from, 1);
-        assert_eq!(empty, vec![], "no append without entries");
-        let commit = c.raft().committed();
-        assert!(commit >= before + from as u64, "{before} -> {commit}");
-        c.flush().expect("flush");
-        let carried: Vec<_> = appends_until_quiet(&mut c)
-            .iter()
-            .map(|m| (m.to, m.entries.len(), m.commit))
-            .collect();
-        assert_eq!(carried, vec![(2, 1, commit), (3, 1, commit)]);
-        // After a very large round the broadcast is kept: it is a small share of the round's
-        // messages, and followers answer forwarded proposals sooner.
-        let big = SKIP_COMMIT_BROADCAST_BELOW;
-        let before = c.raft().committed();
-        let empty = commit_round(&mut c, big, 1);
-        let commit = c.raft().committed();
-        assert!(commit > before + big as u64, "{before} -> {commit}");
-        assert_eq!(empty, vec![(2, commit), (3, commit)], "{empty:?}");
+        for round in [1, 12, 100] {
+            let before = c.raft().committed();
+            let empty = commit_round(&mut c, round, 1);
+            let commit = c.raft().committed();
+            assert!(commit >= before + round as u64, "{before} -> {commit}");
+            assert_eq!(empty, vec![(2, commit), (3, commit)], "round of {round}");
+            c.flush().expect("flush");
+            settle(&mut c, &mut Vec::new());
+        }
     }
 
     #[test]
     fn a_commit_during_a_leadership_transfer_is_broadcast_at_once() {
         let mut c = leader_of_three();
-        let from = SKIP_COMMIT_BROADCAST_FROM;
-        for i in 0..from {
+        for i in 0..12 {
             c.propose_later(format!("put {i}").into_bytes())
                 .expect("propose");
         }
         c.flush().expect("flush");
         let appends = appends_until_quiet(&mut c);
         assert_eq!(appends.len(), 2, "{appends:?}");
-        // A round under load, a proposal held: the broadcast would be skipped, but raft-rs
-        // refuses proposals while leadership moves, so no flush would carry the commit.
+        // A round under load, a proposal held: raft-rs refuses proposals while leadership
+        // moves, so no flush would carry the commit.
         c.propose_later(b"held".to_vec()).expect("propose");
         assert_eq!(c.transfer_leadership(Some(2)), Some(2));
         let _ = appends_until_quiet(&mut c);

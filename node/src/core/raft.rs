@@ -443,16 +443,6 @@ impl<W> RaftCore<W> {
         })
     }
 
-    /// Whether a leader that advanced its commit index sends an append without entries to
-    /// every follower at once just to carry it (raft-rs's `skip_bcast_commit`, as TiKV sets
-    /// it). Skipped, the next append with entries or heartbeat carries it; a pending
-    /// configuration change is broadcast regardless, and so is every commit during a
-    /// leadership transfer (raft-rs refuses proposals then, so no append would follow soon).
-    pub fn skip_commit_broadcast(&mut self, skip: bool) {
-        let transferring = self.node.raft.lead_transferee.is_some();
-        self.node.skip_bcast_commit(skip && !transferring);
-    }
-
     /// The WAL made Ready `number` (and all before it) durable.
     pub fn on_persisted(&mut self, number: u64) {
         self.node.on_persist_ready(number);
