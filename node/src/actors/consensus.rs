@@ -249,8 +249,6 @@ impl ConsensusActor {
         }
     }
 
-    /// Proposes the client proposals held since the last flush (their waiters fail if raft
-    /// refuses them), and carries out the effects.
     /// Proposes what is held at once when it reached [`MAX_HELD`] proposals or
     /// [`MAX_HELD_BYTES`]; otherwise schedules a [`Flush`], after the messages waiting in the
     /// mailbox, or [`LINGER`] later under load.
@@ -273,6 +271,8 @@ impl ConsensusActor {
         }
     }
 
+    /// Proposes the proposals held since the last flush (the clients' waiters fail if raft
+    /// refuses them), and carries out the effects.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         // A flush with nothing held (one scheduled before a full batch went at once) says
         // nothing about the load.

@@ -14,11 +14,11 @@ impl Service {
 
     /// Range: linearizable unless `serializable`. A single key is read on the task that serves
     /// the request; a key range (`range_end` set) on tokio's blocking pool, so a long scan
-    /// never holds the runtime's workers (etch runs one: `node/src/main.rs`). The caller is identified (`who`) and its
-    /// permission checked after the read barrier, against the auth state the read sees
-    /// (etcd v3.5 `Range`: `doSerialize`, which reads the caller's auth info, runs after
-    /// `linearizableReadNotify`): an `auth enable`, a token or a permission change committed
-    /// before the read applies to it on every member.
+    /// never holds the runtime's workers (etch runs one: `node/src/main.rs`). The caller is
+    /// identified (`who`) and its permission checked after the read barrier, against the
+    /// auth state the read sees (etcd v3.5 `Range`: `doSerialize`, which reads the caller's
+    /// auth info, runs after `linearizableReadNotify`): an `auth enable`, a token or a
+    /// permission change committed before the read applies to it on every member.
     ///
     /// # Errors
     /// Empty key, compacted or future revision, no leader, timeout; etcd's auth errors.
