@@ -72,10 +72,20 @@ start() {
     fi
     PIDS+=($!)
   done
-  # At most 300 s: etcd 3.5 takes about 60 s to restart on 10,000,000 keys.
+  # At most 300 s: etcd 3.5 takes about 60 s to restart on 10,000,000 keys. Every member must
+  # answer: the ports are fixed, and a member that could not bind one (an outgoing
+  # connection's ephemeral port, say) would leave the benchmark tool waiting on it for ever.
   local until=$((SECONDS + 300))
   while [ "$SECONDS" -lt "$until" ]; do
-    "$ETCDCTL" --endpoints "$EPS" put ready 1 >/dev/null 2>&1 && return 0
+    "$ETCDCTL" --endpoints "$EPS" put ready 1 >/dev/null 2>&1 &&
+      "$ETCDCTL" --endpoints "$EPS" endpoint health >/dev/null 2>&1 && return 0
+    for i in "${!PIDS[@]}"; do
+      if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+        echo "$kind member $i exited while starting; its log ends:" >&2
+        tail -n 3 "$work/$kind$n-$i.log" >&2
+        exit 1
+      fi
+    done
     sleep 0.02
   done
   echo "$kind cluster did not start within 300 s" >&2; exit 1
