@@ -16,9 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // A panic on one of etch's own threads (the lessor on the main thread; the consensus
     // thread with the WAL and the peer transport, its connection and stream tasks included;
-    // the apply and watch threads; the store's workers) stops the process with exit status 2, as a
-    // Go panic ends etcd: the runtime would otherwise catch it and leave the member half
-    // alive, holding its ports and answering nothing. A panic in a client connection's task
+    // the apply and watch threads; the store's workers) stops the process with exit status
+    // 2, as a Go panic ends etcd: the runtime would otherwise catch it and leave the member
+    // half alive, holding its ports and answering nothing. A panic in a client connection's task
     // (tokio's worker threads) still ends that task only; the member's own long-lived tasks
     // there stop it through `NodeState::spawn_essential`. The default hook prints the message
     // first.

@@ -49,9 +49,6 @@ pub struct ConsensusActor {
     /// How many proposals the last flush took (clients' and, on a leader, forwarded ones):
     /// from [`LINGER_AFTER`] on, the next flush lingers ([`LINGER`]).
     last_flush_len: usize,
-    /// Entries of followers' forwarded proposals a leader holds since the last flush
-    /// ([`ConsensusCore::hold_forwarded`]).
-    forwarded_held: usize,
 }
 
 /// Client proposals held at once, at most: a mailbox that never empties still gets its
@@ -96,7 +93,6 @@ impl ConsensusActor {
             held: Vec::new(),
             waiters,
             last_flush_len: 0,
-            forwarded_held: 0,
         }
     }
 
@@ -253,9 +249,7 @@ impl ConsensusActor {
     /// [`MAX_HELD_BYTES`]; otherwise schedules a [`Flush`], after the messages waiting in the
     /// mailbox, or [`LINGER`] later under load.
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.held.len() + self.forwarded_held >= MAX_HELD
-            || self.core.held_bytes() >= MAX_HELD_BYTES
-        {
+        if self.core.held_len() >= MAX_HELD || self.core.held_bytes() >= MAX_HELD_BYTES {
             self.flush(ctx);
         } else if !self.flush_scheduled {
             self.flush_scheduled = true;
@@ -276,10 +270,10 @@ impl ConsensusActor {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         // A flush with nothing held (one scheduled before a full batch went at once) says
         // nothing about the load.
-        if !self.held.is_empty() || self.forwarded_held > 0 {
-            self.last_flush_len = self.held.len() + self.forwarded_held;
+        let held = self.core.held_len();
+        if held > 0 {
+            self.last_flush_len = held;
         }
-        self.forwarded_held = 0;
         let r = self.core.flush();
         for id in self.held.drain(..) {
             if let Err(e) = &r {
@@ -435,8 +429,7 @@ impl Handler<Step> for ConsensusActor {
 
     fn handle(&mut self, m: Step, ctx: &mut Context<Self>) {
         let mut m = m.0;
-        if let Some(n) = self.core.hold_forwarded(&mut m) {
-            self.forwarded_held += n;
+        if self.core.hold_forwarded(&mut m).is_some() {
             self.schedule_flush(ctx);
         } else {
             self.core.step(m);

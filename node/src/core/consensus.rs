@@ -271,6 +271,13 @@ impl<W> ConsensusCore<W> {
         self.held_bytes
     }
 
+    /// Proposals held for the next [`ConsensusCore::flush`]: this member's clients'
+    /// ([`ConsensusCore::propose_later`]) and, on a leader, followers' forwarded ones
+    /// ([`ConsensusCore::hold_forwarded`]).
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
     /// Proposes what [`ConsensusCore::propose_later`] held, and takes the Readies.
     ///
     /// # Errors

@@ -1,7 +1,7 @@
 //! Raft snapshots between peers: each transfer uses a QUIC stream of its own (so raft's
 //! messages never queue behind it on a stream; its packets are still read and decrypted on
-//! the consensus thread, beside raft) carrying the leader's MsgSnapshot, then chunks of the MVCC store
-//! (`etch_storage::mvcc::snapshot`), then an end marker.
+//! the consensus thread, beside raft) carrying the leader's MsgSnapshot, then chunks of the
+//! MVCC store (`etch_storage::mvcc::snapshot`), then an end marker.
 
 use super::*;
 use crate::actors::consensus::{InstallSnapshot, SnapshotSent};
