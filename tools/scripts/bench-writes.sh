@@ -52,9 +52,11 @@ cpu_ticks() {
 
 # start KIND N: starts (or restarts, on the same data dirs) an N-member cluster of KIND (etch,
 # etcd35 or etcd34) on fixed loopback ports and waits for a linearizable write; sets PIDS and EPS.
+# The ports (23790-25802) lie below Linux's ephemeral range (32768 and up by default), so an
+# outgoing connection's local port cannot take one.
 start() {
   local kind=$1 n=$2 ic="" i base bin
-  case $kind in etch) base=23 ;; etcd35) base=33; bin=$ETCD ;; etcd34) base=43; bin=$ETCD34 ;; esac
+  case $kind in etch) base=23 ;; etcd35) base=24; bin=$ETCD ;; etcd34) base=25; bin=$ETCD34 ;; esac
   PIDS=(); local eps=()
   for i in $(seq 0 $((n - 1))); do
     ic+="${ic:+,}$kind$i=http://127.0.0.1:${base}80$i"; eps+=("127.0.0.1:${base}79$i")
