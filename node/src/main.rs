@@ -9,7 +9,11 @@ use etch_node::{Config, Flags, Listeners};
 
 /// mimalloc instead of glibc's malloc: the request path allocates per message (gRPC frames,
 /// protobuf, futures) on several threads, and glibc's arenas spent about a tenth of a
-/// member's CPU under write load on this machine (malloc, free, consolidation).
+/// member's CPU under write load on this machine (malloc, free, consolidation). Built with
+/// mimalloc's `no_thp` feature (workspace `Cargo.toml`): mimalloc would otherwise ask for
+/// transparent huge pages on its arenas, and every page it returns and takes again is then
+/// faulted back as 2 MiB that the kernel zeroes (`clear_page_erms`: about a tenth of a
+/// member's CPU under write load here, docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
