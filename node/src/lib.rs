@@ -187,6 +187,12 @@ pub async fn run(
     // The lessor's address first: apply notifies it and the service asks it.
     let lessor_ctx = Context::<lease::LeaseActor>::new();
     let lessor = lessor_ctx.address();
+    // Consensus, apply and transport address each other: make consensus's address first.
+    // The mailbox is made here, the context on the consensus thread (a context stays on
+    // its thread); 16 messages is actix's default capacity, raised when the actor starts.
+    let (consensus_tx, consensus_rx) = actix::dev::channel::channel::<ConsensusActor>(16);
+    let consensus = Addr::new(consensus_tx);
+    let to_consensus = consensus.clone().recipient();
     let apply_arbiter = Arbiter::new();
     let (st, w, ls, tk) = (
         store.clone(),
@@ -199,8 +205,9 @@ pub async fn run(
     let wd = watched.clone();
     let apply_addr = ApplyActor::start_in_arbiter(&apply_arbiter.handle(), move |ctx| {
         ctx.set_mailbox_capacity(1024);
-        ApplyActor::new(st, w, applied_tx, revision_tx, wd, ls, tk)
+        ApplyActor::new(st, w, applied_tx, revision_tx, wd, ls, tk, to_consensus)
     });
+
     // Watch fanout reads events from the store: a thread of its own too.
     let watch_arbiter = Arbiter::new();
     let (st, ns, wl) = (store.clone(), state.clone(), config.watch);
@@ -208,11 +215,6 @@ pub async fn run(
         watch::WatchActor::new(st, revision_rx, watched, ns, wl)
     });
     let (stop_tx, stop_rx) = chan::channel(false);
-    // Consensus and transport address each other: make consensus's address first.
-    // The mailbox is made here, the context on the consensus thread (a context stays on
-    // its thread); 16 messages is actix's default capacity, raised when the actor starts.
-    let (consensus_tx, consensus_rx) = actix::dev::channel::channel::<ConsensusActor>(16);
-    let consensus = Addr::new(consensus_tx);
     let mut peer_endpoint = None;
     let transport = match endpoint {
         None if boot.peers.is_empty() => None,
@@ -257,6 +259,7 @@ pub async fn run(
         state.clone(),
         config.heartbeat_interval,
         waiters.clone(),
+        applied_rx.clone(),
     );
     on_arbiter(&raft_arbiter, move || {
         Context::with_receiver(consensus_rx).run(consensus_actor);

@@ -76,6 +76,8 @@ pub struct ApplyActor {
     watched: Arc<AtomicBool>,
     lessor: Addr<crate::actors::lease::LeaseActor>,
     tokens: Arc<crate::state::Tokens>,
+    /// Consensus, told of batches with a configuration change and of failures ([`Applied`]).
+    consensus: Recipient<Applied>,
     /// A store write failed: no later entry is applied on a store that misses an earlier one.
     failed: bool,
 }
@@ -84,7 +86,8 @@ impl ApplyActor {
     /// An apply actor over `store`, answering `waiters`, publishing the applied index to
     /// `applied_tx` and the store's revision to `revision_tx` (watch fanout; its receiver is
     /// woken only while `watched` is set), keeping the simple `tokens` in step with applied
-    /// auth changes.
+    /// auth changes, reporting to `consensus` what it must hear of ([`Applied`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<MvccStore>,
         waiters: Arc<Waiters>,
@@ -93,6 +96,7 @@ impl ApplyActor {
         watched: Arc<AtomicBool>,
         lessor: Addr<crate::actors::lease::LeaseActor>,
         tokens: Arc<crate::state::Tokens>,
+        consensus: Recipient<Applied>,
     ) -> ApplyActor {
         ApplyActor {
             core: ApplyCore::new(store),
@@ -102,6 +106,7 @@ impl ApplyActor {
             watched,
             lessor,
             tokens,
+            consensus,
             failed: false,
         }
     }
@@ -144,35 +149,74 @@ impl Actor for ApplyActor {
     type Context = Context<Self>;
 }
 
-/// Sent by consensus with entries that are committed and persisted locally, in log order.
-/// Replies with the last index applied and, when the entries changed it, the membership after
-/// them; an `Err` is fatal (the store is broken).
+/// Sent by consensus with entries that are committed and persisted locally, in log order. No
+/// reply: the applied index reaches consensus through the applied-index channel (read at its
+/// next turn, [`crate::actors::consensus::ConsensusActor`]), so an apply batch costs no
+/// wake-up of the consensus thread. A batch holding a configuration change entry, and any batch
+/// that fails, is reported with [`Applied`].
 #[derive(Message)]
-#[rtype(result = "Result<(u64, Option<Membership>), etch_storage::Error>")]
+#[rtype(result = "()")]
 pub struct ApplyCommitted {
     /// Committed entries, in index order.
     pub entries: Vec<Entry>,
 }
 
-impl Handler<ApplyCommitted> for ApplyActor {
-    type Result = Result<(u64, Option<Membership>), etch_storage::Error>;
+/// Sent by apply to consensus for a batch holding a configuration change entry (with the
+/// membership after it, if it changed) or a batch that failed (the store is broken: fatal).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Applied {
+    /// The batch's last index.
+    pub index: u64,
+    /// The membership after the batch when it changed; the store's error when it failed.
+    pub outcome: Result<Option<Membership>, etch_storage::Error>,
+}
 
-    fn handle(&mut self, m: ApplyCommitted, _: &mut Self::Context) -> Self::Result {
+/// Whether `entries` hold a configuration change, whose batch consensus must hear about
+/// ([`Applied`]): raft-rs takes the new configuration before the next one may be proposed.
+pub fn has_conf_change(entries: &[Entry]) -> bool {
+    entries
+        .iter()
+        .any(|e| e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal)
+}
+
+impl Handler<ApplyCommitted> for ApplyActor {
+    type Result = ();
+
+    fn handle(&mut self, m: ApplyCommitted, _: &mut Self::Context) {
         crate::metrics::dequeued("apply");
+        let last = m
+            .entries
+            .last()
+            .map_or(self.core.store().applied_index().index, |e| e.index);
+        let outcome = self.apply(&m.entries, last);
+        if outcome.is_err() || has_conf_change(&m.entries) {
+            self.consensus.do_send(Applied {
+                index: last,
+                outcome,
+            });
+        }
+    }
+}
+
+impl ApplyActor {
+    /// Applies `entries` (ending at `last`), answers their proposers and publishes the applied
+    /// index and revision. Returns the membership after them when they changed it.
+    fn apply(
+        &mut self,
+        entries: &[Entry],
+        last: u64,
+    ) -> Result<Option<Membership>, etch_storage::Error> {
         if self.failed {
             return Err(etch_storage::Error::CorruptStore(
                 "an earlier write to the store failed".into(),
             ));
         }
         let start = Instant::now();
-        let last = m
-            .entries
-            .last()
-            .map_or(self.core.store().applied_index().index, |e| e.index);
         let mut membership = None;
         let applied = self
             .core
-            .apply_entries(&m.entries)
+            .apply_entries(entries)
             .inspect_err(|_| self.failed = true)?;
         let took = start.elapsed();
         crate::metrics::hot()
@@ -194,11 +238,11 @@ impl Handler<ApplyCommitted> for ApplyActor {
             self.deliver(applied);
         }
         if took > SLOW_APPLY {
-            tracing::warn!(?took, entries = m.entries.len(), "apply took too long");
+            tracing::warn!(?took, entries = entries.len(), "apply took too long");
         }
         self.applied_tx.send_replace(last);
         self.publish_revision();
-        Ok((last, membership))
+        Ok(membership)
     }
 }
 

@@ -20,7 +20,9 @@ pub use crate::core::consensus::{
 pub use crate::core::raft::RaftCore;
 use crate::state::NodeState;
 
-use crate::actors::apply::{ApplyActor, ApplyCommitted, PersistStore, Waiters};
+use crate::actors::apply::{
+    Applied, ApplyActor, ApplyCommitted, PersistStore, Waiters, has_conf_change,
+};
 use crate::actors::transport::{SendMessages, SetMembers, TransportActor};
 use crate::actors::wal::{AppendEntries, ReleaseLog, WalActor};
 use crate::error::ApiError;
@@ -49,6 +51,15 @@ pub struct ConsensusActor {
     /// How many proposals the last flush took (clients' and, on a leader, forwarded ones):
     /// from [`LINGER_AFTER`] on, the next flush lingers ([`LINGER`]).
     last_flush_len: usize,
+    /// The applied index apply publishes: read at each turn ([`ConsensusActor::execute`])
+    /// instead of a reply per apply batch, which would wake this thread once more per round.
+    applied_rx: tokio::sync::watch::Receiver<u64>,
+    /// Batches with a configuration change sent to apply and not yet reported ([`Applied`]):
+    /// while any is, the applied index is not read from `applied_rx`, so raft-rs never counts
+    /// a configuration change applied before it has taken the new configuration.
+    conf_batches: usize,
+    /// The last applied index read from `applied_rx` and given to the core.
+    applied_read: u64,
 }
 
 /// Client proposals held at once, at most: a mailbox that never empties still gets its
@@ -71,7 +82,8 @@ const LINGER: Duration = Duration::from_micros(300);
 impl ConsensusActor {
     /// A consensus actor driving `core`, persisting through `wal`, applying through `apply`,
     /// talking to peers through `transport` (`None` for a single-member cluster), failing
-    /// refused proposals through `waiters`.
+    /// refused proposals through `waiters`, learning apply's progress from `applied_rx`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: ConsensusCore<ReadWaiter>,
         wal: Addr<WalActor>,
@@ -80,7 +92,9 @@ impl ConsensusActor {
         state: Arc<NodeState>,
         tick_interval: Duration,
         waiters: Arc<Waiters>,
+        applied_rx: tokio::sync::watch::Receiver<u64>,
     ) -> ConsensusActor {
+        let applied_read = *applied_rx.borrow();
         ConsensusActor {
             core,
             wal,
@@ -93,6 +107,9 @@ impl ConsensusActor {
             held: Vec::new(),
             waiters,
             last_flush_len: 0,
+            applied_read,
+            applied_rx,
+            conf_batches: 0,
         }
     }
 
@@ -155,6 +172,13 @@ impl ConsensusActor {
     /// the WAL and apply actors come back as core calls, followed by this again. Nothing once
     /// a write failed.
     fn execute(&mut self, ctx: &mut Context<Self>) {
+        if self.conf_batches == 0 && !self.failed {
+            let applied = *self.applied_rx.borrow_and_update();
+            if applied > self.applied_read {
+                self.applied_read = applied;
+                self.core.applied(applied, None);
+            }
+        }
         while let Some(effect) = self.core.poll() {
             if self.failed {
                 return;
@@ -178,15 +202,10 @@ impl ConsensusActor {
                 }
                 Effect::Apply(entries) => {
                     crate::metrics::queued("apply");
-                    let fut = self.apply.send(ApplyCommitted { entries });
-                    ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-                        match res.map_err(|e| e.to_string()) {
-                            Ok(Ok((index, membership))) => act.core.applied(index, membership),
-                            Ok(Err(e)) => act.storage_failed("apply", e),
-                            Err(e) => act.state.fail(format!("apply actor: {e}")),
-                        }
-                        act.execute(ctx);
-                    }));
+                    if has_conf_change(&entries) {
+                        self.conf_batches += 1;
+                    }
+                    self.apply.do_send(ApplyCommitted { entries });
                 }
                 Effect::Persist(p) => {
                     crate::metrics::queued("wal");
@@ -362,6 +381,21 @@ pub struct Propose {
     /// own decisions; [`ApiError::NotLeader`] otherwise); `None`: a client's write, forwarded
     /// to the leader by raft-rs.
     pub as_leader_in: Option<u64>,
+}
+
+impl Handler<Applied> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Applied, ctx: &mut Context<Self>) {
+        match m.outcome {
+            Ok(membership) => {
+                self.conf_batches = self.conf_batches.saturating_sub(1);
+                self.core.applied(m.index, membership);
+            }
+            Err(e) => self.storage_failed("apply", e),
+        }
+        self.execute(ctx);
+    }
 }
 
 impl Handler<Propose> for ConsensusActor {
