@@ -298,25 +298,53 @@ pub(crate) struct Db {
     pub(crate) dir: PathBuf,
 }
 
-/// The newest revision of every key in the key index, by a 64-bit hash of the key's escaped
-/// form ([`index_prefix`]): 24 bytes and a control byte per key (about 50 MB per million
-/// keys), filled from the index by a thread of its own when the database opens (the member
-/// starts serving meanwhile) and kept by the apply thread after each commit.
+/// The newest index entry of every key in the key index (its revision and [`IndexValue`]), by
+/// a 64-bit hash of the key's escaped form ([`index_prefix`]): 64 bytes and a control byte
+/// per key (about 130 MB per million keys at the map's worst load), filled from the index by
+/// a thread of its own when the database opens (the member starts serving meanwhile) and kept
+/// by the apply thread after each commit. Only the writer (apply) reads it: it is ahead of any
+/// other reader's snapshot.
 ///
 /// A write must find a key's newest index entry (its create revision, version and lease).
 /// Without this, that is a reverse range over the memtable and every table that may hold
-/// the key, which grows with the keyspace (bloom filters only serve point reads). With it, a
-/// key that was never written needs no read, and an existing one a point read of
-/// `index_key(key, revision)`, which bloom filters serve. Keys whose hashes collide share the
-/// entry with the newer revision, so an entry is only an upper bound for each of them: a
-/// point read that misses (a collision, or an entry compaction removed) falls back to the
-/// range. Once filled, no entry means no key has it. Filling and recording both keep the
-/// larger revision, so their order does not matter. Entries are never removed (a hash may be
-/// shared, so a deleted key's entry cannot be dropped safely): the map holds every key
-/// written since the database opened, deleted ones included, until the next start.
+/// the key, which grows with the keyspace (bloom filters only serve point reads), and even a
+/// point read of `index_key(key, revision)` cost an overwrite about as much as the rest of
+/// its apply. With it, a key that was never written needs no read, and an existing one none
+/// either: each entry also holds a second, independent 64-bit hash of its key (`check`), and
+/// an entry whose check matches is the key's (two different keys match both hashes with a
+/// probability of about 2^-128). Keys whose first hashes collide share an entry marked
+/// [`COLLIDED`] that keeps the newer revision, only an upper bound for each of them: their
+/// writes make a point read, and one that misses (the entry was another key's, or compaction
+/// removed it) falls back to the range. Once filled, no entry means no key has it. Filling and
+/// recording both keep the larger revision, so their order does not matter. Entries are never
+/// removed (a hash may be shared, so a deleted key's entry cannot be dropped safely): the map
+/// holds every key written since the database opened, deleted ones included (as tombstones),
+/// until the next start.
 pub(crate) struct Newest {
-    hasher: std::collections::hash_map::RandomState,
+    hashers: KeyHashers,
     inner: Arc<NewestInner>,
+}
+
+/// The two independently seeded hashers of [`Newest`].
+#[derive(Clone, Default)]
+struct KeyHashers {
+    /// The map's key.
+    hasher: std::collections::hash_map::RandomState,
+    /// [`NewestEntry::check`].
+    checker: std::collections::hash_map::RandomState,
+}
+
+impl KeyHashers {
+    /// The two hashes of an escaped key ([`index_prefix`]): the map's key and the entry's
+    /// check (never [`COLLIDED`]).
+    fn hashes(&self, prefix: &[u8]) -> (u64, u64) {
+        use std::hash::BuildHasher;
+        let check = self.checker.hash_one(prefix);
+        (
+            self.hasher.hash_one(prefix),
+            if check == COLLIDED { 1 } else { check },
+        )
+    }
 }
 
 /// Shards of [`Newest`]'s map, picked by bits 40..46 of a key's hash: a shard's table grows
@@ -328,7 +356,22 @@ const NEWEST_SHARDS: usize = 64;
 
 /// One shard of [`Newest`]: the keys' hashes are already uniform 64-bit values (SipHash of
 /// the key), used as they are instead of being hashed again.
-type NewestShard = HashMap<u64, Revision, std::hash::BuildHasherDefault<KeyHashHasher>>;
+type NewestShard = HashMap<u64, NewestEntry, std::hash::BuildHasherDefault<KeyHashHasher>>;
+
+/// One key's newest index entry in [`Newest`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewestEntry {
+    /// The entry's revision (the index key's suffix).
+    pub(crate) rev: Revision,
+    /// The key's second hash ([`Newest::hashes`]), or [`COLLIDED`].
+    pub(crate) check: u64,
+    /// The index value at `rev`.
+    pub(crate) iv: IndexValue,
+}
+
+/// A [`NewestEntry::check`] for an entry several keys share (their first hashes collide):
+/// only its revision is known to be an upper bound. A key's own check is never 0.
+const COLLIDED: u64 = 0;
 
 /// A `Hasher` for keys that are already hashes: returns the `u64` it was given.
 #[derive(Default)]
@@ -362,10 +405,25 @@ struct NewestInner {
     filled: AtomicBool,
 }
 
-/// Keeps the larger revision for hash `h`.
-fn newest_keep(shard: &mut NewestShard, h: u64, rev: Revision) {
-    let e = shard.entry(h).or_default();
-    *e = (*e).max(rev);
+/// Keeps the entry with the larger revision for hash `h`, marking it [`COLLIDED`] when another
+/// key had it.
+fn newest_keep(shard: &mut NewestShard, h: u64, e: NewestEntry) {
+    use std::collections::hash_map::Entry;
+    match shard.entry(h) {
+        Entry::Vacant(v) => {
+            v.insert(e);
+        }
+        Entry::Occupied(mut o) => {
+            let cur = o.get_mut();
+            let collided = cur.check == COLLIDED || cur.check != e.check;
+            if e.rev > cur.rev {
+                *cur = e;
+            }
+            if collided {
+                cur.check = COLLIDED;
+            }
+        }
+    }
 }
 
 /// What [`Newest`] knows of a key.
@@ -374,23 +432,24 @@ pub(crate) enum NewestRev {
     Unknown,
     /// No such key in the index.
     Absent,
-    /// The key's newest revision is at most this one.
+    /// The key's newest revision is at most this one (a shared entry, [`COLLIDED`]).
     AtMost(Revision),
+    /// The key's newest index entry: its revision and value.
+    Known(Revision, IndexValue),
 }
 
 impl Newest {
     /// Starts filling from every key of `index` on a thread of its own.
     fn start(index: &Keyspace) -> Newest {
         let n = Newest {
-            hasher: Default::default(),
+            hashers: KeyHashers::default(),
             inner: Arc::new(NewestInner {
                 shards: std::array::from_fn(|_| Mutex::new(NewestShard::default())),
                 filled: AtomicBool::new(false),
             }),
         };
-        let (index, inner, hasher) = (index.clone(), n.inner.clone(), n.hasher.clone());
+        let (index, inner, hashers) = (index.clone(), n.inner.clone(), n.hashers.clone());
         let fill = move || {
-            use std::hash::BuildHasher;
             let mut local: Vec<NewestShard> =
                 (0..NEWEST_SHARDS).map(|_| NewestShard::default()).collect();
             for (i, g) in index.iter().enumerate() {
@@ -398,19 +457,25 @@ impl Newest {
                 if i % 4_096 == 0 && Arc::strong_count(&inner) == 1 {
                     return;
                 }
-                let k = match g.key() {
-                    Ok(k) => k,
+                let (k, v) = match g.into_inner() {
+                    Ok(kv) => kv,
                     Err(e) => {
                         tracing::error!(error = %e, "reading the key index; writes look keys up in it");
                         return;
                     }
                 };
-                let Some((prefix, rev)) = keys::split_index_key(&k) else {
-                    tracing::error!("short key in the key index; writes look keys up in it");
+                let (Some((prefix, rev)), Some(iv)) =
+                    (keys::split_index_key(&k), IndexValue::decode(&v))
+                else {
+                    tracing::error!("bad entry in the key index; writes look keys up in it");
                     return;
                 };
-                let h = hasher.hash_one(prefix);
-                newest_keep(&mut local[newest_shard(h)], h, rev);
+                let (h, check) = hashers.hashes(prefix);
+                newest_keep(
+                    &mut local[newest_shard(h)],
+                    h,
+                    NewestEntry { rev, check, iv },
+                );
             }
             // Every shard is locked while the filled map replaces it, so no record falls
             // between the swap and the flag.
@@ -420,8 +485,8 @@ impl Newest {
                 .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
                 .collect();
             for (shard, mut filled) in shards.iter_mut().zip(local) {
-                for (h, rev) in shard.drain() {
-                    newest_keep(&mut filled, h, rev);
+                for (h, e) in shard.drain() {
+                    newest_keep(&mut filled, h, e);
                 }
                 **shard = filled;
             }
@@ -443,19 +508,20 @@ impl Newest {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The hash of an escaped key ([`index_prefix`]).
-    pub(crate) fn hash(&self, prefix: &[u8]) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(prefix)
+    /// The two independent hashes of an escaped key ([`index_prefix`]): the map's key and the
+    /// entry's check (never [`COLLIDED`]).
+    pub(crate) fn hashes(&self, prefix: &[u8]) -> (u64, u64) {
+        self.hashers.hashes(prefix)
     }
 
-    /// What is known of the keys with hash `h`.
-    fn get(&self, h: u64) -> NewestRev {
+    /// What is known of the key with hashes `(h, check)`.
+    fn get(&self, (h, check): (u64, u64)) -> NewestRev {
         if !self.inner.filled.load(Ordering::Acquire) {
             return NewestRev::Unknown;
         }
         match self.lock(newest_shard(h)).get(&h) {
-            Some(rev) => NewestRev::AtMost(*rev),
+            Some(e) if e.check == check => NewestRev::Known(e.rev, e.iv),
+            Some(e) => NewestRev::AtMost(e.rev),
             None => NewestRev::Absent,
         }
     }
@@ -466,10 +532,10 @@ impl Newest {
         self.inner.filled.load(Ordering::Acquire)
     }
 
-    /// Records index entries a committed batch wrote (`(hash, revision)`).
-    pub(crate) fn record(&self, written: &[(u64, Revision)]) {
-        for &(h, rev) in written {
-            newest_keep(&mut self.lock(newest_shard(h)), h, rev);
+    /// Records index entries a committed batch wrote (`(hash, entry)`).
+    pub(crate) fn record(&self, written: &[(u64, NewestEntry)]) {
+        for &(h, e) in written {
+            newest_keep(&mut self.lock(newest_shard(h)), h, e);
         }
     }
 }
@@ -1196,16 +1262,18 @@ impl MvccStore {
     }
 
     /// The newest index entry of `key` as of the committed state `v` (the write path: `v` is
-    /// the snapshot a batch started from, and only the apply thread commits), through
-    /// [`Newest`]; [`MvccStore::latest`] when its point read misses.
+    /// the snapshot a batch started from, and only the apply thread commits), from
+    /// [`Newest`]: read there for a key of its own, a point read for a shared entry, and
+    /// [`MvccStore::latest`] when that misses.
     fn newest(&self, v: &View, key: &[u8]) -> Result<Option<(Revision, IndexValue)>> {
         let lo = index_prefix(key);
         if lo.len() + 16 > keys::FJALL_MAX_KEY_BYTES {
             return Ok(None);
         }
-        let rev = match v.d.newest.get(v.d.newest.hash(&lo)) {
+        let rev = match v.d.newest.get(v.d.newest.hashes(&lo)) {
             NewestRev::Absent => return Ok(None),
             NewestRev::Unknown => return self.latest(v, key, i64::MAX),
+            NewestRev::Known(rev, iv) => return Ok(Some((rev, iv))),
             NewestRev::AtMost(rev) => rev,
         };
         let mut k = lo;

@@ -1025,10 +1025,79 @@ fn newest_map_shards_spread_hashes_and_keep_the_larger_revision() {
     h.write_u64(0xDEAD_BEEF_0123_4567);
     assert_eq!(h.finish(), 0xDEAD_BEEF_0123_4567);
     let mut shard = super::NewestShard::default();
-    let rev = |main| Revision { main, sub: 0 };
-    super::newest_keep(&mut shard, 7, rev(5));
-    super::newest_keep(&mut shard, 7, rev(3));
-    super::newest_keep(&mut shard, 8, rev(1));
-    assert_eq!(shard.get(&7), Some(&rev(5)));
-    assert_eq!(shard.get(&8), Some(&rev(1)));
+    let e = |main, check, version| super::NewestEntry {
+        rev: Revision { main, sub: 0 },
+        check,
+        iv: keys::IndexValue {
+            version,
+            ..Default::default()
+        },
+    };
+    let got =
+        |shard: &super::NewestShard, h| shard.get(&h).map(|e| (e.rev.main, e.check, e.iv.version));
+    super::newest_keep(&mut shard, 7, e(5, 11, 2));
+    super::newest_keep(&mut shard, 7, e(3, 11, 1));
+    super::newest_keep(&mut shard, 8, e(1, 12, 1));
+    assert_eq!(got(&shard, 7), Some((5, 11, 2)));
+    assert_eq!(got(&shard, 8), Some((1, 12, 1)));
+    // Another key with the same first hash: the entry is shared from then on, with the newer
+    // revision, whichever key wrote it.
+    super::newest_keep(&mut shard, 8, e(4, 13, 1));
+    assert_eq!(got(&shard, 8), Some((4, super::COLLIDED, 1)));
+    super::newest_keep(&mut shard, 8, e(2, 12, 2));
+    assert_eq!(got(&shard, 8), Some((4, super::COLLIDED, 1)));
+    super::newest_keep(&mut shard, 7, e(2, 14, 1));
+    assert_eq!(got(&shard, 7), Some((5, super::COLLIDED, 2)));
+}
+
+/// A write reads a key's create revision, version and lease from the newest-entry map; when
+/// the key's entry is shared with another key (their first hashes collide), it reads them
+/// from the index instead, and finds them right.
+#[test]
+fn writes_find_a_keys_state_when_its_newest_entry_is_shared() {
+    let mut t = T::new();
+    wait_filled(&t.s);
+    t.put("a", "1");
+    t.put("a", "2");
+    let (h, check) = t.s.db().newest.hashes(&keys::index_prefix(b"a"));
+    assert!(matches!(
+        t.s.db().newest.get((h, check)),
+        super::NewestRev::Known(_, iv) if iv.version == 2
+    ));
+    // Another key's entry under a's hash, at a later revision than a's newest.
+    let other = super::NewestEntry {
+        rev: Revision {
+            main: t.s.current_revision() + 1,
+            sub: 0,
+        },
+        check: check.wrapping_add(1).max(1),
+        iv: keys::IndexValue {
+            version: 7,
+            create_revision: 1,
+            ..Default::default()
+        },
+    };
+    t.s.db().newest.record(&[(h, other)]);
+    assert!(matches!(
+        t.s.db().newest.get((h, check)),
+        super::NewestRev::AtMost(_)
+    ));
+    let first = t
+        .get(RangeRequest {
+            key: Bytes::from_static(b"a"),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs[0]
+        .clone();
+    t.put("a", "3");
+    let kv = t
+        .get(RangeRequest {
+            key: Bytes::from_static(b"a"),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs[0]
+        .clone();
+    assert_eq!((kv.version, kv.create_revision), (3, first.create_revision));
 }

@@ -45,7 +45,7 @@ pub(super) struct WriteTxn<'a> {
     key_delta: i64,
     /// Index entries in the batch, as `(key hash, revision)` for [`super::Newest`] once
     /// committed.
-    written: Vec<(u64, Revision)>,
+    written: Vec<(u64, super::NewestEntry)>,
 }
 
 /// Request-level failure, or a fatal store error.
@@ -488,8 +488,15 @@ impl<'a> WriteTxn<'a> {
     /// Adds `key`'s index entry at `rev` to the batch.
     fn insert_index(&mut self, key: &[u8], rev: Revision, iv: &IndexValue) {
         let k = index_key(key, rev);
-        let h = self.d.newest.hash(&k[..k.len() - 16]);
-        self.written.push((h, rev));
+        let (h, check) = self.d.newest.hashes(&k[..k.len() - 16]);
+        self.written.push((
+            h,
+            super::NewestEntry {
+                rev,
+                check,
+                iv: *iv,
+            },
+        ));
         self.batch.insert(&self.d.index, k, iv.encode().to_vec());
     }
 
