@@ -152,8 +152,9 @@ impl Actor for ApplyActor {
 /// Sent by consensus with entries that are committed and persisted locally, in log order. No
 /// reply: the applied index reaches consensus through the applied-index channel (read at its
 /// next turn, [`crate::actors::consensus::ConsensusActor`]), so an apply batch costs no
-/// wake-up of the consensus thread. A batch holding a configuration change entry, and any batch
-/// that fails, is reported with [`Applied`].
+/// wake-up of the consensus thread. A batch holding a configuration change entry, one that
+/// changed the membership (a member's published attributes too), and any batch that fails, is
+/// reported with [`Applied`].
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ApplyCommitted {
@@ -161,13 +162,16 @@ pub struct ApplyCommitted {
     pub entries: Vec<Entry>,
 }
 
-/// Sent by apply to consensus for a batch holding a configuration change entry (with the
-/// membership after it, if it changed) or a batch that failed (the store is broken: fatal).
+/// Sent by apply to consensus for a batch holding a configuration change entry, one that
+/// changed the membership (with the membership after it), or a batch that failed (the store is
+/// broken: fatal).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Applied {
     /// The batch's last index.
     pub index: u64,
+    /// Whether the batch held a configuration change entry ([`has_conf_change`]).
+    pub conf_change: bool,
     /// The membership after the batch when it changed; the store's error when it failed.
     pub outcome: Result<Option<Membership>, etch_storage::Error>,
 }
@@ -190,9 +194,11 @@ impl Handler<ApplyCommitted> for ApplyActor {
             .last()
             .map_or(self.core.store().applied_index().index, |e| e.index);
         let outcome = self.apply(&m.entries, last);
-        if outcome.is_err() || has_conf_change(&m.entries) {
+        let conf_change = has_conf_change(&m.entries);
+        if conf_change || !matches!(outcome, Ok(None)) {
             self.consensus.do_send(Applied {
                 index: last,
+                conf_change,
                 outcome,
             });
         }

@@ -389,7 +389,9 @@ impl Handler<Applied> for ConsensusActor {
     fn handle(&mut self, m: Applied, ctx: &mut Context<Self>) {
         match m.outcome {
             Ok(membership) => {
-                self.conf_batches = self.conf_batches.saturating_sub(1);
+                if m.conf_change {
+                    self.conf_batches = self.conf_batches.saturating_sub(1);
+                }
                 self.core.applied(m.index, membership);
             }
             Err(e) => self.storage_failed("apply", e),
