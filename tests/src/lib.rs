@@ -483,14 +483,46 @@ pub fn etchctl_stdin(addr: &str, args: &[&str], stdin: &str) -> Output {
     c.wait_with_output().expect("etchctl output")
 }
 
-/// Runs `etch-bench --endpoints addr args...`.
+/// The longest an etch-bench run may take in a test before it is killed (its status then
+/// says it failed): a client that never gets an answer must not hold the suite.
+pub const BENCH_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Runs `etch-bench --endpoints addr args...`, killed after [`BENCH_DEADLINE`].
 pub fn bench(addr: &str, args: &[&str]) -> Output {
-    Command::new(bin("etch-bench"))
+    use std::io::Read;
+    let mut child = Command::new(bin("etch-bench"))
         .args(["--endpoints", addr])
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .expect("run etch-bench")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etch-bench");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let end = Instant::now() + BENCH_DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("etch-bench status") {
+            break s;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            break child.wait().expect("etch-bench status");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 /// Runs `etch-bench --endpoints addr --json args...`, asserts it ran without errors and returns
