@@ -125,6 +125,20 @@ fn nospace_alarm_is_raised_at_the_quota_and_cleared_by_compact_defrag_disarm() {
         .as_i64()
         .expect("revision");
     ok(&all[0], &["compaction", &rev.to_string()]);
+    // The compaction is acknowledged once the member asked applied it; defragment each member
+    // once it applied it too.
+    let applied = |s: &serde_json::Value| s["Status"]["raftAppliedIndex"].as_u64().unwrap_or(0);
+    let target = applied(&statuses(&all[0])[0]);
+    etch_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "every member to apply the compaction",
+        || {
+            statuses(&eps)
+                .iter()
+                .all(|s| applied(s) >= target)
+                .then_some(())
+        },
+    );
     let defrag = ok(&eps, &["defrag"]);
     assert_eq!(
         defrag.matches("Finished defragmenting etcd member").count(),

@@ -816,16 +816,20 @@ impl MvccStore {
         *self.quota_size.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Returns the space compaction freed (etcd Maintenance.Defragment): flushes every
-    /// keyspace's memtable to a table ([`MvccStore::flush_memtables`], waiting at most
-    /// [`DEFRAG_FLUSH_DEADLINE`]), then major-compacts each keyspace's tables into one level,
-    /// dropping overwritten entries and tombstones. Blocking, and long on a big store: call it
-    /// off async threads. Safe while apply writes (fjall serialises them).
+    /// Returns the space compaction freed (etcd Maintenance.Defragment): waits until the last
+    /// compaction's deletion is written ([`MvccStore::wait_purged`], at most
+    /// [`DEFRAG_FLUSH_DEADLINE`]: a defragment right after a compaction reclaims its space),
+    /// flushes every keyspace's memtable to a table ([`MvccStore::flush_memtables`], waiting
+    /// at most [`DEFRAG_FLUSH_DEADLINE`]), then major-compacts each keyspace's tables into one
+    /// level, dropping overwritten entries and tombstones. Blocking, and long on a big store:
+    /// call it off async threads. Safe while apply writes (fjall serialises them).
     ///
     /// # Errors
     /// [`Error::Fjall`]; [`Error::FlushTimeout`] when the flush does not finish in time (a
-    /// failed fjall flush never makes it wait forever).
+    /// failed fjall flush never makes it wait forever); [`Error::CorruptStore`] when the last
+    /// compaction's deletion failed or is still running after the deadline.
     pub fn defragment(&self) -> Result<()> {
+        self.wait_purged(self.compact_revision(), DEFRAG_FLUSH_DEADLINE)?;
         if !self.flush_memtables(DEFRAG_FLUSH_DEADLINE)? {
             return Err(Error::FlushTimeout(DEFRAG_FLUSH_DEADLINE));
         }
