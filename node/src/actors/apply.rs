@@ -76,7 +76,8 @@ pub struct ApplyActor {
     watched: Arc<AtomicBool>,
     lessor: Addr<crate::actors::lease::LeaseActor>,
     tokens: Arc<crate::state::Tokens>,
-    /// Consensus, told of batches with a configuration change and of failures ([`Applied`]).
+    /// Consensus, told of batches with a configuration change or a new membership, and of
+    /// failures ([`Applied`]).
     consensus: Recipient<Applied>,
     /// A store write failed: no later entry is applied on a store that misses an earlier one.
     failed: bool,
