@@ -1082,22 +1082,17 @@ fn writes_find_a_keys_state_when_its_newest_entry_is_shared() {
         t.s.db().newest.get((h, check)),
         super::NewestRev::AtMost(_)
     ));
-    let first = t
-        .get(RangeRequest {
+    let a = |t: &T| {
+        t.get(RangeRequest {
             key: Bytes::from_static(b"a"),
             ..Default::default()
         })
         .unwrap()
         .kvs[0]
-        .clone();
+            .clone()
+    };
+    let first = a(&t);
     t.put("a", "3");
-    let kv = t
-        .get(RangeRequest {
-            key: Bytes::from_static(b"a"),
-            ..Default::default()
-        })
-        .unwrap()
-        .kvs[0]
-        .clone();
+    let kv = a(&t);
     assert_eq!((kv.version, kv.create_revision), (3, first.create_revision));
 }
