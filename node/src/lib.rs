@@ -207,7 +207,6 @@ pub async fn run(
         ctx.set_mailbox_capacity(1024);
         ApplyActor::new(st, w, applied_tx, revision_tx, wd, ls, tk, to_consensus)
     });
-
     // Watch fanout reads events from the store: a thread of its own too.
     let watch_arbiter = Arbiter::new();
     let (st, ns, wl) = (store.clone(), state.clone(), config.watch);

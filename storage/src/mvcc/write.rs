@@ -43,7 +43,7 @@ pub(super) struct WriteTxn<'a> {
     alarms_next: Option<super::alarm::AlarmSet>,
     /// Keys created minus keys deleted by the entries ended so far (a run of Puts).
     key_delta: i64,
-    /// Index entries in the batch, as `(key hash, revision)` for [`super::Newest`] once
+    /// Index entries in the batch, as `(key hash, entry)` for [`super::Newest`] once
     /// committed.
     written: Vec<(u64, super::NewestEntry)>,
 }
