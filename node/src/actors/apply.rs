@@ -161,6 +161,9 @@ impl Actor for ApplyActor {
 pub struct ApplyCommitted {
     /// Committed entries, in index order.
     pub entries: Vec<Entry>,
+    /// Whether they hold a configuration change entry ([`has_conf_change`], found by
+    /// consensus, which counts such batches until they are reported).
+    pub conf_change: bool,
 }
 
 /// Sent by apply to consensus for a batch holding a configuration change entry, one that
@@ -195,11 +198,10 @@ impl Handler<ApplyCommitted> for ApplyActor {
             .last()
             .map_or(self.core.store().applied_index().index, |e| e.index);
         let outcome = self.apply(&m.entries, last);
-        let conf_change = has_conf_change(&m.entries);
-        if conf_change || !matches!(outcome, Ok(None)) {
+        if m.conf_change || !matches!(outcome, Ok(None)) {
             self.consensus.do_send(Applied {
                 index: last,
-                conf_change,
+                conf_change: m.conf_change,
                 outcome,
             });
         }

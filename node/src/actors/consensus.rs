@@ -202,10 +202,14 @@ impl ConsensusActor {
                 }
                 Effect::Apply(entries) => {
                     crate::metrics::queued("apply");
-                    if has_conf_change(&entries) {
+                    let conf_change = has_conf_change(&entries);
+                    if conf_change {
                         self.conf_batches += 1;
                     }
-                    self.apply.do_send(ApplyCommitted { entries });
+                    self.apply.do_send(ApplyCommitted {
+                        entries,
+                        conf_change,
+                    });
                 }
                 Effect::Persist(p) => {
                     crate::metrics::queued("wal");

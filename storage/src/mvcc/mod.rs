@@ -432,7 +432,8 @@ pub(crate) enum NewestRev {
     Unknown,
     /// No such key in the index.
     Absent,
-    /// The key's newest revision is at most this one (a shared entry, [`COLLIDED`]).
+    /// The key's newest revision is at most this one: the entry under its first hash is
+    /// shared ([`COLLIDED`]) or another key's (a point read tells).
     AtMost(Revision),
     /// The key's newest index entry: its revision and value.
     Known(Revision, IndexValue),
