@@ -762,6 +762,11 @@ impl Keyspace {
             self.supervisor.snapshot_tracker.pullup();
             self.supervisor.snapshot_tracker.gc();
 
+            // etch patch: the removed versions, and the flushed memtables only they held, are
+            // dropped after the keyspaces' lock is released: a journal rotation waits for that
+            // lock while holding the journal's, which every write batch needs, and freeing a
+            // large memtable takes tens of ms.
+            let mut removed = Vec::new();
             for keyspace in self
                 .supervisor
                 .keyspaces
@@ -769,16 +774,18 @@ impl Keyspace {
                 .expect("lock is poisoned")
                 .values()
             {
-                if let Err(e) = keyspace.tree.get_version_history_lock().maintenance(
+                match keyspace.tree.get_version_history_lock().maintenance_deferred(
                     keyspace.path(),
                     self.supervisor.snapshot_tracker.get_seqno_safe_to_gc(),
                 ) {
-                    log::warn!(
+                    Ok(versions) => removed.push(versions),
+                    Err(e) => log::warn!(
                         "Version history GC failed for keyspace {:?}: {e:?}",
                         keyspace.name,
-                    );
+                    ),
                 }
             }
+            drop(removed);
         }
 
         #[expect(clippy::expect_used)]
