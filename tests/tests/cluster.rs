@@ -334,16 +334,13 @@ fn follower_far_behind_catches_up_by_snapshot() {
         &c.nodes[leader],
         "the lagging member to catch up",
     );
-    assert!(
-        c.nodes[leader].log().contains("snapshot sent"),
-        "{}",
-        c.nodes[leader].log()
-    );
-    assert!(
-        c.nodes[lagging].log().contains("installed a snapshot"),
-        "{}",
-        c.nodes[lagging].log()
-    );
+    // The store serves the snapshot's revision as soon as apply has ingested it; the sender and
+    // the receiver's consensus log the transfer a moment later, so wait for both lines.
+    for (node, line) in [(leader, "snapshot sent"), (lagging, "installed a snapshot")] {
+        wait_for(Duration::from_secs(30), line, || {
+            c.nodes[node].log().contains(line).then_some(())
+        });
+    }
     let reference = keyspace(&c.nodes[leader], target);
     assert_eq!(reference.as_array().unwrap().len(), 8000);
     for n in &c.nodes {
