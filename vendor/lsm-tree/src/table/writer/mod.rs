@@ -26,7 +26,7 @@ use crate::{
     Checksum, CompressionType, InternalValue, TableId, UserKey, ValueType,
 };
 use index::BlockIndexWriter;
-use std::{fs::File, io::BufWriter, path::PathBuf};
+use std::{fs::File, io::BufWriter, io::Write as _, path::PathBuf};
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug, std::hash::Hash)]
 pub struct LinkedFile {
@@ -92,6 +92,9 @@ pub struct Writer {
     linked_blob_files: Vec<LinkedFile>,
 
     initial_level: u8,
+
+    /// `meta.file_pos` when the kernel was last asked to start write-back (etch patch).
+    kicked_at: u64,
 }
 
 impl Writer {
@@ -103,6 +106,7 @@ impl Writer {
 
         Ok(Self {
             initial_level,
+            kicked_at: 0,
 
             meta: meta::Metadata::default(),
 
@@ -340,6 +344,15 @@ impl Writer {
         self.meta.file_pos += u64::from(bytes_written);
         self.meta.item_count += self.chunk.len();
         self.meta.data_block_count += 1;
+
+        // etch patch: start the write-back of every WRITEBACK_STEP bytes as they are written
+        // (see `crate::file::start_writeback`) instead of leaving the whole table to its fsync.
+        if *self.meta.file_pos - self.kicked_at >= crate::file::WRITEBACK_STEP {
+            let buffered = self.file_writer.get_mut().inner_mut();
+            buffered.flush()?;
+            crate::file::start_writeback(buffered.get_ref());
+            self.kicked_at = *self.meta.file_pos;
+        }
 
         // Back link stuff
         self.prev_pos.0 = self.prev_pos.1;
