@@ -572,8 +572,22 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// A free UDP port on 127.0.0.1 (bound and released; members bind it right after), chosen
 /// below the kernel's ephemeral range: a port the kernel handed out (`bind(0)`) may be handed
 /// out again, to another member's QUIC client endpoint, before the member it was picked for
-/// binds it ("Address already in use").
+/// binds it ("Address already in use"). A port is handed out once per test process: tests run
+/// in parallel threads, and two of them drawing the same free port before either member bound
+/// it made one member fail to start.
 pub fn free_udp_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let port = (0..100)
+        .map(|_| pick_udp_port())
+        .find(|p| !handed_out.contains(p))
+        .expect("a port not handed out yet");
+    handed_out.push(port);
+    port
+}
+
+/// One free UDP port below the ephemeral range (see [`free_udp_port`]).
+fn pick_udp_port() -> u16 {
     use rand::Rng;
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
