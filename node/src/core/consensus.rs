@@ -733,6 +733,44 @@ mod tests {
     }
 
     #[test]
+    fn messages_from_ids_outside_the_membership_are_not_remembered() {
+        let mut c = leader_of_three();
+        let (term, leader, ..) = c.raft().status();
+        assert_eq!(leader, 1);
+        // Both followers answered in this term.
+        assert_eq!(c.raft().heard_len(), 2);
+        let heartbeat_response = |from: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgHeartbeatResponse);
+            m.from = from;
+            m.to = 1;
+            m.term = term;
+            m
+        };
+        for from in 4..1_004u64 {
+            c.step(heartbeat_response(from));
+        }
+        assert_eq!(c.raft().heard_len(), 2);
+        // Member 3 leaves the configuration, and the record of it with it.
+        let two = Membership {
+            members: (1..=2)
+                .map(|id| Member {
+                    id,
+                    name: format!("m{id}"),
+                    peer_ur_ls: vec![format!("http://127.0.0.1:{id}")],
+                    ..Default::default()
+                })
+                .collect(),
+            removed: vec![3],
+        };
+        let applied = c.raft().committed();
+        c.applied(applied, Some(two));
+        assert_eq!(c.raft().heard_len(), 1);
+        c.step(heartbeat_response(3));
+        assert_eq!(c.raft().heard_len(), 1);
+    }
+
+    #[test]
     fn one_snapshot_installs_at_a_time_and_stale_ones_are_stepped() {
         let (mut c, _) = leading_single();
         let committed = c.raft().committed();

@@ -63,7 +63,10 @@ pub struct RaftCore<W> {
     next_read_ctx: u64,
     ticks: u64,
     election_ticks: u64,
-    /// The tick at which each peer's last message was stepped, for [`RaftCore::active_voters`].
+    /// The tick at which each peer's last message was stepped, for [`RaftCore::active_voters`]:
+    /// members of the current configuration only (a message from any other id is not
+    /// recorded, and a member leaves it with the configuration), so it never outgrows the
+    /// membership.
     heard_at: std::collections::HashMap<u64, u64>,
 }
 
@@ -295,7 +298,15 @@ impl<W> RaftCore<W> {
         // The log's copy (for snapshots and release points) is always raft-rs's own.
         self.log
             .set_conf_state(self.node.raft.prs().conf().to_conf_state());
+        let prs = self.node.raft.prs();
+        self.heard_at.retain(|id, _| prs.get(*id).is_some());
         changed
+    }
+
+    /// How many peers [`RaftCore::active_voters`] keeps a last-heard tick for.
+    #[cfg(test)]
+    pub(crate) fn heard_len(&self) -> usize {
+        self.heard_at.len()
     }
 
     /// Whether learner `id` has caught up enough to be promoted: its match index is at least
@@ -500,7 +511,10 @@ impl<W> RaftCore<W> {
     /// Steps a message from a peer. Messages raft-rs refuses (a local message type, an unknown
     /// sender's response) are dropped: peers cannot make this fail.
     pub fn step(&mut self, m: Message) {
-        if m.from != INVALID_ID && m.term == self.node.raft.term {
+        if m.from != INVALID_ID
+            && m.term == self.node.raft.term
+            && self.node.raft.prs().get(m.from).is_some()
+        {
             self.heard_at.insert(m.from, self.ticks);
         }
         if let Err(e) = self.node.step(m) {
