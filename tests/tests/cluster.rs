@@ -776,6 +776,134 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
     c.leader();
 }
 
+/// Raft messages that decode, come on a stream the member admitted, and would make raft-rs
+/// panic (or corrupt its log) if stepped: each is refused or dropped, and the cluster goes on.
+#[test]
+fn raft_messages_that_would_panic_raft_rs_are_refused() {
+    use etch_node::core::peer::{Outbound, outbound};
+    use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
+    use futures::SinkExt;
+    use raft::eraftpb::{Entry, Message, MessageType};
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    // The frames go to a follower, on a stream that says it is the third member.
+    let (f, k) = ((leader + 1) % 3, (leader + 2) % 3);
+    let id = |i: usize| {
+        c.nodes[i].status().unwrap()["header"]["member_id"]
+            .as_u64()
+            .unwrap()
+    };
+    let status = c.nodes[f].status().unwrap();
+    let cluster_id = status["header"]["cluster_id"].as_u64().unwrap();
+    let term = status["raftTerm"].as_u64().unwrap();
+    let (target, sender) = (id(f), id(k));
+    let addr: std::net::SocketAddr = c.peer_urls[f]
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let raft = |t: MessageType, term: u64, edit: &dyn Fn(&mut Message)| -> bytes::Bytes {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = sender;
+        m.to = target;
+        m.term = term;
+        edit(&mut m);
+        match outbound(m) {
+            Some(Outbound::Frame(b)) => b,
+            other => panic!("{other:?}"),
+        }
+    };
+    let entry = |index: u64, term: u64| Entry {
+        index,
+        term,
+        ..Default::default()
+    };
+    let refused = vec![
+        // Term 0: raft-rs takes it as local and skips its term checks; a commit index past
+        // the log then panics it ("out of range").
+        raft(MessageType::MsgHeartbeat, 0, &|m| m.commit = 1_000_000),
+        // Entries that do not follow the index they are appended after.
+        raft(MessageType::MsgAppend, term, &|m| {
+            m.index = 1;
+            m.log_term = 1;
+            m.set_entries(vec![entry(7, term)].into());
+        }),
+        // A forwarded proposal never has a term: the follower would panic forwarding it.
+        raft(MessageType::MsgPropose, term, &|m| {
+            m.set_entries(vec![entry(0, 0)].into())
+        }),
+    ];
+    let transfer = raft(MessageType::MsgTransferLeader, term, &|_| {});
+    let hello = etch_protocol::frame::encode_payload_of(&PeerFrame {
+        body: Some(Body::Hello(PeerHello {
+            cluster_id,
+            member_id: sender,
+            protocol_version: 1,
+            client_urls: Vec::new(),
+        })),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ep = etch_node::actors::transport::endpoint(sock, None).unwrap();
+        let send = |frame: bytes::Bytes, closes: bool| {
+            let (ep, hello) = (ep.clone(), hello.clone());
+            async move {
+                let conn = ep.connect(addr, "127.0.0.1").unwrap().await.unwrap();
+                let send = conn.open_uni().await.unwrap();
+                let mut w =
+                    tokio_util::codec::FramedWrite::new(send, etch_protocol::frame::codec(1 << 20));
+                let _ = w.send(hello).await;
+                let _ = w.send(frame).await;
+                let _ = SinkExt::<bytes::Bytes>::flush(&mut w).await;
+                if closes {
+                    // The member closes the connection on us.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+                }
+                conn
+            }
+        };
+        for frame in refused {
+            send(frame, true).await;
+        }
+        // A leader transfer a follower would forward (and panic on its term): dropped, the
+        // stream stays up.
+        let conn = send(transfer, false).await;
+        let log = || c.nodes[f].log();
+        wait_for(
+            Duration::from_secs(10),
+            "the leader transfer dropped",
+            || {
+                log()
+                    .contains("a leader transfer to a member that does not lead")
+                    .then_some(())
+            },
+        );
+        conn.close(0u32.into(), b"done");
+    });
+    let log = c.nodes[f].log();
+    for why in [
+        "MsgHeartbeat from",
+        "entry 0 has index 7",
+        "MsgPropose from",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("rejected peer connection") && l.contains(why)),
+            "{why}: {log}"
+        );
+    }
+    assert!(!log.contains("panicked"), "{log}");
+    for n in &c.nodes {
+        n.ctl_ok(&["put", "unharmed", "yes"]);
+    }
+    c.leader();
+}
+
 #[test]
 fn a_member_that_lost_its_data_stops_with_an_error_instead_of_panicking() {
     // A follower's data directory is wiped while it is down: started again with the same

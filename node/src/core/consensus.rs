@@ -771,6 +771,39 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_transfer_reaching_a_follower_is_dropped() {
+        let m = Membership {
+            members: (1..=3)
+                .map(|id| Member {
+                    id,
+                    name: format!("m{id}"),
+                    peer_ur_ls: vec![format!("http://127.0.0.1:{id}")],
+                    ..Default::default()
+                })
+                .collect(),
+            removed: Vec::new(),
+        };
+        let mut c = bootstrapped(&m, 10, 1_000, 10);
+        let mut hb = Message::default();
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        hb.from = 2;
+        hb.to = 1;
+        hb.term = 2;
+        c.step(hb);
+        assert_eq!(c.raft().status().1, 2, "member 2 leads");
+        // raft-rs would forward it to member 2 and panic on its term.
+        let mut t = Message::default();
+        t.set_msg_type(MessageType::MsgTransferLeader);
+        t.from = 3;
+        t.to = 1;
+        t.term = 2;
+        assert!(c.raft().unsafe_to_step(&t).is_some());
+        c.step(t);
+        let (term, leader, ..) = c.raft().status();
+        assert_eq!((term, leader), (2, 2));
+    }
+
+    #[test]
     fn one_snapshot_installs_at_a_time_and_stale_ones_are_stepped() {
         let (mut c, _) = leading_single();
         let committed = c.raft().committed();

@@ -170,12 +170,18 @@ pub fn decode(b: Bytes, stream_of: u64, me: u64) -> Result<Inbound, Refusal> {
             let msg = Message::parse_from_carllerche_bytes(&raft)
                 .map_err(|e| bad(format!("raft message does not decode: {e}")))?;
             check_sender(&msg, stream_of, me).map_err(bad)?;
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                // A snapshot comes on a stream of its own, with the store it describes.
+                return Err(bad("snapshot message outside a snapshot stream".into()));
+            }
+            check_shape(&msg).map_err(bad)?;
             Ok(Inbound::Raft(msg))
         }
         Some(Body::Request(q)) => Ok(Inbound::Request(q)),
         Some(Body::Answer(a)) => Ok(Inbound::Answer(a)),
         Some(Body::SnapshotBegin(raft)) => match Message::parse_from_bytes(&raft) {
             Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot && m.to == me => {
+                check_shape(&m).map_err(bad)?;
                 Ok(Inbound::SnapshotBegin(m))
             }
             _ => Err(bad("bad snapshot message".into())),
@@ -215,6 +221,117 @@ pub fn check_sender(msg: &Message, stream_of: u64, me: u64) -> Result<(), String
         ));
     }
     Ok(())
+}
+
+/// Whether `msg`'s fields agree with one another as those of every message raft-rs sends do.
+/// raft-rs trusts its peers: some messages no correct peer sends make it panic (raft-rs 0.7
+/// `RaftLog::commit_to` "out of range", `maybe_append` "conflict with committed entry",
+/// `Raft::send` "term should (not) be set", `restore` "unable to restore config"), or corrupt
+/// its unstable log. Such a message is refused here, before it reaches raft-rs:
+///
+/// - the term: every message carries its sender's term (never 0) but the proposals and
+///   read-index requests a follower forwards, which carry none (raft-rs `Raft::send`); raft-rs
+///   takes a message of term 0 as a local one and skips its term checks;
+/// - an append: entries numbered on from the index it follows (`index + 1`, `index + 2`, ...),
+///   with terms at least that entry's term (`log_term`, never 0 past index 0), never
+///   decreasing and at most the message's term;
+/// - a snapshot: an index and a term (at most the message's), and a configuration raft-rs can
+///   take ([`check_conf_state`]).
+///
+/// # Errors
+/// What does not agree, for the log.
+pub fn check_shape(msg: &Message) -> Result<(), String> {
+    let t = msg.get_msg_type();
+    let forwarded = matches!(t, MessageType::MsgPropose | MessageType::MsgReadIndex);
+    if forwarded != (msg.term == 0) {
+        return Err(format!(
+            "{t:?} from {} with term {}",
+            MemberId(msg.from),
+            msg.term
+        ));
+    }
+    match t {
+        MessageType::MsgAppend => {
+            if msg.index > 0 && msg.log_term == 0 {
+                return Err(format!(
+                    "append from {} after index {} of term 0",
+                    MemberId(msg.from),
+                    msg.index
+                ));
+            }
+            let mut floor = msg.log_term.max(1);
+            for (i, e) in msg.entries.iter().enumerate() {
+                let want = msg.index.checked_add(i as u64 + 1);
+                if want != Some(e.index) || e.term < floor || e.term > msg.term {
+                    return Err(format!(
+                        "append from {} (term {}, after index {} of term {}): entry {} has \
+                         index {} and term {}",
+                        MemberId(msg.from),
+                        msg.term,
+                        msg.index,
+                        msg.log_term,
+                        i,
+                        e.index,
+                        e.term
+                    ));
+                }
+                floor = e.term;
+            }
+        }
+        MessageType::MsgSnapshot => {
+            let meta = msg.get_snapshot().get_metadata();
+            if meta.index == 0 || meta.term == 0 || meta.term > msg.term {
+                return Err(format!(
+                    "snapshot from {} (term {}) at index {} of term {}",
+                    MemberId(msg.from),
+                    msg.term,
+                    meta.index,
+                    meta.term
+                ));
+            }
+            check_conf_state(meta.get_conf_state())?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether raft-rs can restore a snapshot's configuration (its `confchange::restore`, else
+/// `fatal!("unable to restore config")`): some voters, no member ID 0, each member in one
+/// role, and the joint-consensus fields consistent (outgoing learners among the outgoing
+/// voters; without outgoing voters, no outgoing learners and no automatic leave).
+///
+/// # Errors
+/// What is wrong with it, for the log.
+pub fn check_conf_state(cs: &raft::eraftpb::ConfState) -> Result<(), String> {
+    let all = || {
+        cs.voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+    };
+    let distinct = |a: &[u64], b: &[u64]| a.iter().all(|id| !b.contains(id));
+    let ok = !cs.voters.is_empty()
+        && all().all(|id| *id != 0)
+        && distinct(&cs.voters, &cs.learners)
+        && distinct(&cs.learners, &cs.voters_outgoing)
+        && distinct(&cs.learners_next, &cs.voters)
+        && distinct(&cs.learners_next, &cs.learners)
+        && cs
+            .learners_next
+            .iter()
+            .all(|id| cs.voters_outgoing.contains(id))
+        && (!cs.voters_outgoing.is_empty() || (cs.learners_next.is_empty() && !cs.auto_leave));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "snapshot configuration raft cannot take: voters {:?}, learners {:?}, outgoing \
+             voters {:?}, next learners {:?}, auto leave {}",
+            cs.voters, cs.learners, cs.voters_outgoing, cs.learners_next, cs.auto_leave
+        ))
+    }
 }
 
 /// How a raft message travels.
@@ -427,12 +544,102 @@ mod tests {
     use super::*;
     use etch_protocol::etcdserverpb::Member;
 
+    /// A message as raft-rs sends it: of term 2, but a forwarded proposal or read index (0).
     fn msg(t: MessageType, from: u64, to: u64) -> Message {
         let mut m = Message::default();
         m.set_msg_type(t);
         m.from = from;
         m.to = to;
+        if !matches!(t, MessageType::MsgPropose | MessageType::MsgReadIndex) {
+            m.term = 2;
+        }
         m
+    }
+
+    fn entry(index: u64, term: u64) -> raft::eraftpb::Entry {
+        raft::eraftpb::Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn messages_whose_fields_disagree_are_refused() {
+        let decoded = |m: &Message| decode(raft_frame(m).into(), m.from, m.to);
+        // Terms: set on everything but what a follower forwards.
+        let mut hb = msg(MessageType::MsgHeartbeat, 2, 1);
+        assert!(decoded(&hb).is_ok());
+        hb.term = 0;
+        assert_eq!(
+            decoded(&hb).unwrap_err().to_string(),
+            "MsgHeartbeat from 2 with term 0"
+        );
+        let mut prop = msg(MessageType::MsgPropose, 2, 1);
+        prop.mut_entries().push(entry(0, 0));
+        assert!(decoded(&prop).is_ok());
+        prop.term = 2;
+        assert!(decoded(&prop).is_err());
+        // Appends: entries follow the index they are appended after, terms never go down
+        // and never pass the message's.
+        let append = |index, log_term, entries: &[(u64, u64)]| {
+            let mut m = msg(MessageType::MsgAppend, 2, 1);
+            m.index = index;
+            m.log_term = log_term;
+            m.entries = entries.iter().map(|&(i, t)| entry(i, t)).collect();
+            m
+        };
+        for ok in [
+            append(0, 0, &[(1, 1), (2, 1), (3, 2)]),
+            append(7, 1, &[(8, 2)]),
+            append(7, 2, &[]),
+        ] {
+            assert!(decoded(&ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            append(7, 0, &[]),
+            append(10, 1, &[(7, 2)]),
+            append(10, 1, &[(11, 2), (13, 2)]),
+            append(10, 2, &[(11, 1)]),
+            append(10, 1, &[(11, 2), (12, 1)]),
+            append(10, 1, &[(11, 3)]),
+            append(u64::MAX, 1, &[(0, 1)]),
+        ] {
+            assert!(decoded(&bad).is_err(), "{bad:?}");
+        }
+        // A snapshot only on a snapshot stream, with an index, a term and a configuration.
+        let snap = |index, term, voters: Vec<u64>, learners: Vec<u64>| {
+            let mut m = msg(MessageType::MsgSnapshot, 2, 1);
+            let meta = m.mut_snapshot().mut_metadata();
+            meta.index = index;
+            meta.term = term;
+            meta.mut_conf_state().voters = voters;
+            meta.mut_conf_state().learners = learners;
+            m
+        };
+        let begin = |m: &Message| {
+            let f = PeerFrame {
+                body: Some(Body::SnapshotBegin(m.write_to_bytes().unwrap().into())),
+            }
+            .encode_to_vec();
+            decode(f.into(), 2, 1)
+        };
+        let good = snap(5, 2, vec![1, 2, 3], vec![4]);
+        assert!(matches!(begin(&good), Ok(Inbound::SnapshotBegin(_))));
+        assert!(
+            decoded(&good).is_err(),
+            "a snapshot outside a snapshot stream"
+        );
+        for bad in [
+            snap(0, 2, vec![1, 2, 3], vec![]),
+            snap(5, 0, vec![1, 2, 3], vec![]),
+            snap(5, 3, vec![1, 2, 3], vec![]),
+            snap(5, 2, vec![], vec![1]),
+            snap(5, 2, vec![1, 0], vec![]),
+            snap(5, 2, vec![1, 2], vec![2]),
+        ] {
+            assert!(begin(&bad).is_err(), "{bad:?}");
+        }
     }
 
     fn raft_frame(m: &Message) -> Vec<u8> {

@@ -509,8 +509,14 @@ impl<W> RaftCore<W> {
     }
 
     /// Steps a message from a peer. Messages raft-rs refuses (a local message type, an unknown
-    /// sender's response) are dropped: peers cannot make this fail.
+    /// sender's response) are dropped: peers cannot make this fail. The transport has
+    /// refused messages whose fields disagree (`peer::check_shape`); two more that raft-rs
+    /// would panic on, given this member's state, are dropped here ([`RaftCore::unsafe_to_step`]).
     pub fn step(&mut self, m: Message) {
+        if let Some(why) = self.unsafe_to_step(&m) {
+            tracing::warn!(from = %etch_protocol::ids::MemberId(m.from), kind = ?m.get_msg_type(), why, "peer message dropped");
+            return;
+        }
         if m.from != INVALID_ID
             && m.term == self.node.raft.term
             && self.node.raft.prs().get(m.from).is_some()
@@ -519,6 +525,30 @@ impl<W> RaftCore<W> {
         }
         if let Err(e) = self.node.step(m) {
             tracing::debug!(error = %e, "peer message dropped");
+        }
+    }
+
+    /// Why raft-rs 0.7 would panic stepping `m` in this member's state, or `None`; no correct
+    /// peer sends either message:
+    /// - a leader transfer reaching a member that does not lead: a follower forwards it to
+    ///   its leader, and raft-rs's `send` panics on a forwarded message that has a term
+    ///   ("term should not be set"), which every message from the network has;
+    /// - a granted vote reaching a candidate whose log is not all durable yet: raft-rs sends
+    ///   vote requests only once the log is persisted, and `become_leader` asserts it is.
+    pub fn unsafe_to_step(&self, m: &Message) -> Option<&'static str> {
+        let r = &self.node.raft;
+        match m.get_msg_type() {
+            MessageType::MsgTransferLeader if r.state != StateRole::Leader => {
+                Some("a leader transfer to a member that does not lead")
+            }
+            MessageType::MsgRequestVoteResponse
+                if !m.reject
+                    && r.state == StateRole::Candidate
+                    && r.raft_log.persisted < r.raft_log.last_index() =>
+            {
+                Some("a vote for a candidate whose log is not durable yet")
+            }
+            _ => None,
         }
     }
 
