@@ -691,9 +691,41 @@ fn bad_peer_tls_flags_are_refused_at_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--peer-client-cert-auth"));
 }
 
+/// The first frame of a peer stream: a Hello claiming to be `member_id` of `cluster_id`.
+fn peer_hello(cluster_id: u64, member_id: u64) -> bytes::Bytes {
+    use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
+    etch_protocol::frame::encode_payload_of(&PeerFrame {
+        body: Some(Body::Hello(PeerHello {
+            cluster_id,
+            member_id,
+            protocol_version: 1,
+            client_urls: Vec::new(),
+        })),
+    })
+}
+
+/// Runs `test` as a peer of the member listening on `peer_url`: on a runtime of its own,
+/// with etch's own QUIC endpoint (auto TLS, which accepts the member's generated
+/// certificate) and the member's peer address.
+fn as_peer<F: std::future::Future<Output = ()>>(
+    peer_url: &str,
+    test: impl FnOnce(quinn::Endpoint, std::net::SocketAddr) -> F,
+) {
+    let addr: std::net::SocketAddr = peer_url.trim_start_matches("http://").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ep = etch_node::actors::transport::endpoint(sock, None).unwrap();
+        test(ep, addr).await;
+    });
+}
+
 #[test]
 fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
-    use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
+    use etch_protocol::etchpb::{PeerFrame, peer_frame::Body};
     use futures::SinkExt;
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
@@ -702,28 +734,8 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
     let member_id = c.nodes[1].status().unwrap()["header"]["member_id"]
         .as_u64()
         .unwrap();
-    let addr: std::net::SocketAddr = c.peer_urls[0]
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // etch's own endpoint: auto TLS, accepts the member's generated certificate.
-        let ep = etch_node::actors::transport::endpoint(sock, None).unwrap();
-        let hello = |cluster_id| {
-            etch_protocol::frame::encode_payload_of(&PeerFrame {
-                body: Some(Body::Hello(PeerHello {
-                    cluster_id,
-                    member_id,
-                    protocol_version: 1,
-                    client_urls: Vec::new(),
-                })),
-            })
-        };
+    as_peer(&c.peer_urls[0], |ep, addr| async move {
+        let hello = |cluster_id| peer_hello(cluster_id, member_id);
         let attempts: Vec<Vec<bytes::Bytes>> = vec![
             // Not a Hello first.
             vec![etch_protocol::frame::encode_payload_of(&PeerFrame {
@@ -781,7 +793,6 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
 #[test]
 fn raft_messages_that_would_panic_raft_rs_are_refused() {
     use etch_node::core::peer::{Outbound, outbound};
-    use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
     use futures::SinkExt;
     use raft::eraftpb::{Entry, Message, MessageType};
     let dir = tempfile::tempdir().unwrap();
@@ -798,10 +809,6 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
     let cluster_id = status["header"]["cluster_id"].as_u64().unwrap();
     let term = status["raftTerm"].as_u64().unwrap();
     let (target, sender) = (id(f), id(k));
-    let addr: std::net::SocketAddr = c.peer_urls[f]
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
     let raft = |t: MessageType, term: u64, edit: &dyn Fn(&mut Message)| -> bytes::Bytes {
         let mut m = Message::default();
         m.set_msg_type(t);
@@ -835,21 +842,9 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
         }),
     ];
     let transfer = raft(MessageType::MsgTransferLeader, term, &|_| {});
-    let hello = etch_protocol::frame::encode_payload_of(&PeerFrame {
-        body: Some(Body::Hello(PeerHello {
-            cluster_id,
-            member_id: sender,
-            protocol_version: 1,
-            client_urls: Vec::new(),
-        })),
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let ep = etch_node::actors::transport::endpoint(sock, None).unwrap();
+    let hello = peer_hello(cluster_id, sender);
+    let log = || c.nodes[f].log();
+    as_peer(&c.peer_urls[f], |ep, addr| async move {
         let send = |frame: bytes::Bytes, closes: bool| {
             let (ep, hello) = (ep.clone(), hello.clone());
             async move {
@@ -873,7 +868,6 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
         // A leader transfer a follower would forward (and panic on its term): dropped, the
         // stream stays up.
         let conn = send(transfer, false).await;
-        let log = || c.nodes[f].log();
         wait_for(
             Duration::from_secs(10),
             "the leader transfer dropped",

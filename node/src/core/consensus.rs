@@ -752,17 +752,7 @@ mod tests {
         }
         assert_eq!(c.raft().heard_len(), 2);
         // Member 3 leaves the configuration, and the record of it with it.
-        let two = Membership {
-            members: (1..=2)
-                .map(|id| Member {
-                    id,
-                    name: format!("m{id}"),
-                    peer_ur_ls: vec![format!("http://127.0.0.1:{id}")],
-                    ..Default::default()
-                })
-                .collect(),
-            removed: vec![3],
-        };
+        let two = members(2, vec![3]);
         let applied = c.raft().committed();
         c.applied(applied, Some(two));
         assert_eq!(c.raft().heard_len(), 1);
@@ -772,17 +762,7 @@ mod tests {
 
     #[test]
     fn a_leader_transfer_reaching_a_follower_is_dropped() {
-        let m = Membership {
-            members: (1..=3)
-                .map(|id| Member {
-                    id,
-                    name: format!("m{id}"),
-                    peer_ur_ls: vec![format!("http://127.0.0.1:{id}")],
-                    ..Default::default()
-                })
-                .collect(),
-            removed: Vec::new(),
-        };
+        let m = members(3, Vec::new());
         let mut c = bootstrapped(&m, 10, 1_000, 10);
         let mut hb = Message::default();
         hb.set_msg_type(MessageType::MsgHeartbeat);
@@ -928,10 +908,10 @@ mod tests {
         assert_eq!(writes, vec!["persist 3 entries"], "{seen:?}");
     }
 
-    /// Member 1 of a three-member cluster, elected leader (its peers' votes stepped in).
-    fn leader_of_three() -> ConsensusCore<u32> {
-        let m = Membership {
-            members: (1..=3)
+    /// Members 1..=`n` (peer URL `http://127.0.0.1:<id>`), and `removed`.
+    fn members(n: u64, removed: Vec<u64>) -> Membership {
+        Membership {
+            members: (1..=n)
                 .map(|id| Member {
                     id,
                     name: format!("m{id}"),
@@ -939,8 +919,13 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            removed: Vec::new(),
-        };
+            removed,
+        }
+    }
+
+    /// Member 1 of a three-member cluster, elected leader (its peers' votes stepped in).
+    fn leader_of_three() -> ConsensusCore<u32> {
+        let m = members(3, Vec::new());
         let mut c = bootstrapped(&m, 3, 1_000, 10);
         c.start();
         // Until it leads and its first entry is committed (both followers replicating).
