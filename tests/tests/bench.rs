@@ -230,3 +230,38 @@ fn tls_flags_against_etcd_with_client_cert_auth() {
     let _ = etcd.kill();
     let _ = etcd.wait();
 }
+
+/// A server that stops answering ends the run with errors within the request timeout, instead
+/// of holding every client forever; the same server answers again once resumed.
+#[test]
+fn a_stalled_server_ends_the_run_with_deadline_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(dir.path(), &[]);
+    n.signal("STOP");
+    // Over gRPC the connection is made by the kernel's listen backlog; every request then waits.
+    let out = bench(
+        &n.grpc,
+        &[
+            "--protocol",
+            "grpc",
+            "--json",
+            "--request-timeout",
+            "300ms",
+            "put",
+            "--total",
+            "3",
+        ],
+    );
+    n.signal("CONT");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["errors"], 3, "{report}");
+    assert_eq!(report["ok"], 0, "{report}");
+    assert_eq!(
+        report["first_errors"][0], "context deadline exceeded",
+        "{report}"
+    );
+    let report = etch_tests::bench_ok(&n.grpc, &["--protocol", "grpc", "put", "--total", "3"]);
+    assert_eq!(report["ok"], 3, "{report}");
+}

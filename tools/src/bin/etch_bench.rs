@@ -63,6 +63,11 @@ struct Cli {
     /// Authenticate as `name:password` (auth enabled on the server).
     #[arg(long, global = true)]
     user: Option<String>,
+    /// Give up on a request after this long (humantime, e.g. `500ms`; 0 = wait forever) and
+    /// count it as an error ("context deadline exceeded"), so a stalled server ends the run
+    /// with errors instead of hanging it.
+    #[arg(long, global = true, default_value = "30s")]
+    request_timeout: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -543,6 +548,8 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
         )))),
         _ => None,
     };
+    let request_timeout =
+        humantime::parse_duration(&cli.request_timeout).map_err(|e| e.to_string())?;
     let next = Arc::new(AtomicU64::new(0));
     let last_rev = Arc::new(AtomicU64::new(0));
     let stats = Arc::new(std::sync::Mutex::new(Stats {
@@ -644,7 +651,14 @@ async fn bench(cli: &Cli) -> Result<serde_json::Value, String> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let t = Instant::now();
-                let (res, read) = run_op(&op, &conn, &mut keeper, i, &last_rev).await;
+                let run = run_op(&op, &conn, &mut keeper, i, &last_rev);
+                let (res, read) = if request_timeout.is_zero() {
+                    run.await
+                } else {
+                    tokio::time::timeout(request_timeout, run)
+                        .await
+                        .unwrap_or((Err(ClientError::Timeout), false))
+                };
                 let us = t.elapsed().as_micros() as u64;
                 {
                     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
