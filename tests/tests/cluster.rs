@@ -691,19 +691,6 @@ fn bad_peer_tls_flags_are_refused_at_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--peer-client-cert-auth"));
 }
 
-/// The first frame of a peer stream: a Hello claiming to be `member_id` of `cluster_id`.
-fn peer_hello(cluster_id: u64, member_id: u64) -> bytes::Bytes {
-    use etch_protocol::etchpb::{PeerFrame, PeerHello, peer_frame::Body};
-    etch_protocol::frame::encode_payload_of(&PeerFrame {
-        body: Some(Body::Hello(PeerHello {
-            cluster_id,
-            member_id,
-            protocol_version: 1,
-            client_urls: Vec::new(),
-        })),
-    })
-}
-
 /// Runs `test` as a peer of the member listening on `peer_url`: on a runtime of its own,
 /// with etch's own QUIC endpoint (auto TLS, which accepts the member's generated
 /// certificate) and the member's peer address.
@@ -725,6 +712,7 @@ fn as_peer<F: std::future::Future<Output = ()>>(
 
 #[test]
 fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
+    use etch_node::core::peer::hello_frame;
     use etch_protocol::etchpb::{PeerFrame, peer_frame::Body};
     use futures::SinkExt;
     let dir = tempfile::tempdir().unwrap();
@@ -735,7 +723,7 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
         .as_u64()
         .unwrap();
     as_peer(&c.peer_urls[0], |ep, addr| async move {
-        let hello = |cluster_id| peer_hello(cluster_id, member_id);
+        let hello = |cluster_id| hello_frame(cluster_id, member_id, Vec::new());
         let attempts: Vec<Vec<bytes::Bytes>> = vec![
             // Not a Hello first.
             vec![etch_protocol::frame::encode_payload_of(&PeerFrame {
@@ -792,7 +780,7 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
 /// panic (or corrupt its log) if stepped: each is refused or dropped, and the cluster goes on.
 #[test]
 fn raft_messages_that_would_panic_raft_rs_are_refused() {
-    use etch_node::core::peer::{Outbound, outbound};
+    use etch_node::core::peer::{Outbound, hello_frame, outbound};
     use futures::SinkExt;
     use raft::eraftpb::{Entry, Message, MessageType};
     let dir = tempfile::tempdir().unwrap();
@@ -842,7 +830,7 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
         }),
     ];
     let transfer = raft(MessageType::MsgTransferLeader, term, &|_| {});
-    let hello = peer_hello(cluster_id, sender);
+    let hello = hello_frame(cluster_id, sender, Vec::new());
     let log = || c.nodes[f].log();
     as_peer(&c.peer_urls[f], |ep, addr| async move {
         let send = |frame: bytes::Bytes, closes: bool| {
@@ -868,15 +856,19 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
         // A leader transfer a follower would forward (and panic on its term): dropped, the
         // stream stays up.
         let conn = send(transfer, false).await;
-        wait_for(
-            Duration::from_secs(10),
-            "the leader transfer dropped",
-            || {
-                log()
-                    .contains("a leader transfer to a member that does not lead")
-                    .then_some(())
-            },
-        );
+        // The wait polls the log with sleeps: off the runtime's worker, which keeps the
+        // connection alive meanwhile.
+        tokio::task::block_in_place(|| {
+            wait_for(
+                Duration::from_secs(10),
+                "the leader transfer dropped",
+                || {
+                    log()
+                        .contains("a leader transfer to a member that does not lead")
+                        .then_some(())
+                },
+            )
+        });
         conn.close(0u32.into(), b"done");
     });
     let log = c.nodes[f].log();
