@@ -68,6 +68,39 @@ pub struct RaftCore<W> {
     /// recorded, and a member leaves it with the configuration), so it never outgrows the
     /// membership.
     heard_at: std::collections::HashMap<u64, u64>,
+    /// Peer messages dropped by [`RaftCore::unsafe_to_step`]: the tick of the last warning
+    /// logged, and how many were dropped since without one.
+    drop_warning: DropWarning,
+}
+
+/// Ticks between two "peer message dropped" warnings: at most one a second at etcd's default
+/// 100 ms heartbeat, however fast a faulty peer repeats a refused message.
+pub const DROP_WARNING_TICKS: u64 = 10;
+
+/// Rate limit of the "peer message dropped" warning.
+#[derive(Debug, Default)]
+struct DropWarning {
+    /// Tick of the last warning; `None` before the first.
+    warned_at: Option<u64>,
+    /// Messages dropped since that warning without one of their own.
+    suppressed: u64,
+}
+
+impl DropWarning {
+    /// One more dropped message at `tick`: `Some(n)` when it gets a warning, `n` being the
+    /// drops since the last warning that got none; `None` inside [`DROP_WARNING_TICKS`] of
+    /// the last warning.
+    fn dropped(&mut self, tick: u64) -> Option<u64> {
+        if self
+            .warned_at
+            .is_some_and(|at| tick.saturating_sub(at) < DROP_WARNING_TICKS)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.warned_at = Some(tick);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 impl<W> RaftCore<W> {
@@ -146,6 +179,7 @@ impl<W> RaftCore<W> {
             ticks: 0,
             election_ticks: election_ticks as u64,
             heard_at: std::collections::HashMap::new(),
+            drop_warning: DropWarning::default(),
         })
     }
 
@@ -511,10 +545,14 @@ impl<W> RaftCore<W> {
     /// Steps a message from a peer. Messages raft-rs refuses (a local message type, an unknown
     /// sender's response) are dropped: peers cannot make this fail. The transport has
     /// refused messages whose fields disagree (`peer::check_shape`); two more that raft-rs
-    /// would panic on, given this member's state, are dropped here ([`RaftCore::unsafe_to_step`]).
+    /// would panic on, given this member's state, are dropped here ([`RaftCore::unsafe_to_step`])
+    /// with a warning, at most one every [`DROP_WARNING_TICKS`] (it counts the drops it stood
+    /// for: `suppressed`).
     pub fn step(&mut self, m: Message) {
         if let Some(why) = self.unsafe_to_step(&m) {
-            tracing::warn!(from = %etch_protocol::ids::MemberId(m.from), kind = ?m.get_msg_type(), why, "peer message dropped");
+            if let Some(suppressed) = self.drop_warning.dropped(self.ticks) {
+                tracing::warn!(from = %etch_protocol::ids::MemberId(m.from), kind = ?m.get_msg_type(), why, suppressed, "peer message dropped");
+            }
             return;
         }
         if m.from != INVALID_ID
@@ -650,4 +688,24 @@ fn read_ctx(member: u64, seq: u64) -> Vec<u8> {
     let mut v = member.to_be_bytes().to_vec();
     v.extend_from_slice(&seq.to_be_bytes());
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DROP_WARNING_TICKS, DropWarning};
+
+    #[test]
+    fn dropped_peer_messages_warn_once_per_interval_and_count_the_rest() {
+        let mut w = DropWarning::default();
+        assert_eq!(w.dropped(5), Some(0), "the first drop warns");
+        let quiet = (0..100).filter_map(|_| w.dropped(5)).count();
+        assert_eq!(quiet, 0, "drops within the interval stay quiet");
+        assert_eq!(w.dropped(5 + DROP_WARNING_TICKS - 1), None);
+        assert_eq!(
+            w.dropped(5 + DROP_WARNING_TICKS),
+            Some(101),
+            "the next warning counts every drop it stood for"
+        );
+        assert_eq!(w.dropped(5 + 2 * DROP_WARNING_TICKS), Some(0));
+    }
 }
