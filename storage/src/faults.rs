@@ -1,9 +1,10 @@
 //! Disk fault injection for tests through real processes (etch's `--debug-disk-faults FILE`,
 //! hidden from `--help`).
 //!
-//! When installed, every WAL write (`write(2)` of buffered records), WAL `fdatasync` and MVCC
-//! store commit first reads the fault file: one rule per line, `POINT=ACTION`, where POINT is
-//! `wal-write`, `wal-fsync` or `store-write` and ACTION is
+//! When installed, every WAL write (`write(2)` of buffered records), WAL `fdatasync`, MVCC
+//! store commit and chunk of a snapshot read for a peer first reads the fault file: one rule
+//! per line, `POINT=ACTION`, where POINT is `wal-write`, `wal-fsync`, `store-write` or
+//! `snapshot-read` and ACTION is
 //! - `enospc`: fail with "No space left on device" (errno 28) before touching the file;
 //! - `eio`: fail with "Input/output error" (errno 5) before touching the file (for `wal-fsync`
 //!   after the write was done: what a failed `fsync` looks like);
@@ -26,6 +27,9 @@ pub enum Point {
     WalFsync,
     /// Committing a batch into the MVCC store (fjall).
     StoreWrite,
+    /// Handing on each chunk of the MVCC store read for a raft snapshot sent to a peer
+    /// (`MvccStore::export`).
+    SnapshotRead,
 }
 
 impl Point {
@@ -34,6 +38,7 @@ impl Point {
             Point::WalWrite => "wal-write",
             Point::WalFsync => "wal-fsync",
             Point::StoreWrite => "store-write",
+            Point::SnapshotRead => "snapshot-read",
         }
     }
 }
@@ -102,13 +107,15 @@ mod tests {
     // write WALs in parallel.
     #[test]
     fn the_file_decides_each_point() {
-        let text = "wal-fsync=eio\nstore-write=enospc\nbogus\nwal-write=delay=1ms\n";
+        let text =
+            "wal-fsync=eio\nstore-write=enospc\nbogus\nwal-write=delay=1ms\nsnapshot-read=eio\n";
         assert_eq!(
             decide(text, Point::WalWrite),
             Some(Fault::Delay(Duration::from_millis(1)))
         );
         assert_eq!(decide(text, Point::WalFsync), Some(Fault::Error(5)));
         assert_eq!(decide(text, Point::StoreWrite), Some(Fault::Error(28)));
+        assert_eq!(decide(text, Point::SnapshotRead), Some(Fault::Error(5)));
         assert_eq!(decide("", Point::StoreWrite), None);
     }
 }

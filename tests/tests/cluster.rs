@@ -293,11 +293,14 @@ fn graceful_stop_of_the_leader_hands_leadership_over() {
     c.nodes[new].ctl_ok(&["put", "after", "2"]);
 }
 
-#[test]
-fn follower_far_behind_catches_up_by_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+/// A 3-member cluster (`args` added to every member's) that releases its log often, with a
+/// follower stopped (SIGKILL) while 8,000 puts go in and the leader released the entries it
+/// missed: restarted, it can only catch up by snapshot. Returns (cluster, leader, lagging).
+fn follower_behind_a_released_log(dir: &std::path::Path, args: &[&str]) -> (Cluster, usize, usize) {
     // Release the log often; 5,000 entries stay for slow followers, so write well past that.
-    let mut c = Cluster::start(dir.path(), 3, &["--snapshot-count", "200"]);
+    let mut args = args.to_vec();
+    args.extend(["--snapshot-count", "200"]);
+    let mut c = Cluster::start(dir, 3, &args);
     let leader = c.leader();
     let lagging = (leader + 1) % 3;
     c.nodes[lagging].kill9();
@@ -328,6 +331,13 @@ fn follower_far_behind_catches_up_by_snapshot() {
                 .then_some(())
         },
     );
+    (c, leader, lagging)
+}
+
+#[test]
+fn follower_far_behind_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, leader, lagging) = follower_behind_a_released_log(dir.path(), &[]);
     c.nodes[lagging].restart();
     let target = caught_up(
         &c.nodes[lagging],
@@ -358,6 +368,50 @@ fn follower_far_behind_catches_up_by_snapshot() {
         c.nodes[lagging].ctl_ok(&["get", "", "--from-key", "--count-only"]),
         "8001\n"
     );
+}
+
+/// A snapshot transfer that fails partway (a disk fault on the leader's read of its store) is
+/// abandoned by the follower, which installs nothing of it, and is sent again once the leader
+/// reads its store again; the follower then holds what the leader holds.
+#[test]
+fn a_failed_snapshot_transfer_is_abandoned_and_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults");
+    std::fs::write(&faults, "").unwrap();
+    let faults_arg = faults.to_str().unwrap();
+    let (mut c, leader, lagging) =
+        follower_behind_a_released_log(dir.path(), &["--debug-disk-faults", faults_arg]);
+    std::fs::write(&faults, "snapshot-read=eio\n").unwrap();
+    c.nodes[lagging].restart();
+    for (node, line) in [
+        (leader, "snapshot send failed"),
+        (lagging, "snapshot receive failed"),
+    ] {
+        wait_for(Duration::from_secs(30), line, || {
+            c.nodes[node].log().contains(line).then_some(())
+        });
+    }
+    assert!(
+        c.nodes[leader].log().contains("Input/output error"),
+        "the send failed for another reason: {}",
+        c.nodes[leader].log()
+    );
+    assert!(!c.nodes[lagging].log().contains("installed a snapshot"));
+    std::fs::write(&faults, "").unwrap();
+    let target = caught_up(
+        &c.nodes[lagging],
+        &c.nodes[leader],
+        "the lagging member to catch up once the leader reads its store again",
+    );
+    wait_for(Duration::from_secs(30), "installed a snapshot", || {
+        c.nodes[lagging]
+            .log()
+            .contains("installed a snapshot")
+            .then_some(())
+    });
+    let reference = keyspace(&c.nodes[leader], target);
+    assert_eq!(reference.as_array().unwrap().len(), 8000);
+    assert_eq!(keyspace(&c.nodes[lagging], target), reference);
 }
 
 #[test]

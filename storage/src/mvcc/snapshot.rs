@@ -163,12 +163,20 @@ impl std::fmt::Debug for Ingest {
 }
 
 impl MvccStore {
+    /// The fault file's verdict before one more chunk of an export is handed on
+    /// (`crate::faults::Point::SnapshotRead`).
+    fn check_snapshot_read(&self) -> Result<()> {
+        crate::faults::check(crate::faults::Point::SnapshotRead)
+            .map_err(|e| Error::io(&self.root, e))
+    }
+
     /// Exports the whole store from one consistent fjall snapshot, calling `out` with each
     /// chunk in order; stops at the first error `out` returns. Returns the applied index the
     /// export contains.
     ///
     /// # Errors
-    /// Store errors; `out`'s error as [`Error::CorruptStore`]-free passthrough is the caller's.
+    /// Store errors, and [`Error::Io`] when a disk fault is injected at `snapshot-read`
+    /// (`crate::faults`, tests only); `out`'s error as [`Error::CorruptStore`]-free passthrough is the caller's.
     pub fn export(&self, mut out: impl FnMut(Vec<u8>) -> bool) -> Result<u64> {
         let d = self.db();
         let snap = d.db.snapshot();
@@ -191,12 +199,16 @@ impl MvccStore {
                     applied = u64::from_be_bytes(v[..8].try_into().unwrap_or_default());
                 }
                 push_record(&mut chunk, id, &k, &v);
-                if chunk.len() >= CHUNK_BYTES && !out(std::mem::take(&mut chunk)) {
-                    return Ok(applied);
+                if chunk.len() >= CHUNK_BYTES {
+                    self.check_snapshot_read()?;
+                    if !out(std::mem::take(&mut chunk)) {
+                        return Ok(applied);
+                    }
                 }
             }
         }
         if !chunk.is_empty() {
+            self.check_snapshot_read()?;
             out(chunk);
         }
         Ok(applied)
