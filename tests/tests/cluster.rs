@@ -764,6 +764,28 @@ fn as_peer<F: std::future::Future<Output = ()>>(
     });
 }
 
+/// Connects to the member at `addr` from `ep`, opens a stream, sends `hello` then `frame`;
+/// when `closes`, waits (10 s at most) for the member to close the connection on it.
+async fn send_as_peer(
+    ep: quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    hello: bytes::Bytes,
+    frame: bytes::Bytes,
+    closes: bool,
+) -> quinn::Connection {
+    use futures::SinkExt;
+    let conn = ep.connect(addr, "127.0.0.1").unwrap().await.unwrap();
+    let send = conn.open_uni().await.unwrap();
+    let mut w = tokio_util::codec::FramedWrite::new(send, etch_protocol::frame::codec(1 << 20));
+    let _ = w.send(hello).await;
+    let _ = w.send(frame).await;
+    let _ = SinkExt::<bytes::Bytes>::flush(&mut w).await;
+    if closes {
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    }
+    conn
+}
+
 #[test]
 fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
     use etch_node::core::peer::hello_frame;
@@ -835,7 +857,6 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
 #[test]
 fn raft_messages_that_would_panic_raft_rs_are_refused() {
     use etch_node::core::peer::{Outbound, hello_frame, outbound};
-    use futures::SinkExt;
     use raft::eraftpb::{Entry, Message, MessageType};
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
@@ -888,21 +909,7 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
     let log = || c.nodes[f].log();
     as_peer(&c.peer_urls[f], |ep, addr| async move {
         let send = |frame: bytes::Bytes, closes: bool| {
-            let (ep, hello) = (ep.clone(), hello.clone());
-            async move {
-                let conn = ep.connect(addr, "127.0.0.1").unwrap().await.unwrap();
-                let send = conn.open_uni().await.unwrap();
-                let mut w =
-                    tokio_util::codec::FramedWrite::new(send, etch_protocol::frame::codec(1 << 20));
-                let _ = w.send(hello).await;
-                let _ = w.send(frame).await;
-                let _ = SinkExt::<bytes::Bytes>::flush(&mut w).await;
-                if closes {
-                    // The member closes the connection on us.
-                    let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
-                }
-                conn
-            }
+            send_as_peer(ep.clone(), addr, hello.clone(), frame, closes)
         };
         for frame in refused {
             send(frame, true).await;
@@ -942,6 +949,63 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
         n.ctl_ok(&["put", "unharmed", "yes"]);
     }
     c.leader();
+}
+
+/// A proposal forwarded by a peer becomes an entry every member applies, and apply stops a
+/// member on an entry it cannot decode (it passed the WAL's CRC, so never guess): a leader
+/// that took such a proposal would stop the whole cluster. The transport refuses, before
+/// raft sees them, forwarded entries that are not writes a member could have proposed:
+/// data that is not a request, and configuration changes (only the leader proposes them,
+/// after etcd's checks).
+#[test]
+fn forwarded_proposals_that_are_not_requests_are_refused() {
+    use etch_node::core::peer::{Outbound, hello_frame, outbound};
+    use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let leader = c.leader();
+    let header = |i: usize| c.nodes[i].status().unwrap()["header"].clone();
+    let (to, from) = (header(leader), header((leader + 1) % 3));
+    let proposal = |entry_type: EntryType, data: &[u8]| -> bytes::Bytes {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = from["member_id"].as_u64().unwrap();
+        m.to = to["member_id"].as_u64().unwrap();
+        let mut e = Entry::default();
+        e.set_entry_type(entry_type);
+        e.data = data.to_vec().into();
+        m.set_entries(vec![e].into());
+        match outbound(m) {
+            Some(Outbound::Frame(b)) => b,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Field 1 (the request id) as a length-delimited field: not an InternalRequest.
+    let garbage = proposal(EntryType::EntryNormal, &[0x0a, 0x05, 0xff]);
+    let conf_change = proposal(EntryType::EntryConfChangeV2, b"");
+    let hello = hello_frame(
+        to["cluster_id"].as_u64().unwrap(),
+        from["member_id"].as_u64().unwrap(),
+        Vec::new(),
+    );
+    as_peer(&c.peer_urls[leader], |ep, addr| async move {
+        for frame in [garbage, conf_change] {
+            send_as_peer(ep.clone(), addr, hello.clone(), frame, true).await;
+        }
+    });
+    let log = c.nodes[leader].log();
+    for why in ["is not a request", "EntryConfChangeV2"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("rejected peer connection") && l.contains(why)),
+            "{why}: {log}"
+        );
+    }
+    for n in &c.nodes {
+        n.ctl_ok(&["put", "unharmed", "yes"]);
+        assert!(!n.log().contains("does not decode"), "{}", n.log());
+    }
+    assert_eq!(c.leader(), leader);
 }
 
 #[test]

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{Message, MessageType};
+use raft::eraftpb::{EntryType, Message, MessageType};
 
 use etch_protocol::etchpb::{
-    PeerAnswer, PeerFrame, PeerHello, PeerRequest, peer_answer, peer_frame::Body, peer_request,
+    InternalRequest, PeerAnswer, PeerFrame, PeerHello, PeerRequest, peer_answer, peer_frame::Body,
+    peer_request,
 };
 use etch_protocol::frame;
 use etch_protocol::ids::MemberId;
@@ -236,7 +237,12 @@ pub fn check_sender(msg: &Message, stream_of: u64, me: u64) -> Result<(), String
 ///   with terms at least that entry's term (`log_term`, never 0 past index 0), never
 ///   decreasing and at most the message's term;
 /// - a snapshot: an index and a term (at most the message's), and a configuration raft-rs can
-///   take ([`check_conf_state`]).
+///   take ([`check_conf_state`]);
+/// - a forwarded proposal: writes only (`EntryNormal`), each an `InternalRequest` as the
+///   proposer encodes it (or empty). Every member applies what the leader takes, and apply
+///   stops a member on an entry it cannot decode, so one bad proposal would stop the whole
+///   cluster; configuration changes are proposed by the leader itself, after etcd's checks,
+///   never forwarded.
 ///
 /// # Errors
 /// What does not agree, for the log.
@@ -290,6 +296,23 @@ pub fn check_shape(msg: &Message) -> Result<(), String> {
                 ));
             }
             check_conf_state(meta.get_conf_state())?;
+        }
+        MessageType::MsgPropose => {
+            for (i, e) in msg.entries.iter().enumerate() {
+                if e.get_entry_type() != EntryType::EntryNormal {
+                    return Err(format!(
+                        "proposal from {}: entry {i} is an {:?} (members forward writes only;                          the leader proposes configuration changes itself)",
+                        MemberId(msg.from),
+                        e.get_entry_type()
+                    ));
+                }
+                if !e.data.is_empty() && InternalRequest::decode(&e.data[..]).is_err() {
+                    return Err(format!(
+                        "proposal from {}: entry {i} is not a request",
+                        MemberId(msg.from)
+                    ));
+                }
+            }
         }
         _ => {}
     }
@@ -580,6 +603,33 @@ mod tests {
         assert!(decoded(&prop).is_ok());
         prop.term = 2;
         assert!(decoded(&prop).is_err());
+        // Forwarded entries: writes as the proposer encodes them, nothing else.
+        let proposal = |entry_type: EntryType, data: Vec<u8>| {
+            let mut m = msg(MessageType::MsgPropose, 2, 1);
+            let mut e = entry(0, 0);
+            e.set_entry_type(entry_type);
+            e.data = data.into();
+            m.mut_entries().push(e);
+            m
+        };
+        let request = InternalRequest {
+            id: 7,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(decoded(&proposal(EntryType::EntryNormal, request)).is_ok());
+        assert_eq!(
+            decoded(&proposal(EntryType::EntryNormal, vec![0x0a, 0x05, 0xff]))
+                .unwrap_err()
+                .to_string(),
+            "proposal from 2: entry 0 is not a request"
+        );
+        assert!(
+            decoded(&proposal(EntryType::EntryConfChangeV2, Vec::new()))
+                .unwrap_err()
+                .to_string()
+                .contains("entry 0 is an EntryConfChangeV2")
+        );
         // Appends: entries follow the index they are appended after, terms never go down
         // and never pass the message's.
         let append = |index, log_term, entries: &[(u64, u64)]| {
