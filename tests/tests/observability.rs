@@ -125,3 +125,22 @@ fn json_logs_are_one_object_per_line() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// etch turns transparent huge pages off for its process, whatever the host's setting
+/// (`docs/performance.md`: with `always`, the kernel's 2 MiB pages cost about a third of the
+/// write rate); the kernel reports the process's flag in `/proc/PID/status`.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_process_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(dir.path(), &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid().unwrap())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    // Kernels before 5.0 do not report the flag.
+    if let Some(thp) = thp {
+        assert_eq!(thp, "0", "{status}");
+    }
+}
