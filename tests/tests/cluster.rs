@@ -764,6 +764,34 @@ fn as_peer<F: std::future::Future<Output = ()>>(
     });
 }
 
+/// A raft message as the peer transport frames it.
+fn raft_frame(m: raft::eraftpb::Message) -> bytes::Bytes {
+    use etch_node::core::peer::{Outbound, outbound};
+    match outbound(m) {
+        Some(Outbound::Frame(b)) => b,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `log` has a "rejected peer connection" line giving each of `reasons`, and no panic.
+fn assert_rejected(log: &str, reasons: &[&str]) {
+    for why in reasons {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("rejected peer connection") && l.contains(why)),
+            "{why}: {log}"
+        );
+    }
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Every member still takes a write.
+fn assert_unharmed(c: &Cluster) {
+    for n in &c.nodes {
+        n.ctl_ok(&["put", "unharmed", "yes"]);
+    }
+}
+
 /// Connects to the member at `addr` from `ep`, opens a stream, sends `hello` then `frame`;
 /// when `closes`, waits (10 s at most) for the member to close the connection on it.
 async fn send_as_peer(
@@ -846,9 +874,7 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
         "{log}"
     );
     assert!(!log.contains("panicked"));
-    for n in &c.nodes {
-        n.ctl_ok(&["put", "unharmed", "yes"]);
-    }
+    assert_unharmed(&c);
     c.leader();
 }
 
@@ -856,7 +882,7 @@ fn malformed_peer_frames_over_quic_are_rejected_without_harm() {
 /// panic (or corrupt its log) if stepped: each is refused or dropped, and the cluster goes on.
 #[test]
 fn raft_messages_that_would_panic_raft_rs_are_refused() {
-    use etch_node::core::peer::{Outbound, hello_frame, outbound};
+    use etch_node::core::peer::hello_frame;
     use raft::eraftpb::{Entry, Message, MessageType};
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
@@ -879,10 +905,7 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
         m.to = target;
         m.term = term;
         edit(&mut m);
-        match outbound(m) {
-            Some(Outbound::Frame(b)) => b,
-            other => panic!("{other:?}"),
-        }
+        raft_frame(m)
     };
     let entry = |index: u64, term: u64| Entry {
         index,
@@ -932,22 +955,15 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
         });
         conn.close(0u32.into(), b"done");
     });
-    let log = c.nodes[f].log();
-    for why in [
-        "MsgHeartbeat from",
-        "entry 0 has index 7",
-        "MsgPropose from",
-    ] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("rejected peer connection") && l.contains(why)),
-            "{why}: {log}"
-        );
-    }
-    assert!(!log.contains("panicked"), "{log}");
-    for n in &c.nodes {
-        n.ctl_ok(&["put", "unharmed", "yes"]);
-    }
+    assert_rejected(
+        &c.nodes[f].log(),
+        &[
+            "MsgHeartbeat from",
+            "entry 0 has index 7",
+            "MsgPropose from",
+        ],
+    );
+    assert_unharmed(&c);
     c.leader();
 }
 
@@ -959,7 +975,7 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
 /// after etcd's checks).
 #[test]
 fn forwarded_proposals_that_are_not_requests_are_refused() {
-    use etch_node::core::peer::{Outbound, hello_frame, outbound};
+    use etch_node::core::peer::hello_frame;
     use raft::eraftpb::{Entry, EntryType, Message, MessageType};
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
@@ -975,10 +991,7 @@ fn forwarded_proposals_that_are_not_requests_are_refused() {
         e.set_entry_type(entry_type);
         e.data = data.to_vec().into();
         m.set_entries(vec![e].into());
-        match outbound(m) {
-            Some(Outbound::Frame(b)) => b,
-            other => panic!("{other:?}"),
-        }
+        raft_frame(m)
     };
     // Field 1 (the request id) as a length-delimited field: not an InternalRequest.
     let garbage = proposal(EntryType::EntryNormal, &[0x0a, 0x05, 0xff]);
@@ -993,16 +1006,12 @@ fn forwarded_proposals_that_are_not_requests_are_refused() {
             send_as_peer(ep.clone(), addr, hello.clone(), frame, true).await;
         }
     });
-    let log = c.nodes[leader].log();
-    for why in ["is not a request", "EntryConfChangeV2"] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("rejected peer connection") && l.contains(why)),
-            "{why}: {log}"
-        );
-    }
+    assert_rejected(
+        &c.nodes[leader].log(),
+        &["is not a request", "EntryConfChangeV2"],
+    );
+    assert_unharmed(&c);
     for n in &c.nodes {
-        n.ctl_ok(&["put", "unharmed", "yes"]);
         assert!(!n.log().contains("does not decode"), "{}", n.log());
     }
     assert_eq!(c.leader(), leader);
