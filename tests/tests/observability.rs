@@ -14,6 +14,15 @@ fn sample(page: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The value of the sample `name{labels}` in a Prometheus text page (0 when absent: go-grpc's
+/// counters appear with a method's first call).
+fn labelled(page: &str, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn metrics_listener_counters_and_probes() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,8 +38,10 @@ fn metrics_listener_counters_and_probes() {
     assert_eq!(http(&m, "GET", "/readyz", "").body, "ok\n");
     let before = http(&m, "GET", "/metrics", "").body;
     let puts = sample(&before, "etcd_mvcc_put_total").unwrap();
-    n.ctl_ok(&["put", "a", "1"]);
-    n.ctl_ok(&["put", "b", "1"]);
+    // Over gRPC (etcdctl), so that go-grpc's per-method counters see them too.
+    for k in ["a", "b"] {
+        assert!(etcdctl(&n.grpc, &["put", k, "1"], "").status.success());
+    }
     let e = etcdctl(&n.grpc, &["get", "a", "--rev", "99"], "");
     assert!(!e.status.success());
     let after = http(&m, "GET", "/metrics", "").body;
@@ -40,6 +51,32 @@ fn metrics_listener_counters_and_probes() {
         after.contains(r#"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="OutOfRange"} 1"#),
         "{after}"
     );
+    // go-grpc-prometheus's per-method counters follow the two puts: one request message and
+    // one response message each, answered OK; etcd's client byte counters grow.
+    let put = r#"grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put""#;
+    for name in [
+        "grpc_server_started_total",
+        "grpc_server_msg_received_total",
+        "grpc_server_msg_sent_total",
+    ] {
+        assert_eq!(
+            labelled(&after, name, put) - labelled(&before, name, put),
+            2.0,
+            "{name}"
+        );
+    }
+    let ok = format!(r#"{put},grpc_code="OK""#);
+    let handled = "grpc_server_handled_total";
+    assert_eq!(
+        labelled(&after, handled, &ok) - labelled(&before, handled, &ok),
+        2.0
+    );
+    for name in [
+        "etcd_network_client_grpc_received_bytes_total",
+        "etcd_network_client_grpc_sent_bytes_total",
+    ] {
+        assert!(sample(&after, name) > sample(&before, name), "{name}");
+    }
     assert!(after.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"}"));
     assert!(after.contains(&format!(
         "etcd_server_id{{server_id=\"{}\"}} 1",

@@ -143,7 +143,9 @@ impl Method {
     }
 }
 
-/// One call: its method's handles and when it started.
+/// One call: its method's handles and when it started. Each of the call's two bodies holds a
+/// copy (the method's handles are shared).
+#[derive(Clone)]
 struct Call {
     method: Arc<Method>,
     start: Instant,
@@ -170,7 +172,6 @@ static BYTES: LazyLock<(Counter, Counter)> = LazyLock::new(|| {
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for GrpcMetrics<S>
 where
     S: tower::Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
     ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<tonic::codegen::StdError>,
     ResBody: Body<Data = Bytes> + Send + 'static,
@@ -178,7 +179,7 @@ where
 {
     type Response = Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = Answer<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -190,28 +191,61 @@ where
             .get(axum::http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if !grpc {
-            let fut = self.inner.call(req.map(tonic::body::Body::new));
-            return Box::pin(async move { Ok(fut.await?.map(tonic::body::Body::new)) });
+            return Answer {
+                inner: self.inner.call(req.map(tonic::body::Body::new)),
+                call: None,
+            };
         }
-        let call = Arc::new(Call {
+        let call = Call {
             method: Method::of(req.uri().path()),
             start: Instant::now(),
-        });
+        };
         call.method.started.increment(1);
         let req = req.map(|b| tonic::body::Body::new(Counted::new(b, Dir::In, call.clone())));
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            let code = grpc_status(resp.headers());
-            Ok(resp.map(|b| {
-                let mut body = Counted::new(b, Dir::Out, call);
-                if let Some(code) = code {
-                    // Trailers-only answer: the call is done.
-                    body.finish(code);
-                }
-                tonic::body::Body::new(body)
-            }))
-        })
+        Answer {
+            inner: self.inner.call(req),
+            call: Some(call),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer to one request: the inner service's, its body wrapped to count what it
+    /// sends (gRPC calls only).
+    pub struct Answer<F> {
+        #[pin]
+        inner: F,
+        // `None`: not a gRPC request, passed through.
+        call: Option<Call>,
+    }
+}
+
+impl<F, ResBody, E> Future for Answer<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
+    type Output = Result<Response<tonic::body::Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r?,
+        };
+        let Some(call) = this.call.take() else {
+            return Poll::Ready(Ok(resp.map(tonic::body::Body::new)));
+        };
+        let code = grpc_status(resp.headers());
+        Poll::Ready(Ok(resp.map(|b| {
+            let mut body = Counted::new(b, Dir::Out, call);
+            if let Some(code) = code {
+                // Trailers-only answer: the call is done.
+                body.tally.finish(code);
+            }
+            tonic::body::Body::new(body)
+        })))
     }
 }
 
@@ -221,29 +255,44 @@ enum Dir {
     Out,
 }
 
-/// A body that counts bytes and gRPC messages, and (responses) the final code.
-struct Counted<B> {
-    inner: Pin<Box<B>>,
+pin_project_lite::pin_project! {
+    /// A body that counts bytes and gRPC messages, and (responses) the final code.
+    struct Counted<B> {
+        #[pin]
+        inner: B,
+        tally: Tally,
+    }
+}
+
+/// What one body of a call has seen.
+struct Tally {
     dir: Dir,
-    call: Arc<Call>,
-    /// Bytes of the current message's 5-byte header seen so far, and its length once known.
-    header: Vec<u8>,
+    call: Call,
+    /// The current message's 5-byte header as far as seen (`header_len` bytes), then its
+    /// length once known (`remaining`).
+    header: [u8; 5],
+    header_len: usize,
     remaining: usize,
     done: bool,
 }
 
 impl<B> Counted<B> {
-    fn new(inner: B, dir: Dir, call: Arc<Call>) -> Counted<B> {
+    fn new(inner: B, dir: Dir, call: Call) -> Counted<B> {
         Counted {
-            inner: Box::pin(inner),
-            dir,
-            call,
-            header: Vec::with_capacity(5),
-            remaining: 0,
-            done: false,
+            inner,
+            tally: Tally {
+                dir,
+                call,
+                header: [0; 5],
+                header_len: 0,
+                remaining: 0,
+                done: false,
+            },
         }
     }
+}
 
+impl Tally {
     fn finish(&mut self, code: u32) {
         if self.dir == Dir::Out && !self.done {
             self.done = true;
@@ -267,14 +316,14 @@ impl<B> Counted<B> {
                 data = &data[n..];
                 continue;
             }
-            let need = 5 - self.header.len();
-            let n = need.min(data.len());
-            self.header.extend_from_slice(&data[..n]);
+            let n = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
             data = &data[n..];
-            if self.header.len() == 5 {
+            if self.header_len == 5 {
                 let mut h = &self.header[1..];
                 self.remaining = h.get_u32() as usize;
-                self.header.clear();
+                self.header_len = 0;
                 msgs += 1;
             }
         }
@@ -298,21 +347,21 @@ where
     type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = self.inner.as_mut().poll_frame(cx);
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    let d = d.clone();
-                    self.count(&d);
+                    this.tally.count(d);
                 } else if let Some(t) = frame.trailers_ref() {
                     let code = grpc_status(t).unwrap_or(2);
-                    self.finish(code);
+                    this.tally.finish(code);
                 }
             }
-            Poll::Ready(None) => self.finish(0),
+            Poll::Ready(None) => this.tally.finish(0),
             _ => {}
         }
         polled
@@ -327,7 +376,7 @@ where
     }
 }
 
-impl<B> Drop for Counted<B> {
+impl Drop for Tally {
     fn drop(&mut self) {
         // Dropped before the end: the client went away.
         self.finish(1);
