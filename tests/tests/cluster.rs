@@ -764,6 +764,15 @@ fn as_peer<F: std::future::Future<Output = ()>>(
     });
 }
 
+/// A raft message of type `t` from member `from` to member `to`, every other field default.
+fn raft_message(t: raft::eraftpb::MessageType, from: u64, to: u64) -> raft::eraftpb::Message {
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(t);
+    m.from = from;
+    m.to = to;
+    m
+}
+
 /// A raft message as the peer transport frames it.
 fn raft_frame(m: raft::eraftpb::Message) -> bytes::Bytes {
     use etch_node::core::peer::{Outbound, outbound};
@@ -899,10 +908,7 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
     let term = status["raftTerm"].as_u64().unwrap();
     let (target, sender) = (id(f), id(k));
     let raft = |t: MessageType, term: u64, edit: &dyn Fn(&mut Message)| -> bytes::Bytes {
-        let mut m = Message::default();
-        m.set_msg_type(t);
-        m.from = sender;
-        m.to = target;
+        let mut m = raft_message(t, sender, target);
         m.term = term;
         edit(&mut m);
         raft_frame(m)
@@ -976,17 +982,18 @@ fn raft_messages_that_would_panic_raft_rs_are_refused() {
 #[test]
 fn forwarded_proposals_that_are_not_requests_are_refused() {
     use etch_node::core::peer::hello_frame;
-    use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+    use raft::eraftpb::{Entry, EntryType, MessageType};
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3, &[]);
     let leader = c.leader();
     let header = |i: usize| c.nodes[i].status().unwrap()["header"].clone();
     let (to, from) = (header(leader), header((leader + 1) % 3));
     let proposal = |entry_type: EntryType, data: &[u8]| -> bytes::Bytes {
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgPropose);
-        m.from = from["member_id"].as_u64().unwrap();
-        m.to = to["member_id"].as_u64().unwrap();
+        let mut m = raft_message(
+            MessageType::MsgPropose,
+            from["member_id"].as_u64().unwrap(),
+            to["member_id"].as_u64().unwrap(),
+        );
         let mut e = Entry::default();
         e.set_entry_type(entry_type);
         e.data = data.to_vec().into();

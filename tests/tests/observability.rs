@@ -14,8 +14,7 @@ fn sample(page: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The value of the sample `name{labels}` in a Prometheus text page (0 when absent: go-grpc's
-/// counters appear with a method's first call).
+/// The value of the sample `name{labels}` in a Prometheus text page, 0 when the page has none.
 fn labelled(page: &str, name: &str, labels: &str) -> f64 {
     let prefix = format!("{name}{{{labels}}} ");
     page.lines()
@@ -164,7 +163,7 @@ fn json_logs_are_one_object_per_line() {
 }
 
 /// etch turns transparent huge pages off for its process, whatever the host's setting
-/// (`docs/performance.md`: with `always`, the kernel's 2 MiB pages cost about a third of the
+/// (`docs/performance.md`: with `always`, the kernel's 2 MiB pages cost about a quarter of the
 /// write rate); the kernel reports the process's flag in `/proc/PID/status`.
 #[cfg(target_os = "linux")]
 #[test]

@@ -307,7 +307,8 @@ pub fn check_shape(msg: &Message) -> Result<(), String> {
                         e.get_entry_type()
                     ));
                 }
-                // A clone of the entry's `Bytes`: prost slices its fields out of it, copying nothing.
+                // Decoded from a clone of the entry's `Bytes`: prost slices the fields out of
+                // it instead of copying them.
                 if !e.data.is_empty() && InternalRequest::decode(e.data.clone()).is_err() {
                     return Err(format!(
                         "proposal from {}: entry {i} is not a request",

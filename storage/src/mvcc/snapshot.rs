@@ -176,7 +176,8 @@ impl MvccStore {
     ///
     /// # Errors
     /// Store errors, and [`Error::Io`] when a disk fault is injected at `snapshot-read`
-    /// (`crate::faults`, tests only); `out`'s error as [`Error::CorruptStore`]-free passthrough is the caller's.
+    /// (`crate::faults`, tests only); `out`'s error as [`Error::CorruptStore`]-free
+    /// passthrough is the caller's.
     pub fn export(&self, mut out: impl FnMut(Vec<u8>) -> bool) -> Result<u64> {
         let d = self.db();
         let snap = d.db.snapshot();
