@@ -856,6 +856,51 @@ fn a_run_of_puts_in_one_batch_applies_as_one_by_one() {
 }
 
 #[test]
+fn a_long_run_of_keys_in_no_order_reads_back_as_one_by_one() {
+    // Several hundred puts in one fjall batch, keys scrambled (some written twice, all sharing
+    // a prefix), so the key index's inserts are prefetched in many chunks of 32 between the
+    // `kv` items (vendor/fjall/ETCH-PATCH.md): every key, version and past revision reads as
+    // from a store that applied them one by one.
+    let reqs: Vec<Request> = (0..600u32)
+        .map(|i| {
+            let k = format!("/registry/pods/ns/p{:04}", (i * 7919) % 450);
+            Request::Put(put(&k, &i.to_string()))
+        })
+        .collect();
+    let mut one = T::new();
+    one.put("before", "x");
+    for r in &reqs {
+        one.apply(r.clone()).unwrap();
+    }
+    let mut run = T::new();
+    run.put("before", "x");
+    let applied = run.s.apply_puts(&put_entries(&reqs, 2)).unwrap();
+    assert!(applied.iter().all(|a| a.as_ref().unwrap().response.is_ok()));
+    assert_eq!(run.s.current_revision(), one.s.current_revision());
+    assert_eq!(run.s.key_count(), 451);
+    assert_eq!(run.s.hash_all().unwrap(), one.s.hash_all().unwrap());
+    let all = rng("\0", "\u{7f}");
+    let got = run.get(all.clone()).unwrap();
+    assert_eq!(format!("{got:?}"), format!("{:?}", one.get(all).unwrap()));
+    let mut sorted = keys(&got);
+    sorted.sort();
+    assert_eq!(keys(&got), sorted);
+    // A key written twice: version 2; at a revision between its writes, its first value.
+    let twice = got
+        .kvs
+        .iter()
+        .find(|kv| kv.version == 2)
+        .expect("a key written twice");
+    let at = RangeRequest {
+        revision: twice.create_revision,
+        ..rng(std::str::from_utf8(&twice.key).unwrap(), "")
+    };
+    let old = run.get(at.clone()).unwrap();
+    assert_eq!(old.kvs[0].version, 1);
+    assert_eq!(format!("{old:?}"), format!("{:?}", one.get(at).unwrap()));
+}
+
+#[test]
 fn a_key_moved_between_leases_within_one_run_ends_on_the_last() {
     // One fjall batch both attaches "a" to lease 7 and detaches it again (then attaches it to
     // lease 8): the batch's last write of each lease-key record wins, as one by one.

@@ -145,7 +145,18 @@ impl WriteBatch {
 
         log::trace!("Applying batch (size={}) to memtable(s)", self.data.len());
 
-        for item in std::mem::take(&mut self.data) {
+        // etch patch: every PREFETCH_CHUNK items, the memtable paths of the next chunk's items
+        // of a keyspace that asked for it are prefetched together (`prefetch_chunk`).
+        let mut items = std::mem::take(&mut self.data).into_iter();
+        let mut unprefetched = 0usize;
+        loop {
+            if unprefetched == 0 {
+                let rest = items.as_slice();
+                prefetch_chunk(&rest[..rest.len().min(PREFETCH_CHUNK)], batch_seqno);
+                unprefetched = PREFETCH_CHUNK;
+            }
+            let Some(item) = items.next() else { break };
+            unprefetched -= 1;
             // TODO: need a better, generic write op
             let (item_size, _) = match item.value_type {
                 ValueType::Value => item.keyspace.tree.insert(item.key, item.value, batch_seqno),
@@ -185,5 +196,39 @@ impl WriteBatch {
         }
 
         Ok(())
+    }
+}
+
+/// etch patch: the run of a write batch's items whose memtable paths (of the one keyspace that
+/// asked for it, [`prefetch_chunk`]) are prefetched at once: about 16 for etch, which writes a
+/// `kv` and a `key_index` item per put. 16 to 64 paths at once measured alike, 8 a little
+/// slower (a path is about 36 nodes; 64 paths stay well within a core's L2 cache).
+const PREFETCH_CHUNK: usize = 32;
+
+/// etch patch: prefetches the memtable search paths of the items in `chunk` that belong to the
+/// first keyspace in it that asked for it ([`Keyspace::set_prefetch_inserts`]); one keyspace
+/// per chunk, as etch asks it of one keyspace only.
+fn prefetch_chunk(chunk: &[Item], seqno: lsm_tree::SeqNo) {
+    use std::sync::atomic::Ordering;
+
+    let mut keyspace: Option<&Keyspace> = None;
+    let mut keys = Vec::new();
+    for item in chunk {
+        if item.value_type != ValueType::Value
+            || !item.keyspace.prefetch_inserts.load(Ordering::Relaxed)
+        {
+            continue;
+        }
+        match keyspace {
+            Some(k) if k.id != item.keyspace.id => continue,
+            Some(_) => {}
+            None => keyspace = Some(&item.keyspace),
+        }
+        keys.push(item.key.clone());
+    }
+    if let Some(k) = keyspace {
+        if keys.len() > 1 {
+            k.tree.active_memtable().prefetch_insert_paths(&keys, seqno);
+        }
     }
 }

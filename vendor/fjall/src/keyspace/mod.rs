@@ -74,6 +74,10 @@ pub struct KeyspaceInner {
     /// If `true`, the keyspace is marked as deleted
     pub(crate) is_deleted: AtomicBool,
 
+    /// etch patch: whether a write batch prefetches the memtable paths of this keyspace's
+    /// items before inserting them ([`Keyspace::set_prefetch_inserts`]).
+    pub(crate) prefetch_inserts: AtomicBool,
+
     /// If `true`, fsync failed during persisting, see `Error::Poisoned`
     pub(crate) is_poisoned: PoisonSignal,
 
@@ -301,6 +305,16 @@ impl Keyspace {
         Ingestion::new(self)
     }
 
+    /// etch patch: makes write batches prefetch the memtable search paths of this keyspace's
+    /// items among each run of 32 items before inserting them, for a keyspace whose keys
+    /// arrive in no particular order (each insert of such a key otherwise waits on a chain of
+    /// cache misses down the memtable's skiplist). Off by default: keys that arrive in order find
+    /// their path in the cache anyway. Not persisted; set it after each open.
+    pub fn set_prefetch_inserts(&self, on: bool) {
+        self.prefetch_inserts
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn from_database(
         keyspace_id: InternalKeyspaceId,
         db: &Database,
@@ -316,6 +330,7 @@ impl Keyspace {
             supervisor: db.supervisor.clone(),
             worker_messager: db.worker_pool.sender.clone(),
             is_deleted: AtomicBool::default(),
+            prefetch_inserts: AtomicBool::default(),
             is_poisoned: db.is_poisoned.clone(),
             lock_file: db.lock_file.clone(),
             stats: db.stats.clone(),
@@ -358,6 +373,7 @@ impl Keyspace {
             config,
             tree,
             is_deleted: AtomicBool::default(),
+            prefetch_inserts: AtomicBool::default(),
             is_poisoned: db.is_poisoned.clone(),
             stats: db.stats.clone(),
             lock_file: db.lock_file.clone(),

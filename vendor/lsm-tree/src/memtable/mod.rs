@@ -141,6 +141,20 @@ impl Memtable {
         self.items.is_empty()
     }
 
+    /// etch patch: warms the cache for inserting `keys` (at `seqno`, in any order) right after:
+    /// walks their search paths together, so that the cache misses of a random insert order
+    /// overlap (crossbeam-skiplist's `prefetch_paths`, `vendor/crossbeam-skiplist`). Reads
+    /// only; at most the first 64 keys.
+    #[doc(hidden)]
+    pub fn prefetch_insert_paths(&self, keys: &[crate::UserKey], seqno: SeqNo) {
+        let keys: Vec<InternalKey> = keys
+            .iter()
+            .map(|k| InternalKey::new(k.clone(), seqno, ValueType::Value))
+            .collect();
+        let refs: Vec<&InternalKey> = keys.iter().collect();
+        self.items.prefetch_paths(&refs);
+    }
+
     /// Inserts an item into the memtable
     #[doc(hidden)]
     pub fn insert(&self, item: InternalValue) -> (u64, u64) {
