@@ -16,10 +16,7 @@ fn sample(page: &str, name: &str) -> Option<f64> {
 
 /// The value of the sample `name{labels}` in a Prometheus text page, 0 when the page has none.
 fn labelled(page: &str, name: &str, labels: &str) -> f64 {
-    let prefix = format!("{name}{{{labels}}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0.0)
+    sample(page, &format!("{name}{{{labels}}}")).unwrap_or(0.0)
 }
 
 #[test]
