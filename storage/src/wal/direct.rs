@@ -27,6 +27,13 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// sector of 4Kn disks (a 512-byte write there is a read-modify-write inside the disk).
 pub(super) const BLOCK: usize = 4096;
 
+/// The open flag `O_DIRECT`: Linux's, whose alignment rules [`Tail`] follows; elsewhere the
+/// WAL writes through the page cache.
+#[cfg(target_os = "linux")]
+const DIRECT: Option<i32> = Some(rustix::fs::OFlags::DIRECT.bits() as i32);
+#[cfg(not(target_os = "linux"))]
+const DIRECT: Option<i32> = None;
+
 /// The most buffer a [`Tail`] keeps between writes, in blocks (4 MiB): a larger batch (a
 /// snapshot record, a huge entry) gets its buffer back after its write.
 const KEEP_BLOCKS: usize = 1024;
@@ -59,9 +66,12 @@ impl std::fmt::Debug for Tail {
 /// # Errors
 /// Any other error opening, reading or writing the file.
 pub(super) fn open(path: &Path, offset: u64) -> std::io::Result<Option<(File, Tail)>> {
+    let Some(direct) = DIRECT else {
+        return Ok(None);
+    };
     let file = match OpenOptions::new()
         .write(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .custom_flags(direct)
         .open(path)
     {
         Ok(f) => f,
