@@ -129,9 +129,15 @@ impl WriteBatch {
             })?;
         }
 
-        // etch patch: the keyspaces this batch wrote, found by id in a short list. A HashSet
-        // hashed each item's keyspace name (SipHash) and cloned its Arc for every item.
-        let mut keyspaces_with_possible_stall: Vec<Keyspace> = Vec::new();
+        // etch patch: the keyspaces this batch wrote, found by id in a short list (a HashSet
+        // hashed each item's keyspace name and cloned its Arc for every item), each with its
+        // active memtable, taken once per batch. Inserting through the tree took the version
+        // history's read lock and cloned its latest super version (three Arcs) for every item.
+        // The journal lock held until the items are in is what every replacement of an
+        // active memtable takes (`Keyspace::rotate_memtable`, `Keyspace::clear`), so the
+        // memtable taken is the active one for the whole batch.
+        let mut keyspaces_with_possible_stall: Vec<(Keyspace, std::sync::Arc<lsm_tree::Memtable>)> =
+            Vec::new();
 
         #[expect(clippy::expect_used)]
         let keyspaces = self
@@ -157,23 +163,36 @@ impl WriteBatch {
             }
             let Some(item) = items.next() else { break };
             unprefetched -= 1;
-            // TODO: need a better, generic write op
-            let (item_size, _) = match item.value_type {
-                ValueType::Value => item.keyspace.tree.insert(item.key, item.value, batch_seqno),
-                ValueType::Tombstone => item.keyspace.tree.remove(item.key, batch_seqno),
-                ValueType::WeakTombstone => item.keyspace.tree.remove_weak(item.key, batch_seqno),
+            let slot = match keyspaces_with_possible_stall
+                .iter()
+                .position(|(k, _)| k.id == item.keyspace.id)
+            {
+                Some(slot) => slot,
+                None => {
+                    // IMPORTANT: Clone the handle, because we don't want to keep the keyspaces lock open
+                    let memtable = item.keyspace.tree.active_memtable();
+                    keyspaces_with_possible_stall.push((item.keyspace.clone(), memtable));
+                    keyspaces_with_possible_stall.len() - 1
+                }
+            };
+            let value = match item.value_type {
+                ValueType::Value => lsm_tree::InternalValue::from_components(
+                    item.key,
+                    item.value,
+                    batch_seqno,
+                    ValueType::Value,
+                ),
+                ValueType::Tombstone => {
+                    lsm_tree::InternalValue::new_tombstone(item.key, batch_seqno)
+                }
+                ValueType::WeakTombstone => {
+                    lsm_tree::InternalValue::new_weak_tombstone(item.key, batch_seqno)
+                }
                 ValueType::Indirection => unreachable!(),
             };
+            let (item_size, _) = keyspaces_with_possible_stall[slot].1.insert(value);
 
             batch_size += item_size;
-
-            // IMPORTANT: Clone the handle, because we don't want to keep the keyspaces lock open
-            if !keyspaces_with_possible_stall
-                .iter()
-                .any(|k| k.id == item.keyspace.id)
-            {
-                keyspaces_with_possible_stall.push(item.keyspace.clone());
-            }
         }
 
         self.db.supervisor.snapshot_tracker.publish(batch_seqno);
@@ -189,7 +208,7 @@ impl WriteBatch {
         self.db.supervisor.write_buffer_size.allocate(batch_size);
 
         // Check each affected keyspace for write stall/halt
-        for keyspace in &keyspaces_with_possible_stall {
+        for (keyspace, _) in &keyspaces_with_possible_stall {
             let memtable_size = keyspace.tree.active_memtable().size();
             keyspace.check_memtable_rotate(memtable_size);
             keyspace.local_backpressure();
