@@ -41,11 +41,7 @@
 //! # Durability
 //! [`Wal::append`] writes records to the OS; [`Wal::sync`] makes everything appended so far
 //! durable with one `fdatasync` (group commit: callers append many records, then sync once).
-//! Where the filesystem allows, the current segment is written with `O_DIRECT` in whole 4 KiB
-//! blocks, past the page cache (the `direct` module), so the `fdatasync` has no dirty pages
-//! to write back.
 
-mod direct;
 mod segment;
 mod zeroer;
 
@@ -85,10 +81,7 @@ pub struct Recovered {
 pub struct Wal {
     dir: PathBuf,
     segments: Vec<SegmentName>,
-    /// The current segment, opened with `O_DIRECT` when `tail` is set.
     file: File,
-    /// The aligned buffer of direct writes; `None` writes through the page cache.
-    tail: Option<direct::Tail>,
     /// Write offset within the current (last) segment, bytes.
     offset: u64,
     /// crc of the last record written (the chain's seed for the next one).
@@ -150,14 +143,11 @@ impl Wal {
             };
             let (file, offset, crc) = segment::create(dir, first, 0, segment_bytes)?;
             sync_dir(dir)?;
-            let path = dir.join(first.file_name());
-            let (file, tail) = open_direct(file, &path, offset)?;
-            let zeroer = zeroer::Zeroer::start(path, offset, segment_bytes);
+            let zeroer = zeroer::Zeroer::start(dir.join(first.file_name()), offset, segment_bytes);
             let wal = Wal {
                 dir: dir.to_owned(),
                 segments: vec![first],
                 file,
-                tail,
                 offset,
                 crc,
                 buf: Vec::new(),
@@ -220,13 +210,11 @@ impl Wal {
             .or(rec.snapshot.as_ref().map(|s| s.index))
             .unwrap_or(0);
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        let (file, tail) = open_direct(file, &path, end.0)?;
         let zeroer = zeroer::Zeroer::start(path, end.0, len);
         let mut wal = Wal {
             dir: dir.to_owned(),
             segments: names,
             file,
-            tail,
             offset: end.0,
             crc: end.1,
             buf: Vec::new(),
@@ -350,17 +338,10 @@ impl Wal {
             return Ok(());
         }
         use std::os::unix::fs::FileExt;
-        let end = self.offset + self.buf.len() as u64;
-        // A direct write ends at the next block boundary: no zero may be written below it.
-        self.zeroer.before_write(match self.tail {
-            Some(_) => direct::padded_end(end),
-            None => end,
-        });
+        self.zeroer
+            .before_write(self.offset + self.buf.len() as u64);
         crate::faults::check(crate::faults::Point::WalWrite)
-            .and_then(|()| match &mut self.tail {
-                Some(tail) => tail.write(&self.file, self.offset, &self.buf),
-                None => self.file.write_all_at(&self.buf, self.offset),
-            })
+            .and_then(|()| self.file.write_all_at(&self.buf, self.offset))
             .map_err(|e| Error::io(self.current_path(), e))?;
         self.offset += self.buf.len() as u64;
         self.buf.clear();
@@ -380,11 +361,9 @@ impl Wal {
         };
         let (file, offset, crc) = segment::create(&self.dir, name, self.crc, self.segment_bytes)?;
         sync_dir(&self.dir)?;
-        let path = self.dir.join(name.file_name());
-        let (file, tail) = open_direct(file, &path, offset)?;
-        self.zeroer.set_segment(path, offset, self.segment_bytes);
+        self.zeroer
+            .set_segment(self.dir.join(name.file_name()), offset, self.segment_bytes);
         self.file = file;
-        self.tail = tail;
         self.offset = offset;
         self.crc = crc;
         self.segments.push(name);
@@ -447,21 +426,6 @@ fn apply_record(
         }
     }
     Ok(())
-}
-
-/// The segment at `path` (open as `file`, the log ending at `offset`) opened again for
-/// direct writes, or `file` as it is where the filesystem refuses them.
-///
-/// # Errors
-/// [`Error::Io`] from opening, reading or writing the file.
-fn open_direct(file: File, path: &Path, offset: u64) -> Result<(File, Option<direct::Tail>)> {
-    match direct::open(path, offset).map_err(|e| Error::io(path, e))? {
-        Some((direct, tail)) => Ok((direct, Some(tail))),
-        None => {
-            tracing::debug!(file = %path.display(), "WAL: O_DIRECT refused; writing through the page cache");
-            Ok((file, None))
-        }
-    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fdatasync cost by how a preallocated file was prepared: sparse (set_len, as a new WAL
 segment), zero-filled (as etch's WAL zeroer leaves it), fallocate (as etcd preallocates), and
-zero-filled written with O_DIRECT in 4 KiB blocks (as etch's WAL writes where it can).
+zero-filled written with O_DIRECT in 4 KiB blocks (tried for etch's WAL, not kept).
 Writes 2 KiB records (4 KiB blocks for direct) with pwrite + fdatasync into a 64 MiB file in
 DIR, three rounds of each, and prints the time per call, voluntary context switches and the
 caller's CPU per call.
