@@ -6,7 +6,8 @@ Writes 2 KiB records (4 KiB blocks for direct) with pwrite + fdatasync into a 64
 DIR, three rounds of each, and prints the time per call, voluntary context switches and the
 caller's CPU per call.
 
-    python3 tools/scripts/profile/fsync_modes.py DIR     (DIR on the disk to measure)
+    python3 tools/scripts/profile/fsync_modes.py DIR [MODE...]   (DIR on the disk to measure;
+                                                                  MODEs: sparse zero falloc direct)
 """
 import os, time, sys, resource, mmap
 def run(path, mode, n=2000, rec=2048):
@@ -38,5 +39,5 @@ def run(path, mode, n=2000, rec=2048):
     os.close(fd); os.unlink(path)
     print(f"{mode:7s} {dt/n*1e6:8.1f} us/fsync  vcs/op {(r1.ru_nvcsw-r0.ru_nvcsw)/n:.2f}  cpu us/op {((r1.ru_utime+r1.ru_stime)-(r0.ru_utime+r0.ru_stime))/n*1e6:.1f}")
 d = sys.argv[1]
-for m in ['sparse','zero','falloc','direct']*3:
+for m in (sys.argv[2:] or ['sparse','zero','falloc','direct'])*3:
     run(os.path.join(d,'f.test'), m)

@@ -7,6 +7,7 @@ pub mod item;
 use crate::{Database, Keyspace, PersistMode};
 use item::Item;
 use lsm_tree::{AbstractTree, UserKey, UserValue, ValueType};
+use std::sync::Arc;
 
 /// An atomic write batch
 ///
@@ -136,7 +137,7 @@ impl WriteBatch {
         // The journal lock held until the items are in is what every replacement of an
         // active memtable takes (`Keyspace::rotate_memtable`, `Keyspace::clear`), so the
         // memtable taken is the active one for the whole batch.
-        let mut keyspaces_with_possible_stall: Vec<(Keyspace, std::sync::Arc<lsm_tree::Memtable>)> =
+        let mut keyspaces_with_possible_stall: Vec<(Keyspace, Arc<lsm_tree::Memtable>)> =
             Vec::new();
 
         #[expect(clippy::expect_used)]
@@ -158,23 +159,16 @@ impl WriteBatch {
         loop {
             if unprefetched == 0 {
                 let rest = items.as_slice();
-                prefetch_chunk(&rest[..rest.len().min(PREFETCH_CHUNK)], batch_seqno);
+                prefetch_chunk(
+                    &rest[..rest.len().min(PREFETCH_CHUNK)],
+                    batch_seqno,
+                    &mut keyspaces_with_possible_stall,
+                );
                 unprefetched = PREFETCH_CHUNK;
             }
             let Some(item) = items.next() else { break };
             unprefetched -= 1;
-            let slot = match keyspaces_with_possible_stall
-                .iter()
-                .position(|(k, _)| k.id == item.keyspace.id)
-            {
-                Some(slot) => slot,
-                None => {
-                    // IMPORTANT: Clone the handle, because we don't want to keep the keyspaces lock open
-                    let memtable = item.keyspace.tree.active_memtable();
-                    keyspaces_with_possible_stall.push((item.keyspace.clone(), memtable));
-                    keyspaces_with_possible_stall.len() - 1
-                }
-            };
+            let slot = memtable_slot(&mut keyspaces_with_possible_stall, &item.keyspace);
             let value = match item.value_type {
                 ValueType::Value => lsm_tree::InternalValue::from_components(
                     item.key,
@@ -224,10 +218,28 @@ impl WriteBatch {
 /// slower (a path is about 36 nodes; 64 paths stay well within a core's L2 cache).
 const PREFETCH_CHUNK: usize = 32;
 
+/// etch patch: the slot of `keyspace` in a batch's list of the keyspaces it writes, each with
+/// its active memtable, added at its first item (see `WriteBatch::commit`).
+fn memtable_slot(
+    list: &mut Vec<(Keyspace, Arc<lsm_tree::Memtable>)>,
+    keyspace: &Keyspace,
+) -> usize {
+    if let Some(slot) = list.iter().position(|(k, _)| k.id == keyspace.id) {
+        return slot;
+    }
+    // IMPORTANT: Clone the handle, because we don't want to keep the keyspaces lock open
+    list.push((keyspace.clone(), keyspace.tree.active_memtable()));
+    list.len() - 1
+}
+
 /// etch patch: prefetches the memtable search paths of the items in `chunk` that belong to the
 /// first keyspace in it that asked for it ([`Keyspace::set_prefetch_inserts`]); one keyspace
-/// per chunk, as etch asks it of one keyspace only.
-fn prefetch_chunk(chunk: &[Item], seqno: lsm_tree::SeqNo) {
+/// per chunk, as etch asks it of one keyspace only. The memtable is the batch's, from `list`.
+fn prefetch_chunk(
+    chunk: &[Item],
+    seqno: lsm_tree::SeqNo,
+    list: &mut Vec<(Keyspace, Arc<lsm_tree::Memtable>)>,
+) {
     use std::sync::atomic::Ordering;
 
     let mut keyspace: Option<&Keyspace> = None;
@@ -247,7 +259,8 @@ fn prefetch_chunk(chunk: &[Item], seqno: lsm_tree::SeqNo) {
     }
     if let Some(k) = keyspace {
         if keys.len() > 1 {
-            k.tree.active_memtable().prefetch_insert_paths(&keys, seqno);
+            let slot = memtable_slot(list, k);
+            list[slot].1.prefetch_insert_paths(&keys, seqno);
         }
     }
 }
