@@ -617,14 +617,24 @@ impl Real {
         }
     }
 
+    /// Applies `r` at the next index: its answer, and the events of the revision it made as
+    /// a watcher reads them (from the store's history).
     fn apply(&mut self, r: Request) -> Written {
         self.index += 1;
+        let before = self.store.current_revision();
         let a = self
             .store
             .apply(self.index, 1, None, Some(&r))
             .expect("no store error")
             .expect("a new index is applied");
-        (a.response, a.events)
+        let events = if a.revision > before {
+            self.store
+                .events(before + 1, a.revision)
+                .expect("no store error")
+        } else {
+            Vec::new()
+        };
+        (a.response, events)
     }
 
     /// Closes the store and opens it again from its directory.

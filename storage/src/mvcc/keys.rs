@@ -78,7 +78,24 @@ pub(crate) fn kv_key(rev: Revision, tombstone: bool) -> Vec<u8> {
 
 /// `escape(key) ++ 00 00`: the prefix shared by every index entry of `key`.
 pub(crate) fn index_prefix(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 18);
+    let mut out = Vec::new();
+    index_key_into(&mut out, key, Revision::new(0, 0));
+    out.truncate(out.len() - 16);
+    out
+}
+
+/// The index key of `key` at `rev`.
+pub(crate) fn index_key(key: &[u8], rev: Revision) -> Vec<u8> {
+    let mut k = Vec::new();
+    index_key_into(&mut k, key, rev);
+    k
+}
+
+/// [`index_key`] written into `out` (cleared first), so that a caller writing many keys
+/// reuses one buffer.
+pub(crate) fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
+    out.clear();
+    out.reserve(key.len() + 18);
     for &b in key {
         out.push(b);
         if b == 0 {
@@ -86,14 +103,7 @@ pub(crate) fn index_prefix(key: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&[0, 0]);
-    out
-}
-
-/// The index key of `key` at `rev`.
-pub(crate) fn index_key(key: &[u8], rev: Revision) -> Vec<u8> {
-    let mut k = index_prefix(key);
-    k.extend_from_slice(&rev.to_bytes());
-    k
+    out.extend_from_slice(&rev.to_bytes());
 }
 
 /// Splits an index key into (escaped key with terminator, revision).

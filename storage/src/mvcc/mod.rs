@@ -244,8 +244,6 @@ pub struct Applied {
     /// The answer for the waiting client, or the rule the request broke (then nothing changed
     /// but the applied index).
     pub response: std::result::Result<WriteResponse, RequestError>,
-    /// The events of the new revision, in order (empty when nothing changed).
-    pub events: Vec<Event>,
     /// The current revision after the apply.
     pub revision: i64,
 }
@@ -1005,7 +1003,6 @@ impl MvccStore {
                 .apply_membership(index, term, &change)?
                 .map(|r| Applied {
                     response: r.map(WriteResponse::Members),
-                    events: Vec::new(),
                     revision,
                 }));
         }
@@ -1065,7 +1062,6 @@ impl MvccStore {
                 self.set_applied(applied);
                 Applied {
                     response: Err(err),
-                    events: Vec::new(),
                     revision: self.current_revision(),
                 }
             }
@@ -1123,10 +1119,9 @@ impl MvccStore {
             let response = allowed.and_then(|()| t.put(put));
             let applied = match response {
                 Ok(resp) => {
-                    let (revision, events) = t.end_entry();
+                    let revision = t.end_entry();
                     Applied {
                         response: Ok(WriteResponse::Put(resp)),
-                        events,
                         revision,
                     }
                 }
@@ -1134,7 +1129,6 @@ impl MvccStore {
                 // Nothing changes but the applied index: the entry is consumed.
                 Err(write::Fail::Request(err)) => Applied {
                     response: Err(err),
-                    events: Vec::new(),
                     revision: t.revision(),
                 },
             };

@@ -12,9 +12,9 @@ use etch_protocol::etcdserverpb::{
     LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, ResponseHeader,
     ResponseOp, TxnRequest, TxnResponse,
 };
-use etch_protocol::mvccpb::{Event, KeyValue, event::EventType};
+use etch_protocol::mvccpb::KeyValue;
 
-use super::keys::{IndexValue, MAX_KEY_BYTES, Revision, index_key, kv_key};
+use super::keys::{IndexValue, MAX_KEY_BYTES, Revision, index_key_into, kv_key};
 use super::read::{self, Overlay};
 use super::{
     Applied, AppliedIndex, Db, MAX_LEASE_TTL_SECONDS, META_COMPACT_REV, META_CURRENT_REV,
@@ -35,7 +35,12 @@ pub(super) struct WriteTxn<'a> {
     /// Next sub revision within `base + 1`.
     sub: i64,
     overlay: Overlay,
-    events: Vec<Event>,
+    /// Changes (puts and deletions, each an event a watcher sees) made by the current entry,
+    /// counted: what watchers get is read back from the `kv` keyspace
+    /// ([`MvccStore::events`]), never from here.
+    changes: usize,
+    /// Keys created minus keys deleted by the current entry.
+    entry_delta: i64,
     compact_to: Option<i64>,
     /// The auth state this entry makes current (auth changes only).
     auth_next: Option<crate::auth::AuthState>,
@@ -46,6 +51,9 @@ pub(super) struct WriteTxn<'a> {
     /// Index entries in the batch, as `(key hash, entry)` for [`super::Newest`] once
     /// committed.
     written: Vec<(u64, super::NewestEntry)>,
+    /// Reused for each `kv` value and index key this transaction encodes: fjall copies what
+    /// it is given into its own buffer, so a fresh `Vec` per item would only be freed again.
+    scratch: Vec<u8>,
 }
 
 /// Request-level failure, or a fatal store error.
@@ -72,18 +80,6 @@ impl From<RequestError> for Fail {
 
 type FResult<T> = std::result::Result<T, Fail>;
 
-/// How many keys `events` (one revision's) create (+1 each) and delete (-1 each).
-fn key_delta(events: &[Event]) -> i64 {
-    events
-        .iter()
-        .map(|e| match e.kv.as_ref() {
-            _ if e.r#type == EventType::Delete as i32 => -1,
-            Some(kv) if kv.version == 1 => 1,
-            _ => 0,
-        })
-        .sum()
-}
-
 fn header(rev: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision: rev,
@@ -102,12 +98,14 @@ impl<'a> WriteTxn<'a> {
             base: store.current_revision(),
             sub: 0,
             overlay: Overlay::new(),
-            events: Vec::new(),
+            changes: 0,
+            entry_delta: 0,
             compact_to: None,
             auth_next: None,
             alarms_next: None,
             key_delta: 0,
             written: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -351,17 +349,14 @@ impl<'a> WriteTxn<'a> {
             version,
             lease,
         };
-        self.batch.insert(
-            &self.d.kv,
-            kv_key(rev, false),
-            prost::Message::encode_to_vec(&kv),
-        );
+        self.scratch.clear();
+        prost::Message::encode(&kv, &mut self.scratch)
+            .map_err(|e| Error::CorruptStore(format!("encoding revision {}: {e}", rev.main)))?;
+        self.batch
+            .insert(&self.d.kv, &rev.to_bytes()[..], &self.scratch[..]);
         self.insert_index(&p.key, rev, &iv);
-        self.events.push(Event {
-            r#type: EventType::Put as i32,
-            kv: Some(kv.clone()),
-            prev_kv: None,
-        });
+        self.changes += 1;
+        self.entry_delta += i64::from(version == 1);
         self.overlay.insert(p.key.clone(), Some(kv));
         Ok(PutResponse {
             header: header(rev.main),
@@ -405,11 +400,8 @@ impl<'a> WriteTxn<'a> {
                 prost::Message::encode_to_vec(&tomb),
             );
             self.insert_index(&h.key, rev, &iv);
-            self.events.push(Event {
-                r#type: EventType::Delete as i32,
-                kv: Some(tomb),
-                prev_kv: None,
-            });
+            self.changes += 1;
+            self.entry_delta -= 1;
             self.overlay.insert(h.key.clone(), None);
         }
         let rev = if hits.is_empty() && self.sub == 0 {
@@ -461,7 +453,7 @@ impl<'a> WriteTxn<'a> {
     ) -> FResult<etch_protocol::etcdserverpb::RangeResponse> {
         // After a write in this txn, reads are at the txn's own revision (etcd's
         // `storeTxnWrite.Range`): the header says so and the overlay holds the writes.
-        let current = if self.events.is_empty() {
+        let current = if self.changes == 0 {
             self.base
         } else {
             self.main()
@@ -487,7 +479,8 @@ impl<'a> WriteTxn<'a> {
 
     /// Adds `key`'s index entry at `rev` to the batch.
     fn insert_index(&mut self, key: &[u8], rev: Revision, iv: &IndexValue) {
-        let k = index_key(key, rev);
+        let k = &mut self.scratch;
+        index_key_into(k, key, rev);
         let (h, check) = self.d.newest.hashes(&k[..k.len() - 16]);
         self.written.push((
             h,
@@ -497,20 +490,20 @@ impl<'a> WriteTxn<'a> {
                 iv: *iv,
             },
         ));
-        self.batch.insert(&self.d.index, k, iv.encode().to_vec());
+        self.batch.insert(&self.d.index, &k[..], &iv.encode()[..]);
     }
 
     /// Ends one entry of a run of Puts ([`MvccStore::apply_puts`]): the next entry reads this
     /// one's writes (overlay) and writes at the next revision. Returns the revision after this
-    /// entry and its events.
-    pub(super) fn end_entry(&mut self) -> (i64, Vec<Event>) {
-        let events = std::mem::take(&mut self.events);
-        if !events.is_empty() {
-            self.key_delta += key_delta(&events);
+    /// entry.
+    pub(super) fn end_entry(&mut self) -> i64 {
+        if self.changes > 0 {
+            self.key_delta += std::mem::take(&mut self.entry_delta);
+            self.changes = 0;
             self.base += 1;
             self.sub = 0;
         }
-        (self.base, events)
+        self.base
     }
 
     /// The revision after the entries ended so far.
@@ -521,7 +514,7 @@ impl<'a> WriteTxn<'a> {
     /// Commits a run of Puts ended with [`WriteTxn::end_entry`], with `applied` (the run's
     /// last entry) as the applied index, in one batch.
     pub(super) fn commit_run(self, applied: AppliedIndex) -> Result<()> {
-        debug_assert!(self.events.is_empty(), "every entry of the run was ended");
+        debug_assert_eq!(self.changes, 0, "every entry of the run was ended");
         let rev = self.base;
         let keys = self.store.key_count() + self.key_delta;
         let changed = rev != self.store.current_revision();
@@ -566,9 +559,9 @@ impl<'a> WriteTxn<'a> {
         applied: AppliedIndex,
         mut resp: WriteResponse,
     ) -> Result<Applied> {
-        let changed = !self.events.is_empty();
+        let changed = self.changes > 0;
         let new_rev = if changed { self.main() } else { self.base };
-        let keys = self.store.key_count() + key_delta(&self.events);
+        let keys = self.store.key_count() + self.entry_delta;
         if let WriteResponse::Txn(t) = &mut resp {
             t.header = header(new_rev);
         }
@@ -579,7 +572,6 @@ impl<'a> WriteTxn<'a> {
         }
         let (store, d, compact_to) = (self.store, self.d.clone(), self.compact_to);
         let (auth_next, alarms_next) = (self.auth_next.take(), self.alarms_next.take());
-        let events = std::mem::take(&mut self.events);
         self.commit_batch(new_rev, keys, changed, applied)?;
         if let Some(a) = auth_next {
             store.set_auth(a);
@@ -595,7 +587,6 @@ impl<'a> WriteTxn<'a> {
         }
         Ok(Applied {
             response: Ok(resp),
-            events,
             revision: new_rev,
         })
     }
