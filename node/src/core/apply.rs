@@ -218,7 +218,8 @@ fn entry_applied(
 /// # Errors
 /// It does not decode: it passed the WAL's CRC, so it was written like this; never guess.
 fn decode(e: &Entry) -> Result<InternalRequest, etch_storage::Error> {
-    InternalRequest::decode(&e.data[..]).map_err(|err| {
+    // From the entry's `Bytes`: the request's keys and values are slices of it, not copies.
+    InternalRequest::decode(e.data.clone()).map_err(|err| {
         etch_storage::Error::CorruptStore(format!("raft entry {} does not decode: {err}", e.index))
     })
 }
