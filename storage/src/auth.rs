@@ -518,7 +518,12 @@ pub(super) fn apply(
             }
         }
         Request::RoleGrantPermission(r) => {
-            let perm = r.perm.clone().ok_or(RequestError::PermissionNotGiven)?;
+            let mut perm = r.perm.clone().ok_or(RequestError::PermissionNotGiven)?;
+            // The request was decoded from its raft entry without copies (its fields are
+            // slices of the entry, or of the peer frame that carried it); the auth state keeps
+            // the permission for good, so it takes the few bytes it needs, not the buffer.
+            perm.key = perm.key.as_ref().to_vec().into();
+            perm.range_end = perm.range_end.as_ref().to_vec().into();
             let role = next
                 .roles
                 .get_mut(&r.name)

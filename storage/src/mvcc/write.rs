@@ -51,8 +51,9 @@ pub(super) struct WriteTxn<'a> {
     /// Index entries in the batch, as `(key hash, entry)` for [`super::Newest`] once
     /// committed.
     written: Vec<(u64, super::NewestEntry)>,
-    /// Reused for each `kv` value and index key this transaction encodes: fjall copies what
-    /// it is given into its own buffer, so a fresh `Vec` per item would only be freed again.
+    /// Reused for each put's `kv` value and for every index key this transaction encodes:
+    /// fjall copies what it is given into its own buffer, so a fresh `Vec` per item would only
+    /// be freed again.
     scratch: Vec<u8>,
 }
 
