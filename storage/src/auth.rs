@@ -522,8 +522,8 @@ pub(super) fn apply(
             // The request was decoded from its raft entry without copies (its fields are
             // slices of the entry, or of the peer frame that carried it); the auth state keeps
             // the permission for good, so it takes the few bytes it needs, not the buffer.
-            perm.key = perm.key.as_ref().to_vec().into();
-            perm.range_end = perm.range_end.as_ref().to_vec().into();
+            perm.key = bytes::Bytes::copy_from_slice(&perm.key);
+            perm.range_end = bytes::Bytes::copy_from_slice(&perm.range_end);
             let role = next
                 .roles
                 .get_mut(&r.name)

@@ -2,13 +2,14 @@
 # CPU per put by thread over a one-member load of a growing keyspace: one fresh etch member,
 # etcd's benchmark tool loading KEYS distinct 16-byte keys with 256-byte values (10/100
 # conns/clients, per-second samples), and every thread's utime+stime (/proc/PID/task/TID/stat)
-# read every 5 s. Prints markdown: for each window of WINDOW seconds, the puts and each thread
+# read every SAMPLE seconds (default 5). Prints markdown: for each window of WINDOW seconds, the puts and each thread
 # group's CPU per put (profile/threads.py names the groups). Shows which part of a member
 # grows as the keyspace grows (e.g. fjall's flush and compaction workers).
 #
 #   tools/scripts/profile-threads.sh [KEYS] [WINDOW]     (defaults 1000000 and 15)
 #
-# ETCH=path/to/etch measures another build. Needs /opt/etcd-bench/benchmark
+# ETCH=path/to/etch measures another build; SAMPLE=1 (with WINDOW 1) shows each second, at the
+# cost of a few processes a second for the reading. Needs /opt/etcd-bench/benchmark
 # (../shared/tools/build-etcd-benchmark.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,7 +38,7 @@ while kill -0 "$bench" 2>/dev/null; do
     { sed -e 's/^[0-9]* (\(.*\)) . /\1\t/' "$f" 2>/dev/null || true; } |
       awk -F'\t' -v t="$now" -v tid="$tid" '{n = $1; gsub(/ /, "_", n); split($2, a, " "); print t, tid, n, a[11] + a[12]}'
   done >>"$work/threads.txt"
-  sleep 5
+  sleep "${SAMPLE:-5}"
 done
 wait "$bench"
 grep -E '^[0-9]{10},' "$work/bench.out" >"$work/samples.csv" || true

@@ -78,9 +78,8 @@ pub(crate) fn kv_key(rev: Revision, tombstone: bool) -> Vec<u8> {
 
 /// `escape(key) ++ 00 00`: the prefix shared by every index entry of `key`.
 pub(crate) fn index_prefix(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    index_key_into(&mut out, key, Revision::new(0, 0));
-    out.truncate(out.len() - 16);
+    let mut out = Vec::with_capacity(key.len() + 18);
+    push_index_prefix(&mut out, key);
     out
 }
 
@@ -96,6 +95,12 @@ pub(crate) fn index_key(key: &[u8], rev: Revision) -> Vec<u8> {
 pub(crate) fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
     out.clear();
     out.reserve(key.len() + 18);
+    push_index_prefix(out, key);
+    out.extend_from_slice(&rev.to_bytes());
+}
+
+/// Appends [`index_prefix`] of `key` to `out`.
+fn push_index_prefix(out: &mut Vec<u8>, key: &[u8]) {
     for &b in key {
         out.push(b);
         if b == 0 {
@@ -103,7 +108,6 @@ pub(crate) fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
         }
     }
     out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&rev.to_bytes());
 }
 
 /// Splits an index key into (escaped key with terminator, revision).

@@ -35,11 +35,9 @@ pub(super) struct WriteTxn<'a> {
     /// Next sub revision within `base + 1`.
     sub: i64,
     overlay: Overlay,
-    /// Changes (puts and deletions, each an event a watcher sees) made by the current entry,
-    /// counted: what watchers get is read back from the `kv` keyspace
-    /// ([`MvccStore::events`]), never from here.
-    changes: usize,
-    /// Keys created minus keys deleted by the current entry.
+    /// Keys created minus keys deleted by the current entry (its changes are counted by
+    /// `sub`; the events watchers get are read back from the `kv` keyspace,
+    /// [`MvccStore::events`]).
     entry_delta: i64,
     compact_to: Option<i64>,
     /// The auth state this entry makes current (auth changes only).
@@ -99,7 +97,6 @@ impl<'a> WriteTxn<'a> {
             base: store.current_revision(),
             sub: 0,
             overlay: Overlay::new(),
-            changes: 0,
             entry_delta: 0,
             compact_to: None,
             auth_next: None,
@@ -356,7 +353,6 @@ impl<'a> WriteTxn<'a> {
         self.batch
             .insert(&self.d.kv, &rev.to_bytes()[..], &self.scratch[..]);
         self.insert_index(&p.key, rev, &iv);
-        self.changes += 1;
         self.entry_delta += i64::from(version == 1);
         self.overlay.insert(p.key.clone(), Some(kv));
         Ok(PutResponse {
@@ -401,7 +397,6 @@ impl<'a> WriteTxn<'a> {
                 prost::Message::encode_to_vec(&tomb),
             );
             self.insert_index(&h.key, rev, &iv);
-            self.changes += 1;
             self.entry_delta -= 1;
             self.overlay.insert(h.key.clone(), None);
         }
@@ -454,7 +449,7 @@ impl<'a> WriteTxn<'a> {
     ) -> FResult<etch_protocol::etcdserverpb::RangeResponse> {
         // After a write in this txn, reads are at the txn's own revision (etcd's
         // `storeTxnWrite.Range`): the header says so and the overlay holds the writes.
-        let current = if self.changes == 0 {
+        let current = if self.sub == 0 {
             self.base
         } else {
             self.main()
@@ -498,9 +493,8 @@ impl<'a> WriteTxn<'a> {
     /// one's writes (overlay) and writes at the next revision. Returns the revision after this
     /// entry.
     pub(super) fn end_entry(&mut self) -> i64 {
-        if self.changes > 0 {
+        if self.sub > 0 {
             self.key_delta += std::mem::take(&mut self.entry_delta);
-            self.changes = 0;
             self.base += 1;
             self.sub = 0;
         }
@@ -515,7 +509,7 @@ impl<'a> WriteTxn<'a> {
     /// Commits a run of Puts ended with [`WriteTxn::end_entry`], with `applied` (the run's
     /// last entry) as the applied index, in one batch.
     pub(super) fn commit_run(self, applied: AppliedIndex) -> Result<()> {
-        debug_assert_eq!(self.changes, 0, "every entry of the run was ended");
+        debug_assert_eq!(self.sub, 0, "every entry of the run was ended");
         let rev = self.base;
         let keys = self.store.key_count() + self.key_delta;
         let changed = rev != self.store.current_revision();
@@ -560,7 +554,7 @@ impl<'a> WriteTxn<'a> {
         applied: AppliedIndex,
         mut resp: WriteResponse,
     ) -> Result<Applied> {
-        let changed = self.changes > 0;
+        let changed = self.sub > 0;
         let new_rev = if changed { self.main() } else { self.base };
         let keys = self.store.key_count() + self.entry_delta;
         if let WriteResponse::Txn(t) = &mut resp {
