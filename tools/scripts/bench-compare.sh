@@ -7,6 +7,7 @@
 #
 # Needs: etcd (Debian etcd-server) and /opt/etcd-bench/benchmark
 # (../shared/tools/build-etcd-benchmark.sh). Client counts: 1 and 100, plus 1000 for 3 members.
+# ETCH=path/to/etch measures another etch build than ./target/release/etch.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MEMBERS=${1:?members: 1 or 3}
@@ -25,7 +26,7 @@ ETCH_EPS=$(IFS=,; echo "${etch_eps[*]}"); ETCD_EPS=$(IFS=,; echo "${etcd_eps[*]}
 GRPC_EPS=$(IFS=,; echo "${grpc_eps[*]}")
 ETCH_IC=$(IFS=,; echo "${etch_ic[*]}"); ETCD_IC=$(IFS=,; echo "${etcd_ic[*]}")
 for i in $(seq 0 $((MEMBERS - 1))); do
-  ./target/release/etch --name "m$i" --data-dir "$work/m$i" --listen-native-urls "tcp://127.0.0.1:2378$i" \
+  "${ETCH:-./target/release/etch}" --name "m$i" --data-dir "$work/m$i" --listen-native-urls "tcp://127.0.0.1:2378$i" \
     --listen-client-urls "http://127.0.0.1:2377$i" \
     --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
     --initial-cluster "$ETCH_IC" --log-level warn 2>"$work/m$i.log" &
