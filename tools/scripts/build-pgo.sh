@@ -10,13 +10,15 @@
 #
 # The training load, each against a fresh data directory: three members driven by etcd's
 # benchmark tool (put at 1/1, 10/100 and 100/1000 conns/clients, linearizable and serializable
-# then one member loading 150,000 distinct keys (flushes and compactions of a growing
-# keyspace), then one member serving clients over TLS with certificate authentication and
-# users (etcd's benchmark tool, etcdctl, the JSON gateway with curl) and over the native
-# protocol (etch-bench). Members stop with SIGTERM, which is when the instrumented binary writes its
-# profile. Needs /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh), etcdctl,
-# openssl, curl, and the toolchain's llvm-tools component (installed here with rustup if missing). Takes
-# about 15 minutes on 2 cores (two full release builds). Uses ports 28790-28792, 28800-28802.
+# ranges, txn-put, lease keepalives, watch latency) and etcdctl's everyday commands; then one
+# member loading 150,000 distinct keys (flushes and compactions of a growing keyspace); then
+# one member serving clients over TLS with certificate authentication and users (etcd's
+# benchmark tool, etcdctl, the JSON gateway with curl) and over the native protocol
+# (etch-bench). Members stop with SIGTERM, which is when the instrumented binary writes its
+# profile. Needs /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh),
+# etcdctl, openssl, curl, and the toolchain's llvm-tools component (installed here with rustup
+# if missing). Takes about 15 minutes on 2 cores (two full release builds). Uses ports
+# 28780, 28790-28792 and 28800-28802.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
