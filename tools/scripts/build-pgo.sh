@@ -8,6 +8,11 @@
 #
 #   tools/scripts/build-pgo.sh
 #
+# TARGET_CPU=native (or any name `rustc --print target-cpus` lists) also compiles both builds
+# for that CPU (`-Ctarget-cpu`): the binary then runs only on CPUs with the same instruction
+# set extensions, and its directories are target/pgo-gen-CPU, target/pgo-CPU and
+# target/pgo-data-CPU (output target/pgo-CPU/release/etch).
+#
 # The training load, each against a fresh data directory: three members driven by etcd's
 # benchmark tool (put at 1/1, 10/100 and 100/1000 conns/clients, linearizable and serializable
 # ranges, txn-put, lease keepalives, watch latency) and etcdctl's everyday commands; then one
@@ -26,15 +31,20 @@ sysroot=$(rustc --print sysroot)
 host=$(rustc -vV | sed -n 's/^host: //p')
 profdata=$sysroot/lib/rustlib/$host/bin/llvm-profdata
 [ -x "$profdata" ] || rustup component add llvm-tools
-raw=$root/target/pgo-data/raw
-merged=$root/target/pgo-data/etch.profdata
+cpu=${TARGET_CPU:-}
+sfx=${cpu:+-$cpu}
+flags="--cfg tokio_unstable${cpu:+ -Ctarget-cpu=$cpu}"
+gen=target/pgo-gen$sfx
+out=target/pgo$sfx
+raw=$root/target/pgo-data$sfx/raw
+merged=$root/target/pgo-data$sfx/etch.profdata
 rm -rf "$raw"; mkdir -p "$raw"
 
-echo "instrumented build (target/pgo-gen)" >&2
-RUSTFLAGS="--cfg tokio_unstable -Cprofile-generate=$raw" cargo build --release --bin etch --target-dir target/pgo-gen -q
+echo "instrumented build ($gen)" >&2
+RUSTFLAGS="$flags -Cprofile-generate=$raw" cargo build --release --bin etch --target-dir "$gen" -q
 # The load generator for the native protocol (uninstrumented).
 cargo build --release --bin etch-bench -q
-ETCH=$root/target/pgo-gen/release/etch
+ETCH=$root/$gen/release/etch
 . tools/scripts/profile/setup.sh
 
 stop_all() {
@@ -128,6 +138,6 @@ stop_all
 
 ls "$raw"/*.profraw >/dev/null
 "$profdata" merge -o "$merged" "$raw"/*.profraw
-echo "optimized build (target/pgo)" >&2
-RUSTFLAGS="--cfg tokio_unstable -Cprofile-use=$merged" cargo build --release --bins --target-dir target/pgo -q
-echo "built target/pgo/release/etch with $merged" >&2
+echo "optimized build ($out)" >&2
+RUSTFLAGS="$flags -Cprofile-use=$merged" cargo build --release --bins --target-dir "$out" -q
+echo "built $out/release/etch with $merged" >&2
