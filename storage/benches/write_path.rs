@@ -12,6 +12,12 @@
 //!   the store still largely fits in fjall's memtables and cache, unlike 1,000,000 keys).
 //! - `apply/existing_keys/100`: the same run size overwriting keys the store holds (each Put
 //!   looks its key's newest revision up).
+//! - `keys/...`: the byte encodings every write and read goes through (`mvcc::keys`), over
+//!   1,024 keys per iteration (throughput in keys): a key's index key (`index_key/etcd-8B`, the
+//!   etcd benchmark tool's 8-byte keys, whose zero bytes are escaped; `index_key/registry-32B`,
+//!   Kubernetes-like paths without zero bytes), an index key split back into user key and
+//!   revision (`split_unescape/registry-32B`), an index value encoded and decoded
+//!   (`index_value/round_trip`) and a revision's `kv` key (`kv_key`).
 //!
 //! The stores and WAL live in a temporary directory on the machine's disk: fsync costs what it
 //! costs there.
@@ -149,9 +155,86 @@ fn apply_puts(c: &mut Criterion) {
     g.finish();
 }
 
+/// Keys per iteration of the `keys` group.
+const KEYS: usize = 1024;
+
+/// The etcd benchmark tool's key `i` at `--key-size 8`: the zig-zag varint of `i`, then zero
+/// bytes (`tools/benchmark/cmd/put.go`: `binary.PutVarint` into an 8-byte buffer).
+fn etcd_tool_key(i: i64) -> Vec<u8> {
+    let mut k = vec![0u8; 8];
+    let mut z = ((i << 1) ^ (i >> 63)) as u64;
+    let mut at = 0;
+    while z >= 0x80 {
+        k[at] = (z as u8) | 0x80;
+        z >>= 7;
+        at += 1;
+    }
+    k[at] = z as u8;
+    k
+}
+
+fn key_encodings(c: &mut Criterion) {
+    use etch_storage::mvcc::Revision;
+    use etch_storage::mvcc::keys::{
+        IndexValue, index_key, index_key_into, kv_key, split_index_key, unescape,
+    };
+    use std::hint::black_box;
+    let tool: Vec<Vec<u8>> = (0..KEYS as i64).map(|i| etcd_tool_key(i * 97)).collect();
+    let registry: Vec<Vec<u8>> = (0..KEYS)
+        .map(|i| format!("/registry/pods/default/pod-{i:06}").into_bytes())
+        .collect();
+    let index_keys: Vec<Vec<u8>> = registry
+        .iter()
+        .zip(1..)
+        .map(|(k, main)| index_key(k, Revision::new(main, 0)))
+        .collect();
+    let mut g = c.benchmark_group("keys");
+    g.throughput(Throughput::Elements(KEYS as u64));
+    let mut buf = Vec::new();
+    for (name, keys) in [("etcd-8B", &tool), ("registry-32B", &registry)] {
+        g.bench_function(format!("index_key/{name}"), |b| {
+            b.iter(|| {
+                for (k, main) in keys.iter().zip(1..) {
+                    index_key_into(&mut buf, black_box(k), Revision::new(main, 0));
+                    black_box(&buf);
+                }
+            })
+        });
+    }
+    g.bench_function("split_unescape/registry-32B", |b| {
+        b.iter(|| {
+            for k in &index_keys {
+                let (prefix, rev) = split_index_key(black_box(k)).expect("an index key");
+                black_box((unescape(prefix).expect("an escaped key"), rev));
+            }
+        })
+    });
+    g.bench_function("index_value/round_trip", |b| {
+        b.iter(|| {
+            for i in 0..KEYS as i64 {
+                let v = IndexValue {
+                    tombstone: false,
+                    create_revision: i,
+                    version: 1,
+                    lease: 0,
+                };
+                black_box(IndexValue::decode(&black_box(v.encode())));
+            }
+        })
+    });
+    g.bench_function("kv_key", |b| {
+        b.iter(|| {
+            for main in 0..KEYS as i64 {
+                black_box(kv_key(Revision::new(black_box(main), 0), false));
+            }
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = wal, apply_puts
+    targets = wal, apply_puts, key_encodings
 }
 criterion_main!(benches);

@@ -5,6 +5,10 @@
 # (`-Cprofile-use`), so the compiler lays out and inlines the code the way a loaded member runs
 # it. Output: target/pgo/release/etch (and etch-bench, etch-sim... built alongside, unprofiled
 # apart from the code they share). Plain `cargo build --release` stays the default build.
+# Both builds name the host as their target (`--target`), so the flags reach etch's own code
+# and its dependencies but not build scripts and procedural macros, which run at build time:
+# they are neither instrumented nor in the profile. Cargo then builds into
+# DIR/<host triple>/release; the binaries are linked into DIR/release as well.
 #
 #   tools/scripts/build-pgo.sh
 #
@@ -41,10 +45,10 @@ merged=$root/target/pgo-data$sfx/etch.profdata
 rm -rf "$raw"; mkdir -p "$raw"
 
 echo "instrumented build ($gen)" >&2
-RUSTFLAGS="$flags -Cprofile-generate=$raw" cargo build --release --bin etch --target-dir "$gen" -q
+RUSTFLAGS="$flags -Cprofile-generate=$raw" cargo build --release --bin etch --target "$host" --target-dir "$gen" -q
 # The load generator for the native protocol (uninstrumented).
 cargo build --release --bin etch-bench -q
-ETCH=$root/$gen/release/etch
+ETCH=$root/$gen/$host/release/etch
 . tools/scripts/profile/setup.sh
 
 stop_all() {
@@ -139,5 +143,10 @@ stop_all
 ls "$raw"/*.profraw >/dev/null
 "$profdata" merge -o "$merged" "$raw"/*.profraw
 echo "optimized build ($out)" >&2
-RUSTFLAGS="$flags -Cprofile-use=$merged" cargo build --release --bins --target-dir "$out" -q
+RUSTFLAGS="$flags -Cprofile-use=$merged" cargo build --release --bins --target "$host" --target-dir "$out" -q
+# The paths the scripts and docs name (target/pgo/release/etch): hard links to this build's.
+mkdir -p "$out/release"
+for f in "$out/$host/release"/*; do
+  [ -f "$f" ] && [ -x "$f" ] && ln -f "$f" "$out/release/$(basename "$f")"
+done
 echo "built $out/release/etch with $merged" >&2

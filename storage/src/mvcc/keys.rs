@@ -66,8 +66,8 @@ pub const MAX_KEY_BYTES: usize = (FJALL_MAX_KEY_BYTES - 18) / 2;
 /// Suffix byte of a tombstone's `kv` key.
 pub(crate) const TOMBSTONE_SUFFIX: u8 = b't';
 
-/// The `kv` key of a revision.
-pub(crate) fn kv_key(rev: Revision, tombstone: bool) -> Vec<u8> {
+/// The `kv` key of a revision: 16 bytes, 17 for a tombstone.
+pub fn kv_key(rev: Revision, tombstone: bool) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.extend_from_slice(&rev.to_bytes());
     if tombstone {
@@ -76,15 +76,16 @@ pub(crate) fn kv_key(rev: Revision, tombstone: bool) -> Vec<u8> {
     k
 }
 
-/// `escape(key) ++ 00 00`: the prefix shared by every index entry of `key`.
-pub(crate) fn index_prefix(key: &[u8]) -> Vec<u8> {
+/// `escape(key) ++ 00 00`: the prefix shared by every index entry of `key` (`key.len() + 2`
+/// bytes and one more per `00` byte of `key`).
+pub fn index_prefix(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 18);
     push_index_prefix(&mut out, key);
     out
 }
 
-/// The index key of `key` at `rev`.
-pub(crate) fn index_key(key: &[u8], rev: Revision) -> Vec<u8> {
+/// The index key of `key` at `rev`: [`index_prefix`] ++ the revision's 16 bytes.
+pub fn index_key(key: &[u8], rev: Revision) -> Vec<u8> {
     let mut k = Vec::new();
     index_key_into(&mut k, key, rev);
     k
@@ -92,33 +93,43 @@ pub(crate) fn index_key(key: &[u8], rev: Revision) -> Vec<u8> {
 
 /// [`index_key`] written into `out` (cleared first), so that a caller writing many keys
 /// reuses one buffer.
-pub(crate) fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
+pub fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
     out.clear();
     out.reserve(key.len() + 18);
     push_index_prefix(out, key);
     out.extend_from_slice(&rev.to_bytes());
 }
 
-/// Appends [`index_prefix`] of `key` to `out`.
+/// Appends [`index_prefix`] of `key` to `out`. A key without a `00` byte (text keys, such as
+/// Kubernetes' paths) is copied whole; otherwise byte by byte, escaping each `00`.
 fn push_index_prefix(out: &mut Vec<u8>, key: &[u8]) {
-    for &b in key {
-        out.push(b);
-        if b == 0 {
-            out.push(0xFF);
+    if key.contains(&0) {
+        for &b in key {
+            out.push(b);
+            if b == 0 {
+                out.push(0xFF);
+            }
         }
+    } else {
+        out.extend_from_slice(key);
     }
     out.extend_from_slice(&[0, 0]);
 }
 
-/// Splits an index key into (escaped key with terminator, revision).
-pub(crate) fn split_index_key(k: &[u8]) -> Option<(&[u8], Revision)> {
+/// Splits an index key into (escaped key with terminator, revision); `None` if shorter than
+/// 16 bytes.
+pub fn split_index_key(k: &[u8]) -> Option<(&[u8], Revision)> {
     let cut = k.len().checked_sub(16)?;
     Some((&k[..cut], Revision::from_bytes(&k[cut..])?))
 }
 
-/// Inverse of [`index_prefix`]: the user key from `escape(key) ++ 00 00`.
-pub(crate) fn unescape(prefix: &[u8]) -> Option<Vec<u8>> {
+/// Inverse of [`index_prefix`]: the user key from `escape(key) ++ 00 00`; `None` if `prefix`
+/// is not such an encoding (no terminator, or a `00` not followed by `FF`).
+pub fn unescape(prefix: &[u8]) -> Option<Vec<u8>> {
     let body = prefix.strip_suffix(&[0, 0])?;
+    if !body.contains(&0) {
+        return Some(body.to_vec());
+    }
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
     while i < body.len() {
@@ -137,15 +148,20 @@ pub(crate) fn unescape(prefix: &[u8]) -> Option<Vec<u8>> {
 /// The index value: everything of a key's state at one revision but its value and mod
 /// revision (which is in the index key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct IndexValue {
-    pub(crate) tombstone: bool,
-    pub(crate) create_revision: i64,
-    pub(crate) version: i64,
-    pub(crate) lease: i64,
+pub struct IndexValue {
+    /// The entry deletes the key (a DeleteRange, or a Txn's delete).
+    pub tombstone: bool,
+    /// The main revision of the key's creation (etcd `create_revision`).
+    pub create_revision: i64,
+    /// Changes since the key's creation, from 1 (etcd `version`).
+    pub version: i64,
+    /// The lease the key is attached to, 0 for none.
+    pub lease: i64,
 }
 
 impl IndexValue {
-    pub(crate) fn encode(&self) -> [u8; 25] {
+    /// The 25-byte form (the module doc's layout).
+    pub fn encode(&self) -> [u8; 25] {
         let mut b = [0u8; 25];
         b[0] = u8::from(self.tombstone);
         b[1..9].copy_from_slice(&self.create_revision.to_be_bytes());
@@ -154,7 +170,8 @@ impl IndexValue {
         b
     }
 
-    pub(crate) fn decode(b: &[u8]) -> Option<IndexValue> {
+    /// Parses [`IndexValue::encode`]'s form; `None` unless `b` is exactly 25 bytes.
+    pub fn decode(b: &[u8]) -> Option<IndexValue> {
         if b.len() != 25 {
             return None;
         }
