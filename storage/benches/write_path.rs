@@ -13,12 +13,11 @@
 //! - `apply/existing_keys/100`: the same run size overwriting keys the store holds (each Put
 //!   looks its key's newest revision up).
 //! - `keys/...`: the byte encodings every write and read goes through (`mvcc::keys`), over
-//!   1,024 keys per iteration (throughput in keys): a key's index key (`index_key/zeros-8B`,
+//!   1,024 keys per iteration (throughput in keys): a key's index key (`index_key/zeros-8B`:
 //!   8-byte keys ending in `00` bytes, which are escaped, as the etcd benchmark tool's keys
-//!   end; `index_key/registry-32B`,
-//!   Kubernetes-like paths without zero bytes), an index key split back into user key and
-//!   revision (`split_unescape/registry-32B`), an index value encoded and decoded
-//!   (`index_value/round_trip`) and a revision's `kv` key (`kv_key`).
+//!   end; `index_key/registry-32B`: Kubernetes-like paths without `00` bytes), an index key
+//!   split back into user key and revision (`split_unescape/registry-32B`), an index value
+//!   encoded and decoded (`index_value/round_trip`) and a revision's `kv` key (`kv_key`).
 //!
 //! The stores and WAL live in a temporary directory on the machine's disk: fsync costs what it
 //! costs there.
