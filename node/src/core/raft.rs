@@ -253,6 +253,11 @@ impl<W> RaftCore<W> {
         self.node.raft.state == StateRole::Leader
     }
 
+    /// Whether the log goes to another member (a voter or a learner) besides this one.
+    pub fn replicates(&self) -> bool {
+        self.node.raft.prs().iter().len() > 1
+    }
+
     /// Whether a leader is known.
     pub fn has_leader(&self) -> bool {
         self.node.raft.leader_id != INVALID_ID
