@@ -79,6 +79,10 @@ const LINGER_AFTER: usize = 8;
 /// never waits. As TiKV's `raft-write-wait-duration` or Kafka's `linger.ms`; etcd has no such
 /// wait. A member that replicates to no one (a one-member cluster) lingers this long whatever
 /// its load: its rounds cost only a WAL write and fsync, and a longer wait only slowed it.
+/// Every linger is a timer of the thread's tokio runtime, whose sleeps operate at millisecond
+/// granularity (tokio's docs): it ends at the runtime's first millisecond tick after its
+/// duration, so 300 us lasts 0.3-1.3 ms (docs/performance.md, "a linger is longer than its
+/// constant says").
 const LINGER: Duration = Duration::from_micros(300);
 
 /// With followers, a leader's linger grows by this much per proposal its last flush took,
