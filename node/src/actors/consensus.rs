@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use raft::INVALID_ID;
@@ -43,6 +44,11 @@ pub struct ConsensusActor {
     /// A [`Flush`] is scheduled (after the proposals waiting in the mailbox, or [`linger`]
     /// later under load).
     flush_scheduled: bool,
+    /// The linger timer thread's queue ([`LingerTimer`]); `None` until started, or if its
+    /// thread could not start (lingers then use the runtime's millisecond timer).
+    linger_timer: Option<mpsc::Sender<(Instant, u64)>>,
+    /// The number of the latest linger: a [`LingerEnd`] of an earlier one is stale.
+    linger_number: u64,
     /// The request ids of the client proposals held since the last flush.
     held: Vec<u64>,
     /// The proposers' waiters: a proposal raft refuses is answered here, an applied one by
@@ -74,29 +80,27 @@ const LINGER_AFTER: usize = 8;
 
 /// How long a leader's flush lingers under load ([`LINGER_AFTER`]) at least, so more proposals
 /// share one raft append per follower, one WAL write and fsync on every member and one apply
-/// batch. On this 2-core machine the members' CPU per write fell by about 9% at 10/100 and at
-/// 100/1000 connections/clients (docs/performance.md); a lone writer (one proposal per flush)
-/// never waits. As TiKV's `raft-write-wait-duration` or Kafka's `linger.ms`; etcd has no such
-/// wait. A member that replicates to no one (a one-member cluster) lingers this long whatever
-/// its load: its rounds cost only a WAL write and fsync, and a longer wait only slowed it.
-/// Every linger is a timer of the thread's tokio runtime, whose sleeps operate at millisecond
-/// granularity (tokio's docs): it ends at the runtime's first millisecond tick after its
-/// duration, so 300 us lasts 0.3-1.3 ms (docs/performance.md, "a linger is longer than its
-/// constant says").
+/// batch; a lone writer (one proposal per flush) never waits. As TiKV's
+/// `raft-write-wait-duration` or Kafka's `linger.ms`; etcd has no such wait. A member that
+/// replicates to no one (a one-member cluster) lingers this long whatever its load: its rounds
+/// cost only a WAL write and fsync, and a longer wait only slowed it. Lingers are timed by a
+/// thread of their own ([`LingerTimer`]), not by the runtime's timer, whose sleeps operate at
+/// millisecond granularity (tokio's docs) and stretched 300 us to 0.3-1.3 ms.
 const LINGER: Duration = Duration::from_micros(300);
 
 /// With followers, a leader's linger grows by this much per proposal its last flush took,
 /// from [`LINGER`] up to [`LINGER_MAX`]: the more writers queue, the longer one round's
 /// proposals are gathered, so each replication round (an append and its acknowledgement per
 /// follower, an fsync and an apply batch on every member, and the wake-ups of all of them)
-/// serves more writes. At 10/100 connections/clients on 3 members this measured 8% less CPU
-/// per write for 6% fewer puts/s; with 10 clients the linger stays at [`LINGER`]
+/// serves more writes, while a few writers wait little. Against the millisecond timer with
+/// 20 us per proposal, on 3 members: 10 clients on one connection 3,764 -> 5,942 puts/s,
+/// 10/100 connections/clients 22,524 -> 23,010 puts/s and 44 -> 41 us of CPU per write
 /// (docs/performance.md, "A linger that grows with the load").
-const LINGER_PER_PROPOSAL: Duration = Duration::from_micros(20);
+const LINGER_PER_PROPOSAL: Duration = Duration::from_micros(40);
 
-/// The longest a leader's flush lingers ([`LINGER_PER_PROPOSAL`]): 1.5 ms, reached from 75
+/// The longest a leader's flush lingers ([`LINGER_PER_PROPOSAL`]): 2 ms, reached from 50
 /// proposals a flush.
-const LINGER_MAX: Duration = Duration::from_micros(1_500);
+const LINGER_MAX: Duration = Duration::from_micros(2_000);
 
 /// How long a leader whose last flush took `last_flush_len` proposals lingers before its next
 /// flush ([`LINGER`], [`LINGER_PER_PROPOSAL`], [`LINGER_MAX`]); `replicates`: whether any other
@@ -136,6 +140,8 @@ impl ConsensusActor {
             tick_interval,
             failed: false,
             flush_scheduled: false,
+            linger_timer: None,
+            linger_number: 0,
             held: Vec::new(),
             waiters,
             last_flush_len: 0,
@@ -314,7 +320,14 @@ impl ConsensusActor {
             if self.last_flush_len >= LINGER_AFTER && self.core.raft().is_leader() {
                 // Under load: gather more for one append, one WAL write, one apply.
                 let wait = linger(self.last_flush_len, self.core.raft().replicates());
-                ctx.notify_later(Flush, wait);
+                self.linger_number += 1;
+                let timed = self
+                    .linger_timer
+                    .as_ref()
+                    .is_some_and(|t| t.send((Instant::now() + wait, self.linger_number)).is_ok());
+                if !timed {
+                    ctx.notify_later(Flush, wait);
+                }
             } else {
                 ctx.notify(Flush);
             }
@@ -388,6 +401,7 @@ impl Actor for ConsensusActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
+        self.linger_timer = LingerTimer::start(ctx.address());
         ctx.run_interval(self.tick_interval, |act, ctx| {
             act.core.tick();
             act.execute(ctx);
@@ -473,6 +487,56 @@ impl Handler<Flush> for ConsensusActor {
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
         self.flush(ctx);
+    }
+}
+
+/// Sent by the linger timer when linger number `.0` ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LingerEnd(u64);
+
+impl Handler<LingerEnd> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, m: LingerEnd, ctx: &mut Context<Self>) {
+        // A linger cut short (a full batch went at once) leaves a stale end behind.
+        if m.0 == self.linger_number && self.flush_scheduled {
+            self.flush_scheduled = false;
+            self.flush(ctx);
+        }
+    }
+}
+
+/// Times a leader's lingers to the microsecond: a thread that sleeps until each deadline it
+/// receives, then sends [`LingerEnd`]. The consensus thread's own timers are its tokio
+/// runtime's, which fire on millisecond ticks: there a 300 us linger lasted 0.3-1.3 ms, and a
+/// moderate load (10 clients on one connection) idled about 1 ms a round after every writer
+/// was back. The thread ends when the actor drops its queue.
+struct LingerTimer;
+
+impl LingerTimer {
+    /// Starts the thread; `None` (lingers then use the runtime's timer) if it cannot start.
+    fn start(consensus: Addr<ConsensusActor>) -> Option<mpsc::Sender<(Instant, u64)>> {
+        let (tx, rx) = mpsc::channel::<(Instant, u64)>();
+        let run = move || {
+            while let Ok((deadline, number)) = rx.recv() {
+                let now = Instant::now();
+                if deadline > now {
+                    std::thread::sleep(deadline - now);
+                }
+                consensus.do_send(LingerEnd(number));
+            }
+        };
+        match std::thread::Builder::new()
+            .name("etch-linger".into())
+            .spawn(run)
+        {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the linger timer thread; lingers use the runtime's millisecond timer");
+                None
+            }
+        }
     }
 }
 
@@ -662,12 +726,13 @@ mod tests {
     fn linger_grows_with_the_last_flush_between_its_bounds() {
         // A member alone lingers the least, whatever its load.
         assert_eq!(linger(1_000, false), LINGER);
-        // Small flushes wait the least; from 15 proposals the wait grows by 20 us each.
-        assert_eq!(linger(LINGER_AFTER, true), LINGER);
-        assert_eq!(linger(15, true), LINGER);
-        assert_eq!(linger(16, true), Duration::from_micros(320));
-        assert_eq!(linger(50, true), Duration::from_micros(1_000));
+        // Small flushes wait the least; from 8 proposals the wait grows by 40 us each.
+        assert_eq!(linger(7, true), LINGER);
+        assert_eq!(linger(LINGER_AFTER, true), Duration::from_micros(320));
+        assert_eq!(linger(10, true), Duration::from_micros(400));
+        assert_eq!(linger(33, true), Duration::from_micros(1_320));
         // Capped, even for a count past u32.
+        assert_eq!(linger(50, true), LINGER_MAX);
         assert_eq!(linger(75, true), LINGER_MAX);
         assert_eq!(linger(MAX_HELD, true), LINGER_MAX);
         assert_eq!(linger(usize::MAX, true), LINGER_MAX);
