@@ -41,8 +41,8 @@ pub struct ConsensusActor {
     tick_interval: Duration,
     /// A WAL or store write failed: nothing more is carried out while the member stops.
     failed: bool,
-    /// A [`Flush`] is scheduled (after the proposals waiting in the mailbox, or [`linger`]
-    /// later under load).
+    /// A [`Flush`] is scheduled after the proposals waiting in the mailbox, or, under load, a
+    /// [`LingerEnd`] [`linger`] later.
     flush_scheduled: bool,
     /// The linger timer thread's queue ([`LingerTimer`]); `None` until started, or if its
     /// thread could not start (lingers then use the runtime's millisecond timer).
@@ -326,7 +326,7 @@ impl ConsensusActor {
                     .as_ref()
                     .is_some_and(|t| t.send((Instant::now() + wait, self.linger_number)).is_ok());
                 if !timed {
-                    ctx.notify_later(Flush, wait);
+                    ctx.notify_later(LingerEnd(self.linger_number), wait);
                 }
             } else {
                 ctx.notify(Flush);
@@ -401,7 +401,7 @@ impl Actor for ConsensusActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
-        self.linger_timer = LingerTimer::start(ctx.address());
+        self.linger_timer = LingerTimer::start(ctx.address().downgrade());
         ctx.run_interval(self.tick_interval, |act, ctx| {
             act.core.tick();
             act.execute(ctx);
@@ -476,7 +476,7 @@ impl Handler<Propose> for ConsensusActor {
 }
 
 /// Takes the Readies of the proposals handled since the last one (actix runs a notified
-/// message after the messages waiting in the mailbox; under load it is sent [`linger`] later).
+/// message after the messages waiting in the mailbox; under load a [`LingerEnd`] takes its place).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Flush;
@@ -490,7 +490,8 @@ impl Handler<Flush> for ConsensusActor {
     }
 }
 
-/// Sent by the linger timer when linger number `.0` ended.
+/// Sent by the linger timer (or, without it, by the runtime's timer) when linger number `.0`
+/// ended.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct LingerEnd(u64);
@@ -511,12 +512,13 @@ impl Handler<LingerEnd> for ConsensusActor {
 /// receives, then sends [`LingerEnd`]. The consensus thread's own timers are its tokio
 /// runtime's, which fire on millisecond ticks: there a 300 us linger lasted 0.3-1.3 ms, and a
 /// moderate load (10 clients on one connection) idled about 1 ms a round after every writer
-/// was back. The thread ends when the actor drops its queue.
+/// was back. The thread holds the actor's weak address and ends when the actor drops its queue
+/// or is gone.
 struct LingerTimer;
 
 impl LingerTimer {
     /// Starts the thread; `None` (lingers then use the runtime's timer) if it cannot start.
-    fn start(consensus: Addr<ConsensusActor>) -> Option<mpsc::Sender<(Instant, u64)>> {
+    fn start(consensus: actix::WeakAddr<ConsensusActor>) -> Option<mpsc::Sender<(Instant, u64)>> {
         let (tx, rx) = mpsc::channel::<(Instant, u64)>();
         let run = move || {
             while let Ok((deadline, number)) = rx.recv() {
@@ -524,6 +526,9 @@ impl LingerTimer {
                 if deadline > now {
                     std::thread::sleep(deadline - now);
                 }
+                let Some(consensus) = consensus.upgrade() else {
+                    return;
+                };
                 consensus.do_send(LingerEnd(number));
             }
         };
