@@ -18,14 +18,25 @@
 //!   end; `index_key/registry-32B`: Kubernetes-like paths without `00` bytes), an index key
 //!   split back into user key and revision (`split_unescape/registry-32B`), an index value
 //!   encoded and decoded (`index_value/round_trip`) and a revision's `kv` key (`kv_key`).
+//! - `memtable/...`: fjall's memtable as a flush finds it (`vendor/lsm-tree`), 190,000 items
+//!   (one memtable of etch's key index at a flush of a growing keyspace: random 33-byte keys,
+//!   12-byte values, inserted in no order): every item read as a flush reads it
+//!   (`flush_read`: `Memtable::iter_sealed`, one walk of the skiplist with overlapping cache
+//!   misses; `plain_read`: `Memtable::iter` through lsm-tree's merger, as a flush read before),
+//!   and the memtable dropped (`drop`). Throughput is in items.
 //!
 //! The stores and WAL live in a temporary directory on the machine's disk: fsync costs what it
-//! costs there.
+//! costs there. Memory comes from mimalloc, the allocator the etch binary uses.
 
 #![allow(
     missing_docs,
     reason = "criterion_group! generates `pub fn benches()` without a doc comment"
 )]
+
+/// The etch binary's allocator (`node/src/main.rs`): frees and allocations cost here what they
+/// cost in a member.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -225,9 +236,73 @@ fn key_encodings(c: &mut Criterion) {
     g.finish();
 }
 
+/// Items of the `memtable` benchmarks' memtable: about what etch's key index holds when a
+/// flush comes (fjall flushes every 64 MiB of journal, about 190,000 puts of 256-byte values).
+const MEMTABLE_ITEMS: u64 = 190_000;
+
+/// A memtable of [`MEMTABLE_ITEMS`] index-like items: 33-byte keys in a scrambled order
+/// (a key's first 8 bytes from a multiplicative hash of its number), 12-byte values.
+fn index_memtable() -> lsm_tree::Memtable {
+    let mt = lsm_tree::Memtable::new(1);
+    for i in 0..MEMTABLE_ITEMS {
+        let mut k = Vec::with_capacity(33);
+        k.extend_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        k.extend_from_slice(&[1u8; 9]);
+        k.extend_from_slice(&(i + 1).to_be_bytes());
+        k.extend_from_slice(&[0u8; 8]);
+        mt.insert(lsm_tree::InternalValue::from_components(
+            k,
+            vec![0u8; 12],
+            i,
+            lsm_tree::ValueType::Value,
+        ));
+    }
+    mt
+}
+
+fn memtable(c: &mut Criterion) {
+    use std::hint::black_box;
+    let mut g = c.benchmark_group("memtable");
+    g.throughput(Throughput::Elements(MEMTABLE_ITEMS));
+    g.sample_size(10);
+    let read = |it: &mut dyn Iterator<Item = lsm_tree::InternalValue>| {
+        let mut bytes = 0usize;
+        for v in it {
+            bytes += v.key.user_key.len() + v.value.len();
+        }
+        black_box(bytes)
+    };
+    g.bench_function("flush_read", |b| {
+        b.iter_batched(
+            index_memtable,
+            |mt| {
+                read(&mut mt.iter_sealed());
+                mt
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("plain_read", |b| {
+        b.iter_batched(
+            index_memtable,
+            |mt| {
+                let merger =
+                    lsm_tree::merge::Merger::new(vec![mt.iter().map(Ok::<_, lsm_tree::Error>)]);
+                read(&mut merger.map(|v| v.expect("a memtable item")));
+                mt
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("drop", |b| {
+        b.iter_batched(index_memtable, drop, BatchSize::PerIteration)
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = wal, apply_puts, key_encodings
+    targets = wal, apply_puts, key_encodings, memtable
 }
 criterion_main!(benches);

@@ -164,6 +164,16 @@ where
         try_pin_loop(|| self.inner.get(key, guard)).map(Entry::new)
     }
 
+    /// etch patch: every entry in key order, as references
+    /// ([`SkipList::entries_in_order`](crate::base::SkipList::entries_in_order): the nodes'
+    /// cache misses overlap, and no entry's reference count is touched).
+    ///
+    /// # Safety
+    /// No entry may be removed from the map (or the map dropped) while the references live.
+    pub unsafe fn entries_in_order(&self) -> Vec<(&K, &V)> {
+        unsafe { self.inner.entries_in_order() }
+    }
+
     /// etch patch: prefetches the search paths of `keys` before they are inserted
     /// ([`SkipList::prefetch_paths`](crate::base::SkipList::prefetch_paths): the first 64).
     pub fn prefetch_paths<Q>(&self, keys: &[&Q])

@@ -95,16 +95,24 @@ pub trait AbstractTree {
 
         let flushed_size = latest.sealed_memtables.iter().map(|mt| mt.size()).sum();
 
-        let merger = Merger::new(
-            latest
-                .sealed_memtables
-                .iter()
-                .map(|mt| mt.iter().map(Ok))
-                .collect::<Vec<_>>(),
-        );
-        let stream = CompactionStream::new(merger, seqno_threshold);
-
+        // etch patch: the lock is released before the memtables are read (`latest` is a
+        // clone, as before); each sealed memtable is read with `Memtable::iter_sealed` (its
+        // nodes' cache misses overlap, but it walks them all when called), and a single one
+        // (the usual case) without the merger, whose heap only reorders several sources.
         drop(version_history);
+        let mut sources = latest
+            .sealed_memtables
+            .iter()
+            .map(|mt| mt.iter_sealed().map(Ok))
+            .collect::<Vec<_>>();
+        let items: Box<dyn Iterator<Item = crate::Result<crate::InternalValue>> + '_> =
+            if sources.len() == 1 {
+                #[expect(clippy::expect_used, reason = "one source")]
+                Box::new(sources.pop().expect("one source"))
+            } else {
+                Box::new(Merger::new(sources))
+            };
+        let stream = CompactionStream::new(items, seqno_threshold);
 
         if let Some((tables, blob_files)) = self.flush_to_tables(stream)? {
             self.register_tables(

@@ -75,6 +75,28 @@ impl Memtable {
         })
     }
 
+    /// etch patch: every item in order, for a flush of this (sealed) memtable: the same items
+    /// as [`Memtable::iter`], found by crossbeam-skiplist's `entries_in_order` (the nodes'
+    /// cache misses overlap instead of following one another, and no node's reference count
+    /// is touched), with each item's key and value bytes prefetched a few items ahead.
+    pub fn iter_sealed(&self) -> impl DoubleEndedIterator<Item = InternalValue> + '_ {
+        // SAFETY: a memtable never removes an entry (`insert` only adds: every key carries its
+        // own sequence number), and the references do not outlive `self`.
+        let entries = unsafe { self.items.entries_in_order() };
+        (0..entries.len()).map(move |i| {
+            if let Some((k, v)) = entries.get(i + SEALED_PREFETCH) {
+                prefetch(k.user_key.as_ptr());
+                prefetch(v.as_ptr());
+            }
+            #[expect(clippy::indexing_slicing, reason = "i < entries.len()")]
+            let (k, v) = entries[i];
+            InternalValue {
+                key: k.clone(),
+                value: v.clone(),
+            }
+        })
+    }
+
     /// Creates an iterator over a range of items.
     pub(crate) fn range<'a, R: RangeBounds<InternalKey> + 'a>(
         &'a self,
@@ -392,4 +414,19 @@ mod tests {
             memtable.get(b"abc", 50)
         );
     }
+}
+
+/// etch patch: how many items ahead [`Memtable::iter_sealed`] prefetches keys and values.
+const SEALED_PREFETCH: usize = 8;
+
+/// etch patch: asks the CPU to bring the cache line at `p` in (nothing off x86_64); never
+/// reads it, so any address is fine.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(p.cast::<i8>(), core::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
