@@ -1344,7 +1344,11 @@ impl<K, V> SkipList<K, V> {
             let mut starts: Vec<*const Node<K, V>> = vec![first];
             let mut c = self.head[ANCHOR_LEVEL].load(Ordering::Acquire, guard);
             while let Some(n) = c.as_ref() {
-                starts.push(n);
+                // A node being removed (its bottom link marked) may already be unlinked from
+                // the bottom level: a stretch ending at it would never meet it.
+                if n.tower[0].load(Ordering::Acquire, guard).tag() == 0 {
+                    starts.push(n);
+                }
                 c = n.tower[ANCHOR_LEVEL].load(Ordering::Acquire, guard);
             }
             starts.push(ptr::null());

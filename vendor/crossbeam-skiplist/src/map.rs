@@ -164,14 +164,18 @@ where
         try_pin_loop(|| self.inner.get(key, guard)).map(Entry::new)
     }
 
-    /// etch patch: every entry in key order, as references
+    /// etch patch: every entry in key order
     /// ([`SkipList::entries_in_order`](crate::base::SkipList::entries_in_order): the nodes'
-    /// cache misses overlap, and no entry's reference count is touched).
-    ///
-    /// # Safety
-    /// No entry may be removed from the map (or the map dropped) while the references live.
-    pub unsafe fn entries_in_order(&self) -> Vec<(&K, &V)> {
-        unsafe { self.inner.entries_in_order() }
+    /// cache misses overlap, and no entry's reference count is touched). The result keeps the
+    /// thread pinned to the epoch it walked in, so no node it refers to is freed while it
+    /// lives, even one a concurrent removal unlinks.
+    pub fn entries_in_order(&self) -> EntriesInOrder<'_, K, V> {
+        let guard = epoch::pin();
+        // SAFETY: nodes are freed only through the epoch (a removal defers it) or by the
+        // map's drop (which needs `&mut self`); `guard`, pinned before the walk, lives as long
+        // as the references, and `EntriesInOrder` only lends them for shorter than itself.
+        let entries = unsafe { self.inner.entries_in_order() };
+        EntriesInOrder { entries, _guard: guard }
     }
 
     /// etch patch: prefetches the search paths of `keys` before they are inserted
@@ -800,5 +804,37 @@ where
     fn drop(&mut self) {
         let guard = &epoch::pin();
         self.inner.drop_impl(guard);
+    }
+}
+
+/// etch patch: the entries of a [`SkipMap`] in key order, from
+/// [`SkipMap::entries_in_order`]; holds the epoch guard that keeps them alive.
+pub struct EntriesInOrder<'a, K, V> {
+    entries: Vec<(&'a K, &'a V)>,
+    _guard: epoch::Guard,
+}
+
+impl<K, V> fmt::Debug for EntriesInOrder<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntriesInOrder")
+            .field("len", &self.entries.len())
+            .finish()
+    }
+}
+
+impl<K, V> EntriesInOrder<'_, K, V> {
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The `i`th entry in key order, borrowed for no longer than `self`.
+    pub fn get(&self, i: usize) -> Option<(&K, &V)> {
+        self.entries.get(i).copied()
     }
 }

@@ -80,20 +80,19 @@ impl Memtable {
     /// cache misses overlap instead of following one another, and no node's reference count
     /// is touched), with each item's key and value bytes prefetched a few items ahead.
     pub fn iter_sealed(&self) -> impl DoubleEndedIterator<Item = InternalValue> + '_ {
-        // SAFETY: a memtable never removes an entry (`insert` only adds: every key carries its
-        // own sequence number), and the references do not outlive `self`.
-        let entries = unsafe { self.items.entries_in_order() };
-        (0..entries.len()).map(move |i| {
+        // The entries stay valid while `entries` lives (it holds an epoch guard), even if an
+        // insert replaced one of them (an equal user key and seqno).
+        let entries = self.items.entries_in_order();
+        (0..entries.len()).filter_map(move |i| {
             if let Some((k, v)) = entries.get(i + SEALED_PREFETCH) {
                 prefetch(k.user_key.as_ptr());
                 prefetch(v.as_ptr());
             }
-            #[expect(clippy::indexing_slicing, reason = "i < entries.len()")]
-            let (k, v) = entries[i];
-            InternalValue {
+            let (k, v) = entries.get(i)?;
+            Some(InternalValue {
                 key: k.clone(),
                 value: v.clone(),
-            }
+            })
         })
     }
 
