@@ -6,7 +6,8 @@
 #      256-byte values): requests/s, average and p99 latency, the CPU the members spent per write
 #      (utime+stime from /proc/PID/stat, before and after, summed over the members, divided by
 #      the writes) and the load generator's own CPU per write;
-#   2. one member loading KEYS distinct 16-byte keys (10/100): requests/s, the rate over the
+#   2. one member loading KEYS distinct 16-byte keys (10/100), LOAD_RUNS rounds (default 3) of
+#      every server in turn from a fresh data dir, medians reported: requests/s, the rate over the
 #      first and over the last 100,000 keys (from the tool's per-second samples, without the
 #      partial first and last seconds), CPU per write, RSS after the load, and two restart times
 #      (start again on the same data dir until the first linearizable write succeeds): after
@@ -20,7 +21,7 @@
 # ETCD_BENCH, ETCD (3.5) and ETCD34 override the paths (ETCD34= skips etcd 3.4); ETCH runs
 # another etch build (e.g. an older commit's) and SERVERS="etch" runs etch alone (A/B of two
 # builds). KEYS=0 skips the one-member load; SAMPLES=DIR keeps each server's per-second load
-# samples (UNIX-SECOND,MIN,AVG,MAX,THROUGHPUT) as DIR/<server>.csv.
+# samples (UNIX-SECOND,MIN,AVG,MAX,THROUGHPUT) as DIR/<server>-<round>.csv.
 set -euo pipefail
 [ -n "${SAMPLES:-}" ] && SAMPLES=$(realpath -m "$SAMPLES")
 cd "$(dirname "$0")/../.."
@@ -206,33 +207,73 @@ row "put, 3 members, at a follower" 1/1 follower
 for cc in 10/100 100/1000; do row "put, 3 members" "$cc" "$cc"; done
 
 if [ "$KEYS" -gt 0 ]; then
-  for kind in "${KINDS[@]}"; do
-    start "$kind" 1
-    R[${kind}load]=$(run "$KEYS" --conns 10 --clients 100 --sample put --total "$KEYS" \
-      --key-size 16 --val-size 256 --sequential-keys --key-space-size "$KEYS")
-    R[${kind}rss]=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/${PIDS[0]}/status")
-    R[${kind}disk]=$(du -sm "$work/${kind}1-0" | cut -f1)
-    if [ -n "${SAMPLES:-}" ]; then
-      mkdir -p "$SAMPLES"; grep -E '^[0-9]{10},' "$work/out" >"$SAMPLES/$kind.csv" || true
-    fi
-    for how in KILL TERM; do
-      stop "$how"
-      t0=$(date +%s.%N)
+  # LOAD_RUNS rounds, each loading every server once from a fresh data dir, in turn (a slow
+  # phase of the box then falls on every server, not on whichever comes first). A 100,000-key
+  # window lasts a few seconds and one load's per-second rates swing by 10-20% here, so each
+  # figure below is the median of the rounds; the per-round rates of the first and last
+  # 100,000 keys are printed beside them.
+  for round in $(seq 1 "${LOAD_RUNS:-3}"); do
+    for kind in "${KINDS[@]}"; do
+      rm -rf "$work/${kind}1-0"
       start "$kind" 1
-      R[${kind}restart$how]=$(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")
+      R[${kind}load$round]=$(run "$KEYS" --conns 10 --clients 100 --sample put --total "$KEYS" \
+        --key-size 16 --val-size 256 --sequential-keys --key-space-size "$KEYS")
+      R[${kind}rss$round]=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/${PIDS[0]}/status")
+      R[${kind}disk$round]=$(du -sm "$work/${kind}1-0" | cut -f1)
+      if [ -n "${SAMPLES:-}" ]; then
+        mkdir -p "$SAMPLES"
+        grep -E '^[0-9]{10},' "$work/out" >"$SAMPLES/$kind-$round.csv" || true
+      fi
+      for how in KILL TERM; do
+        stop "$how"
+        t0=$(date +%s.%N)
+        start "$kind" 1
+        R[${kind}restart$how$round]=$(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")
+      done
+      stop
     done
-    stop
   done
-  row "put $KEYS distinct 16 B keys, 1 member" 10/100 load
+  # median KEY FIELD: the median over the rounds of field FIELD (0-based) of R[<kind>KEY<round>],
+  # for every kind, as "kind value" lines; "-" when a round has none.
+  median() {
+    local k r
+    for k in "${KINDS[@]}"; do
+      for r in $(seq 1 "${LOAD_RUNS:-3}"); do echo "$k ${R[$k$1$r]}"; done
+    done | python3 -c '
+import collections, statistics, sys
+field, v = int(sys.argv[1]), collections.defaultdict(list)
+for line in sys.stdin:
+    kind, *f = line.split()
+    v[kind].append(f[field] if field < len(f) else "-")
+for kind, xs in v.items():
+    nums = [float(x) for x in xs if x != "-"]
+    m = statistics.median(nums) if len(nums) == len(xs) else None
+    print(kind, "-" if m is None else ("%.0f" % m if m >= 100 else "%.2f" % m), " / ".join(xs))
+' "$2"
+  }
+  # The load row: the round with the median rate.
+  for k in "${KINDS[@]}"; do
+    best=$(for r in $(seq 1 "${LOAD_RUNS:-3}"); do echo "${R[${k}load$r]%% *} $r"; done | sort -n |
+      awk '{a[NR] = $2} END {print a[int((NR + 1) / 2)]}')
+    R[${k}load]=${R[${k}load$best]}
+  done
+  row "put $KEYS distinct 16 B keys, 1 member (the round with the median rate)" 10/100 load
   echo
-  echo "| one member, $KEYS keys | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
+  echo "| one member, $KEYS keys, median of ${LOAD_RUNS:-3} rounds | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
   echo "|---|$(for _ in "${KINDS[@]}"; do printf -- '---|'; done)"
-  for what in "first 100,000 keys, puts/s:5" "last 100,000 keys, puts/s:6"; do
-    printf '| %s |' "${what%:*}"
-    for k in "${KINDS[@]}"; do read -r -a f <<<"${R[${k}load]}"; printf ' %s |' "${f[${what#*:}]}"; done; echo
-  done
-  printf '| RSS after the load, MiB |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}rss]}"; done; echo
-  printf '| data dir, MiB |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}disk]}"; done; echo
-  printf '| restart after SIGKILL to the first linearizable write, s |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}restartKILL]}"; done; echo
-  printf '| restart after SIGTERM to the first linearizable write, s |'; for k in "${KINDS[@]}"; do printf ' %s |' "${R[${k}restartTERM]}"; done; echo
+  # line LABEL KEY FIELD [EACH]: a row of medians; with EACH, a second row of every round's value.
+  line() {
+    local m; m=$(median "$2" "$3")
+    printf '| %s |' "$1"; for k in "${KINDS[@]}"; do printf ' %s |' "$(awk -v k="$k" '$1 == k {print $2}' <<<"$m")"; done; echo
+    if [ -n "${4:-}" ]; then
+      printf '| %s, each round |' "$1"; for k in "${KINDS[@]}"; do printf ' %s |' "$(awk -v k="$k" '$1 == k {$1 = ""; $2 = ""; sub(/^ +/, ""); print}' <<<"$m")"; done; echo
+    fi
+  }
+  line "puts/s over the whole load" load 0 each
+  line "first 100,000 keys, puts/s" load 5 each
+  line "last 100,000 keys, puts/s" load 6 each
+  line "RSS after the load, MiB" rss 0
+  line "data dir, MiB" disk 0
+  line "restart after SIGKILL to the first linearizable write, s" restartKILL 0 each
+  line "restart after SIGTERM to the first linearizable write, s" restartTERM 0 each
 fi
