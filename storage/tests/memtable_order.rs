@@ -86,8 +86,9 @@ proptest! {
 #[test]
 fn an_item_inserted_twice_at_one_seqno_is_read_once() {
     // lsm-tree's memtable replaces an equal internal key (user key and seqno), as etch's
-    // `lease_keys` sees when one batch puts a key twice under one lease; the replaced node
-    // is unlinked before the memtable is sealed and must not show in the walk.
+    // `lease_keys` sees when one batch puts a key twice under one lease. The walk relies on
+    // it: the replaced node is unlinked before the insert returns, so a walk of the sealed
+    // memtable, which follows links, yields the second item alone.
     let mt = Memtable::new(1);
     for round in 0..2u8 {
         for i in 0..3_000u64 {

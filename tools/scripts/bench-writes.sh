@@ -7,11 +7,13 @@
 #      (utime+stime from /proc/PID/stat, before and after, summed over the members, divided by
 #      the writes) and the load generator's own CPU per write;
 #   2. one member loading KEYS distinct 16-byte keys (10/100), LOAD_RUNS rounds (default 3) of
-#      every server in turn from a fresh data dir, medians reported: requests/s, the rate over the
-#      first and over the last 100,000 keys (from the tool's per-second samples, without the
-#      partial first and last seconds), CPU per write, RSS after the load, and two restart times
-#      (start again on the same data dir until the first linearizable write succeeds): after
-#      SIGKILL right after the load (crash recovery), then after SIGTERM (a graceful stop).
+#      every server in turn from a fresh data dir: the medians (and each round's value) of
+#      requests/s, of the rate over the first and over the last 100,000 keys (from the tool's
+#      per-second samples, without the partial first and last seconds), of RSS after the load,
+#      of the data dir's size and of two restart times; latency and CPU per write are the
+#      figures of the round with the median (lower median) rate. The restart times are
+#      from starting again on the same data dir until the first linearizable write succeeds:
+#      after SIGKILL right after the load (crash recovery), then after SIGTERM (a graceful stop).
 # Prints markdown.
 #
 #   tools/scripts/bench-writes.sh [TOTAL] [KEYS]     (defaults 100000 and 1000000)
@@ -27,6 +29,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}
 KEYS=${2:-1000000}
+LOAD_RUNS=${LOAD_RUNS:-3}
+[[ $LOAD_RUNS =~ ^[1-9][0-9]*$ ]] || { echo "LOAD_RUNS must be a positive number, not '$LOAD_RUNS'" >&2; exit 2; }
 ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
 ETCD=${ETCD:-/opt/etcd35/bin/etcd}
 ETCD34=${ETCD34-/usr/bin/etcd}
@@ -212,7 +216,7 @@ if [ "$KEYS" -gt 0 ]; then
   # window lasts a few seconds and one load's per-second rates swing by 10-20% here, so each
   # figure below is the median of the rounds; the per-round rates of the first and last
   # 100,000 keys are printed beside them.
-  for round in $(seq 1 "${LOAD_RUNS:-3}"); do
+  for round in $(seq 1 "$LOAD_RUNS"); do
     for kind in "${KINDS[@]}"; do
       rm -rf "$work/${kind}1-0"
       start "$kind" 1
@@ -233,12 +237,12 @@ if [ "$KEYS" -gt 0 ]; then
       stop
     done
   done
-  # median KEY FIELD: the median over the rounds of field FIELD (0-based) of R[<kind>KEY<round>],
+  # median KEY FIELD: the (lower) median over the rounds of field FIELD (0-based) of R[<kind>KEY<round>],
   # for every kind, as "kind value" lines; "-" when a round has none.
   median() {
     local k r
     for k in "${KINDS[@]}"; do
-      for r in $(seq 1 "${LOAD_RUNS:-3}"); do echo "$k ${R[$k$1$r]}"; done
+      for r in $(seq 1 "$LOAD_RUNS"); do echo "$k ${R[$k$1$r]}"; done
     done | python3 -c '
 import collections, statistics, sys
 field, v = int(sys.argv[1]), collections.defaultdict(list)
@@ -247,19 +251,19 @@ for line in sys.stdin:
     v[kind].append(f[field] if field < len(f) else "-")
 for kind, xs in v.items():
     nums = [float(x) for x in xs if x != "-"]
-    m = statistics.median(nums) if len(nums) == len(xs) else None
-    print(kind, "-" if m is None else ("%.0f" % m if m >= 100 else "%.2f" % m), " / ".join(xs))
+    m = statistics.median_low(nums) if len(nums) == len(xs) else None
+    print(kind, "-" if m is None else xs[nums.index(m)], " / ".join(xs))
 ' "$2"
   }
   # The load row: the round with the median rate.
   for k in "${KINDS[@]}"; do
-    best=$(for r in $(seq 1 "${LOAD_RUNS:-3}"); do echo "${R[${k}load$r]%% *} $r"; done | sort -n |
+    best=$(for r in $(seq 1 "$LOAD_RUNS"); do echo "${R[${k}load$r]%% *} $r"; done | sort -n |
       awk '{a[NR] = $2} END {print a[int((NR + 1) / 2)]}')
     R[${k}load]=${R[${k}load$best]}
   done
   row "put $KEYS distinct 16 B keys, 1 member (the round with the median rate)" 10/100 load
   echo
-  echo "| one member, $KEYS keys, median of ${LOAD_RUNS:-3} rounds | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
+  echo "| one member, $KEYS keys, median of $LOAD_RUNS rounds | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
   echo "|---|$(for _ in "${KINDS[@]}"; do printf -- '---|'; done)"
   # line LABEL KEY FIELD [EACH]: a row of medians; with EACH, a second row of every round's value.
   line() {

@@ -168,7 +168,11 @@ where
     /// ([`SkipList::entries_in_order`](crate::base::SkipList::entries_in_order): the nodes'
     /// cache misses overlap, and no entry's reference count is touched). The result keeps the
     /// thread pinned to the epoch it walked in, so no node it refers to is freed while it
-    /// lives, even one a concurrent removal unlinks.
+    /// lives, even one a concurrent removal unlinks. Exact for a map no thread changes during
+    /// the walk (a sealed memtable); during concurrent writes it holds every entry that stayed
+    /// in the map throughout, may miss or hold entries inserted or removed meanwhile, and may
+    /// hold an entry twice, out of order (a stretch whose end node is removed during the walk
+    /// runs on into the next stretches).
     pub fn entries_in_order(&self) -> EntriesInOrder<'_, K, V> {
         let guard = epoch::pin();
         // SAFETY: nodes are freed only through the epoch (a removal defers it) or by the

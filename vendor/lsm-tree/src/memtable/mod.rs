@@ -78,7 +78,8 @@ impl Memtable {
     /// etch patch: every item in order, for a flush of this (sealed) memtable: the same items
     /// as [`Memtable::iter`], found by crossbeam-skiplist's `entries_in_order` (the nodes'
     /// cache misses overlap instead of following one another, and no node's reference count
-    /// is touched), with each item's key and value bytes prefetched a few items ahead.
+    /// is touched), with each item's skiplist node prefetched [`SEALED_PREFETCH_NODE`] items
+    /// ahead and its key and value bytes [`SEALED_PREFETCH`] items ahead.
     pub fn iter_sealed(&self) -> impl DoubleEndedIterator<Item = InternalValue> + '_ {
         // The entries stay valid while `entries` lives (it holds an epoch guard), even if an
         // insert replaced one of them (an equal user key and seqno).
