@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use etch_tests::{Cluster, Isolation, Node, bin, etcdctl, free_tcp_port, http, wait_for};
+use etch_tests::{Cluster, Isolation, Node, bench_ok, bin, etcdctl, free_tcp_port, http, wait_for};
 
 /// The value of an unlabelled sample in a Prometheus text page.
 fn sample(page: &str, name: &str) -> Option<f64> {
@@ -176,4 +176,35 @@ fn the_process_runs_without_transparent_huge_pages() {
     if let Some(thp) = thp {
         assert_eq!(thp, "0", "{status}");
     }
+}
+
+/// A leader lingers before a flush only under load: one writer with one request in flight
+/// never makes it wait (each flush holds one proposal), and many writers do
+/// (`etch_proposal_lingers_total` on the leader's `/metrics`).
+#[test]
+fn a_lone_writer_never_lingers_and_many_writers_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3, &[]);
+    let leader = &c.nodes[c.leader()];
+    let lingers = || {
+        let page = http(&leader.grpc, "GET", "/metrics", "").body;
+        sample(&page, "etch_proposal_lingers_total").unwrap_or(0.0)
+    };
+    let before = lingers();
+    let one = ["--clients", "1", "--conns", "1", "put", "--total", "300"];
+    bench_ok(&leader.native, &one);
+    assert_eq!(lingers(), before, "a lone writer's puts never linger");
+    wait_for(Duration::from_secs(120), "a linger under load", || {
+        let many = ["--clients", "200", "--conns", "4", "put", "--total", "4000"];
+        bench_ok(&leader.native, &many);
+        (lingers() > before).then_some(())
+    });
+    // Once the load is gone, a lone writer's flushes hold one proposal again: at most the
+    // first flush after the load lingers.
+    let after_load = lingers();
+    bench_ok(&leader.native, &one);
+    assert!(
+        lingers() <= after_load + 1.0,
+        "a lone writer after the load"
+    );
 }

@@ -49,6 +49,8 @@ pub struct ConsensusActor {
     linger_timer: Option<mpsc::Sender<(Instant, u64)>>,
     /// The number of the latest linger: a [`LingerEnd`] of an earlier one is stale.
     linger_number: u64,
+    /// `etch_proposal_lingers_total` ([`crate::metrics::PROPOSAL_LINGERS`]).
+    lingers: metrics::Counter,
     /// The request ids of the client proposals held since the last flush.
     held: Vec<u64>,
     /// The proposers' waiters: a proposal raft refuses is answered here, an applied one by
@@ -142,6 +144,7 @@ impl ConsensusActor {
             flush_scheduled: false,
             linger_timer: None,
             linger_number: 0,
+            lingers: metrics::counter!(crate::metrics::PROPOSAL_LINGERS),
             held: Vec::new(),
             waiters,
             last_flush_len: 0,
@@ -321,6 +324,7 @@ impl ConsensusActor {
                 // Under load: gather more for one append, one WAL write, one apply.
                 let wait = linger(self.last_flush_len, self.core.raft().replicates());
                 self.linger_number += 1;
+                self.lingers.increment(1);
                 let timed = self
                     .linger_timer
                     .as_ref()
