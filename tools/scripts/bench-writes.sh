@@ -214,8 +214,8 @@ if [ "$KEYS" -gt 0 ]; then
   # LOAD_RUNS rounds, each loading every server once from a fresh data dir, in turn (a slow
   # phase of the box then falls on every server, not on whichever comes first). A 100,000-key
   # window lasts a few seconds and one load's per-second rates swing by 10-20% here, so each
-  # figure below is the median of the rounds; the per-round rates of the first and last
-  # 100,000 keys are printed beside them.
+  # figure below is the median of the rounds; each round's rates and restart times are
+  # printed beside them.
   for round in $(seq 1 "$LOAD_RUNS"); do
     for kind in "${KINDS[@]}"; do
       rm -rf "$work/${kind}1-0"

@@ -822,12 +822,15 @@ where
     }
 
     /// etch patch: every entry of the list in key order, as references, found by
-    /// [`SkipList::nodes_in_order`]'s walk (many nodes' cache misses at a time instead of one).
+    /// [`SkipList::nodes_in_order`]'s walk (many nodes' cache misses at a time instead of one),
+    /// walked under `guard`.
     ///
     /// # Safety
-    /// No entry may be removed (or the list dropped) while the references live.
-    pub unsafe fn entries_in_order(&self) -> Vec<(&K, &V)> {
-        let guard = &epoch::pin();
+    /// The references must not be used once `guard` is dropped or repinned (a node removed
+    /// after the walk began is freed through the epoch only after that), nor after the list
+    /// is dropped.
+    pub unsafe fn entries_in_order(&self, guard: &Guard) -> Vec<(&K, &V)> {
+        self.check_guard(guard);
         unsafe {
             self.nodes_in_order(guard)
                 .into_iter()

@@ -176,9 +176,9 @@ where
     pub fn entries_in_order(&self) -> EntriesInOrder<'_, K, V> {
         let guard = epoch::pin();
         // SAFETY: nodes are freed only through the epoch (a removal defers it) or by the
-        // map's drop (which needs `&mut self`); `guard`, pinned before the walk, lives as long
-        // as the references, and `EntriesInOrder` only lends them for shorter than itself.
-        let entries = unsafe { self.inner.entries_in_order() };
+        // map's drop (which needs `&mut self`); `guard`, the walk's own, lives (pinned) as
+        // long as the references, and `EntriesInOrder` only lends them for shorter than itself.
+        let entries = unsafe { self.inner.entries_in_order(&guard) };
         EntriesInOrder { entries, _guard: guard }
     }
 
