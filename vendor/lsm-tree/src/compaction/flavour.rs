@@ -10,6 +10,7 @@ use crate::compaction::Input as CompactionPayload;
 use crate::file::TABLES_FOLDER;
 use crate::table::multi_writer::MultiWriter;
 use crate::version::{SuperVersions, Version};
+use std::sync::{RwLock, RwLockWriteGuard};
 use crate::vlog::blob_file::scanner::ScanEntry;
 use crate::vlog::{BlobFileId, BlobFileMergeScanner, BlobFileWriter};
 use crate::{BlobFile, HashSet, InternalValue, Table};
@@ -121,15 +122,19 @@ pub(super) trait CompactionFlavour {
     fn write(&mut self, item: InternalValue) -> crate::Result<()>;
 
     #[warn(clippy::too_many_arguments)]
-    fn finish(
+    /// Finishes the output tables and installs the new version (etch patch: with
+    /// [`SuperVersions::upgrade_version_outside_lock`], so the tables are finished and the
+    /// version persisted without the version history's write lock). The caller holds the
+    /// compaction state lock. Returns the history's write guard, the new version appended.
+    fn finish<'a>(
         self: Box<Self>,
-        super_version: &mut SuperVersions,
+        version_history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()>;
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>>;
 }
 
 /// Compaction worker that will relocate blobs that sit in blob files that are being rewritten
@@ -255,15 +260,15 @@ impl CompactionFlavour for RelocatingCompaction {
         Ok(())
     }
 
-    fn finish(
+    fn finish<'a>(
         mut self: Box<Self>,
-        super_version: &mut SuperVersions,
+        version_history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map_diff: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>> {
         log::debug!(
             "Relocating compaction done in {:?}",
             self.inner.start.elapsed(),
@@ -277,7 +282,11 @@ impl CompactionFlavour for RelocatingCompaction {
 
         let mut blob_files_to_drop = self.rewriting_blob_files;
 
-        let current_version = super_version.latest_version();
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let current_version = version_history
+            .read()
+            .expect("lock is poisoned")
+            .latest_version();
 
         for blob_file in current_version.version.blob_files.iter() {
             if blob_file.is_dead(current_version.version.gc_stats()) {
@@ -285,7 +294,8 @@ impl CompactionFlavour for RelocatingCompaction {
             }
         }
 
-        super_version.upgrade_version(
+        let guard = SuperVersions::upgrade_version_outside_lock(
+            version_history,
             &opts.config.path,
             |current| {
                 let mut copy = current.clone();
@@ -323,7 +333,7 @@ impl CompactionFlavour for RelocatingCompaction {
             blob_file.mark_as_deleted();
         }
 
-        Ok(())
+        Ok(guard)
     }
 }
 
@@ -390,15 +400,15 @@ impl CompactionFlavour for StandardCompaction {
         Ok(())
     }
 
-    fn finish(
+    fn finish<'a>(
         mut self: Box<Self>,
-        super_version: &mut SuperVersions,
+        version_history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>> {
         log::debug!("Compaction done in {:?}", self.start.elapsed());
 
         let table_ids_to_delete = std::mem::take(&mut self.tables_to_rewrite);
@@ -407,7 +417,11 @@ impl CompactionFlavour for StandardCompaction {
 
         let mut blob_files_to_drop = Vec::default();
 
-        let current_version = super_version.latest_version();
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let current_version = version_history
+            .read()
+            .expect("lock is poisoned")
+            .latest_version();
 
         for blob_file in current_version.version.blob_files.iter() {
             if blob_file.is_dead(current_version.version.gc_stats()) {
@@ -415,7 +429,8 @@ impl CompactionFlavour for StandardCompaction {
             }
         }
 
-        super_version.upgrade_version(
+        let guard = SuperVersions::upgrade_version_outside_lock(
+            version_history,
             &opts.config.path,
             |current| {
                 let mut copy = current.clone();
@@ -453,7 +468,7 @@ impl CompactionFlavour for StandardCompaction {
             blob_file.mark_as_deleted();
         }
 
-        Ok(())
+        Ok(guard)
     }
 }
 

@@ -186,8 +186,15 @@ fn move_tables(
     opts: &Options,
     payload: &CompactionPayload,
 ) -> crate::Result<()> {
+    // etch patch: the checks read a clone of the latest version taken under the read lock;
+    // the caller holds the compaction state lock, so its on-disk part (the tables) cannot
+    // change before the upgrade below.
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
+    let latest = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
 
     // Fail-safe for buggy compaction strategies
     if compaction_state
@@ -211,18 +218,19 @@ fn move_tables(
     // `Version::with_moved` asserts that every input table is still present, so committing a
     // stale move would panic while holding both the compaction state mutex and the version
     // history write lock, poisoning them.
-    if table_ids.iter().any(|&id| {
-        version_history_lock
-            .latest_version()
-            .version
-            .get_table(id)
-            .is_none()
-    }) {
+    if table_ids
+        .iter()
+        .any(|&id| latest.version.get_table(id).is_none())
+    {
         log::debug!("{table_ids:?} are not referenced anymore; skipping move");
         return Ok(());
     }
+    drop(latest);
 
-    version_history_lock.upgrade_version(
+    // etch patch: the new version is persisted without holding the write lock that write
+    // batches wait for.
+    let mut version_history_lock = SuperVersions::upgrade_version_outside_lock(
+        &opts.version_history,
         &opts.config.path,
         |current| {
             let mut copy = current.clone();
@@ -532,10 +540,17 @@ fn merge_tables(
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
     let mut compaction_state = opts.compaction_state.lock().expect("lock is poisoned");
 
-    log::trace!("Acquiring super version write lock");
+    // etch patch: checked on a clone of the latest version taken under the read lock. With
+    // the compaction state lock held, only memtable rotations can change the latest version
+    // until `finish` installs the result, and they leave its tables alone; `finish` takes the
+    // write lock only to append the new version (`SuperVersions::upgrade_version_outside_lock`),
+    // so write batches do not wait for the output's last table or the version's fsyncs.
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
-    log::trace!("Acquired super version write lock");
+    let latest = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
 
     // NOTE: Check for race condition - https://github.com/fjall-rs/fjall/issues/287
     //
@@ -543,13 +558,12 @@ fn merge_tables(
     // in the meantime (`clear()` for example installs a brand new, empty version).
     // Committing the merge result would then insert the compacted tables into a version that no longer
     // references their inputs, resurrecting data that was already logically removed.
-    if payload.table_ids.iter().any(|&id| {
-        version_history_lock
-            .latest_version()
-            .version
-            .get_table(id)
-            .is_none()
-    }) {
+    let inputs_gone = payload
+        .table_ids
+        .iter()
+        .any(|&id| latest.version.get_table(id).is_none());
+    drop(latest);
+    if inputs_gone {
         log::debug!("Input table(s) are not referenced anymore; skipping result installation");
 
         compaction_state
@@ -575,9 +589,9 @@ fn merge_tables(
         })?
         .unwrap_or_default();
 
-    compactor
+    let mut version_history_lock = compactor
         .finish(
-            &mut version_history_lock,
+            &opts.version_history,
             opts,
             payload,
             dst_lvl,
@@ -619,8 +633,14 @@ fn drop_tables(
     opts: &Options,
     ids_to_drop: &[TableId],
 ) -> crate::Result<()> {
+    // etch patch: read from a clone of the latest version taken under the read lock, as in
+    // `move_tables`.
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
+    let latest = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
 
     // Fail-safe for buggy compaction strategies
     if compaction_state
@@ -636,13 +656,7 @@ fn drop_tables(
 
     let Some(tables) = ids_to_drop
         .iter()
-        .map(|&id| {
-            version_history_lock
-                .latest_version()
-                .version
-                .get_table(id)
-                .cloned()
-        })
+        .map(|&id| latest.version.get_table(id).cloned())
         .collect::<Option<Vec<_>>>()
     else {
         log::warn!(
@@ -656,9 +670,14 @@ fn drop_tables(
 
     let mut dropped_blob_files = vec![];
 
+    drop(latest);
+
     // IMPORTANT: Write the manifest with the removed tables first
     // Otherwise the table files are deleted, but are still referenced!
-    version_history_lock.upgrade_version(
+    //
+    // etch patch: persisted without holding the write lock that write batches wait for.
+    let mut version_history_lock = SuperVersions::upgrade_version_outside_lock(
+        &opts.version_history,
         &opts.config.path,
         |current| {
             let mut copy = current.clone();

@@ -263,6 +263,11 @@ impl AbstractTree for Tree {
 
     fn clear(&self) -> crate::Result<()> {
         let config = self.tree_config();
+        // etch patch: every version upgrade holds the compaction state lock, so that
+        // `SuperVersions::upgrade_version_outside_lock` sees no other upgrade between its
+        // halves.
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
         let mut versions = self.get_version_history_lock();
 
         versions.upgrade_version(
@@ -447,20 +452,33 @@ impl AbstractTree for Tree {
 
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
         let mut _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
-        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        let mut version_lock = self.version_history.write().expect("lock is poisoned");
 
         // NOTE: Check for race condition
         // Fixes: https://github.com/fjall-rs/fjall/issues/287#issuecomment-4938188362
+        //
+        // etch patch: checked under the read lock. Until the upgrade below installs its
+        // version, only memtable rotations can change the latest one (every other change
+        // holds the compaction state lock taken above), and a rotation removes no sealed
+        // memtable.
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let latest = self
+            .version_history
+            .read()
+            .expect("lock is poisoned")
+            .latest_version();
         if sealed_memtables_to_delete
             .iter()
-            .any(|id| !version_lock.latest_version().sealed_memtables.contains(id))
+            .any(|id| !latest.sealed_memtables.contains(id))
         {
             log::debug!("Not registering tables because flush task processed some sealed memtables which do not exist (anymore)");
             return Ok(());
         }
+        drop(latest);
 
-        version_lock.upgrade_version(
+        // etch patch: the new version is persisted without holding the write lock that
+        // write batches wait for.
+        let mut version_lock = SuperVersions::upgrade_version_outside_lock(
+            &self.version_history,
             &self.config.path,
             |current| {
                 let mut copy = current.clone();

@@ -8,7 +8,11 @@ use crate::{
     version::{persist_version, Version},
     SeqNo, SequenceNumberCounter,
 };
-use std::{collections::VecDeque, path::Path, sync::Arc};
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::{Arc, RwLock, RwLockWriteGuard},
+};
 
 /// A super version is a point-in-time snapshot of memtables and a [`Version`] (list of disk files)
 #[derive(Clone)]
@@ -157,6 +161,85 @@ impl SuperVersions {
         visible_seqno.fetch_max(seqno + 1);
 
         Ok(())
+    }
+
+    /// [`SuperVersions::upgrade_version`] without holding the version history's write lock
+    /// while the new version is computed and persisted (etch patch).
+    ///
+    /// `f` runs on a clone of the latest version taken under the read lock; the new on-disk
+    /// version is then persisted (the version file's and the directory's fsyncs, and the
+    /// `current` file's atomic rewrite: milliseconds each when the disk is busy with a
+    /// compaction's output) with no lock on the history, and the write lock is only taken to
+    /// append the result. Every write batch takes the read lock to find the active memtable,
+    /// so writers no longer wait for those fsyncs.
+    ///
+    /// Between the two halves, a memtable rotation (`rotate_memtable`) may install a new
+    /// active memtable and seal the old one; the appended version takes the memtables of the
+    /// version it replaces, without the sealed memtables `f` removed. The on-disk version
+    /// cannot change meanwhile: the caller must hold the tree's compaction state lock, which
+    /// every path that upgrades the version holds (`register_tables`, compactions, ingestion,
+    /// and, since this patch, `clear`). Should the on-disk version have changed anyway, it
+    /// returns [`crate::Error::Unrecoverable`] and appends nothing.
+    ///
+    /// Returns the history's write guard, with the new version appended, so the caller can run
+    /// [`SuperVersions::maintenance_deferred`] under it.
+    ///
+    /// # Errors
+    /// What `f` returns, or an I/O error persisting the version.
+    pub(crate) fn upgrade_version_outside_lock<'a, F>(
+        history: &'a RwLock<SuperVersions>,
+        tree_path: &Path,
+        f: F,
+        seqno: &SequenceNumberCounter,
+        visible_seqno: &SequenceNumberCounter,
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>>
+    where
+        F: FnOnce(&SuperVersion) -> crate::Result<SuperVersion>,
+    {
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let base = history.read().expect("lock is poisoned").latest_version();
+
+        let mut next_version = f(&base)?;
+        persist_version(tree_path, &next_version.version)?;
+
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let mut guard = history.write().expect("lock is poisoned");
+        let latest = guard.latest_version();
+
+        if latest.version.id() != base.version.id() {
+            log::error!(
+                "Version {} was replaced by {} while version {} was persisted; not installing it",
+                base.version.id(),
+                latest.version.id(),
+                next_version.version.id(),
+            );
+            return Err(crate::Error::Unrecoverable);
+        }
+
+        if !Arc::ptr_eq(&latest.active_memtable, &base.active_memtable)
+            || !Arc::ptr_eq(&latest.sealed_memtables, &base.sealed_memtables)
+        {
+            // Memtables rotated meanwhile: keep them, less the sealed ones `f` released.
+            let mut sealed = (*latest.sealed_memtables).clone();
+            for released in base
+                .sealed_memtables
+                .iter()
+                .filter(|mt| !next_version.sealed_memtables.contains(&mt.id))
+            {
+                sealed = sealed.remove(released.id);
+            }
+            next_version.sealed_memtables = Arc::new(sealed);
+            next_version.active_memtable = latest.active_memtable;
+        }
+
+        next_version.seqno = seqno.next();
+        log::trace!("Next version seqno={}", next_version.seqno);
+        let installed_seqno = next_version.seqno;
+        guard.append_version(next_version);
+
+        visible_seqno.fetch_max(installed_seqno + 1);
+
+        Ok(guard)
     }
 
     pub fn append_version(&mut self, version: SuperVersion) {
