@@ -30,9 +30,7 @@ fn open(dir: &Path, seqno: &SequenceNumberCounter) -> AnyTree {
 /// The keys of `0..n` the tree does not return, or returns with another value, at `seqno`.
 fn missing(tree: &AnyTree, n: u64, seqno: u64) -> Vec<u64> {
     (0..n)
-        .filter(|&i| {
-            tree.get(key(i), seqno).expect("read").as_deref() != Some(value(i).as_slice())
-        })
+        .filter(|&i| tree.get(key(i), seqno).expect("read").as_deref() != Some(value(i).as_slice()))
         .collect()
 }
 
