@@ -205,6 +205,23 @@ impl Writer {
         })
     }
 
+    /// Hands the buffered bytes to the OS and returns a second handle to the journal file
+    /// (etch patch). Syncing that handle makes every batch written so far durable, without
+    /// holding the journal's lock that every write batch takes: see the flush in
+    /// `worker_pool.rs`.
+    pub(crate) fn flush_buffer_and_clone_file(&mut self) -> std::io::Result<File> {
+        if self.is_buffer_dirty {
+            self.file.flush().inspect_err(|e| {
+                log::error!(
+                    "Failed to flush journal IO buffers at {}: {e:?}",
+                    self.path.display(),
+                );
+            })?;
+            self.is_buffer_dirty = false;
+        }
+        self.file.get_ref().try_clone()
+    }
+
     /// Persists the journal file.
     pub(crate) fn persist(&mut self, mode: PersistMode) -> std::io::Result<()> {
         log::trace!(
