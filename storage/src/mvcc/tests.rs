@@ -1058,7 +1058,7 @@ fn newest_map_shards_spread_hashes_and_keep_the_larger_revision() {
     use std::hash::{BuildHasher, Hasher};
     let hasher = std::collections::hash_map::RandomState::new();
     let mut per_shard = [0usize; super::NEWEST_SHARDS];
-    for i in 0..64_000u64 {
+    for i in 0..(super::NEWEST_SHARDS as u64 * 1_000) {
         per_shard[super::newest_shard(hasher.hash_one(i))] += 1;
     }
     // 1,000 expected per shard.
