@@ -27,11 +27,18 @@ fn open(dir: &Path, seqno: &SequenceNumberCounter) -> AnyTree {
         .expect("open the tree")
 }
 
-/// The keys of `0..n` the tree does not return, or returns with another value, at `seqno`.
-fn missing(tree: &AnyTree, n: u64, seqno: u64) -> Vec<u64> {
-    (0..n)
+/// Fails unless the tree returns each of the keys `0..n` with its value at `seqno`, naming
+/// the count and the first few keys it lost `when`.
+fn assert_all_readable(tree: &AnyTree, n: u64, seqno: u64, when: &str) {
+    let lost: Vec<u64> = (0..n)
         .filter(|&i| tree.get(key(i), seqno).expect("read").as_deref() != Some(value(i).as_slice()))
-        .collect()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {n} writes lost {when} (first: {:?})",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
 
 /// Flushes that wrote tables during [`write_during_maintenance`] before the writes stop.
@@ -94,23 +101,11 @@ fn no_write_is_lost_when_memtables_rotate_while_versions_are_installed() {
         "only {flushes} flushes ran during {n} writes"
     );
 
-    let lost = missing(&tree, n, seqno.get());
-    assert!(
-        lost.is_empty(),
-        "{} of {n} writes unreadable after flushes and compactions (first: {:?})",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_all_readable(&tree, n, seqno.get(), "after flushes and compactions");
 
     // What is on disk is the whole tree once the last memtable is flushed.
     tree.flush_active_memtable(0).expect("last flush");
     drop(tree);
     let reopened = open(dir.path(), &seqno);
-    let lost = missing(&reopened, n, seqno.get());
-    assert!(
-        lost.is_empty(),
-        "{} of {n} writes missing after reopening (first: {:?})",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_all_readable(&reopened, n, seqno.get(), "after reopening");
 }
