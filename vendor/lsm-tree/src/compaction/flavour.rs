@@ -10,7 +10,8 @@ use crate::compaction::Input as CompactionPayload;
 use crate::file::TABLES_FOLDER;
 use crate::table::multi_writer::MultiWriter;
 use crate::version::{SuperVersions, Version};
-use std::sync::{RwLock, RwLockWriteGuard};
+use crate::compaction::state::CompactionState;
+use std::sync::{MutexGuard, RwLock, RwLockWriteGuard};
 use crate::vlog::blob_file::scanner::ScanEntry;
 use crate::vlog::{BlobFileId, BlobFileMergeScanner, BlobFileWriter};
 use crate::{BlobFile, HashSet, InternalValue, Table};
@@ -124,10 +125,12 @@ pub(super) trait CompactionFlavour {
     #[warn(clippy::too_many_arguments)]
     /// Finishes the output tables and installs the new version (etch patch: with
     /// [`SuperVersions::upgrade_version_outside_lock`], so the tables are finished and the
-    /// version persisted without the version history's write lock). The caller holds the
-    /// compaction state lock. Returns the history's write guard, the new version appended.
+    /// version persisted without the version history's write lock), under the caller's
+    /// compaction state lock, `compaction_state`. Returns the history's write guard, the new
+    /// version appended.
     fn finish<'a>(
         self: Box<Self>,
+        compaction_state: &MutexGuard<'_, CompactionState>,
         version_history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
@@ -262,6 +265,7 @@ impl CompactionFlavour for RelocatingCompaction {
 
     fn finish<'a>(
         mut self: Box<Self>,
+        compaction_state: &MutexGuard<'_, CompactionState>,
         version_history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
@@ -295,6 +299,7 @@ impl CompactionFlavour for RelocatingCompaction {
         }
 
         let guard = SuperVersions::upgrade_version_outside_lock(
+            compaction_state,
             version_history,
             &opts.config.path,
             |current| {
@@ -402,6 +407,7 @@ impl CompactionFlavour for StandardCompaction {
 
     fn finish<'a>(
         mut self: Box<Self>,
+        compaction_state: &MutexGuard<'_, CompactionState>,
         version_history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
@@ -430,6 +436,7 @@ impl CompactionFlavour for StandardCompaction {
         }
 
         let guard = SuperVersions::upgrade_version_outside_lock(
+            compaction_state,
             version_history,
             &opts.config.path,
             |current| {

@@ -230,6 +230,7 @@ fn move_tables(
     // etch patch: the new version is persisted without holding the write lock that write
     // batches wait for.
     let mut version_history_lock = SuperVersions::upgrade_version_outside_lock(
+        &compaction_state,
         &opts.version_history,
         &opts.config.path,
         |current| {
@@ -591,6 +592,7 @@ fn merge_tables(
 
     let mut version_history_lock = compactor
         .finish(
+            &compaction_state,
             &opts.version_history,
             opts,
             payload,
@@ -677,6 +679,7 @@ fn drop_tables(
     //
     // etch patch: persisted without holding the write lock that write batches wait for.
     let mut version_history_lock = SuperVersions::upgrade_version_outside_lock(
+        &compaction_state,
         &opts.version_history,
         &opts.config.path,
         |current| {

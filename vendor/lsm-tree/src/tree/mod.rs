@@ -478,6 +478,7 @@ impl AbstractTree for Tree {
         // etch patch: the new version is persisted without holding the write lock that
         // write batches wait for.
         let mut version_lock = SuperVersions::upgrade_version_outside_lock(
+            &_compaction_state,
             &self.version_history,
             &self.config.path,
             |current| {

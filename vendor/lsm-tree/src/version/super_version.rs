@@ -3,6 +3,7 @@
 // (found in the LICENSE-* files in the repository)
 
 use crate::{
+    compaction::state::CompactionState,
     memtable::Memtable,
     tree::sealed::SealedMemtables,
     version::{persist_version, Version},
@@ -11,7 +12,7 @@ use crate::{
 use std::{
     collections::VecDeque,
     path::Path,
-    sync::{Arc, RwLock, RwLockWriteGuard},
+    sync::{Arc, MutexGuard, RwLock, RwLockWriteGuard},
 };
 
 /// A super version is a point-in-time snapshot of memtables and a [`Version`] (list of disk files)
@@ -176,10 +177,11 @@ impl SuperVersions {
     /// Between the two halves, a memtable rotation (`rotate_memtable`) may install a new
     /// active memtable and seal the old one; the appended version takes the memtables of the
     /// version it replaces, without the sealed memtables `f` removed. The on-disk version
-    /// cannot change meanwhile: the caller must hold the tree's compaction state lock, which
-    /// every path that upgrades the version holds (`register_tables`, compactions, ingestion,
-    /// and, since this patch, `clear`). Should the on-disk version have changed anyway, it
-    /// returns [`crate::Error::Unrecoverable`] and appends nothing.
+    /// cannot change meanwhile: the caller holds the tree's compaction state lock (its guard,
+    /// `_proof`, is asked for so that no caller can forget it), which every path that upgrades
+    /// the version holds (`register_tables`, compactions, ingestion, and, since this patch,
+    /// `clear`). Should the on-disk version have changed anyway, it returns
+    /// [`crate::Error::Unrecoverable`] and appends nothing.
     ///
     /// Returns the history's write guard, with the new version appended, so the caller can run
     /// [`SuperVersions::maintenance_deferred`] under it.
@@ -187,6 +189,7 @@ impl SuperVersions {
     /// # Errors
     /// What `f` returns, or an I/O error persisting the version.
     pub(crate) fn upgrade_version_outside_lock<'a, F>(
+        _proof: &MutexGuard<'_, CompactionState>,
         history: &'a RwLock<SuperVersions>,
         tree_path: &Path,
         f: F,
