@@ -194,9 +194,8 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
             // etch patch: the journal is synced once without its lock first. Below, under
             // the lock (every write batch waits for it), the sync or the rotation's sync then
             // has only the batches written meanwhile to write, instead of everything since the
-            // last sync; on a disk busy with a compaction's output that sync took tens of ms,
-            // and every write waited for it. What the sync under the lock guarantees before
-            // the memtables are flushed (fjall issue 329) is unchanged.
+            // last sync, which every write waited for. What the sync under the lock guarantees
+            // before the memtables are flushed (fjall issue 329) is unchanged.
             {
                 let journal_file = ctx
                     .supervisor
