@@ -345,14 +345,12 @@ impl KeyHashers {
     }
 }
 
-/// Shards of [`Newest`]'s map, picked by bits 40..50 of a key's hash. A shard's table grows by
-/// rehashing every entry it holds, on the apply thread, under its lock, and the shards, filled
-/// evenly, grow at about the same key count: each growth step stalls the writes of one batch
-/// for about 1/1024th of what one table's would (one table's took 45 ms at 1,000,000 keys;
-/// with 64 shards, a step took 2-8.5 ms by 4,000,000 keys and about 15 ms past 7,000,000). The
-/// steps' total is the same whatever the shard count. Those bits are neither the low ones
-/// hashbrown picks buckets with (14 at 10,000,000 keys) nor the top 7 it tags them with, so
-/// each shard's entries still spread over its buckets.
+/// Shards of [`Newest`]'s map ([`newest_shard`] picks one from a key's hash). A shard's table
+/// grows by rehashing every entry it holds into a table twice its size, on the apply thread,
+/// under its lock. Many shards keep each growth step short (one table's took 45 ms at
+/// 1,000,000 keys; with 64 shards, a step took 2-8.5 ms by 4,000,000 keys and about 15 ms past
+/// 7,000,000); shards of unequal shares ([`newest_shard`]) keep the steps from falling at the
+/// same key count.
 const NEWEST_SHARDS: usize = 1024;
 
 /// One shard of [`Newest`]: the keys' hashes are already uniform 64-bit values (SipHash of
@@ -395,9 +393,23 @@ impl std::hash::Hasher for KeyHashHasher {
     }
 }
 
-/// The shard of hash `h`.
+/// The shard of hash `h`: shard `s` takes the share `2^((s+1)/N) - 2^(s/N)` of uniform hashes
+/// (`N` = [`NEWEST_SHARDS`]), so the last shard takes twice the first's and the shares step
+/// evenly, in proportion, between them. Filled evenly, every shard's table would double at
+/// about the same key count (at about 917,000 keys with 1,024 shards: all 1,024 steps, which
+/// together rehash every entry and first touch about 130 MB of new tables, within a few
+/// thousand writes); with these shares each shard reaches its next size at its own key count,
+/// spread evenly (in proportion) over each doubling of the key count, so a write batch meets
+/// at most a step or two and the work of growing is the same in every stretch of a load.
+///
+/// The share is read from bits 33..57 of the hash: neither the low ones hashbrown picks
+/// buckets with (15 for a shard's share of 10,000,000 keys) nor the top 7 it tags them with,
+/// so each shard's entries still spread over its buckets.
 fn newest_shard(h: u64) -> usize {
-    ((h >> 40) as usize) % NEWEST_SHARDS
+    const BITS: u32 = 24;
+    let u = ((h >> 33) & ((1 << BITS) - 1)) as f64 / f64::from(1u32 << BITS);
+    // u in [0, 1): log2(1 + u) in [0, 1).
+    (((1.0 + u).log2() * NEWEST_SHARDS as f64) as usize).min(NEWEST_SHARDS - 1)
 }
 
 struct NewestInner {

@@ -1051,20 +1051,33 @@ fn flushed_memtables_leave_nothing_sealed_and_a_reopen_keeps_every_key() {
     assert_eq!(r.kvs.len(), 500);
 }
 
-/// The newest-revision map's shards: every shard gets a share of uniformly spread key hashes,
-/// each shard's table buckets them by their own value, and a hash keeps its larger revision.
+/// The newest-revision map's shards: shard `s` gets its share `2^((s+1)/N) - 2^(s/N)` of
+/// uniformly spread key hashes, each shard's table buckets them by their own value, and a hash
+/// keeps its larger revision.
 #[test]
 fn newest_map_shards_spread_hashes_and_keep_the_larger_revision() {
     use std::hash::{BuildHasher, Hasher};
     let hasher = std::collections::hash_map::RandomState::new();
-    let mut per_shard = [0usize; super::NEWEST_SHARDS];
-    for i in 0..(super::NEWEST_SHARDS as u64 * 1_000) {
+    let shards = super::NEWEST_SHARDS;
+    let total = shards * 1_000;
+    let mut per_shard = vec![0usize; shards];
+    for i in 0..total as u64 {
         per_shard[super::newest_shard(hasher.hash_one(i))] += 1;
     }
-    // 1,000 expected per shard.
+    // From about 690 expected in the first shard to about 1,385 in the last.
+    for (s, n) in per_shard.iter().enumerate() {
+        let share = |s: usize| 2f64.powf(s as f64 / shards as f64);
+        let expected = total as f64 * (share(s + 1) - share(s));
+        assert!(
+            (*n as f64 - expected).abs() < expected * 0.2,
+            "shard {s}: {n}, expected {expected:.0}"
+        );
+    }
+    let first: usize = per_shard[..shards / 8].iter().sum();
+    let last: usize = per_shard[shards - shards / 8..].iter().sum();
     assert!(
-        per_shard.iter().all(|n| (700..1300).contains(n)),
-        "{per_shard:?}"
+        (1.75..2.05).contains(&(last as f64 / first as f64)),
+        "{first} {last}"
     );
     let mut h = super::KeyHashHasher::default();
     h.write_u64(0xDEAD_BEEF_0123_4567);
@@ -1140,4 +1153,38 @@ fn writes_find_a_keys_state_when_its_newest_entry_is_shared() {
     t.put("a", "3");
     let kv = a(&t);
     assert_eq!((kv.version, kv.create_revision), (3, first.create_revision));
+}
+
+/// The newest-revision map's shards grow at key counts spread over each doubling of the key
+/// count, not all at one: over the second half of 400,000 keys every shard's table grows once
+/// or so, and every eighth of that half holds some of those growth steps and none holds most.
+#[test]
+fn newest_map_shards_grow_at_spread_key_counts() {
+    use std::hash::BuildHasher;
+    let hasher = std::collections::hash_map::RandomState::new();
+    let shards = super::NEWEST_SHARDS;
+    let total = 400_000u64;
+    let mut maps: Vec<super::NewestShard> = (0..shards).map(|_| Default::default()).collect();
+    let entry = super::NewestEntry {
+        rev: Revision { main: 1, sub: 0 },
+        check: 1,
+        iv: keys::IndexValue::default(),
+    };
+    // Growth steps in each eighth of the second half of the keys.
+    let mut steps = [0usize; 8];
+    for i in 0..total {
+        let h = hasher.hash_one(i);
+        let map = &mut maps[super::newest_shard(h)];
+        let before = map.capacity();
+        map.insert(h, entry);
+        if map.capacity() != before && i >= total / 2 {
+            steps[((i - total / 2) * 8 / (total / 2)) as usize] += 1;
+        }
+    }
+    let all: usize = steps.iter().sum();
+    assert!((shards * 3 / 4..shards * 5 / 4).contains(&all), "{steps:?}");
+    assert!(
+        steps.iter().all(|n| (all / 32..all / 3).contains(n)),
+        "{steps:?}"
+    );
 }
