@@ -328,16 +328,16 @@ pub(crate) struct Newest {
 struct KeyHashers {
     /// The map's key.
     hasher: std::collections::hash_map::RandomState,
-    /// [`NewestEntry::check`].
+    /// [`NewestEntry::check`] (its low 31 bits).
     checker: std::collections::hash_map::RandomState,
 }
 
 impl KeyHashers {
     /// The two hashes of an escaped key ([`index_prefix`]): the map's key and the entry's
-    /// check (never [`COLLIDED`]).
-    fn hashes(&self, prefix: &[u8]) -> (u64, u64) {
+    /// check (31 bits, never [`COLLIDED`]).
+    fn hashes(&self, prefix: &[u8]) -> (u64, u32) {
         use std::hash::BuildHasher;
-        let check = self.checker.hash_one(prefix);
+        let check = (self.checker.hash_one(prefix) as u32) & CHECK_BITS;
         (
             self.hasher.hash_one(prefix),
             if check == COLLIDED { 1 } else { check },
@@ -354,23 +354,88 @@ impl KeyHashers {
 const NEWEST_SHARDS: usize = 1024;
 
 /// One shard of [`Newest`]: the keys' hashes are already uniform 64-bit values (SipHash of
-/// the key), used as they are instead of being hashed again.
-type NewestShard = HashMap<u64, NewestEntry, std::hash::BuildHasherDefault<KeyHashHasher>>;
+/// the key), used as they are instead of being hashed again. A bucket is 48 bytes (the hash
+/// and a [`PackedNewest`]).
+type NewestShard = HashMap<u64, PackedNewest, std::hash::BuildHasherDefault<KeyHashHasher>>;
 
 /// One key's newest index entry in [`Newest`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NewestEntry {
     /// The entry's revision (the index key's suffix).
     pub(crate) rev: Revision,
-    /// The key's second hash ([`Newest::hashes`]), or [`COLLIDED`].
-    pub(crate) check: u64,
+    /// The key's second hash ([`Newest::hashes`]: 31 bits), or [`COLLIDED`].
+    pub(crate) check: u32,
     /// The index value at `rev`.
     pub(crate) iv: IndexValue,
 }
 
 /// A [`NewestEntry::check`] for an entry several keys share (their first hashes collide):
 /// only its revision is known to be an upper bound. A key's own check is never 0.
-const COLLIDED: u64 = 0;
+const COLLIDED: u32 = 0;
+
+/// The bits of a [`NewestEntry::check`]; the top bit of [`PackedNewest::check_tombstone`]
+/// holds the tombstone flag.
+const CHECK_BITS: u32 = 0x7FFF_FFFF;
+
+/// A [`NewestEntry`] as [`Newest`]'s map holds it: 40 bytes instead of 56. The map holds one
+/// per key ever written, with a table per shard of 1.14-2.3 buckets per entry: at 10,000,000
+/// keys about 0.8 GB with 48-byte buckets instead of 1.1 GB with 64-byte ones.
+///
+/// A sub-revision over `u32::MAX` (a DeleteRange or Txn of over 4,294,967,295 changes) is
+/// kept as `u32::MAX` with the check [`COLLIDED`]: an upper bound in the same main revision,
+/// which sends the write path to the index for that key (a key has at most one entry per
+/// main revision: etcd refuses a Txn that changes a key twice).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PackedNewest {
+    main: i64,
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+    sub: u32,
+    /// The check (low 31 bits) and the tombstone flag (top bit).
+    check_tombstone: u32,
+}
+
+impl PackedNewest {
+    fn pack(e: NewestEntry) -> PackedNewest {
+        let (sub, check) = match u32::try_from(e.rev.sub) {
+            Ok(sub) => (sub, e.check & CHECK_BITS),
+            Err(_) => (u32::MAX, COLLIDED),
+        };
+        PackedNewest {
+            main: e.rev.main,
+            create_revision: e.iv.create_revision,
+            version: e.iv.version,
+            lease: e.iv.lease,
+            sub,
+            check_tombstone: check | if e.iv.tombstone { !CHECK_BITS } else { 0 },
+        }
+    }
+
+    fn rev(&self) -> Revision {
+        Revision {
+            main: self.main,
+            sub: i64::from(self.sub),
+        }
+    }
+
+    fn check(&self) -> u32 {
+        self.check_tombstone & CHECK_BITS
+    }
+
+    fn set_collided(&mut self) {
+        self.check_tombstone &= !CHECK_BITS;
+    }
+
+    fn index_value(&self) -> IndexValue {
+        IndexValue {
+            tombstone: self.check_tombstone & !CHECK_BITS != 0,
+            create_revision: self.create_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}
 
 /// A `Hasher` for keys that are already hashes: returns the `u64` it was given.
 #[derive(Default)]
@@ -420,7 +485,7 @@ struct NewestInner {
 
 /// Keeps the entry with the larger revision for hash `h`, marking it [`COLLIDED`] when another
 /// key had it.
-fn newest_keep(shard: &mut NewestShard, h: u64, e: NewestEntry) {
+fn newest_keep(shard: &mut NewestShard, h: u64, e: PackedNewest) {
     use std::collections::hash_map::Entry;
     match shard.entry(h) {
         Entry::Vacant(v) => {
@@ -428,12 +493,12 @@ fn newest_keep(shard: &mut NewestShard, h: u64, e: NewestEntry) {
         }
         Entry::Occupied(mut o) => {
             let cur = o.get_mut();
-            let collided = cur.check == COLLIDED || cur.check != e.check;
-            if e.rev > cur.rev {
+            let collided = cur.check() == COLLIDED || cur.check() != e.check();
+            if e.rev() > cur.rev() {
                 *cur = e;
             }
             if collided {
-                cur.check = COLLIDED;
+                cur.set_collided();
             }
         }
     }
@@ -488,7 +553,7 @@ impl Newest {
                 newest_keep(
                     &mut local[newest_shard(h)],
                     h,
-                    NewestEntry { rev, check, iv },
+                    PackedNewest::pack(NewestEntry { rev, check, iv }),
                 );
             }
             // Every shard is locked while the filled map replaces it, so no record falls
@@ -524,18 +589,20 @@ impl Newest {
 
     /// The two independent hashes of an escaped key ([`index_prefix`]): the map's key and the
     /// entry's check (never [`COLLIDED`]).
-    pub(crate) fn hashes(&self, prefix: &[u8]) -> (u64, u64) {
+    pub(crate) fn hashes(&self, prefix: &[u8]) -> (u64, u32) {
         self.hashers.hashes(prefix)
     }
 
     /// What is known of the key with hashes `(h, check)`.
-    fn get(&self, (h, check): (u64, u64)) -> NewestRev {
+    fn get(&self, (h, check): (u64, u32)) -> NewestRev {
         if !self.inner.filled.load(Ordering::Acquire) {
             return NewestRev::Unknown;
         }
         match self.lock(newest_shard(h)).get(&h) {
-            Some(e) if e.check == check => NewestRev::Known(e.rev, e.iv),
-            Some(e) => NewestRev::AtMost(e.rev),
+            Some(e) if e.check() == check && check != COLLIDED => {
+                NewestRev::Known(e.rev(), e.index_value())
+            }
+            Some(e) => NewestRev::AtMost(e.rev()),
             None => NewestRev::Absent,
         }
     }
@@ -549,7 +616,7 @@ impl Newest {
     /// Records index entries a committed batch wrote (`(hash, entry)`).
     pub(crate) fn record(&self, written: &[(u64, NewestEntry)]) {
         for &(h, e) in written {
-            newest_keep(&mut self.lock(newest_shard(h)), h, e);
+            newest_keep(&mut self.lock(newest_shard(h)), h, PackedNewest::pack(e));
         }
     }
 }

@@ -1083,16 +1083,21 @@ fn newest_map_shards_spread_hashes_and_keep_the_larger_revision() {
     h.write_u64(0xDEAD_BEEF_0123_4567);
     assert_eq!(h.finish(), 0xDEAD_BEEF_0123_4567);
     let mut shard = super::NewestShard::default();
-    let e = |main, check, version| super::NewestEntry {
-        rev: Revision { main, sub: 0 },
-        check,
-        iv: keys::IndexValue {
-            version,
-            ..Default::default()
-        },
+    let e = |main, check, version| {
+        super::PackedNewest::pack(super::NewestEntry {
+            rev: Revision { main, sub: 0 },
+            check,
+            iv: keys::IndexValue {
+                version,
+                ..Default::default()
+            },
+        })
     };
-    let got =
-        |shard: &super::NewestShard, h| shard.get(&h).map(|e| (e.rev.main, e.check, e.iv.version));
+    let got = |shard: &super::NewestShard, h| {
+        shard
+            .get(&h)
+            .map(|e| (e.rev().main, e.check(), e.index_value().version))
+    };
     super::newest_keep(&mut shard, 7, e(5, 11, 2));
     super::newest_keep(&mut shard, 7, e(3, 11, 1));
     super::newest_keep(&mut shard, 8, e(1, 12, 1));
@@ -1128,7 +1133,7 @@ fn writes_find_a_keys_state_when_its_newest_entry_is_shared() {
             main: t.s.current_revision() + 1,
             sub: 0,
         },
-        check: check.wrapping_add(1).max(1),
+        check: if check == 1 { 2 } else { 1 },
         iv: keys::IndexValue {
             version: 7,
             create_revision: 1,
@@ -1176,7 +1181,7 @@ fn newest_map_shards_grow_at_spread_key_counts() {
         let h = hasher.hash_one(i);
         let map = &mut maps[super::newest_shard(h)];
         let before = map.capacity();
-        map.insert(h, entry);
+        map.insert(h, super::PackedNewest::pack(entry));
         if map.capacity() != before && i >= total / 2 {
             steps[((i - total / 2) * 8 / (total / 2)) as usize] += 1;
         }
@@ -1187,4 +1192,36 @@ fn newest_map_shards_grow_at_spread_key_counts() {
         steps.iter().all(|n| (all / 32..all / 3).contains(n)),
         "{steps:?}"
     );
+}
+
+/// The newest-entry map's packed entries (48-byte buckets) give back the entry they were made
+/// from, tombstone included; a sub-revision past `u32::MAX` is kept as an upper bound in the
+/// same main revision, marked shared, so the write path reads that key from the index.
+#[test]
+fn newest_entries_pack_into_48_byte_buckets_and_unpack() {
+    assert_eq!(std::mem::size_of::<(u64, super::PackedNewest)>(), 48);
+    let entry = |sub, tombstone| super::NewestEntry {
+        rev: Revision { main: 1 << 40, sub },
+        check: super::CHECK_BITS,
+        iv: keys::IndexValue {
+            tombstone,
+            create_revision: 3,
+            version: i64::MAX,
+            lease: -5,
+        },
+    };
+    for tombstone in [false, true] {
+        let e = entry(7, tombstone);
+        let p = super::PackedNewest::pack(e);
+        assert_eq!(
+            (p.rev(), p.check(), p.index_value()),
+            (e.rev, e.check, e.iv)
+        );
+    }
+    let mut shard = super::NewestShard::default();
+    super::newest_keep(&mut shard, 1, super::PackedNewest::pack(entry(1 << 33, true)));
+    let p = shard[&1];
+    assert_eq!(p.rev(), Revision { main: 1 << 40, sub: i64::from(u32::MAX) });
+    assert_eq!(p.check(), super::COLLIDED);
+    assert!(p.index_value().tombstone);
 }
