@@ -1219,9 +1219,19 @@ fn newest_entries_pack_into_48_byte_buckets_and_unpack() {
         );
     }
     let mut shard = super::NewestShard::default();
-    super::newest_keep(&mut shard, 1, super::PackedNewest::pack(entry(1 << 33, true)));
+    super::newest_keep(
+        &mut shard,
+        1,
+        super::PackedNewest::pack(entry(1 << 33, true)),
+    );
     let p = shard[&1];
-    assert_eq!(p.rev(), Revision { main: 1 << 40, sub: i64::from(u32::MAX) });
+    assert_eq!(
+        p.rev(),
+        Revision {
+            main: 1 << 40,
+            sub: i64::from(u32::MAX)
+        }
+    );
     assert_eq!(p.check(), super::COLLIDED);
     assert!(p.index_value().tombstone);
 }
