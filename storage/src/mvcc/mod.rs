@@ -297,20 +297,20 @@ pub(crate) struct Db {
 }
 
 /// The newest index entry of every key in the key index (its revision and [`IndexValue`]), by
-/// a 64-bit hash of the key's escaped form ([`index_prefix`]): 64 bytes and a control byte
-/// per key (about 130 MB per million keys at the map's worst load), filled from the index by
-/// a thread of its own when the database opens (the member starts serving meanwhile) and kept
-/// by the apply thread after each commit. Only the writer (apply) reads it: it is ahead of any
-/// other reader's snapshot.
+/// a 64-bit hash of the key's escaped form ([`index_prefix`]): 1.14-2.3 buckets of 49 bytes
+/// (48 and a control byte) per key (about 55-110 MB per million keys, [`PackedNewest`]), filled
+/// from the index by a thread of its own when the database opens (the member starts serving
+/// meanwhile) and kept by the apply thread after each commit. Only the writer (apply) reads
+/// it: it is ahead of any other reader's snapshot.
 ///
 /// A write must find a key's newest index entry (its create revision, version and lease).
 /// Without this, that is a reverse range over the memtable and every table that may hold
 /// the key, which grows with the keyspace (bloom filters only serve point reads), and even a
 /// point read of `index_key(key, revision)` cost an overwrite about as much as the rest of
 /// its apply. With it, a key that was never written needs no read, and an existing one none
-/// either: each entry also holds a second, independent 64-bit hash of its key (`check`), and
-/// an entry whose check matches is the key's (two different keys match both hashes with a
-/// probability of about 2^-128). Keys whose first hashes collide share an entry marked
+/// either: each entry also holds 31 bits of a second, independent hash of its key (`check`),
+/// and an entry whose check matches is the key's (two different keys match both with a
+/// probability of about 2^-95). Keys whose first hashes collide share an entry marked
 /// [`COLLIDED`] that keeps the newer revision, only an upper bound for each of them: their
 /// writes make a point read, and one that misses (the entry was another key's, or compaction
 /// removed it) falls back to the range. Once filled, no entry means no key has it. Filling and
