@@ -369,8 +369,9 @@ pub(crate) struct NewestEntry {
     pub(crate) iv: IndexValue,
 }
 
-/// A [`NewestEntry::check`] for an entry several keys share (their first hashes collide):
-/// only its revision is known to be an upper bound. A key's own check is never 0.
+/// A [`NewestEntry::check`] for an entry several keys share (their first hashes collide), or
+/// whose sub-revision was clamped ([`PackedNewest`]): its revision is only a guess for a
+/// point read, which the index confirms or not. A key's own check is never 0.
 const COLLIDED: u32 = 0;
 
 /// The bits of a [`NewestEntry::check`]; the top bit of [`PackedNewest::check_tombstone`]
@@ -382,9 +383,9 @@ const CHECK_BITS: u32 = 0x7FFF_FFFF;
 /// keys about 0.8 GB with 48-byte buckets instead of 1.1 GB with 64-byte ones.
 ///
 /// A sub-revision over `u32::MAX` (a DeleteRange or Txn of over 4,294,967,295 changes) is
-/// kept as `u32::MAX` with the check [`COLLIDED`]: an upper bound in the same main revision,
-/// which sends the write path to the index for that key (a key has at most one entry per
-/// main revision: etcd refuses a Txn that changes a key twice).
+/// kept as `u32::MAX` with the check [`COLLIDED`]: not a bound within its main revision (it
+/// sorts below the real one), so the write path's point read at it misses for that key (a
+/// key has at most one entry per main revision) and the index's range decides.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PackedNewest {
     main: i64,
@@ -462,7 +463,7 @@ impl std::hash::Hasher for KeyHashHasher {
 /// (`N` = [`NEWEST_SHARDS`]), so the last shard takes twice the first's and the shares step
 /// evenly, in proportion, between them. Filled evenly, every shard's table would double at
 /// about the same key count (at about 917,000 keys with 1,024 shards: all 1,024 steps, which
-/// together rehash every entry and first touch about 130 MB of new tables, within a few
+/// together rehash every entry and first touch about 100 MB of new tables, within a few
 /// thousand writes); with these shares each shard reaches its next size at its own key count,
 /// spread evenly (in proportion) over each doubling of the key count, so a write batch meets
 /// at most a step or two and the work of growing is the same in every stretch of a load.
@@ -510,8 +511,9 @@ pub(crate) enum NewestRev {
     Unknown,
     /// No such key in the index.
     Absent,
-    /// The key's newest revision is at most this one: the entry under its first hash is
-    /// shared ([`COLLIDED`]) or another key's (a point read tells).
+    /// A guess at the key's newest revision: the entry under its first hash is shared or
+    /// clamped ([`COLLIDED`]), or another key's. A point read at it tells; when it misses,
+    /// the index's range does.
     AtMost(Revision),
     /// The key's newest index entry: its revision and value.
     Known(Revision, IndexValue),

@@ -1073,6 +1073,8 @@ fn newest_map_shards_spread_hashes_and_keep_the_larger_revision() {
             "shard {s}: {n}, expected {expected:.0}"
         );
     }
+    assert_eq!(super::newest_shard(0), 0);
+    assert_eq!(super::newest_shard(u64::MAX), shards - 1);
     let first: usize = per_shard[..shards / 8].iter().sum();
     let last: usize = per_shard[shards - shards / 8..].iter().sum();
     assert!(
@@ -1195,8 +1197,9 @@ fn newest_map_shards_grow_at_spread_key_counts() {
 }
 
 /// The newest-entry map's packed entries (48-byte buckets) give back the entry they were made
-/// from, tombstone included; a sub-revision past `u32::MAX` is kept as an upper bound in the
-/// same main revision, marked shared, so the write path reads that key from the index.
+/// from, tombstone included, also once marked shared; a sub-revision past `u32::MAX` is kept
+/// as `u32::MAX`, marked shared, so it is only a guess the index confirms; a key's check
+/// fits its 31 bits.
 #[test]
 fn newest_entries_pack_into_48_byte_buckets_and_unpack() {
     assert_eq!(std::mem::size_of::<(u64, super::PackedNewest)>(), 48);
@@ -1234,4 +1237,29 @@ fn newest_entries_pack_into_48_byte_buckets_and_unpack() {
     );
     assert_eq!(p.check(), super::COLLIDED);
     assert!(p.index_value().tombstone);
+    // Marked shared, an entry keeps its tombstone flag.
+    super::newest_keep(&mut shard, 2, super::PackedNewest::pack(entry(1, true)));
+    let mut other = entry(2, false);
+    other.check = 5;
+    super::newest_keep(&mut shard, 2, super::PackedNewest::pack(other));
+    assert_eq!(shard[&2].check(), super::COLLIDED);
+    assert!(!shard[&2].index_value().tombstone && shard[&2].rev().sub == 2);
+    super::newest_keep(&mut shard, 2, super::PackedNewest::pack(entry(3, true)));
+    assert!(shard[&2].index_value().tombstone && shard[&2].check() == super::COLLIDED);
+    // Every key's check fits its 31 bits and is never the shared mark.
+    let t = T::new();
+    for i in 0..10_000u32 {
+        let (_, check) = t.s.db().newest.hashes(&i.to_be_bytes());
+        assert!((1..=super::CHECK_BITS).contains(&check), "{check}");
+    }
+    // A clamped entry is only a guess, even for the key whose check it was made with.
+    wait_filled(&t.s);
+    let (h, check) = t.s.db().newest.hashes(b"clamped");
+    let mut clamped = entry(1 << 33, false);
+    clamped.check = check;
+    t.s.db().newest.record(&[(h, clamped)]);
+    assert!(matches!(
+        t.s.db().newest.get((h, check)),
+        super::NewestRev::AtMost(rev) if rev.sub == i64::from(u32::MAX)
+    ));
 }
