@@ -363,7 +363,7 @@ type NewestShard = HashMap<u64, PackedNewest, std::hash::BuildHasherDefault<KeyH
 pub(crate) struct NewestEntry {
     /// The entry's revision (the index key's suffix).
     pub(crate) rev: Revision,
-    /// The key's second hash ([`Newest::hashes`]: 31 bits), or [`COLLIDED`].
+    /// The key's second hash ([`Newest::hashes`]: 31 bits, never [`COLLIDED`]).
     pub(crate) check: u32,
     /// The index value at `rev`.
     pub(crate) iv: IndexValue,
@@ -387,7 +387,7 @@ const CHECK_BITS: u32 = 0x7FFF_FFFF;
 /// sorts below the real one), so the write path's point read at it misses for that key (a
 /// key has at most one entry per main revision) and the index's range decides.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct PackedNewest {
+struct PackedNewest {
     main: i64,
     create_revision: i64,
     version: i64,
