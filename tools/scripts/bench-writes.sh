@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Writes, etch against etcd 3.5 (and etcd 3.4, when Debian's etcd is installed) side by side in
 # one run, with etcd's own benchmark tool and the same flags for every server:
-#   1. 3 members each, after an unrecorded warm-up load: put with one client on the leader and
+#   1. 3 members each, PUT_RUNS rounds (default 3) of every server in turn, each round from fresh
+#      data dirs and after an unrecorded warm-up load: put with one client on the leader and
 #      on a follower, then at 10/100 and 100/1000 conns/clients over all three (8-byte keys,
 #      256-byte values): requests/s, average and p99 latency, the CPU the members spent per write
 #      (utime+stime from /proc/PID/stat, before and after, summed over the members, divided by
-#      the writes) and the load generator's own CPU per write;
+#      the writes) and the load generator's own CPU per write; each row is the round with the
+#      median (lower median) rate, and a second table gives every round's rate and CPU;
 #   2. one member loading KEYS distinct 16-byte keys (10/100), LOAD_RUNS rounds (default 3) of
 #      every server in turn from a fresh data dir: the medians (and each round's value) of
 #      requests/s, of the rate over the first and over the last 100,000 keys (from the tool's
@@ -30,7 +32,10 @@ cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}
 KEYS=${2:-1000000}
 LOAD_RUNS=${LOAD_RUNS:-3}
-[[ $LOAD_RUNS =~ ^[1-9][0-9]*$ ]] || { echo "LOAD_RUNS must be a positive number, not '$LOAD_RUNS'" >&2; exit 2; }
+PUT_RUNS=${PUT_RUNS:-3}
+for v in LOAD_RUNS PUT_RUNS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive number, not '${!v}'" >&2; exit 2; }
+done
 ETCD_BENCH=${ETCD_BENCH:-/opt/etcd-bench/benchmark}
 ETCD=${ETCD:-/opt/etcd35/bin/etcd}
 ETCD34=${ETCD34-/usr/bin/etcd}
@@ -163,36 +168,53 @@ for e in json.load(sys.stdin):
         print(e["Endpoint"])'
 }
 declare -A R
-for kind in "${KINDS[@]}"; do
-  start "$kind" 3
-  # Warm-up, not recorded: on this shared virtual machine the first seconds of load after an
-  # idle spell run at a fraction of the later rate (both etch and etcd), which would otherwise
-  # fall on whichever server and workload come first.
-  "$ETCD_BENCH" --endpoints "$EPS" --conns 10 --clients 100 put --total "$((TOTAL / 5))" \
-    --key-size 8 --val-size 256 >"$work/warm-up" 2>&1 ||
-    { echo "$kind: the warm-up load failed: $(tail -5 "$work/warm-up")" >&2; exit 1; }
-  all=$EPS
-  # One client, on the leader alone and on a follower alone (which forwards the proposal to
-  # the leader and answers once it applied the entry itself): given every endpoint, etcd's
-  # client spreads its requests over the members in turn, mixing the two, which differ by a
-  # network round trip. The leader's run comes first, right after the warm-up.
-  lead=$(leader_ep)
-  [ -n "$lead" ] || { echo "$kind: no leader" >&2; exit 1; }
-  follower=$(tr ',' '\n' <<<"$all" | grep -vxF "$lead" | head -1)
-  for at in leader follower; do
-    if [ "$at" = leader ]; then EPS=$lead; else EPS=$follower; fi
-    total=$((TOTAL / 10))
-    R[$kind$at]=$(run "$total" --conns 1 --clients 1 put --total "$total" \
-      --key-size 8 --val-size 256 --sequential-keys --key-space-size "$total")
+# PUT_RUNS rounds, each running every server once from fresh data dirs, in turn: the box's
+# speed drifts by a fifth or more over minutes, and a single run of each server would hand a
+# slow phase to whichever server it fell on.
+for round in $(seq 1 "$PUT_RUNS"); do
+  for kind in "${KINDS[@]}"; do
+    rm -rf "$work/${kind}3-"*
+    start "$kind" 3
+    # Warm-up, not recorded: on this shared virtual machine the first seconds of load after an
+    # idle spell run at a fraction of the later rate (both etch and etcd), which would otherwise
+    # fall on whichever server and workload come first.
+    "$ETCD_BENCH" --endpoints "$EPS" --conns 10 --clients 100 put --total "$((TOTAL / 5))" \
+      --key-size 8 --val-size 256 >"$work/warm-up" 2>&1 ||
+      { echo "$kind: the warm-up load failed: $(tail -5 "$work/warm-up")" >&2; exit 1; }
+    all=$EPS
+    # One client, on the leader alone and on a follower alone (which forwards the proposal to
+    # the leader and answers once it applied the entry itself): given every endpoint, etcd's
+    # client spreads its requests over the members in turn, mixing the two, which differ by a
+    # network round trip. The leader's run comes first, right after the warm-up.
+    lead=$(leader_ep)
+    [ -n "$lead" ] || { echo "$kind: no leader" >&2; exit 1; }
+    follower=$(tr ',' '\n' <<<"$all" | grep -vxF "$lead" | head -1)
+    for at in leader follower; do
+      if [ "$at" = leader ]; then EPS=$lead; else EPS=$follower; fi
+      total=$((TOTAL / 10))
+      R[$kind$at$round]=$(run "$total" --conns 1 --clients 1 put --total "$total" \
+        --key-size 8 --val-size 256 --sequential-keys --key-space-size "$total")
+    done
+    EPS=$all
+    for cc in 10/100 100/1000; do
+      conns=${cc%/*}; clients=${cc#*/}
+      R[$kind$cc$round]=$(run "$TOTAL" --conns "$conns" --clients "$clients" put --total "$TOTAL" \
+        --key-size 8 --val-size 256 --sequential-keys --key-space-size "$TOTAL")
+    done
+    stop
   done
-  EPS=$all
-  for cc in 10/100 100/1000; do
-    conns=${cc%/*}; clients=${cc#*/}
-    R[$kind$cc]=$(run "$TOTAL" --conns "$conns" --clients "$clients" put --total "$TOTAL" \
-      --key-size 8 --val-size 256 --sequential-keys --key-space-size "$TOTAL")
-  done
-  stop
 done
+# median_round KEY RUNS: for every server, R[<kind>KEY] becomes R[<kind>KEY<round>] of the round
+# with the median (lower median) rate, so a row's latency and CPU come from one run.
+median_round() {
+  local key=$1 runs=$2 k best
+  for k in "${KINDS[@]}"; do
+    best=$(for r in $(seq 1 "$runs"); do echo "${R[$k$key$r]%% *} $r"; done | sort -n |
+      awk '{a[NR] = $2} END {print a[int((NR + 1) / 2)]}')
+    R[$k$key]=${R[$k$key$best]}
+  done
+}
+for key in leader follower 10/100 100/1000; do median_round "$key" "$PUT_RUNS"; done
 # row LABEL CC KEY: one table row from R[<kind>KEY].
 row() {
   local label=$1 cc=$2 key=$3 k line qps="" lat="" cpu="" tool=""
@@ -209,6 +231,17 @@ row() {
 row "put, 3 members, at the leader" 1/1 leader
 row "put, 3 members, at a follower" 1/1 follower
 for cc in 10/100 100/1000; do row "put, 3 members" "$cc" "$cc"; done
+echo
+echo "| 3 members, each round: req/s (members' CPU per write, us) | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
+echo "|---|$(for _ in "${KINDS[@]}"; do printf -- '---|'; done)"
+for key in leader follower 10/100 100/1000; do
+  case $key in leader) label="1/1 at the leader" ;; follower) label="1/1 at a follower" ;; *) label=$key ;; esac
+  printf '| %s |' "$label"
+  for k in "${KINDS[@]}"; do
+    printf ' %s |' "$(for r in $(seq 1 "$PUT_RUNS"); do read -r q _ _ c _ <<<"${R[$k$key$r]}"; printf '%s (%s)\n' "$q" "$c"; done | paste -sd/ | sed 's#/# / #g')"
+  done
+  echo
+done
 
 if [ "$KEYS" -gt 0 ]; then
   # LOAD_RUNS rounds, each loading every server once from a fresh data dir, in turn (a slow
@@ -256,11 +289,7 @@ for kind, xs in v.items():
 ' "$2"
   }
   # The load row: the round with the median rate.
-  for k in "${KINDS[@]}"; do
-    best=$(for r in $(seq 1 "$LOAD_RUNS"); do echo "${R[${k}load$r]%% *} $r"; done | sort -n |
-      awk '{a[NR] = $2} END {print a[int((NR + 1) / 2)]}')
-    R[${k}load]=${R[${k}load$best]}
-  done
+  median_round load "$LOAD_RUNS"
   row "put $KEYS distinct 16 B keys, 1 member (the round with the median rate)" 10/100 load
   echo
   echo "| one member, $KEYS keys, median of $LOAD_RUNS rounds | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
