@@ -231,17 +231,21 @@ row() {
 row "put, 3 members, at the leader" 1/1 leader
 row "put, 3 members, at a follower" 1/1 follower
 for cc in 10/100 100/1000; do row "put, 3 members" "$cc" "$cc"; done
-echo
-echo "| 3 members, each round: req/s (members' CPU per write, us) | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
-echo "|---|$(for _ in "${KINDS[@]}"; do printf -- '---|'; done)"
-for key in leader follower 10/100 100/1000; do
-  case $key in leader) label="1/1 at the leader" ;; follower) label="1/1 at a follower" ;; *) label=$key ;; esac
-  printf '| %s |' "$label"
-  for k in "${KINDS[@]}"; do
-    printf ' %s |' "$(for r in $(seq 1 "$PUT_RUNS"); do read -r q _ _ c _ <<<"${R[$k$key$r]}"; printf '%s (%s)\n' "$q" "$c"; done | paste -sd/ | sed 's#/# / #g')"
-  done
+# rounds: every round's rate and CPU of the 3-member puts (printed last, below the tables the
+# rows above belong to).
+rounds() {
   echo
-done
+  echo "| 3 members, each round: req/s (members' CPU per write, us) | $(for k in "${KINDS[@]}"; do printf '%s | ' "${NAME[$k]}"; done)"
+  echo "|---|$(for _ in "${KINDS[@]}"; do printf -- '---|'; done)"
+  for key in leader follower 10/100 100/1000; do
+    case $key in leader) label="1/1 at the leader" ;; follower) label="1/1 at a follower" ;; *) label=$key ;; esac
+    printf '| %s |' "$label"
+    for k in "${KINDS[@]}"; do
+      printf ' %s |' "$(for r in $(seq 1 "$PUT_RUNS"); do read -r q _ _ c _ <<<"${R[$k$key$r]}"; printf '%s (%s)\n' "$q" "$c"; done | paste -sd/ | sed 's#/# / #g')"
+    done
+    echo
+  done
+}
 
 if [ "$KEYS" -gt 0 ]; then
   # LOAD_RUNS rounds, each loading every server once from a fresh data dir, in turn (a slow
@@ -310,3 +314,4 @@ for kind, xs in v.items():
   line "restart after SIGKILL to the first linearizable write, s" restartKILL 0 each
   line "restart after SIGTERM to the first linearizable write, s" restartTERM 0 each
 fi
+rounds

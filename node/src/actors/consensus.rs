@@ -405,7 +405,7 @@ impl Actor for ConsensusActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
-        self.linger_timer = LingerTimer::start(ctx.address().downgrade());
+        self.linger_timer = LingerTimer::start(ctx.address().downgrade().recipient());
         ctx.run_interval(self.tick_interval, |act, ctx| {
             act.core.tick();
             act.execute(ctx);
@@ -521,8 +521,10 @@ impl Handler<LingerEnd> for ConsensusActor {
 struct LingerTimer;
 
 impl LingerTimer {
-    /// Starts the thread; `None` (lingers then use the runtime's timer) if it cannot start.
-    fn start(consensus: actix::WeakAddr<ConsensusActor>) -> Option<mpsc::Sender<(Instant, u64)>> {
+    /// Starts the thread, which sends `LingerEnd(number)` to `consensus` at or after each
+    /// `(deadline, number)` it receives, in the order received; `None` (lingers then use the
+    /// runtime's timer) if it cannot start.
+    fn start(consensus: actix::WeakRecipient<LingerEnd>) -> Option<mpsc::Sender<(Instant, u64)>> {
         let (tx, rx) = mpsc::channel::<(Instant, u64)>();
         let run = move || {
             while let Ok((deadline, number)) = rx.recv() {
@@ -745,5 +747,64 @@ mod tests {
         assert_eq!(linger(75, true), LINGER_MAX);
         assert_eq!(linger(MAX_HELD, true), LINGER_MAX);
         assert_eq!(linger(usize::MAX, true), LINGER_MAX);
+    }
+
+    /// Records each [`LingerEnd`] it receives, with when.
+    struct Recorder(tokio::sync::mpsc::UnboundedSender<(u64, Instant)>);
+
+    impl Actor for Recorder {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<LingerEnd> for Recorder {
+        type Result = ();
+
+        fn handle(&mut self, m: LingerEnd, _: &mut Context<Self>) {
+            let _ = self.0.send((m.0, Instant::now()));
+        }
+    }
+
+    #[test]
+    fn a_linger_never_ends_before_its_deadline_and_the_timer_ends_with_its_actor() {
+        actix::System::new().block_on(async {
+            let (tx, mut ends) = tokio::sync::mpsc::unbounded_channel();
+            let recorder = Recorder(tx).start();
+            let timer = LingerTimer::start(recorder.downgrade().recipient())
+                .expect("the timer thread starts");
+            let now = Instant::now();
+            // A later deadline first, then two already nearer: each ends in the order sent,
+            // none before its deadline.
+            let lingers = [
+                (now + Duration::from_millis(20), 1),
+                (now + Duration::from_micros(300), 2),
+                (now, 3),
+            ];
+            for l in lingers {
+                timer.send(l).expect("the timer thread runs");
+            }
+            for (deadline, number) in lingers {
+                let (n, at) = tokio::time::timeout(Duration::from_secs(10), ends.recv())
+                    .await
+                    .expect("a linger's end within 10 s")
+                    .expect("the recorder runs");
+                assert_eq!(n, number, "lingers end in the order they began");
+                assert!(
+                    at >= deadline,
+                    "linger {n} ended {:?} before its deadline",
+                    deadline - at
+                );
+            }
+            // Once its actor is gone the thread ends at the next deadline, and a consensus
+            // actor's sends then fail (its lingers fall back to the runtime's timer).
+            drop(recorder);
+            let until = Instant::now() + Duration::from_secs(10);
+            while timer.send((Instant::now(), 0)).is_ok() {
+                assert!(
+                    Instant::now() < until,
+                    "the timer thread outlived its actor by 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
     }
 }
