@@ -133,7 +133,7 @@ if [ -x "$ETCD_BENCH" ]; then
     echo "\`tools/scripts/bench-writes.sh $WRITES $KEYS\`: fresh clusters, one server at a time; CPU per"
     echo "write is utime+stime of every member from /proc/PID/stat, before and after, over the writes."
     echo "The 3-member puts run ${PUT_RUNS:-3} rounds, every server in turn from fresh data dirs; each row is"
-    echo "the round with the median rate, and the table after it gives every round's rate and CPU."
+    echo "the round with the median rate, and the table at the end of this section gives every round."
     echo "The one-member load runs ${LOAD_RUNS:-3} rounds, every server in turn from a fresh data dir; its"
     echo "table gives the medians, and each round's rates and restart times."
     echo

@@ -7,7 +7,7 @@
 #      256-byte values): requests/s, average and p99 latency, the CPU the members spent per write
 #      (utime+stime from /proc/PID/stat, before and after, summed over the members, divided by
 #      the writes) and the load generator's own CPU per write; each row is the round with the
-#      median (lower median) rate, and a second table gives every round's rate and CPU;
+#      median (lower median) rate, and a table at the end gives every round's rate and CPU;
 #   2. one member loading KEYS distinct 16-byte keys (10/100), LOAD_RUNS rounds (default 3) of
 #      every server in turn from a fresh data dir: the medians (and each round's value) of
 #      requests/s, of the rate over the first and over the last 100,000 keys (from the tool's

@@ -516,8 +516,8 @@ impl Handler<LingerEnd> for ConsensusActor {
 /// receives, then sends [`LingerEnd`]. The consensus thread's own timers are its tokio
 /// runtime's, which fire on millisecond ticks: there a 300 us linger lasted 0.3-1.3 ms, and a
 /// moderate load (10 clients on one connection) idled about 1 ms a round after every writer
-/// was back. The thread holds the actor's weak address and ends when the actor drops its queue
-/// or is gone.
+/// was back. The thread holds a weak recipient of the actor and ends when the actor, and with
+/// it the queue, is dropped, or at the first deadline after the actor is gone.
 struct LingerTimer;
 
 impl LingerTimer {
@@ -772,12 +772,13 @@ mod tests {
             let timer = LingerTimer::start(recorder.downgrade().recipient())
                 .expect("the timer thread starts");
             let now = Instant::now();
-            // A later deadline first, then two already nearer: each ends in the order sent,
-            // none before its deadline.
+            // A later deadline first, then two already nearer, then a later one again: each
+            // ends in the order sent, none before its deadline.
             let lingers = [
                 (now + Duration::from_millis(20), 1),
                 (now + Duration::from_micros(300), 2),
                 (now, 3),
+                (now + Duration::from_millis(40), 4),
             ];
             for l in lingers {
                 timer.send(l).expect("the timer thread runs");
@@ -794,8 +795,7 @@ mod tests {
                     deadline - at
                 );
             }
-            // Once its actor is gone the thread ends at the next deadline, and a consensus
-            // actor's sends then fail (its lingers fall back to the runtime's timer).
+            // Once its actor is gone the thread ends at the next deadline, and sends to it fail.
             drop(recorder);
             let until = Instant::now() + Duration::from_secs(10);
             while timer.send((Instant::now(), 0)).is_ok() {
