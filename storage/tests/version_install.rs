@@ -2,9 +2,10 @@
 //! tables and persists its new version (fsyncs) without holding the version history's write
 //! lock, which every write batch needs for a moment, and takes that lock only to append the
 //! version. A memtable rotation can run in between; the appended version must then keep the
-//! rotated memtables. These tests write while another thread flushes and compacts, rotating
-//! the memtable every few hundred writes, and read every write back, before and after the
-//! tree is reopened from disk.
+//! rotated memtables. The first test writes while another thread flushes and compacts,
+//! rotating the memtable every few hundred writes; the second writes and rotates from inside
+//! one flush, at that point, through a hook of the vendored tree built for etch's tests only.
+//! Both read every write back, before and after the tree is reopened from disk.
 
 use lsm_tree::{AbstractTree, AnyTree, Config, SequenceNumberCounter, compaction::Leveled};
 use std::path::Path;
@@ -104,6 +105,70 @@ fn no_write_is_lost_when_memtables_rotate_while_versions_are_installed() {
     assert_all_readable(&tree, n, seqno.get(), "after flushes and compactions");
 
     // What is on disk is the whole tree once the last memtable is flushed.
+    tree.flush_active_memtable(0).expect("last flush");
+    drop(tree);
+    let reopened = open(dir.path(), &seqno);
+    assert_all_readable(&reopened, n, seqno.get(), "after reopening");
+}
+
+/// The same race, reached every run: a hook in the tree (`lsm_tree::test_hooks`, built for
+/// etch's tests only) runs between a flush persisting its new version and appending it, and
+/// there writes keys, rotates the memtable (sealing them) and writes more into the new active
+/// memtable. The appended version must keep both memtables; a version built from the state
+/// the flush started from would lose every key the hook wrote.
+#[test]
+fn writes_and_a_rotation_between_a_flushes_persist_and_append_are_kept() {
+    /// Keys in the sealed memtable the flush writes out.
+    const SEALED: u64 = 1_000;
+    /// Keys the hook writes before its rotation, and as many after it.
+    const DURING: u64 = 500;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let seqno = SequenceNumberCounter::default();
+    let tree = open(dir.path(), &seqno);
+    for i in 0..SEALED {
+        tree.insert(key(i), value(i), seqno.next());
+    }
+    tree.rotate_memtable().expect("a memtable to seal");
+
+    let ran = Arc::new(AtomicU64::new(0));
+    {
+        let (tree, seqno, ran) = (tree.clone(), seqno.clone(), ran.clone());
+        let own = std::fs::canonicalize(dir.path()).expect("the tree's directory");
+        lsm_tree::test_hooks::set_before_version_append(Some(Box::new(move |path| {
+            // Other tests' trees in this process reach the hook too.
+            if std::fs::canonicalize(path).ok().as_deref() != Some(own.as_path())
+                || ran.fetch_add(1, Ordering::AcqRel) > 0
+            {
+                return;
+            }
+            for i in SEALED..SEALED + DURING {
+                tree.insert(key(i), value(i), seqno.next());
+            }
+            tree.rotate_memtable().expect("the hook's memtable to seal");
+            for i in SEALED + DURING..SEALED + 2 * DURING {
+                tree.insert(key(i), value(i), seqno.next());
+            }
+        })));
+    }
+    let lock = tree.get_flush_lock();
+    let flushed = tree.flush(&lock, 0).expect("flush");
+    drop(lock);
+    // Cleared (and the hook's handle on the tree dropped) before any assertion can fail.
+    lsm_tree::test_hooks::set_before_version_append(None);
+    assert!(flushed.is_some(), "the flush wrote a table");
+    assert_eq!(
+        ran.load(Ordering::Acquire),
+        1,
+        "the hook ran once, inside the flush"
+    );
+    assert_eq!(
+        tree.sealed_memtable_count(),
+        1,
+        "the memtable the hook sealed waits for the next flush"
+    );
+    let n = SEALED + 2 * DURING;
+    assert_all_readable(&tree, n, seqno.get(), "after the flush");
+
     tree.flush_active_memtable(0).expect("last flush");
     drop(tree);
     let reopened = open(dir.path(), &seqno);

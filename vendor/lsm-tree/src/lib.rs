@@ -122,6 +122,11 @@ pub mod mvcc_stream;
 
 mod path;
 
+// etch patch: hooks for etch's tests, compiled only with the `etch-test-hooks` feature.
+#[cfg(feature = "etch-test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks;
+
 #[doc(hidden)]
 pub mod range;
 

@@ -205,6 +205,9 @@ impl SuperVersions {
         let mut next_version = f(&base)?;
         persist_version(tree_path, &next_version.version)?;
 
+        #[cfg(feature = "etch-test-hooks")]
+        crate::test_hooks::before_version_append(tree_path);
+
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
         let mut guard = history.write().expect("lock is poisoned");
         let latest = guard.latest_version();
