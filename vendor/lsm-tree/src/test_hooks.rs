@@ -1,7 +1,7 @@
 //! etch patch: hooks that let etch's tests run code at a chosen point inside the tree, so a
 //! race they check is reached every run instead of by timing. Compiled only with the
-//! `etch-test-hooks` feature (a dev-dependency feature of etch's storage crate), never in
-//! etch's binaries.
+//! `etch-test-hooks` feature (a dev-dependency feature of etch's storage crate): never in what
+//! `cargo build` builds; a `cargo test` build compiles it in, with no hook set.
 
 use std::path::Path;
 use std::sync::Mutex;
