@@ -15,8 +15,10 @@ static BEFORE_VERSION_APPEND: Mutex<Option<Hook>> = Mutex::new(None);
 /// Sets (or with `None` clears) the hook that a flush or compaction runs after it persisted
 /// its new version and before it takes the version history's write lock to append it
 /// (`SuperVersions::upgrade_version_outside_lock`). The hook may write to the tree and rotate
-/// its memtable (neither takes a lock the flush holds there), but must not flush or compact.
-/// One hook per process: a test that sets one clears it before it ends.
+/// its memtable (neither takes a lock the flush holds there), but must not flush, compact or
+/// set a hook: it runs under the hook's lock, which every tree's flush and compaction takes
+/// at that point (they wait while it runs). One hook per process: a test that sets one clears
+/// it before it ends.
 pub fn set_before_version_append(hook: Option<Hook>) {
     *BEFORE_VERSION_APPEND
         .lock()
@@ -25,18 +27,13 @@ pub fn set_before_version_append(hook: Option<Hook>) {
 
 /// Runs the hook set by [`set_before_version_append`], if any, for the tree at `tree_path`.
 pub(crate) fn before_version_append(tree_path: &Path) {
-    // Taken out while it runs, so a hook may set the next one.
-    let hook = BEFORE_VERSION_APPEND
+    // Run under the lock: a hook taken out while it ran would be missed by another tree's
+    // flush reaching this point meanwhile, and that may be the one it waits for.
+    if let Some(hook) = BEFORE_VERSION_APPEND
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    if let Some(mut hook) = hook {
+        .as_mut()
+    {
         hook(tree_path);
-        let mut slot = BEFORE_VERSION_APPEND
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if slot.is_none() {
-            *slot = Some(hook);
-        }
     }
 }
