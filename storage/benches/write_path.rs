@@ -23,7 +23,9 @@
 //!   12-byte values, inserted in no order): every item read as a flush reads it
 //!   (`flush_read`: `Memtable::iter_sealed`, one walk of the skiplist with overlapping cache
 //!   misses; `plain_read`: `Memtable::iter` through lsm-tree's merger, as a flush read before),
-//!   and the memtable dropped (`drop`). Throughput is in items.
+//!   the memtable dropped (`drop`), and the memtable built, one insert after the other
+//!   (`insert`: each insert searches the skiplist, comparing keys at every node it visits).
+//!   Throughput is in items.
 //!
 //! The stores and WAL live in a temporary directory on the machine's disk: fsync costs what it
 //! costs there. Memory comes from mimalloc, the allocator the etch binary uses.
@@ -297,6 +299,7 @@ fn memtable(c: &mut Criterion) {
     g.bench_function("drop", |b| {
         b.iter_batched(index_memtable, drop, BatchSize::PerIteration)
     });
+    g.bench_function("insert", |b| b.iter_with_large_drop(index_memtable));
     g.finish();
 }
 
