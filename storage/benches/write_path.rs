@@ -23,9 +23,11 @@
 //!   12-byte values, inserted in no order): every item read as a flush reads it
 //!   (`flush_read`: `Memtable::iter_sealed`, one walk of the skiplist with overlapping cache
 //!   misses; `plain_read`: `Memtable::iter` through lsm-tree's merger, as a flush read before),
-//!   the memtable dropped (`drop`), and the memtable built, one insert after the other
-//!   (`insert`: each insert searches the skiplist, comparing keys at every node it visits).
-//!   Throughput is in items.
+//!   the memtable dropped (`drop`), and the memtable built, one insert after the other, each
+//!   searching the skiplist and comparing keys at every node it visits: of those keys
+//!   (`insert`, whose first four bytes differ), of 16-byte `kv` keys in revision order
+//!   (`insert_revisions`), and of index keys of Kubernetes-like paths, which share their first
+//!   bytes, in no order (`insert_paths`). Throughput is in items.
 //!
 //! The stores and WAL live in a temporary directory on the machine's disk: fsync costs what it
 //! costs there. Memory comes from mimalloc, the allocator the etch binary uses.
@@ -243,23 +245,55 @@ fn key_encodings(c: &mut Criterion) {
 const MEMTABLE_ITEMS: u64 = 190_000;
 
 /// A memtable of [`MEMTABLE_ITEMS`] index-like items: 33-byte keys in a scrambled order
-/// (a key's first 8 bytes from a multiplicative hash of its number), 12-byte values.
+/// (a key's first 8 bytes from a multiplicative hash of its number, so no two keys share
+/// their first four bytes), 12-byte values.
 fn index_memtable() -> lsm_tree::Memtable {
-    let mt = lsm_tree::Memtable::new(1);
-    for i in 0..MEMTABLE_ITEMS {
+    memtable_of((0..MEMTABLE_ITEMS).map(|i| {
         let mut k = Vec::with_capacity(33);
         k.extend_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
         k.extend_from_slice(&[1u8; 9]);
         k.extend_from_slice(&(i + 1).to_be_bytes());
         k.extend_from_slice(&[0u8; 8]);
+        k
+    }))
+}
+
+/// A memtable of the given keys, inserted one by one in that order (sequence numbers from
+/// 0), each with a 12-byte value.
+fn memtable_of(keys: impl Iterator<Item = Vec<u8>>) -> lsm_tree::Memtable {
+    let mt = lsm_tree::Memtable::new(1);
+    for (seqno, k) in (0..).zip(keys) {
         mt.insert(lsm_tree::InternalValue::from_components(
             k,
             vec![0u8; 12],
-            i,
+            seqno,
             lsm_tree::ValueType::Value,
         ));
     }
     mt
+}
+
+/// [`MEMTABLE_ITEMS`] `kv` keys in revision order, as the store's `kv` keyspace takes them:
+/// 16 bytes, kept inline in fjall's slices, all sharing their first four bytes.
+fn revision_keys() -> impl Iterator<Item = Vec<u8>> {
+    (1..=MEMTABLE_ITEMS).map(|main| {
+        let main = i64::try_from(main).expect("a revision");
+        etch_storage::mvcc::keys::kv_key(etch_storage::mvcc::Revision::new(main, 0), false)
+    })
+}
+
+/// [`MEMTABLE_ITEMS`] index keys of Kubernetes-like paths (`/registry/pods/ns-N/pod-M`,
+/// numbered in a scrambled order), all sharing their first four bytes, so every comparison
+/// reads both keys' bytes.
+fn path_index_keys() -> impl Iterator<Item = Vec<u8>> {
+    (0..MEMTABLE_ITEMS).map(|i| {
+        let n = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        let path = format!("/registry/pods/ns-{}/pod-{n}", n % 97);
+        etch_storage::mvcc::keys::index_key(
+            path.as_bytes(),
+            etch_storage::mvcc::Revision::new(i64::try_from(i + 1).expect("a revision"), 0),
+        )
+    })
 }
 
 fn memtable(c: &mut Criterion) {
@@ -300,6 +334,12 @@ fn memtable(c: &mut Criterion) {
         b.iter_batched(index_memtable, drop, BatchSize::PerIteration)
     });
     g.bench_function("insert", |b| b.iter_with_large_drop(index_memtable));
+    g.bench_function("insert_revisions", |b| {
+        b.iter_with_large_drop(|| memtable_of(revision_keys()))
+    });
+    g.bench_function("insert_paths", |b| {
+        b.iter_with_large_drop(|| memtable_of(path_index_keys()))
+    });
     g.finish();
 }
 

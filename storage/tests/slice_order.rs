@@ -9,8 +9,13 @@ use byteview::ByteView;
 use proptest::prelude::*;
 use std::cmp::Ordering;
 
-/// The bytes of `a` as views of every kind that holds them: built from the bytes, and cut out
-/// of a longer view (`pad` bytes on both sides, so the cut starts at an offset).
+/// The bytes of `a` as views of every kind that holds them: built from the bytes; cut out of
+/// a longer view (`pad` bytes on both sides, so a heap view starts at an offset, and a short
+/// cut is an inline copy); joined from two parts (`fused`, as lsm-tree joins a key's shared
+/// prefix and its rest); read from a reader (`from_reader`, as keys are read from disk);
+/// written into a zeroed view through `get_mut`; and written through `get_mut` into a view
+/// cut out of a longer one whose parent was dropped. The last three set the first bytes a
+/// heap view keeps in itself only when the writing ends.
 fn views(a: &[u8]) -> Vec<ByteView> {
     let mut out = vec![ByteView::from(a)];
     for pad in [1usize, 7, 24] {
@@ -19,6 +24,22 @@ fn views(a: &[u8]) -> Vec<ByteView> {
         longer.extend(std::iter::repeat_n(0x5Au8, pad));
         out.push(ByteView::from(&longer[..]).slice(pad..pad + a.len()));
     }
+    let half = a.len() / 2;
+    out.push(ByteView::fused(&a[..half], &a[half..]));
+    out.push(ByteView::from_reader(&mut &a[..], a.len()).expect("read from a slice"));
+    let mut written = ByteView::with_size(a.len());
+    written
+        .get_mut()
+        .expect("a new view is not shared")
+        .copy_from_slice(a);
+    out.push(written);
+    let parent = ByteView::from(&vec![0xEEu8; a.len() + 9][..]);
+    let mut cut = parent.slice(9..);
+    drop(parent);
+    cut.get_mut()
+        .expect("the cut is the only view of its bytes")
+        .copy_from_slice(a);
+    out.push(cut);
     out
 }
 

@@ -145,14 +145,15 @@ impl std::cmp::PartialEq for ByteView {
     }
 }
 
-// etch patch: the order compares integers before it compares slices. The derived form
-// compared the prefixes as slices and then the whole slices, two calls of libc's `memcmp`
-// at every key comparison (an lsm-tree memtable insert compares a key at each skiplist node
-// it visits). Lexicographic order of two byte strings is the order of their zero-padded
-// forms, ties broken by length, so the first four bytes (kept in the view itself in both
-// layouts) compare as one big-endian integer, and two inline views (up to 20 bytes on 64-bit
-// targets) as two (128 and 32 bits); only views that share their first four bytes and are not both inline
-// compare as slices. The same order as before, byte for byte.
+// etch patch: the order compares integers before it compares slices. The form published
+// compared the first four bytes as slices and, when they were equal, the whole slices: a call
+// of libc's `memcmp` at every key comparison, two on a tie (an lsm-tree memtable insert
+// compares a key at each skiplist node it visits). Lexicographic order of two byte strings
+// is the order of their zero-padded forms, ties broken by length, so the first four bytes
+// (kept in the view itself in both layouts) compare as one big-endian integer, and two
+// inline views (up to 20 bytes on 64-bit targets) as two (128 and 32 bits); only views that
+// share their first four bytes and are not both inline compare as slices. The same order as
+// before, byte for byte.
 impl std::cmp::Ord for ByteView {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         let (a, b) = (self.prefix_key(), other.prefix_key());
@@ -160,10 +161,9 @@ impl std::cmp::Ord for ByteView {
             return a.cmp(&b);
         }
         if self.is_inline() && other.is_inline() {
-            return self
-                .inline_key()
-                .cmp(&other.inline_key())
-                .then(self.len().cmp(&other.len()));
+            // SAFETY: both views are inline.
+            let (x, y) = unsafe { (self.inline_key(), other.inline_key()) };
+            return x.cmp(&y).then(self.len().cmp(&other.len()));
         }
         self.deref().cmp(&**other)
     }
@@ -263,11 +263,16 @@ impl ByteView {
     }
 
     /// etch patch: an inline slice's bytes as big-endian integers (its first 16 bytes, then
-    /// the rest, up to 4), the bytes past its end taken as zero. Only for inline views.
-    fn inline_key(&self) -> (u128, u32) {
+    /// the rest, up to 4), the bytes past its end taken as zero.
+    ///
+    /// # Safety
+    ///
+    /// The view must be inline (`is_inline`): a heap view's trailer holds a pointer and
+    /// offsets there, which this would read as bytes.
+    unsafe fn inline_key(&self) -> (u128, u32) {
         let len = self.len();
         debug_assert!(len <= INLINE_SIZE, "inline_key of a heap slice");
-        // SAFETY: only called for inline views, whose data is INLINE_SIZE bytes.
+        // SAFETY: the caller guarantees an inline view, whose data is INLINE_SIZE bytes.
         let data = unsafe { (*self.trailer.short).data };
         let mut head = [0u8; 16];
         head.copy_from_slice(&data[..16]);
