@@ -14,8 +14,9 @@ use std::cmp::Ordering;
 /// cut is an inline copy); joined from two parts (`fused`, as lsm-tree joins a key's shared
 /// prefix and its rest); read from a reader (`from_reader`, as keys are read from disk);
 /// written into a zeroed view through `get_mut`; and written through `get_mut` into a view
-/// cut out of a longer one whose parent was dropped. The last three set the first bytes a
-/// heap view keeps in itself only when the writing ends.
+/// cut out of a longer one whose parent was dropped. All but the first two kinds set the first
+/// bytes a heap view keeps in itself only when the writing ends (a builder's freeze, a
+/// `Mutator`'s drop).
 fn views(a: &[u8]) -> Vec<ByteView> {
     let mut out = vec![ByteView::from(a)];
     for pad in [1usize, 7, 24] {
