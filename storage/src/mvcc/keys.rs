@@ -100,6 +100,14 @@ pub fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
     out.extend_from_slice(&rev.to_bytes());
 }
 
+/// [`index_prefix`] written into `out` (cleared first), so that a caller escaping many keys
+/// reuses one buffer.
+pub(crate) fn push_index_prefix_into(out: &mut Vec<u8>, key: &[u8]) {
+    out.clear();
+    out.reserve(key.len() + 18);
+    push_index_prefix(out, key);
+}
+
 /// Appends [`index_prefix`] of `key` to `out`. A key without a `00` byte (text keys, such as
 /// Kubernetes' paths) is copied whole; otherwise byte by byte, escaping each `00`.
 fn push_index_prefix(out: &mut Vec<u8>, key: &[u8]) {

@@ -333,15 +333,40 @@ struct KeyHashers {
 }
 
 impl KeyHashers {
-    /// The two hashes of an escaped key ([`index_prefix`]): the map's key and the entry's
-    /// check (31 bits, never [`COLLIDED`]).
-    fn hashes(&self, prefix: &[u8]) -> (u64, u32) {
+    /// The two hashes of an escaped key ([`index_prefix`]) and the first one's shard.
+    fn hashes(&self, prefix: &[u8]) -> KeyHash {
         use std::hash::BuildHasher;
         let check = (self.checker.hash_one(prefix) as u32) & CHECK_BITS;
-        (
+        KeyHash::new(
             self.hasher.hash_one(prefix),
             if check == COLLIDED { 1 } else { check },
         )
+    }
+}
+
+/// Where a key's entry lives in [`Newest`]: the two hashes of its escaped form
+/// ([`Newest::hashes`]) and the first one's shard ([`newest_shard`]). A write computes it
+/// once, for its lookup and again for recording what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyHash {
+    /// The map's key: a 64-bit hash.
+    pub(crate) h: u64,
+    /// The entry's check: 31 bits of a second, independent hash, never [`COLLIDED`] for a
+    /// key's own hash (tests may build one that is).
+    pub(crate) check: u32,
+    /// `newest_shard(h)`, below [`NEWEST_SHARDS`].
+    shard: u16,
+}
+
+impl KeyHash {
+    /// The place of hashes `(h, check)`.
+    fn new(h: u64, check: u32) -> KeyHash {
+        const _: () = assert!(NEWEST_SHARDS <= 1 << 16, "a shard's number fits a u16");
+        KeyHash {
+            h,
+            check,
+            shard: newest_shard(h) as u16,
+        }
     }
 }
 
@@ -551,11 +576,15 @@ impl Newest {
                     tracing::error!("bad entry in the key index; writes look keys up in it");
                     return;
                 };
-                let (h, check) = hashers.hashes(prefix);
+                let k = hashers.hashes(prefix);
                 newest_keep(
-                    &mut local[newest_shard(h)],
-                    h,
-                    PackedNewest::pack(NewestEntry { rev, check, iv }),
+                    &mut local[usize::from(k.shard)],
+                    k.h,
+                    PackedNewest::pack(NewestEntry {
+                        rev,
+                        check: k.check,
+                        iv,
+                    }),
                 );
             }
             // Every shard is locked while the filled map replaces it, so no record falls
@@ -590,17 +619,18 @@ impl Newest {
     }
 
     /// The two independent hashes of an escaped key ([`index_prefix`]): the map's key and the
-    /// entry's check (never [`COLLIDED`]).
-    pub(crate) fn hashes(&self, prefix: &[u8]) -> (u64, u32) {
+    /// entry's check (never [`COLLIDED`]), with the first one's shard.
+    pub(crate) fn hashes(&self, prefix: &[u8]) -> KeyHash {
         self.hashers.hashes(prefix)
     }
 
-    /// What is known of the key with hashes `(h, check)`.
-    fn get(&self, (h, check): (u64, u32)) -> NewestRev {
+    /// What is known of the key at `k`.
+    pub(crate) fn get(&self, k: KeyHash) -> NewestRev {
         if !self.inner.filled.load(Ordering::Acquire) {
             return NewestRev::Unknown;
         }
-        match self.lock(newest_shard(h)).get(&h) {
+        let check = k.check;
+        match self.lock(usize::from(k.shard)).get(&k.h) {
             Some(e) if e.check() == check && check != COLLIDED => {
                 NewestRev::Known(e.rev(), e.index_value())
             }
@@ -615,10 +645,14 @@ impl Newest {
         self.inner.filled.load(Ordering::Acquire)
     }
 
-    /// Records index entries a committed batch wrote (`(hash, entry)`).
-    pub(crate) fn record(&self, written: &[(u64, NewestEntry)]) {
-        for &(h, e) in written {
-            newest_keep(&mut self.lock(newest_shard(h)), h, PackedNewest::pack(e));
+    /// Records index entries a committed batch wrote (`(key's place, entry)`).
+    pub(crate) fn record(&self, written: &[(KeyHash, NewestEntry)]) {
+        for &(k, e) in written {
+            newest_keep(
+                &mut self.lock(usize::from(k.shard)),
+                k.h,
+                PackedNewest::pack(e),
+            );
         }
     }
 }
@@ -1352,18 +1386,27 @@ impl MvccStore {
     /// the snapshot a batch started from, and only the apply thread commits), from
     /// [`Newest`]: read there for a key of its own, a point read for a shared entry, and
     /// [`MvccStore::latest`] when that misses.
-    fn newest(&self, v: &View, key: &[u8]) -> Result<Option<(Revision, IndexValue)>> {
-        let lo = index_prefix(key);
-        if lo.len() + 16 > keys::FJALL_MAX_KEY_BYTES {
+    /// `key`'s escaped form ([`index_prefix`]) is `prefix` and its place in [`Newest`] is `at`
+    /// (`Newest::hashes(prefix)`): a write computes both once for its lookup and its index
+    /// entry.
+    pub(crate) fn newest(
+        &self,
+        v: &View,
+        key: &[u8],
+        prefix: &[u8],
+        at: KeyHash,
+    ) -> Result<Option<(Revision, IndexValue)>> {
+        if prefix.len() + 16 > keys::FJALL_MAX_KEY_BYTES {
             return Ok(None);
         }
-        let rev = match v.d.newest.get(v.d.newest.hashes(&lo)) {
+        let rev = match v.d.newest.get(at) {
             NewestRev::Absent => return Ok(None),
             NewestRev::Unknown => return self.latest(v, key, i64::MAX),
             NewestRev::Known(rev, iv) => return Ok(Some((rev, iv))),
             NewestRev::AtMost(rev) => rev,
         };
-        let mut k = lo;
+        let mut k = Vec::with_capacity(prefix.len() + 16);
+        k.extend_from_slice(prefix);
         k.extend_from_slice(&rev.to_bytes());
         if let Some(value) = v.snap.get(&v.d.index, &k)? {
             let iv = IndexValue::decode(&value)

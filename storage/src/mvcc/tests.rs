@@ -1124,9 +1124,10 @@ fn writes_find_a_keys_state_when_its_newest_entry_is_shared() {
     wait_filled(&t.s);
     t.put("a", "1");
     t.put("a", "2");
-    let (h, check) = t.s.db().newest.hashes(&keys::index_prefix(b"a"));
+    let at = t.s.db().newest.hashes(&keys::index_prefix(b"a"));
+    let check = at.check;
     assert!(matches!(
-        t.s.db().newest.get((h, check)),
+        t.s.db().newest.get(at),
         super::NewestRev::Known(_, iv) if iv.version == 2
     ));
     // Another key's entry under a's hash, at a later revision than a's newest.
@@ -1142,9 +1143,9 @@ fn writes_find_a_keys_state_when_its_newest_entry_is_shared() {
             ..Default::default()
         },
     };
-    t.s.db().newest.record(&[(h, other)]);
+    t.s.db().newest.record(&[(at, other)]);
     assert!(matches!(
-        t.s.db().newest.get((h, check)),
+        t.s.db().newest.get(at),
         super::NewestRev::AtMost(_)
     ));
     let a = |t: &T| {
@@ -1249,17 +1250,17 @@ fn newest_entries_pack_into_48_byte_buckets_and_unpack() {
     // Every key's check fits its 31 bits and is never the shared mark.
     let t = T::new();
     for i in 0..10_000u32 {
-        let (_, check) = t.s.db().newest.hashes(&i.to_be_bytes());
+        let check = t.s.db().newest.hashes(&i.to_be_bytes()).check;
         assert!((1..=super::CHECK_BITS).contains(&check), "{check}");
     }
     // A clamped entry is only a guess, even for the key whose check it was made with.
     wait_filled(&t.s);
-    let (h, check) = t.s.db().newest.hashes(b"clamped");
+    let at = t.s.db().newest.hashes(b"clamped");
     let mut clamped = entry(1 << 33, false);
-    clamped.check = check;
-    t.s.db().newest.record(&[(h, clamped)]);
+    clamped.check = at.check;
+    t.s.db().newest.record(&[(at, clamped)]);
     assert!(matches!(
-        t.s.db().newest.get((h, check)),
+        t.s.db().newest.get(at),
         super::NewestRev::AtMost(rev) if rev.sub == i64::from(u32::MAX)
     ));
 }

@@ -14,15 +14,24 @@ use etch_protocol::etcdserverpb::{
 };
 use etch_protocol::mvccpb::KeyValue;
 
-use super::keys::{IndexValue, MAX_KEY_BYTES, Revision, index_key_into, kv_key};
+use super::keys::{IndexValue, MAX_KEY_BYTES, Revision, kv_key, push_index_prefix_into};
 use super::read::{self, Overlay};
 use super::{
-    Applied, AppliedIndex, Db, MAX_LEASE_TTL_SECONDS, META_COMPACT_REV, META_CURRENT_REV,
+    Applied, AppliedIndex, Db, KeyHash, MAX_LEASE_TTL_SECONDS, META_COMPACT_REV, META_CURRENT_REV,
     META_KEY_COUNT, MvccStore, RequestError, View, WriteResponse, encode_lease, lease_key,
 };
 use crate::error::{Error, Result};
 
 type Res<T> = std::result::Result<T, RequestError>;
+
+/// A key's state as a write sees it ([`WriteTxn::current`]).
+struct Current {
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+    /// The whole key-value, when asked for.
+    kv: Option<KeyValue>,
+}
 
 pub(super) struct WriteTxn<'a> {
     store: &'a MvccStore,
@@ -46,9 +55,12 @@ pub(super) struct WriteTxn<'a> {
     alarms_next: Option<super::alarm::AlarmSet>,
     /// Keys created minus keys deleted by the entries ended so far (a run of Puts).
     key_delta: i64,
-    /// Index entries in the batch, as `(key hash, entry)` for [`super::Newest`] once
+    /// Index entries in the batch, as `(key's place, entry)` for [`super::Newest`] once
     /// committed.
-    written: Vec<(u64, super::NewestEntry)>,
+    written: Vec<(KeyHash, super::NewestEntry)>,
+    /// The escaped form ([`super::index_prefix`]) of the key whose index entry is written
+    /// next ([`WriteTxn::escape`]); reused, like `scratch`.
+    escaped: Vec<u8>,
     /// Reused for each put's `kv` value and for every index key this transaction encodes:
     /// fjall copies what it is given into its own buffer, so a fresh `Vec` per item would only
     /// be freed again.
@@ -104,6 +116,7 @@ impl<'a> WriteTxn<'a> {
             key_delta: 0,
             written: Vec::new(),
             scratch: Vec::new(),
+            escaped: Vec::new(),
         }
     }
 
@@ -261,25 +274,37 @@ impl<'a> WriteTxn<'a> {
         })
     }
 
-    /// Current state of `key` as this txn sees it.
-    fn lookup(&self, key: &[u8]) -> FResult<Option<KeyValue>> {
-        if let Some(state) = self.overlay.get(key) {
-            return Ok(state.clone());
-        }
-        match self.store.newest(&self.view(), key)? {
-            Some((rev, iv)) if !iv.tombstone => Ok(Some(self.store.kv_at(&self.view(), rev)?)),
-            _ => Ok(None),
-        }
+    /// Escapes `key` into `self.escaped` ([`super::index_prefix`]) and returns its place in
+    /// [`super::Newest`]: what [`WriteTxn::current`] looks up and
+    /// [`WriteTxn::insert_escaped`] writes.
+    fn escape(&mut self, key: &[u8]) -> KeyHash {
+        push_index_prefix_into(&mut self.escaped, key);
+        self.d.newest.hashes(&self.escaped)
     }
 
-    fn lookup_meta(&self, key: &[u8]) -> FResult<Option<(i64, i64, i64)>> {
+    /// The state of `key` (escaped in `self.escaped`, at `at`: [`WriteTxn::escape`]) as this
+    /// txn sees it, its whole key-value only `with_kv`; `None` if it does not exist.
+    fn current(&self, key: &[u8], at: KeyHash, with_kv: bool) -> FResult<Option<Current>> {
         if let Some(state) = self.overlay.get(key) {
-            return Ok(state
-                .as_ref()
-                .map(|kv| (kv.create_revision, kv.version, kv.lease)));
+            return Ok(state.as_ref().map(|kv| Current {
+                create_revision: kv.create_revision,
+                version: kv.version,
+                lease: kv.lease,
+                kv: with_kv.then(|| kv.clone()),
+            }));
         }
-        match self.store.newest(&self.view(), key)? {
-            Some((_, iv)) if !iv.tombstone => Ok(Some((iv.create_revision, iv.version, iv.lease))),
+        let v = self.view();
+        match self.store.newest(&v, key, &self.escaped, at)? {
+            Some((rev, iv)) if !iv.tombstone => Ok(Some(Current {
+                create_revision: iv.create_revision,
+                version: iv.version,
+                lease: iv.lease,
+                kv: if with_kv {
+                    Some(self.store.kv_at(&v, rev)?)
+                } else {
+                    None
+                },
+            })),
             _ => Ok(None),
         }
     }
@@ -290,12 +315,13 @@ impl<'a> WriteTxn<'a> {
         if p.key.len() > MAX_KEY_BYTES {
             return Err(RequestError::KeyTooLarge.into());
         }
-        let need_prev = p.prev_kv || p.ignore_value || p.ignore_lease;
-        let prev = if need_prev {
-            self.lookup(&p.key)?
-        } else {
-            None
+        let at = self.escape(&p.key);
+        let cur = self.current(&p.key, at, p.prev_kv || p.ignore_value || p.ignore_lease)?;
+        let (create, version, old_lease) = match &cur {
+            Some(c) => (c.create_revision, c.version + 1, c.lease),
+            None => (self.main(), 1, 0),
         };
+        let prev = cur.and_then(|c| c.kv);
         let mut lease = p.lease;
         let mut value = p.value.clone();
         if p.ignore_value || p.ignore_lease {
@@ -313,10 +339,6 @@ impl<'a> WriteTxn<'a> {
         if lease != 0 && !self.store.lease_exists(&self.d, lease) {
             return Err(RequestError::LeaseNotFound.into());
         }
-        let (create, version, old_lease) = match self.lookup_meta(&p.key)? {
-            Some((c, v, l)) => (c, v + 1, l),
-            None => (self.main(), 1, 0),
-        };
         // Attach the key to its lease, moving it from a previous one (etcd lessor Attach/Detach).
         if old_lease != lease {
             if old_lease != 0 {
@@ -352,7 +374,7 @@ impl<'a> WriteTxn<'a> {
             .map_err(|e| Error::CorruptStore(format!("encoding revision {}: {e}", rev.main)))?;
         self.batch
             .insert(&self.d.kv, &rev.to_bytes()[..], &self.scratch[..]);
-        self.insert_index(&p.key, rev, &iv);
+        self.insert_escaped(at, rev, &iv);
         self.entry_delta += i64::from(version == 1);
         self.overlay.insert(p.key.clone(), Some(kv));
         Ok(PutResponse {
@@ -475,14 +497,22 @@ impl<'a> WriteTxn<'a> {
 
     /// Adds `key`'s index entry at `rev` to the batch.
     fn insert_index(&mut self, key: &[u8], rev: Revision, iv: &IndexValue) {
+        let at = self.escape(key);
+        self.insert_escaped(at, rev, iv);
+    }
+
+    /// Adds the index entry at `rev` of the key escaped in `self.escaped`, at `at`
+    /// ([`WriteTxn::escape`]), to the batch.
+    fn insert_escaped(&mut self, at: KeyHash, rev: Revision, iv: &IndexValue) {
         let k = &mut self.scratch;
-        index_key_into(k, key, rev);
-        let (h, check) = self.d.newest.hashes(&k[..k.len() - 16]);
+        k.clear();
+        k.extend_from_slice(&self.escaped);
+        k.extend_from_slice(&rev.to_bytes());
         self.written.push((
-            h,
+            at,
             super::NewestEntry {
                 rev,
-                check,
+                check: at.check,
                 iv: *iv,
             },
         ));
