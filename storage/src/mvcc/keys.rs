@@ -94,15 +94,13 @@ pub fn index_key(key: &[u8], rev: Revision) -> Vec<u8> {
 /// [`index_key`] written into `out` (cleared first), so that a caller writing many keys
 /// reuses one buffer.
 pub fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
-    out.clear();
-    out.reserve(key.len() + 18);
-    push_index_prefix(out, key);
+    index_prefix_into(out, key);
     out.extend_from_slice(&rev.to_bytes());
 }
 
 /// [`index_prefix`] written into `out` (cleared first), so that a caller escaping many keys
 /// reuses one buffer.
-pub(crate) fn push_index_prefix_into(out: &mut Vec<u8>, key: &[u8]) {
+pub(crate) fn index_prefix_into(out: &mut Vec<u8>, key: &[u8]) {
     out.clear();
     out.reserve(key.len() + 18);
     push_index_prefix(out, key);

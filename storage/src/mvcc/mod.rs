@@ -346,13 +346,12 @@ impl KeyHashers {
 
 /// Where a key's entry lives in [`Newest`]: the two hashes of its escaped form
 /// ([`Newest::hashes`]) and the first one's shard ([`newest_shard`]). A write computes it
-/// once, for its lookup and again for recording what it wrote.
+/// once and uses it for its lookup and again for recording what it wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeyHash {
     /// The map's key: a 64-bit hash.
     pub(crate) h: u64,
-    /// The entry's check: 31 bits of a second, independent hash, never [`COLLIDED`] for a
-    /// key's own hash (tests may build one that is).
+    /// The entry's check: 31 bits of a second, independent hash, never [`COLLIDED`].
     pub(crate) check: u32,
     /// `newest_shard(h)`, below [`NEWEST_SHARDS`].
     shard: u16,
@@ -1386,6 +1385,7 @@ impl MvccStore {
     /// the snapshot a batch started from, and only the apply thread commits), from
     /// [`Newest`]: read there for a key of its own, a point read for a shared entry, and
     /// [`MvccStore::latest`] when that misses.
+    ///
     /// `key`'s escaped form ([`index_prefix`]) is `prefix` and its place in [`Newest`] is `at`
     /// (`Newest::hashes(prefix)`): a write computes both once for its lookup and its index
     /// entry.
@@ -1396,6 +1396,7 @@ impl MvccStore {
         prefix: &[u8],
         at: KeyHash,
     ) -> Result<Option<(Revision, IndexValue)>> {
+        debug_assert_eq!(prefix, &index_prefix(key)[..], "the prefix is the key's");
         if prefix.len() + 16 > keys::FJALL_MAX_KEY_BYTES {
             return Ok(None);
         }

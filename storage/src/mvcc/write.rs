@@ -14,7 +14,7 @@ use etch_protocol::etcdserverpb::{
 };
 use etch_protocol::mvccpb::KeyValue;
 
-use super::keys::{IndexValue, MAX_KEY_BYTES, Revision, kv_key, push_index_prefix_into};
+use super::keys::{IndexValue, MAX_KEY_BYTES, Revision, index_prefix_into, kv_key};
 use super::read::{self, Overlay};
 use super::{
     Applied, AppliedIndex, Db, KeyHash, MAX_LEASE_TTL_SECONDS, META_COMPACT_REV, META_CURRENT_REV,
@@ -278,7 +278,7 @@ impl<'a> WriteTxn<'a> {
     /// [`super::Newest`]: what [`WriteTxn::current`] looks up and
     /// [`WriteTxn::insert_escaped`] writes.
     fn escape(&mut self, key: &[u8]) -> KeyHash {
-        push_index_prefix_into(&mut self.escaped, key);
+        index_prefix_into(&mut self.escaped, key);
         self.d.newest.hashes(&self.escaped)
     }
 
