@@ -4,10 +4,10 @@
 //! WAL writes and store persistence through the WAL and apply actors, messages through the
 //! transport, status and membership into the node state.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use raft::INVALID_ID;
@@ -44,11 +44,13 @@ pub struct ConsensusActor {
     /// A [`Flush`] is scheduled after the proposals waiting in the mailbox, or, under load, a
     /// [`LingerEnd`] [`linger`] later.
     flush_scheduled: bool,
-    /// The linger timer thread's queue ([`LingerTimer`]); `None` until started, or if its
-    /// thread could not start (lingers then use the runtime's millisecond timer).
-    linger_timer: Option<mpsc::Sender<(Instant, u64)>>,
+    /// The linger timer ([`LingerTimer`]); `None` until started, or if the kernel refused
+    /// its timerfd (lingers then use the runtime's millisecond timer).
+    linger_timer: Option<LingerTimer>,
     /// The number of the latest linger: a [`LingerEnd`] of an earlier one is stale.
     linger_number: u64,
+    /// The number of the linger the timer was last armed for: its expiry ends that one.
+    linger_armed: u64,
     /// `etch_proposal_lingers_total` ([`crate::metrics::PROPOSAL_LINGERS`]).
     lingers: metrics::Counter,
     /// The request ids of the client proposals held since the last flush.
@@ -86,7 +88,7 @@ const LINGER_AFTER: usize = 8;
 /// `raft-write-wait-duration` or Kafka's `linger.ms`; etcd has no such wait. A member that
 /// replicates to no one (a one-member cluster) lingers this long whatever its load: its rounds
 /// cost only a WAL write and fsync, and a longer wait only slowed it. Lingers are timed by a
-/// thread of their own ([`LingerTimer`]), not by the runtime's timer, whose sleeps operate at
+/// timerfd of their own ([`LingerTimer`]), not by the runtime's timer, whose sleeps operate at
 /// millisecond granularity (tokio's docs) and stretched 300 us to 0.3-1.3 ms.
 const LINGER: Duration = Duration::from_micros(300);
 
@@ -144,6 +146,7 @@ impl ConsensusActor {
             flush_scheduled: false,
             linger_timer: None,
             linger_number: 0,
+            linger_armed: 0,
             lingers: metrics::counter!(crate::metrics::PROPOSAL_LINGERS),
             held: Vec::new(),
             waiters,
@@ -325,10 +328,10 @@ impl ConsensusActor {
                 let wait = linger(self.last_flush_len, self.core.raft().replicates());
                 self.linger_number += 1;
                 self.lingers.increment(1);
-                let timed = self
-                    .linger_timer
-                    .as_ref()
-                    .is_some_and(|t| t.send((Instant::now() + wait, self.linger_number)).is_ok());
+                let timed = self.linger_timer.as_ref().is_some_and(|t| t.arm(wait));
+                if timed {
+                    self.linger_armed = self.linger_number;
+                }
                 if !timed {
                     ctx.notify_later(LingerEnd(self.linger_number), wait);
                 }
@@ -405,7 +408,10 @@ impl Actor for ConsensusActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
-        self.linger_timer = LingerTimer::start(ctx.address().downgrade().recipient());
+        if let Some((timer, expiries)) = LingerTimer::start() {
+            self.linger_timer = Some(timer);
+            ctx.add_stream(expiries);
+        }
         ctx.run_interval(self.tick_interval, |act, ctx| {
             act.core.tick();
             act.execute(ctx);
@@ -512,42 +518,98 @@ impl Handler<LingerEnd> for ConsensusActor {
     }
 }
 
-/// Times a leader's lingers to the microsecond: a thread that sleeps until each deadline it
-/// receives, then sends [`LingerEnd`]. The consensus thread's own timers are its tokio
-/// runtime's, which fire on millisecond ticks: there a 300 us linger lasted 0.3-1.3 ms, and a
-/// moderate load (10 clients on one connection) idled about 1 ms a round after every writer
-/// was back. The thread holds a weak recipient of the actor and ends when the actor, and with
-/// it the queue, is dropped, or at the first deadline after the actor is gone.
-struct LingerTimer;
+/// The linger timer expired ([`LingerTimer`]): the linger it was last armed for ended.
+struct LingerExpired;
+
+impl StreamHandler<LingerExpired> for ConsensusActor {
+    fn handle(&mut self, _: LingerExpired, ctx: &mut Context<Self>) {
+        <Self as Handler<LingerEnd>>::handle(self, LingerEnd(self.linger_armed), ctx);
+    }
+
+    /// The timer's stream ends only if reading its timerfd failed: lingers then use the
+    /// runtime's timer. (The default would stop the actor.)
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        tracing::warn!("the linger timer failed; lingers use the runtime's millisecond timer");
+        self.linger_timer = None;
+        // A linger it was timing would never end: end it now.
+        if self.flush_scheduled && self.linger_armed == self.linger_number {
+            self.flush_scheduled = false;
+            ctx.notify(Flush);
+        }
+    }
+}
+
+/// Times a leader's lingers to the microsecond: a timerfd (`timerfd_create(2)`,
+/// `CLOCK_MONOTONIC`) registered with the consensus thread's own event loop, which the kernel
+/// makes readable at the deadline, so the thread that parks in `epoll_wait` is woken by the
+/// timer itself. The consensus thread's runtime timers fire on millisecond ticks: there a
+/// 300 us linger lasted 0.3-1.3 ms, and a moderate load (10 clients on one connection) idled
+/// about 1 ms a round after every writer was back. (A thread of its own that slept until each
+/// deadline cost a wake-up of that thread and its own wake-up of the consensus thread per
+/// round: 0.6 us of CPU per put on one member; docs/performance.md, "Lingers timed by a
+/// timerfd".) One linger is timed at a time: arming the timer again replaces its deadline.
+struct LingerTimer {
+    fd: Arc<tokio::io::unix::AsyncFd<OwnedFd>>,
+}
 
 impl LingerTimer {
-    /// Starts the thread, which sends `LingerEnd(number)` to `consensus` at or after each
-    /// `(deadline, number)` it receives, in the order received; `None` (lingers then use the
-    /// runtime's timer) if it cannot start.
-    fn start(consensus: actix::WeakRecipient<LingerEnd>) -> Option<mpsc::Sender<(Instant, u64)>> {
-        let (tx, rx) = mpsc::channel::<(Instant, u64)>();
-        let run = move || {
-            while let Ok((deadline, number)) = rx.recv() {
-                let now = Instant::now();
-                if deadline > now {
-                    std::thread::sleep(deadline - now);
-                }
-                let Some(consensus) = consensus.upgrade() else {
-                    return;
-                };
-                consensus.do_send(LingerEnd(number));
+    /// The timer, disarmed, and the stream of its expiries (one [`LingerExpired`] per expiry,
+    /// ending only if reading the timerfd fails); `None` if the kernel refused the timerfd or
+    /// the runtime its registration (lingers then use the runtime's timer). Must run on the
+    /// thread whose event loop delivers the expiries (the actor's, in `started`).
+    fn start() -> Option<(
+        LingerTimer,
+        impl futures::Stream<Item = LingerExpired> + 'static,
+    )> {
+        use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
+        // `AsyncFd::new` is deprecated for descriptors a type could swap under it; an
+        // `OwnedFd` is one open descriptor for its whole life, the contract `register` asks of
+        // its callers (and `register` is unsafe, which the workspace forbids).
+        #[allow(deprecated)]
+        let made = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )
+        .map_err(std::io::Error::from)
+        .and_then(tokio::io::unix::AsyncFd::new);
+        let fd = match made {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the linger timer; lingers use the runtime's millisecond timer");
+                return None;
             }
         };
-        match std::thread::Builder::new()
-            .name("etch-linger".into())
-            .spawn(run)
-        {
-            Ok(_) => Some(tx),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the linger timer thread; lingers use the runtime's millisecond timer");
-                None
+        let expiries = futures::stream::unfold(fd.clone(), |fd| async move {
+            loop {
+                let mut ready = fd.readable().await.ok()?;
+                let mut count = [0u8; 8];
+                // The expiry count (8 bytes); WouldBlock: the readiness was stale.
+                match rustix::io::read(fd.get_ref(), &mut count) {
+                    Ok(8) => return Some((LingerExpired, fd)),
+                    Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                    Ok(_) | Err(_) => return None,
+                }
             }
-        }
+        });
+        Some((LingerTimer { fd }, expiries))
+    }
+
+    /// Arms the timer to expire once, `wait` from now (at least 1 ns: a zero time would
+    /// disarm it), replacing any deadline it had; false if the kernel refused.
+    fn arm(&self, wait: Duration) -> bool {
+        use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec, timerfd_settime};
+        let wait = wait.max(Duration::from_nanos(1));
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: Timespec {
+                tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: wait.subsec_nanos().into(),
+            },
+        };
+        timerfd_settime(self.fd.get_ref(), TimerfdTimerFlags::empty(), &spec).is_ok()
     }
 }
 
@@ -750,61 +812,49 @@ mod tests {
     }
 
     /// Records each [`LingerEnd`] it receives, with when.
-    struct Recorder(tokio::sync::mpsc::UnboundedSender<(u64, Instant)>);
-
-    impl Actor for Recorder {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<LingerEnd> for Recorder {
-        type Result = ();
-
-        fn handle(&mut self, m: LingerEnd, _: &mut Context<Self>) {
-            let _ = self.0.send((m.0, Instant::now()));
-        }
-    }
-
     #[test]
-    fn a_linger_never_ends_before_its_deadline_and_the_timer_ends_with_its_actor() {
+    fn a_linger_never_ends_before_its_deadline_and_arming_again_replaces_it() {
+        use futures::StreamExt;
+        use std::time::Instant;
         actix::System::new().block_on(async {
-            let (tx, mut ends) = tokio::sync::mpsc::unbounded_channel();
-            let recorder = Recorder(tx).start();
-            let timer = LingerTimer::start(recorder.downgrade().recipient())
-                .expect("the timer thread starts");
-            let now = Instant::now();
-            // A later deadline first, then two already nearer, then a later one again: each
-            // ends in the order sent, none before its deadline.
-            let lingers = [
-                (now + Duration::from_millis(20), 1),
-                (now + Duration::from_micros(300), 2),
-                (now, 3),
-                (now + Duration::from_millis(40), 4),
-            ];
-            for l in lingers {
-                timer.send(l).expect("the timer thread runs");
-            }
-            for (deadline, number) in lingers {
-                let (n, at) = tokio::time::timeout(Duration::from_secs(10), ends.recv())
+            let (timer, expiries) = LingerTimer::start().expect("a timerfd");
+            let mut expiries = Box::pin(expiries);
+            let mut next = async || {
+                tokio::time::timeout(Duration::from_secs(10), expiries.next())
                     .await
-                    .expect("a linger's end within 10 s")
-                    .expect("the recorder runs");
-                assert_eq!(n, number, "lingers end in the order they began");
+                    .expect("an expiry within 10 s")
+                    .expect("the timer's stream runs")
+            };
+            // Lingers one after another, a zero wait too (a zero time would disarm a timerfd).
+            for wait in [300, 0, 2_000, 20_000].map(Duration::from_micros) {
+                let deadline = Instant::now() + wait;
+                assert!(timer.arm(wait));
+                let LingerExpired = next().await;
+                let at = Instant::now();
                 assert!(
                     at >= deadline,
-                    "linger {n} ended {:?} before its deadline",
+                    "a {wait:?} linger ended {:?} early",
                     deadline - at
                 );
             }
-            // Once its actor is gone the thread ends at the next deadline, and sends to it fail.
-            drop(recorder);
-            let until = Instant::now() + Duration::from_secs(10);
-            while timer.send((Instant::now(), 0)).is_ok() {
-                assert!(
-                    Instant::now() < until,
-                    "the timer thread outlived its actor by 10 s"
-                );
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            // A nearer deadline replaces a later one: one expiry, at the nearer, and none at the
+            // later (the expiry after is the one armed next, not the replaced one).
+            let replaced = Instant::now() + Duration::from_millis(30);
+            assert!(timer.arm(Duration::from_millis(30)));
+            let deadline = Instant::now() + Duration::from_micros(500);
+            assert!(timer.arm(Duration::from_micros(500)));
+            let LingerExpired = next().await;
+            let at = Instant::now();
+            assert!(
+                at >= deadline && at < replaced,
+                "expired at {at:?}, not between {deadline:?} and {replaced:?}"
+            );
+            while Instant::now() < replaced + Duration::from_millis(20) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            // Had the replaced deadline expired, its expiry would be readable at once.
+            let late = tokio::time::timeout(Duration::from_millis(5), expiries.next()).await;
+            assert!(late.is_err(), "the replaced deadline expired after all");
         });
     }
 }
