@@ -4,7 +4,6 @@
 //! WAL writes and store persistence through the WAL and apply actors, messages through the
 //! transport, status and membership into the node state.
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,12 +13,15 @@ use raft::INVALID_ID;
 use raft::eraftpb::Message;
 use tokio::sync::oneshot;
 
+mod linger;
+
 use crate::core::consensus::SnapshotOffer;
 pub use crate::core::consensus::{
     CATCH_UP_ENTRIES, ConsensusCore, Effect, MAX_HELD_BYTES, REMOVED, RaftStatus,
 };
 pub use crate::core::raft::RaftCore;
 use crate::state::NodeState;
+use linger::{LingerExpired, LingerTimer};
 
 use crate::actors::apply::{
     Applied, ApplyActor, ApplyCommitted, PersistStore, Waiters, has_conf_change,
@@ -518,9 +520,6 @@ impl Handler<LingerEnd> for ConsensusActor {
     }
 }
 
-/// The linger timer expired ([`LingerTimer`]): the linger it was last armed for ended.
-struct LingerExpired;
-
 impl StreamHandler<LingerExpired> for ConsensusActor {
     fn handle(&mut self, _: LingerExpired, ctx: &mut Context<Self>) {
         <Self as Handler<LingerEnd>>::handle(self, LingerEnd(self.linger_armed), ctx);
@@ -536,80 +535,6 @@ impl StreamHandler<LingerExpired> for ConsensusActor {
             self.flush_scheduled = false;
             ctx.notify(Flush);
         }
-    }
-}
-
-/// Times a leader's lingers to the microsecond: a timerfd (`timerfd_create(2)`,
-/// `CLOCK_MONOTONIC`) registered with the consensus thread's own event loop, which the kernel
-/// makes readable at the deadline, so the thread that parks in `epoll_wait` is woken by the
-/// timer itself. The consensus thread's runtime timers fire on millisecond ticks: there a
-/// 300 us linger lasted 0.3-1.3 ms, and a moderate load (10 clients on one connection) idled
-/// about 1 ms a round after every writer was back. (A thread of its own that slept until each
-/// deadline cost a wake-up of that thread and its own wake-up of the consensus thread per
-/// round: 0.6 us of CPU per put on one member; docs/performance.md, "Lingers timed by a
-/// timerfd".) One linger is timed at a time: arming the timer again replaces its deadline.
-struct LingerTimer {
-    fd: Arc<tokio::io::unix::AsyncFd<OwnedFd>>,
-}
-
-impl LingerTimer {
-    /// The timer, disarmed, and the stream of its expiries (one [`LingerExpired`] per expiry,
-    /// ending only if reading the timerfd fails); `None` if the kernel refused the timerfd or
-    /// the runtime its registration (lingers then use the runtime's timer). Must run on the
-    /// thread whose event loop delivers the expiries (the actor's, in `started`).
-    fn start() -> Option<(
-        LingerTimer,
-        impl futures::Stream<Item = LingerExpired> + 'static,
-    )> {
-        use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
-        // `AsyncFd::new` is deprecated for descriptors a type could swap under it; an
-        // `OwnedFd` is one open descriptor for its whole life, the contract `register` asks of
-        // its callers (and `register` is unsafe, which the workspace forbids).
-        #[allow(deprecated)]
-        let made = timerfd_create(
-            TimerfdClockId::Monotonic,
-            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
-        )
-        .map_err(std::io::Error::from)
-        .and_then(tokio::io::unix::AsyncFd::new);
-        let fd = match made {
-            Ok(fd) => Arc::new(fd),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create the linger timer; lingers use the runtime's millisecond timer");
-                return None;
-            }
-        };
-        let expiries = futures::stream::unfold(fd.clone(), |fd| async move {
-            loop {
-                let mut ready = fd.readable().await.ok()?;
-                let mut count = [0u8; 8];
-                // The expiry count (8 bytes); WouldBlock: the readiness was stale.
-                match rustix::io::read(fd.get_ref(), &mut count) {
-                    Ok(8) => return Some((LingerExpired, fd)),
-                    Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
-                    Ok(_) | Err(_) => return None,
-                }
-            }
-        });
-        Some((LingerTimer { fd }, expiries))
-    }
-
-    /// Arms the timer to expire once, `wait` from now (at least 1 ns: a zero time would
-    /// disarm it), replacing any deadline it had; false if the kernel refused.
-    fn arm(&self, wait: Duration) -> bool {
-        use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec, timerfd_settime};
-        let wait = wait.max(Duration::from_nanos(1));
-        let spec = Itimerspec {
-            it_interval: Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: Timespec {
-                tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
-                tv_nsec: wait.subsec_nanos().into(),
-            },
-        };
-        timerfd_settime(self.fd.get_ref(), TimerfdTimerFlags::empty(), &spec).is_ok()
     }
 }
 
@@ -809,52 +734,5 @@ mod tests {
         assert_eq!(linger(75, true), LINGER_MAX);
         assert_eq!(linger(MAX_HELD, true), LINGER_MAX);
         assert_eq!(linger(usize::MAX, true), LINGER_MAX);
-    }
-
-    /// Records each [`LingerEnd`] it receives, with when.
-    #[test]
-    fn a_linger_never_ends_before_its_deadline_and_arming_again_replaces_it() {
-        use futures::StreamExt;
-        use std::time::Instant;
-        actix::System::new().block_on(async {
-            let (timer, expiries) = LingerTimer::start().expect("a timerfd");
-            let mut expiries = Box::pin(expiries);
-            let mut next = async || {
-                tokio::time::timeout(Duration::from_secs(10), expiries.next())
-                    .await
-                    .expect("an expiry within 10 s")
-                    .expect("the timer's stream runs")
-            };
-            // Lingers one after another, a zero wait too (a zero time would disarm a timerfd).
-            for wait in [300, 0, 2_000, 20_000].map(Duration::from_micros) {
-                let deadline = Instant::now() + wait;
-                assert!(timer.arm(wait));
-                let LingerExpired = next().await;
-                let at = Instant::now();
-                assert!(
-                    at >= deadline,
-                    "a {wait:?} linger ended {:?} early",
-                    deadline - at
-                );
-            }
-            // A nearer deadline replaces a later one: one expiry, at the nearer, and none at the
-            // later (the expiry after is the one armed next, not the replaced one).
-            let replaced = Instant::now() + Duration::from_millis(30);
-            assert!(timer.arm(Duration::from_millis(30)));
-            let deadline = Instant::now() + Duration::from_micros(500);
-            assert!(timer.arm(Duration::from_micros(500)));
-            let LingerExpired = next().await;
-            let at = Instant::now();
-            assert!(
-                at >= deadline && at < replaced,
-                "expired at {at:?}, not between {deadline:?} and {replaced:?}"
-            );
-            while Instant::now() < replaced + Duration::from_millis(20) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            // Had the replaced deadline expired, its expiry would be readable at once.
-            let late = tokio::time::timeout(Duration::from_millis(5), expiries.next()).await;
-            assert!(late.is_err(), "the replaced deadline expired after all");
-        });
     }
 }
