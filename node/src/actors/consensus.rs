@@ -502,8 +502,8 @@ impl Handler<Flush> for ConsensusActor {
     }
 }
 
-/// Sent by the linger timer (or, without it, by the runtime's timer) when linger number `.0`
-/// ended.
+/// Linger number `.0` ended: handled for each expiry of the linger timer ([`LingerTimer`],
+/// with the number it was armed for), or sent by the runtime's timer when there is none.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct LingerEnd(u64);
@@ -533,7 +533,7 @@ impl StreamHandler<LingerExpired> for ConsensusActor {
         // A linger it was timing would never end: end it now.
         if self.flush_scheduled && self.linger_armed == self.linger_number {
             self.flush_scheduled = false;
-            ctx.notify(Flush);
+            self.flush(ctx);
         }
     }
 }
