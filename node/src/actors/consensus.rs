@@ -330,11 +330,9 @@ impl ConsensusActor {
                 let wait = linger(self.last_flush_len, self.core.raft().replicates());
                 self.linger_number += 1;
                 self.lingers.increment(1);
-                let timed = self.linger_timer.as_ref().is_some_and(|t| t.arm(wait));
-                if timed {
+                if self.linger_timer.as_ref().is_some_and(|t| t.arm(wait)) {
                     self.linger_armed = self.linger_number;
-                }
-                if !timed {
+                } else {
                     ctx.notify_later(LingerEnd(self.linger_number), wait);
                 }
             } else {
