@@ -35,7 +35,7 @@ pub use config::{Config, Flags};
 pub use error::{Error, Result};
 
 use crate::actors::apply::{ApplyActor, Waiters};
-use crate::actors::consensus::{ConsensusActor, RaftCore};
+use crate::actors::consensus::{ConsensusActor, ProposalInbox, RaftCore};
 use crate::actors::wal::WalActor;
 use crate::actors::{consensus, lease, proposer, transport, watch};
 use crate::service::{Limits, Service};
@@ -245,6 +245,7 @@ pub async fn run(
             Some(t)
         }
     };
+    let inbox = Arc::new(ProposalInbox::default());
     let consensus_actor = ConsensusActor::new(
         consensus::ConsensusCore::new(
             core,
@@ -259,6 +260,7 @@ pub async fn run(
         config.heartbeat_interval,
         waiters.clone(),
         applied_rx.clone(),
+        inbox.clone(),
     );
     on_arbiter(&raft_arbiter, move || {
         Context::with_receiver(consensus_rx).run(consensus_actor);
@@ -267,6 +269,7 @@ pub async fn run(
 
     let proposer = proposer::Proposer::new(
         consensus.clone(),
+        inbox,
         waiters,
         applied_rx.clone(),
         state.clone(),

@@ -13,6 +13,7 @@ use raft::INVALID_ID;
 use raft::eraftpb::Message;
 use tokio::sync::oneshot;
 
+mod inbox;
 mod linger;
 
 use crate::core::consensus::SnapshotOffer;
@@ -21,7 +22,8 @@ pub use crate::core::consensus::{
 };
 pub use crate::core::raft::RaftCore;
 use crate::state::NodeState;
-use linger::{LingerExpired, LingerTimer};
+pub use inbox::{Offered, ProposalInbox, TakeInbox};
+use linger::{LingerEnd, LingerTimer};
 
 use crate::actors::apply::{
     Applied, ApplyActor, ApplyCommitted, PersistStore, Waiters, has_conf_change,
@@ -57,6 +59,9 @@ pub struct ConsensusActor {
     lingers: metrics::Counter,
     /// The request ids of the client proposals held since the last flush.
     held: Vec<u64>,
+    /// Where client proposals wait while this leader lingers, without waking its thread
+    /// ([`ProposalInbox`]); open only while a linger is.
+    inbox: Arc<ProposalInbox>,
     /// The proposers' waiters: a proposal raft refuses is answered here, an applied one by
     /// the apply actor.
     waiters: Arc<Waiters>,
@@ -124,7 +129,8 @@ fn linger(last_flush_len: usize, replicates: bool) -> Duration {
 impl ConsensusActor {
     /// A consensus actor driving `core`, persisting through `wal`, applying through `apply`,
     /// talking to peers through `transport` (`None` for a single-member cluster), failing
-    /// refused proposals through `waiters`, learning apply's progress from `applied_rx`.
+    /// refused proposals through `waiters`, learning apply's progress from `applied_rx`,
+    /// taking client proposals from `inbox` as well as from its mailbox.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: ConsensusCore<ReadWaiter>,
@@ -135,6 +141,7 @@ impl ConsensusActor {
         tick_interval: Duration,
         waiters: Arc<Waiters>,
         applied_rx: tokio::sync::watch::Receiver<u64>,
+        inbox: Arc<ProposalInbox>,
     ) -> ConsensusActor {
         let applied_read = *applied_rx.borrow();
         ConsensusActor {
@@ -151,6 +158,7 @@ impl ConsensusActor {
             linger_armed: 0,
             lingers: metrics::counter!(crate::metrics::PROPOSAL_LINGERS),
             held: Vec::new(),
+            inbox,
             waiters,
             last_flush_len: 0,
             applied_read,
@@ -330,6 +338,8 @@ impl ConsensusActor {
                 let wait = linger(self.last_flush_len, self.core.raft().replicates());
                 self.linger_number += 1;
                 self.lingers.increment(1);
+                // Client proposals now wait in the inbox without waking this thread.
+                self.inbox.open();
                 if self.linger_timer.as_ref().is_some_and(|t| t.arm(wait)) {
                     self.linger_armed = self.linger_number;
                 } else {
@@ -344,6 +354,7 @@ impl ConsensusActor {
     /// Proposes the proposals held since the last flush (the clients' waiters fail if raft
     /// refuses them), and carries out the effects.
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.take_inbox(true);
         // A flush with nothing held (one scheduled before a full batch went at once) says
         // nothing about the load.
         let held = self.core.held_len();
@@ -357,6 +368,21 @@ impl ConsensusActor {
             }
         }
         self.execute(ctx);
+    }
+
+    /// Holds the client proposal of request `id` (`data`, its encoded request) for the next
+    /// flush (`true`), or fails its waiter if raft cannot take it.
+    fn hold(&mut self, data: Vec<u8>, id: u64) -> bool {
+        match self.core.propose_later(data) {
+            Ok(()) => {
+                self.held.push(id);
+                true
+            }
+            Err(e) => {
+                self.waiters.fail(id, e);
+                false
+            }
+        }
     }
 
     /// Stops the actor at once, first queueing in the WAL's mailbox (behind every earlier write,
@@ -421,8 +447,12 @@ impl Actor for ConsensusActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        // Proposals held but never given to raft.
+        // Proposals held, or waiting in the inbox, but never given to raft.
         for id in self.held.drain(..) {
+            self.waiters.fail(id, ApiError::Stopped);
+        }
+        for (_, id) in self.inbox.close_and_take() {
+            crate::metrics::dequeued("consensus");
             self.waiters.fail(id, ApiError::Stopped);
         }
     }
@@ -466,21 +496,22 @@ impl Handler<Propose> for ConsensusActor {
 
     fn handle(&mut self, m: Propose, ctx: &mut Context<Self>) {
         crate::metrics::dequeued("consensus");
-        let r = match m.as_leader_in {
+        match m.as_leader_in {
             Some(term) => {
                 let r = self.core.propose_as_leader(m.data, term);
                 self.execute(ctx);
-                r
+                if let Err(e) = r {
+                    self.waiters.fail(m.request_id, e);
+                }
             }
             // Client writes are held and proposed together once the mailbox is drained (the
-            // Flush; under load `linger` later), or every MAX_HELD proposals or MAX_HELD_BYTES.
-            None => self.core.propose_later(m.data).map(|()| {
-                self.held.push(m.request_id);
-                self.schedule_flush(ctx);
-            }),
-        };
-        if let Err(e) = r {
-            self.waiters.fail(m.request_id, e);
+            // Flush; under load `linger` later, meanwhile also arriving through the inbox), or
+            // every MAX_HELD proposals or MAX_HELD_BYTES.
+            None => {
+                if self.hold(m.data, m.request_id) {
+                    self.schedule_flush(ctx);
+                }
+            }
         }
     }
 }
@@ -497,42 +528,6 @@ impl Handler<Flush> for ConsensusActor {
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
         self.flush(ctx);
-    }
-}
-
-/// Linger number `.0` ended: handled for each expiry of the linger timer ([`LingerTimer`],
-/// with the number it was armed for), or sent by the runtime's timer when there is none.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct LingerEnd(u64);
-
-impl Handler<LingerEnd> for ConsensusActor {
-    type Result = ();
-
-    fn handle(&mut self, m: LingerEnd, ctx: &mut Context<Self>) {
-        // A linger cut short (a full batch went at once) leaves a stale end behind.
-        if m.0 == self.linger_number && self.flush_scheduled {
-            self.flush_scheduled = false;
-            self.flush(ctx);
-        }
-    }
-}
-
-impl StreamHandler<LingerExpired> for ConsensusActor {
-    fn handle(&mut self, _: LingerExpired, ctx: &mut Context<Self>) {
-        <Self as Handler<LingerEnd>>::handle(self, LingerEnd(self.linger_armed), ctx);
-    }
-
-    /// The timer's stream ends only if reading its timerfd failed: lingers then use the
-    /// runtime's timer. (The default would stop the actor.)
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        tracing::warn!("the linger timer failed; lingers use the runtime's millisecond timer");
-        self.linger_timer = None;
-        // A linger it was timing would never end: end it now.
-        if self.flush_scheduled && self.linger_armed == self.linger_number {
-            self.flush_scheduled = false;
-            self.flush(ctx);
-        }
     }
 }
 

@@ -17,7 +17,7 @@ use etch_protocol::etchpb::internal_request::Request;
 use etch_storage::mvcc::WriteResponse;
 
 use crate::actors::apply::Waiters;
-use crate::actors::consensus::{ConsensusActor, Propose};
+use crate::actors::consensus::{ConsensusActor, Offered, ProposalInbox, Propose, TakeInbox};
 use crate::error::ApiError;
 use crate::state::NodeState;
 
@@ -29,6 +29,8 @@ pub const MAX_APPLY_LAG_ENTRIES: u64 = 5000;
 #[derive(Clone)]
 pub struct Proposer {
     consensus: Addr<ConsensusActor>,
+    /// Where a client's proposal goes instead of the mailbox while the leader lingers.
+    inbox: Arc<ProposalInbox>,
     waiters: Arc<Waiters>,
     applied: watch::Receiver<u64>,
     state: Arc<NodeState>,
@@ -38,11 +40,12 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// A proposer through `consensus`, answered by apply through `waiters`; `applied` is the
-    /// applied index apply publishes. Requests over `max_request_bytes` encoded are refused;
+    /// A proposer through `consensus` (its mailbox, or `inbox` while it lingers), answered by
+    /// apply through `waiters`; `applied` is the applied index apply publishes. Requests over `max_request_bytes` encoded are refused;
     /// answers are awaited at most `request_timeout`.
     pub fn new(
         consensus: Addr<ConsensusActor>,
+        inbox: Arc<ProposalInbox>,
         waiters: Arc<Waiters>,
         applied: watch::Receiver<u64>,
         state: Arc<NodeState>,
@@ -58,6 +61,7 @@ impl Proposer {
         let first = ((state.member_id.0 & 0xFFFF) << 48) | ((millis & 0xFF_FFFF_FFFF) << 8);
         Proposer {
             consensus,
+            inbox,
             waiters,
             applied,
             state,
@@ -151,13 +155,25 @@ impl Proposer {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let rx = self.waiters.register(id);
         crate::metrics::queued("consensus");
-        let propose = Propose {
+        let propose = |data| Propose {
             data,
             request_id: id,
             as_leader_in,
         };
+        // A client's write waits in the inbox while the leader lingers (no wake-up of its
+        // thread); anything else, or with no linger open, goes through the mailbox.
+        let sent = match as_leader_in {
+            None => match self.inbox.offer(data, id) {
+                Offered::Held => Ok(()),
+                Offered::Wake => crate::actors::enqueue(&self.consensus, TakeInbox).await,
+                Offered::Closed(data) => {
+                    crate::actors::enqueue(&self.consensus, propose(data)).await
+                }
+            },
+            Some(_) => crate::actors::enqueue(&self.consensus, propose(data)).await,
+        };
         // The answer (or raft's refusal) arrives through the waiter.
-        if let Err(e) = crate::actors::enqueue(&self.consensus, propose).await {
+        if let Err(e) = sent {
             self.waiters.cancel(id);
             return Err(e);
         }

@@ -4,6 +4,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::prelude::*;
+
+use super::ConsensusActor;
+
 /// The linger timer expired ([`LingerTimer`]): the linger it was last armed for ended.
 pub(super) struct LingerExpired;
 
@@ -86,6 +90,42 @@ impl LingerTimer {
             },
         };
         timerfd_settime(self.fd.get_ref(), TimerfdTimerFlags::empty(), &spec).is_ok()
+    }
+}
+
+/// Linger number `.0` ended: handled for each expiry of the linger timer ([`LingerTimer`],
+/// with the number it was armed for), or sent by the runtime's timer when there is none.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct LingerEnd(pub(super) u64);
+
+impl Handler<LingerEnd> for ConsensusActor {
+    type Result = ();
+
+    fn handle(&mut self, m: LingerEnd, ctx: &mut Context<Self>) {
+        // A linger cut short (a full batch went at once) leaves a stale end behind.
+        if m.0 == self.linger_number && self.flush_scheduled {
+            self.flush_scheduled = false;
+            self.flush(ctx);
+        }
+    }
+}
+
+impl StreamHandler<LingerExpired> for ConsensusActor {
+    fn handle(&mut self, _: LingerExpired, ctx: &mut Context<Self>) {
+        <Self as Handler<LingerEnd>>::handle(self, LingerEnd(self.linger_armed), ctx);
+    }
+
+    /// The timer's stream ends only if reading its timerfd failed: lingers then use the
+    /// runtime's timer. (The default would stop the actor.)
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        tracing::warn!("the linger timer failed; lingers use the runtime's millisecond timer");
+        self.linger_timer = None;
+        // A linger it was timing would never end: end it now.
+        if self.flush_scheduled && self.linger_armed == self.linger_number {
+            self.flush_scheduled = false;
+            self.flush(ctx);
+        }
     }
 }
 
