@@ -326,7 +326,7 @@ impl ConsensusActor {
     /// [`MAX_HELD_BYTES`]; otherwise schedules a [`Flush`], after the messages waiting in the
     /// mailbox, or [`linger`] later under load.
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.core.held_len() >= MAX_HELD || self.core.held_bytes() >= MAX_HELD_BYTES {
+        if self.held_full() {
             self.flush(ctx);
         } else if !self.flush_scheduled {
             self.flush_scheduled = true;
@@ -351,10 +351,21 @@ impl ConsensusActor {
         }
     }
 
-    /// Proposes the proposals held since the last flush (the clients' waiters fail if raft
-    /// refuses them), and carries out the effects.
+    /// Proposes the proposals held since the last flush and those waiting in the inbox, which
+    /// it closes.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        self.take_inbox(true);
+        self.take_inbox(true, ctx);
+        self.propose_held(ctx);
+    }
+
+    /// Whether the proposals held make a full batch ([`MAX_HELD`], [`MAX_HELD_BYTES`]).
+    fn held_full(&self) -> bool {
+        self.core.held_len() >= MAX_HELD || self.core.held_bytes() >= MAX_HELD_BYTES
+    }
+
+    /// Proposes the proposals held (the clients' waiters fail if raft refuses them), and
+    /// carries out the effects.
+    fn propose_held(&mut self, ctx: &mut Context<Self>) {
         // A flush with nothing held (one scheduled before a full batch went at once) says
         // nothing about the load.
         let held = self.core.held_len();

@@ -41,8 +41,8 @@ pub struct Proposer {
 
 impl Proposer {
     /// A proposer through `consensus` (its mailbox, or `inbox` while it lingers), answered by
-    /// apply through `waiters`; `applied` is the applied index apply publishes. Requests over `max_request_bytes` encoded are refused;
-    /// answers are awaited at most `request_timeout`.
+    /// apply through `waiters`; `applied` is the applied index apply publishes. Requests over
+    /// `max_request_bytes` encoded are refused; answers are awaited at most `request_timeout`.
     pub fn new(
         consensus: Addr<ConsensusActor>,
         inbox: Arc<ProposalInbox>,
@@ -161,12 +161,16 @@ impl Proposer {
             as_leader_in,
         };
         // A client's write waits in the inbox while the leader lingers (no wake-up of its
-        // thread); anything else, or with no linger open, goes through the mailbox.
+        // thread); anything else, or with the inbox closed or full, goes through the mailbox.
         let sent = match as_leader_in {
             None => match self.inbox.offer(data, id) {
                 Offered::Held => Ok(()),
-                Offered::Wake => crate::actors::enqueue(&self.consensus, TakeInbox).await,
-                Offered::Closed(data) => {
+                Offered::Wake => match crate::actors::enqueue(&self.consensus, TakeInbox).await {
+                    // Taken before the actor stopped: the waiter gets the outcome.
+                    Err(_) if !self.inbox.withdraw(id) => Ok(()),
+                    sent => sent,
+                },
+                Offered::Refused(data) => {
                     crate::actors::enqueue(&self.consensus, propose(data)).await
                 }
             },

@@ -8,33 +8,36 @@ use actix::prelude::*;
 
 use super::ConsensusActor;
 
-/// Proposals the inbox takes before the proposer that fills it past this wakes the consensus
-/// thread anyway: half of [`super::MAX_HELD`], so that with the proposals the mailbox and the
-/// followers brought a flush stays near that bound.
-const WAKE_AT_PROPOSALS: usize = super::MAX_HELD / 2;
+/// Proposals the inbox holds at most: the proposer that fills it to this wakes the consensus
+/// thread to take them, and until they are taken, later proposals go through the mailbox.
+/// Half of [`super::MAX_HELD`]: a flush still proposes at most that many at once (the actor
+/// proposes what it holds whenever taking the inbox fills a batch).
+const MAX_PROPOSALS: usize = super::MAX_HELD / 2;
 
-/// Bytes of proposals the inbox takes before the proposer that fills it past this wakes the
-/// consensus thread anyway: half of [`super::MAX_HELD_BYTES`], for the same reason.
-const WAKE_AT_BYTES: usize = super::MAX_HELD_BYTES / 2;
+/// Bytes of proposals the inbox holds at most (as [`MAX_PROPOSALS`]; the last one put in may
+/// go past it): half of [`super::MAX_HELD_BYTES`].
+const MAX_BYTES: usize = super::MAX_HELD_BYTES / 2;
 
 /// Where client proposals wait while a leader lingers ([`super::linger`]), instead of each
 /// going through the consensus actor's mailbox. Every message queued in an idle actor's
 /// mailbox wakes its thread (an `eventfd` write by the sender, a wake-up of the parked
 /// thread), only for the proposal to be held until the linger ends. Proposals put here wait
-/// without a wake-up: the actor takes them all when the linger ends, with the proposals it
-/// holds.
+/// without a wake-up.
 ///
-/// The inbox is open only while the consensus actor lingers ([`ProposalInbox::open`]); the
-/// actor closes it and takes what it holds before each flush ([`ProposalInbox::close_and_take`]).
-/// A proposer that finds it closed, or that sees it closed right after putting a proposal in
-/// (the actor may have taken the inbox's proposals just before), or that filled it past
-/// [`WAKE_AT_PROPOSALS`] or [`WAKE_AT_BYTES`], sends a message to the actor instead
-/// ([`Offered`]). So every proposal put in is taken by a flush: the one ending the linger
-/// that was open when the proposer saw the inbox open after putting it in, or the one its
-/// message leads to.
+/// The actor opens the inbox when it starts a linger ([`ProposalInbox::open`]) and, at the
+/// start of every flush, closes it and takes what it holds ([`ProposalInbox::close_and_take`]),
+/// so an open inbox always has a flush coming. A proposer that finds it closed (or full) sends
+/// its proposal through the mailbox ([`Offered::Refused`]). One that sees it closed right
+/// after putting its proposal in (a flush may have taken the inbox just before), or that
+/// filled it, tells the actor to take it ([`Offered::Wake`], [`TakeInbox`]). So while the
+/// actor runs, every proposal put in is taken once: by the flush that closes the inbox after
+/// the proposer saw it open, or on the proposer's [`TakeInbox`]. When the actor stops, it
+/// fails the waiters of what the inbox holds; a proposer whose [`TakeInbox`] the stopped
+/// actor refuses withdraws its proposal ([`ProposalInbox::withdraw`]).
 #[derive(Default)]
 pub struct ProposalInbox {
-    /// Whether the consensus actor lingers and takes this inbox's proposals when it ends.
+    /// Whether proposals put in now are taken without a wake-up: a flush that closes the
+    /// inbox is coming (the actor lingers).
     open: AtomicBool,
     queued: Mutex<Queued>,
 }
@@ -49,39 +52,45 @@ struct Queued {
 /// What became of a proposal offered to the inbox ([`ProposalInbox::offer`]).
 #[derive(Debug)]
 pub enum Offered {
-    /// In the inbox: the flush that ends the current linger proposes it.
+    /// In the inbox: the flush that closes it next takes it.
     Held,
-    /// In the inbox, but the consensus actor must be told to take the inbox's proposals (the
-    /// linger ended meanwhile, or the inbox is full).
+    /// In the inbox, but the actor must be told to take it ([`TakeInbox`]): the inbox was
+    /// closed meanwhile, or is now full.
     Wake,
-    /// Not taken (no linger is open): the proposal, to send through the mailbox.
-    Closed(Vec<u8>),
+    /// Not taken (the inbox is closed or full): the proposal, to send through the mailbox.
+    Refused(Vec<u8>),
 }
 
 impl ProposalInbox {
     /// Offers the proposal of request `id` (`data`, its encoded request).
     pub fn offer(&self, data: Vec<u8>, id: u64) -> Offered {
         if !self.open.load(Ordering::Acquire) {
-            return Offered::Closed(data);
+            return Offered::Refused(data);
         }
-        let full = self.push(data, id);
-        self.after_push(full)
+        match self.push(data, id) {
+            Err(data) => Offered::Refused(data),
+            Ok(full) => self.after_push(full),
+        }
     }
 
-    /// Puts a proposal in; `true` if the inbox is now full.
-    fn push(&self, data: Vec<u8>, id: u64) -> bool {
+    /// Puts a proposal in: `Ok(true)` if that filled the inbox, `Err` (the proposal) if it was
+    /// full already.
+    fn push(&self, data: Vec<u8>, id: u64) -> Result<bool, Vec<u8>> {
         let mut q = self.lock();
+        if q.proposals.len() >= MAX_PROPOSALS || q.bytes >= MAX_BYTES {
+            return Err(data);
+        }
         q.bytes += data.len();
         q.proposals.push((data, id));
-        q.proposals.len() >= WAKE_AT_PROPOSALS || q.bytes >= WAKE_AT_BYTES
+        Ok(q.proposals.len() >= MAX_PROPOSALS || q.bytes >= MAX_BYTES)
     }
 
-    /// What became of a proposal just put in (`full`: the inbox is now full).
+    /// What became of a proposal just put in (`full`: it filled the inbox).
     fn after_push(&self, full: bool) -> Offered {
-        // Read after the push: an actor that closed the inbox before this read may have
-        // taken the proposals before the push, and takes this one only once told to. One
-        // that closes it after this read takes it (the push precedes the close, and the take
-        // follows the close).
+        // Read after the push, whose lock orders it against every take. A flush's take before
+        // it followed that flush's close, which this read then sees (or a later open, whose
+        // own flush is yet to come): the proposal asks for a take. Any take after the push
+        // takes the proposal.
         if full || !self.open.load(Ordering::SeqCst) {
             Offered::Wake
         } else {
@@ -89,8 +98,23 @@ impl ProposalInbox {
         }
     }
 
-    /// Opens the inbox: the consensus actor lingers, and closes it and takes its proposals
-    /// when the linger ends.
+    /// Withdraws the proposal of request `id` if it is still in the inbox (`true`): its
+    /// [`TakeInbox`] could not be delivered. `false`: it was taken (proposed, or failed by a
+    /// stopping actor); its waiter gets the outcome.
+    pub fn withdraw(&self, id: u64) -> bool {
+        let mut q = self.lock();
+        match q.proposals.iter().position(|&(_, i)| i == id) {
+            Some(at) => {
+                let (data, _) = q.proposals.remove(at);
+                q.bytes -= data.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Opens the inbox: the consensus actor lingers, and the flush ending the linger closes it
+    /// and takes its proposals.
     pub fn open(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
@@ -116,9 +140,10 @@ impl ProposalInbox {
 }
 
 impl ConsensusActor {
-    /// Holds the proposals waiting in the inbox, closing it first if `close` (a flush is
-    /// about to propose what is held, so the linger is over).
-    pub(super) fn take_inbox(&mut self, close: bool) {
+    /// Holds the proposals waiting in the inbox, closing it first if `close` (a flush follows
+    /// and ends the linger). Whenever what is held makes a full batch, it is proposed at once,
+    /// so no flush proposes more than a full batch and one request.
+    pub(super) fn take_inbox(&mut self, close: bool, ctx: &mut Context<Self>) {
         let taken = if close {
             self.inbox.close_and_take()
         } else {
@@ -126,13 +151,15 @@ impl ConsensusActor {
         };
         for (data, id) in taken {
             crate::metrics::dequeued("consensus");
-            self.hold(data, id);
+            if self.hold(data, id) && self.held_full() {
+                self.propose_held(ctx);
+            }
         }
     }
 }
 
-/// Sent by a proposer that put its proposal in the [`ProposalInbox`] but found it closed
-/// after, or full: take the inbox's proposals (and flush them as any held proposal).
+/// Sent by a proposer that put its proposal in the [`ProposalInbox`] but saw it closed right
+/// after, or filled it: take the inbox's proposals (proposed as any held proposal).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TakeInbox;
@@ -141,7 +168,7 @@ impl Handler<TakeInbox> for ConsensusActor {
     type Result = ();
 
     fn handle(&mut self, _: TakeInbox, ctx: &mut Context<Self>) {
-        self.take_inbox(false);
+        self.take_inbox(false, ctx);
         if self.core.held_len() > 0 {
             self.schedule_flush(ctx);
         }
@@ -155,12 +182,12 @@ mod tests {
     #[test]
     fn a_closed_inbox_hands_the_proposal_back_and_an_open_one_holds_it_until_taken() {
         let inbox = ProposalInbox::default();
-        assert!(matches!(inbox.offer(vec![1], 1), Offered::Closed(d) if d == vec![1]));
+        assert!(matches!(inbox.offer(vec![1], 1), Offered::Refused(d) if d == vec![1]));
         inbox.open();
         assert!(matches!(inbox.offer(vec![2], 2), Offered::Held));
         assert!(matches!(inbox.offer(vec![3], 3), Offered::Held));
         assert_eq!(inbox.close_and_take(), vec![(vec![2], 2), (vec![3], 3)]);
-        assert!(matches!(inbox.offer(vec![4], 4), Offered::Closed(_)));
+        assert!(matches!(inbox.offer(vec![4], 4), Offered::Refused(_)));
         assert!(inbox.take().is_empty());
     }
 
@@ -171,33 +198,45 @@ mod tests {
         // The proposer saw the inbox open; the linger ends before it puts its proposal in.
         assert!(inbox.open.load(Ordering::SeqCst));
         assert!(inbox.close_and_take().is_empty());
-        let full = inbox.push(vec![1], 1);
+        let full = inbox.push(vec![1], 1).expect("room");
         assert!(matches!(inbox.after_push(full), Offered::Wake));
         assert_eq!(inbox.take(), vec![(vec![1], 1)]);
         // Taken before the next linger ends it, the proposal would otherwise wait for it.
         inbox.open();
-        let full = inbox.push(vec![2], 2);
+        let full = inbox.push(vec![2], 2).expect("room");
         assert!(matches!(inbox.after_push(full), Offered::Held));
     }
 
     #[test]
-    fn a_full_inbox_asks_for_a_wake_up() {
+    fn a_full_inbox_asks_for_a_wake_up_and_refuses_more() {
         let inbox = ProposalInbox::default();
         inbox.open();
-        for i in 1..WAKE_AT_PROPOSALS as u64 {
+        for i in 1..MAX_PROPOSALS as u64 {
             assert!(matches!(inbox.offer(vec![0], i), Offered::Held));
         }
         assert!(matches!(
-            inbox.offer(vec![0], WAKE_AT_PROPOSALS as u64),
+            inbox.offer(vec![0], MAX_PROPOSALS as u64),
             Offered::Wake
         ));
-        assert_eq!(inbox.close_and_take().len(), WAKE_AT_PROPOSALS);
+        assert!(matches!(inbox.offer(vec![9], 0), Offered::Refused(d) if d == vec![9]));
+        assert_eq!(inbox.close_and_take().len(), MAX_PROPOSALS);
         inbox.open();
-        assert!(matches!(
-            inbox.offer(vec![0; WAKE_AT_BYTES], 1),
-            Offered::Wake
-        ));
+        assert!(matches!(inbox.offer(vec![0; MAX_BYTES], 1), Offered::Wake));
+        assert!(matches!(inbox.offer(vec![0], 2), Offered::Refused(_)));
         assert_eq!(inbox.take().len(), 1);
+    }
+
+    #[test]
+    fn a_proposal_is_withdrawn_only_while_it_is_in_the_inbox() {
+        let inbox = ProposalInbox::default();
+        inbox.open();
+        assert!(matches!(inbox.offer(vec![1, 1], 1), Offered::Held));
+        assert!(matches!(inbox.offer(vec![2], 2), Offered::Held));
+        assert!(inbox.withdraw(1));
+        assert!(!inbox.withdraw(1));
+        assert_eq!(inbox.lock().bytes, 1);
+        assert_eq!(inbox.close_and_take(), vec![(vec![2], 2)]);
+        assert!(!inbox.withdraw(2));
     }
 
     /// Proposers racing an actor that opens, closes and takes the inbox over and over: every
@@ -224,7 +263,7 @@ mod tests {
                             Offered::Wake => {
                                 woken.fetch_add(1, Ordering::SeqCst);
                             }
-                            Offered::Closed(_) => direct.push(id),
+                            Offered::Refused(_) => direct.push(id),
                         }
                     }
                     done.fetch_add(1, Ordering::SeqCst);
