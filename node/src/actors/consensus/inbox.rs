@@ -122,9 +122,7 @@ impl ProposalInbox {
     /// Closes the inbox and takes the proposals in it, oldest first.
     pub fn close_and_take(&self) -> Vec<(Vec<u8>, u64)> {
         self.open.store(false, Ordering::SeqCst);
-        let mut q = self.lock();
-        q.bytes = 0;
-        std::mem::take(&mut q.proposals)
+        self.take()
     }
 
     /// Takes the proposals in the inbox, leaving it open or closed as it is.
