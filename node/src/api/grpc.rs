@@ -179,6 +179,10 @@ impl Grpc {
             .max_concurrent_streams(Some(self.max_concurrent_streams))
             .accept_http1(true)
             .layer(crate::api::grpc_metrics::GrpcMetricsLayer)
+            .layer(crate::api::grpc_unary::UnaryLayer::new(
+                self.svc.clone(),
+                limit,
+            ))
             .add_routes(std::mem::take(&mut routes))
             .add_service(KvServer::new(self.clone()).max_decoding_message_size(limit))
             .add_service(WatchServer::new(self.clone()).max_decoding_message_size(limit))
@@ -238,14 +242,22 @@ const TOKEN_METADATA: [&str; 2] = ["token", "authorization"];
 /// What `r` says about its sender: its token metadata and its verified TLS client
 /// certificate's Common Name.
 fn caller<T>(r: &Request<T>) -> Caller {
+    caller_of(r.metadata().as_ref(), r.extensions())
+}
+
+/// [`caller`] of an HTTP request's `headers` (gRPC metadata) and `extensions` (where tonic
+/// puts the connection's [`crate::tls::client::PeerIdentity`]).
+pub(crate) fn caller_of(
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> Caller {
     Caller {
         token: TOKEN_METADATA
             .iter()
-            .find_map(|k| r.metadata().get(*k))
+            .find_map(|k| headers.get(*k))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-        common_name: r
-            .extensions()
+        common_name: extensions
             .get::<crate::tls::client::PeerIdentity>()
             .and_then(|p| p.common_name.clone()),
     }

@@ -5,6 +5,7 @@ pub mod calls;
 pub mod errors;
 pub mod grpc;
 pub mod grpc_metrics;
+pub mod grpc_unary;
 pub mod h2fix;
 pub mod http;
 pub mod native;
