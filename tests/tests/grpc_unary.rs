@@ -1,11 +1,15 @@
 //! The KV service's unary calls at the HTTP/2 level, on the direct path that answers them
-//! without tonic's router (node/src/api/grpc_unary.rs): well-formed calls are answered as
-//! gRPC answers them, and every malformed body gets tonic's own status for it, with the
+//! without tonic's router (node/src/api/grpc_unary.rs): each call, well-formed or not, is sent
+//! once on the direct path and once with a `content-type` the direct path leaves to tonic's
+//! router, and both must answer alike (tonic's own statuses for malformed bodies), with the
 //! member serving on.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use etch_tests::{Node, rt};
-use etch_tools::pb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
+use etch_tools::pb::{
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, TxnRequest, TxnResponse, compare, request_op,
+};
 use prost::Message;
 use tonic::codegen::http;
 
@@ -20,7 +24,7 @@ struct Answer {
 }
 
 /// One POST of `body` to `path` on a fresh HTTP/2 connection to `addr`, with `headers` on
-/// top of gRPC's.
+/// top of gRPC's (`content-type: application/grpc` unless `headers` has another).
 async fn call(addr: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
@@ -31,8 +35,10 @@ async fn call(addr: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> 
     let mut req = http::Request::builder()
         .method("POST")
         .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
         .header("te", "trailers");
+    if !headers.iter().any(|(k, _)| *k == "content-type") {
+        req = req.header("content-type", "application/grpc");
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -111,6 +117,24 @@ fn message<M: Message + Default>(a: &Answer) -> M {
     M::decode(&a.data[5..]).expect("decodes")
 }
 
+/// `content-type` of a call the direct path leaves to tonic's router (which serves it all the
+/// same: tonic does not check the parameter), to compare the two paths.
+const ROUTED: &str = "application/grpc; charset=utf-8";
+
+/// `body` to `path` once on the direct path and once through tonic's router; both must answer
+/// the same (`what` names the case); returns the direct path's answer.
+async fn same_on_both_paths(addr: &str, what: &str, path: &str, body: Bytes) -> Answer {
+    let direct = call(addr, path, &[], body.clone()).await;
+    let routed = call(addr, path, &[("content-type", ROUTED)], body).await;
+    assert_eq!(
+        (direct.http, direct.code, &direct.message, &direct.data),
+        (routed.http, routed.code, &routed.message, &routed.data),
+        "{what}: the direct path and tonic's router answer alike"
+    );
+    assert_eq!(direct.content_type, routed.content_type, "{what}");
+    direct
+}
+
 #[test]
 fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,24 +152,63 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
         let rev = written.header.expect("header").revision;
         assert!(rev > 1);
 
-        // `grpc-encoding: identity` is no compression: still served.
+        // Reads and writes that change nothing answer byte for byte alike on both paths.
         let range = RangeRequest {
             key: Bytes::from_static(b"k"),
             ..Default::default()
         };
-        let a = call(
-            &addr,
-            "/etcdserverpb.KV/Range",
-            &[("grpc-encoding", "identity")],
-            framed(0, &range.encode_to_vec()),
-        )
-        .await;
-        let got: RangeResponse = message(&a);
+        let got: RangeResponse = message(
+            &same_on_both_paths(&addr, "range", "/etcdserverpb.KV/Range", framed(0, &range.encode_to_vec()))
+                .await,
+        );
         assert_eq!(got.kvs.len(), 1);
         assert_eq!(got.kvs[0].value.as_ref(), b"v");
         assert_eq!(got.kvs[0].mod_revision, rev);
+        let missing = DeleteRangeRequest {
+            key: Bytes::from_static(b"absent"),
+            ..Default::default()
+        };
+        let deleted: DeleteRangeResponse = message(
+            &same_on_both_paths(
+                &addr,
+                "delete of a missing key",
+                "/etcdserverpb.KV/DeleteRange",
+                framed(0, &missing.encode_to_vec()),
+            )
+            .await,
+        );
+        assert_eq!(deleted.deleted, 0);
+        let failing = TxnRequest {
+            compare: vec![Compare {
+                key: Bytes::from_static(b"k"),
+                target: compare::CompareTarget::Value as i32,
+                result: compare::CompareResult::Equal as i32,
+                target_union: Some(compare::TargetUnion::Value(Bytes::from_static(b"other"))),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(put.clone())),
+            }],
+            ..Default::default()
+        };
+        let txn: TxnResponse = message(
+            &same_on_both_paths(
+                &addr,
+                "txn whose compare fails",
+                "/etcdserverpb.KV/Txn",
+                framed(0, &failing.encode_to_vec()),
+            )
+            .await,
+        );
+        assert!(!txn.succeeded);
+        // `application/grpc+proto`, and `grpc-encoding: identity` (no compression), are served.
+        for h in [("content-type", "application/grpc+proto"), ("grpc-encoding", "identity")] {
+            let a = call(&addr, "/etcdserverpb.KV/Range", &[h], framed(0, &range.encode_to_vec())).await;
+            let got: RangeResponse = message(&a);
+            assert_eq!(got.kvs[0].mod_revision, rev, "{h:?}");
+        }
 
-        // The message in pieces: a header split from its body still reads as one message.
+        // A message split over three DATA frames reads as one message.
         let whole = framed(0, &range.encode_to_vec());
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let (client, conn) = h2::client::handshake(tcp).await.unwrap();
@@ -176,61 +239,79 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
         assert_eq!(got.kvs.len(), 1);
         driver.abort();
 
-        // Malformed bodies: tonic's statuses and messages for each.
-        let cases: Vec<(&str, Bytes, u32, String)> = vec![
+        // Malformed bodies: tonic's status and message for each, on both paths.
+        let header_only = |flag: u8, len: u32| {
+            let mut b = BytesMut::new();
+            b.put_u8(flag);
+            b.put_u32(len);
+            b
+        };
+        let then = |a: Bytes, b: &[u8]| {
+            let mut v = BytesMut::from(&a[..]);
+            v.extend_from_slice(b);
+            v.freeze()
+        };
+        let good = framed(0, &range.encode_to_vec());
+        let cases: Vec<(&str, Bytes, u32, &str)> = vec![
             (
                 "a compressed message without grpc-encoding",
-                framed(1, &put.encode_to_vec()),
+                framed(1, &range.encode_to_vec()),
                 13,
-                "protocol error: received message with compressed-flag but no grpc-encoding was specified".into(),
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
             ),
             (
                 "an unknown compressed flag",
-                framed(7, &put.encode_to_vec()),
+                framed(7, &range.encode_to_vec()),
                 13,
-                "protocol error: received message with invalid compression flag: 7 (valid flags are 0 and 1), while sending request".into(),
+                "protocol error: received message with invalid compression flag: 7 (valid flags are 0 and 1), while sending request",
             ),
             (
                 "a message over the receive limit",
-                {
-                    let mut b = BytesMut::new();
-                    b.put_u8(0);
-                    b.put_u32(600_000);
-                    b.freeze()
-                },
+                header_only(0, 600_000).freeze(),
                 11,
-                "Error, decoded message length too large: found 600000 bytes, the limit is: 525312 bytes".into(),
+                "Error, decoded message length too large: found 600000 bytes, the limit is: 525312 bytes",
             ),
-            ("no message", Bytes::new(), 13, "Missing request message.".into()),
+            ("no message", Bytes::new(), 13, "Missing request message."),
             (
                 "a message cut short",
-                {
-                    let mut b = BytesMut::new();
-                    b.put_u8(0);
-                    b.put_u32(10);
-                    b.extend_from_slice(b"abc");
-                    b.freeze()
-                },
+                then(header_only(0, 10).freeze(), b"abc"),
                 13,
-                "Unexpected EOF decoding stream.".into(),
+                "Unexpected EOF decoding stream.",
             ),
             (
                 "a header cut short",
                 Bytes::from_static(&[0, 0, 0]),
                 13,
-                "Unexpected EOF decoding stream.".into(),
+                "Unexpected EOF decoding stream.",
+            ),
+            ("bytes that are no RangeRequest", framed(0, &[0xff, 0xff, 0xff]), 13, ""),
+            (
+                "a message, then one cut short",
+                then(good.clone(), &[0, 0, 0]),
+                13,
+                "Unexpected EOF decoding stream.",
             ),
             (
-                "bytes that are no PutRequest",
-                framed(0, &[0xff, 0xff, 0xff]),
+                "a message, then one with an unknown flag",
+                then(good.clone(), &framed(9, b"")),
                 13,
-                String::new(),
+                "protocol error: received message with invalid compression flag: 9 (valid flags are 0 and 1), while sending request",
             ),
+            (
+                "a message, then bytes that are no RangeRequest",
+                then(good.clone(), &framed(0, &[0xff, 0xff, 0xff])),
+                13,
+                "",
+            ),
+            ("two messages", then(good.clone(), &good), 0, ""),
         ];
         for (what, body, code, msg) in cases {
-            let a = call(&addr, "/etcdserverpb.KV/Put", &[], body).await;
+            let a = same_on_both_paths(&addr, what, "/etcdserverpb.KV/Range", body).await;
             assert_eq!((a.http, a.code), (200, code), "{what}: {}", a.message);
-            if msg.is_empty() {
+            if code == 0 {
+                let got: RangeResponse = message(&a);
+                assert_eq!(got.kvs[0].mod_revision, rev, "{what}");
+            } else if msg.is_empty() {
                 assert!(
                     a.message.starts_with("failed to decode Protobuf message"),
                     "{what}: {}",
@@ -240,6 +321,9 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
                 assert_eq!(a.message, msg, "{what}");
             }
         }
+        // A Put that fails to read is not applied.
+        let a = call(&addr, "/etcdserverpb.KV/Put", &[], then(framed(0, &put.encode_to_vec()), &[0])).await;
+        assert_eq!(a.code, 13, "{}", a.message);
 
         // Over --max-request-bytes, under the receive limit: etcd's own error.
         let big = PutRequest {

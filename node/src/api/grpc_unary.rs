@@ -16,13 +16,15 @@
 //! A POST to one of the four paths whose `content-type` is `application/grpc` or
 //! `application/grpc+proto` and whose `grpc-encoding` is absent or `identity` (etcd's clients
 //! do not compress). Anything else, a compressed request included, goes to tonic's router as
-//! before. Errors match what tonic answers for the same input: a message over the receive
-//! limit is `OUT_OF_RANGE` "Error, decoded message length too large: found N bytes, the limit
-//! is: M bytes", a compressed-flag message `INTERNAL`, an undecodable message `INTERNAL` with
-//! prost's error, a body without a message `INTERNAL` "Missing request message.", a body
-//! that ends mid-message `INTERNAL` "Unexpected EOF decoding stream." (bytes after the first
-//! message are ignored, where tonic decodes and drops further messages); the service's errors
-//! are etcd's codes and messages ([`crate::api::errors`]), as trailers-only answers.
+//! before. Requests are read as tonic's unary path reads them, with its statuses for the same
+//! input: a message over the receive limit is `OUT_OF_RANGE` "Error, decoded message length
+//! too large: found N bytes, the limit is: M bytes", a compressed or unknown flag `INTERNAL`,
+//! an undecodable message `INTERNAL` with prost's error, a body without a message `INTERNAL`
+//! "Missing request message.", a body that ends mid-message `INTERNAL` "Unexpected EOF
+//! decoding stream."; messages after the first are decoded and dropped, request trailers are
+//! merged into the headers (a `token` there counts), and a body the client cancels ends the
+//! request. Answers: one message and `grpc-status: 0` trailers, or the service's error
+//! ([`crate::api::errors`]: etcd's codes and messages) as a trailers-only answer.
 //! Deadlines (`grpc-timeout`) still apply: tonic's server enforces them around its layers.
 
 use std::convert::Infallible;
@@ -80,7 +82,7 @@ pub struct Unary<S> {
 }
 
 /// The methods the direct path serves.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Method {
     Range,
     Put,
@@ -129,62 +131,82 @@ where
                 direct: None,
             };
         };
-        let caller = crate::api::grpc::caller_of(req.headers(), req.extensions());
         let (svc, limit) = (self.svc.clone(), self.limit);
+        let (parts, body) = req.into_parts();
         Answer {
             routed: None,
             direct: Some(Box::pin(async move {
-                let msg = match read_message(req.into_body(), limit).await {
-                    Ok(m) => m,
-                    Err(s) => return s.into_http(),
-                };
                 match method {
-                    Method::Put => answer(msg, |r| calls::put(svc, caller, r)).await,
-                    Method::Range => answer(msg, |r| calls::range(svc, caller, r)).await,
-                    Method::DeleteRange => {
-                        answer(msg, |r| calls::delete_range(svc, caller, r)).await
+                    Method::Put => answer(parts, body, limit, |c, r| calls::put(svc, c, r)).await,
+                    Method::Range => {
+                        answer(parts, body, limit, |c, r| calls::range(svc, c, r)).await
                     }
-                    Method::Txn => answer(msg, |r| calls::txn(svc, caller, r)).await,
+                    Method::DeleteRange => {
+                        answer(parts, body, limit, |c, r| calls::delete_range(svc, c, r)).await
+                    }
+                    Method::Txn => answer(parts, body, limit, |c, r| calls::txn(svc, c, r)).await,
                 }
             })),
         }
     }
 }
 
-/// Decodes the request `msg`, calls `call` with it and answers its response or error.
+/// Reads the request message from `body`, calls `call` with the caller (from the request's
+/// headers, request trailers merged into them as tonic merges them into its metadata, and
+/// extensions) and the message, and answers its response or error.
 async fn answer<Req, Resp, F>(
-    msg: Bytes,
-    call: impl FnOnce(Req) -> F,
+    mut parts: http::request::Parts,
+    body: tonic::body::Body,
+    limit: usize,
+    call: impl FnOnce(calls::Caller, Req) -> F,
 ) -> Response<tonic::body::Body>
 where
     Req: Message + Default,
     Resp: Message,
     F: Future<Output = Result<Resp, crate::error::ApiError>>,
 {
-    let req = match Req::decode(msg) {
+    let (req, trailers) = match read_request::<Req>(body, limit).await {
         Ok(r) => r,
-        // tonic-prost's decoder error, as tonic answers it.
-        Err(e) => return Status::internal(e.to_string()).into_http(),
+        Err(s) => return s.into_http(),
     };
-    match call(req).await {
+    if let Some(t) = trailers {
+        parts.headers.extend(t);
+    }
+    let caller = crate::api::grpc::caller_of(&parts.headers, &parts.extensions);
+    match call(caller, req).await {
         Ok(resp) => ok(&resp),
         Err(e) => to_status(e).into_http(),
     }
 }
 
 /// The answer to a successful call: `content-type: application/grpc`, the message, then
-/// `grpc-status: 0` trailers.
+/// `grpc-status: 0` trailers. A message over gRPC's 4 GiB frame limit is not sent: its
+/// trailers carry tonic's `RESOURCE_EXHAUSTED` instead.
 fn ok(resp: &impl Message) -> Response<tonic::body::Body> {
     let len = resp.encoded_len();
-    let mut buf = BytesMut::with_capacity(HEADER_BYTES + len);
-    buf.put_u8(0);
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    // Cannot fail: the buffer has room for the whole message.
-    let _ = resp.encode(&mut buf);
-    let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let (data, trailers) = match u32::try_from(len) {
+        Ok(n) => {
+            let mut buf = BytesMut::with_capacity(HEADER_BYTES + len);
+            buf.put_u8(0);
+            buf.put_u32(n);
+            // Cannot fail: the buffer has room for the whole message.
+            let _ = resp.encode(&mut buf);
+            let mut t = HeaderMap::with_capacity(1);
+            t.insert("grpc-status", HeaderValue::from_static("0"));
+            (Some(buf.freeze()), t)
+        }
+        Err(_) => {
+            let s = Status::resource_exhausted(format!(
+                "Cannot return body with more than 4GB of data but got {len} bytes"
+            ));
+            let mut t = HeaderMap::with_capacity(2);
+            // Cannot fail: the message is ASCII.
+            let _ = s.add_header(&mut t);
+            (None, t)
+        }
+    };
     let mut r = Response::new(tonic::body::Body::new(OneMessage {
-        data: Some(buf.freeze()),
+        data,
         trailers: Some(trailers),
     }));
     r.headers_mut().insert(
@@ -194,80 +216,109 @@ fn ok(resp: &impl Message) -> Response<tonic::body::Body> {
     r
 }
 
-/// Reads the one request message of a unary call from `body` (its gRPC header stripped), then
-/// the rest of the body to its end, keeping none of it.
+/// Reads a unary call's request from `body`: its first message, decoded as soon as it is
+/// whole, then the rest of the body as tonic's unary path reads it (further messages decoded
+/// and dropped, so a malformed one still fails the call), and the request's trailers if it
+/// sent any. Memory: at most one message (`limit` bytes) and one DATA frame at a time.
 ///
 /// # Errors
-/// tonic's statuses for the same input (see the module doc); the body's own error as tonic
-/// maps it.
-async fn read_message(body: tonic::body::Body, limit: usize) -> Result<Bytes, Status> {
+/// tonic's statuses for the same input (see the module doc), checked in the same order; the
+/// body's own error as tonic maps it. A body the client cancelled ends the request as tonic
+/// ends it: the call goes on if its message was whole, else "Missing request message.".
+async fn read_request<Req: Message + Default>(
+    body: tonic::body::Body,
+    limit: usize,
+) -> Result<(Req, Option<HeaderMap>), Status> {
     let mut body = std::pin::pin!(body);
+    let mut first: Option<Req> = None;
+    // Bytes not yet parsed into a message: a message's header, or a message's header and
+    // part of its body.
     let mut buf = BytesMut::new();
-    // The message's length once its header is read.
-    let mut len = None;
-    let mut first: Option<Bytes> = None;
     loop {
         let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
         let data = match frame {
-            None => break,
-            Some(Err(e)) => return Err(Status::from_error(e.into())),
+            None => {
+                if !buf.is_empty() {
+                    return Err(Status::internal("Unexpected EOF decoding stream."));
+                }
+                break;
+            }
+            Some(Err(e)) => {
+                let s = Status::from_error(e.into());
+                if s.code() == tonic::Code::Cancelled {
+                    break;
+                }
+                return Err(s);
+            }
             Some(Ok(f)) => match f.into_data() {
                 Ok(d) => d,
-                // Trailers: the request's end.
-                Err(_) => break,
+                Err(f) => {
+                    // Request trailers end the body (tonic then drains what it holds: a
+                    // message cut short fails the call).
+                    let Some(req) = first else {
+                        return Err(Status::internal("Missing request message."));
+                    };
+                    if !buf.is_empty() {
+                        return Err(Status::internal("Unexpected EOF decoding stream."));
+                    }
+                    return Ok((req, f.into_trailers().ok()));
+                }
             },
         };
-        let held = first.as_ref().map_or(buf.len(), Bytes::len);
-        if len.is_some_and(|n: usize| held >= HEADER_BYTES + n) {
-            // Past the message: ignored and not kept (tonic's unary path decodes further
-            // messages and drops them; no gRPC client sends any).
-            continue;
-        }
-        // The usual case: the whole message in one chunk, kept without a copy.
-        if held == 0 {
-            first = Some(data);
+        // The usual case: whole messages in one chunk, parsed without a copy.
+        let mut chunk = if buf.is_empty() {
+            data
         } else {
-            if let Some(f) = first.take() {
-                buf.extend_from_slice(&f);
-            }
             buf.extend_from_slice(&data);
+            buf.split().freeze()
+        };
+        while let Some(msg) = next_message(&mut chunk, limit)? {
+            let decoded = Req::decode(msg).map_err(|e| Status::internal(e.to_string()))?;
+            first.get_or_insert(decoded);
         }
-        let have: &[u8] = first.as_deref().unwrap_or(&buf);
-        if len.is_none() && have.len() >= HEADER_BYTES {
-            let mut h = &have[..HEADER_BYTES];
-            match h.get_u8() {
-                0 => {}
-                1 => {
-                    return Err(Status::internal(
-                        "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-                    ));
-                }
-                f => {
-                    return Err(Status::internal(format!(
-                        "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1), while sending request"
-                    )));
-                }
-            }
-            let n = h.get_u32() as usize;
-            if n > limit {
-                return Err(Status::out_of_range(format!(
-                    "Error, decoded message length too large: found {n} bytes, the limit is: {limit} bytes"
-                )));
-            }
-            len = Some(n);
+        buf.extend_from_slice(&chunk);
+    }
+    first
+        .map(|r| (r, None))
+        .ok_or_else(|| Status::internal("Missing request message."))
+}
+
+/// The next whole message at the start of `chunk` (its gRPC header stripped), taken off
+/// `chunk`; `None` while `chunk` holds less than a whole message.
+///
+/// # Errors
+/// A compressed or unknown flag, a length over `limit` (tonic's statuses), as soon as the
+/// message's header is whole.
+fn next_message(chunk: &mut Bytes, limit: usize) -> Result<Option<Bytes>, Status> {
+    if chunk.len() < HEADER_BYTES {
+        return Ok(None);
+    }
+    let mut h = &chunk[..HEADER_BYTES];
+    match h.get_u8() {
+        0 => {}
+        1 => {
+            return Err(Status::internal(
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+            ));
+        }
+        f => {
+            return Err(Status::internal(format!(
+                "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1), while sending request"
+            )));
         }
     }
-    let whole = match first {
-        Some(f) => f,
-        None => buf.freeze(),
-    };
-    match len {
-        None if whole.is_empty() => Err(Status::internal("Missing request message.")),
-        Some(n) if whole.len() >= HEADER_BYTES + n => {
-            Ok(whole.slice(HEADER_BYTES..HEADER_BYTES + n))
-        }
-        _ => Err(Status::internal("Unexpected EOF decoding stream.")),
+    let n = h.get_u32() as usize;
+    if n > limit {
+        return Err(Status::out_of_range(format!(
+            "Error, decoded message length too large: found {n} bytes, the limit is: {limit} bytes"
+        )));
     }
+    if chunk.len() < HEADER_BYTES + n {
+        return Ok(None);
+    }
+    let mut msg = chunk.split_to(HEADER_BYTES + n);
+    msg.advance(HEADER_BYTES);
+    Ok(Some(msg))
 }
 
 /// A response body of one data frame, then trailers.
@@ -317,10 +368,79 @@ where
         if let Some(inner) = this.routed.as_pin_mut() {
             return inner.poll(cx);
         }
-        match this.direct {
-            Some(call) => call.as_mut().poll(cx).map(Ok),
-            // Polled after it completed: tonic's server never does.
-            None => Poll::Pending,
+        let Some(call) = this.direct else {
+            // Polled after it completed: hyper never does.
+            return Poll::Pending;
+        };
+        let answered = std::task::ready!(call.as_mut().poll(cx));
+        *this.direct = None;
+        Poll::Ready(Ok(answered))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(format!("http://a{path}"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn plain_grpc_calls_of_the_four_kv_methods_take_the_direct_path() {
+        let grpc = [("content-type", "application/grpc")];
+        for (path, m) in [
+            ("/etcdserverpb.KV/Range", Method::Range),
+            ("/etcdserverpb.KV/Put", Method::Put),
+            ("/etcdserverpb.KV/DeleteRange", Method::DeleteRange),
+            ("/etcdserverpb.KV/Txn", Method::Txn),
+        ] {
+            assert_eq!(Method::of(&req("POST", path, &grpc)), Some(m), "{path}");
+            let proto = [("content-type", "application/grpc+proto")];
+            assert_eq!(Method::of(&req("POST", path, &proto)), Some(m), "{path}");
+            let identity = [grpc[0], ("grpc-encoding", "identity")];
+            assert_eq!(Method::of(&req("POST", path, &identity)), Some(m), "{path}");
+        }
+        let put = "/etcdserverpb.KV/Put";
+        for (what, r) in [
+            (
+                "another method",
+                req("POST", "/etcdserverpb.KV/Compact", &grpc),
+            ),
+            (
+                "another service",
+                req("POST", "/etcdserverpb.Lease/LeaseGrant", &grpc),
+            ),
+            ("not a POST", req("GET", put, &grpc)),
+            ("no content-type", req("POST", put, &[])),
+            (
+                "JSON",
+                req("POST", put, &[("content-type", "application/json")]),
+            ),
+            (
+                "a content-type parameter",
+                req(
+                    "POST",
+                    put,
+                    &[("content-type", "application/grpc; charset=utf-8")],
+                ),
+            ),
+            (
+                "gRPC-Web",
+                req("POST", put, &[("content-type", "application/grpc-web")]),
+            ),
+            (
+                "compressed",
+                req("POST", put, &[grpc[0], ("grpc-encoding", "gzip")]),
+            ),
+        ] {
+            assert_eq!(Method::of(&r), None, "{what}");
         }
     }
 }
