@@ -107,6 +107,17 @@ fn framed(flag: u8, msg: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// `req` to `path` on both paths ([`same_on_both_paths`]), answered successfully: the answer's
+/// message.
+async fn ok_on_both_paths<M: Message + Default>(
+    addr: &str,
+    what: &str,
+    path: &str,
+    req: &impl Message,
+) -> M {
+    message(&same_on_both_paths(addr, what, path, framed(0, &req.encode_to_vec())).await)
+}
+
 /// The message of a successful answer's data.
 fn message<M: Message + Default>(a: &Answer) -> M {
     assert_eq!((a.http, a.code), (200, 0), "{}", a.message);
@@ -157,10 +168,8 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
             key: Bytes::from_static(b"k"),
             ..Default::default()
         };
-        let got: RangeResponse = message(
-            &same_on_both_paths(&addr, "range", "/etcdserverpb.KV/Range", framed(0, &range.encode_to_vec()))
-                .await,
-        );
+        let got: RangeResponse =
+            ok_on_both_paths(&addr, "range", "/etcdserverpb.KV/Range", &range).await;
         assert_eq!(got.kvs.len(), 1);
         assert_eq!(got.kvs[0].value.as_ref(), b"v");
         assert_eq!(got.kvs[0].mod_revision, rev);
@@ -168,15 +177,13 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
             key: Bytes::from_static(b"absent"),
             ..Default::default()
         };
-        let deleted: DeleteRangeResponse = message(
-            &same_on_both_paths(
-                &addr,
-                "delete of a missing key",
-                "/etcdserverpb.KV/DeleteRange",
-                framed(0, &missing.encode_to_vec()),
-            )
-            .await,
-        );
+        let deleted: DeleteRangeResponse = ok_on_both_paths(
+            &addr,
+            "delete of a missing key",
+            "/etcdserverpb.KV/DeleteRange",
+            &missing,
+        )
+        .await;
         assert_eq!(deleted.deleted, 0);
         let failing = TxnRequest {
             compare: vec![Compare {
@@ -191,15 +198,9 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
             }],
             ..Default::default()
         };
-        let txn: TxnResponse = message(
-            &same_on_both_paths(
-                &addr,
-                "txn whose compare fails",
-                "/etcdserverpb.KV/Txn",
-                framed(0, &failing.encode_to_vec()),
-            )
-            .await,
-        );
+        let txn: TxnResponse =
+            ok_on_both_paths(&addr, "txn whose compare fails", "/etcdserverpb.KV/Txn", &failing)
+                .await;
         assert!(!txn.succeeded);
         // `application/grpc+proto`, and `grpc-encoding: identity` (no compression), are served.
         for h in [("content-type", "application/grpc+proto"), ("grpc-encoding", "identity")] {
