@@ -1,8 +1,9 @@
 //! The KV service's unary calls at the HTTP/2 level, on the direct path that answers them
-//! without tonic's router (node/src/api/grpc_unary.rs): each call, well-formed or not, is sent
-//! once on the direct path and once with a `content-type` the direct path leaves to tonic's
-//! router, and both must answer alike (tonic's own statuses for malformed bodies), with the
-//! member serving on.
+//! without tonic's router (node/src/api/grpc_unary.rs): read-only calls and malformed bodies
+//! are sent once on the direct path and once with a `content-type` the direct path leaves to
+//! tonic's router, and both must answer alike (tonic's own statuses for malformed bodies);
+//! writes, a message split over DATA frames and a compressed call are checked on their own;
+//! the member serves on throughout.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use etch_tests::{Node, rt};
@@ -26,6 +27,17 @@ struct Answer {
 /// One POST of `body` to `path` on a fresh HTTP/2 connection to `addr`, with `headers` on
 /// top of gRPC's (`content-type: application/grpc` unless `headers` has another).
 async fn call(addr: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
+    call_with_trailers(addr, path, headers, body, None).await
+}
+
+/// [`call`], ending the request with `trailers` (if any) instead of with its body.
+async fn call_with_trailers(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    trailers: Option<http::HeaderMap>,
+) -> Answer {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
     let driver = tokio::spawn(async move {
@@ -45,7 +57,13 @@ async fn call(addr: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> 
     let (resp, mut send) = client
         .send_request(req.body(()).expect("request"), false)
         .expect("send");
-    send.send_data(body, true).expect("body");
+    match trailers {
+        None => send.send_data(body, true).expect("body"),
+        Some(t) => {
+            send.send_data(body, false).expect("body");
+            send.send_trailers(t).expect("trailers");
+        }
+    }
     let resp = resp.await.expect("response");
     let http = resp.status().as_u16();
     let content_type = resp
@@ -322,6 +340,21 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
                 assert_eq!(a.message, msg, "{what}");
             }
         }
+        // Request trailers end the body: what follows the message is dropped on both paths.
+        let mut t = http::HeaderMap::new();
+        t.insert("x-trailer", http::HeaderValue::from_static("1"));
+        let body = then(good.clone(), &[0, 0]);
+        let direct = call_with_trailers(&addr, "/etcdserverpb.KV/Range", &[], body.clone(), Some(t.clone())).await;
+        let routed =
+            call_with_trailers(&addr, "/etcdserverpb.KV/Range", &[("content-type", ROUTED)], body, Some(t))
+                .await;
+        assert_eq!(
+            (direct.code, &direct.message, &direct.data),
+            (routed.code, &routed.message, &routed.data),
+            "a message, then part of one, then trailers"
+        );
+        let got: RangeResponse = message(&direct);
+        assert_eq!(got.kvs[0].mod_revision, rev);
         // A Put that fails to read is not applied.
         let a = call(&addr, "/etcdserverpb.KV/Put", &[], then(framed(0, &put.encode_to_vec()), &[0])).await;
         assert_eq!(a.code, 13, "{}", a.message);

@@ -219,7 +219,9 @@ fn ok(resp: &impl Message) -> Response<tonic::body::Body> {
 /// Reads a unary call's request from `body`: its first message, decoded as soon as it is
 /// whole, then the rest of the body as tonic's unary path reads it (further messages decoded
 /// and dropped, so a malformed one still fails the call), and the request's trailers if it
-/// sent any. Memory: at most one message (`limit` bytes) and one DATA frame at a time.
+/// sent any. Memory: the first message's bytes (its decoded fields share them), one partial
+/// message (at most `limit` bytes and its header) and one DATA frame; each byte is copied at
+/// most once.
 ///
 /// # Errors
 /// tonic's statuses for the same input (see the module doc), checked in the same order; the
@@ -253,47 +255,57 @@ async fn read_request<Req: Message + Default>(
             Some(Ok(f)) => match f.into_data() {
                 Ok(d) => d,
                 Err(f) => {
-                    // Request trailers end the body (tonic then drains what it holds: a
-                    // message cut short fails the call).
+                    // Request trailers end the body; what is held of a further message is
+                    // dropped, as tonic drops it.
                     let Some(req) = first else {
                         return Err(Status::internal("Missing request message."));
                     };
-                    if !buf.is_empty() {
-                        return Err(Status::internal("Unexpected EOF decoding stream."));
-                    }
                     return Ok((req, f.into_trailers().ok()));
                 }
             },
         };
-        // The usual case: whole messages in one chunk, parsed without a copy.
-        let mut chunk = if buf.is_empty() {
-            data
-        } else {
-            buf.extend_from_slice(&data);
-            buf.split().freeze()
-        };
-        while let Some(msg) = next_message(&mut chunk, limit)? {
+        let mut decode = |mut msg: Bytes| {
+            msg.advance(HEADER_BYTES);
             let decoded = Req::decode(msg).map_err(|e| Status::internal(e.to_string()))?;
             first.get_or_insert(decoded);
+            Ok::<(), Status>(())
+        };
+        if buf.is_empty() {
+            // The usual case: whole messages in one chunk, taken without a copy.
+            let mut chunk = data;
+            while let Some(len) = whole_message(&chunk, limit)? {
+                decode(chunk.split_to(len))?;
+            }
+            buf.extend_from_slice(&chunk);
+        } else {
+            // Each byte is copied once: whole messages are split off the buffer.
+            buf.extend_from_slice(&data);
+            while let Some(len) = whole_message(&buf, limit)? {
+                decode(buf.split_to(len).freeze())?;
+            }
         }
-        buf.extend_from_slice(&chunk);
+        // Room for the rest of a message whose header is whole (at most `limit` bytes).
+        if buf.len() >= HEADER_BYTES {
+            let len = HEADER_BYTES + (&buf[1..HEADER_BYTES]).get_u32() as usize;
+            buf.reserve(len.saturating_sub(buf.len()));
+        }
     }
     first
         .map(|r| (r, None))
         .ok_or_else(|| Status::internal("Missing request message."))
 }
 
-/// The next whole message at the start of `chunk` (its gRPC header stripped), taken off
-/// `chunk`; `None` while `chunk` holds less than a whole message.
+/// The length (header included) of the whole message at the start of `bytes`; `None` while
+/// `bytes` holds less than a whole message.
 ///
 /// # Errors
 /// A compressed or unknown flag, a length over `limit` (tonic's statuses), as soon as the
 /// message's header is whole.
-fn next_message(chunk: &mut Bytes, limit: usize) -> Result<Option<Bytes>, Status> {
-    if chunk.len() < HEADER_BYTES {
+fn whole_message(bytes: &[u8], limit: usize) -> Result<Option<usize>, Status> {
+    if bytes.len() < HEADER_BYTES {
         return Ok(None);
     }
-    let mut h = &chunk[..HEADER_BYTES];
+    let mut h = &bytes[..HEADER_BYTES];
     match h.get_u8() {
         0 => {}
         1 => {
@@ -313,12 +325,7 @@ fn next_message(chunk: &mut Bytes, limit: usize) -> Result<Option<Bytes>, Status
             "Error, decoded message length too large: found {n} bytes, the limit is: {limit} bytes"
         )));
     }
-    if chunk.len() < HEADER_BYTES + n {
-        return Ok(None);
-    }
-    let mut msg = chunk.split_to(HEADER_BYTES + n);
-    msg.advance(HEADER_BYTES);
-    Ok(Some(msg))
+    Ok((bytes.len() >= HEADER_BYTES + n).then_some(HEADER_BYTES + n))
 }
 
 /// A response body of one data frame, then trailers.
@@ -390,6 +397,76 @@ mod tests {
             r = r.header(*k, *v);
         }
         r.body(()).unwrap()
+    }
+
+    /// A request body of `frames`.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn read(
+        frames: Vec<Frame<Bytes>>,
+    ) -> Result<(etch_protocol::etcdserverpb::RangeRequest, Option<HeaderMap>), Status> {
+        let body = tonic::body::Body::new(Frames(frames.into()));
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(read_request(body, 1024))
+    }
+
+    fn framed(msg: &impl Message) -> Vec<u8> {
+        let mut b = vec![0];
+        b.extend_from_slice(&(msg.encoded_len() as u32).to_be_bytes());
+        b.extend_from_slice(&msg.encode_to_vec());
+        b
+    }
+
+    #[test]
+    fn a_request_reads_the_same_in_any_split_and_drops_what_follows_its_trailers() {
+        let want = etch_protocol::etcdserverpb::RangeRequest {
+            key: Bytes::from_static(b"some key"),
+            limit: 7,
+            ..Default::default()
+        };
+        let whole = framed(&want);
+        let one_byte_frames = whole
+            .iter()
+            .map(|b| Frame::data(Bytes::copy_from_slice(&[*b])))
+            .collect();
+        assert_eq!(read(one_byte_frames).unwrap(), (want.clone(), None));
+        // A message, then part of another, then trailers: the call goes on (as tonic's).
+        let mut t = HeaderMap::new();
+        t.insert("token", HeaderValue::from_static("t"));
+        let frames = vec![
+            Frame::data(Bytes::from(whole.clone())),
+            Frame::data(Bytes::copy_from_slice(&whole[..3])),
+            Frame::trailers(t.clone()),
+        ];
+        assert_eq!(read(frames).unwrap(), (want.clone(), Some(t)));
+        // The same without trailers: the body ends mid-message.
+        let frames = vec![
+            Frame::data(Bytes::from(whole.clone())),
+            Frame::data(Bytes::copy_from_slice(&whole[..3])),
+        ];
+        let e = read(frames).unwrap_err();
+        assert_eq!(e.message(), "Unexpected EOF decoding stream.");
+        // A second message over the limit fails the call as soon as its header is whole.
+        let frames = vec![
+            Frame::data(Bytes::from(whole)),
+            Frame::data(Bytes::from_static(&[0, 0, 0, 8, 0])),
+        ];
+        let e = read(frames).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
     }
 
     #[test]
