@@ -399,25 +399,13 @@ mod tests {
         r.body(()).unwrap()
     }
 
-    /// A request body of `frames`.
-    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
-
     fn read(
         frames: Vec<Frame<Bytes>>,
     ) -> Result<(etch_protocol::etcdserverpb::RangeRequest, Option<HeaderMap>), Status> {
-        let body = tonic::body::Body::new(Frames(frames.into()));
+        let frames = frames.into_iter().map(Ok::<_, Infallible>);
+        let body = tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )));
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
