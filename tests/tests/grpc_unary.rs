@@ -38,6 +38,17 @@ async fn call_with_trailers(
     body: Bytes,
     trailers: Option<http::HeaderMap>,
 ) -> Answer {
+    call_in_frames(addr, path, headers, &[body], trailers).await
+}
+
+/// [`call_with_trailers`], the body sent as one DATA frame per element of `frames`.
+async fn call_in_frames(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    frames: &[Bytes],
+    trailers: Option<http::HeaderMap>,
+) -> Answer {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
     let driver = tokio::spawn(async move {
@@ -57,12 +68,12 @@ async fn call_with_trailers(
     let (resp, mut send) = client
         .send_request(req.body(()).expect("request"), false)
         .expect("send");
-    match trailers {
-        None => send.send_data(body, true).expect("body"),
-        Some(t) => {
-            send.send_data(body, false).expect("body");
-            send.send_trailers(t).expect("trailers");
-        }
+    for (i, f) in frames.iter().enumerate() {
+        let last = i + 1 == frames.len() && trailers.is_none();
+        send.send_data(f.clone(), last).expect("body");
+    }
+    if let Some(t) = trailers {
+        send.send_trailers(t).expect("trailers");
     }
     let resp = resp.await.expect("response");
     let http = resp.status().as_u16();
@@ -229,34 +240,10 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
 
         // A message split over three DATA frames reads as one message.
         let whole = framed(0, &range.encode_to_vec());
-        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut client = client.ready().await.unwrap();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}/etcdserverpb.KV/Range"))
-            .header("content-type", "application/grpc")
-            .body(())
-            .unwrap();
-        let (resp, mut send) = client.send_request(req, false).unwrap();
-        send.send_data(whole.slice(..3), false).unwrap();
-        send.send_data(whole.slice(3..7), false).unwrap();
-        send.send_data(whole.slice(7..), true).unwrap();
-        let resp = resp.await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let mut data = BytesMut::new();
-        while let Some(c) = body.data().await {
-            data.extend_from_slice(&c.unwrap());
-        }
-        let t = body.trailers().await.unwrap().expect("trailers");
-        assert_eq!(status_of(&t).map(|s| s.0), Some(0));
-        let got = RangeResponse::decode(&data[5..]).unwrap();
+        let parts = [whole.slice(..3), whole.slice(3..7), whole.slice(7..)];
+        let a = call_in_frames(&addr, "/etcdserverpb.KV/Range", &[], &parts, None).await;
+        let got: RangeResponse = message(&a);
         assert_eq!(got.kvs.len(), 1);
-        driver.abort();
 
         // Malformed bodies: tonic's status and message for each, on both paths.
         let header_only = |flag: u8, len: u32| {
