@@ -3,13 +3,16 @@
 //! are sent once on the direct path and once with a `content-type` the direct path leaves to
 //! tonic's router, and both must answer alike (tonic's own statuses for malformed bodies);
 //! writes, a message split over DATA frames and a compressed call are checked on their own;
-//! the member serves on throughout.
+//! the member serves on throughout. With auth on, the token is read from the headers or the
+//! request trailers alike on both paths, and a Put the client cancels partway through its
+//! message writes nothing.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use etch_tests::{Node, rt};
 use etch_tools::pb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, TxnRequest, TxnResponse, compare, request_op,
+    AuthenticateRequest, AuthenticateResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    compare, request_op,
 };
 use prost::Message;
 use tonic::codegen::http;
@@ -164,8 +167,23 @@ const ROUTED: &str = "application/grpc; charset=utf-8";
 /// `body` to `path` once on the direct path and once through tonic's router; both must answer
 /// the same (`what` names the case); returns the direct path's answer.
 async fn same_on_both_paths(addr: &str, what: &str, path: &str, body: Bytes) -> Answer {
-    let direct = call(addr, path, &[], body.clone()).await;
-    let routed = call(addr, path, &[("content-type", ROUTED)], body).await;
+    alike(addr, what, path, &[], body, None).await
+}
+
+/// [`same_on_both_paths`] with `headers` on top of gRPC's, the request ended by `trailers` (if
+/// any).
+async fn alike(
+    addr: &str,
+    what: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    trailers: Option<http::HeaderMap>,
+) -> Answer {
+    let direct = call_with_trailers(addr, path, headers, body.clone(), trailers.clone()).await;
+    let mut routed_headers = vec![("content-type", ROUTED)];
+    routed_headers.extend_from_slice(headers);
+    let routed = call_with_trailers(addr, path, &routed_headers, body, trailers).await;
     assert_eq!(
         (direct.http, direct.code, &direct.message, &direct.data),
         (routed.http, routed.code, &routed.message, &routed.data),
@@ -331,15 +349,8 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
         let mut t = http::HeaderMap::new();
         t.insert("x-trailer", http::HeaderValue::from_static("1"));
         let body = then(good.clone(), &[0, 0]);
-        let direct = call_with_trailers(&addr, "/etcdserverpb.KV/Range", &[], body.clone(), Some(t.clone())).await;
-        let routed =
-            call_with_trailers(&addr, "/etcdserverpb.KV/Range", &[("content-type", ROUTED)], body, Some(t))
-                .await;
-        assert_eq!(
-            (direct.code, &direct.message, &direct.data),
-            (routed.code, &routed.message, &routed.data),
-            "a message, then part of one, then trailers"
-        );
+        let what = "a message, then part of one, then trailers";
+        let direct = alike(&addr, what, "/etcdserverpb.KV/Range", &[], body, Some(t)).await;
         let got: RangeResponse = message(&direct);
         assert_eq!(got.kvs[0].mod_revision, rev);
         // A Put that fails to read is not applied.
@@ -373,5 +384,193 @@ fn kv_unary_calls_answer_as_grpc_and_refuse_malformed_bodies_as_tonic_does() {
         let got: RangeResponse = message(&a);
         assert_eq!(got.kvs[0].mod_revision, rev);
         assert_eq!(got.header.expect("header").revision, rev);
+    });
+}
+
+#[test]
+fn with_auth_on_the_direct_path_reads_the_token_as_tonic_does_and_a_cancelled_put_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let addr = node.grpc.clone();
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["put", "k", "v"],
+        &["auth", "enable"],
+    ] {
+        let o = etch_tests::etcdctl(&addr, args, "");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    rt().block_on(async {
+        let auth = AuthenticateRequest {
+            name: "root".into(),
+            password: "rootpw".into(),
+        };
+        let a = call(
+            &addr,
+            "/etcdserverpb.Auth/Authenticate",
+            &[],
+            framed(0, &auth.encode_to_vec()),
+        )
+        .await;
+        let token = message::<AuthenticateResponse>(&a).token;
+        assert!(!token.is_empty());
+        let range = framed(
+            0,
+            &RangeRequest {
+                key: Bytes::from_static(b"k"),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let path = "/etcdserverpb.KV/Range";
+
+        // The token in the headers, as clients send it.
+        let a = alike(
+            &addr,
+            "token in the headers",
+            path,
+            &[("token", &token)],
+            range.clone(),
+            None,
+        )
+        .await;
+        let got: RangeResponse = message(&a);
+        assert_eq!(got.kvs[0].value.as_ref(), b"v");
+        // In the request's trailers: tonic merges them into the call's metadata, and so does
+        // the direct path.
+        let mut t = http::HeaderMap::new();
+        t.insert("token", http::HeaderValue::from_str(&token).unwrap());
+        let a = alike(
+            &addr,
+            "token in the trailers",
+            path,
+            &[],
+            range.clone(),
+            Some(t),
+        )
+        .await;
+        let got: RangeResponse = message(&a);
+        assert_eq!(got.kvs[0].value.as_ref(), b"v");
+        // A trailer replaces a header of the same name, on both paths.
+        let mut t = http::HeaderMap::new();
+        t.insert("token", http::HeaderValue::from_static("not-a-token"));
+        let a = alike(
+            &addr,
+            "a bad token in the trailers",
+            path,
+            &[("token", &token)],
+            range.clone(),
+            Some(t),
+        )
+        .await;
+        assert_eq!(
+            (a.code, a.message.as_str()),
+            (16, "etcdserver: invalid auth token")
+        );
+        // No token, or a bad one: etcd's errors, alike.
+        let a = alike(&addr, "no token", path, &[], range.clone(), None).await;
+        assert_eq!(
+            (a.code, a.message.as_str()),
+            (3, "etcdserver: user name is empty")
+        );
+        let a = alike(
+            &addr,
+            "a bad token",
+            path,
+            &[("token", "not-a-token")],
+            range.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (a.code, a.message.as_str()),
+            (16, "etcdserver: invalid auth token")
+        );
+
+        // A Put the client cancels (RST_STREAM) partway through its message writes nothing;
+        // a Put right after it on the same connection is answered.
+        let cancelled = PutRequest {
+            key: Bytes::from_static(b"cancelled"),
+            value: Bytes::from(vec![b'x'; 100]),
+            ..Default::default()
+        };
+        let after = PutRequest {
+            key: Bytes::from_static(b"after"),
+            value: Bytes::from_static(b"1"),
+            ..Default::default()
+        };
+        for content_type in ["application/grpc", ROUTED] {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let request = || {
+                http::Request::builder()
+                    .method("POST")
+                    .uri(format!("http://{addr}/etcdserverpb.KV/Put"))
+                    .header("te", "trailers")
+                    .header("content-type", content_type)
+                    .header("token", &token)
+                    .body(())
+                    .expect("request")
+            };
+            let mut client = client.ready().await.expect("ready");
+            let (resp, mut send) = client.send_request(request(), false).expect("send");
+            let whole = framed(0, &cancelled.encode_to_vec());
+            send.send_data(whole.slice(..whole.len() / 2), false)
+                .expect("half");
+            send.send_reset(h2::Reason::CANCEL);
+            assert!(
+                resp.await.is_err(),
+                "{content_type}: a cancelled call has no answer"
+            );
+            let mut client = client.ready().await.expect("ready");
+            let (resp, mut send) = client.send_request(request(), false).expect("send");
+            send.send_data(framed(0, &after.encode_to_vec()), true)
+                .expect("body");
+            let resp = resp.await.expect("response");
+            assert_eq!(resp.status(), 200, "{content_type}");
+            let mut body = resp.into_body();
+            while let Some(chunk) = body.data().await {
+                chunk.expect("data");
+            }
+            let t = body.trailers().await.expect("trailers").expect("trailers");
+            assert_eq!(status_of(&t).map(|(c, _)| c), Some(0), "{content_type}");
+            driver.abort();
+        }
+        let a = call(
+            &addr,
+            path,
+            &[("token", &token)],
+            framed(
+                0,
+                &RangeRequest {
+                    key: Bytes::from_static(b"a"),
+                    range_end: Bytes::from_static(b"d"),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+        )
+        .await;
+        let got: RangeResponse = message(&a);
+        let keys: Vec<&[u8]> = got.kvs.iter().map(|kv| kv.key.as_ref()).collect();
+        assert_eq!(
+            keys,
+            vec![&b"after"[..]],
+            "the cancelled Puts wrote nothing"
+        );
+        assert_eq!(
+            got.kvs[0].version, 2,
+            "both Puts after a cancelled one were applied"
+        );
     });
 }
