@@ -2,17 +2,17 @@
 # System calls and voluntary context switches per put, etch and etcd 3.5 side by side: a fresh
 # 3-member cluster of each on loopback (one after the other), etcd's benchmark tool putting
 # TOTAL distinct keys (8-byte keys, 256-byte values) at CONNS/CLIENTS over all three members,
-# `perf stat` counting the members' system calls by tracepoint meanwhile, and every member
-# thread's utime+stime and voluntary context switches (/proc/PID/task/TID/stat and status)
-# read before and after. Prints a markdown table: puts/s, members' CPU per put (us), voluntary
+# `perf stat` counting the members' system calls by tracepoint meanwhile, and the members'
+# utime+stime (/proc/PID/stat) and their threads' voluntary context switches
+# (/proc/PID/task/TID/status) read before and after. Prints a markdown table: puts/s, members' CPU per put (us), voluntary
 # switches per put and each system call per put, summed over the three members.
 #
 #   tools/scripts/profile-syscalls.sh [TOTAL] [CONNS] [CLIENTS]   (100000, 10, 100)
 #
 # ETCH=path/to/etch measures another build; ETCD=path/to/etcd another etcd (default etcd
 # 3.5.1 from /opt/etcd35, see README). Needs perf (Debian linux-perf) and
-# /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh). Uses ports 26790-26792
-# and 26800-26802 (etch) and 26890-26892 and 26900-26902 (etcd).
+# /opt/etcd-bench/benchmark (../shared/tools/build-etcd-benchmark.sh). Uses ports 29790-29792
+# and 29800-29802 (etch) and 29890-29892 and 29900-29902 (etcd).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOTAL=${1:-100000}; CONNS=${2:-10}; CLIENTS=${3:-100}
@@ -22,28 +22,27 @@ CALLS=(write writev read recvfrom sendmsg recvmmsg epoll_wait epoll_pwait futex 
 
 # start_etcd: a fresh 3-member etcd cluster; sets `pids` and EPS as start3 does.
 start_etcd() {
-  local i ic="e0=http://127.0.0.1:26900,e1=http://127.0.0.1:26901,e2=http://127.0.0.1:26902"
+  local i ic="e0=http://127.0.0.1:29900,e1=http://127.0.0.1:29901,e2=http://127.0.0.1:29902"
   pids=()
   for i in 0 1 2; do
-    "$ETCD" --name "e$i" --data-dir "$work/e$i" --listen-client-urls "http://127.0.0.1:2689$i" \
-      --advertise-client-urls "http://127.0.0.1:2689$i" --listen-peer-urls "http://127.0.0.1:2690$i" \
-      --initial-advertise-peer-urls "http://127.0.0.1:2690$i" --initial-cluster "$ic" \
+    "$ETCD" --name "e$i" --data-dir "$work/e$i" --listen-client-urls "http://127.0.0.1:2989$i" \
+      --advertise-client-urls "http://127.0.0.1:2989$i" --listen-peer-urls "http://127.0.0.1:2990$i" \
+      --initial-advertise-peer-urls "http://127.0.0.1:2990$i" --initial-cluster "$ic" \
       --log-level error >"$work/e$i.log" 2>&1 &
     pids+=($!)
   done
-  EPS=127.0.0.1:26890,127.0.0.1:26891,127.0.0.1:26892
+  EPS=127.0.0.1:29890,127.0.0.1:29891,127.0.0.1:29892
   for _ in $(seq 500); do "$ETCDCTL" --endpoints "$EPS" put ready 1 >/dev/null 2>&1 && return; sleep 0.05; done
   echo "etcd did not start: $(cat "$work"/e*.log)" >&2; exit 1
 }
 
-# totals: the members' utime+stime (clock ticks) and voluntary context switches.
+# totals: the members' utime+stime (clock ticks, the process's own count, which keeps what
+# exited threads used) and voluntary context switches (summed over the live threads).
 totals() {
-  local p t ticks=0 sw=0
+  local p ticks=0 sw=0
   for p in "${pids[@]}"; do
-    for t in /proc/"$p"/task/*; do
-      ticks=$((ticks + $(sed 's/^.*) //' "$t/stat" | awk '{print $12 + $13}')))
-      sw=$((sw + $(awk '/^voluntary_ctxt/ {print $2}' "$t/status")))
-    done
+    ticks=$((ticks + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    sw=$((sw + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/ {s += $2} END {print s + 0}')))
   done
   echo "$ticks $sw"
 }
@@ -55,12 +54,11 @@ measure() {
     --total 5000 >/dev/null 2>&1
   for c in "${CALLS[@]}"; do ev+="${ev:+,}syscalls:sys_enter_$c"; done
   read -r -a a <<<"$(totals)"
-  perf stat -e "$ev" -p "$(IFS=,; echo "${pids[*]}")" -o "$work/$name.stat" &
-  local stat=$!
-  qps=$("$ETCD_BENCH" --endpoints "$EPS" --conns "$CONNS" --clients "$CLIENTS" put --key-size 8 \
+  # perf counts the members for as long as the benchmark tool runs.
+  qps=$(perf stat -e "$ev" -p "$(IFS=,; echo "${pids[*]}")" -o "$work/$name.stat" -- \
+    "$ETCD_BENCH" --endpoints "$EPS" --conns "$CONNS" --clients "$CLIENTS" put --key-size 8 \
     --val-size 256 --total "$TOTAL" --sequential-keys --key-space-size "$TOTAL" 2>&1 |
     awk '/Requests\/sec/ {printf "%.0f", $2}')
-  kill -INT "$stat"; wait "$stat" || true
   read -r -a b <<<"$(totals)"
   python3 - "$work/$name.stat" "$name" "$qps" "$TOTAL" "$(getconf CLK_TCK)" "${a[@]}" "${b[@]}" "${CALLS[@]}" >>"$work/rows" <<'PY'
 import re, sys
@@ -78,7 +76,7 @@ PY
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
 }
 
-start3 26
+start3 29
 measure etch
 start_etcd
 measure "etcd $("$ETCD" --version | awk '/etcd Version/ {print $3}')"
