@@ -371,7 +371,7 @@ impl KeyHash {
 
 /// Shards of [`Newest`]'s map ([`newest_shard`] picks one from a key's hash). A shard's table
 /// grows by rehashing every entry it holds into a table twice its size, on the apply thread,
-/// under its lock. Many shards keep each growth step short (one table's took 45 ms at
+/// under the map's lock. Many shards keep each growth step short (one table's took 45 ms at
 /// 1,000,000 keys; with 64 shards, a step took 2-8.5 ms by 4,000,000 keys and about 15 ms past
 /// 7,000,000); shards of unequal shares ([`newest_shard`]) keep the steps from falling at the
 /// same key count.
@@ -503,7 +503,12 @@ fn newest_shard(h: u64) -> usize {
 }
 
 struct NewestInner {
-    shards: [Mutex<NewestShard>; NEWEST_SHARDS],
+    /// Every shard ([`NEWEST_SHARDS`]), under one lock: once the fill is done only the apply
+    /// thread takes it (the fill thread takes it once, to put its maps in), and a run of puts
+    /// looks all its keys up under one acquisition ([`Newest::get_many`]). A lock per lookup
+    /// (an atomic read-modify-write, which the CPU does not reorder loads across) would make
+    /// each lookup's cache miss wait for the one before; without it they overlap.
+    shards: Mutex<Vec<NewestShard>>,
     /// Every key of the index is in `shards` (the fill finished).
     filled: AtomicBool,
 }
@@ -530,6 +535,7 @@ fn newest_keep(shard: &mut NewestShard, h: u64, e: PackedNewest) {
 }
 
 /// What [`Newest`] knows of a key.
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum NewestRev {
     /// Still filling: look in the index.
     Unknown,
@@ -549,7 +555,7 @@ impl Newest {
         let n = Newest {
             hashers: KeyHashers::default(),
             inner: Arc::new(NewestInner {
-                shards: std::array::from_fn(|_| Mutex::new(NewestShard::default())),
+                shards: Mutex::new((0..NEWEST_SHARDS).map(|_| NewestShard::default()).collect()),
                 filled: AtomicBool::new(false),
             }),
         };
@@ -586,18 +592,14 @@ impl Newest {
                     }),
                 );
             }
-            // Every shard is locked while the filled map replaces it, so no record falls
+            // The shards stay locked while the filled maps replace them, so no record falls
             // between the swap and the flag.
-            let mut shards: Vec<_> = inner
-                .shards
-                .iter()
-                .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
-                .collect();
+            let mut shards = inner.shards.lock().unwrap_or_else(|p| p.into_inner());
             for (shard, mut filled) in shards.iter_mut().zip(local) {
                 for (h, e) in shard.drain() {
                     newest_keep(&mut filled, h, e);
                 }
-                **shard = filled;
+                *shard = filled;
             }
             inner.filled.store(true, Ordering::Release);
             drop(shards);
@@ -611,10 +613,8 @@ impl Newest {
         n
     }
 
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, NewestShard> {
-        self.inner.shards[shard]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<NewestShard>> {
+        self.inner.shards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The two independent hashes of an escaped key ([`index_prefix`]): the map's key and the
@@ -628,14 +628,19 @@ impl Newest {
         if !self.inner.filled.load(Ordering::Acquire) {
             return NewestRev::Unknown;
         }
-        let check = k.check;
-        match self.lock(usize::from(k.shard)).get(&k.h) {
-            Some(e) if e.check() == check && check != COLLIDED => {
-                NewestRev::Known(e.rev(), e.index_value())
-            }
-            Some(e) => NewestRev::AtMost(e.rev()),
-            None => NewestRev::Absent,
+        lookup(&self.lock(), k)
+    }
+
+    /// What is known of each key of `keys`, in order, into `out` (emptied first): as
+    /// [`Newest::get`] of each, under one lock, so the lookups' cache misses overlap.
+    pub(crate) fn get_many(&self, keys: &[KeyHash], out: &mut Vec<NewestRev>) {
+        out.clear();
+        if !self.inner.filled.load(Ordering::Acquire) {
+            out.resize(keys.len(), NewestRev::Unknown);
+            return;
         }
+        let shards = self.lock();
+        out.extend(keys.iter().map(|&k| lookup(&shards, k)));
     }
 
     /// Whether the fill finished.
@@ -646,13 +651,26 @@ impl Newest {
 
     /// Records index entries a committed batch wrote (`(key's place, entry)`).
     pub(crate) fn record(&self, written: &[(KeyHash, NewestEntry)]) {
+        let mut shards = self.lock();
         for &(k, e) in written {
             newest_keep(
-                &mut self.lock(usize::from(k.shard)),
+                &mut shards[usize::from(k.shard)],
                 k.h,
                 PackedNewest::pack(e),
             );
         }
+    }
+}
+
+/// What `shards` (a filled [`Newest`]'s) know of the key at `k`.
+fn lookup(shards: &[NewestShard], k: KeyHash) -> NewestRev {
+    let check = k.check;
+    match shards[usize::from(k.shard)].get(&k.h) {
+        Some(e) if e.check() == check && check != COLLIDED => {
+            NewestRev::Known(e.rev(), e.index_value())
+        }
+        Some(e) => NewestRev::AtMost(e.rev()),
+        None => NewestRev::Absent,
     }
 }
 
@@ -1135,7 +1153,7 @@ impl MvccStore {
             }),
             // An entry without a request: nothing to change (kept for forward compatibility).
             None => Err(write::Fail::Request(RequestError::EmptyKey)),
-            Some(Request::Put(p)) => txn.put(p).map(WriteResponse::Put),
+            Some(Request::Put(p)) => txn.put(p, None).map(WriteResponse::Put),
             Some(Request::DeleteRange(d)) => txn.delete_range(d).map(WriteResponse::DeleteRange),
             Some(Request::Txn(t)) => txn.txn(t).map(WriteResponse::Txn),
             Some(Request::Compaction(c)) => txn
@@ -1214,7 +1232,9 @@ impl MvccStore {
         let mut out = Vec::with_capacity(puts.len());
         let mut txn: Option<write::WriteTxn<'_>> = None;
         let mut last = None;
+        let mut looked_up = self.look_up_run(puts).into_iter();
         for p in puts {
+            let found = looked_up.next().flatten();
             if p.index <= self.applied_index().index {
                 out.push(None);
                 continue;
@@ -1233,7 +1253,7 @@ impl MvccStore {
             let allowed = alarm::gate(&self.alarm_set(), Some(p.request))
                 .map_err(write::Fail::Request)
                 .and_then(|()| self.authorize(p.who, Some(p.request)));
-            let response = allowed.and_then(|()| t.put(put));
+            let response = allowed.and_then(|()| t.put(put, found));
             let applied = match response {
                 Ok(resp) => {
                     let revision = t.end_entry();
@@ -1255,6 +1275,35 @@ impl MvccStore {
             t.commit_run(applied)?;
         }
         Ok(out)
+    }
+
+    /// Each Put's key's place in [`Newest`] and what the map holds there, in the order of
+    /// `puts`, looked up together ([`Newest::get_many`]) before any of them is applied: the
+    /// map changes only when the run commits, and the overlay of the run's own writes comes
+    /// first ([`write::WriteTxn`]). `None` for an entry that is no Put, already applied, or
+    /// whose key is too long to store.
+    fn look_up_run(&self, puts: &[PutEntry<'_>]) -> Vec<Option<(KeyHash, NewestRev)>> {
+        let applied = self.applied_index().index;
+        let d = self.db();
+        let mut escaped = Vec::new();
+        let places: Vec<Option<KeyHash>> = puts
+            .iter()
+            .map(|p| match p.request {
+                Request::Put(put) if p.index > applied && put.key.len() <= keys::MAX_KEY_BYTES => {
+                    keys::index_prefix_into(&mut escaped, &put.key);
+                    Some(d.newest.hashes(&escaped))
+                }
+                _ => None,
+            })
+            .collect();
+        let wanted: Vec<KeyHash> = places.iter().flatten().copied().collect();
+        let mut found = Vec::with_capacity(wanted.len());
+        d.newest.get_many(&wanted, &mut found);
+        let mut found = found.into_iter();
+        places
+            .into_iter()
+            .map(|at| at.and_then(|at| found.next().map(|f| (at, f))))
+            .collect()
     }
 
     /// The key-level permission check of a client write (auth changes are checked by
@@ -1388,19 +1437,21 @@ impl MvccStore {
     ///
     /// `key`'s escaped form ([`index_prefix`]) is `prefix` and its place in [`Newest`] is `at`
     /// (`Newest::hashes(prefix)`): a write computes both once for its lookup and its index
-    /// entry.
+    /// entry. `found` is what [`Newest`] knew of `at` if the caller looked it up already (a run
+    /// of puts, [`Newest::get_many`], which no write changes before the run commits).
     pub(crate) fn newest(
         &self,
         v: &View,
         key: &[u8],
         prefix: &[u8],
         at: KeyHash,
+        found: Option<NewestRev>,
     ) -> Result<Option<(Revision, IndexValue)>> {
         debug_assert_eq!(prefix, &index_prefix(key)[..], "the prefix is the key's");
         if prefix.len() + 16 > keys::FJALL_MAX_KEY_BYTES {
             return Ok(None);
         }
-        let rev = match v.d.newest.get(at) {
+        let rev = match found.unwrap_or_else(|| v.d.newest.get(at)) {
             NewestRev::Absent => return Ok(None),
             NewestRev::Unknown => return self.latest(v, key, i64::MAX),
             NewestRev::Known(rev, iv) => return Ok(Some((rev, iv))),

@@ -874,6 +874,9 @@ fn a_long_run_of_keys_in_no_order_reads_back_as_one_by_one() {
     }
     let mut run = T::new();
     run.put("before", "x");
+    // With the newest-entry map filled, the run's keys are looked up in it together first
+    // (`MvccStore::look_up_run`); a key's second write must read its first from the run.
+    wait_filled(&run.s);
     let applied = run.s.apply_puts(&put_entries(&reqs, 2)).unwrap();
     assert!(applied.iter().all(|a| a.as_ref().unwrap().response.is_ok()));
     assert_eq!(run.s.current_revision(), one.s.current_revision());
@@ -1161,6 +1164,33 @@ fn writes_find_a_keys_state_when_its_newest_entry_is_shared() {
     t.put("a", "3");
     let kv = a(&t);
     assert_eq!((kv.version, kv.create_revision), (3, first.create_revision));
+    // Looked up together (a run of puts), each key reads as it does alone: a's shared entry,
+    // a key the map holds as its own, a key it has never seen.
+    t.put("b", "1");
+    let b = t.s.db().newest.hashes(&keys::index_prefix(b"b"));
+    let never = t.s.db().newest.hashes(&keys::index_prefix(b"never"));
+    let mut many = Vec::new();
+    t.s.db().newest.get_many(&[at, b, never], &mut many);
+    assert_eq!(
+        format!("{many:?}"),
+        format!("{:?}", [at, b, never].map(|k| t.s.db().newest.get(k)))
+    );
+    assert!(matches!(many[0], super::NewestRev::AtMost(_)));
+    assert!(matches!(many[1], super::NewestRev::Known(_, iv) if iv.version == 1));
+    assert!(matches!(many[2], super::NewestRev::Absent));
+    // A run that puts a (twice) and b: a's state comes from the index, then from the run's
+    // own first write.
+    let reqs = [
+        Request::Put(put("a", "4")),
+        Request::Put(put("b", "2")),
+        Request::Put(put("a", "5")),
+    ];
+    let applied = t.s.apply_puts(&put_entries(&reqs, t.index + 1)).unwrap();
+    assert!(applied.iter().all(|r| r.as_ref().unwrap().response.is_ok()));
+    let kv = a(&t);
+    assert_eq!((kv.version, kv.create_revision), (5, first.create_revision));
+    let b = t.get(rng("b", "")).unwrap().kvs[0].clone();
+    assert_eq!(b.version, 2);
 }
 
 /// The newest-revision map's shards grow at key counts spread over each doubling of the key

@@ -136,8 +136,15 @@ impl<'a> WriteTxn<'a> {
         self.base
     }
 
-    pub(super) fn put(&mut self, p: &PutRequest) -> FResult<PutResponse> {
-        self.put_inner(p)
+    /// Applies Put `p`; `looked_up` is its key's place in [`super::Newest`] and what the map
+    /// held there, when the caller looked the run's keys up together
+    /// ([`super::Newest::get_many`]; they must be the key's own).
+    pub(super) fn put(
+        &mut self,
+        p: &PutRequest,
+        looked_up: Option<(KeyHash, super::NewestRev)>,
+    ) -> FResult<PutResponse> {
+        self.put_inner(p, looked_up)
     }
 
     pub(super) fn delete_range(&mut self, d: &DeleteRangeRequest) -> FResult<DeleteRangeResponse> {
@@ -284,7 +291,14 @@ impl<'a> WriteTxn<'a> {
 
     /// The state of `key` (escaped in `self.escaped`, at `at`: [`WriteTxn::escape`]) as this
     /// txn sees it, its whole key-value only `with_kv`; `None` if it does not exist.
-    fn current(&self, key: &[u8], at: KeyHash, with_kv: bool) -> FResult<Option<Current>> {
+    /// `found` is what [`super::Newest`] held at `at`, if already looked up.
+    fn current(
+        &self,
+        key: &[u8],
+        at: KeyHash,
+        found: Option<super::NewestRev>,
+        with_kv: bool,
+    ) -> FResult<Option<Current>> {
         if let Some(state) = self.overlay.get(key) {
             return Ok(state.as_ref().map(|kv| Current {
                 create_revision: kv.create_revision,
@@ -294,7 +308,7 @@ impl<'a> WriteTxn<'a> {
             }));
         }
         let v = self.view();
-        match self.store.newest(&v, key, &self.escaped, at)? {
+        match self.store.newest(&v, key, &self.escaped, at, found)? {
             Some((rev, iv)) if !iv.tombstone => Ok(Some(Current {
                 create_revision: iv.create_revision,
                 version: iv.version,
@@ -309,14 +323,30 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
-    fn put_inner(&mut self, p: &PutRequest) -> FResult<PutResponse> {
+    fn put_inner(
+        &mut self,
+        p: &PutRequest,
+        looked_up: Option<(KeyHash, super::NewestRev)>,
+    ) -> FResult<PutResponse> {
         // Checked before proposing too; here because the log is the contract: a longer key
         // would make fjall panic on every member applying this entry.
         if p.key.len() > MAX_KEY_BYTES {
             return Err(RequestError::KeyTooLarge.into());
         }
-        let at = self.escape(&p.key);
-        let cur = self.current(&p.key, at, p.prev_kv || p.ignore_value || p.ignore_lease)?;
+        let (at, found) = match looked_up {
+            Some((at, found)) => {
+                index_prefix_into(&mut self.escaped, &p.key);
+                debug_assert_eq!(
+                    at,
+                    self.d.newest.hashes(&self.escaped),
+                    "the key's own place"
+                );
+                (at, Some(found))
+            }
+            None => (self.escape(&p.key), None),
+        };
+        let with_kv = p.prev_kv || p.ignore_value || p.ignore_lease;
+        let cur = self.current(&p.key, at, found, with_kv)?;
         let (create, version, old_lease) = match &cur {
             Some(c) => (c.create_revision, c.version + 1, c.lease),
             None => (self.main(), 1, 0),
@@ -448,7 +478,7 @@ impl<'a> WriteTxn<'a> {
             let resp = match &op.request {
                 None => continue,
                 Some(Op::RequestRange(rr)) => OpResponse::ResponseRange(self.txn_range(rr)?),
-                Some(Op::RequestPut(p)) => OpResponse::ResponsePut(self.put_inner(p)?),
+                Some(Op::RequestPut(p)) => OpResponse::ResponsePut(self.put_inner(p, None)?),
                 Some(Op::RequestDeleteRange(d)) => {
                     OpResponse::ResponseDeleteRange(self.delete_inner(d)?)
                 }
