@@ -506,8 +506,8 @@ struct NewestInner {
     /// Every shard ([`NEWEST_SHARDS`]), under one lock: once the fill is done only the apply
     /// thread takes it (the fill thread takes it once, to put its maps in), and a run of puts
     /// looks all its keys up under one acquisition ([`Newest::get_many`]). A lock per lookup
-    /// (an atomic read-modify-write, which the CPU does not reorder loads across) would make
-    /// each lookup's cache miss wait for the one before; without it they overlap.
+    /// (an atomic read-modify-write, which x86 does not reorder loads across) would make each
+    /// lookup's cache miss wait for the one before; without it they overlap.
     shards: Mutex<Vec<NewestShard>>,
     /// Every key of the index is in `shards` (the fill finished).
     filled: AtomicBool,

@@ -833,7 +833,20 @@ fn a_run_of_puts_in_one_batch_applies_as_one_by_one() {
     run.put("before", "x");
     // Entry 2 (the first Put) was applied before a restart: skipped.
     let mut got = vec![run.apply(reqs[0].clone())];
+    // With the newest-entry map filled, the run's keys are looked up in it first, one place
+    // per entry, none for the skipped one, so a later entry never takes another's.
+    wait_filled(&run.s);
     let entries = put_entries(&reqs, 2);
+    let looked_up = run.s.look_up_run(&entries);
+    assert_eq!(looked_up.len(), entries.len());
+    assert!(looked_up[0].is_none(), "at or below the applied index");
+    for (e, l) in entries.iter().zip(&looked_up).skip(1) {
+        let Request::Put(p) = e.request else {
+            unreachable!("a run of Puts")
+        };
+        let (at, _) = l.expect("looked up");
+        assert_eq!(at, run.s.db().newest.hashes(&keys::index_prefix(&p.key)));
+    }
     let applied = run.s.apply_puts(&entries).unwrap();
     assert!(applied[0].is_none(), "at or below the applied index");
     got.extend(applied.into_iter().skip(1).map(|a| a.unwrap().response));
