@@ -576,35 +576,33 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// in parallel threads, and two of them drawing the same free port before either member bound
 /// it made one member fail to start.
 pub fn free_udp_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let port = (0..100)
-        .map(|_| pick_udp_port())
-        .find(|p| !handed_out.contains(p))
-        .expect("a port not handed out yet");
-    handed_out.push(port);
-    port
+    free_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
 }
 
-/// One free UDP port below the ephemeral range (see [`free_udp_port`]).
-fn pick_udp_port() -> u16 {
+/// A free TCP port on 127.0.0.1, chosen as [`free_udp_port`] chooses: below the ephemeral
+/// range, so no outgoing connection (an etcdctl call, a member's client) takes it between the
+/// pick and the server's bind, and once per test process.
+pub fn free_tcp_port() -> u16 {
+    free_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A port below the ephemeral range that `bindable` accepts and no earlier call returned.
+fn free_port(bindable: impl Fn(u16) -> bool) -> u16 {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let (lo, hi) = (10_000u16, ephemeral_start.max(10_100));
     let mut rng = rand::rng();
-    for _ in 0..1000 {
-        let port = rng.random_range(lo..hi);
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port()
+    let port = (0..1000)
+        .map(|_| rng.random_range(lo..hi))
+        .find(|p| !handed_out.contains(p) && bindable(*p))
+        .expect("a free port below the ephemeral range");
+    handed_out.push(port);
+    port
 }
 
 /// The flags of member `i` (name `m<i>`) of a cluster whose members listen for peers on
@@ -822,14 +820,6 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the process binds it right after).
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// Runs Debian's `etcdctl` (v3 API) against `endpoints`, with `stdin` as input.
 pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
@@ -855,11 +845,14 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Starts a single-member etcd with its data in `dir` and waits until it is healthy.
+    /// Starts a single-member etcd with its data in `dir/etcd` and its log in `dir/etcd.log`,
+    /// and waits until it is healthy; panics with the log if it exits or stays unhealthy for
+    /// [`START_DEADLINE`].
     pub fn start(dir: &Path) -> Etcd {
         let (client, peer) = (free_tcp_port(), free_tcp_port());
         let c = format!("http://127.0.0.1:{client}");
         let p = format!("http://127.0.0.1:{peer}");
+        let log_path = dir.join("etcd.log");
         let child = Command::new("etcd")
             .arg("--data-dir")
             .arg(dir.join("etcd"))
@@ -877,17 +870,31 @@ impl Etcd {
                 "error",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).expect("etcd log file"))
             .spawn()
             .expect("etcd (Debian etcd-server) must be installed: ./tests/run.sh installs it");
         let endpoint = format!("127.0.0.1:{client}");
-        wait_for(START_DEADLINE, "etcd to be healthy", || {
-            etcdctl(&endpoint, &["endpoint", "health"], "")
-                .status
-                .success()
-                .then_some(())
-        });
-        Etcd { child, endpoint }
+        let mut etcd = Etcd { child, endpoint };
+        let healthy = (|| {
+            let end = Instant::now() + START_DEADLINE;
+            while Instant::now() < end {
+                if let Ok(Some(status)) = etcd.child.try_wait() {
+                    return Err(format!("etcd exited with {status} during start"));
+                }
+                if etcdctl(&etcd.endpoint, &["endpoint", "health"], "")
+                    .status
+                    .success()
+                {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(format!("etcd not healthy after {START_DEADLINE:?}"))
+        })();
+        if let Err(why) = healthy {
+            panic!("{why}; its log:\n{}", read(&log_path));
+        }
+        etcd
     }
 }
 
