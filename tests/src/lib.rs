@@ -51,16 +51,21 @@ pub fn wal_segments(data: &Path) -> Vec<PathBuf> {
 }
 
 /// Polls `f` until it returns `Some` or `deadline` passes.
-pub fn wait_for<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(deadline: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    try_wait_for(deadline, f)
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// Polls `f` every 20 ms until it returns `Some`; `None` once `deadline` has passed.
+pub fn try_wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + deadline;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if Instant::now() >= end {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -875,22 +880,14 @@ impl Etcd {
             .expect("etcd (Debian etcd-server) must be installed: ./tests/run.sh installs it");
         let endpoint = format!("127.0.0.1:{client}");
         let mut etcd = Etcd { child, endpoint };
-        let healthy = (|| {
-            let end = Instant::now() + START_DEADLINE;
-            while Instant::now() < end {
-                if let Ok(Some(status)) = etcd.child.try_wait() {
-                    return Err(format!("etcd exited with {status} during start"));
-                }
-                if etcdctl(&etcd.endpoint, &["endpoint", "health"], "")
-                    .status
-                    .success()
-                {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        let healthy = try_wait_for(START_DEADLINE, || {
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                return Some(Err(format!("etcd exited with {status} during start")));
             }
-            Err(format!("etcd not healthy after {START_DEADLINE:?}"))
-        })();
+            let o = etcdctl(&etcd.endpoint, &["endpoint", "health"], "");
+            o.status.success().then_some(Ok(()))
+        })
+        .unwrap_or_else(|| Err(format!("etcd not healthy after {START_DEADLINE:?}")));
         if let Err(why) = healthy {
             panic!("{why}; its log:\n{}", read(&log_path));
         }
