@@ -11,7 +11,9 @@
 #   2. one member loading KEYS distinct 16-byte keys (10/100), LOAD_RUNS rounds (default 3) of
 #      every server in turn from a fresh data dir: the medians (and each round's value) of
 #      requests/s, of the rate over the first and over the last 100,000 keys (from the tool's
-#      per-second samples, without the partial first and last seconds), of RSS after the load,
+#      per-second samples, without the partial first and last seconds), of the rate's change
+#      from the first key to the last (a least-squares line through those samples against the
+#      keys loaded: every second counts, where the two windows are a few seconds each), of RSS after the load,
 #      of the data dir's size and of two restart times; latency and CPU per write are the
 #      figures of the round with the median (lower median) rate. The restart times are
 #      from starting again on the same data dir until the first linearizable write succeeds:
@@ -107,8 +109,10 @@ start() {
 stop() { kill "-${1:-TERM}" "${PIDS[@]}" 2>/dev/null || true; wait "${PIDS[@]}" 2>/dev/null || true; }
 
 # run WRITES ARGS...: the benchmark against $EPS; prints "req/s avg_ms p99_ms
-# members_us_per_write tool_us_per_write first_rate last_rate" (the rates over the first and
-# the last 100,000 writes, "-" without --sample or when the run is too short).
+# members_us_per_write tool_us_per_write first_rate last_rate trend" (the rates over the first
+# and the last 100,000 writes, and the change of the rate over the run in % of its start, from
+# a least-squares line through the per-second rates against the writes done; "-" without
+# --sample or when the run is too short).
 run() {
   local writes=$1; shift
   local before after
@@ -144,7 +148,21 @@ def rate(seq, n=100000):
         done += c; secs += 1
     return "-"
 first, last = rate(per_sec), rate(list(reversed(per_sec)))
-print("%.0f %.2f %.2f %.1f %.1f %s %s" % (qps, avg, p99, ticks * 1e6 / hz / writes, tool * 1e6 / writes, first, last))
+def trend(seq):
+    # Least-squares line through every whole second's rate against the writes done at the
+    # middle of that second; its change from the first write to the last, in % of its start.
+    if len(seq) < 5:
+        return "-"
+    xs, done = [], 0
+    for c in seq:
+        xs.append(done + c / 2)
+        done += c
+    mx, my = sum(xs) / len(xs), sum(seq) / len(seq)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, seq)) / sxx
+    a = my - b * mx
+    return "%+.1f" % (100 * b * done / a) if a > 0 else "-"
+print("%.0f %.2f %.2f %.1f %.1f %s %s %s" % (qps, avg, p99, ticks * 1e6 / hz / writes, tool * 1e6 / writes, first, last, trend(per_sec)))
 PY
 }
 
@@ -309,6 +327,7 @@ for kind, xs in v.items():
   line "puts/s over the whole load" load 0 each
   line "first 100,000 keys, puts/s" load 5 each
   line "last 100,000 keys, puts/s" load 6 each
+  line "change of the rate from the first key to the last, fitted to every second, %" load 7 each
   line "RSS after the load, MiB" rss 0
   line "data dir, MiB" disk 0
   line "restart after SIGKILL to the first linearizable write, s" restartKILL 0 each
