@@ -13,11 +13,12 @@
 #      requests/s, of the rate over the first and over the last 100,000 keys (from the tool's
 #      per-second samples, without the partial first and last seconds), of the rate's change
 #      from the first key to the last (a least-squares line through those samples against the
-#      keys loaded: every second counts, where the two windows are a few seconds each), of RSS after the load,
-#      of the data dir's size and of two restart times; latency and CPU per write are the
-#      figures of the round with the median (lower median) rate. The restart times are
-#      from starting again on the same data dir until the first linearizable write succeeds:
-#      after SIGKILL right after the load (crash recovery), then after SIGTERM (a graceful stop).
+#      keys loaded: every second counts, where the two windows are a few seconds each), of
+#      RSS after the load, of the data dir's size and of two restart times; latency and CPU
+#      per write are the figures of the round with the median (lower median) rate. The
+#      restart times are from starting again on the same data dir until the first
+#      linearizable write succeeds: after SIGKILL right after the load (crash recovery), then
+#      after SIGTERM (a graceful stop).
 # Prints markdown.
 #
 #   tools/scripts/bench-writes.sh [TOTAL] [KEYS]     (defaults 100000 and 1000000)
@@ -159,6 +160,8 @@ def trend(seq):
         done += c
     mx, my = sum(xs) / len(xs), sum(seq) / len(seq)
     sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return "-"
     b = sum((x - mx) * (y - my) for x, y in zip(xs, seq)) / sxx
     a = my - b * mx
     return "%+.1f" % (100 * b * done / a) if a > 0 else "-"
