@@ -8,7 +8,8 @@
 # Both builds name the host as their target (`--target`), so the flags reach etch's own code
 # and its dependencies but not build scripts and procedural macros, which run at build time:
 # they are neither instrumented nor in the profile. Cargo then builds into
-# DIR/<host triple>/release; the binaries are linked into DIR/release as well.
+# DIR/<host triple>/release; the binaries are linked into DIR/release as well. `etch --version`
+# names the commit built (`Git SHA:`, with `-dirty` if the sources differed from it).
 #
 #   tools/scripts/build-pgo.sh
 #
@@ -40,12 +41,17 @@ sfx=${cpu:+-$cpu}
 flags="--cfg tokio_unstable${cpu:+ -Ctarget-cpu=$cpu}"
 gen=target/pgo-gen$sfx
 out=target/pgo$sfx
+# The commit built, shown as `Git SHA:` by `etch --version` (bench-report.sh records it):
+# `-dirty` when etch's sources or its lock file differ from that commit.
+ETCH_GIT_SHA=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- Cargo.toml Cargo.lock node protocol storage tools/Cargo.toml tools/build.rs tools/src vendor 2>/dev/null ||
+  ETCH_GIT_SHA=$ETCH_GIT_SHA-dirty
 raw=$root/target/pgo-data$sfx/raw
 merged=$root/target/pgo-data$sfx/etch.profdata
 rm -rf "$raw"; mkdir -p "$raw"
 
 echo "instrumented build ($gen)" >&2
-RUSTFLAGS="$flags -Cprofile-generate=$raw" cargo build --release --bin etch --target "$host" --target-dir "$gen" -q
+ETCH_GIT_SHA=$ETCH_GIT_SHA RUSTFLAGS="$flags -Cprofile-generate=$raw" cargo build --release --bin etch --target "$host" --target-dir "$gen" -q
 # The load generator for the native protocol (uninstrumented).
 cargo build --release --bin etch-bench -q
 ETCH=$root/$gen/$host/release/etch
@@ -143,7 +149,7 @@ stop_all
 ls "$raw"/*.profraw >/dev/null
 "$profdata" merge -o "$merged" "$raw"/*.profraw
 echo "optimized build ($out)" >&2
-RUSTFLAGS="$flags -Cprofile-use=$merged" cargo build --release --bins --target "$host" --target-dir "$out" -q
+ETCH_GIT_SHA=$ETCH_GIT_SHA RUSTFLAGS="$flags -Cprofile-use=$merged" cargo build --release --bins --target "$host" --target-dir "$out" -q
 # The paths the scripts and docs name (target/pgo/release/etch): hard links to this build's.
 mkdir -p "$out/release"
 for f in "$out/$host/release"/*; do

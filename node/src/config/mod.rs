@@ -400,7 +400,9 @@ pub fn unix_socket_path(url: &str) -> Option<std::path::PathBuf> {
 pub use etch_storage::members::{cluster_id, member_id};
 
 /// What `etch --version` prints: etcd's lines first (tools parse `etcd Version: X.Y.Z`), then
-/// etch's own version.
+/// etch's own version. `Git SHA:` is the commit the binary was built from when the build set
+/// `ETCH_GIT_SHA` (`tools/scripts/build-pgo.sh` does: the short commit, `-dirty` when the
+/// sources differed from it), else `etch-` and the version.
 pub fn version_text() -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -408,9 +410,10 @@ pub fn version_text() -> String {
         other => other,
     };
     format!(
-        "etcd Version: {ETCD_API_VERSION}\nGit SHA: etch-{v}\nGo Version: (etch is written in Rust)\n\
+        "etcd Version: {ETCD_API_VERSION}\nGit SHA: {sha}\nGo Version: (etch is written in Rust)\n\
          Go OS/Arch: {}/{arch}\netch Version: {v}\n",
         std::env::consts::OS,
+        sha = option_env!("ETCH_GIT_SHA").unwrap_or(concat!("etch-", env!("CARGO_PKG_VERSION"))),
         v = env!("CARGO_PKG_VERSION"),
     )
 }
